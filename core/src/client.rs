@@ -1,0 +1,920 @@
+//! The client: a [`Channel`] to one server, carrying any number of concurrent calls.
+//!
+//! Every call is its own QUIC stream on one shared connection, so a slow or lost call never
+//! holds up another. A call ends in one of three ways: the server's TRAILERS arrive, its
+//! deadline passes (the stream is reset with `DEADLINE_EXCEEDED` and the server's handler is
+//! cancelled), or the caller drops it (the stream is reset with `CANCELLED`, same effect).
+//!
+//! ```no_run
+//! # async fn demo(addr: std::net::SocketAddr, ca: &meridian::DevCa) -> Result<(), Box<dyn std::error::Error>> {
+//! use meridian::{Channel, ClientTls};
+//! let tls = ClientTls::with_roots([ca.certificate().clone()])?;
+//! let channel = Channel::builder(addr, tls).server_name("localhost").connect().await?;
+//! let sum: i64 = channel
+//!     .call("add")
+//!     .timeout(std::time::Duration::from_secs(1))
+//!     .unary(&(10i64, 5i64))
+//!     .await?
+//!     .into_inner();
+//! assert_eq!(sum, 15);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{debug, field, Instrument};
+
+use crate::codec::{Codec, Value};
+use crate::status::{Error, Status};
+use crate::stream::{
+    data_chunks, decode_raw, decode_typed, encode_raw, encode_typed, reset_for_status,
+    status_for_reset, DecodeFn, EncodeFn, FramedRecv,
+};
+use crate::transport::{client_endpoint, describe_connection_error, ClientTls, TransportConfig};
+use crate::wire::{
+    reset, Code, FrameKind, Hello, Metadata, MethodKind, RequestHeaders, Trailers, WireLimits,
+};
+
+/// Builds a [`Channel`].
+#[derive(Debug)]
+pub struct ChannelBuilder {
+    addr: SocketAddr,
+    tls: ClientTls,
+    server_name: String,
+    transport: TransportConfig,
+    endpoint: Option<quinn::Endpoint>,
+}
+
+impl ChannelBuilder {
+    /// The name the server's certificate must carry. Default `"localhost"`.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+
+    /// Transport limits and timers.
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Shares an existing client endpoint (one UDP socket for many channels).
+    pub fn endpoint(mut self, endpoint: quinn::Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Connects (QUIC + TLS handshake) and returns the channel. A certificate the client
+    /// does not trust, or a server that requires a client certificate we lack, fails here.
+    pub async fn connect(self) -> Result<Channel, Error> {
+        let endpoint = match self.endpoint {
+            Some(e) => e,
+            None => client_endpoint(self.addr)?,
+        };
+        let config = self.tls.quinn_config(&self.transport)?;
+        let inner = Arc::new(ChannelInner {
+            addr: self.addr,
+            server_name: self.server_name,
+            endpoint,
+            config,
+            wire: self.transport.wire,
+            value: self.transport.value,
+            handshake_timeout: self.transport.handshake_timeout,
+            conn: RwLock::new(None),
+            reconnect: tokio::sync::Mutex::new(()),
+            hello: watch::channel(None).0,
+            stats: Counters::default(),
+        });
+        inner.establish().await.map_err(|reason| Error::Connect {
+            addr: self.addr,
+            reason,
+        })?;
+        Ok(Channel { inner })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls_started: AtomicU64,
+    calls_failed: AtomicU64,
+    stream_credit_waits: AtomicU64,
+    connections: AtomicU64,
+}
+
+/// Counters and transport figures of a channel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChannelStats {
+    /// Calls started.
+    pub calls_started: u64,
+    /// Calls that ended with a status other than `OK`.
+    pub calls_failed: u64,
+    /// Calls that had to wait for stream credit because the server's concurrent stream
+    /// limit was reached.
+    pub stream_credit_waits: u64,
+    /// Connections established (1 plus reconnects).
+    pub connections: u64,
+    /// QUIC's smoothed RTT estimate of the current connection.
+    pub rtt: Option<Duration>,
+    /// QUIC's minimum observed RTT of the current connection.
+    pub min_rtt: Option<Duration>,
+}
+
+struct ChannelInner {
+    addr: SocketAddr,
+    server_name: String,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    wire: WireLimits,
+    value: crate::codec::DecodeLimits,
+    handshake_timeout: Duration,
+    conn: RwLock<Option<quinn::Connection>>,
+    reconnect: tokio::sync::Mutex<()>,
+    hello: watch::Sender<Option<Arc<Hello>>>,
+    stats: Counters,
+}
+
+impl ChannelInner {
+    fn current(&self) -> Option<quinn::Connection> {
+        let guard = self.conn.read().ok()?;
+        guard
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    async fn establish(self: &Arc<Self>) -> Result<quinn::Connection, String> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), self.addr, &self.server_name)
+            .map_err(|e| e.to_string())?;
+        let conn = match tokio::time::timeout(self.handshake_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(describe_connection_error(&e)),
+            Err(_) => {
+                return Err(format!(
+                    "handshake timed out after {:?}",
+                    self.handshake_timeout
+                ))
+            }
+        };
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut slot) = self.conn.write() {
+            *slot = Some(conn.clone());
+        }
+        tokio::spawn(read_hello(Arc::downgrade(self), conn.clone(), self.wire));
+        Ok(conn)
+    }
+
+    /// The open connection, re-established if it was lost.
+    async fn connection(self: &Arc<Self>) -> Result<quinn::Connection, Status> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.reconnect.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        debug!(addr = %self.addr, "reconnecting");
+        self.establish()
+            .await
+            .map_err(|why| Status::unavailable(format!("cannot connect to {}: {why}", self.addr)))
+    }
+}
+
+async fn read_hello(
+    inner: std::sync::Weak<ChannelInner>,
+    conn: quinn::Connection,
+    limits: WireLimits,
+) {
+    let Ok(recv) = conn.accept_uni().await else {
+        return;
+    };
+    let mut rx = FramedRecv::new(recv, limits);
+    while let Ok(Some(frame)) = rx.next_frame().await {
+        if frame.kind != FrameKind::Hello {
+            continue;
+        }
+        match Hello::decode(&frame.payload) {
+            Ok(hello) => {
+                let Some(inner) = inner.upgrade() else { return };
+                inner.hello.send_replace(Some(Arc::new(hello)));
+            }
+            Err(e) => debug!(error = %e, "ignoring a bad HELLO"),
+        }
+    }
+}
+
+/// A connection to one server that carries any number of concurrent calls.
+///
+/// Cloning is cheap and shares the connection. A lost connection is re-established on the
+/// next call.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<ChannelInner>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("addr", &self.inner.addr)
+            .finish()
+    }
+}
+
+impl Channel {
+    /// Starts building a channel to `addr`, verifying the server with `tls`.
+    pub fn builder(addr: SocketAddr, tls: ClientTls) -> ChannelBuilder {
+        ChannelBuilder {
+            addr,
+            tls,
+            server_name: "localhost".into(),
+            transport: TransportConfig::default(),
+            endpoint: None,
+        }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Starts a call to `method`; set options on the returned builder, then pick the call
+    /// kind (`unary`, `server_streaming`, ...).
+    pub fn call(&self, method: impl Into<String>) -> CallBuilder {
+        CallBuilder {
+            channel: self.clone(),
+            method: method.into(),
+            timeout: None,
+            metadata: Metadata::new(),
+            idempotent: false,
+            routing_key: None,
+            codec: Codec::Postcard,
+        }
+    }
+
+    /// A unary call with typed messages and default options.
+    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, Status> {
+        self.call(method)
+            .unary(request)
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// A unary call with a [`Value`] request and response, as Python and C clients make.
+    pub async fn call_value(&self, method: &str, request: &Value) -> Result<Value, Status> {
+        self.call(method)
+            .codec(Codec::Value)
+            .unary(request)
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// The server's HELLO, once it has arrived.
+    pub fn server_info(&self) -> Option<Arc<Hello>> {
+        self.inner.hello.borrow().clone()
+    }
+
+    /// Waits up to `timeout` for the server's HELLO.
+    pub async fn wait_server_info(&self, timeout: Duration) -> Option<Arc<Hello>> {
+        let mut rx = self.inner.hello.subscribe();
+        let got = tokio::time::timeout(timeout, rx.wait_for(|h| h.is_some())).await;
+        match got {
+            Ok(Ok(h)) => h.clone(),
+            _ => None,
+        }
+    }
+
+    /// Counters and RTT figures.
+    pub fn stats(&self) -> ChannelStats {
+        let s = &self.inner.stats;
+        let conn = self.inner.current();
+        ChannelStats {
+            calls_started: s.calls_started.load(Ordering::Relaxed),
+            calls_failed: s.calls_failed.load(Ordering::Relaxed),
+            stream_credit_waits: s.stream_credit_waits.load(Ordering::Relaxed),
+            connections: s.connections.load(Ordering::Relaxed),
+            rtt: conn.as_ref().map(|c| c.rtt()),
+            min_rtt: conn.as_ref().map(|c| c.min_rtt()),
+        }
+    }
+
+    /// Closes the connection; calls in flight fail with `UNAVAILABLE`.
+    pub fn close(&self) {
+        if let Some(c) = self.inner.current() {
+            c.close(reset::NO_ERROR.into(), b"client closed");
+        }
+    }
+}
+
+/// A successful call's result: the message, trailing metadata, and the server's own time.
+#[derive(Debug, Clone)]
+pub struct Response<T> {
+    message: T,
+    metadata: Metadata,
+    server_time: Option<Duration>,
+}
+
+impl<T> Response<T> {
+    /// The response message.
+    pub fn into_inner(self) -> T {
+        self.message
+    }
+
+    /// The response message, borrowed.
+    pub fn get_ref(&self) -> &T {
+        &self.message
+    }
+
+    /// Trailing metadata the server sent.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Time the server spent on the call, as it reported it.
+    pub fn server_time(&self) -> Option<Duration> {
+        self.server_time
+    }
+}
+
+/// Options of one call, then the call itself.
+#[derive(Debug)]
+#[must_use = "a call does nothing until a call kind such as `unary` is awaited"]
+pub struct CallBuilder {
+    channel: Channel,
+    method: String,
+    timeout: Option<Duration>,
+    metadata: Metadata,
+    idempotent: bool,
+    routing_key: Option<Bytes>,
+    codec: Codec,
+}
+
+impl CallBuilder {
+    /// Gives up after `timeout`; the server is told the time left and stops the handler
+    /// when it passes.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.metadata.insert(key, value);
+        self
+    }
+
+    /// Declares the call safe to run more than once.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Sets a routing key (for key-owned data; forwarded by proxies).
+    pub fn routing_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// Chooses the codec of typed messages: [`Codec::Postcard`] (default, Rust to Rust) or
+    /// [`Codec::Value`] (self-describing, any language).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// A unary call with typed messages.
+    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+        request: &Req,
+    ) -> Result<Response<Resp>, Status> {
+        let max = self.channel.inner.wire.max_message_size;
+        let msg = encode_typed(self.codec, request, max)?;
+        self.unary_bytes(msg, decode_typed::<Resp>).await
+    }
+
+    /// A unary call on raw bytes.
+    pub async fn unary_raw(mut self, request: Bytes) -> Result<Response<Bytes>, Status> {
+        self.codec = Codec::Raw;
+        let msg = encode_raw(
+            Codec::Raw,
+            &request,
+            self.channel.inner.wire.max_message_size,
+        )?;
+        self.unary_bytes(msg, decode_raw).await
+    }
+
+    async fn unary_bytes<Resp>(
+        self,
+        msg: Bytes,
+        decode: DecodeFn<Resp>,
+    ) -> Result<Response<Resp>, Status> {
+        let started = Instant::now();
+        let span = tracing::debug_span!(
+            "rpc.client",
+            method = %self.method,
+            code = field::Empty,
+            duration_us = field::Empty
+        );
+        let inner = self.channel.inner.clone();
+        let deadline = self.timeout.map(|t| started + t);
+        let fut = async move {
+            let mut call = self.open(MethodKind::Unary, Some(msg), true).await?;
+            let mut recv = call.take_recv();
+            let result = recv.single_response(decode).await;
+            if recv.finished {
+                call.done();
+            }
+            result
+        };
+        let result = with_deadline(deadline, fut).instrument(span.clone()).await;
+        finish_span(&span, &inner, &result, started);
+        result
+    }
+
+    /// A server-streaming call: one request, a stream of responses.
+    pub async fn server_streaming<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+        request: &Req,
+    ) -> Result<Streaming<Resp>, Status> {
+        let msg = encode_typed(
+            self.codec,
+            request,
+            self.channel.inner.wire.max_message_size,
+        )?;
+        self.server_streaming_with(msg, decode_typed::<Resp>).await
+    }
+
+    /// A server-streaming call on raw bytes.
+    pub async fn server_streaming_raw(
+        mut self,
+        request: Bytes,
+    ) -> Result<Streaming<Bytes>, Status> {
+        self.codec = Codec::Raw;
+        let msg = encode_raw(
+            Codec::Raw,
+            &request,
+            self.channel.inner.wire.max_message_size,
+        )?;
+        self.server_streaming_with(msg, decode_raw).await
+    }
+
+    async fn server_streaming_with<Resp>(
+        self,
+        msg: Bytes,
+        decode: DecodeFn<Resp>,
+    ) -> Result<Streaming<Resp>, Status> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let mut call = with_deadline(
+            deadline,
+            self.open(MethodKind::ServerStreaming, Some(msg), true),
+        )
+        .await?;
+        let recv = call.take_recv();
+        call.done();
+        Ok(recv.into_streaming(decode, deadline))
+    }
+
+    /// A client-streaming call: send requests on the sink, then await the response.
+    pub async fn client_streaming<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
+        self.client_streaming_with(encode_typed::<Req>, decode_typed::<Resp>)
+            .await
+    }
+
+    /// A client-streaming call on raw bytes.
+    pub async fn client_streaming_raw(
+        mut self,
+    ) -> Result<(RequestSink<Bytes>, ResponseFuture<Bytes>), Status> {
+        self.codec = Codec::Raw;
+        self.client_streaming_with(encode_raw, decode_raw).await
+    }
+
+    async fn client_streaming_with<Req, Resp>(
+        self,
+        encode: EncodeFn<Req>,
+        decode: DecodeFn<Resp>,
+    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let max = self.channel.inner.wire.max_message_size;
+        let mut call = with_deadline(
+            deadline,
+            self.open(MethodKind::ClientStreaming, None, false),
+        )
+        .await?;
+        let codec = call.codec;
+        let sink = RequestSink {
+            send: call.take_send(),
+            codec,
+            max,
+            encode,
+        };
+        let recv = call.take_recv();
+        Ok((
+            sink,
+            ResponseFuture {
+                recv,
+                decode,
+                deadline,
+            },
+        ))
+    }
+
+    /// A bidirectional call: send on the sink while reading the stream.
+    pub async fn bidi<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+    ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
+        self.bidi_with(encode_typed::<Req>, decode_typed::<Resp>)
+            .await
+    }
+
+    /// A bidirectional call on raw bytes.
+    pub async fn bidi_raw(mut self) -> Result<(RequestSink<Bytes>, Streaming<Bytes>), Status> {
+        self.codec = Codec::Raw;
+        self.bidi_with(encode_raw, decode_raw).await
+    }
+
+    async fn bidi_with<Req, Resp>(
+        self,
+        encode: EncodeFn<Req>,
+        decode: DecodeFn<Resp>,
+    ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let max = self.channel.inner.wire.max_message_size;
+        let mut call = with_deadline(deadline, self.open(MethodKind::Bidi, None, false)).await?;
+        let sink = RequestSink {
+            send: call.take_send(),
+            codec: call.codec,
+            max,
+            encode,
+        };
+        Ok((sink, call.take_recv().into_streaming(decode, deadline)))
+    }
+
+    /// Opens the stream and writes HEADERS (plus the request and FIN for single-request
+    /// calls).
+    async fn open(
+        self,
+        _kind: MethodKind,
+        request: Option<Bytes>,
+        finish: bool,
+    ) -> Result<OpenCall, Status> {
+        let inner = self.channel.inner;
+        inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
+        let conn = inner.connection().await?;
+        let (mut send, recv) = open_stream(&inner, &conn).await?;
+        let headers = RequestHeaders {
+            method: self.method,
+            codec: self.codec,
+            timeout: self.timeout,
+            idempotent: self.idempotent,
+            routing_key: self.routing_key,
+            metadata: self.metadata,
+        };
+        if headers.metadata.byte_size() > inner.wire.max_metadata_size {
+            return Err(Status::resource_exhausted(
+                "request metadata exceeds the size limit",
+            ));
+        }
+        let head = headers.to_frame().freeze();
+        let written = match request {
+            Some(msg) => {
+                let [hdr, payload] = data_chunks(msg);
+                send.write_all_chunks(&mut [head, hdr, payload]).await
+            }
+            None => send.write_all(&head).await,
+        };
+        let mut recv = CallRecv {
+            recv: FramedRecv::new(recv, inner.wire),
+            trailers: None,
+            value: inner.value,
+            wire: inner.wire,
+            codec: self.codec,
+            finished: false,
+        };
+        if let Err(e) = written {
+            // The server may have refused the request (too large, unknown method) and said
+            // why in its TRAILERS; prefer its status over the write error.
+            return Err(recv.failure_after_write(e).await);
+        }
+        if finish {
+            let _ = send.finish();
+        }
+        Ok(OpenCall {
+            send: Some(send),
+            recv: Some(recv),
+            codec: self.codec,
+            completed: false,
+        })
+    }
+}
+
+fn ok_trailers() -> Trailers {
+    Trailers {
+        code: Code::Ok,
+        message: String::new(),
+        metadata: Metadata::new(),
+        server_time: None,
+    }
+}
+
+fn finish_span<T>(
+    span: &tracing::Span,
+    inner: &ChannelInner,
+    result: &Result<T, Status>,
+    started: Instant,
+) {
+    let code = match result {
+        Ok(_) => Code::Ok,
+        Err(s) => {
+            inner.stats.calls_failed.fetch_add(1, Ordering::Relaxed);
+            s.code()
+        }
+    };
+    span.record("code", field::display(code));
+    span.record("duration_us", started.elapsed().as_micros() as u64);
+}
+
+async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), fut)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+        None => fut.await,
+    }
+}
+
+/// Opens a bidirectional stream; if the server's stream limit makes us wait, that is
+/// counted and traced rather than silent.
+async fn open_stream(
+    inner: &ChannelInner,
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream), Status> {
+    let open = conn.open_bi();
+    tokio::pin!(open);
+    let first = std::future::poll_fn(|cx| Poll::Ready(open.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => {
+            inner
+                .stats
+                .stream_credit_waits
+                .fetch_add(1, Ordering::Relaxed);
+            let waited = Instant::now();
+            debug!(addr = %inner.addr, "waiting for stream credit: the server's concurrent stream limit is reached");
+            let r = open.await;
+            debug!(
+                waited_us = waited.elapsed().as_micros() as u64,
+                "stream credit granted"
+            );
+            r
+        }
+    };
+    result.map_err(|e| Status::unavailable(format!("connection lost: {e}")))
+}
+
+/// Resets whatever is still open when a call is abandoned.
+struct OpenCall {
+    send: Option<quinn::SendStream>,
+    recv: Option<CallRecv>,
+    codec: Codec,
+    completed: bool,
+}
+
+impl OpenCall {
+    fn take_send(&mut self) -> quinn::SendStream {
+        // Both halves are taken exactly once, right after `open` filled them.
+        self.send.take().expect("send half taken once")
+    }
+
+    fn take_recv(&mut self) -> CallRecv {
+        self.recv.take().expect("receive half taken once")
+    }
+
+    fn done(&mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if !self.completed {
+            if let Some(s) = &mut self.send {
+                let _ = s.reset(reset::CANCELLED.into());
+            }
+        }
+    }
+}
+
+/// The receiving half of a call.
+struct CallRecv {
+    recv: FramedRecv,
+    trailers: Option<Trailers>,
+    value: crate::codec::DecodeLimits,
+    wire: WireLimits,
+    codec: Codec,
+    finished: bool,
+}
+
+impl CallRecv {
+    /// The next response message; `Ok(None)` after an `OK` TRAILERS.
+    async fn message<T>(&mut self, decode: DecodeFn<T>) -> Result<Option<T>, Status> {
+        if self.finished {
+            return Ok(None);
+        }
+        let frame = match self.recv.next_frame().await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                self.finished = true;
+                return Err(Status::internal("the response ended without TRAILERS"));
+            }
+            Err(e) => {
+                self.finished = true;
+                return Err(e.to_status());
+            }
+        };
+        match frame.kind {
+            FrameKind::Data if self.trailers.is_none() => {
+                decode(self.codec, frame.payload, &self.value).map(Some)
+            }
+            FrameKind::Trailers => {
+                let t = Trailers::decode(&frame.payload, &self.wire)
+                    .map_err(|e| Status::internal(format!("bad TRAILERS: {e}")))?;
+                self.finished = true;
+                if t.code != Code::Ok {
+                    return Err(Status::new(t.code, t.message).with_metadata(t.metadata));
+                }
+                self.trailers = Some(t);
+                Ok(None)
+            }
+            other => {
+                self.finished = true;
+                self.recv.stop(reset::PROTOCOL_ERROR);
+                Err(Status::internal(format!(
+                    "unexpected {other} frame in a response"
+                )))
+            }
+        }
+    }
+
+    /// Exactly one response message, then `OK` TRAILERS.
+    async fn single_response<T>(&mut self, decode: DecodeFn<T>) -> Result<Response<T>, Status> {
+        let msg = self
+            .message(decode)
+            .await?
+            .ok_or_else(|| Status::internal("the server sent no response message"))?;
+        if self.message(decode).await?.is_some() {
+            return Err(Status::internal("the server sent more than one response"));
+        }
+        let t = self.trailers.take().unwrap_or_else(ok_trailers);
+        Ok(Response {
+            message: msg,
+            metadata: t.metadata,
+            server_time: t.server_time,
+        })
+    }
+
+    /// The status to report when writing the request failed.
+    async fn failure_after_write(&mut self, e: quinn::WriteError) -> Status {
+        let read = tokio::time::timeout(Duration::from_secs(2), self.message(decode_raw)).await;
+        match (read, &e) {
+            (Ok(Err(status)), _) => status,
+            (_, quinn::WriteError::Stopped(code)) => status_for_reset(code.into_inner()),
+            _ => Status::unavailable(format!("cannot send the request: {e}")),
+        }
+    }
+
+    fn into_streaming<T>(self, decode: DecodeFn<T>, deadline: Option<Instant>) -> Streaming<T> {
+        Streaming {
+            recv: self,
+            decode,
+            deadline,
+        }
+    }
+}
+
+impl Drop for CallRecv {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.recv.stop(reset::CANCELLED);
+        }
+    }
+}
+
+/// Response messages of a server-streaming or bidirectional call.
+///
+/// Dropping it before the end cancels the call on the server.
+pub struct Streaming<T> {
+    recv: CallRecv,
+    decode: DecodeFn<T>,
+    deadline: Option<Instant>,
+}
+
+impl<T> std::fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming").finish_non_exhaustive()
+    }
+}
+
+impl<T> Streaming<T> {
+    /// The next message; `Ok(None)` once the server ended the stream with `OK`.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        let decode = self.decode;
+        let deadline = self.deadline;
+        let r = with_deadline(deadline, self.recv.message(decode)).await;
+        if let Err(s) = &r {
+            if s.code() == Code::DeadlineExceeded && !self.recv.finished {
+                self.recv.finished = true;
+                self.recv.recv.stop(reset::DEADLINE_EXCEEDED);
+            }
+        }
+        r
+    }
+
+    /// Trailing metadata, available after `message` returned `Ok(None)`.
+    pub fn trailers(&self) -> Option<&Metadata> {
+        self.recv.trailers.as_ref().map(|t| &t.metadata)
+    }
+
+    /// Server time reported in the TRAILERS.
+    pub fn server_time(&self) -> Option<Duration> {
+        self.recv.trailers.as_ref().and_then(|t| t.server_time)
+    }
+}
+
+/// Where a client-streaming or bidirectional call sends its requests.
+///
+/// Call [`RequestSink::finish`] when done; dropping the sink also ends the request stream.
+pub struct RequestSink<T> {
+    send: quinn::SendStream,
+    codec: Codec,
+    max: usize,
+    encode: EncodeFn<T>,
+}
+
+impl<T> std::fmt::Debug for RequestSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSink").finish_non_exhaustive()
+    }
+}
+
+impl<T> RequestSink<T> {
+    /// Sends one request message; waits while the server is slow to read.
+    pub async fn send(&mut self, msg: &T) -> Result<(), Status> {
+        let bytes = (self.encode)(self.codec, msg, self.max)?;
+        let [hdr, payload] = data_chunks(bytes);
+        self.send
+            .write_all_chunks(&mut [hdr, payload])
+            .await
+            .map_err(|e| match e {
+                quinn::WriteError::Stopped(code) => status_for_reset(code.into_inner()),
+                other => Status::unavailable(format!("cannot send: {other}")),
+            })
+    }
+
+    /// Ends the request stream.
+    pub fn finish(mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Abandons the call: the server's handler is cancelled.
+    pub fn cancel(mut self, status: &Status) {
+        let _ = self.send.reset(reset_for_status(status).into());
+    }
+}
+
+/// The response of a client-streaming call.
+pub struct ResponseFuture<T> {
+    recv: CallRecv,
+    decode: DecodeFn<T>,
+    deadline: Option<Instant>,
+}
+
+impl<T> std::fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<T> ResponseFuture<T> {
+    /// Waits for the response.
+    pub async fn response(mut self) -> Result<Response<T>, Status> {
+        with_deadline(self.deadline, self.recv.single_response(self.decode)).await
+    }
+}

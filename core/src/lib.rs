@@ -1,0 +1,57 @@
+//! Meridian: low-latency RPC over QUIC, built for services that live in several regions.
+//!
+//! Each call is its own QUIC stream on a shared connection, so a slow or lost call never
+//! blocks another; TLS 1.3 is always on. Calls can be unary or streaming either way, carry
+//! metadata and deadlines, and end with one of gRPC's 17 status codes.
+//!
+//! Layers, lowest first (a layer knows nothing of those above it):
+//! - [`wire`]: frames, varints, headers, trailers, HELLO, status codes. Pure code.
+//! - [`codec`]: message encodings: postcard for typed Rust, [`Value`] for any language,
+//!   raw bytes. Pure code.
+//! - [`transport`]: QUIC endpoints, TLS identities and trust, limits.
+//! - [`server`] and [`client`]: the public RPC API.
+//! - `testing` (feature `testing`): the WAN link emulator used by tests and benchmarks.
+//!
+//! A server and a client in a few lines:
+//!
+//! ```
+//! use meridian::{Channel, ClientTls, DevCa, Method, Server, ServerTls, Status};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ca = DevCa::new()?;
+//! let server = Server::builder()
+//!     .region("local")
+//!     .unary(Method::new("add").idempotent(), |(a, b): (i64, i64), _ctx| async move {
+//!         a.checked_add(b).ok_or_else(|| Status::out_of_range("sum overflows"))
+//!     })
+//!     .bind("127.0.0.1:0".parse()?, ServerTls::new(ca.issue_server(&["localhost"])?))
+//!     .await?;
+//!
+//! let tls = ClientTls::with_roots([ca.certificate().clone()])?;
+//! let channel = Channel::builder(server.local_addr(), tls).connect().await?;
+//! let sum: i64 = channel.unary("add", &(10i64, 5i64)).await?;
+//! assert_eq!(sum, 15);
+//! server.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod codec;
+pub mod server;
+mod status;
+mod stream;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod transport;
+pub mod wire;
+
+pub use client::{Channel, ChannelBuilder, ChannelStats, Response, Streaming};
+pub use codec::{Codec, Value};
+pub use server::{CallContext, Method, RequestStream, ResponseSink, Server, ServerBuilder};
+pub use status::{Error, Status};
+pub use transport::{ClientTls, DevCa, Identity, ServerTls, TransportConfig};
+pub use wire::{Code, Metadata};

@@ -1,0 +1,20 @@
+//! End-to-end RPC behaviour over real QUIC connections on loopback, one module per
+//! behaviour.
+
+#[path = "rpc/common.rs"]
+mod common;
+
+#[path = "rpc/bad_input.rs"]
+mod bad_input;
+#[path = "rpc/call_kinds.rs"]
+mod call_kinds;
+#[path = "rpc/cancellation.rs"]
+mod cancellation;
+#[path = "rpc/concurrency.rs"]
+mod concurrency;
+#[path = "rpc/hello_shutdown.rs"]
+mod hello_shutdown;
+#[path = "rpc/link_emulator.rs"]
+mod link_emulator;
+#[path = "rpc/tls.rs"]
+mod tls;

@@ -1,0 +1,77 @@
+//! The HELLO catalog, and graceful shutdown.
+
+use std::time::Duration;
+
+use meridian::wire::MethodKind;
+use meridian::Code;
+
+use crate::common::Fixture;
+
+#[tokio::test]
+async fn the_hello_carries_region_and_catalog() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    let hello = ch
+        .wait_server_info(Duration::from_secs(5))
+        .await
+        .expect("HELLO");
+    assert_eq!(hello.region, "test-region");
+    assert_eq!(hello.server_id, "test-1");
+    assert_eq!(hello.version, meridian::wire::PROTOCOL_VERSION);
+    let add = hello.methods.iter().find(|m| m.name == "add").unwrap();
+    assert!(add.idempotent);
+    assert_eq!(add.kind, MethodKind::Unary);
+    let count = hello.methods.iter().find(|m| m.name == "count").unwrap();
+    assert_eq!(count.kind, MethodKind::ServerStreaming);
+    assert!(!count.idempotent);
+    assert_eq!(
+        hello
+            .methods
+            .iter()
+            .find(|m| m.name == "double")
+            .unwrap()
+            .kind,
+        MethodKind::Bidi
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_calls_in_flight() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    let in_flight = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.unary::<_, u64>("sleep_ms", &300u64).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shutdown = tokio::spawn(fx.server.shutdown(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // New calls are refused while the old one finishes.
+    let err = ch.unary::<_, i64>("add", &(1i64, 1i64)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert_eq!(in_flight.await.unwrap().unwrap(), 300);
+    tokio::time::timeout(Duration::from_secs(3), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_grace_is_bounded() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    let stuck = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.unary::<_, u64>("sleep_ms", &60_000u64).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    fx.server.shutdown(Duration::from_millis(200)).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let err = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+}
