@@ -757,6 +757,7 @@ impl CallRecv {
                 let t = Trailers::decode(&frame.payload, &self.wire)
                     .map_err(|e| Status::internal(format!("bad TRAILERS: {e}")))?;
                 self.finished = true;
+                self.consume_fin();
                 if t.code != Code::Ok {
                     return Err(Status::new(t.code, t.message).with_metadata(t.metadata));
                 }
@@ -771,6 +772,17 @@ impl CallRecv {
                 )))
             }
         }
+    }
+
+    /// Reads the end of stream that follows TRAILERS if it has already arrived (it
+    /// normally travels in the same packet). A receive stream dropped before its end sends
+    /// the server a STOP_SENDING, an extra frame and extra work on every call.
+    fn consume_fin(&mut self) {
+        let next = self.recv.next_frame();
+        tokio::pin!(next);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let _ = next.as_mut().poll(&mut cx);
     }
 
     /// Exactly one response message, then `OK` TRAILERS.

@@ -55,3 +55,8 @@ pub use server::{CallContext, Method, RequestStream, ResponseSink, Server, Serve
 pub use status::{Error, Status};
 pub use transport::{ClientTls, DevCa, Identity, ServerTls, TransportConfig};
 pub use wire::{Code, Metadata};
+
+/// The README's Rust tour, compiled and run as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

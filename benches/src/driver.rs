@@ -1,0 +1,387 @@
+//! The measuring side: starts a server process per kind, connects, runs the
+//! three phases (latency, throughput, large payloads) and collects figures.
+
+use std::cell::Cell;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rustls::pki_types::CertificateDer;
+use tokio::task::{JoinSet, LocalSet};
+
+use crate::kinds::{Client, Kind, Listening, Transport};
+use crate::tls;
+use crate::Result;
+
+/// Payload size of the latency and throughput phases.
+pub const SMALL_PAYLOAD: usize = 64;
+
+/// What to measure and for how long.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Sequential calls made and discarded before the latency phase.
+    pub warmup_calls: usize,
+    /// Sequential calls timed in the latency phase.
+    pub latency_calls: usize,
+    /// Calls kept in flight in the throughput phase.
+    pub in_flight: usize,
+    /// Time the throughput phase runs before it starts counting.
+    pub throughput_warmup: Duration,
+    /// Time over which the throughput phase counts completed calls.
+    pub throughput_time: Duration,
+    /// The large-payload phases, in order.
+    pub large: Vec<LargePlan>,
+    /// CPUs the client and the server are pinned to, if pinned.
+    pub pin: Option<Pin>,
+}
+
+/// CPU placement of the two processes.
+#[derive(Clone, Copy, Debug)]
+pub struct Pin {
+    /// CPU the driver (client) runs on.
+    pub client: usize,
+    /// CPU each server process runs on.
+    pub server: usize,
+}
+
+impl Pin {
+    /// The first two CPUs this process may run on, if there are two.
+    pub fn first_two_cpus() -> Option<Self> {
+        match core_affinity::get_core_ids()?.as_slice() {
+            [client, server, ..] => Some(Self {
+                client: client.id,
+                server: server.id,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Pins the calling thread (and threads it starts later) to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        Ok(())
+    } else {
+        Err(format!("could not pin to CPU {cpu}").into())
+    }
+}
+
+/// One large-payload phase.
+#[derive(Clone, Copy, Debug)]
+pub struct LargePlan {
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Untimed calls first.
+    pub warmup_calls: usize,
+    /// Timed sequential calls.
+    pub calls: usize,
+}
+
+impl Plan {
+    /// The full plan, or a shorter one with `quick`.
+    pub fn new(quick: bool) -> Self {
+        let large = |size, warmup_calls, calls| LargePlan {
+            size,
+            warmup_calls,
+            calls,
+        };
+        if quick {
+            Self {
+                warmup_calls: 500,
+                latency_calls: 3_000,
+                in_flight: 64,
+                throughput_warmup: Duration::from_millis(200),
+                throughput_time: Duration::from_secs(1),
+                large: vec![large(64 << 10, 20, 200), large(1 << 20, 5, 30)],
+                pin: None,
+            }
+        } else {
+            Self {
+                warmup_calls: 500,
+                latency_calls: 20_000,
+                in_flight: 64,
+                throughput_warmup: Duration::from_millis(500),
+                throughput_time: Duration::from_secs(3),
+                large: vec![large(64 << 10, 50, 1_000), large(1 << 20, 10, 100)],
+                pin: None,
+            }
+        }
+    }
+}
+
+/// Latency figures of a sequential phase, in microseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Arithmetic mean.
+    pub mean_us: f64,
+    /// Number of timed calls.
+    pub calls: usize,
+    /// Sum of the timed calls' durations.
+    pub total: Duration,
+}
+
+/// Result of one large-payload phase.
+#[derive(Clone, Copy, Debug)]
+pub struct LargeResult {
+    /// Payload size in bytes.
+    pub size: usize,
+    /// `None` when the kind cannot carry this size ("n/a").
+    pub latency: Option<Latency>,
+}
+
+impl LargeResult {
+    /// Payload bytes echoed per second of call time, in MB/s (10^6 bytes),
+    /// counting each payload once (not twice for the round trip).
+    pub fn mb_per_s(&self) -> Option<f64> {
+        self.latency
+            .map(|l| (self.size * l.calls) as f64 / l.total.as_secs_f64() / 1e6)
+    }
+}
+
+/// Everything measured for one kind.
+#[derive(Clone, Debug)]
+pub struct KindResults {
+    /// Sequential 64-byte calls.
+    pub latency: Latency,
+    /// Completed calls per second with [`Plan::in_flight`] calls in flight.
+    pub calls_per_s: f64,
+    /// One entry per [`Plan::large`] phase.
+    pub large: Vec<LargeResult>,
+}
+
+/// Connects a `T` client to `server` and runs every phase of `plan`.
+///
+/// Must run inside a [`LocalSet`] (the throughput phase spawns local tasks).
+pub async fn measure<T: Transport>(server: &Listening, plan: &Plan) -> Result<KindResults> {
+    let client = Rc::new(T::connect(server).await?);
+    let small = payload(SMALL_PAYLOAD);
+
+    let latency = sequential(&*client, &small, plan.warmup_calls, plan.latency_calls).await?;
+    let calls_per_s = throughput(&client, &small, plan).await?;
+
+    let mut large = Vec::with_capacity(plan.large.len());
+    for phase in &plan.large {
+        let fits = client.max_payload().is_none_or(|max| phase.size <= max);
+        let latency = if fits {
+            let data = payload(phase.size);
+            Some(sequential(&*client, &data, phase.warmup_calls, phase.calls).await?)
+        } else {
+            None
+        };
+        large.push(LargeResult {
+            size: phase.size,
+            latency,
+        });
+    }
+    Ok(KindResults {
+        latency,
+        calls_per_s,
+        large,
+    })
+}
+
+/// A recognisable, non-constant payload of `size` bytes.
+fn payload(size: usize) -> Bytes {
+    (0..size).map(|i| (i * 31 + 7) as u8).collect()
+}
+
+/// `warmup` untimed then `calls` timed sequential calls; each echo is checked
+/// outside the timed section.
+async fn sequential<C: Client>(
+    client: &C,
+    payload: &Bytes,
+    warmup: usize,
+    calls: usize,
+) -> Result<Latency> {
+    for _ in 0..warmup {
+        check_echo(payload, &client.call(payload.clone()).await?)?;
+    }
+    let mut nanos = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        let echo = client.call(payload.clone()).await?;
+        nanos.push(start.elapsed().as_nanos() as u64);
+        check_echo(payload, &echo)?;
+    }
+    Ok(summarize(nanos))
+}
+
+fn check_echo(sent: &Bytes, echo: &Bytes) -> Result<()> {
+    if sent != echo {
+        return Err(format!(
+            "echo differs from payload ({} bytes sent, {} received)",
+            sent.len(),
+            echo.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Percentiles from a sorted vector: the value at rank `ceil(q * n)`.
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summarize(mut nanos: Vec<u64>) -> Latency {
+    assert!(!nanos.is_empty(), "no calls timed");
+    nanos.sort_unstable();
+    let sum: u64 = nanos.iter().sum();
+    Latency {
+        p50_us: percentile(&nanos, 0.50) as f64 / 1e3,
+        p99_us: percentile(&nanos, 0.99) as f64 / 1e3,
+        mean_us: sum as f64 / nanos.len() as f64 / 1e3,
+        calls: nanos.len(),
+        total: Duration::from_nanos(sum),
+    }
+}
+
+/// `plan.in_flight` tasks (spawned with `JoinSet::spawn_local` on the
+/// current-thread runtime) each loop sequential calls over the one shared
+/// client; completed calls are counted over `plan.throughput_time` after
+/// `plan.throughput_warmup`.
+async fn throughput<C: Client>(client: &Rc<C>, payload: &Bytes, plan: &Plan) -> Result<f64> {
+    let completed = Rc::new(Cell::new(0u64));
+    let stop = Rc::new(Cell::new(false));
+    let mut workers: JoinSet<Result<()>> = JoinSet::new();
+    for _ in 0..plan.in_flight {
+        let (client, completed, stop) = (client.clone(), completed.clone(), stop.clone());
+        let payload = payload.clone();
+        workers.spawn_local(async move {
+            while !stop.get() {
+                let echo = client.call(payload.clone()).await?;
+                if echo.len() != payload.len() {
+                    return Err(
+                        format!("echo of {} bytes for {}", echo.len(), payload.len()).into(),
+                    );
+                }
+                completed.set(completed.get() + 1);
+            }
+            Ok(())
+        });
+    }
+    tokio::time::sleep(plan.throughput_warmup).await;
+    let (start_count, start) = (completed.get(), Instant::now());
+    tokio::time::sleep(plan.throughput_time).await;
+    let (end_count, elapsed) = (completed.get(), start.elapsed());
+    stop.set(true);
+    while let Some(joined) = workers.join_next().await {
+        joined??;
+    }
+    Ok((end_count - start_count) as f64 / elapsed.as_secs_f64())
+}
+
+/// A `meridian-bench serve KIND` child process. Killed when dropped.
+pub struct ServerProcess {
+    child: Child,
+    // Held so the server never writes into a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    /// What the server announced on its LISTEN line.
+    pub listening: Listening,
+}
+
+impl ServerProcess {
+    /// Starts `current_exe() serve KIND [--cpu N]` and waits for its LISTEN
+    /// line.
+    pub fn spawn(kind: Kind, cpu: Option<usize>) -> Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["serve", kind.name()]);
+        if let Some(cpu) = cpu {
+            command.args(["--cpu", &cpu.to_string()]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no child stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let listening = match parse_listen_line(&line) {
+            Ok(listening) => listening,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{} server: {e} (got {:?})", kind.name(), line.trim()).into());
+            }
+        };
+        Ok(Self {
+            child,
+            _stdout: stdout,
+            listening,
+        })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Formats the line a server prints once it is ready.
+pub fn listen_line(addr: SocketAddr, cert: &CertificateDer<'_>) -> String {
+    format!("LISTEN {addr} {}", tls::to_hex(cert))
+}
+
+/// Parses `LISTEN <addr> <cert-der-hex>`.
+pub fn parse_listen_line(line: &str) -> Result<Listening> {
+    let mut words = line.split_whitespace();
+    if words.next() != Some("LISTEN") {
+        return Err("expected a LISTEN line".into());
+    }
+    let addr = words.next().ok_or("LISTEN line without address")?.parse()?;
+    let cert = tls::from_hex(words.next().ok_or("LISTEN line without certificate")?)?;
+    Ok(Listening {
+        addr,
+        cert: CertificateDer::from(cert),
+    })
+}
+
+/// Measures `kind`: its own server process, and a fresh single-threaded
+/// runtime here for the client.
+pub fn run_kind(kind: Kind, plan: &Plan) -> Result<KindResults> {
+    let server = ServerProcess::spawn(kind, plan.pin.map(|pin| pin.server))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = LocalSet::new().block_on(&runtime, kind.bench(&server.listening, plan));
+    drop(runtime);
+    drop(server);
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        let l = summarize(vec![3000, 1000, 2000]);
+        assert_eq!(l.p50_us, 2.0);
+        assert_eq!(l.mean_us, 2.0);
+    }
+
+    #[test]
+    fn listen_line_round_trip() {
+        let cert = CertificateDer::from(vec![1u8, 2, 0xab]);
+        let line = listen_line("127.0.0.1:4433".parse().unwrap(), &cert);
+        let parsed = parse_listen_line(&line).unwrap();
+        assert_eq!(parsed.addr.port(), 4433);
+        assert_eq!(parsed.cert, cert);
+        assert!(parse_listen_line("HELLO").is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! `meridian-bench`: unary RPC latency and throughput of several transports,
+//! with client and server in separate processes.
+//!
+//! ```text
+//! meridian-bench run [--quick] [--kinds a,b,c] [--out FILE] [--no-pin]
+//! meridian-bench serve KIND [--cpu N]
+//! meridian-bench list
+//! ```
+//!
+//! `run` is the driver: for each kind it starts `meridian-bench serve KIND`,
+//! reads its `LISTEN <addr> <cert-der-hex>` line, measures from its own
+//! single-threaded runtime, then kills the server. See [`kinds`] for how to
+//! add a kind.
+
+mod driver;
+mod kinds;
+mod report;
+mod tls;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use kinds::{Kind, Ready};
+
+/// Error type used throughout the benchmark.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result with [`BoxError`].
+pub type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+const USAGE: &str = "\
+usage:
+  meridian-bench run [--quick] [--kinds a,b,c] [--out FILE] [--no-pin]
+      measure each kind, each against its own server process, print a
+      markdown table, and with --out write a markdown report to FILE;
+      client and server are pinned to two different CPUs unless --no-pin
+  meridian-bench serve KIND [--cpu N]
+      serve KIND on 127.0.0.1 (any port), print `LISTEN <addr> <cert-der-hex>`,
+      serve until stdin closes
+  meridian-bench list
+      print the known kinds";
+
+fn main() -> ExitCode {
+    tls::install_default_provider();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("serve") => serve(&args[1..]),
+        Some("list") => {
+            for kind in Kind::ALL {
+                println!("{}", kind.name());
+            }
+            Ok(())
+        }
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.into()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_kind(name: &str) -> Result<Kind> {
+    Kind::parse(name).ok_or_else(|| {
+        let known: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown kind {name:?} (known: {})", known.join(", ")).into()
+    })
+}
+
+/// `serve KIND [--cpu N]`: one server on a current-thread runtime.
+fn serve(args: &[String]) -> Result<()> {
+    let kind = match args {
+        [name] => parse_kind(name)?,
+        [name, flag, cpu] if flag == "--cpu" => {
+            driver::pin_current_thread(cpu.parse()?)?;
+            parse_kind(name)?
+        }
+        _ => return Err("usage: meridian-bench serve KIND [--cpu N]".into()),
+    };
+    let identity = tls::Identity::generate()?;
+
+    // The driver closes our stdin (or kills us) when it is done.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+
+    let listen_line_cert = identity.cert_der.clone();
+    let ready = Ready::new(move |bound: SocketAddr| {
+        println!("{}", driver::listen_line(bound, &listen_line_cert));
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let addr: SocketAddr = "127.0.0.1:0".parse()?;
+    tokio::task::LocalSet::new().block_on(&runtime, kind.serve(addr, &identity, ready))
+}
+
+/// `run [--quick] [--kinds a,b,c] [--out FILE] [--no-pin]`: the driver.
+fn run(args: &[String]) -> Result<()> {
+    let mut quick = false;
+    let mut pin = true;
+    let mut kinds = Kind::ALL.to_vec();
+    let mut out = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--no-pin" => pin = false,
+            "--kinds" => {
+                let list = args.next().ok_or("--kinds needs a list, e.g. udp,quinn")?;
+                kinds = list
+                    .split(',')
+                    .filter(|name| !name.is_empty())
+                    .map(parse_kind)
+                    .collect::<Result<_>>()?;
+            }
+            "--out" => out = Some(args.next().ok_or("--out needs a file name")?.clone()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
+        }
+    }
+
+    let machine = report::machine();
+    let mut plan = driver::Plan::new(quick);
+    if pin {
+        // Separate CPUs, chosen rather than left to the scheduler: on a small
+        // VM, sharing one CPU or not changes latencies by 2-3x from run to run.
+        plan.pin = driver::Pin::first_two_cpus();
+        match plan.pin {
+            Some(pin) => driver::pin_current_thread(pin.client)?,
+            None => eprintln!("fewer than two CPUs: client and server not pinned"),
+        }
+    }
+    eprintln!(
+        "client and server in separate processes, {}",
+        report::placement(&plan)
+    );
+    let mut results = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        eprint!("{:>10}: ", kind.name());
+        let outcome = driver::run_kind(kind, &plan).map_err(|e| e.to_string());
+        match &outcome {
+            Ok(r) => eprintln!(
+                "p50 {:.1} µs, {:.0} calls/s",
+                r.latency.p50_us, r.calls_per_s
+            ),
+            Err(e) => eprintln!("failed: {e}"),
+        }
+        results.push((kind, outcome));
+    }
+
+    println!("{}", report::figures_table(&plan, &results));
+    print!("{}", report::ratios_table(&plan, &results));
+    if let Some(path) = out {
+        std::fs::write(&path, report::markdown(&plan, &machine, &results))?;
+        eprintln!("wrote {path}");
+    }
+    if results.iter().any(|(_, outcome)| outcome.is_err()) {
+        return Err("some kinds failed".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in Kind::ALL {
+            assert_eq!(parse_kind(kind.name()).unwrap(), kind);
+        }
+        assert!(parse_kind("smoke-signals").is_err());
+    }
+}
