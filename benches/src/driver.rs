@@ -270,8 +270,19 @@ async fn throughput<C: Client>(client: &Rc<C>, payload: &Bytes, plan: &Plan) -> 
     }
     tokio::time::sleep(plan.throughput_warmup).await;
     let (start_count, start) = (completed.get(), Instant::now());
+    let dgrams_before = client.datagrams();
     tokio::time::sleep(plan.throughput_time).await;
     let (end_count, elapsed) = (completed.get(), start.elapsed());
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        if let (Some((tx0, rx0)), Some((tx1, rx1))) = (dgrams_before, client.datagrams()) {
+            let calls = (end_count - start_count).max(1) as f64;
+            eprintln!(
+                "  datagrams per call: sent {:.2}, received {:.2}",
+                (tx1 - tx0) as f64 / calls,
+                (rx1 - rx0) as f64 / calls
+            );
+        }
+    }
     stop.set(true);
     while let Some(joined) = workers.join_next().await {
         joined??;

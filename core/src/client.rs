@@ -40,9 +40,7 @@ use crate::stream::{
     status_for_reset, DecodeFn, EncodeFn, FramedRecv,
 };
 use crate::transport::{client_endpoint, describe_connection_error, ClientTls, TransportConfig};
-use crate::wire::{
-    reset, Code, FrameKind, Hello, Metadata, MethodKind, RequestHeaders, Trailers, WireLimits,
-};
+use crate::wire::{reset, Code, FrameKind, Hello, Metadata, RequestHeaders, Trailers, WireLimits};
 
 /// Builds a [`Channel`].
 #[derive(Debug)]
@@ -126,6 +124,10 @@ pub struct ChannelStats {
     pub rtt: Option<Duration>,
     /// QUIC's minimum observed RTT of the current connection.
     pub min_rtt: Option<Duration>,
+    /// UDP datagrams sent on the current connection.
+    pub datagrams_sent: u64,
+    /// UDP datagrams received on the current connection.
+    pub datagrams_received: u64,
 }
 
 struct ChannelInner {
@@ -308,6 +310,8 @@ impl Channel {
             connections: s.connections.load(Ordering::Relaxed),
             rtt: conn.as_ref().map(|c| c.rtt()),
             min_rtt: conn.as_ref().map(|c| c.min_rtt()),
+            datagrams_sent: conn.as_ref().map_or(0, |c| c.stats().udp_tx.datagrams),
+            datagrams_received: conn.as_ref().map_or(0, |c| c.stats().udp_rx.datagrams),
         }
     }
 
@@ -431,7 +435,7 @@ impl CallBuilder {
         let inner = self.channel.inner.clone();
         let deadline = self.timeout.map(|t| started + t);
         let fut = async move {
-            let mut call = self.open(MethodKind::Unary, Some(msg), true).await?;
+            let mut call = self.open(deadline, Some(msg), true).await?;
             let mut recv = call.take_recv();
             let result = recv.single_response(decode).await;
             if recv.finished {
@@ -477,11 +481,7 @@ impl CallBuilder {
         decode: DecodeFn<Resp>,
     ) -> Result<Streaming<Resp>, Status> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        let mut call = with_deadline(
-            deadline,
-            self.open(MethodKind::ServerStreaming, Some(msg), true),
-        )
-        .await?;
+        let mut call = with_deadline(deadline, self.open(deadline, Some(msg), true)).await?;
         let recv = call.take_recv();
         call.done();
         Ok(recv.into_streaming(decode, deadline))
@@ -510,11 +510,7 @@ impl CallBuilder {
     ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let max = self.channel.inner.wire.max_message_size;
-        let mut call = with_deadline(
-            deadline,
-            self.open(MethodKind::ClientStreaming, None, false),
-        )
-        .await?;
+        let mut call = with_deadline(deadline, self.open(deadline, None, false)).await?;
         let codec = call.codec;
         let sink = RequestSink {
             send: call.take_send(),
@@ -554,7 +550,7 @@ impl CallBuilder {
     ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let max = self.channel.inner.wire.max_message_size;
-        let mut call = with_deadline(deadline, self.open(MethodKind::Bidi, None, false)).await?;
+        let mut call = with_deadline(deadline, self.open(deadline, None, false)).await?;
         let sink = RequestSink {
             send: call.take_send(),
             codec: call.codec,
@@ -568,7 +564,7 @@ impl CallBuilder {
     /// calls).
     async fn open(
         self,
-        _kind: MethodKind,
+        deadline: Option<Instant>,
         request: Option<Bytes>,
         finish: bool,
     ) -> Result<OpenCall, Status> {
@@ -579,7 +575,8 @@ impl CallBuilder {
         let headers = RequestHeaders {
             method: self.method,
             codec: self.codec,
-            timeout: self.timeout,
+            // The time left now, after connecting and waiting for stream credit.
+            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
             idempotent: self.idempotent,
             routing_key: self.routing_key,
             metadata: self.metadata,
@@ -603,6 +600,7 @@ impl CallBuilder {
             value: inner.value,
             wire: inner.wire,
             codec: self.codec,
+            deadline,
             finished: false,
         };
         if let Err(e) = written {
@@ -617,6 +615,7 @@ impl CallBuilder {
             send: Some(send),
             recv: Some(recv),
             codec: self.codec,
+            deadline,
             completed: false,
         })
     }
@@ -694,6 +693,7 @@ struct OpenCall {
     send: Option<quinn::SendStream>,
     recv: Option<CallRecv>,
     codec: Codec,
+    deadline: Option<Instant>,
     completed: bool,
 }
 
@@ -716,7 +716,7 @@ impl Drop for OpenCall {
     fn drop(&mut self) {
         if !self.completed {
             if let Some(s) = &mut self.send {
-                let _ = s.reset(reset::CANCELLED.into());
+                let _ = s.reset(abandon_code(self.deadline).into());
             }
         }
     }
@@ -729,6 +729,7 @@ struct CallRecv {
     value: crate::codec::DecodeLimits,
     wire: WireLimits,
     codec: Codec,
+    deadline: Option<Instant>,
     finished: bool,
 }
 
@@ -824,8 +825,16 @@ impl CallRecv {
 impl Drop for CallRecv {
     fn drop(&mut self) {
         if !self.finished {
-            self.recv.stop(reset::CANCELLED);
+            self.recv.stop(abandon_code(self.deadline));
         }
+    }
+}
+
+/// The code that tells the server why an unfinished call was abandoned.
+fn abandon_code(deadline: Option<Instant>) -> u32 {
+    match deadline {
+        Some(d) if Instant::now() >= d => reset::DEADLINE_EXCEEDED,
+        _ => reset::CANCELLED,
     }
 }
 

@@ -45,7 +45,7 @@ use crate::stream::{
 use crate::transport::{ServerTls, TransportConfig};
 use crate::wire::{
     reset, Code, FrameKind, Hello, Metadata, MethodInfo, MethodKind, RequestHeaders, Trailers,
-    PROTOCOL_VERSION,
+    WireError, PROTOCOL_VERSION,
 };
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -739,17 +739,20 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
-    // The HELLO travels on our first unidirectional stream; we keep it open for updates.
-    let _hello_stream = match conn.open_uni().await {
-        Ok(mut s) => {
-            let frame = shared.hello().to_frame();
-            if s.write_all(&frame).await.is_err() {
-                return;
+    // The HELLO travels on our first unidirectional stream, kept open for updates. It is
+    // written by its own task so calls are served even if the client is slow to grant
+    // unidirectional stream credit.
+    {
+        let conn = conn.clone();
+        let frame = shared.hello().to_frame();
+        tokio::spawn(async move {
+            if let Ok(mut s) = conn.open_uni().await {
+                if s.write_all(&frame).await.is_ok() {
+                    conn.closed().await;
+                }
             }
-            Some(s)
-        }
-        Err(_) => return,
-    };
+        });
+    }
     loop {
         match conn.accept_bi().await {
             Ok((mut send, mut recv)) => {
@@ -826,7 +829,12 @@ async fn serve_call(
             match RequestHeaders::decode(&f.payload, &limits) {
                 Ok(h) => h,
                 Err(e) => {
-                    let status = Status::invalid_argument(format!("bad HEADERS: {e}"));
+                    let status = match e {
+                        WireError::TooLarge { .. } => {
+                            Status::resource_exhausted(format!("HEADERS: {e}"))
+                        }
+                        _ => Status::invalid_argument(format!("bad HEADERS: {e}")),
+                    };
                     rx.stop(reset::PROTOCOL_ERROR);
                     finish_call(&mut send, None, trailers_for(status, started.elapsed())).await;
                     return;

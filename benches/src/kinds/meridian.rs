@@ -65,6 +65,11 @@ impl Transport for Meridian {
 }
 
 impl Client for MeridianClient {
+    fn datagrams(&self) -> Option<(u64, u64)> {
+        let s = self.channel.stats();
+        Some((s.datagrams_sent, s.datagrams_received))
+    }
+
     async fn call(&self, payload: Bytes) -> Result<Bytes> {
         Ok(self
             .channel

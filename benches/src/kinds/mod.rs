@@ -81,6 +81,12 @@ pub trait Client: 'static {
         None
     }
 
+    /// Datagrams (sent, received) so far, where the kind can tell; printed by the driver
+    /// when `BENCH_DEBUG` is set.
+    fn datagrams(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// One unary call: sends `payload`, returns the server's echo of it.
     fn call(&self, payload: Bytes) -> impl Future<Output = Result<Bytes>>;
 }

@@ -103,6 +103,11 @@ async fn serve_connection(incoming: quinn::Incoming) -> Result<()> {
 }
 
 impl Client for QuinnClient {
+    fn datagrams(&self) -> Option<(u64, u64)> {
+        let s = self.connection.stats();
+        Some((s.udp_tx.datagrams, s.udp_rx.datagrams))
+    }
+
     async fn call(&self, payload: Bytes) -> Result<Bytes> {
         let (mut send, mut recv) = self.connection.open_bi().await?;
         send.write_chunk(payload).await?;

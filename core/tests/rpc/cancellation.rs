@@ -122,3 +122,23 @@ async fn streaming_deadline_ends_the_stream() {
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert!(n > 0);
 }
+
+#[tokio::test]
+async fn the_server_sees_the_time_left_not_more() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    let left: Option<u64> = ch
+        .call("remaining_ms")
+        .timeout(Duration::from_millis(800))
+        .unary(&())
+        .await
+        .unwrap()
+        .into_inner();
+    let left = left.expect("the deadline travelled with the call");
+    assert!(
+        left <= 800 && left > 500,
+        "server saw {left} ms left of 800"
+    );
+    let none: Option<u64> = ch.unary("remaining_ms", &()).await.unwrap();
+    assert_eq!(none, None, "no deadline, none invented");
+}

@@ -59,6 +59,9 @@ pub fn builder(probe: Arc<Probe>) -> ServerBuilder {
         .unary("echo_meta", |key: String, ctx| async move {
             Ok(ctx.metadata().get_str(&key).map(str::to_owned))
         })
+        .unary("remaining_ms", |_: (), ctx| async move {
+            Ok(ctx.remaining().map(|d| d.as_millis() as u64))
+        })
         .unary("value_echo", |v: Value, _| async move { Ok(v) })
         .unary_raw("raw_reverse", |b: bytes::Bytes, _| async move {
             let mut v = b.to_vec();
