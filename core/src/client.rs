@@ -37,10 +37,11 @@ use crate::codec::{Codec, Value};
 use crate::status::{Error, Status};
 use crate::stream::{
     data_chunks, decode_raw, decode_typed, encode_raw, encode_typed, reset_for_status,
-    status_for_reset, DecodeFn, EncodeFn, FramedRecv,
+    status_for_reset, DecodeFn, EncodeFn, FramedRecv, RecvError,
 };
 use crate::transport::{client_endpoint, describe_connection_error, ClientTls, TransportConfig};
 use crate::wire::{reset, Code, FrameKind, Hello, Metadata, RequestHeaders, Trailers, WireLimits};
+use crate::zero_rtt::{self, Dial};
 
 /// Builds a [`Channel`].
 #[derive(Debug)]
@@ -88,7 +89,7 @@ impl ChannelBuilder {
             value: self.transport.value,
             handshake_timeout: self.transport.handshake_timeout,
             conn: RwLock::new(None),
-            reconnect: tokio::sync::Mutex::new(()),
+            reconnect: tokio::sync::Mutex::new(Backoff::default()),
             hello: watch::channel(None).0,
             stats: Counters::default(),
         });
@@ -106,6 +107,11 @@ struct Counters {
     calls_failed: AtomicU64,
     stream_credit_waits: AtomicU64,
     connections: AtomicU64,
+    retries: AtomicU64,
+    zero_rtt_attempted: AtomicU64,
+    zero_rtt_accepted: AtomicU64,
+    zero_rtt_rejected: AtomicU64,
+    early_calls: AtomicU64,
 }
 
 /// Counters and transport figures of a channel.
@@ -128,6 +134,22 @@ pub struct ChannelStats {
     pub datagrams_sent: u64,
     /// UDP datagrams received on the current connection.
     pub datagrams_received: u64,
+    /// Calls sent a second time (after a 0-RTT rejection, a refusal, or a lost
+    /// connection for idempotent calls).
+    pub retries: u64,
+    /// Connections that tried 0-RTT (we held a session ticket: a resumed connection).
+    pub zero_rtt_attempted: u64,
+    /// Connections whose 0-RTT data the server accepted.
+    pub zero_rtt_accepted: u64,
+    /// Connections whose 0-RTT data the server rejected (their early calls were re-sent).
+    pub zero_rtt_rejected: u64,
+    /// Calls sent before the handshake completed, in 0-RTT data.
+    pub early_calls: u64,
+    /// Whether the current connection resumed a TLS session with 0-RTT.
+    pub resumed: bool,
+    /// For the current connection: `None` while its handshake runs or when it did not try
+    /// 0-RTT, else whether the server accepted the 0-RTT data.
+    pub zero_rtt: Option<bool>,
 }
 
 struct ChannelInner {
@@ -138,58 +160,229 @@ struct ChannelInner {
     wire: WireLimits,
     value: crate::codec::DecodeLimits,
     handshake_timeout: Duration,
-    conn: RwLock<Option<quinn::Connection>>,
-    reconnect: tokio::sync::Mutex<()>,
+    conn: RwLock<Option<Conn>>,
+    reconnect: tokio::sync::Mutex<Backoff>,
     hello: watch::Sender<Option<Arc<Hello>>>,
     stats: Counters,
 }
 
+/// One QUIC connection and the state of its handshake.
+#[derive(Clone)]
+struct Conn {
+    quic: quinn::Connection,
+    /// `None` while the handshake runs; then whether 0-RTT data was accepted.
+    handshake: watch::Receiver<Option<bool>>,
+    /// The connection tried 0-RTT.
+    early: bool,
+    /// When the handshake completed, for [`Channel::close`].
+    done_at: Arc<std::sync::OnceLock<Instant>>,
+}
+
+impl Conn {
+    fn handshake_done(&self) -> bool {
+        self.handshake.borrow().is_some()
+    }
+
+    async fn wait_handshake(&self) -> Result<(), Status> {
+        let mut rx = self.handshake.clone();
+        let _ = rx.wait_for(|h| h.is_some()).await;
+        match self.quic.close_reason() {
+            None => Ok(()),
+            Some(e) => Err(Status::unavailable(format!(
+                "connection failed: {}",
+                describe_connection_error(&e)
+            ))),
+        }
+    }
+}
+
+/// Reconnection pacing: capped exponential backoff with jitter after failed attempts.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(5);
+
+    fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let exp = Self::FIRST.saturating_mul(1u32 << self.failures.min(8).saturating_sub(1));
+        let base = exp.min(Self::CAP);
+        // +-20% jitter, so clients that lost the same server do not return in lockstep.
+        let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+        let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
+        self.not_before = Some(Instant::now() + base.mul_f64(jitter));
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.not_before = None;
+    }
+}
+
 impl ChannelInner {
-    fn current(&self) -> Option<quinn::Connection> {
+    fn current(&self) -> Option<Conn> {
         let guard = self.conn.read().ok()?;
         guard
             .as_ref()
-            .filter(|c| c.close_reason().is_none())
+            .filter(|c| c.quic.close_reason().is_none())
             .cloned()
     }
 
-    async fn establish(self: &Arc<Self>) -> Result<quinn::Connection, String> {
+    /// Whether the server's catalog (from its last HELLO) marks `method` idempotent.
+    fn catalog_idempotent(&self, method: &str) -> bool {
+        self.hello
+            .borrow()
+            .as_ref()
+            .and_then(|h| h.methods.iter().find(|m| m.name == method))
+            .is_some_and(|m| m.idempotent)
+    }
+
+    async fn establish(self: &Arc<Self>) -> Result<Conn, String> {
         let connecting = self
             .endpoint
             .connect_with(self.config.clone(), self.addr, &self.server_name)
             .map_err(|e| e.to_string())?;
-        let conn = match tokio::time::timeout(self.handshake_timeout, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(describe_connection_error(&e)),
-            Err(_) => {
-                return Err(format!(
-                    "handshake timed out after {:?}",
-                    self.handshake_timeout
-                ))
+        let done_at = Arc::new(std::sync::OnceLock::new());
+        let conn = match zero_rtt::dial(connecting) {
+            Dial::Early(quic, accepted) => {
+                // We hold a session ticket: the connection is usable now, and idempotent
+                // calls may travel in the first flight.
+                self.stats
+                    .zero_rtt_attempted
+                    .fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = watch::channel(None);
+                let weak = Arc::downgrade(self);
+                let limit = self.handshake_timeout;
+                let (watched, stamp) = (quic.clone(), done_at.clone());
+                let addr = self.addr;
+                tokio::spawn(async move {
+                    let accepted = match tokio::time::timeout(limit, accepted).await {
+                        Ok(a) => a,
+                        Err(_) => {
+                            watched.close(reset::NO_ERROR.into(), b"handshake timed out");
+                            false
+                        }
+                    };
+                    let _ = stamp.set(Instant::now());
+                    let failed = watched.close_reason().is_some();
+                    if let Some(inner) = weak.upgrade() {
+                        if accepted {
+                            inner
+                                .stats
+                                .zero_rtt_accepted
+                                .fetch_add(1, Ordering::Relaxed);
+                        } else if !failed {
+                            inner
+                                .stats
+                                .zero_rtt_rejected
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    debug!(%addr, accepted, failed, "0-RTT handshake ended");
+                    let _ = tx.send(Some(accepted));
+                    if failed {
+                        // The handshake itself failed (refused, unreachable): pace the
+                        // next attempts as for any failed connection.
+                        if let Some(inner) = weak.upgrade() {
+                            inner.reconnect.lock().await.failed();
+                        }
+                    }
+                });
+                Conn {
+                    quic,
+                    handshake: rx,
+                    early: true,
+                    done_at,
+                }
+            }
+            Dial::Full(connecting) => {
+                let quic = match tokio::time::timeout(self.handshake_timeout, connecting).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return Err(describe_connection_error(&e)),
+                    Err(_) => {
+                        return Err(format!(
+                            "handshake timed out after {:?}",
+                            self.handshake_timeout
+                        ))
+                    }
+                };
+                let _ = done_at.set(Instant::now());
+                Conn {
+                    quic,
+                    handshake: watch::channel(Some(false)).1,
+                    early: false,
+                    done_at,
+                }
             }
         };
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut slot) = self.conn.write() {
             *slot = Some(conn.clone());
         }
-        tokio::spawn(read_hello(Arc::downgrade(self), conn.clone(), self.wire));
+        tokio::spawn(read_hello(
+            Arc::downgrade(self),
+            conn.quic.clone(),
+            self.wire,
+        ));
+        tokio::spawn(reconnect_when_lost(Arc::downgrade(self), conn.quic.clone()));
         Ok(conn)
     }
 
-    /// The open connection, re-established if it was lost.
-    async fn connection(self: &Arc<Self>) -> Result<quinn::Connection, Status> {
+    /// The open connection, re-established if it was lost (after a backoff if the last
+    /// attempts failed).
+    async fn connection(self: &Arc<Self>) -> Result<Conn, Status> {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let _one_at_a_time = self.reconnect.lock().await;
+        let mut backoff = self.reconnect.lock().await;
         if let Some(c) = self.current() {
             return Ok(c);
+        }
+        if let Some(t) = backoff.not_before {
+            tokio::time::sleep_until(t.into()).await;
         }
         debug!(addr = %self.addr, "reconnecting");
-        self.establish()
-            .await
-            .map_err(|why| Status::unavailable(format!("cannot connect to {}: {why}", self.addr)))
+        match self.establish().await {
+            Ok(c) => {
+                backoff.succeeded();
+                Ok(c)
+            }
+            Err(why) => {
+                backoff.failed();
+                Err(Status::unavailable(format!(
+                    "cannot connect to {}: {why}",
+                    self.addr
+                )))
+            }
+        }
     }
+}
+
+/// Re-establishes a connection the server closed or the network lost, so the next call
+/// finds one ready (paced by the channel's backoff). A connection closed by this client is
+/// left closed.
+async fn reconnect_when_lost(inner: std::sync::Weak<ChannelInner>, conn: quinn::Connection) {
+    let reason = conn.closed().await;
+    if matches!(reason, quinn::ConnectionError::LocallyClosed) {
+        return;
+    }
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    debug!(addr = %inner.addr, %reason, "connection lost, reconnecting in the background");
+    reconnect_boxed(inner).await;
+}
+
+/// `connection` spawns [`reconnect_when_lost`], which calls `connection`: a boxed future
+/// with a declared `Send` breaks the cycle the compiler cannot see through.
+fn reconnect_boxed(inner: Arc<ChannelInner>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _ = inner.connection().await;
+    })
 }
 
 async fn read_hello(
@@ -302,23 +495,53 @@ impl Channel {
     /// Counters and RTT figures.
     pub fn stats(&self) -> ChannelStats {
         let s = &self.inner.stats;
-        let conn = self.inner.current();
+        let current = self.inner.current();
+        let conn = current.as_ref().map(|c| &c.quic);
         ChannelStats {
             calls_started: s.calls_started.load(Ordering::Relaxed),
             calls_failed: s.calls_failed.load(Ordering::Relaxed),
             stream_credit_waits: s.stream_credit_waits.load(Ordering::Relaxed),
             connections: s.connections.load(Ordering::Relaxed),
-            rtt: conn.as_ref().map(|c| c.rtt()),
-            min_rtt: conn.as_ref().map(|c| c.min_rtt()),
-            datagrams_sent: conn.as_ref().map_or(0, |c| c.stats().udp_tx.datagrams),
-            datagrams_received: conn.as_ref().map_or(0, |c| c.stats().udp_rx.datagrams),
+            rtt: conn.map(|c| c.rtt()),
+            min_rtt: conn.map(|c| c.min_rtt()),
+            datagrams_sent: conn.map_or(0, |c| c.stats().udp_tx.datagrams),
+            datagrams_received: conn.map_or(0, |c| c.stats().udp_rx.datagrams),
+            retries: s.retries.load(Ordering::Relaxed),
+            zero_rtt_attempted: s.zero_rtt_attempted.load(Ordering::Relaxed),
+            zero_rtt_accepted: s.zero_rtt_accepted.load(Ordering::Relaxed),
+            zero_rtt_rejected: s.zero_rtt_rejected.load(Ordering::Relaxed),
+            early_calls: s.early_calls.load(Ordering::Relaxed),
+            resumed: current.as_ref().is_some_and(|c| c.early),
+            zero_rtt: current
+                .as_ref()
+                .filter(|c| c.early)
+                .and_then(|c| *c.handshake.borrow()),
         }
     }
 
     /// Closes the connection; calls in flight fail with `UNAVAILABLE`.
-    pub fn close(&self) {
+    ///
+    /// Session tickets for the next 0-RTT reconnect arrive about one round trip after the
+    /// handshake completes, so a connection younger than that is kept open until then
+    /// (at most one second): closing at once would leave the client without tickets.
+    pub async fn close(&self) {
+        let Some(c) = self.inner.current() else {
+            return;
+        };
+        let _ = tokio::time::timeout(self.inner.handshake_timeout, c.wait_handshake()).await;
+        if let Some(done) = c.done_at.get() {
+            let settle =
+                (c.quic.rtt() * 3 / 2 + Duration::from_millis(2)).min(Duration::from_secs(1));
+            tokio::time::sleep_until((*done + settle).into()).await;
+        }
+        c.quic.close(reset::NO_ERROR.into(), b"client closed");
+    }
+
+    /// Drops the current connection at once (no ticket collection); the next call
+    /// reconnects, with 0-RTT if a session ticket is held.
+    pub fn disconnect(&self) {
         if let Some(c) = self.inner.current() {
-            c.close(reset::NO_ERROR.into(), b"client closed");
+            c.quic.close(reset::NO_ERROR.into(), b"client disconnected");
         }
     }
 }
@@ -430,18 +653,72 @@ impl CallBuilder {
             "rpc.client",
             method = %self.method,
             code = field::Empty,
-            duration_us = field::Empty
+            duration_us = field::Empty,
+            attempts = field::Empty,
+            early = field::Empty
         );
-        let inner = self.channel.inner.clone();
-        let deadline = self.timeout.map(|t| started + t);
-        let fut = async move {
-            let mut call = self.open(deadline, Some(msg), true).await?;
-            let mut recv = call.take_recv();
-            let result = recv.single_response(decode).await;
-            if recv.finished {
-                call.done();
+        let (inner, mut headers, deadline) = self.into_parts(started);
+        let fut = async {
+            let mut attempts = 0u32;
+            let mut lost_once = false;
+            loop {
+                attempts += 1;
+                let attempt = async {
+                    // Only a first attempt may go early: if 0-RTT was rejected, the
+                    // handshake must be complete before the call is sent again.
+                    let mut call = open_call(
+                        &inner,
+                        &mut headers,
+                        deadline,
+                        Some(msg.clone()),
+                        true,
+                        attempts == 1,
+                    )
+                    .await?;
+                    tracing::Span::current().record("early", call.early);
+                    let mut recv = call.take_recv();
+                    let result = recv.single_response(decode).await;
+                    if recv.finished {
+                        call.done();
+                    }
+                    result.map_err(|status| Failure {
+                        status,
+                        retry: recv.retry,
+                    })
+                };
+                let failure = match attempt.await {
+                    Ok(r) => {
+                        tracing::Span::current().record("attempts", attempts);
+                        return Ok(r);
+                    }
+                    Err(f) => f,
+                };
+                let idempotent = || headers.idempotent || inner.catalog_idempotent(&headers.method);
+                // A call that provably never ran (refused, or lost with rejected 0-RTT
+                // data) is sent again, paced by the reconnection backoff, up to
+                // MAX_ATTEMPTS and within its deadline; one that may have run is sent again
+                // once, and only if it is idempotent.
+                let again = attempts < MAX_ATTEMPTS
+                    && match failure.retry {
+                        Retry::NotStarted => true,
+                        Retry::MaybeStarted => !lost_once && idempotent(),
+                        Retry::No => false,
+                    };
+                if again {
+                    lost_once |= failure.retry == Retry::MaybeStarted;
+                    inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    debug!(method = %headers.method, reason = %failure.status, "sending the call again");
+                    continue;
+                }
+                tracing::Span::current().record("attempts", attempts);
+                return Err(match failure.retry {
+                    Retry::MaybeStarted if !idempotent() => Status::unavailable(format!(
+                        "the connection was lost with the call in flight; it may or may not have run ({})",
+                        failure.status.message()
+                    )),
+                    _ => failure.status,
+                });
             }
-            result
         };
         let result = with_deadline(deadline, fut).instrument(span.clone()).await;
         finish_span(&span, &inner, &result, started);
@@ -480,8 +757,9 @@ impl CallBuilder {
         msg: Bytes,
         decode: DecodeFn<Resp>,
     ) -> Result<Streaming<Resp>, Status> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let mut call = with_deadline(deadline, self.open(deadline, Some(msg), true)).await?;
+        let (inner, mut headers, deadline) = self.into_parts(Instant::now());
+        let open = open_call(&inner, &mut headers, deadline, Some(msg), true, false);
+        let mut call = with_deadline(deadline, async { open.await.map_err(|f| f.status) }).await?;
         let recv = call.take_recv();
         call.done();
         Ok(recv.into_streaming(decode, deadline))
@@ -508,9 +786,10 @@ impl CallBuilder {
         encode: EncodeFn<Req>,
         decode: DecodeFn<Resp>,
     ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let max = self.channel.inner.wire.max_message_size;
-        let mut call = with_deadline(deadline, self.open(deadline, None, false)).await?;
+        let (inner, mut headers, deadline) = self.into_parts(Instant::now());
+        let max = inner.wire.max_message_size;
+        let open = open_call(&inner, &mut headers, deadline, None, false, false);
+        let mut call = with_deadline(deadline, async { open.await.map_err(|f| f.status) }).await?;
         let codec = call.codec;
         let sink = RequestSink {
             send: call.take_send(),
@@ -548,9 +827,10 @@ impl CallBuilder {
         encode: EncodeFn<Req>,
         decode: DecodeFn<Resp>,
     ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let max = self.channel.inner.wire.max_message_size;
-        let mut call = with_deadline(deadline, self.open(deadline, None, false)).await?;
+        let (inner, mut headers, deadline) = self.into_parts(Instant::now());
+        let max = inner.wire.max_message_size;
+        let open = open_call(&inner, &mut headers, deadline, None, false, false);
+        let mut call = with_deadline(deadline, async { open.await.map_err(|f| f.status) }).await?;
         let sink = RequestSink {
             send: call.take_send(),
             codec: call.codec,
@@ -560,65 +840,136 @@ impl CallBuilder {
         Ok((sink, call.take_recv().into_streaming(decode, deadline)))
     }
 
-    /// Opens the stream and writes HEADERS (plus the request and FIN for single-request
-    /// calls).
-    async fn open(
-        self,
-        deadline: Option<Instant>,
-        request: Option<Bytes>,
-        finish: bool,
-    ) -> Result<OpenCall, Status> {
-        let inner = self.channel.inner;
-        inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
-        let conn = inner.connection().await?;
-        let (mut send, recv) = open_stream(&inner, &conn).await?;
+    fn into_parts(self, started: Instant) -> (Arc<ChannelInner>, RequestHeaders, Option<Instant>) {
+        let deadline = self.timeout.map(|t| started + t);
         let headers = RequestHeaders {
             method: self.method,
             codec: self.codec,
-            // The time left now, after connecting and waiting for stream credit.
-            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            timeout: self.timeout,
             idempotent: self.idempotent,
             routing_key: self.routing_key,
             metadata: self.metadata,
         };
-        if headers.metadata.byte_size() > inner.wire.max_metadata_size {
-            return Err(Status::resource_exhausted(
-                "request metadata exceeds the size limit",
-            ));
-        }
-        let head = headers.to_frame().freeze();
-        let written = match request {
-            Some(msg) => {
-                let [hdr, payload] = data_chunks(msg);
-                send.write_all_chunks(&mut [head, hdr, payload]).await
-            }
-            None => send.write_all(&head).await,
-        };
-        let mut recv = CallRecv {
-            recv: FramedRecv::new(recv, inner.wire),
-            trailers: None,
-            value: inner.value,
-            wire: inner.wire,
-            codec: self.codec,
-            deadline,
-            finished: false,
-        };
-        if let Err(e) = written {
-            // The server may have refused the request (too large, unknown method) and said
-            // why in its TRAILERS; prefer its status over the write error.
-            return Err(recv.failure_after_write(e).await);
-        }
-        if finish {
-            let _ = send.finish();
-        }
-        Ok(OpenCall {
-            send: Some(send),
-            recv: Some(recv),
-            codec: self.codec,
-            deadline,
-            completed: false,
-        })
+        (self.channel.inner, headers, deadline)
     }
+}
+
+/// Most attempts one unary call makes (first try included). Attempts after the first are
+/// paced by the reconnection backoff (100 ms doubling to 5 s), so this spans about 10 s;
+/// a deadline ends them sooner.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Whether a failed attempt may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// The server answered, or the failure says nothing about where the call got.
+    No,
+    /// Provably not run: refused by the server, or lost with rejected 0-RTT data.
+    NotStarted,
+    /// The connection died with the call in flight: it may or may not have run.
+    MaybeStarted,
+}
+
+struct Failure {
+    status: Status,
+    retry: Retry,
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Failure {
+        Failure {
+            status,
+            retry: Retry::No,
+        }
+    }
+}
+
+/// Opens a stream and writes HEADERS (plus the request and FIN for single-request calls).
+///
+/// While a resumed connection's handshake is still running, only a call that may be
+/// replayed (`may_go_early` and idempotent by the call's flag or the server's catalog)
+/// goes out in 0-RTT data; any other waits for the handshake.
+async fn open_call(
+    inner: &Arc<ChannelInner>,
+    headers: &mut RequestHeaders,
+    deadline: Option<Instant>,
+    request: Option<Bytes>,
+    finish: bool,
+    may_go_early: bool,
+) -> Result<OpenCall, Failure> {
+    inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
+    if headers.metadata.byte_size() > inner.wire.max_metadata_size {
+        return Err(Status::resource_exhausted("request metadata exceeds the size limit").into());
+    }
+    let conn = inner.connection().await.map_err(|status| Failure {
+        status,
+        retry: Retry::NotStarted,
+    })?;
+    let mut early = !conn.handshake_done();
+    if early {
+        let replayable =
+            may_go_early && (headers.idempotent || inner.catalog_idempotent(&headers.method));
+        if replayable {
+            inner.stats.early_calls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            conn.wait_handshake().await.map_err(|status| Failure {
+                status,
+                retry: Retry::NotStarted,
+            })?;
+            early = false;
+        }
+    }
+    let (mut send, recv) = open_stream(inner, &conn.quic)
+        .await
+        .map_err(|status| Failure {
+            status,
+            retry: Retry::NotStarted,
+        })?;
+    // The time left now, after connecting and waiting for stream credit.
+    headers.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let head = headers.to_frame().freeze();
+    let written = match request {
+        Some(msg) => {
+            let [hdr, payload] = data_chunks(msg);
+            send.write_all_chunks(&mut [head, hdr, payload]).await
+        }
+        None => send.write_all(&head).await,
+    };
+    let mut recv = CallRecv {
+        recv: FramedRecv::new(recv, inner.wire),
+        trailers: None,
+        value: inner.value,
+        wire: inner.wire,
+        codec: headers.codec,
+        deadline,
+        finished: false,
+        retry: Retry::No,
+    };
+    if let Err(e) = written {
+        let retry = match &e {
+            quinn::WriteError::ZeroRttRejected => Retry::NotStarted,
+            quinn::WriteError::Stopped(code) if code.into_inner() == u64::from(reset::REFUSED) => {
+                Retry::NotStarted
+            }
+            quinn::WriteError::ConnectionLost(_) => Retry::MaybeStarted,
+            _ => Retry::No,
+        };
+        // The server may have refused the request (too large, unknown method) and said
+        // why in its TRAILERS; prefer its status over the write error.
+        let status = recv.failure_after_write(e).await;
+        return Err(Failure { status, retry });
+    }
+    if finish {
+        let _ = send.finish();
+    }
+    Ok(OpenCall {
+        send: Some(send),
+        recv: Some(recv),
+        codec: headers.codec,
+        deadline,
+        early,
+        completed: false,
+    })
 }
 
 fn ok_trailers() -> Trailers {
@@ -694,6 +1045,8 @@ struct OpenCall {
     recv: Option<CallRecv>,
     codec: Codec,
     deadline: Option<Instant>,
+    /// Sent in 0-RTT data.
+    early: bool,
     completed: bool,
 }
 
@@ -731,6 +1084,8 @@ struct CallRecv {
     codec: Codec,
     deadline: Option<Instant>,
     finished: bool,
+    /// How the last failure bears on sending the call again.
+    retry: Retry,
 }
 
 impl CallRecv {
@@ -747,6 +1102,14 @@ impl CallRecv {
             }
             Err(e) => {
                 self.finished = true;
+                self.retry = match &e {
+                    RecvError::ZeroRttRejected => Retry::NotStarted,
+                    RecvError::Reset(code) if *code == u64::from(reset::REFUSED) => {
+                        Retry::NotStarted
+                    }
+                    RecvError::Lost(_) => Retry::MaybeStarted,
+                    RecvError::Wire(_) | RecvError::Reset(_) => Retry::No,
+                };
                 return Err(e.to_status());
             }
         };

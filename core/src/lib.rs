@@ -48,6 +48,7 @@ mod stream;
 pub mod testing;
 pub mod transport;
 pub mod wire;
+mod zero_rtt;
 
 pub use client::{Channel, ChannelBuilder, ChannelStats, Response, Streaming};
 pub use codec::{Codec, Value};

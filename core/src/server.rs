@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, field, Instrument};
 
 use crate::codec::{Codec, DecodeLimits};
@@ -47,6 +47,7 @@ use crate::wire::{
     reset, Code, FrameKind, Hello, Metadata, MethodInfo, MethodKind, RequestHeaders, Trailers,
     WireError, PROTOCOL_VERSION,
 };
+use crate::zero_rtt;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type Handler = dyn Fn(ServerCall) -> BoxFuture<Result<Option<Bytes>, Status>> + Send + Sync;
@@ -108,6 +109,8 @@ pub struct CallContext {
     peer: SocketAddr,
     codec: Codec,
     idempotent: bool,
+    early_data: bool,
+    confirmed: watch::Receiver<bool>,
     state: Arc<CancelState>,
 }
 
@@ -146,6 +149,18 @@ impl CallContext {
     /// Whether the caller marked this call idempotent.
     pub fn is_idempotent(&self) -> bool {
         self.idempotent
+    }
+
+    /// Whether the call arrived in 0-RTT data. Such a call may be a replay; Meridian runs
+    /// it early only if the method is idempotent.
+    pub fn is_early_data(&self) -> bool {
+        self.early_data
+    }
+
+    /// Whether this call cannot be a replay: it came in 1-RTT data (which only the live
+    /// client can produce), or the connection's handshake completed before it ran.
+    pub fn is_handshake_confirmed(&self) -> bool {
+        !self.early_data || *self.confirmed.borrow()
     }
 
     /// Whether the call was cancelled (by the client, or by its deadline).
@@ -578,6 +593,7 @@ impl ServerBuilder {
             catalog,
             methods: self.methods,
             transport: self.transport,
+            client_auth: tls.requires_client_certs(),
             shutting_down: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -600,6 +616,7 @@ struct Shared {
     catalog: Vec<MethodInfo>,
     methods: HashMap<String, MethodEntry>,
     transport: TransportConfig,
+    client_auth: bool,
     shutting_down: AtomicBool,
     inflight: AtomicUsize,
     idle: Notify,
@@ -728,17 +745,29 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(shared.transport.handshake_timeout, incoming).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            debug!(%remote, error = %e, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(%remote, "handshake timed out");
-            return;
-        }
+    // The connection is usable before its handshake completes, so calls that came in
+    // 0-RTT data are read at once; `confirmed` tells which of them may run (see serve_call).
+    let Some((conn, handshake)) = zero_rtt::accept(incoming).await else {
+        debug!(%remote, "connection refused before its handshake");
+        return;
     };
+    let (confirmed_tx, confirmed) = watch::channel(false);
+    {
+        let conn = conn.clone();
+        let limit = shared.transport.handshake_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(true) => {
+                    let _ = confirmed_tx.send(true);
+                }
+                Ok(false) => debug!(%remote, "handshake failed"),
+                Err(_) => {
+                    debug!(%remote, "handshake timed out");
+                    conn.close(reset::PROTOCOL_ERROR.into(), b"handshake timed out");
+                }
+            }
+        });
+    }
     // The HELLO travels on our first unidirectional stream, kept open for updates. It is
     // written by its own task so calls are served even if the client is slow to grant
     // unidirectional stream credit.
@@ -761,7 +790,13 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                     let _ = recv.stop(reset::REFUSED.into());
                     continue;
                 }
-                tokio::spawn(serve_call(shared.clone(), remote, send, recv));
+                tokio::spawn(serve_call(
+                    shared.clone(),
+                    remote,
+                    confirmed.clone(),
+                    send,
+                    recv,
+                ));
             }
             Err(e) => {
                 debug!(%remote, reason = %e, "connection ended");
@@ -817,10 +852,12 @@ enum Outcome {
 async fn serve_call(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    confirmed: watch::Receiver<bool>,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
     let started = Instant::now();
+    let early = zero_rtt::is_early(&recv);
     let limits = shared.transport.wire;
     let mut rx = FramedRecv::new(recv, limits);
 
@@ -877,7 +914,8 @@ async fn serve_call(
         code = field::Empty,
         duration_us = field::Empty
     );
-    let code = run_call(&shared, peer, headers, rx, &mut send, started)
+    let early = EarlyData { early, confirmed };
+    let code = run_call(&shared, peer, early, headers, rx, &mut send, started)
         .instrument(span.clone())
         .await;
     if code != Code::Ok {
@@ -887,9 +925,16 @@ async fn serve_call(
     span.record("duration_us", started.elapsed().as_micros() as u64);
 }
 
+/// Whether a call arrived in 0-RTT data, and the connection's handshake state.
+struct EarlyData {
+    early: bool,
+    confirmed: watch::Receiver<bool>,
+}
+
 async fn run_call(
     shared: &Shared,
     peer: SocketAddr,
+    mut early: EarlyData,
     headers: RequestHeaders,
     mut rx: FramedRecv,
     send: &mut quinn::SendStream,
@@ -903,6 +948,22 @@ async fn run_call(
     };
     let deadline = headers.timeout.map(|t| started + t);
     let wire_limits = shared.transport.wire;
+
+    // Replay safety: a call that came in 0-RTT data may be a replayed first flight. Only
+    // methods this server declares idempotent may run before the handshake completes
+    // (the client's own flag does not count: a replay could set it), and none at all when
+    // client certificates are required, since those are checked at handshake end.
+    if early.early && (!entry.info.idempotent || shared.client_auth) {
+        let wait = early.confirmed.wait_for(|c| *c);
+        match tokio::time::timeout(shared.transport.handshake_timeout, wait).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                rx.stop(reset::REFUSED);
+                let _ = send.reset(reset::REFUSED.into());
+                return Code::Unavailable;
+            }
+        }
+    }
 
     // Unary and server-streaming calls carry exactly one request message; read it here so
     // the handler gets it whole.
@@ -948,6 +1009,8 @@ async fn run_call(
         peer,
         codec: headers.codec,
         idempotent: headers.idempotent,
+        early_data: early.early,
+        confirmed: early.confirmed,
         state: Arc::new(CancelState::default()),
     };
     let call = ServerCall {

@@ -23,6 +23,9 @@ pub(crate) enum RecvError {
     Reset(u64),
     /// The connection is gone.
     Lost(String),
+    /// The stream was sent in 0-RTT data that the server rejected: it never reached the
+    /// server's application.
+    ZeroRttRejected,
 }
 
 impl RecvError {
@@ -35,6 +38,7 @@ impl RecvError {
             RecvError::Wire(e) => Status::internal(format!("protocol error: {e}")),
             RecvError::Reset(code) => status_for_reset(*code),
             RecvError::Lost(why) => Status::unavailable(format!("connection lost: {why}")),
+            RecvError::ZeroRttRejected => Status::unavailable("the server rejected the 0-RTT data"),
         }
     }
 }
@@ -95,6 +99,7 @@ impl FramedRecv {
                 Err(quinn::ReadError::Reset(code)) => {
                     return Err(RecvError::Reset(code.into_inner()))
                 }
+                Err(quinn::ReadError::ZeroRttRejected) => return Err(RecvError::ZeroRttRejected),
                 Err(e) => return Err(RecvError::Lost(e.to_string())),
             }
         }

@@ -261,21 +261,69 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// TLS settings of a server: its identity and, optionally, the CAs its clients must
-/// present certificates from (mutual TLS).
-#[derive(Debug, Clone)]
+/// Where a server keeps TLS sessions it can resume (and accept 0-RTT data for).
+///
+/// This is rustls's [`StoresServerSessions`](rustls::server::StoresServerSessions): `put`
+/// on a full handshake, single-use `take` on resumption. rustls accepts early data only
+/// with such stateful resumption, so servers of one region that share one store resume
+/// each other's clients with 0-RTT. Implement it over a shared cache to span processes.
+pub use rustls::server::StoresServerSessions as SessionStore;
+
+/// A bounded in-memory session store holding at most `capacity` sessions (the oldest go
+/// first). Share the returned `Arc` between servers to let them resume each other's
+/// clients.
+pub fn memory_session_store(capacity: usize) -> Arc<dyn SessionStore> {
+    rustls::server::ServerSessionMemoryCache::new(capacity)
+}
+
+/// Sessions a server remembers by default.
+pub const DEFAULT_SESSION_CAPACITY: usize = 4096;
+
+/// Session tickets a server sends after each full or resumed handshake. Each 0-RTT
+/// reconnect uses one up, so more than rustls's default of two keeps a client that
+/// reconnects quickly from running dry.
+pub const TICKETS_PER_HANDSHAKE: usize = 4;
+
+/// TLS settings of a server: its identity, its session store and, optionally, the CAs its
+/// clients must present certificates from (mutual TLS).
+///
+/// Clones share the session store.
+#[derive(Clone)]
 pub struct ServerTls {
     identity: Identity,
     client_roots: Option<RootCertStore>,
+    sessions: Arc<dyn SessionStore>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mutual_tls", &self.client_roots.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerTls {
-    /// A server presenting `identity`, accepting any client.
+    /// A server presenting `identity`, accepting any client, with its own in-memory
+    /// session store of [`DEFAULT_SESSION_CAPACITY`] sessions.
     pub fn new(identity: Identity) -> ServerTls {
         ServerTls {
             identity,
             client_roots: None,
+            sessions: memory_session_store(DEFAULT_SESSION_CAPACITY),
         }
+    }
+
+    /// Keeps resumable sessions in `store` (share one store between the servers of a
+    /// region so a client resumes with 0-RTT on any of them).
+    pub fn with_session_store(mut self, store: Arc<dyn SessionStore>) -> ServerTls {
+        self.sessions = store;
+        self
+    }
+
+    /// Whether clients must present certificates.
+    pub fn requires_client_certs(&self) -> bool {
+        self.client_roots.is_some()
     }
 
     /// Requires every client to present a certificate issued by one of `roots`.
@@ -310,8 +358,12 @@ impl ServerTls {
         let mut cfg =
             builder.with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
-        // QUIC allows only 0 or u32::MAX here; 0-RTT handling is decided per stream.
+        // QUIC allows only 0 or u32::MAX here; what may run early is decided per stream.
         cfg.max_early_data_size = u32::MAX;
+        // Stateful resumption: rustls accepts early data only with a session store, never
+        // with a stateless ticketer.
+        cfg.session_storage = self.sessions.clone();
+        cfg.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
         Ok(cfg)
     }
 
@@ -327,6 +379,15 @@ impl ServerTls {
     }
 }
 
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("trust", &self.trust)
+            .field("client_cert", &self.identity.is_some())
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Trust {
     Roots(RootCertStore),
@@ -335,11 +396,16 @@ enum Trust {
 
 /// TLS settings of a client: whom it trusts and, for mutual TLS, its own identity.
 ///
+/// The rustls configuration built from it is made once and shared by every clone and
+/// every connection: rustls keeps session tickets inside it, so sharing it is what lets a
+/// reconnect (on any channel made from these settings) resume with 0-RTT.
+///
 /// There is deliberately no "accept any certificate" mode.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientTls {
     trust: Trust,
     identity: Option<Identity>,
+    built: Arc<std::sync::OnceLock<Arc<quinn::crypto::rustls::QuicClientConfig>>>,
 }
 
 impl ClientTls {
@@ -354,6 +420,7 @@ impl ClientTls {
         Ok(ClientTls {
             trust: Trust::Roots(store),
             identity: None,
+            built: Default::default(),
         })
     }
 
@@ -371,12 +438,14 @@ impl ClientTls {
         ClientTls {
             trust: Trust::Pinned(cert),
             identity: None,
+            built: Default::default(),
         }
     }
 
     /// Presents `identity` to servers that require client certificates.
     pub fn with_identity(mut self, identity: Identity) -> ClientTls {
         self.identity = Some(identity);
+        self.built = Default::default();
         self
     }
 
@@ -405,9 +474,18 @@ impl ClientTls {
     /// The quinn client configuration these settings produce (TLS 1.3, ALPN `meridian/1`,
     /// the transport limits), for tools that speak to a Meridian server at the QUIC level.
     pub fn quinn_config(&self, transport: &TransportConfig) -> Result<quinn::ClientConfig, Error> {
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(self.to_rustls()?)
-            .map_err(|e| Error::Config(format!("TLS config unusable for QUIC: {e}")))?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        let crypto = match self.built.get() {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(
+                    quinn::crypto::rustls::QuicClientConfig::try_from(self.to_rustls()?)
+                        .map_err(|e| Error::Config(format!("TLS config unusable for QUIC: {e}")))?,
+                );
+                // Another thread may have won the race; use whichever is stored.
+                self.built.get_or_init(|| c).clone()
+            }
+        };
+        let mut cfg = quinn::ClientConfig::new(crypto);
         cfg.transport_config(transport.to_quinn());
         Ok(cfg)
     }

@@ -18,3 +18,5 @@ mod hello_shutdown;
 mod link_emulator;
 #[path = "rpc/tls.rs"]
 mod tls;
+#[path = "rpc/zero_rtt.rs"]
+mod zero_rtt;
