@@ -13,12 +13,14 @@
 //! add a kind.
 
 mod driver;
+mod handshake;
 mod kinds;
 mod report;
 mod tls;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use kinds::{Kind, Ready};
 
@@ -37,6 +39,10 @@ usage:
   meridian-bench serve KIND [--cpu N]
       serve KIND on 127.0.0.1 (any port), print `LISTEN <addr> <cert-der-hex>`,
       serve until stdin closes
+  meridian-bench connect [--rtts 50,120] [--runs 50] [--setups 200] [--append FILE]
+      time connect-to-first-response over emulated WAN links (Meridian full
+      handshake, Meridian 0-RTT, tonic over TCP + TLS), and CPU per connection
+      setup on loopback; with --append add the section to FILE
   meridian-bench list
       print the known kinds";
 
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
     let outcome = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("serve") => serve(&args[1..]),
+        Some("connect") => connect(&args[1..]),
         Some("list") => {
             for kind in Kind::ALL {
                 println!("{}", kind.name());
@@ -101,6 +108,49 @@ fn serve(args: &[String]) -> Result<()> {
         .build()?;
     let addr: SocketAddr = "127.0.0.1:0".parse()?;
     tokio::task::LocalSet::new().block_on(&runtime, kind.serve(addr, &identity, ready))
+}
+
+/// `connect [--rtts 50,120] [--runs 50] [--setups 200] [--append FILE]`.
+fn connect(args: &[String]) -> Result<()> {
+    let mut plan = handshake::ConnectPlan {
+        rtts: vec![Duration::from_millis(50), Duration::from_millis(120)],
+        runs: 50,
+        setups: 200,
+    };
+    let mut append = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rtts" => {
+                plan.rtts = value()?
+                    .split(',')
+                    .map(|ms| ms.parse().map(Duration::from_millis))
+                    .collect::<Result<_, _>>()?
+            }
+            "--runs" => plan.runs = value()?.parse()?,
+            "--setups" => plan.setups = value()?.parse()?,
+            "--append" => append = Some(value()?.clone()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
+        }
+    }
+    if plan.runs == 0 || plan.setups == 0 {
+        return Err("--runs and --setups must be at least 1".into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let section = tokio::task::LocalSet::new().block_on(&runtime, handshake::run(&plan))?;
+    println!("{section}");
+    if let Some(file) = append {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)?;
+        writeln!(f, "\n{section}")?;
+    }
+    Ok(())
 }
 
 /// `run [--quick] [--kinds a,b,c] [--out FILE] [--no-pin]`: the driver.

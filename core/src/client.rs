@@ -39,7 +39,7 @@ use crate::stream::{
     data_chunks, decode_raw, decode_typed, encode_raw, encode_typed, reset_for_status,
     status_for_reset, DecodeFn, EncodeFn, FramedRecv, RecvError,
 };
-use crate::transport::{client_endpoint, describe_connection_error, ClientTls, TransportConfig};
+use crate::transport::{describe_connection_error, ClientTls, TransportConfig};
 use crate::wire::{reset, Code, FrameKind, Hello, Metadata, RequestHeaders, Trailers, WireLimits};
 use crate::zero_rtt::{self, Dial};
 
@@ -75,15 +75,19 @@ impl ChannelBuilder {
     /// Connects (QUIC + TLS handshake) and returns the channel. A certificate the client
     /// does not trust, or a server that requires a client certificate we lack, fails here.
     pub async fn connect(self) -> Result<Channel, Error> {
-        let endpoint = match self.endpoint {
-            Some(e) => e,
-            None => client_endpoint(self.addr)?,
+        let (endpoint, shared) = match self.endpoint {
+            Some(e) => (e, None),
+            None => (
+                self.tls.endpoint_for(self.addr, None)?,
+                Some(self.tls.clone()),
+            ),
         };
         let config = self.tls.quinn_config(&self.transport)?;
         let inner = Arc::new(ChannelInner {
             addr: self.addr,
             server_name: self.server_name,
-            endpoint,
+            endpoint: RwLock::new(endpoint),
+            shared_sockets: shared,
             config,
             wire: self.transport.wire,
             value: self.transport.value,
@@ -155,7 +159,9 @@ pub struct ChannelStats {
 struct ChannelInner {
     addr: SocketAddr,
     server_name: String,
-    endpoint: quinn::Endpoint,
+    endpoint: RwLock<quinn::Endpoint>,
+    /// Where the endpoint came from, when it is the one shared by a `ClientTls`.
+    shared_sockets: Option<ClientTls>,
     config: quinn::ClientConfig,
     wire: WireLimits,
     value: crate::codec::DecodeLimits,
@@ -242,9 +248,25 @@ impl ChannelInner {
     }
 
     async fn establish(self: &Arc<Self>) -> Result<Conn, String> {
-        let connecting = self
-            .endpoint
-            .connect_with(self.config.clone(), self.addr, &self.server_name)
+        let endpoint = self.endpoint.read().map_err(|e| e.to_string())?.clone();
+        let connecting =
+            match endpoint.connect_with(self.config.clone(), self.addr, &self.server_name) {
+                Err(quinn::ConnectError::EndpointStopping) if self.shared_sockets.is_some() => {
+                    // The shared socket's runtime ended: take a fresh one.
+                    let fresh = self
+                        .shared_sockets
+                        .as_ref()
+                        .map(|tls| tls.endpoint_for(self.addr, Some(&endpoint)))
+                        .transpose()
+                        .map_err(|e| e.to_string())?
+                        .unwrap_or(endpoint);
+                    if let Ok(mut slot) = self.endpoint.write() {
+                        *slot = fresh.clone();
+                    }
+                    fresh.connect_with(self.config.clone(), self.addr, &self.server_name)
+                }
+                other => other,
+            }
             .map_err(|e| e.to_string())?;
         let done_at = Arc::new(std::sync::OnceLock::new());
         let conn = match zero_rtt::dial(connecting) {

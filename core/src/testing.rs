@@ -353,3 +353,120 @@ async fn delay_line(mut queue: mpsc::Receiver<Packet>, state: Arc<LinkState>) {
         }
     }
 }
+
+/// A TCP relay with a fixed delay each way, for comparing TCP-based transports (gRPC over
+/// HTTP/2 + TLS) with QUIC over the same emulated WAN.
+///
+/// Each accepted connection gets its own connection to the target; bytes are forwarded
+/// in the chunks they were read in, each held for the one-way delay of its direction.
+/// The relay accepts at once on loopback, so TCP's own handshake round trip is emulated:
+/// nothing the client sends is forwarded until one RTT after it connected, when its SYN-ACK
+/// would have arrived.
+/// Memory per direction is bounded by [`TcpLinkEmulator::QUEUE_CHUNKS`] chunks of at most
+/// 64 KiB; a full queue stops reading (TCP backpressure), it never drops bytes.
+pub struct TcpLinkEmulator {
+    addr: SocketAddr,
+    delays: Arc<Mutex<(Duration, Duration)>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for TcpLinkEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpLinkEmulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpLinkEmulator {
+    /// Chunks a direction may hold in flight.
+    pub const QUEUE_CHUNKS: usize = 256;
+
+    /// Starts relaying from a new loopback port to `target` with this round-trip time.
+    pub async fn start(target: SocketAddr, rtt: Duration) -> io::Result<TcpLinkEmulator> {
+        let bind: SocketAddr = if target.is_ipv6() {
+            "[::1]:0".parse().map_err(io::Error::other)?
+        } else {
+            "127.0.0.1:0".parse().map_err(io::Error::other)?
+        };
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let delays = Arc::new(Mutex::new((rtt / 2, rtt - rtt / 2)));
+        let d = delays.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let d = d.clone();
+                let syn_ack = Instant::now();
+                conns.spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let (to, from) = d.lock().map(|g| *g).unwrap_or_default();
+                    let handshake_done = syn_ack + to + from;
+                    tokio::join!(
+                        tcp_pipe(cr, sw, to, handshake_done),
+                        tcp_pipe(sr, cw, from, syn_ack)
+                    );
+                });
+            }
+        });
+        Ok(TcpLinkEmulator { addr, delays, task })
+    }
+
+    /// The address clients connect to instead of the target.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes the round-trip time for connections accepted from now on.
+    pub fn set_rtt(&self, rtt: Duration) {
+        if let Ok(mut d) = self.delays.lock() {
+            *d = (rtt / 2, rtt - rtt / 2);
+        }
+    }
+}
+
+impl Drop for TcpLinkEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn tcp_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    sent_no_earlier_than: Instant,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(TcpLinkEmulator::QUEUE_CHUNKS);
+    let reader = async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let sent = Instant::now().max(sent_no_earlier_than);
+                    if tx.send((sent + delay, buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}

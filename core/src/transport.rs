@@ -406,6 +406,16 @@ pub struct ClientTls {
     trust: Trust,
     identity: Option<Identity>,
     built: Arc<std::sync::OnceLock<Arc<quinn::crypto::rustls::QuicClientConfig>>>,
+    sockets: Arc<std::sync::Mutex<SharedSockets>>,
+}
+
+/// Client UDP sockets (quinn endpoints) shared by the channels made from one
+/// [`ClientTls`], one per address family. Opening a socket per connection costs more CPU
+/// than the QUIC handshake's own client side (buffers, socket options), so channels share.
+#[derive(Default)]
+struct SharedSockets {
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
 }
 
 impl ClientTls {
@@ -421,6 +431,7 @@ impl ClientTls {
             trust: Trust::Roots(store),
             identity: None,
             built: Default::default(),
+            sockets: Default::default(),
         })
     }
 
@@ -439,6 +450,7 @@ impl ClientTls {
             trust: Trust::Pinned(cert),
             identity: None,
             built: Default::default(),
+            sockets: Default::default(),
         }
     }
 
@@ -447,6 +459,36 @@ impl ClientTls {
         self.identity = Some(identity);
         self.built = Default::default();
         self
+    }
+
+    /// The client endpoint shared by channels made from these settings, for `peer`'s
+    /// address family. `stale` is an endpoint that stopped (its runtime ended): it is
+    /// replaced.
+    pub(crate) fn endpoint_for(
+        &self,
+        peer: SocketAddr,
+        stale: Option<&quinn::Endpoint>,
+    ) -> Result<quinn::Endpoint, Error> {
+        let mut sockets = self
+            .sockets
+            .lock()
+            .map_err(|_| Error::Config("client socket cache poisoned".into()))?;
+        let slot = if peer.is_ipv6() {
+            &mut sockets.v6
+        } else {
+            &mut sockets.v4
+        };
+        if let (Some(current), Some(stale)) = (slot.as_ref(), stale) {
+            if current.local_addr().ok() == stale.local_addr().ok() {
+                *slot = None;
+            }
+        }
+        if let Some(e) = slot {
+            return Ok(e.clone());
+        }
+        let e = client_endpoint(peer)?;
+        *slot = Some(e.clone());
+        Ok(e)
     }
 
     pub(crate) fn to_rustls(&self) -> Result<rustls::ClientConfig, Error> {

@@ -90,7 +90,7 @@ pub struct TonicClient {
 }
 
 impl TonicClient {
-    async fn connect(server: &Listening, tls: bool) -> Result<Self> {
+    pub(crate) async fn connect(server: &Listening, tls: bool) -> Result<Self> {
         let scheme = if tls { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", server.addr))?
             .tcp_nodelay(true)

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use meridian::{Channel, ClientTls, Server, ServerTls, TransportConfig};
+use meridian::{Channel, ClientTls, Method, Server, ServerTls, TransportConfig};
 use rustls::pki_types::PrivateKeyDer;
 
 use super::{Client, Listening, Ready, Transport};
@@ -43,7 +43,12 @@ impl Transport for Meridian {
         };
         let server = Server::builder()
             .transport(transport_config())
-            .unary_raw("echo", |payload: Bytes, _| async move { Ok(payload) })
+            // Idempotent, so a resumed client may send it in 0-RTT data (the connect
+            // benchmark measures that).
+            .unary_raw(
+                Method::new("echo").idempotent(),
+                |payload: Bytes, _| async move { Ok(payload) },
+            )
             .bind(addr, ServerTls::new(id))
             .await?;
         ready.announce(server.local_addr());

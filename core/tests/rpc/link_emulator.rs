@@ -118,3 +118,48 @@ async fn calls_survive_loss() {
         "some packets were lost and recovered"
     );
 }
+
+#[tokio::test]
+async fn the_tcp_relay_delays_each_way() {
+    use meridian::testing::TcpLinkEmulator;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = echo.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let link = TcpLinkEmulator::start(target, Duration::from_millis(40))
+        .await
+        .unwrap();
+    let connected = Instant::now();
+    let mut c = tokio::net::TcpStream::connect(link.addr()).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    // The first exchange also pays for TCP's own handshake: two round trips.
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).await.unwrap();
+    let first = connected.elapsed();
+    assert!(
+        first >= Duration::from_millis(80) && first < Duration::from_millis(130),
+        "{first:?}"
+    );
+    for _ in 0..3 {
+        let t = Instant::now();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        let rtt = t.elapsed();
+        assert!(
+            rtt >= Duration::from_millis(40) && rtt < Duration::from_millis(80),
+            "{rtt:?}"
+        );
+    }
+}
