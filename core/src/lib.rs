@@ -9,7 +9,9 @@
 //! - [`codec`]: message encodings: postcard for typed Rust, [`Value`] for any language,
 //!   raw bytes. Pure code.
 //! - [`transport`]: QUIC endpoints, TLS identities and trust, limits.
-//! - [`server`] and [`client`]: the public RPC API.
+//! - [`server`] and [`client`]: the public RPC API for one server.
+//! - [`region`]: region routing over many servers: nearest region by measured RTT,
+//!   balancing, failover, hedging.
 //! - `testing` (feature `testing`): the WAN link emulator used by tests and benchmarks.
 //!
 //! A server and a client in a few lines:
@@ -41,6 +43,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod region;
 pub mod server;
 mod status;
 mod stream;

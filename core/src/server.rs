@@ -335,6 +335,7 @@ pub struct ServerBuilder {
     region: String,
     server_id: Option<String>,
     transport: TransportConfig,
+    advertise: Option<String>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -366,6 +367,20 @@ impl ServerBuilder {
     /// Sets the server id announced in the HELLO. Default: the bound address.
     pub fn server_id(mut self, id: impl Into<String>) -> Self {
         self.server_id = Some(id.into());
+        self
+    }
+
+    /// Lists the server in the in-process [`LocalRegistry`](crate::region::LocalRegistry)
+    /// under `server_name` (the name its certificate carries), so region clients of this
+    /// process find it with no configuration. On by default, as `localhost`.
+    pub fn advertise_locally(mut self, server_name: impl Into<String>) -> Self {
+        self.advertise = Some(server_name.into());
+        self
+    }
+
+    /// Keeps the server out of the in-process registry.
+    pub fn no_local_registry(mut self) -> Self {
+        self.advertise = None;
         self
     }
 
@@ -601,11 +616,27 @@ impl ServerBuilder {
             calls_failed: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        let registration = self.advertise.map(|name| {
+            let mut addr = local_addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv6() {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                });
+            }
+            crate::region::LocalRegistry::global().register(
+                &shared.region,
+                crate::region::ServerEndpoint::new(addr, name),
+                tls.trust_anchor(),
+            )
+        });
         Ok(Server {
             endpoint,
             local_addr,
             shared,
             accept,
+            registration,
         })
     }
 }
@@ -654,6 +685,7 @@ pub struct Server {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
+    registration: Option<crate::region::Registration>,
 }
 
 impl std::fmt::Debug for Server {
@@ -673,6 +705,7 @@ impl Server {
             region: "default".into(),
             server_id: None,
             transport: TransportConfig::default(),
+            advertise: Some("localhost".into()),
         }
     }
 
@@ -703,7 +736,9 @@ impl Server {
     /// Stops taking new calls (they are refused with a code that tells clients nothing
     /// ran, so they may retry elsewhere), waits up to `grace` for calls in flight, then
     /// closes every connection.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
+        // Leave the registry first so local region clients stop choosing this server.
+        self.registration = None;
         self.shared.shutting_down.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + grace;
         loop {

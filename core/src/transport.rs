@@ -321,6 +321,16 @@ impl ServerTls {
         self
     }
 
+    /// The certificate a client should trust for this server: the last of its chain (the
+    /// issuing CA for a chain from [`DevCa`], the certificate itself if self-signed).
+    pub(crate) fn trust_anchor(&self) -> CertificateDer<'static> {
+        self.identity
+            .chain
+            .last()
+            .cloned()
+            .unwrap_or_else(|| CertificateDer::from(Vec::new()))
+    }
+
     /// Whether clients must present certificates.
     pub fn requires_client_certs(&self) -> bool {
         self.client_roots.is_some()

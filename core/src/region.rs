@@ -1,0 +1,36 @@
+//! Regions: where each call goes.
+//!
+//! Servers are grouped in regions. A [`RegionClient`] keeps a connection to the servers it
+//! may use, measures the network round trip to every region with QUIC's own estimator
+//! (kept fresh by keep-alive pings, so an idle region's figure never goes stale), and sends
+//! each call to the nearest healthy region that serves the method (or, with a routing key,
+//! to the key's owner). Inside a region it balances on each server's service time. When a
+//! server or a whole region stops answering it is ejected within about a second and calls
+//! move on; idempotent calls caught in flight are sent again elsewhere.
+//!
+//! Two signals are kept apart on purpose: the network RTT chooses the region, the service
+//! time chooses the server inside it. Mixing them (as many systems do) makes a busy nearby
+//! server look like a distant one.
+//!
+//! The decisions themselves live in plain structs fed with samples and instants
+//! ([`estimate`], [`select`], [`balance`], [`health`], [`budget`], [`hedge`],
+//! [`rendezvous`]) and are tested in simulated time; this module's client only moves data
+//! between them and the network.
+
+pub mod balance;
+pub mod budget;
+pub mod estimate;
+pub mod health;
+pub mod hedge;
+pub mod rendezvous;
+pub mod select;
+
+mod client;
+mod map;
+
+pub use client::{
+    RegionCallBuilder, RegionClient, RegionClientBuilder, RegionStat, RegionStats, ServerStat,
+};
+pub use map::{
+    Discovery, LocalRegistry, Region, RegionMap, Registration, ServerEndpoint, StaticDiscovery,
+};

@@ -1,0 +1,438 @@
+//! Region routing over real QUIC connections, regions behind the link emulator.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian::region::{RegionClient, RegionMap, ServerEndpoint, StaticDiscovery};
+use meridian::testing::{LinkEmulator, LinkSettings};
+use meridian::{ClientTls, DevCa, Method, Server, ServerBuilder, Status};
+
+struct Site {
+    _server: Server,
+    link: LinkEmulator,
+    id: String,
+}
+
+struct World {
+    ca: DevCa,
+    sites: Vec<(String, Site)>,
+    discovery: Arc<StaticDiscovery>,
+}
+
+fn base(id: &str, region: &str) -> ServerBuilder {
+    let id_owned = id.to_string();
+    Server::builder()
+        .region(region)
+        .server_id(id)
+        .no_local_registry()
+        .unary(Method::new("whoami").idempotent(), move |(): (), _| {
+            let id = id_owned.clone();
+            async move { Ok(id) }
+        })
+}
+
+impl World {
+    /// Starts one server per (region, id, rtt), each behind its own emulated link.
+    async fn start(
+        sites: &[(&str, &str, u64)],
+        extra: impl Fn(&str, &str, ServerBuilder) -> ServerBuilder,
+    ) -> World {
+        let ca = DevCa::new().unwrap();
+        let mut map = RegionMap::new();
+        let mut out = Vec::new();
+        for (region, id, rtt) in sites {
+            let tls = meridian::ServerTls::new(ca.issue_server(&["localhost"]).unwrap());
+            let server = extra(region, id, base(id, region))
+                .bind("127.0.0.1:0".parse().unwrap(), tls)
+                .await
+                .unwrap();
+            let link = LinkEmulator::start(
+                server.local_addr(),
+                LinkSettings::with_rtt(Duration::from_millis(*rtt)),
+            )
+            .await
+            .unwrap();
+            map.add_server(region, ServerEndpoint::new(link.addr(), "localhost"));
+            out.push((
+                region.to_string(),
+                Site {
+                    _server: server,
+                    link,
+                    id: id.to_string(),
+                },
+            ));
+        }
+        World {
+            ca,
+            sites: out,
+            discovery: StaticDiscovery::new(map),
+        }
+    }
+
+    fn client(&self) -> meridian::region::RegionClientBuilder {
+        RegionClient::builder(
+            self.discovery.clone(),
+            ClientTls::with_roots([self.ca.certificate().clone()]).unwrap(),
+        )
+    }
+
+    fn link(&self, id: &str) -> &LinkEmulator {
+        &self.sites.iter().find(|(_, s)| s.id == id).unwrap().1.link
+    }
+
+    fn region_of(&self, id: &str) -> &str {
+        &self.sites.iter().find(|(_, s)| s.id == id).unwrap().0
+    }
+}
+
+async fn whoami(client: &RegionClient) -> Result<String, Status> {
+    client
+        .call("whoami")
+        .timeout(Duration::from_secs(5))
+        .unary(&())
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Calls `whoami` until `n` consecutive answers come from `region`, up to `limit`.
+async fn converge(
+    world: &World,
+    client: &RegionClient,
+    region: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let mut streak = 0;
+    while start.elapsed() < limit {
+        let id = whoami(client).await.ok()?;
+        if world.region_of(&id) == region {
+            streak += 1;
+            if streak >= 10 {
+                return Some(start.elapsed());
+            }
+        } else {
+            streak = 0;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn the_nearest_region_is_chosen_within_seconds() {
+    let world = World::start(
+        &[("far", "f1", 60), ("near", "n1", 5), ("mid", "m1", 30)],
+        |_, _, b| b,
+    )
+    .await;
+    let client = world.client().build().unwrap();
+    let t = converge(&world, &client, "near", Duration::from_secs(8)).await;
+    assert!(
+        t.is_some(),
+        "never settled on the nearest region: {:?}",
+        client.stats()
+    );
+    let stats = client.stats();
+    assert_eq!(stats.current_region.as_deref(), Some("near"));
+    let near = stats.regions.iter().find(|r| r.name == "near").unwrap();
+    let far = stats.regions.iter().find(|r| r.name == "far").unwrap();
+    assert!(near.rtt.unwrap() < far.rtt.unwrap(), "{stats:?}");
+    // The far region's RTT is measured too, from keep-alive traffic alone.
+    assert!(far.rtt.unwrap() >= Duration::from_millis(55), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_method_served_only_far_away_goes_there() {
+    let world = World::start(&[("near", "n1", 5), ("far", "f1", 40)], |region, _, b| {
+        if region == "far" {
+            b.unary("far_only", |x: i64, _| async move { Ok(x * 2) })
+        } else {
+            b
+        }
+    })
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("far_only", Duration::from_secs(5)).await);
+    for i in 0..5i64 {
+        let v: i64 = client.unary("far_only", &i).await.unwrap();
+        assert_eq!(v, 2 * i);
+    }
+    let far = client
+        .stats()
+        .regions
+        .into_iter()
+        .find(|r| r.name == "far")
+        .unwrap();
+    assert!(far.calls >= 5);
+    // An unknown method anywhere is UNIMPLEMENTED, not a hang.
+    let err = client
+        .call("nowhere")
+        .timeout(Duration::from_secs(3))
+        .unary::<_, ()>(&())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            meridian::Code::Unimplemented | meridian::Code::Unavailable
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_routing_key_always_reaches_its_owner() {
+    let world = World::start(&[("r", "a", 2), ("r", "b", 2), ("r", "c", 2)], |_, _, b| b).await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("whoami", Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut owners: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for k in 0..30 {
+            let key = format!("user-{k}");
+            let id: String = client
+                .call("whoami")
+                .routing_key(key.clone())
+                .timeout(Duration::from_secs(5))
+                .unary(&())
+                .await
+                .unwrap()
+                .into_inner();
+            match owners.get(&key) {
+                Some(prev) => assert_eq!(prev, &id, "key {key} moved in round {round}"),
+                None => {
+                    owners.insert(key, id);
+                }
+            }
+        }
+    }
+    let distinct: std::collections::HashSet<_> = owners.values().collect();
+    assert_eq!(distinct.len(), 3, "30 keys spread over all three servers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_nearest_region_loses_no_idempotent_call() {
+    let world = World::start(
+        &[("near", "n1", 5), ("mid", "m1", 30), ("far", "f1", 60)],
+        |_, _, b| b,
+    )
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(converge(&world, &client, "near", Duration::from_secs(8))
+        .await
+        .is_some());
+
+    let failures = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let cut = Instant::now() + Duration::from_millis(500);
+    let first_mid = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (client, failures, calls, first_mid) = (
+            client.clone(),
+            failures.clone(),
+            calls.clone(),
+            first_mid.clone(),
+        );
+        let regions: HashMap<String, String> = world
+            .sites
+            .iter()
+            .map(|(r, s)| (s.id.clone(), r.clone()))
+            .collect();
+        workers.push(tokio::spawn(async move {
+            let end = cut + Duration::from_secs(4);
+            while Instant::now() < end {
+                match whoami(&client).await {
+                    Ok(id) => {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        if regions[&id] == "mid" && Instant::now() > cut {
+                            let mut f = first_mid.lock().unwrap();
+                            f.get_or_insert(Instant::now());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("failed call: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep_until(cut.into()).await;
+    world.link("n1").set_outage(true);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failover = first_mid.lock().unwrap().map(|t| t.duration_since(cut));
+    eprintln!(
+        "outage: failover after {failover:?}, {} calls, stats {:?}",
+        calls.load(Ordering::Relaxed),
+        client.stats()
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no call lost");
+    let failover = failover.expect("traffic reached the next region");
+    assert!(
+        failover < Duration::from_millis(2500),
+        "failover took {failover:?}"
+    );
+    assert_eq!(client.stats().current_region.as_deref(), Some("mid"));
+}
+
+#[tokio::test]
+async fn two_regions_of_similar_rtt_do_not_flap() {
+    let world = World::start(&[("a", "a1", 20), ("b", "b1", 21)], |_, _, b| b).await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("whoami", Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start_switches = client.stats().region_switches;
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        whoami(&client).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = client.stats();
+    assert_eq!(stats.region_switches, start_switches, "flapped: {stats:?}");
+}
+
+#[tokio::test]
+async fn a_region_that_becomes_slow_loses_its_traffic() {
+    let world = World::start(&[("one", "o1", 5), ("two", "t1", 40)], |_, _, b| b).await;
+    let client = world.client().build().unwrap();
+    assert!(converge(&world, &client, "one", Duration::from_secs(8))
+        .await
+        .is_some());
+    world.link("o1").set_rtt(Duration::from_millis(150));
+    // Traffic starts moving once the new RTT has held for the selector's switch delay,
+    // then ramps over to the new region.
+    let changed = Instant::now();
+    let mut moved = None;
+    while changed.elapsed() < Duration::from_secs(10) {
+        let id = whoami(&client).await.unwrap();
+        if world.region_of(&id) == "two" {
+            moved = Some(changed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("first call moved after {moved:?}");
+    assert!(
+        moved.is_some_and(|t| t < Duration::from_secs(4)),
+        "{moved:?} {:?}",
+        client.stats()
+    );
+    // After the ramp, calls stay in the new region.
+    assert!(converge(&world, &client, "two", Duration::from_secs(8))
+        .await
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_fails_fast_does_not_attract_traffic() {
+    let world = World::start(&[("r", "good", 2), ("r", "bad", 2)], |_, id, b| {
+        if id == "bad" {
+            b.unary("work", |(): (), _| async move {
+                Err::<String, _>(Status::internal("broken"))
+            })
+        } else {
+            b.unary("work", |(): (), _| async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok("good".to_string())
+            })
+        }
+    })
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("work", Duration::from_secs(5)).await);
+    let mut ok = 0;
+    for _ in 0..300 {
+        if client
+            .call("work")
+            .idempotent(true)
+            .timeout(Duration::from_secs(5))
+            .unary::<_, String>(&())
+            .await
+            .is_ok()
+        {
+            ok += 1;
+        }
+    }
+    let stats = client.stats();
+    let calls = |id: &str| {
+        let addr = world.link(id).addr();
+        stats.servers.iter().find(|s| s.addr == addr).unwrap().calls
+    };
+    eprintln!("good {} bad {} ok {ok}", calls("good"), calls("bad"));
+    assert!(calls("bad") < calls("good") / 2, "{stats:?}");
+    assert!(
+        ok >= 280,
+        "retries moved failed calls to the good server: {ok}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_cuts_the_tail() {
+    let slow_every = 20u64; // 5% of calls
+                            // One server of two is slow on 5% of its calls.
+    let world = World::start(&[("r", "s1", 2), ("r", "s2", 2)], move |_, id, b| {
+        let n = Arc::new(AtomicU64::new(0));
+        let flaky = id == "s1";
+        b.unary(Method::new("maybe_slow").idempotent(), move |(): (), _| {
+            let n = n.clone();
+            async move {
+                if flaky && n.fetch_add(1, Ordering::Relaxed) % slow_every == slow_every - 1 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok(())
+            }
+        })
+    })
+    .await;
+
+    async fn tail(client: &RegionClient, n: usize) -> (Duration, Duration) {
+        let mut lat = Vec::with_capacity(n);
+        let mut tasks = tokio::task::JoinSet::new();
+        let per = n / 8;
+        for _ in 0..8 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                let mut v = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let t = Instant::now();
+                    client
+                        .call("maybe_slow")
+                        .timeout(Duration::from_secs(5))
+                        .unary::<_, ()>(&())
+                        .await
+                        .unwrap();
+                    v.push(t.elapsed());
+                }
+                v
+            });
+        }
+        while let Some(v) = tasks.join_next().await {
+            lat.extend(v.unwrap());
+        }
+        lat.sort();
+        (lat[lat.len() / 2], lat[(lat.len() * 999) / 1000])
+    }
+
+    let plain = world.client().build().unwrap();
+    assert!(plain.ready("maybe_slow", Duration::from_secs(5)).await);
+    let (p50, p999_plain) = tail(&plain, 1600).await;
+    let hedged = world.client().hedge("maybe_slow").build().unwrap();
+    assert!(hedged.ready("maybe_slow", Duration::from_secs(5)).await);
+    // Warm-up: the hedge delay is the observed p95, known after some calls.
+    let _ = tail(&hedged, 400).await;
+    let before = hedged.stats();
+    let (_, p999_hedged) = tail(&hedged, 1600).await;
+    let stats = hedged.stats();
+    let extra = (stats.hedges - before.hedges) as f64 / (stats.calls - before.calls) as f64;
+    eprintln!("p50 {p50:?} p99.9 plain {p999_plain:?} hedged {p999_hedged:?}; extra {:.1}% ({} hedges, {} won)", extra * 100.0, stats.hedges, stats.hedges_won);
+    assert!(
+        p999_hedged * 10 <= p999_plain,
+        "hedging must cut p99.9 tenfold"
+    );
+    assert!(extra <= 0.05 + 0.01, "extra load {extra}");
+}
