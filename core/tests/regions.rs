@@ -436,3 +436,111 @@ async fn hedging_cuts_the_tail() {
     );
     assert!(extra <= 0.05 + 0.01, "extra load {extra}");
 }
+
+#[tokio::test]
+async fn membership_changes_are_followed_while_running() {
+    let world = World::start(&[("far", "f1", 40)], |_, _, b| b).await;
+    let client = world.client().build().unwrap();
+    assert_eq!(whoami(&client).await.unwrap(), "f1");
+
+    // A nearer region appears while the client runs.
+    let ca_tls = meridian::ServerTls::new(world.ca.issue_server(&["localhost"]).unwrap());
+    let near = base("n1", "near")
+        .bind("127.0.0.1:0".parse().unwrap(), ca_tls)
+        .await
+        .unwrap();
+    let link = LinkEmulator::start(
+        near.local_addr(),
+        LinkSettings::with_rtt(Duration::from_millis(5)),
+    )
+    .await
+    .unwrap();
+    world.discovery.modify(|m| {
+        m.add_server("near", ServerEndpoint::new(link.addr(), "localhost"));
+    });
+    let start = Instant::now();
+    let mut seen_near = None;
+    while start.elapsed() < Duration::from_secs(8) {
+        if whoami(&client).await.unwrap() == "n1" {
+            seen_near = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("new nearer server used after {seen_near:?}");
+    assert!(seen_near.is_some(), "{:?}", client.stats());
+
+    // And is dropped again when it leaves the map.
+    world.discovery.modify(|m| {
+        m.remove_server(link.addr());
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..10 {
+        assert_eq!(whoami(&client).await.unwrap(), "f1");
+    }
+}
+
+#[tokio::test]
+async fn servers_of_this_process_are_found_with_no_configuration() {
+    let ca = DevCa::new().unwrap();
+    // Region names unique to this test: other tests' servers may be registered too.
+    let a = Server::builder()
+        .region("local-test-a")
+        .unary("local_test_add", |(x, y): (i64, i64), _| async move {
+            Ok(x + y)
+        })
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            meridian::ServerTls::new(ca.issue_server(&["localhost"]).unwrap()),
+        )
+        .await
+        .unwrap();
+    let b = Server::builder()
+        .region("local-test-b")
+        .unary("local_test_sub", |(x, y): (i64, i64), _| async move {
+            Ok(x - y)
+        })
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            meridian::ServerTls::new(ca.issue_server(&["localhost"]).unwrap()),
+        )
+        .await
+        .unwrap();
+    let client = RegionClient::local().build().unwrap();
+    assert!(client.ready("local_test_sub", Duration::from_secs(5)).await);
+    assert_eq!(
+        client
+            .unary::<_, i64>("local_test_add", &(10i64, 5i64))
+            .await
+            .unwrap(),
+        15
+    );
+    assert_eq!(
+        client
+            .unary::<_, i64>("local_test_sub", &(10i64, 5i64))
+            .await
+            .unwrap(),
+        5
+    );
+    let regions: Vec<String> = meridian::region::LocalRegistry::global()
+        .snapshot()
+        .regions
+        .into_iter()
+        .filter(|r| !r.servers.is_empty())
+        .map(|r| r.name)
+        .collect();
+    assert!(regions.contains(&"local-test-a".to_string()));
+    a.shutdown(Duration::from_millis(100)).await;
+    let still: Vec<String> = meridian::region::LocalRegistry::global()
+        .snapshot()
+        .regions
+        .into_iter()
+        .filter(|r| !r.servers.is_empty())
+        .map(|r| r.name)
+        .collect();
+    assert!(
+        !still.contains(&"local-test-a".to_string()),
+        "a stopped server leaves the registry"
+    );
+    drop(b);
+}

@@ -430,6 +430,20 @@ async fn connect_server(inner: Weak<Inner>, addr: SocketAddr, ep: ServerEndpoint
     match result {
         Ok(ch) => {
             debug!(server = %addr, region = %s.region, "connected");
+            // The handshake already measured the round trip: use it at once, so the first
+            // calls go to the nearest region rather than to whichever answered first.
+            let region = s.region.clone();
+            if let (Some(min), Some(srtt)) = (ch.stats().min_rtt, ch.stats().rtt) {
+                st.region_rtt
+                    .entry(region.clone())
+                    .or_default()
+                    .observe(min, srtt, now);
+                let rtt = st.region_rtt.get(&region).and_then(|e| e.get(now));
+                st.selector.update(&region, rtt, true, now);
+            }
+            let Some(s) = st.servers.get_mut(&addr) else {
+                return;
+            };
             s.channel = Some(ch);
             s.ever_connected = true;
             s.last_heard = now;
