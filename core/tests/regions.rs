@@ -544,3 +544,21 @@ async fn servers_of_this_process_are_found_with_no_configuration() {
     );
     drop(b);
 }
+
+#[tokio::test]
+async fn a_home_region_is_preferred_while_healthy() {
+    let world = World::start(&[("near", "n1", 5), ("home", "h1", 30)], |_, _, b| b).await;
+    let client = world.client().home_region("home").build().unwrap();
+    assert!(
+        converge(&world, &client, "home", Duration::from_secs(8))
+            .await
+            .is_some(),
+        "the home region wins over a nearer one: {:?}",
+        client.stats()
+    );
+    // When home fails, calls go to the nearest other region.
+    world.link("h1").set_outage(true);
+    assert!(converge(&world, &client, "near", Duration::from_secs(8))
+        .await
+        .is_some());
+}

@@ -112,7 +112,7 @@ impl RegionClientBuilder {
             silence_limit: self.silence_limit,
             hedged: self.hedged,
             map,
-            discovery: self.discovery,
+            _discovery: self.discovery,
             state: Mutex::new(State {
                 servers: HashMap::new(),
                 selector,
@@ -183,8 +183,8 @@ struct Inner {
     silence_limit: Duration,
     hedged: HashSet<String>,
     map: watch::Receiver<RegionMap>,
-    #[allow(dead_code)]
-    discovery: Arc<dyn Discovery>,
+    /// Held so the discovery source (and its updates) live as long as the client.
+    _discovery: Arc<dyn Discovery>,
     state: Mutex<State>,
     calls: AtomicU64,
     retries: AtomicU64,
