@@ -53,7 +53,10 @@ pub mod transport;
 pub mod wire;
 mod zero_rtt;
 
-pub use client::{Channel, ChannelBuilder, ChannelStats, Response, Streaming};
+pub use client::{
+    CallBuilder, Channel, ChannelBuilder, ChannelStats, RequestSink, Response, ResponseFuture,
+    Streaming,
+};
 pub use codec::{Codec, Value};
 pub use server::{CallContext, Method, RequestStream, ResponseSink, Server, ServerBuilder};
 pub use status::{Error, Status};

@@ -562,3 +562,48 @@ async fn a_home_region_is_preferred_while_healthy() {
         .await
         .is_some());
 }
+
+#[tokio::test]
+async fn streaming_calls_are_routed_too() {
+    let world = World::start(&[("near", "n1", 5), ("far", "f1", 30)], |region, _, b| {
+        if region == "far" {
+            b.server_streaming("count", |n: u32, _, sink| async move {
+                for i in 0..n {
+                    sink.send(&i).await?;
+                }
+                Ok(())
+            })
+            .bidi(
+                "double",
+                |mut reqs: meridian::RequestStream<i64>, _, sink| async move {
+                    while let Some(v) = reqs.message().await? {
+                        sink.send(&(v * 2)).await?;
+                    }
+                    Ok(())
+                },
+            )
+        } else {
+            b
+        }
+    })
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("count", Duration::from_secs(5)).await);
+    let mut stream = client
+        .call("count")
+        .server_streaming::<_, u32>(&10u32)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(v) = stream.message().await.unwrap() {
+        got.push(v);
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    let (mut sink, mut answers) = client.call("double").bidi::<i64, i64>().await.unwrap();
+    for i in 0..5 {
+        sink.send(&i).await.unwrap();
+        assert_eq!(answers.message().await.unwrap(), Some(2 * i));
+    }
+    sink.finish();
+    assert_eq!(answers.message().await.unwrap(), None);
+}

@@ -21,7 +21,7 @@ use super::hedge::HedgePolicy;
 use super::map::{Discovery, LocalRegistry, RegionMap, ServerEndpoint};
 use super::rendezvous;
 use super::select::RegionSelector;
-use crate::client::{Channel, Response};
+use crate::client::{CallBuilder, Channel, RequestSink, Response, ResponseFuture, Streaming};
 use crate::codec::Codec;
 use crate::status::{Error, Status};
 use crate::transport::{ClientTls, TransportConfig};
@@ -740,13 +740,13 @@ impl RegionCallBuilder {
         })
     }
 
-    async fn attempt<Req: Serialize, Resp: DeserializeOwned>(
+    /// The channel-level call for one attempt, with this call's options.
+    fn channel_call(
         &self,
-        target: &mut Target,
-        request: &Req,
+        target: &Target,
         idempotent: bool,
         deadline: Option<Instant>,
-    ) -> Attempt<Resp> {
+    ) -> CallBuilder {
         let mut call = target
             .channel
             .call(self.method.clone())
@@ -761,6 +761,76 @@ impl RegionCallBuilder {
         if let Some(k) = &self.key {
             call = call.routing_key(k.clone());
         }
+        call
+    }
+
+    /// Opens a streaming call on the chosen server. If opening fails in a way that proves
+    /// nothing ran (no such method there, server refused or unreachable), the next choice
+    /// is tried once. Streams are not moved once open.
+    async fn open_streaming<T, F, Fut>(self, open: F) -> Result<T, Status>
+    where
+        F: Fn(CallBuilder) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let inner = self.client.inner.clone();
+        inner.calls.fetch_add(1, Ordering::Relaxed);
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let idempotent = self.is_idempotent();
+        let mut tried = Vec::new();
+        let mut last = None;
+        for _ in 0..2 {
+            let Some(target) = inner.pick(&self.method, self.key.as_deref(), &tried) else {
+                break;
+            };
+            let started = Instant::now();
+            let result = open(self.channel_call(&target, idempotent, deadline)).await;
+            let failed = result.as_ref().is_err_and(|s| server_failure(s.code()));
+            inner.finish(target.addr, started.elapsed(), None, failed);
+            match result {
+                Ok(stream) => return Ok(stream),
+                Err(s) if matches!(s.code(), Code::Unimplemented | Code::Unavailable) => {
+                    tried.push(target.addr);
+                    last = Some(s);
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Status::unavailable(format!("no healthy region serves {:?}", self.method))
+        }))
+    }
+
+    /// A server-streaming call, opened on the chosen server.
+    pub async fn server_streaming<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+        request: &Req,
+    ) -> Result<Streaming<Resp>, Status> {
+        self.open_streaming(|call| call.server_streaming(request))
+            .await
+    }
+
+    /// A client-streaming call, opened on the chosen server.
+    pub async fn client_streaming<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
+        self.open_streaming(|call| call.client_streaming()).await
+    }
+
+    /// A bidirectional call, opened on the chosen server.
+    pub async fn bidi<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+    ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
+        self.open_streaming(|call| call.bidi()).await
+    }
+
+    async fn attempt<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: &mut Target,
+        request: &Req,
+        idempotent: bool,
+        deadline: Option<Instant>,
+    ) -> Attempt<Resp> {
+        let call = self.channel_call(target, idempotent, deadline);
         let started = Instant::now();
         let fut = call.unary::<Req, Resp>(request);
         let result = tokio::select! {
