@@ -218,7 +218,10 @@ impl Backoff {
         let exp = Self::FIRST.saturating_mul(1u32 << self.failures.min(8).saturating_sub(1));
         let base = exp.min(Self::CAP);
         // +-20% jitter, so clients that lost the same server do not return in lockstep.
-        let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id();
         let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
         self.not_before = Some(Instant::now() + base.mul_f64(jitter));
     }
@@ -512,6 +515,11 @@ impl Channel {
             Ok(Ok(h)) => h.clone(),
             _ => None,
         }
+    }
+
+    /// Whether a connection is open now (the next call would not have to reconnect).
+    pub fn is_connected(&self) -> bool {
+        self.inner.current().is_some()
     }
 
     /// Counters and RTT figures.

@@ -607,3 +607,71 @@ async fn streaming_calls_are_routed_too() {
     sink.finish();
     assert_eq!(answers.message().await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_gets_its_traffic_back() {
+    let ca = DevCa::new().unwrap();
+    let tls = || meridian::ServerTls::new(ca.issue_server(&["localhost"]).unwrap());
+    let near = base("n1", "near")
+        .bind("127.0.0.1:0".parse().unwrap(), tls())
+        .await
+        .unwrap();
+    let far = base("f1", "far")
+        .bind("127.0.0.1:0".parse().unwrap(), tls())
+        .await
+        .unwrap();
+    let near_addr = near.local_addr();
+    let near_link =
+        LinkEmulator::start(near_addr, LinkSettings::with_rtt(Duration::from_millis(5)))
+            .await
+            .unwrap();
+    let far_link = LinkEmulator::start(
+        far.local_addr(),
+        LinkSettings::with_rtt(Duration::from_millis(30)),
+    )
+    .await
+    .unwrap();
+    let mut map = RegionMap::new();
+    map.add_server("near", ServerEndpoint::new(near_link.addr(), "localhost"));
+    map.add_server("far", ServerEndpoint::new(far_link.addr(), "localhost"));
+    let client = RegionClient::builder(
+        StaticDiscovery::new(map),
+        ClientTls::with_roots([ca.certificate().clone()]).unwrap(),
+    )
+    .build()
+    .unwrap();
+    assert!(client.ready("whoami", Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(whoami(&client).await.unwrap(), "n1");
+
+    // The near server dies (its connections close) and calls move to far.
+    drop(near);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(whoami(&client).await.unwrap(), "f1");
+
+    // A new process takes the same address: the client dials it again and, after the
+    // hold-down, traffic returns.
+    let mut back = None;
+    for _ in 0..50 {
+        match base("n1-again", "near").bind(near_addr, tls()).await {
+            Ok(s) => {
+                back = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let _back = back.expect("rebound the near address");
+    let start = Instant::now();
+    let mut returned = None;
+    while start.elapsed() < Duration::from_secs(15) {
+        if whoami(&client).await.unwrap() == "n1-again" {
+            returned = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("traffic back on the restarted server after {returned:?}");
+    assert!(returned.is_some(), "{:?}", client.stats());
+    drop(far);
+}

@@ -253,6 +253,14 @@ impl Inner {
         let mut st = self.lock();
         let st = &mut *st;
         for (addr, s) in st.servers.iter_mut() {
+            // A silent server whose connection is gone (it restarted, or the outage outlived
+            // the idle timeout) is dialled afresh once its ejection allows.
+            if s.silent
+                && s.channel.as_ref().is_some_and(|c| !c.is_connected())
+                && s.load.health.is_available(now)
+            {
+                s.channel = None;
+            }
             let Some(ch) = &s.channel else {
                 if !s.connecting && s.load.health.is_available(now) {
                     s.connecting = true;
