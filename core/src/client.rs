@@ -741,13 +741,7 @@ impl CallBuilder {
                     continue;
                 }
                 tracing::Span::current().record("attempts", attempts);
-                return Err(match failure.retry {
-                    Retry::MaybeStarted if !idempotent() => Status::unavailable(format!(
-                        "the connection was lost with the call in flight; it may or may not have run ({})",
-                        failure.status.message()
-                    )),
-                    _ => failure.status,
-                });
+                return Err(failure.into_status(idempotent()));
             }
         };
         let result = with_deadline(deadline, fut).instrument(span.clone()).await;
@@ -789,7 +783,10 @@ impl CallBuilder {
     ) -> Result<Streaming<Resp>, Status> {
         let (inner, mut headers, deadline) = self.into_parts(Instant::now());
         let open = open_call(&inner, &mut headers, deadline, Some(msg), true, false);
-        let mut call = with_deadline(deadline, async { open.await.map_err(|f| f.status) }).await?;
+        let mut call = with_deadline(deadline, async {
+            open.await.map_err(|f| f.into_status(true))
+        })
+        .await?;
         let recv = call.take_recv();
         call.done();
         Ok(recv.into_streaming(decode, deadline))
@@ -819,7 +816,10 @@ impl CallBuilder {
         let (inner, mut headers, deadline) = self.into_parts(Instant::now());
         let max = inner.wire.max_message_size;
         let open = open_call(&inner, &mut headers, deadline, None, false, false);
-        let mut call = with_deadline(deadline, async { open.await.map_err(|f| f.status) }).await?;
+        let mut call = with_deadline(deadline, async {
+            open.await.map_err(|f| f.into_status(true))
+        })
+        .await?;
         let codec = call.codec;
         let sink = RequestSink {
             send: call.take_send(),
@@ -860,7 +860,10 @@ impl CallBuilder {
         let (inner, mut headers, deadline) = self.into_parts(Instant::now());
         let max = inner.wire.max_message_size;
         let open = open_call(&inner, &mut headers, deadline, None, false, false);
-        let mut call = with_deadline(deadline, async { open.await.map_err(|f| f.status) }).await?;
+        let mut call = with_deadline(deadline, async {
+            open.await.map_err(|f| f.into_status(true))
+        })
+        .await?;
         let sink = RequestSink {
             send: call.take_send(),
             codec: call.codec,
@@ -903,6 +906,21 @@ enum Retry {
 struct Failure {
     status: Status,
     retry: Retry,
+}
+
+impl Failure {
+    /// The status the caller sees: marked when the call provably never ran, and saying so
+    /// when it may have run.
+    fn into_status(self, idempotent: bool) -> Status {
+        match self.retry {
+            Retry::NotStarted => self.status.mark_not_run(),
+            Retry::MaybeStarted if !idempotent => Status::unavailable(format!(
+                "the connection was lost with the call in flight; it may or may not have run ({})",
+                self.status.message()
+            )),
+            _ => self.status,
+        }
+    }
 }
 
 impl From<Status> for Failure {

@@ -13,6 +13,7 @@ pub struct Status {
     code: Code,
     message: String,
     metadata: Metadata,
+    not_run: bool,
 }
 
 macro_rules! status_ctor {
@@ -33,6 +34,7 @@ impl Status {
             code,
             message: message.into(),
             metadata: Metadata::new(),
+            not_run: false,
         }
     }
 
@@ -75,6 +77,18 @@ impl Status {
         data_loss => DataLoss,
         /// `UNAUTHENTICATED`.
         unauthenticated => Unauthenticated,
+    }
+
+    /// Whether the client knows the server never ran the call (it refused the call,
+    /// rejected the 0-RTT data that carried it, or could not be reached): such a call may
+    /// be sent elsewhere even if it is not idempotent.
+    pub fn is_known_not_run(&self) -> bool {
+        self.not_run
+    }
+
+    pub(crate) fn mark_not_run(mut self) -> Status {
+        self.not_run = true;
+        self
     }
 
     /// The status code.

@@ -796,7 +796,11 @@ impl RegionCallBuilder {
             inner.finish(target.addr, started.elapsed(), None, failed);
             match result {
                 Ok(stream) => return Ok(stream),
-                Err(s) if matches!(s.code(), Code::Unimplemented | Code::Unavailable) => {
+                Err(s)
+                    if s.code() == Code::Unimplemented
+                        || (s.code() == Code::Unavailable
+                            && (idempotent || s.is_known_not_run())) =>
+                {
                     tried.push(target.addr);
                     last = Some(s);
                 }
@@ -965,7 +969,7 @@ impl RegionCallBuilder {
                         let retryable = match status.code() {
                             // Provably not run here: another region may serve it.
                             Code::Unimplemented => true,
-                            Code::Unavailable => idempotent || status.message().contains("refused"),
+                            Code::Unavailable => idempotent || status.is_known_not_run(),
                             Code::DeadlineExceeded => {
                                 idempotent && deadline.is_some_and(|d| Instant::now() < d)
                             }

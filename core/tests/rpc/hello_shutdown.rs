@@ -75,3 +75,27 @@ async fn shutdown_grace_is_bounded() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 }
+
+#[tokio::test]
+async fn a_refused_call_says_it_never_ran() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    let _ = ch.unary::<_, i64>("add", &(1i64, 1i64)).await.unwrap();
+    let slow = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.unary::<_, u64>("sleep_ms", &300u64).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shutdown = tokio::spawn(fx.server.shutdown(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Not idempotent, refused by a server that is shutting down: the status says it is
+    // safe to send elsewhere.
+    let err = ch
+        .unary::<_, ()>("fail", &"x".to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.is_known_not_run(), "{err:?}");
+    assert_eq!(slow.await.unwrap().unwrap(), 300);
+    shutdown.await.unwrap();
+}
