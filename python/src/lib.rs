@@ -1,1 +1,123 @@
-//! Python bindings for Meridian. The PyO3 module arrives with the Python issue; this crate only builds for now.
+//! `meridian._native`: the Rust half of Meridian's Python module.
+//!
+//! The pure-Python package `meridian` (in `python/meridian/`) is the public face; this
+//! module gives it a few primitives and keeps every blocking wait off the interpreter:
+//!
+//! - one process-wide multi-threaded tokio runtime, created on first use, runs every
+//!   connection, server and call (`runtime`);
+//! - a blocking call releases the GIL while it waits, in slices of `WAIT_SLICE`, and
+//!   checks for signals between slices so Ctrl-C interrupts it (`wait`);
+//! - Python handlers run on tokio's blocking threads and attach to the interpreter only
+//!   while Python code runs, never on a transport thread (see `server.rs`);
+//! - Python values cross the wire as Meridian [`Value`](meridian::Value)s, checked and
+//!   converted before anything is sent (see `convert.rs`).
+
+use std::future::Future;
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use meridian::DevCa;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+
+mod client;
+mod convert;
+mod errors;
+mod server;
+mod testing;
+
+/// How long a blocking wait stays detached from the interpreter before it checks for
+/// signals (Ctrl-C). Short enough to feel immediate, long enough to cost nothing.
+pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// The library's tokio runtime: multi-threaded, created on first use, shared by every
+/// server and client of the process and never shut down (its threads end with the process).
+pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("meridian-rt")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the Meridian runtime: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| PyRuntimeError::new_err(e.clone()))
+}
+
+/// The process-wide development CA. Servers created without certificates get one issued
+/// by it, so a client of the same process trusts all of them through one root.
+pub(crate) fn dev_ca() -> PyResult<&'static DevCa> {
+    static CA: OnceLock<Result<DevCa, String>> = OnceLock::new();
+    CA.get_or_init(|| DevCa::new().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot create the development CA: {e}")))
+}
+
+/// Runs `fut` on the runtime and waits for its output with the GIL released, checking
+/// for signals every [`WAIT_SLICE`]. If a signal handler raises (Ctrl-C raises
+/// `KeyboardInterrupt`), the task is aborted, which cancels a call in flight, and the
+/// exception propagates.
+pub(crate) fn wait<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = runtime()?;
+    let (tx, mut rx) = sync_channel(1);
+    let task = rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    loop {
+        let (back, got) = py.detach(move || {
+            let got = rx.recv_timeout(WAIT_SLICE);
+            (rx, got)
+        });
+        rx = back;
+        match got {
+            Ok(out) => return Ok(out),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = py.check_signals() {
+                    task.abort();
+                    return Err(e);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err(
+                    "the Meridian task ended without an answer",
+                ))
+            }
+        }
+    }
+}
+
+/// Converts a timeout in seconds from Python (`None` for none) into a `Duration`.
+pub(crate) fn timeout_arg(seconds: Option<f64>) -> PyResult<Option<Duration>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) => Duration::try_from_secs_f64(s).map(Some).map_err(|_| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "timeout must be a finite number of seconds >= 0, got {s}"
+            ))
+        }),
+    }
+}
+
+/// The native module. Its Python-facing API is described in `meridian/_native.pyi`.
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<server::NativeServer>()?;
+    m.add_class::<client::NativeClient>()?;
+    m.add_class::<client::NativeStream>()?;
+    m.add_class::<client::CallHandle>()?;
+    m.add_class::<testing::RustTestServer>()?;
+    m.add_function(wrap_pyfunction!(convert::roundtrip, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::start_rust_test_server, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::rust_call, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::write_dev_certificates, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

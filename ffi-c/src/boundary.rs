@@ -1,0 +1,354 @@
+//! What every export shares: the status enum, the thread's last error text, the panic
+//! boundary, checked pointer access, and the library's tokio runtime.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use mcore::{Code, Status};
+
+/// The result of every fallible function of the library.
+///
+/// The numbers never change. `MERIDIAN_OK` is 7000; 7001 to 7016 are gRPC's status codes
+/// 1 to 16 plus 7000 (a call that failed on the server, or by its deadline, returns one of
+/// these); 7100 and up are errors of the C interface itself. After any code other than
+/// `MERIDIAN_OK`, `meridian_last_error` gives the text of the error on the same thread.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum meridian_status {
+    /// Success.
+    MERIDIAN_OK = 7000,
+    /// gRPC CANCELLED (1): the call was cancelled.
+    MERIDIAN_CANCELLED = 7001,
+    /// gRPC UNKNOWN (2).
+    MERIDIAN_UNKNOWN = 7002,
+    /// gRPC INVALID_ARGUMENT (3): the server rejected the request.
+    MERIDIAN_INVALID_ARGUMENT = 7003,
+    /// gRPC DEADLINE_EXCEEDED (4): the call's timeout passed.
+    MERIDIAN_DEADLINE_EXCEEDED = 7004,
+    /// gRPC NOT_FOUND (5).
+    MERIDIAN_NOT_FOUND = 7005,
+    /// gRPC ALREADY_EXISTS (6).
+    MERIDIAN_ALREADY_EXISTS = 7006,
+    /// gRPC PERMISSION_DENIED (7).
+    MERIDIAN_PERMISSION_DENIED = 7007,
+    /// gRPC RESOURCE_EXHAUSTED (8): for example a message over the size limit.
+    MERIDIAN_RESOURCE_EXHAUSTED = 7008,
+    /// gRPC FAILED_PRECONDITION (9).
+    MERIDIAN_FAILED_PRECONDITION = 7009,
+    /// gRPC ABORTED (10).
+    MERIDIAN_ABORTED = 7010,
+    /// gRPC OUT_OF_RANGE (11).
+    MERIDIAN_OUT_OF_RANGE = 7011,
+    /// gRPC UNIMPLEMENTED (12): no such method on the server.
+    MERIDIAN_UNIMPLEMENTED = 7012,
+    /// gRPC INTERNAL (13): also what a panic inside the library becomes.
+    MERIDIAN_INTERNAL = 7013,
+    /// gRPC UNAVAILABLE (14): the server cannot be reached (or went away).
+    MERIDIAN_UNAVAILABLE = 7014,
+    /// gRPC DATA_LOSS (15).
+    MERIDIAN_DATA_LOSS = 7015,
+    /// gRPC UNAUTHENTICATED (16).
+    MERIDIAN_UNAUTHENTICATED = 7016,
+    /// A required pointer argument was NULL.
+    MERIDIAN_NULL_PARAMETER = 7100,
+    /// An argument was invalid: a string that is not UTF-8, an address that does not
+    /// parse, an unknown payload kind, a zero-length method name.
+    MERIDIAN_INVALID_PARAMETER = 7101,
+    /// JSON text that does not parse, or a value that JSON cannot express.
+    MERIDIAN_BAD_JSON = 7102,
+    /// A configuration that cannot work: no TLS trust, no endpoint, an unreadable or
+    /// malformed file (region file, certificate, key).
+    MERIDIAN_CONFIG_ERROR = 7103,
+    /// A blocking function was called on one of the library's own threads (inside a
+    /// handler or a completion callback), where waiting could deadlock. Use the
+    /// asynchronous form there.
+    MERIDIAN_WOULD_DEADLOCK = 7104,
+    /// The handle is not in a state that allows this (registering a method on a running
+    /// server, `meridian_reply_send` in a unary handler, starting a server twice).
+    MERIDIAN_INVALID_STATE = 7105,
+    /// The optional item asked for is absent (a metadata key, the server's timing).
+    MERIDIAN_NOT_PRESENT = 7106,
+    /// `meridian_stream_next`: the server ended the stream successfully; no more messages.
+    MERIDIAN_STREAM_END = 7107,
+    /// The operation is not available for this client (raw-bytes calls need a
+    /// single-endpoint client; see `meridian_client_new`).
+    MERIDIAN_UNSUPPORTED = 7108,
+}
+
+impl meridian_status {
+    /// The status for a gRPC code.
+    pub(crate) fn from_code(code: Code) -> meridian_status {
+        use meridian_status::*;
+        match code {
+            Code::Ok => MERIDIAN_OK,
+            Code::Cancelled => MERIDIAN_CANCELLED,
+            Code::Unknown => MERIDIAN_UNKNOWN,
+            Code::InvalidArgument => MERIDIAN_INVALID_ARGUMENT,
+            Code::DeadlineExceeded => MERIDIAN_DEADLINE_EXCEEDED,
+            Code::NotFound => MERIDIAN_NOT_FOUND,
+            Code::AlreadyExists => MERIDIAN_ALREADY_EXISTS,
+            Code::PermissionDenied => MERIDIAN_PERMISSION_DENIED,
+            Code::ResourceExhausted => MERIDIAN_RESOURCE_EXHAUSTED,
+            Code::FailedPrecondition => MERIDIAN_FAILED_PRECONDITION,
+            Code::Aborted => MERIDIAN_ABORTED,
+            Code::OutOfRange => MERIDIAN_OUT_OF_RANGE,
+            Code::Unimplemented => MERIDIAN_UNIMPLEMENTED,
+            Code::Internal => MERIDIAN_INTERNAL,
+            Code::Unavailable => MERIDIAN_UNAVAILABLE,
+            Code::DataLoss => MERIDIAN_DATA_LOSS,
+            Code::Unauthenticated => MERIDIAN_UNAUTHENTICATED,
+        }
+    }
+
+    /// The gRPC code of a status in 7000..=7016.
+    pub(crate) fn grpc_code(raw: u32) -> Option<Code> {
+        (7000..=7016)
+            .contains(&raw)
+            .then(|| Code::from_u64(u64::from(raw - 7000)))
+    }
+
+    /// The constant's name without the `MERIDIAN_` prefix.
+    pub(crate) fn name(self) -> &'static std::ffi::CStr {
+        use meridian_status::*;
+        match self {
+            MERIDIAN_OK => c"OK",
+            MERIDIAN_CANCELLED => c"CANCELLED",
+            MERIDIAN_UNKNOWN => c"UNKNOWN",
+            MERIDIAN_INVALID_ARGUMENT => c"INVALID_ARGUMENT",
+            MERIDIAN_DEADLINE_EXCEEDED => c"DEADLINE_EXCEEDED",
+            MERIDIAN_NOT_FOUND => c"NOT_FOUND",
+            MERIDIAN_ALREADY_EXISTS => c"ALREADY_EXISTS",
+            MERIDIAN_PERMISSION_DENIED => c"PERMISSION_DENIED",
+            MERIDIAN_RESOURCE_EXHAUSTED => c"RESOURCE_EXHAUSTED",
+            MERIDIAN_FAILED_PRECONDITION => c"FAILED_PRECONDITION",
+            MERIDIAN_ABORTED => c"ABORTED",
+            MERIDIAN_OUT_OF_RANGE => c"OUT_OF_RANGE",
+            MERIDIAN_UNIMPLEMENTED => c"UNIMPLEMENTED",
+            MERIDIAN_INTERNAL => c"INTERNAL",
+            MERIDIAN_UNAVAILABLE => c"UNAVAILABLE",
+            MERIDIAN_DATA_LOSS => c"DATA_LOSS",
+            MERIDIAN_UNAUTHENTICATED => c"UNAUTHENTICATED",
+            MERIDIAN_NULL_PARAMETER => c"NULL_PARAMETER",
+            MERIDIAN_INVALID_PARAMETER => c"INVALID_PARAMETER",
+            MERIDIAN_BAD_JSON => c"BAD_JSON",
+            MERIDIAN_CONFIG_ERROR => c"CONFIG_ERROR",
+            MERIDIAN_WOULD_DEADLOCK => c"WOULD_DEADLOCK",
+            MERIDIAN_INVALID_STATE => c"INVALID_STATE",
+            MERIDIAN_NOT_PRESENT => c"NOT_PRESENT",
+            MERIDIAN_STREAM_END => c"STREAM_END",
+            MERIDIAN_UNSUPPORTED => c"UNSUPPORTED",
+        }
+    }
+}
+
+/// An error on its way to C: a status and its text.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub(crate) status: meridian_status,
+    pub(crate) message: String,
+}
+
+impl Fail {
+    pub(crate) fn new(status: meridian_status, message: impl Into<String>) -> Fail {
+        Fail {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn null(what: &str) -> Fail {
+        Fail::new(
+            meridian_status::MERIDIAN_NULL_PARAMETER,
+            format!("{what} is NULL"),
+        )
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Fail {
+        Fail::new(meridian_status::MERIDIAN_INVALID_PARAMETER, message)
+    }
+}
+
+impl From<Status> for Fail {
+    fn from(s: Status) -> Fail {
+        Fail::new(meridian_status::from_code(s.code()), s.message().to_owned())
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Records `message` as this thread's last error.
+pub(crate) fn set_last_error(message: &str) {
+    LAST_ERROR.with(|e| {
+        let mut e = e.borrow_mut();
+        e.clear();
+        e.push_str(message);
+    });
+}
+
+/// This thread's last error text.
+pub(crate) fn last_error() -> String {
+    LAST_ERROR.with(|e| e.borrow().clone())
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".into());
+    format!("internal error (a panic inside libmeridian): {what}")
+}
+
+/// The panic boundary of a fallible export: runs `f`, turns its error or a panic into a
+/// status, and records the error text for `meridian_last_error`.
+pub(crate) fn boundary(f: impl FnOnce() -> Result<(), Fail>) -> meridian_status {
+    let fail = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return meridian_status::MERIDIAN_OK,
+        Ok(Err(fail)) => fail,
+        Err(payload) => Fail::new(meridian_status::MERIDIAN_INTERNAL, panic_text(&*payload)),
+    };
+    set_last_error(&fail.message);
+    fail.status
+}
+
+/// The panic boundary of an export that cannot fail (`*_free`): a panic is swallowed.
+pub(crate) fn boundary_void(f: impl FnOnce()) {
+    let _ = catch_unwind(AssertUnwindSafe(f));
+}
+
+/// Borrows the object behind a `const` handle.
+///
+/// # Safety
+/// `p` is NULL or points to a live `T` that nobody mutates for `'a`.
+pub(crate) unsafe fn borrow<'a, T>(p: *const T, what: &str) -> Result<&'a T, Fail> {
+    // SAFETY: the caller guarantees `p` is NULL or valid for reads for 'a.
+    unsafe { p.as_ref() }.ok_or_else(|| Fail::null(what))
+}
+
+/// Borrows the object behind a mutable handle.
+///
+/// # Safety
+/// `p` is NULL or points to a live `T` nobody else uses for `'a`.
+pub(crate) unsafe fn borrow_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Fail> {
+    // SAFETY: the caller guarantees `p` is NULL or valid and unaliased for 'a.
+    unsafe { p.as_mut() }.ok_or_else(|| Fail::null(what))
+}
+
+/// Reads a NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that lives for `'a`.
+pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Fail> {
+    if p.is_null() {
+        return Err(Fail::null(what));
+    }
+    // SAFETY: non-NULL, and the caller guarantees NUL termination and lifetime.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str()
+        .map_err(|_| Fail::invalid(format!("{what} is not UTF-8")))
+}
+
+/// Reads an optional string argument (NULL means absent).
+///
+/// # Safety
+/// As [`c_str`].
+pub(crate) unsafe fn c_str_opt<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Fail> {
+    if p.is_null() {
+        Ok(None)
+    } else {
+        // SAFETY: forwarded from the caller.
+        unsafe { c_str(p, what) }.map(Some)
+    }
+}
+
+/// Reads a buffer argument; NULL is allowed when `len` is 0.
+///
+/// # Safety
+/// `p` is NULL or points to `len` readable bytes that live for `'a`.
+pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Fail> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Fail::null(what));
+    }
+    // SAFETY: non-NULL, and the caller guarantees `len` readable bytes for 'a.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Checks that an out-pointer is not NULL (before any work is done).
+pub(crate) fn out_ptr<T>(p: *mut T, what: &str) -> Result<(), Fail> {
+    if p.is_null() {
+        Err(Fail::null(what))
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes through an out-pointer checked with [`out_ptr`].
+///
+/// # Safety
+/// `p` is non-NULL and valid for writes of a `T`.
+pub(crate) unsafe fn write_out<T>(p: *mut T, value: T) {
+    // SAFETY: the caller checked `p` and guarantees it is writable.
+    unsafe { p.write(value) }
+}
+
+/// The library's runtime: one multi-threaded tokio runtime, created on first use and kept
+/// for the life of the process.
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, Fail> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("meridian-worker")
+                .build()
+                .map_err(|e| format!("cannot start the library's runtime: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| Fail::new(meridian_status::MERIDIAN_INTERNAL, e.clone()))
+}
+
+/// Whether this thread belongs to the library (a runtime worker, or a blocking-pool
+/// thread running a handler), where blocking could deadlock.
+pub(crate) fn on_library_thread() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Runs `f` to completion on the calling (application) thread, refusing on the library's
+/// own threads.
+pub(crate) fn block_on<F: Future>(f: F) -> Result<F::Output, Fail> {
+    not_on_library_thread()?;
+    Ok(runtime()?.block_on(f))
+}
+
+/// Refuses to go on when on one of the library's own threads.
+pub(crate) fn not_on_library_thread() -> Result<(), Fail> {
+    if on_library_thread() {
+        return Err(Fail::new(
+            meridian_status::MERIDIAN_WOULD_DEADLOCK,
+            "a blocking Meridian function was called on a library thread (inside a handler \
+             or a completion callback); use the asynchronous form there",
+        ));
+    }
+    Ok(())
+}
+
+/// A `void *user` pointer carried to another thread. The header makes the application
+/// responsible for the pointee being usable from the library's threads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UserPtr(pub(crate) *mut std::ffi::c_void);
+
+// SAFETY: the pointer is never dereferenced by Rust; it is handed back to the application's
+// callback, and the header documents that the callback runs on library threads.
+unsafe impl Send for UserPtr {}
+// SAFETY: as above; Rust only copies the pointer value.
+unsafe impl Sync for UserPtr {}

@@ -1,0 +1,77 @@
+"""Meridian for Python: RPC over QUIC with multi-region routing.
+
+The classic multi-region script runs as is::
+
+    from meridian import RPCServer, RPCClient
+
+    region1 = RPCServer('Region1')
+    region2 = RPCServer('Region2')
+    client = RPCClient('Region1')
+
+    @region1.RPC
+    def add(a, b):
+        return a + b
+
+    @region2.RPC
+    def subtract(a, b):
+        return a - b
+
+    print(client.add(10, 5))       # 15
+    print(client.subtract(10, 5))  # 5
+
+Every call travels over QUIC with TLS 1.3; arguments and results are Meridian values
+(``None``, ``bool``, 64-bit ``int``, ``float``, ``str``, ``bytes``, ``list``/``tuple``,
+``dict``), never executable serializations. See ``meridian._args`` for how keyword
+arguments travel.
+"""
+
+from ._native import __version__, roundtrip
+from .client import AsyncRPCClient, ResponseIterator, RPCClient
+from .errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    RpcError,
+    StatusCode,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+from .server import RPCServer
+
+__all__ = [
+    "__version__",
+    "roundtrip",
+    "RPCServer",
+    "RPCClient",
+    "AsyncRPCClient",
+    "ResponseIterator",
+    "StatusCode",
+    "RpcError",
+    "Cancelled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+]

@@ -1,0 +1,355 @@
+"""RPCClient and AsyncRPCClient: call methods wherever they are served.
+
+Both route every call with Meridian's region client: to the nearest healthy region whose
+servers serve the method (or ``region``, the home region, whenever it is healthy),
+balanced inside the region, failing over when a region goes dark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+from . import _args
+from ._native import NativeClient, NativeStream
+
+__all__ = ["RPCClient", "AsyncRPCClient"]
+
+Metadata = Mapping[str, Union[str, bytes]]
+Key = Union[str, bytes]
+
+_UNSET: Any = object()
+
+
+def _region_list(
+    regions: Mapping[str, Any],
+) -> List[Tuple[str, List[Tuple[str, str]]]]:
+    out = []
+    for name, servers in regions.items():
+        if isinstance(servers, str):
+            servers = [servers]
+        eps = []
+        for s in servers:
+            if isinstance(s, str):
+                eps.append((s, "localhost"))
+            else:
+                addr, server_name = s
+                eps.append((str(addr), str(server_name)))
+        out.append((str(name), eps))
+    return out
+
+
+class _Base:
+    def __init__(
+        self,
+        region: Optional[str] = None,
+        *,
+        regions: Optional[Mapping[str, Any]] = None,
+        config: Optional[str] = None,
+        roots: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> None:
+        self._native = NativeClient(
+            home=region,
+            config=None if config is None else str(config),
+            regions=None if regions is None else _region_list(regions),
+            roots=None if roots is None else str(roots),
+        )
+        self.region = region
+        self.timeout = timeout
+
+    def _timeout(self, timeout: Any) -> Optional[float]:
+        return self.timeout if timeout is _UNSET else timeout
+
+    def close(self) -> None:
+        """Closes the connections (later calls open new ones)."""
+        self._native.close()
+
+
+class RPCClient(_Base):
+    """A blocking client: ``client.add(10, 5)`` calls method ``add`` wherever it is served.
+
+    ``RPCClient()`` or ``RPCClient('Region1')`` (the preferred region) follows the servers
+    of this process, with nothing to configure. ``config=`` (a TOML region file) or
+    ``regions={"eu": ["10.0.0.1:7000", ("10.0.0.2:7000", "eu.example.com")]}`` name the
+    servers instead, and ``roots=`` the PEM file of certificates to trust (by default, only
+    this process's servers are trusted). ``timeout`` is the default for every call, in
+    seconds (``None``: no deadline).
+
+    Attribute calls pass every keyword argument to the remote function. Use :meth:`call`
+    and :meth:`stream` for per-call options. Calls release the GIL while they wait, honour
+    their timeout, and let Ctrl-C interrupt them; many threads may call at once.
+    """
+
+    def __init__(
+        self,
+        region: Optional[str] = None,
+        *,
+        regions: Optional[Mapping[str, Any]] = None,
+        config: Optional[str] = None,
+        roots: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> None:
+        super().__init__(region, regions=regions, config=config, roots=roots, timeout=timeout)
+
+    def __getattr__(self, name: str) -> "_Method":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        timeout: Optional[float] = _UNSET,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Calls ``method(*args, **kwargs)`` and returns its result.
+
+        ``timeout`` in seconds (default: the client's), ``metadata`` sent with the call,
+        ``key`` routes to the key's owner server inside the region. Raises ``TypeError``
+        (or ``OverflowError`` for ints beyond 64 bits) before sending anything if an
+        argument cannot be sent, and :class:`meridian.RpcError` if the call fails.
+        """
+        return self._native.call(
+            method,
+            _args.pack(args, kwargs),
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+
+    def stream(
+        self,
+        method: str,
+        *args: Any,
+        timeout: Optional[float] = _UNSET,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> "ResponseIterator":
+        """Calls a server-streaming method; iterate over the result for its responses.
+        The timeout covers the whole stream."""
+        native = self._native.stream(
+            method,
+            _args.pack(args, kwargs),
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+        return ResponseIterator(native)
+
+    async def acall(
+        self,
+        method: str,
+        *args: Any,
+        timeout: Optional[float] = _UNSET,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """:meth:`call` for asyncio: awaits the result without blocking the event loop."""
+        return await _acall(self._native, method, args, kwargs, self._timeout(timeout), metadata, key)
+
+    def __enter__(self) -> "RPCClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _Method:
+    """``client.name``: calling it calls the remote method."""
+
+    def __init__(self, client: RPCClient, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client._native.call(
+            self._name, _args.pack(args, kwargs), timeout=self._client.timeout
+        )
+
+    def stream(self, *args: Any, **kwargs: Any) -> "ResponseIterator":
+        """Calls the method as a server-streaming method."""
+        return ResponseIterator(
+            self._client._native.stream(self._name, _args.pack(args, kwargs), timeout=self._client.timeout)
+        )
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name!r}>"
+
+
+class ResponseIterator:
+    """The responses of a server-streaming call. Closing it (or leaving a ``with`` block,
+    or dropping it) cancels the call on the server."""
+
+    def __init__(self, native: NativeStream) -> None:
+        self._native = native
+
+    def __iter__(self) -> "ResponseIterator":
+        return self
+
+    def __next__(self) -> Any:
+        return self._native.__next__()
+
+    def cancel(self) -> None:
+        """Cancels the call."""
+        self._native.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> "ResponseIterator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cancel()
+
+
+def _settle(fut: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def _bridge(loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[Any]") -> Any:
+    def done(ok: bool, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(_settle, fut, ok, value)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits for the result any more
+
+    return done
+
+
+async def _acall(
+    native: NativeClient,
+    method: str,
+    args: Tuple[Any, ...],
+    kwargs: Dict[str, Any],
+    timeout: Optional[float],
+    metadata: Optional[Metadata],
+    key: Optional[Key],
+) -> Any:
+    loop = asyncio.get_running_loop()
+    fut: "asyncio.Future[Any]" = loop.create_future()
+    handle = native.call_async(
+        method,
+        _args.pack(args, kwargs),
+        _bridge(loop, fut),
+        timeout=timeout,
+        metadata=None if metadata is None else dict(metadata),
+        key=key,
+    )
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        handle.cancel()
+        raise
+
+
+async def _astream(
+    native_client: NativeClient,
+    method: str,
+    args: Tuple[Any, ...],
+    kwargs: Dict[str, Any],
+    timeout: Optional[float],
+    metadata: Optional[Metadata],
+    key: Optional[Key],
+) -> AsyncIterator[Any]:
+    loop = asyncio.get_running_loop()
+    payload = _args.pack(args, kwargs)
+    md = None if metadata is None else dict(metadata)
+    # Opening waits briefly for a first server: keep that off the event loop.
+    native = await loop.run_in_executor(
+        None,
+        lambda: native_client.stream(method, payload, timeout=timeout, metadata=md, key=key),
+    )
+    try:
+        while True:
+            fut: "asyncio.Future[Any]" = loop.create_future()
+            handle = native.next_async(_bridge(loop, fut))
+            try:
+                item = await fut
+            except asyncio.CancelledError:
+                handle.cancel()
+                raise
+            if isinstance(item, StopIteration):
+                return
+            yield item
+    finally:
+        native.cancel()
+
+
+class AsyncRPCClient(_Base):
+    """An asyncio client: ``await client.add(10, 5)``. Same options as :class:`RPCClient`.
+
+    Calls never block the event loop: each runs on the library's runtime and completes an
+    asyncio future; cancelling the awaiting task cancels the call on the server.
+    """
+
+    def __getattr__(self, name: str) -> "_AsyncMethod":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _AsyncMethod(self, name)
+
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        timeout: Optional[float] = _UNSET,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Calls ``method(*args, **kwargs)`` and returns its result (see
+        :meth:`RPCClient.call`)."""
+        return await _acall(self._native, method, args, kwargs, self._timeout(timeout), metadata, key)
+
+    acall = call
+
+    async def stream(
+        self,
+        method: str,
+        *args: Any,
+        timeout: Optional[float] = _UNSET,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        """Calls a server-streaming method: ``async for item in client.stream(...)``."""
+        async for item in _astream(
+            self._native, method, args, kwargs, self._timeout(timeout), metadata, key
+        ):
+            yield item
+
+    async def __aenter__(self) -> "AsyncRPCClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _AsyncMethod:
+    """``client.name`` of an :class:`AsyncRPCClient`: calling it returns a coroutine."""
+
+    def __init__(self, client: AsyncRPCClient, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await _acall(self._client._native, self._name, args, kwargs, self._client.timeout, None, None)
+
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Calls the method as a server-streaming method (every keyword argument goes to
+        the remote function)."""
+        return _astream(self._client._native, self._name, args, kwargs, self._client.timeout, None, None)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name!r}>"
+

@@ -1,0 +1,396 @@
+//! `NativeClient`: calls routed by a Meridian `RegionClient`, blocking or bridged to
+//! asyncio.
+//!
+//! With no configuration the client follows the in-process registry: servers started by
+//! this process, trusted through the process's development CA and the registry's own
+//! certificates. With a region file or explicit endpoints it follows those instead.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian::region::{
+    Discovery, LocalRegistry, RegionClient, RegionMap, ServerEndpoint, StaticDiscovery,
+};
+use meridian::{ClientTls, Codec, Status, Streaming, Value};
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+use crate::convert::{to_python, to_value};
+use crate::errors::status_to_pyerr;
+use crate::{dev_ca, runtime, timeout_arg, wait};
+
+/// How long a call without a timeout waits for a region that serves its method to appear
+/// (servers register in the background; the first connection takes a probe interval).
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Explicit endpoints: region name, then each server's `host:port` and certificate name.
+type RegionList = Vec<(String, Vec<(String, String)>)>;
+
+enum Source {
+    Local,
+    Map(RegionMap),
+}
+
+/// The options of one call, checked and converted before anything is sent.
+struct CallSpec {
+    method: String,
+    args: Value,
+    timeout: Option<Duration>,
+    metadata: Vec<(String, Bytes)>,
+    key: Option<Bytes>,
+}
+
+impl CallSpec {
+    fn new(
+        method: String,
+        args: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'_, PyDict>>,
+        key: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<CallSpec> {
+        let args = to_value(args)?;
+        let timeout = timeout_arg(timeout)?;
+        let mut md = Vec::new();
+        if let Some(dict) = metadata {
+            for (k, v) in dict.iter() {
+                let k: String = k
+                    .extract()
+                    .map_err(|_| PyTypeError::new_err("metadata keys must be str"))?;
+                md.push((k, bytes_arg(&v, "metadata values")?));
+            }
+        }
+        let key = key.map(|k| bytes_arg(k, "key")).transpose()?;
+        Ok(CallSpec {
+            method,
+            args,
+            timeout,
+            metadata: md,
+            key,
+        })
+    }
+
+    fn builder(&self, client: &RegionClient) -> meridian::region::RegionCallBuilder {
+        let mut call = client.call(self.method.clone()).codec(Codec::Value);
+        if let Some(t) = self.timeout {
+            call = call.timeout(t);
+        }
+        for (k, v) in &self.metadata {
+            call = call.metadata(k.clone(), v.clone());
+        }
+        if let Some(k) = &self.key {
+            call = call.routing_key(k.clone());
+        }
+        call
+    }
+
+    async fn unary(self, client: RegionClient) -> Result<Value, Status> {
+        self.builder(&client)
+            .unary::<Value, Value>(&self.args)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn open_stream(self, client: RegionClient) -> Result<Streaming<Value>, Status> {
+        // Unlike unary calls, opening a stream does not wait for a first server: wait
+        // here (bounded by the timeout) so a call right after a server starts works.
+        let wait_for = self.timeout.unwrap_or(READY_WAIT).min(READY_WAIT);
+        client.ready(&self.method, wait_for).await;
+        let fut = self
+            .builder(&client)
+            .server_streaming::<Value, Value>(&self.args);
+        match self.timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+            None => fut.await,
+        }
+    }
+}
+
+fn bytes_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Bytes> {
+    if let Ok(s) = v.cast::<PyString>() {
+        Ok(Bytes::copy_from_slice(s.to_str()?.as_bytes()))
+    } else if let Ok(b) = v.cast::<PyBytes>() {
+        Ok(Bytes::copy_from_slice(b.as_bytes()))
+    } else {
+        Err(PyTypeError::new_err(format!("{what} must be str or bytes")))
+    }
+}
+
+/// A region-routing client (used by `meridian.RPCClient` and `meridian.AsyncRPCClient`).
+#[pyclass(module = "meridian._native", frozen)]
+pub(crate) struct NativeClient {
+    home: Option<String>,
+    source: Source,
+    roots_file: Option<String>,
+    client: Mutex<Option<RegionClient>>,
+}
+
+impl NativeClient {
+    /// The region client, built on first use: by then the servers of this process that
+    /// the script started have registered, and their certificates can be trusted.
+    fn region_client(&self) -> PyResult<RegionClient> {
+        let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let tls = match &self.roots_file {
+            Some(path) => ClientTls::with_roots_pem_file(path)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            None => {
+                let mut roots = vec![dev_ca()?.certificate().clone()];
+                roots.extend(
+                    LocalRegistry::global()
+                        .roots()
+                        .into_iter()
+                        .filter(|c| !c.is_empty()),
+                );
+                ClientTls::with_roots(roots).map_err(|e| PyRuntimeError::new_err(e.to_string()))?
+            }
+        };
+        let discovery: Arc<dyn Discovery> = match &self.source {
+            Source::Local => LocalRegistry::global(),
+            Source::Map(map) => StaticDiscovery::new(map.clone()),
+        };
+        let mut builder = RegionClient::builder(discovery, tls);
+        if let Some(home) = &self.home {
+            builder = builder.home_region(home.clone());
+        }
+        let _entered = runtime()?.enter();
+        let client = builder
+            .build()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the client: {e}")))?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+#[pymethods]
+impl NativeClient {
+    /// A client preferring region `home` when it is healthy. Servers come from the region
+    /// file `config` (TOML), or from `regions` (region name to a list of `(host:port,
+    /// server_name)`), or else from this process's registry. `roots` is a PEM file of
+    /// the certificates to trust; without it the client trusts this process's servers.
+    #[new]
+    #[pyo3(signature = (home=None, config=None, regions=None, roots=None))]
+    fn new(
+        home: Option<String>,
+        config: Option<String>,
+        regions: Option<RegionList>,
+        roots: Option<String>,
+    ) -> PyResult<NativeClient> {
+        let source = match (config, regions) {
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err(
+                    "give either config or regions, not both",
+                ))
+            }
+            (Some(path), None) => Source::Map(
+                RegionMap::from_toml_file(&path)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            ),
+            (None, Some(regions)) => {
+                let mut map = RegionMap::new();
+                for (region, servers) in regions {
+                    for (addr, name) in servers {
+                        let addr = addr.parse().map_err(|_| {
+                            PyValueError::new_err(format!(
+                                "server address must be ip:port, got {addr:?}"
+                            ))
+                        })?;
+                        map.add_server(&region, ServerEndpoint::new(addr, name));
+                    }
+                }
+                Source::Map(map)
+            }
+            (None, None) => Source::Local,
+        };
+        Ok(NativeClient {
+            home,
+            source,
+            roots_file: roots,
+            client: Mutex::new(None),
+        })
+    }
+
+    /// A blocking unary call; the GIL is released while it waits and Ctrl-C interrupts it.
+    #[pyo3(signature = (method, args, timeout=None, metadata=None, key=None))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        args: &Bound<'py, PyAny>,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'py, PyDict>>,
+        key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
+        let client = self.region_client()?;
+        match wait(py, spec.unary(client))? {
+            Ok(v) => to_python(py, &v),
+            Err(status) => Err(status_to_pyerr(py, &status)),
+        }
+    }
+
+    /// Starts a unary call and returns at once; `done(ok, result)` is called from a
+    /// worker thread when it ends, with the decoded result or the `RpcError`. For asyncio.
+    #[pyo3(signature = (method, args, done, timeout=None, metadata=None, key=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn call_async<'py>(
+        &self,
+        method: String,
+        args: &Bound<'py, PyAny>,
+        done: Py<PyAny>,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'py, PyDict>>,
+        key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<CallHandle> {
+        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
+        let client = self.region_client()?;
+        let task = runtime()?.spawn(async move {
+            let result = spec.unary(client).await.map(Some);
+            deliver(done, result).await;
+        });
+        Ok(CallHandle {
+            task: task.abort_handle(),
+        })
+    }
+
+    /// Opens a server-streaming call; the returned stream yields the responses.
+    #[pyo3(signature = (method, args, timeout=None, metadata=None, key=None))]
+    fn stream<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        args: &Bound<'py, PyAny>,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'py, PyDict>>,
+        key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<NativeStream> {
+        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
+        let client = self.region_client()?;
+        let inner = Arc::new(tokio::sync::Mutex::new(None));
+        let slot = inner.clone();
+        let opened = wait(py, async move {
+            let s = spec.open_stream(client).await?;
+            *slot.lock().await = Some(s);
+            Ok::<(), Status>(())
+        })?;
+        opened.map_err(|s| status_to_pyerr(py, &s))?;
+        Ok(NativeStream { inner })
+    }
+
+    /// Drops the connections; later calls reconnect.
+    fn close(&self) {
+        let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(client) = client {
+            if let Ok(rt) = runtime() {
+                // Dropped inside the runtime, where its background tasks live.
+                rt.spawn(async move { drop(client) });
+            }
+        }
+    }
+}
+
+/// Hands a finished call's result to a Python callback, on a blocking thread (never on a
+/// transport thread).
+async fn deliver(done: Py<PyAny>, result: Result<Option<Value>, Status>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        Python::attach(|py| {
+            let (ok, obj) = match result {
+                Ok(Some(v)) => match to_python(py, &v) {
+                    Ok(o) => (true, o.unbind()),
+                    Err(e) => (false, e.into_value(py).into_any()),
+                },
+                Ok(None) => (true, PyStopIteration::new_err(()).into_value(py).into_any()),
+                Err(status) => (
+                    false,
+                    status_to_pyerr(py, &status).into_value(py).into_any(),
+                ),
+            };
+            if let Err(e) = done.call1(py, (ok, obj)) {
+                e.write_unraisable(py, None);
+            }
+        })
+    })
+    .await;
+}
+
+/// A call started by `call_async`; `cancel()` abandons it (the server sees the
+/// cancellation) and its callback is then never called.
+#[pyclass(module = "meridian._native", frozen)]
+pub(crate) struct CallHandle {
+    task: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl CallHandle {
+    /// Cancels the call if it is still running.
+    fn cancel(&self) {
+        self.task.abort();
+    }
+}
+
+/// The responses of a server-streaming call, as a blocking iterator.
+#[pyclass(module = "meridian._native", frozen)]
+pub(crate) struct NativeStream {
+    inner: Arc<tokio::sync::Mutex<Option<Streaming<Value>>>>,
+}
+
+impl NativeStream {
+    async fn next_message(
+        inner: Arc<tokio::sync::Mutex<Option<Streaming<Value>>>>,
+    ) -> Result<Option<Value>, Status> {
+        let mut guard = inner.lock().await;
+        let Some(stream) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let got = stream.message().await;
+        if !matches!(got, Ok(Some(_))) {
+            // Ended or failed: release the call now.
+            *guard = None;
+        }
+        got
+    }
+}
+
+#[pymethods]
+impl NativeStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// The next response; blocks with the GIL released.
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match wait(py, Self::next_message(self.inner.clone()))? {
+            Ok(Some(v)) => to_python(py, &v),
+            Ok(None) => Err(PyStopIteration::new_err(())),
+            Err(status) => Err(status_to_pyerr(py, &status)),
+        }
+    }
+
+    /// Starts waiting for the next response and returns at once; `done(ok, result)` is
+    /// called when it arrives (`result` is a `StopIteration` instance at the end). For
+    /// asyncio.
+    fn next_async(&self, done: Py<PyAny>) -> PyResult<CallHandle> {
+        let inner = self.inner.clone();
+        let task = runtime()?.spawn(async move {
+            let result = Self::next_message(inner).await;
+            deliver(done, result).await;
+        });
+        Ok(CallHandle {
+            task: task.abort_handle(),
+        })
+    }
+
+    /// Cancels the call: the server's handler sees the cancellation.
+    fn cancel(&self) -> PyResult<()> {
+        let inner = self.inner.clone();
+        runtime()?.spawn(async move {
+            inner.lock().await.take();
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! `NativeServer`: a Meridian server whose methods are Python callables.
+//!
+//! Each call decodes its `Value` argument on the transport task, then runs the Python
+//! callable on one of tokio's blocking threads, which attaches to the interpreter only for
+//! as long as Python code runs. A slow handler therefore holds one blocking thread, never a
+//! transport thread, and other calls go on.
+//!
+//! A server's method catalog is fixed when it binds (it travels in the HELLO that region
+//! clients route by), so registering a method on a running server binds a new server with
+//! the larger catalog and retires the old one gracefully (see [`NativeServer::add`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian::{CallContext, Codec, Identity, Method, ResponseSink, Server, ServerTls, Status};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::convert::{decode, to_python, to_value};
+use crate::errors::pyerr_to_status;
+use crate::{dev_ca, runtime, timeout_arg, wait};
+
+/// Responses a streaming handler may run ahead of the network by.
+const STREAM_AHEAD: usize = 16;
+
+/// One registered Python method.
+struct PyMethod {
+    name: String,
+    func: Arc<Py<PyAny>>,
+    streaming: bool,
+    idempotent: bool,
+}
+
+struct State {
+    region: String,
+    host: IpAddr,
+    port: u16,
+    /// Whether the port was chosen by the caller (kept across rebinds) or by the OS.
+    fixed_port: bool,
+    identity: Option<Identity>,
+    server_name: String,
+    advertise: bool,
+    methods: Vec<PyMethod>,
+    running: Option<Server>,
+    grace: Duration,
+}
+
+/// A Meridian server whose handlers are Python callables (used by `meridian.RPCServer`).
+#[pyclass(module = "meridian._native", frozen)]
+pub(crate) struct NativeServer {
+    state: Mutex<State>,
+}
+
+impl NativeServer {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[pymethods]
+impl NativeServer {
+    /// A stopped server for `region` on `host:port` (port 0: any free port). With
+    /// `cert_file` and `key_file` (PEM) it presents that certificate, else one issued for
+    /// `localhost` by the process's development CA.
+    #[new]
+    #[pyo3(signature = (region, host="127.0.0.1", port=0, cert_file=None, key_file=None, server_name="localhost", advertise=true, grace=5.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        region: String,
+        host: &str,
+        port: u16,
+        cert_file: Option<String>,
+        key_file: Option<String>,
+        server_name: &str,
+        advertise: bool,
+        grace: f64,
+    ) -> PyResult<NativeServer> {
+        let host: IpAddr = host.parse().map_err(|_| {
+            PyValueError::new_err(format!("host must be an IP address, got {host:?}"))
+        })?;
+        let identity = match (cert_file, key_file) {
+            (Some(c), Some(k)) => Some(
+                Identity::from_pem_files(&c, &k)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            ),
+            (None, None) => None,
+            _ => {
+                return Err(PyValueError::new_err(
+                    "certs needs both a certificate file and a key file",
+                ))
+            }
+        };
+        let grace = timeout_arg(Some(grace))?.unwrap_or_default();
+        Ok(NativeServer {
+            state: Mutex::new(State {
+                region,
+                host,
+                port,
+                fixed_port: port != 0,
+                identity,
+                server_name: server_name.to_string(),
+                advertise,
+                methods: Vec::new(),
+                running: None,
+                grace,
+            }),
+        })
+    }
+
+    /// Registers `func` as method `name` (a server-streaming method when `streaming`).
+    /// `func` takes the decoded argument value and returns the result value (or, when
+    /// streaming, an iterator of them). If the server is running, it is rebound with the
+    /// new catalog: on an OS-chosen port a new server starts first and the old one is
+    /// retired gracefully; on a fixed port the old one stops first.
+    #[pyo3(signature = (name, func, streaming=false, idempotent=false))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        name: String,
+        func: Py<PyAny>,
+        streaming: bool,
+        idempotent: bool,
+    ) -> PyResult<()> {
+        let running = {
+            let mut st = self.lock();
+            st.methods.retain(|m| m.name != name);
+            st.methods.push(PyMethod {
+                name,
+                func: Arc::new(func),
+                streaming,
+                idempotent,
+            });
+            st.running.is_some()
+        };
+        if running {
+            self.start(py)?;
+        }
+        Ok(())
+    }
+
+    /// Binds and starts serving (or rebinds a running server with its current methods).
+    /// Returns the bound `(host, port)`.
+    fn start(&self, py: Python<'_>) -> PyResult<(String, u16)> {
+        let (builder, addr, tls, old, grace) = {
+            let mut st = self.lock();
+            let identity = match &st.identity {
+                Some(id) => id.clone(),
+                None => {
+                    let id = dev_ca()?
+                        .issue_server(&["localhost"])
+                        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+                    st.identity = Some(id.clone());
+                    id
+                }
+            };
+            let mut builder = Server::builder().region(st.region.clone());
+            builder = if st.advertise {
+                builder.advertise_locally(st.server_name.clone())
+            } else {
+                builder.no_local_registry()
+            };
+            for m in &st.methods {
+                let mut method = Method::new(m.name.clone());
+                if m.idempotent {
+                    method = method.idempotent();
+                }
+                let func = m.func.clone();
+                builder = if m.streaming {
+                    builder.server_streaming_raw(method, move |body, ctx, sink| {
+                        run_streaming(func.clone(), body, ctx, sink)
+                    })
+                } else {
+                    builder.unary_raw(method, move |body, ctx| run_unary(func.clone(), body, ctx))
+                };
+            }
+            // A fixed port must be free before it can be bound again.
+            let old = if st.fixed_port {
+                st.running.take()
+            } else {
+                None
+            };
+            let addr = SocketAddr::new(st.host, st.port);
+            (builder, addr, ServerTls::new(identity), old, st.grace)
+        };
+        if let Some(old) = old {
+            wait(py, retire(old, grace))?;
+        }
+        let server = wait(py, builder.bind(addr, tls))?
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the server: {e}")))?;
+        let local = server.local_addr();
+        let previous = {
+            let mut st = self.lock();
+            st.running.replace(server)
+        };
+        if let Some(previous) = previous {
+            // Already out of the registry as soon as shutdown starts; in-flight calls
+            // finish within the grace period.
+            runtime()?.spawn(retire(previous, grace));
+        }
+        Ok((local.ip().to_string(), local.port()))
+    }
+
+    /// Stops serving: lets calls in flight finish for up to `grace` seconds (default: the
+    /// server's), then leaves the in-process registry and closes.
+    #[pyo3(signature = (grace=None))]
+    fn stop(&self, py: Python<'_>, grace: Option<f64>) -> PyResult<()> {
+        let (server, default_grace) = {
+            let mut st = self.lock();
+            (st.running.take(), st.grace)
+        };
+        let grace = timeout_arg(grace)?.unwrap_or(default_grace);
+        if let Some(server) = server {
+            wait(py, retire(server, grace))?;
+        }
+        Ok(())
+    }
+
+    /// The bound `(host, port)` while running, else `None`.
+    #[getter]
+    fn address(&self) -> Option<(String, u16)> {
+        let st = self.lock();
+        st.running
+            .as_ref()
+            .map(|s| (s.local_addr().ip().to_string(), s.local_addr().port()))
+    }
+
+    /// The region the server announces.
+    #[getter]
+    fn region(&self) -> String {
+        self.lock().region.clone()
+    }
+
+    /// Names of the registered methods, in registration order.
+    #[getter]
+    fn methods(&self) -> Vec<String> {
+        self.lock().methods.iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// Calls answered so far by the running server (0 when stopped).
+    #[getter]
+    fn calls_total(&self) -> u64 {
+        self.lock()
+            .running
+            .as_ref()
+            .map_or(0, |s| s.stats().calls_total)
+    }
+}
+
+/// Stops `server` gracefully. Calls in flight finish first, while the server is still
+/// listed in the registry: a local region client drops its connection to a server as soon
+/// as the server leaves the registry, which would cut those calls short. Then the server
+/// shuts down with what is left of `grace`.
+async fn retire(server: Server, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while server.stats().in_flight > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    server.shutdown(left).await;
+}
+
+fn check_codec(ctx: &CallContext) -> Result<(), Status> {
+    if ctx.codec() == Codec::Value {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "method {:?} is served by Python and takes the Value codec, not {:?}",
+            ctx.method(),
+            ctx.codec()
+        )))
+    }
+}
+
+/// Runs a unary Python handler on a blocking thread.
+async fn run_unary(func: Arc<Py<PyAny>>, body: Bytes, ctx: CallContext) -> Result<Bytes, Status> {
+    check_codec(&ctx)?;
+    let args = decode(&body)?;
+    let out = tokio::task::spawn_blocking(move || {
+        Python::attach(|py| {
+            let arg = to_python(py, &args).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let ret = func
+                .call1(py, (arg,))
+                .map_err(|e| pyerr_to_status(py, &e))?;
+            to_value(ret.bind(py)).map_err(|e| {
+                Status::internal(format!(
+                    "the handler returned a value Meridian cannot send: {e}"
+                ))
+            })
+        })
+    })
+    .await
+    .map_err(|_| Status::internal("the handler's thread failed"))??;
+    Ok(Bytes::from(out.to_bytes()))
+}
+
+/// Runs a streaming Python handler: its iterator is driven on a blocking thread and each
+/// item handed to the transport through a small queue, so a slow network slows the
+/// iterator down and a cancelled call closes it (its `finally` blocks run).
+async fn run_streaming(
+    func: Arc<Py<PyAny>>,
+    body: Bytes,
+    ctx: CallContext,
+    sink: ResponseSink<Bytes>,
+) -> Result<(), Status> {
+    check_codec(&ctx)?;
+    let args = decode(&body)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(STREAM_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        Python::attach(|py| drive_iterator(py, &func, &args, &tx));
+    });
+    while let Some(item) = rx.recv().await {
+        sink.send(&item?).await?;
+    }
+    Ok(())
+}
+
+fn drive_iterator(
+    py: Python<'_>,
+    func: &Py<PyAny>,
+    args: &meridian::Value,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, Status>>,
+) {
+    let fail = |status: Status| {
+        let _ = tx.blocking_send(Err(status));
+    };
+    let arg = match to_python(py, args) {
+        Ok(a) => a,
+        Err(e) => return fail(Status::invalid_argument(e.to_string())),
+    };
+    let iter = match func
+        .call1(py, (arg,))
+        .and_then(|r| r.into_bound(py).try_iter())
+    {
+        Ok(it) => it,
+        Err(e) => return fail(pyerr_to_status(py, &e)),
+    };
+    for item in iter.clone() {
+        let item = match item {
+            Ok(i) => i,
+            Err(e) => return fail(pyerr_to_status(py, &e)),
+        };
+        let bytes = match to_value(&item) {
+            Ok(v) => Bytes::from(v.to_bytes()),
+            Err(e) => {
+                return fail(Status::internal(format!(
+                    "the handler yielded a value Meridian cannot send: {e}"
+                )))
+            }
+        };
+        let sent = py.detach(|| tx.blocking_send(Ok(bytes)).is_ok());
+        if !sent {
+            // The call ended (cancelled or failed): let the generator clean up.
+            if let Ok(close) = iter.getattr("close") {
+                let _ = close.call0();
+            }
+            return;
+        }
+    }
+}

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The C ABI's tests: builds libmeridian with cargo, compiles the C tests, the C and C++
+# examples and the C bench with the system compilers against the shared library, runs
+# them (C client -> C server, C client -> Rust server, Rust client -> C server, every error
+# path, the examples), then runs the C programs again under valgrind. Loopback only, every
+# step bounded in time; any failure fails the script.
+#
+#   bash scripts/test_c.sh          # the tests
+#   bash scripts/test_c.sh bench    # the C-vs-Rust boundary benchmark (release build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+MODE="${1:-test}"
+PROFILE=debug
+CARGO_FLAGS=(--locked -p meridian-ffi)
+if [ "$MODE" = bench ]; then
+    PROFILE=release
+    CARGO_FLAGS+=(--release)
+fi
+LIBDIR="$ROOT/target/$PROFILE"
+OUT="$ROOT/target/c-$PROFILE"
+WORK="$(mktemp -d /tmp/meridian-c.XXXXXX)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for tool in cc c++; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y build-essential)"; exit 1; }
+done
+
+echo "== libmeridian ($PROFILE): cargo build -p meridian-ffi"
+timeout 1800 cargo build "${CARGO_FLAGS[@]}" --lib --bins
+test -f "$LIBDIR/libmeridian.so" && test -f "$LIBDIR/libmeridian.a"
+
+echo "== the header is up to date (cbindgen drift check)"
+timeout 1200 cargo test --locked -p meridian-ffi --test header -q
+
+mkdir -p "$OUT"
+CFLAGS=(-std=c11 -Wall -Wextra -Werror -g -O1 -I"$ROOT/ffi-c/include")
+CXXFLAGS=(-std=c++17 -Wall -Wextra -Werror -g -O1 -I"$ROOT/ffi-c/include")
+LINK=(-L"$LIBDIR" -lmeridian -lpthread -Wl,-rpath,"$LIBDIR")
+build_c() { cc "${CFLAGS[@]}" -o "$OUT/$1" "$2" "${LINK[@]}"; }
+
+echo "== compile the C tests, the examples and the bench with the system compilers"
+build_c test_ffi tests/c/test_ffi.c
+build_c c_server tests/c/c_server.c
+build_c c_client tests/c/c_client.c
+build_c example_server examples/c/server.c
+build_c example_client examples/c/client.c
+build_c bench_unary ffi-c/bench/bench_unary.c
+c++ "${CXXFLAGS[@]}" -o "$OUT/example_client_cpp" examples/cpp/client.cpp "${LINK[@]}"
+# The static library links too (no run: the shared one is what the tests exercise).
+cc "${CFLAGS[@]}" -o "$OUT/test_ffi_static" tests/c/test_ffi.c "$LIBDIR/libmeridian.a" -lpthread -ldl -lm
+
+# start_server NAME CMD...: starts a server that prints "PORT <n>" and stops when its
+# stdin closes; sets PORT. Its stdin is a FIFO this shell holds open on fd 7+.
+start_server() {
+    local name=$1
+    shift
+    mkfifo "$WORK/$name.in"
+    "$@" <"$WORK/$name.in" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    PIDS+=($!)
+    eval "exec {fd}>\"$WORK/$name.in\""
+    eval "FD_$name=$fd"
+    for _ in $(seq 1 600); do
+        if grep -q '^PORT ' "$WORK/$name.out" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    PORT=$(sed -n 's/^PORT //p' "$WORK/$name.out")
+    [ -n "$PORT" ] || { echo "$name did not start:"; cat "$WORK/$name.err"; exit 1; }
+}
+# stop_server NAME: closes its stdin and waits for a clean exit.
+stop_server() {
+    local fdvar="FD_$1"
+    eval "exec ${!fdvar}>&-"
+    local pid=${PIDS[-1]}
+    timeout 30 tail --pid="$pid" -f /dev/null || { echo "$1 did not stop"; exit 1; }
+    wait "$pid" || { echo "$1 failed:"; cat "$WORK/$1.err"; exit 1; }
+    unset 'PIDS[-1]'
+}
+
+VALGRIND=(valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-possibly-lost=no
+          --suppressions="$ROOT/tests/c/valgrind.supp" -q)
+
+run_suite() { # run_suite PREFIX...: the three cross-language suites, under PREFIX
+    echo "-- C client -> C server, every error path (one process)"
+    timeout 300 "$@" "$OUT/test_ffi"
+
+    echo "-- C client -> Rust server"
+    mkdir -p "$WORK/rust"
+    start_server rust "$LIBDIR/meridian-test-server" "$WORK/rust"
+    timeout 300 "$@" "$OUT/c_client" "$PORT" "$WORK/rust/ca.pem"
+    stop_server rust
+
+    echo "-- Rust client -> C server"
+    mkdir -p "$WORK/c"
+    start_server c "$@" "$OUT/c_server" "$WORK/c"
+    timeout 120 "$LIBDIR/meridian-test-client" "$PORT" "$WORK/c/ca.pem"
+    stop_server c
+    rm -rf "$WORK/rust" "$WORK/c" "$WORK"/*.in "$WORK"/*.out "$WORK"/*.err
+}
+
+if [ "$MODE" = bench ]; then
+    CALLS="${CALLS:-20000}"
+    mkdir -p "$WORK/rust"
+    start_server rust "$LIBDIR/meridian-test-server" "$WORK/rust"
+    echo "== boundary benchmark: $CALLS unary calls of 64 B per run, server in its own process"
+    for _ in 1 2 3 4 5; do
+        timeout 300 "$OUT/bench_unary" "$PORT" "$WORK/rust/ca.pem" "$CALLS"
+        timeout 300 "$LIBDIR/meridian-bench-rust" "$PORT" "$WORK/rust/ca.pem" "$CALLS"
+    done
+    stop_server rust
+    exit 0
+fi
+
+echo "== C tests"
+run_suite
+
+echo "== examples: C server, C client, C++ client"
+mkdir -p "$WORK/ex"
+start_server ex "$OUT/example_server" "$WORK/ex"
+timeout 60 "$OUT/example_client" "$PORT" "$WORK/ex/ca.pem"
+timeout 60 "$OUT/example_client_cpp" "$PORT" "$WORK/ex/ca.pem"
+stop_server ex
+
+if ! command -v valgrind >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        timeout 600 apt-get install -y -q valgrind >/dev/null
+    fi
+fi
+command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install -y valgrind)"; exit 1; }
+echo "== C tests under valgrind (no invalid access, no definite or indirect leak)"
+run_suite "${VALGRIND[@]}"
+echo "== the C ABI: all tests passed"
