@@ -101,8 +101,8 @@ enum meridian_status
   MERIDIAN_NOT_PRESENT = 7106,
   // `meridian_stream_next`: the server ended the stream successfully; no more messages.
   MERIDIAN_STREAM_END = 7107,
-  // The operation is not available for this client (raw-bytes calls need a
-  // single-endpoint client; see `meridian_client_new`).
+  // The operation is not available for this client or this build (reserved; no
+  // function of this version returns it).
   MERIDIAN_UNSUPPORTED = 7108,
 };
 #ifndef __cplusplus
@@ -247,7 +247,7 @@ void meridian_client_config_free(struct meridian_client_config *config);
 //
 // With exactly one endpoint and no region file, the client is a direct channel to that
 // server (raw and JSON calls). Otherwise it is a region client that routes every call to
-// the nearest healthy region serving the method (JSON calls only).
+// the nearest healthy region serving the method (raw and JSON calls too).
 //
 // # Safety
 // `config` is a live configuration; the strings are NUL-terminated or NULL where allowed.

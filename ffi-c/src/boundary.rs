@@ -74,8 +74,8 @@ pub enum meridian_status {
     MERIDIAN_NOT_PRESENT = 7106,
     /// `meridian_stream_next`: the server ended the stream successfully; no more messages.
     MERIDIAN_STREAM_END = 7107,
-    /// The operation is not available for this client (raw-bytes calls need a
-    /// single-endpoint client; see `meridian_client_new`).
+    /// The operation is not available for this client or this build (reserved; no
+    /// function of this version returns it).
     MERIDIAN_UNSUPPORTED = 7108,
 }
 

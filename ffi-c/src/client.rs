@@ -81,7 +81,7 @@ pub unsafe extern "C" fn meridian_client_config_free(config: *mut meridian_clien
 ///
 /// With exactly one endpoint and no region file, the client is a direct channel to that
 /// server (raw and JSON calls). Otherwise it is a region client that routes every call to
-/// the nearest healthy region serving the method (JSON calls only).
+/// the nearest healthy region serving the method (raw and JSON calls too).
 ///
 /// # Safety
 /// `config` is a live configuration; the strings are NUL-terminated or NULL where allowed.
@@ -562,13 +562,6 @@ impl Request {
     }
 }
 
-fn raw_unsupported() -> Fail {
-    Fail::new(
-        meridian_status::MERIDIAN_UNSUPPORTED,
-        "raw-bytes calls need a single-endpoint client; a region client takes JSON calls",
-    )
-}
-
 /// One unary call, start to end.
 async fn unary(
     target: Target,
@@ -597,7 +590,16 @@ async fn unary(
                 r.server_time(),
             )
         }
-        (Target::Region(_), Request::Raw(_)) => return Err(raw_unsupported()),
+        (Target::Region(rc), Request::Raw(req)) => {
+            let r = apply_options!(rc.call(method), options)
+                .unary_raw(req)
+                .await?;
+            let (md, st) = (r.metadata().clone(), r.server_time());
+            let mut body = Vec::with_capacity(r.get_ref().len() + 1);
+            body.extend_from_slice(r.get_ref());
+            body.push(0);
+            (body, md, st)
+        }
         (Target::Region(rc), Request::Json(v)) => {
             let call = apply_options!(rc.call(method), options).codec(Codec::Value);
             let r = call.unary::<Value, Value>(&v).await?;
@@ -966,7 +968,7 @@ pub unsafe extern "C" fn meridian_client_server_streaming(
         let a = unsafe { call_args(client, method, payload, request, request_len, options) }?;
         let o = a.options;
         let messages = block_on(async move {
-            Ok::<_, Status>(Some(match (a.target, a.request) {
+            Ok::<_, Status>(match (a.target, a.request) {
                 (Target::Channel(ch), Request::Raw(req)) => Messages::Raw(
                     apply_options!(ch.call(a.method), o)
                         .server_streaming_raw(req)
@@ -984,10 +986,13 @@ pub unsafe extern "C" fn meridian_client_server_streaming(
                         .server_streaming::<Value, Value>(&v)
                         .await?,
                 ),
-                (Target::Region(_), Request::Raw(_)) => return Ok(None),
-            }))
-        })??
-        .ok_or_else(raw_unsupported)?;
+                (Target::Region(rc), Request::Raw(req)) => Messages::Raw(
+                    apply_options!(rc.call(a.method), o)
+                        .server_streaming_raw(req)
+                        .await?,
+                ),
+            })
+        })??;
         let stream = Box::into_raw(Box::new(meridian_stream {
             messages,
             current: Vec::new(),

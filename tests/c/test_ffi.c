@@ -228,6 +228,59 @@ static void *concurrent_caller(void *arg) {
     return NULL;
 }
 
+/* A region client: two single-server regions, the preferred one used, raw and JSON calls
+   routed, a streaming call routed. */
+static void test_region_client(void) {
+    meridian_server *a = NULL, *b = NULL;
+    uint16_t pa = 0, pb = 0;
+    MUST(meridian_server_new("r-a", &a));
+    MUST(meridian_server_new("r-b", &b));
+    MUST(register_handlers(a));
+    MUST(register_handlers(b));
+    MUST(meridian_server_start(a, "127.0.0.1:0", cert_path, key_path));
+    MUST(meridian_server_start(b, "127.0.0.1:0", cert_path, key_path));
+    MUST(meridian_server_port(a, &pa));
+    MUST(meridian_server_port(b, &pb));
+
+    char addr_a[32], addr_b[32];
+    snprintf(addr_a, sizeof addr_a, "127.0.0.1:%u", (unsigned)pa);
+    snprintf(addr_b, sizeof addr_b, "127.0.0.1:%u", (unsigned)pb);
+    meridian_client_config *cfg = NULL;
+    meridian_client *rc = NULL;
+    MUST(meridian_client_config_new(&cfg));
+    MUST(meridian_client_config_add_endpoint(cfg, "r-a", addr_a, "localhost"));
+    MUST(meridian_client_config_add_endpoint(cfg, "r-b", addr_b, "localhost"));
+    MUST(meridian_client_config_set_roots_pem_file(cfg, ca_path));
+    MUST(meridian_client_config_set_preferred_region(cfg, "r-b"));
+    MUST(meridian_client_new(cfg, &rc));
+    meridian_client_config_free(cfg);
+    MUST(meridian_client_wait_ready(rc, "echo", 5000));
+
+    EXPECT_BODY(call_ok(rc, "add", MERIDIAN_PAYLOAD_JSON, "[2, 3]", NULL), "5");
+    meridian_response *resp = NULL;
+    const uint8_t *data;
+    size_t len;
+    MUST(meridian_client_unary(rc, "echo", MERIDIAN_PAYLOAD_RAW, (const uint8_t *)"via region",
+                               10, NULL, &resp));
+    MUST(meridian_response_body(resp, &data, &len));
+    EXPECT(len == 10 && memcmp(data, "via region", 10) == 0);
+    meridian_response_free(resp);
+
+    /* With the preferred region gone, calls go to the other one. */
+    MUST(meridian_server_stop(b, 500));
+    meridian_call_options *opts = NULL;
+    MUST(meridian_call_options_new(&opts));
+    MUST(meridian_call_options_set_timeout_ms(opts, 8000));
+    MUST(meridian_call_options_set_idempotent(opts, true));
+    EXPECT_BODY(call_ok(rc, "add", MERIDIAN_PAYLOAD_JSON, "[20, 22]", opts), "42");
+    meridian_call_options_free(opts);
+
+    meridian_client_free(rc);
+    MUST(meridian_server_stop(a, 500));
+    meridian_server_free(a);
+    meridian_server_free(b);
+}
+
 int main(void) {
     char dir[] = "/tmp/meridian-c-test-XXXXXX";
     if (mkdtemp(dir) == NULL) return 2;
@@ -237,6 +290,7 @@ int main(void) {
     snprintf(key_path, sizeof key_path, "%s/server.key", dir);
 
     test_null_and_invalid_arguments();
+    test_region_client();
 
     meridian_server *server = NULL;
     uint16_t port = 0;

@@ -812,6 +812,12 @@ impl RegionCallBuilder {
         }))
     }
 
+    /// A server-streaming call on raw bytes, opened on the chosen server.
+    pub async fn server_streaming_raw(self, request: Bytes) -> Result<Streaming<Bytes>, Status> {
+        self.open_streaming(|call| call.server_streaming_raw(request.clone()))
+            .await
+    }
+
     /// A server-streaming call, opened on the chosen server.
     pub async fn server_streaming<Req: Serialize, Resp: DeserializeOwned>(
         self,
@@ -835,16 +841,20 @@ impl RegionCallBuilder {
         self.open_streaming(|call| call.bidi()).await
     }
 
-    async fn attempt<Req: Serialize, Resp: DeserializeOwned>(
+    async fn attempt<T, F, Fut>(
         &self,
         target: &mut Target,
-        request: &Req,
+        make: &F,
         idempotent: bool,
         deadline: Option<Instant>,
-    ) -> Attempt<Resp> {
+    ) -> Attempt<T>
+    where
+        F: Fn(CallBuilder) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
         let call = self.channel_call(target, idempotent, deadline);
         let started = Instant::now();
-        let fut = call.unary::<Req, Resp>(request);
+        let fut = make(call);
         let result = tokio::select! {
             r = fut => Some(r),
             _ = target.ejected.changed() => None,
@@ -873,6 +883,21 @@ impl RegionCallBuilder {
         self,
         request: &Req,
     ) -> Result<Response<Resp>, Status> {
+        self.unary_with(|call| call.unary::<Req, Resp>(request))
+            .await
+    }
+
+    /// A unary call on raw bytes, routed, retried and hedged as configured.
+    pub async fn unary_raw(self, request: Bytes) -> Result<Response<Bytes>, Status> {
+        self.unary_with(|call| call.unary_raw(request.clone()))
+            .await
+    }
+
+    async fn unary_with<T, F, Fut>(self, make: F) -> Result<Response<T>, Status>
+    where
+        F: Fn(CallBuilder) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
         let inner = self.client.inner.clone();
         inner.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -940,11 +965,10 @@ impl RegionCallBuilder {
                 let t0 = Instant::now();
                 let (outcome, hedge_sent) = match hedge_delay {
                     None => (
-                        self.attempt(&mut target, request, idempotent, deadline)
-                            .await,
+                        self.attempt(&mut target, &make, idempotent, deadline).await,
                         false,
                     ),
-                    Some(delay) => self.hedged(&mut target, request, deadline, delay).await,
+                    Some(delay) => self.hedged(&mut target, &make, deadline, delay).await,
                 };
                 match outcome {
                     Attempt::Done(Ok(r)) => {
@@ -1010,16 +1034,20 @@ impl RegionCallBuilder {
     /// Sends a first copy; if it has not answered after `delay`, a second copy to the next
     /// choice (budget permitting). The first answer wins; the other copy is dropped, which
     /// cancels it on its server.
-    async fn hedged<Req: Serialize, Resp: DeserializeOwned>(
+    async fn hedged<T, F, Fut>(
         &self,
         first: &mut Target,
-        request: &Req,
+        make: &F,
         deadline: Option<Instant>,
         delay: Duration,
-    ) -> (Attempt<Resp>, bool) {
+    ) -> (Attempt<T>, bool)
+    where
+        F: Fn(CallBuilder) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
         let inner = &self.client.inner;
         let first_addr = first.addr;
-        let a = self.attempt(first, request, true, deadline);
+        let a = self.attempt(first, make, true, deadline);
         tokio::pin!(a);
         tokio::select! {
             r = &mut a => return (r, false),
@@ -1037,7 +1065,7 @@ impl RegionCallBuilder {
             return (a.await, false);
         };
         inner.hedges_sent.fetch_add(1, Ordering::Relaxed);
-        let b = self.attempt(&mut second, request, true, deadline);
+        let b = self.attempt(&mut second, make, true, deadline);
         tokio::pin!(b);
         let r = tokio::select! {
             r = &mut a => r,
