@@ -397,6 +397,19 @@ impl Inner {
         })
     }
 
+    /// Whether every server we could call has told us its catalog and none lists
+    /// `method`: then the call is UNIMPLEMENTED everywhere, at once, with no waiting.
+    fn nobody_serves(&self, method: &str) -> bool {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut usable = st
+            .servers
+            .values()
+            .filter(|s| s.channel.is_some() && !s.silent && s.load.health.is_available(now))
+            .peekable();
+        usable.peek().is_some() && usable.all(|s| s.serves(method) == Some(false))
+    }
+
     /// Records an attempt's outcome.
     fn finish(&self, addr: SocketAddr, latency: Duration, timeout: Option<Duration>, failed: bool) {
         let now = Instant::now();
@@ -936,6 +949,12 @@ impl RegionCallBuilder {
                         }
                     })
                 else {
+                    if attempts == 0 && inner.nobody_serves(&self.method) {
+                        return Err(Status::unimplemented(format!(
+                            "no server in any region serves {:?}",
+                            self.method
+                        )));
+                    }
                     if attempts == 0
                         && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
                     {
