@@ -397,17 +397,14 @@ impl Inner {
         })
     }
 
-    /// Whether every server we could call has told us its catalog and none lists
-    /// `method`: then the call is UNIMPLEMENTED everywhere, at once, with no waiting.
+    /// Whether every server in the map has told us its catalog and none lists `method`:
+    /// then the call is UNIMPLEMENTED everywhere, at once, with no waiting. A server still
+    /// connecting (or never reached) leaves the question open.
     fn nobody_serves(&self, method: &str) -> bool {
-        let now = Instant::now();
+        // Servers that joined since the last probe tick count too.
+        self.sync_membership(Instant::now());
         let st = self.lock();
-        let mut usable = st
-            .servers
-            .values()
-            .filter(|s| s.channel.is_some() && !s.silent && s.load.health.is_available(now))
-            .peekable();
-        usable.peek().is_some() && usable.all(|s| s.serves(method) == Some(false))
+        !st.servers.is_empty() && st.servers.values().all(|s| s.serves(method) == Some(false))
     }
 
     /// Records an attempt's outcome.
