@@ -600,13 +600,16 @@ impl ServerBuilder {
             context: "cannot read the bound address".into(),
             source,
         })?;
-        let mut catalog: Vec<MethodInfo> = self.methods.values().map(|m| m.info.clone()).collect();
-        catalog.sort_by(|a, b| a.name.cmp(&b.name));
+        let methods: HashMap<String, Arc<MethodEntry>> = self
+            .methods
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect();
         let shared = Arc::new(Shared {
             server_id: self.server_id.unwrap_or_else(|| local_addr.to_string()),
             region: self.region,
-            catalog,
-            methods: self.methods,
+            catalog: watch::channel(Arc::new(Vec::new())).0,
+            methods: std::sync::RwLock::new(methods),
             transport: self.transport,
             client_auth: tls.requires_client_certs(),
             shutting_down: AtomicBool::new(false),
@@ -615,6 +618,7 @@ impl ServerBuilder {
             calls_total: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
         });
+        shared.publish_catalog();
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         let registration = self.advertise.map(|name| {
             let mut addr = local_addr;
@@ -644,8 +648,10 @@ impl ServerBuilder {
 struct Shared {
     server_id: String,
     region: String,
-    catalog: Vec<MethodInfo>,
-    methods: HashMap<String, MethodEntry>,
+    /// The catalog announced in HELLO frames; connections follow it and send an update
+    /// when it changes.
+    catalog: watch::Sender<Arc<Vec<MethodInfo>>>,
+    methods: std::sync::RwLock<HashMap<String, Arc<MethodEntry>>>,
     transport: TransportConfig,
     client_auth: bool,
     shutting_down: AtomicBool,
@@ -662,8 +668,22 @@ impl Shared {
             server_id: self.server_id.clone(),
             region: self.region.clone(),
             load: self.inflight.load(Ordering::Relaxed) as u64,
-            methods: self.catalog.clone(),
+            methods: self.catalog.borrow().as_ref().clone(),
         }
+    }
+
+    fn method(&self, name: &str) -> Option<Arc<MethodEntry>> {
+        self.methods.read().ok()?.get(name).cloned()
+    }
+
+    /// Rebuilds the catalog from the method table and tells every connection.
+    fn publish_catalog(&self) {
+        let mut catalog: Vec<MethodInfo> = match self.methods.read() {
+            Ok(m) => m.values().map(|e| e.info.clone()).collect(),
+            Err(_) => return,
+        };
+        catalog.sort_by(|a, b| a.name.cmp(&b.name));
+        self.catalog.send_replace(Arc::new(catalog));
     }
 }
 
@@ -720,8 +740,42 @@ impl Server {
     }
 
     /// The method catalog announced in the HELLO.
-    pub fn catalog(&self) -> &[MethodInfo] {
-        &self.shared.catalog
+    pub fn catalog(&self) -> Vec<MethodInfo> {
+        self.shared.catalog.borrow().as_ref().clone()
+    }
+
+    /// Adds (or replaces) methods while the server runs: `f` registers them on an empty
+    /// builder, exactly as before binding (its other settings are ignored). Connected
+    /// clients receive an updated HELLO, so region routing learns the new methods.
+    ///
+    /// ```no_run
+    /// # fn demo(server: &meridian::Server) {
+    /// server.add_methods(|b| b.unary("double", |x: i64, _| async move { Ok(x * 2) }));
+    /// # }
+    /// ```
+    pub fn add_methods(&self, f: impl FnOnce(ServerBuilder) -> ServerBuilder) {
+        let added = f(Server::builder()).methods;
+        if let Ok(mut methods) = self.shared.methods.write() {
+            for (name, entry) in added {
+                methods.insert(name, Arc::new(entry));
+            }
+        }
+        self.shared.publish_catalog();
+    }
+
+    /// Removes a method while the server runs; calls already running finish, new ones get
+    /// `UNIMPLEMENTED`. Returns whether the method existed.
+    pub fn remove_method(&self, name: &str) -> bool {
+        let removed = self
+            .shared
+            .methods
+            .write()
+            .map(|mut m| m.remove(name).is_some())
+            .unwrap_or(false);
+        if removed {
+            self.shared.publish_catalog();
+        }
+        removed
     }
 
     /// Current counters.
@@ -808,11 +862,25 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     // unidirectional stream credit.
     {
         let conn = conn.clone();
-        let frame = shared.hello().to_frame();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            if let Ok(mut s) = conn.open_uni().await {
-                if s.write_all(&frame).await.is_ok() {
-                    conn.closed().await;
+            let mut catalog = shared.catalog.subscribe();
+            let Ok(mut s) = conn.open_uni().await else {
+                return;
+            };
+            loop {
+                catalog.borrow_and_update();
+                let frame = shared.hello().to_frame();
+                if s.write_all(&frame).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = conn.closed() => return,
+                    changed = catalog.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -975,7 +1043,7 @@ async fn run_call(
     send: &mut quinn::SendStream,
     started: Instant,
 ) -> Code {
-    let Some(entry) = shared.methods.get(&headers.method) else {
+    let Some(entry) = shared.method(&headers.method) else {
         rx.stop(reset::NO_ERROR);
         let status = Status::unimplemented(format!("unknown method {:?}", headers.method));
         finish_call(send, None, trailers_for(status, started.elapsed())).await;

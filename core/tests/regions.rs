@@ -167,7 +167,7 @@ async fn a_method_served_only_far_away_goes_there() {
         .unwrap();
     assert!(far.calls >= 5);
     // An unknown method anywhere is UNIMPLEMENTED, not a hang.
-    // Every catalog is known and none lists it: UNIMPLEMENTED at once, no waiting.
+    // No catalog lists it: the servers themselves answer UNIMPLEMENTED, one RTT each.
     let t = Instant::now();
     let err = client
         .call("nowhere")
@@ -675,4 +675,29 @@ async fn a_restarted_server_gets_its_traffic_back() {
     eprintln!("traffic back on the restarted server after {returned:?}");
     assert!(returned.is_some(), "{:?}", client.stats());
     drop(far);
+}
+
+#[tokio::test]
+async fn a_method_added_at_runtime_is_routed_to_its_region() {
+    let world = World::start(&[("near", "n1", 5), ("far", "f1", 30)], |_, _, b| b).await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("whoami", Duration::from_secs(5)).await);
+    let far = &world
+        .sites
+        .iter()
+        .find(|(_, s)| s.id == "f1")
+        .unwrap()
+        .1
+        ._server;
+    far.add_methods(|b| b.unary("late", |x: i64, _| async move { Ok(x + 1) }));
+    assert!(client.ready("late", Duration::from_secs(5)).await);
+    assert_eq!(client.unary::<_, i64>("late", &41i64).await.unwrap(), 42);
+    let far_calls = client
+        .stats()
+        .regions
+        .into_iter()
+        .find(|r| r.name == "far")
+        .unwrap()
+        .calls;
+    assert!(far_calls >= 1);
 }

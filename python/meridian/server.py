@@ -93,8 +93,8 @@ class RPCServer:
     key_file)`` (PEM) sets the certificate, ``server_name`` the name it carries.
 
     The server starts serving in the background on the first registration (or on
-    :meth:`start`). Registering on a running server rebinds it with the new method list
-    (on a fixed ``port``, serving pauses briefly). Exceptions raised by handlers reach the
+    :meth:`start`). Registering on a running server adds the method in place and
+    announces it to connected clients. Exceptions raised by handlers reach the
     caller as :class:`meridian.RpcError` (``UNKNOWN``, ``"TypeName: text"``) or with
     the code of an ``RpcError`` the handler raised; tracebacks are sent only with
     ``send_tracebacks=True``, in the metadata entry ``traceback``.

@@ -5,16 +5,18 @@
 //! as long as Python code runs. A slow handler therefore holds one blocking thread, never a
 //! transport thread, and other calls go on.
 //!
-//! A server's method catalog is fixed when it binds (it travels in the HELLO that region
-//! clients route by), so registering a method on a running server binds a new server with
-//! the larger catalog and retires the old one gracefully (see [`NativeServer::add`]).
+//! Registering a method on a running server adds it in place (`Server::add_methods`):
+//! connected clients receive an updated HELLO, so region routing learns the new method
+//! without a restart or a new port.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian::{CallContext, Codec, Identity, Method, ResponseSink, Server, ServerTls, Status};
+use meridian::{
+    CallContext, Codec, Identity, Method, ResponseSink, Server, ServerBuilder, ServerTls, Status,
+};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -111,32 +113,28 @@ impl NativeServer {
 
     /// Registers `func` as method `name` (a server-streaming method when `streaming`).
     /// `func` takes the decoded argument value and returns the result value (or, when
-    /// streaming, an iterator of them). If the server is running, it is rebound with the
-    /// new catalog: on an OS-chosen port a new server starts first and the old one is
-    /// retired gracefully; on a fixed port the old one stops first.
+    /// streaming, an iterator of them). On a running server the method is added in place
+    /// and announced to connected clients.
     #[pyo3(signature = (name, func, streaming=false, idempotent=false))]
     fn add(
         &self,
-        py: Python<'_>,
         name: String,
         func: Py<PyAny>,
         streaming: bool,
         idempotent: bool,
     ) -> PyResult<()> {
-        let running = {
-            let mut st = self.lock();
-            st.methods.retain(|m| m.name != name);
-            st.methods.push(PyMethod {
-                name,
-                func: Arc::new(func),
-                streaming,
-                idempotent,
-            });
-            st.running.is_some()
+        let mut st = self.lock();
+        st.methods.retain(|m| m.name != name);
+        let method = PyMethod {
+            name,
+            func: Arc::new(func),
+            streaming,
+            idempotent,
         };
-        if running {
-            self.start(py)?;
+        if let Some(server) = &st.running {
+            server.add_methods(|b| register(b, &method));
         }
+        st.methods.push(method);
         Ok(())
     }
 
@@ -162,18 +160,7 @@ impl NativeServer {
                 builder.no_local_registry()
             };
             for m in &st.methods {
-                let mut method = Method::new(m.name.clone());
-                if m.idempotent {
-                    method = method.idempotent();
-                }
-                let func = m.func.clone();
-                builder = if m.streaming {
-                    builder.server_streaming_raw(method, move |body, ctx, sink| {
-                        run_streaming(func.clone(), body, ctx, sink)
-                    })
-                } else {
-                    builder.unary_raw(method, move |body, ctx| run_unary(func.clone(), body, ctx))
-                };
+                builder = register(builder, m);
             }
             // A fixed port must be free before it can be bound again.
             let old = if st.fixed_port {
@@ -245,6 +232,22 @@ impl NativeServer {
             .running
             .as_ref()
             .map_or(0, |s| s.stats().calls_total)
+    }
+}
+
+/// Registers one Python method on a server builder.
+fn register(builder: ServerBuilder, m: &PyMethod) -> ServerBuilder {
+    let mut method = Method::new(m.name.clone());
+    if m.idempotent {
+        method = method.idempotent();
+    }
+    let func = m.func.clone();
+    if m.streaming {
+        builder.server_streaming_raw(method, move |body, ctx, sink| {
+            run_streaming(func.clone(), body, ctx, sink)
+        })
+    } else {
+        builder.unary_raw(method, move |body, ctx| run_unary(func.clone(), body, ctx))
     }
 }
 

@@ -322,12 +322,25 @@ impl Inner {
             .filter(|(a, s)| !exclude.contains(a) && usable(s) && s.serves(method) == Some(true))
             .map(|(a, _)| *a)
             .collect();
+        // Then servers whose catalog is not known yet; and when no catalog lists the method
+        // at all (it may have been added since the last HELLO), any usable server: its
+        // answer is authoritative, and UNIMPLEMENTED moves the call on to the next one.
         let candidates: Vec<SocketAddr> = if known_serving.is_empty() {
-            st.servers
+            let unknown: Vec<SocketAddr> = st
+                .servers
                 .iter()
                 .filter(|(a, s)| !exclude.contains(a) && usable(s) && s.serves(method).is_none())
                 .map(|(a, _)| *a)
-                .collect()
+                .collect();
+            if unknown.is_empty() {
+                st.servers
+                    .iter()
+                    .filter(|(a, s)| !exclude.contains(a) && usable(s))
+                    .map(|(a, _)| *a)
+                    .collect()
+            } else {
+                unknown
+            }
         } else {
             known_serving
         };
@@ -343,7 +356,7 @@ impl Inner {
                 .servers
                 .iter()
                 .filter(|(a, s)| {
-                    let serves = s.serves(method) != Some(false);
+                    let serves = s.serves(method) != Some(false) || candidates.contains(a);
                     serves && (!only_usable || candidates.contains(a))
                 })
                 .map(|(_, s)| s.region.clone())
@@ -395,16 +408,6 @@ impl Inner {
             channel: s.channel.clone()?,
             ejected: s.ejected.subscribe(),
         })
-    }
-
-    /// Whether every server in the map has told us its catalog and none lists `method`:
-    /// then the call is UNIMPLEMENTED everywhere, at once, with no waiting. A server still
-    /// connecting (or never reached) leaves the question open.
-    fn nobody_serves(&self, method: &str) -> bool {
-        // Servers that joined since the last probe tick count too.
-        self.sync_membership(Instant::now());
-        let st = self.lock();
-        !st.servers.is_empty() && st.servers.values().all(|s| s.serves(method) == Some(false))
     }
 
     /// Records an attempt's outcome.
@@ -946,12 +949,6 @@ impl RegionCallBuilder {
                         }
                     })
                 else {
-                    if attempts == 0 && inner.nobody_serves(&self.method) {
-                        return Err(Status::unimplemented(format!(
-                            "no server in any region serves {:?}",
-                            self.method
-                        )));
-                    }
                     if attempts == 0
                         && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
                     {

@@ -99,3 +99,38 @@ async fn a_refused_call_says_it_never_ran() {
     assert_eq!(slow.await.unwrap().unwrap(), 300);
     shutdown.await.unwrap();
 }
+
+#[tokio::test]
+async fn methods_added_and_removed_while_running_reach_connected_clients() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    let has = |ch: &meridian::Channel, name: &str| {
+        ch.server_info()
+            .is_some_and(|h| h.methods.iter().any(|m| m.name == name))
+    };
+    assert!(ch.wait_server_info(Duration::from_secs(5)).await.is_some());
+    assert!(!has(&ch, "triple"));
+    let err = ch.unary::<_, i64>("triple", &2i64).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+
+    fx.server.add_methods(|b| {
+        b.unary(
+            meridian::Method::new("triple").idempotent(),
+            |x: i64, _| async move { Ok(x * 3) },
+        )
+    });
+    assert!(fx
+        .server
+        .catalog()
+        .iter()
+        .any(|m| m.name == "triple" && m.idempotent));
+    // The connected client hears of it through an updated HELLO.
+    assert!(crate::common::eventually(Duration::from_secs(3), || has(&ch, "triple")).await);
+    assert_eq!(ch.unary::<_, i64>("triple", &2i64).await.unwrap(), 6);
+
+    assert!(fx.server.remove_method("triple"));
+    assert!(!fx.server.remove_method("triple"));
+    assert!(crate::common::eventually(Duration::from_secs(3), || !has(&ch, "triple")).await);
+    let err = ch.unary::<_, i64>("triple", &2i64).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+}
