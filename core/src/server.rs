@@ -1124,55 +1124,20 @@ async fn run_call(
         max_message: wire_limits.max_message_size,
     };
     let mut handler = CatchUnwind((entry.handler)(call));
-    let stopped = send.stopped();
-    tokio::pin!(stopped);
-    let deadline_sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d.into()).await,
-            None => std::future::pending().await,
-        }
+    // Fast path: most unary handlers finish on their first poll, and then there is no
+    // cancellation or deadline to watch (watching costs a registration in the connection).
+    let first = if sink_rx.is_none() {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut handler).poll(cx))).await
+    } else {
+        std::task::Poll::Pending
     };
-    tokio::pin!(deadline_sleep);
-
-    let mut finished: Option<Result<Option<Bytes>, Status>> = None;
-    let outcome = loop {
-        tokio::select! {
-            biased;
-            r = &mut stopped => {
-                break match r {
-                    Ok(Some(code)) => Outcome::Cancelled(code.into_inner()),
-                    _ => Outcome::Lost,
-                };
-            }
-            _ = &mut deadline_sleep => {
-                break Outcome::Reply(Err(Status::deadline_exceeded("deadline exceeded")));
-            }
-            msg = next_response(&mut sink_rx) => match msg {
-                Some(bytes) => {
-                    let [hdr, payload] = data_chunks(bytes);
-                    if send.write_all_chunks(&mut [hdr, payload]).await.is_err() {
-                        break Outcome::Lost;
-                    }
-                }
-                None => {
-                    sink_rx = None;
-                    if let Some(r) = finished.take() {
-                        break Outcome::Reply(r);
-                    }
-                }
-            },
-            r = &mut handler, if finished.is_none() => {
-                let r = r.unwrap_or_else(|panic| {
-                    tracing::error!(method = %ctx.method, %panic, "handler panicked");
-                    Err(Status::internal("the handler panicked"))
-                });
-                // Streamed responses still queued go out before the trailers, unless the
-                // handler failed.
-                if sink_rx.is_none() || r.is_err() {
-                    break Outcome::Reply(r);
-                }
-                finished = Some(r);
-            }
+    let outcome = match first {
+        std::task::Poll::Ready(r) => Outcome::Reply(r.unwrap_or_else(|panic| {
+            tracing::error!(method = %ctx.method, %panic, "handler panicked");
+            Err(Status::internal("the handler panicked"))
+        })),
+        std::task::Poll::Pending => {
+            watch_call(&mut handler, send, &mut sink_rx, deadline, &ctx).await
         }
     };
     // Anything still running for this call stops here.
@@ -1200,6 +1165,68 @@ async fn run_call(
             crate::stream::status_for_reset(code).code()
         }
         Outcome::Lost => Code::Unavailable,
+    }
+}
+
+/// Runs a handler that did not finish at once, watching for the client's cancellation and
+/// the deadline, and forwarding streamed responses as they come.
+async fn watch_call(
+    handler: &mut CatchUnwind<BoxFuture<Result<Option<Bytes>, Status>>>,
+    send: &mut quinn::SendStream,
+    sink_rx: &mut Option<mpsc::Receiver<Bytes>>,
+    deadline: Option<Instant>,
+    ctx: &CallContext,
+) -> Outcome {
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let deadline_sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline_sleep);
+
+    let mut finished: Option<Result<Option<Bytes>, Status>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut stopped => {
+                break match r {
+                    Ok(Some(code)) => Outcome::Cancelled(code.into_inner()),
+                    _ => Outcome::Lost,
+                };
+            }
+            _ = &mut deadline_sleep => {
+                break Outcome::Reply(Err(Status::deadline_exceeded("deadline exceeded")));
+            }
+            msg = next_response(sink_rx) => match msg {
+                Some(bytes) => {
+                    let [hdr, payload] = data_chunks(bytes);
+                    if send.write_all_chunks(&mut [hdr, payload]).await.is_err() {
+                        break Outcome::Lost;
+                    }
+                }
+                None => {
+                    *sink_rx = None;
+                    if let Some(r) = finished.take() {
+                        break Outcome::Reply(r);
+                    }
+                }
+            },
+            r = &mut *handler, if finished.is_none() => {
+                let r = r.unwrap_or_else(|panic| {
+                    tracing::error!(method = %ctx.method, %panic, "handler panicked");
+                    Err(Status::internal("the handler panicked"))
+                });
+                // Streamed responses still queued go out before the trailers, unless the
+                // handler failed.
+                if sink_rx.is_none() || r.is_err() {
+                    break Outcome::Reply(r);
+                }
+                finished = Some(r);
+            }
+        }
     }
 }
 

@@ -619,12 +619,19 @@ impl RequestHeaders {
         self.metadata.encode(out);
     }
 
-    /// Encodes a complete HEADERS frame.
+    /// Encodes a complete HEADERS frame (one allocation: the payload is written after
+    /// room for the largest frame header, which is then written just before it).
     pub fn to_frame(&self) -> BytesMut {
-        let mut payload = BytesMut::with_capacity(64 + self.metadata.byte_size());
-        self.encode(&mut payload);
-        let mut out = BytesMut::with_capacity(payload.len() + 9);
-        put_frame(&mut out, FrameKind::Headers, &payload);
+        const ROOM: usize = 9;
+        let mut out =
+            BytesMut::with_capacity(ROOM + 64 + self.method.len() + self.metadata.byte_size());
+        out.resize(ROOM, 0);
+        self.encode(&mut out);
+        let len = out.len() - ROOM;
+        let start = ROOM - 1 - varint_len(len as u64);
+        let mut head = &mut out[start..ROOM];
+        put_frame_header(&mut head, FrameKind::Headers, len);
+        out.advance(start);
         out
     }
 
