@@ -744,21 +744,21 @@ impl RegionCallBuilder {
         self
     }
 
+    /// The call's own flag, else the catalog of the first server that lists the method
+    /// (idempotency is the method's property, the same on every server serving it).
     fn is_idempotent(&self) -> bool {
         if let Some(i) = self.idempotent {
             return i;
         }
         let st = self.client.inner.lock();
-        st.servers.values().any(|s| {
-            s.channel
-                .as_ref()
-                .and_then(|c| c.server_info())
-                .is_some_and(|h| {
-                    h.methods
-                        .iter()
-                        .any(|m| m.name == self.method && m.idempotent)
-                })
-        })
+        st.servers
+            .values()
+            .find_map(|s| {
+                let hello = s.channel.as_ref()?.server_info()?;
+                let m = hello.methods.iter().find(|m| m.name == self.method)?;
+                Some(m.idempotent)
+            })
+            .unwrap_or(false)
     }
 
     /// The channel-level call for one attempt, with this call's options.
