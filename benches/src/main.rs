@@ -15,6 +15,7 @@
 mod driver;
 mod handshake;
 mod kinds;
+mod proxy_wan;
 mod report;
 mod tls;
 
@@ -43,6 +44,10 @@ usage:
       time connect-to-first-response over emulated WAN links (Meridian full
       handshake, Meridian 0-RTT, tonic over TCP + TLS), and CPU per connection
       setup on loopback; with --append add the section to FILE
+  meridian-bench proxy [--rtts 5,50] [--calls 200] [--append FILE]
+      a call through the region proxy against the same call made directly, over
+      emulated WAN links, with the per-hop breakdown; with --append add the section
+      to FILE
   meridian-bench list
       print the known kinds";
 
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("serve") => serve(&args[1..]),
         Some("connect") => connect(&args[1..]),
+        Some("proxy") => proxy(&args[1..]),
         Some("list") => {
             for kind in Kind::ALL {
                 println!("{}", kind.name());
@@ -141,6 +147,47 @@ fn connect(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     let section = tokio::task::LocalSet::new().block_on(&runtime, handshake::run(&plan))?;
+    println!("{section}");
+    if let Some(file) = append {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)?;
+        writeln!(f, "\n{section}")?;
+    }
+    Ok(())
+}
+
+/// `proxy [--rtts 5,50] [--calls 200] [--append FILE]`.
+fn proxy(args: &[String]) -> Result<()> {
+    let mut plan = proxy_wan::ProxyPlan {
+        rtts: vec![Duration::from_millis(5), Duration::from_millis(50)],
+        calls: 200,
+    };
+    let mut append = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rtts" => {
+                plan.rtts = value()?
+                    .split(',')
+                    .map(|ms| ms.parse().map(Duration::from_millis))
+                    .collect::<Result<_, _>>()?
+            }
+            "--calls" => plan.calls = value()?.parse()?,
+            "--append" => append = Some(value()?.clone()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
+        }
+    }
+    if plan.calls == 0 {
+        return Err("--calls must be at least 1".into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let section = runtime.block_on(proxy_wan::run(&plan))?;
     println!("{section}");
     if let Some(file) = append {
         use std::io::Write as _;

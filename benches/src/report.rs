@@ -142,6 +142,25 @@ pub fn ratios_table(plan: &Plan, results: &[(Kind, Outcome)]) -> String {
             out.push('\n');
         }
     }
+    if let (Some(direct), Some(proxied), Some(udp)) = (
+        find(Kind::Meridian),
+        find(Kind::MeridianProxy),
+        find(Kind::Udp),
+    ) {
+        let added = proxied.latency.p50_us - direct.latency.p50_us;
+        let budget = udp.latency.p50_us + 30.0;
+        let _ = write!(
+            out,
+            "\nProxy hop: meridian-proxy p50 {:.1} µs - meridian p50 {:.1} µs = {:.1} µs added; \
+             goal at most one loopback round trip (udp p50 {:.1} µs) + 30 µs = {:.1} µs: {}.\n",
+            proxied.latency.p50_us,
+            direct.latency.p50_us,
+            added,
+            udp.latency.p50_us,
+            budget,
+            if added <= budget { "met" } else { "missed" }
+        );
+    }
     out
 }
 

@@ -478,6 +478,7 @@ impl Channel {
             idempotent: false,
             routing_key: None,
             codec: Codec::Postcard,
+            forward: false,
         }
     }
 
@@ -576,12 +577,85 @@ impl Channel {
     }
 }
 
-/// A successful call's result: the message, trailing metadata, and the server's own time.
+/// A successful call's result: the message, trailing metadata, and where the time went.
 #[derive(Debug, Clone)]
 pub struct Response<T> {
     message: T,
     metadata: Metadata,
-    server_time: Option<Duration>,
+    timing: CallTiming,
+}
+
+/// Where the time of one call went: the client's own measure of the whole call, and the
+/// times the server (and a proxy, if the call went through one) reported in its TRAILERS.
+///
+/// Through a proxy, [`total`](Self::total) splits into four parts that add up to it exactly:
+/// [`client_proxy_network`](Self::client_proxy_network) + [`proxy`](Self::proxy) +
+/// [`proxy_server_network`](Self::proxy_server_network) + [`server`](Self::server).
+/// Without one, into [`network`](Self::network) + [`server`](Self::server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallTiming {
+    total: Duration,
+    server: Option<Duration>,
+    via_proxy: Option<crate::wire::ProxyTime>,
+}
+
+impl CallTiming {
+    fn new(total: Duration, trailers: &Trailers) -> CallTiming {
+        CallTiming {
+            total,
+            server: trailers.server_time,
+            via_proxy: trailers.proxy,
+        }
+    }
+
+    /// From writing the HEADERS to reading the TRAILERS, on the client's clock.
+    pub fn total(&self) -> Duration {
+        self.total
+    }
+
+    /// Whether the call went through a proxy that reported its times.
+    pub fn proxied(&self) -> bool {
+        self.via_proxy.is_some()
+    }
+
+    /// The server's own time on the call (its handler, plus reading and writing).
+    pub fn server(&self) -> Option<Duration> {
+        self.server
+    }
+
+    /// Time inside the proxy, when the call went through one.
+    pub fn proxy(&self) -> Option<Duration> {
+        self.via_proxy.map(|p| p.inside)
+    }
+
+    /// Network time client -> proxy -> client (including the client's own framing),
+    /// when the call went through a proxy.
+    pub fn client_proxy_network(&self) -> Option<Duration> {
+        let p = self.via_proxy?;
+        Some(self.total.saturating_sub(p.inside + p.upstream))
+    }
+
+    /// Network time proxy -> server -> proxy, as the proxy saw it (retries included).
+    pub fn proxy_server_network(&self) -> Option<Duration> {
+        let p = self.via_proxy?;
+        Some(p.upstream.saturating_sub(self.server.unwrap_or_default()))
+    }
+
+    /// Network time client -> server -> client, for a direct call.
+    pub fn network(&self) -> Option<Duration> {
+        if self.via_proxy.is_some() {
+            return None;
+        }
+        Some(self.total.saturating_sub(self.server?))
+    }
+
+    fn record(&self, span: &tracing::Span) {
+        span.record("server_us", self.server.map_or(0, |t| t.as_micros() as u64));
+        if let Some(p) = self.via_proxy {
+            span.record("proxy_us", p.inside.as_micros() as u64);
+            span.record("upstream_us", p.upstream.as_micros() as u64);
+        }
+    }
 }
 
 impl<T> Response<T> {
@@ -602,7 +676,12 @@ impl<T> Response<T> {
 
     /// Time the server spent on the call, as it reported it.
     pub fn server_time(&self) -> Option<Duration> {
-        self.server_time
+        self.timing.server
+    }
+
+    /// Where the time of the call went (the last attempt, if it was sent again).
+    pub fn timing(&self) -> CallTiming {
+        self.timing
     }
 }
 
@@ -617,9 +696,20 @@ pub struct CallBuilder {
     idempotent: bool,
     routing_key: Option<Bytes>,
     codec: Codec,
+    /// Raw bytes forwarded for someone else (a proxy): keep `codec` on the wire.
+    forward: bool,
 }
 
 impl CallBuilder {
+    /// Marks the call as forwarding messages already encoded with `codec`: the `*_raw`
+    /// calls then announce `codec` instead of raw bytes, so the server decodes them as the
+    /// original caller meant.
+    pub(crate) fn forwarding(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self.forward = true;
+        self
+    }
+
     /// Gives up after `timeout`; the server is told the time left and stops the handler
     /// when it passes.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -664,7 +754,9 @@ impl CallBuilder {
 
     /// A unary call on raw bytes.
     pub async fn unary_raw(mut self, request: Bytes) -> Result<Response<Bytes>, Status> {
-        self.codec = Codec::Raw;
+        if !self.forward {
+            self.codec = Codec::Raw;
+        }
         let msg = encode_raw(
             Codec::Raw,
             &request,
@@ -685,7 +777,10 @@ impl CallBuilder {
             code = field::Empty,
             duration_us = field::Empty,
             attempts = field::Empty,
-            early = field::Empty
+            early = field::Empty,
+            server_us = field::Empty,
+            proxy_us = field::Empty,
+            upstream_us = field::Empty
         );
         let (inner, mut headers, deadline) = self.into_parts(started);
         let fut = async {
@@ -745,6 +840,9 @@ impl CallBuilder {
             }
         };
         let result = with_deadline(deadline, fut).instrument(span.clone()).await;
+        if let Ok(r) = &result {
+            r.timing.record(&span);
+        }
         finish_span(&span, &inner, &result, started);
         result
     }
@@ -767,7 +865,9 @@ impl CallBuilder {
         mut self,
         request: Bytes,
     ) -> Result<Streaming<Bytes>, Status> {
-        self.codec = Codec::Raw;
+        if !self.forward {
+            self.codec = Codec::Raw;
+        }
         let msg = encode_raw(
             Codec::Raw,
             &request,
@@ -804,7 +904,9 @@ impl CallBuilder {
     pub async fn client_streaming_raw(
         mut self,
     ) -> Result<(RequestSink<Bytes>, ResponseFuture<Bytes>), Status> {
-        self.codec = Codec::Raw;
+        if !self.forward {
+            self.codec = Codec::Raw;
+        }
         self.client_streaming_with(encode_raw, decode_raw).await
     }
 
@@ -848,7 +950,9 @@ impl CallBuilder {
 
     /// A bidirectional call on raw bytes.
     pub async fn bidi_raw(mut self) -> Result<(RequestSink<Bytes>, Streaming<Bytes>), Status> {
-        self.codec = Codec::Raw;
+        if !self.forward {
+            self.codec = Codec::Raw;
+        }
         self.bidi_with(encode_raw, decode_raw).await
     }
 
@@ -976,6 +1080,7 @@ async fn open_call(
     // The time left now, after connecting and waiting for stream credit.
     headers.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let head = headers.to_frame().freeze();
+    let started = Instant::now();
     let written = match request {
         Some(msg) => {
             let [hdr, payload] = data_chunks(msg);
@@ -992,6 +1097,8 @@ async fn open_call(
         deadline,
         finished: false,
         retry: Retry::No,
+        started,
+        ended: None,
     };
     if let Err(e) = written {
         let retry = match &e {
@@ -1026,6 +1133,7 @@ fn ok_trailers() -> Trailers {
         message: String::new(),
         metadata: Metadata::new(),
         server_time: None,
+        proxy: None,
     }
 }
 
@@ -1134,6 +1242,9 @@ struct CallRecv {
     finished: bool,
     /// How the last failure bears on sending the call again.
     retry: Retry,
+    /// When the HEADERS were written, and when the TRAILERS arrived.
+    started: Instant,
+    ended: Option<Instant>,
 }
 
 impl CallRecv {
@@ -1169,6 +1280,7 @@ impl CallRecv {
                 let t = Trailers::decode(&frame.payload, &self.wire)
                     .map_err(|e| Status::internal(format!("bad TRAILERS: {e}")))?;
                 self.finished = true;
+                self.ended = Some(Instant::now());
                 self.consume_fin();
                 if t.code != Code::Ok {
                     return Err(Status::new(t.code, t.message).with_metadata(t.metadata));
@@ -1207,10 +1319,11 @@ impl CallRecv {
             return Err(Status::internal("the server sent more than one response"));
         }
         let t = self.trailers.take().unwrap_or_else(ok_trailers);
+        let total = self.ended.unwrap_or_else(Instant::now) - self.started;
         Ok(Response {
             message: msg,
+            timing: CallTiming::new(total, &t),
             metadata: t.metadata,
-            server_time: t.server_time,
         })
     }
 
@@ -1287,6 +1400,13 @@ impl<T> Streaming<T> {
     /// Server time reported in the TRAILERS.
     pub fn server_time(&self) -> Option<Duration> {
         self.recv.trailers.as_ref().and_then(|t| t.server_time)
+    }
+
+    /// Where the time of the call went, available after `message` returned `Ok(None)`.
+    pub fn timing(&self) -> Option<CallTiming> {
+        let t = self.recv.trailers.as_ref()?;
+        let total = self.recv.ended.unwrap_or_else(Instant::now) - self.recv.started;
+        Some(CallTiming::new(total, t))
     }
 }
 

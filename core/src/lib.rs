@@ -12,6 +12,8 @@
 //! - [`server`] and [`client`]: the public RPC API for one server.
 //! - [`region`]: region routing over many servers: nearest region by measured RTT,
 //!   balancing, failover, hedging.
+//! - [`proxy`]: a gateway that forwards calls through region routing and reports the time
+//!   of each hop.
 //! - `testing` (feature `testing`): the WAN link emulator used by tests and benchmarks.
 //!
 //! A server and a client in a few lines:
@@ -43,6 +45,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod proxy;
 pub mod region;
 pub mod server;
 mod status;
@@ -54,8 +57,8 @@ pub mod wire;
 mod zero_rtt;
 
 pub use client::{
-    CallBuilder, Channel, ChannelBuilder, ChannelStats, RequestSink, Response, ResponseFuture,
-    Streaming,
+    CallBuilder, CallTiming, Channel, ChannelBuilder, ChannelStats, RequestSink, Response,
+    ResponseFuture, Streaming,
 };
 pub use codec::{Codec, Value};
 pub use server::{CallContext, Method, RequestStream, ResponseSink, Server, ServerBuilder};

@@ -44,8 +44,8 @@ use crate::stream::{
 };
 use crate::transport::{ServerTls, TransportConfig};
 use crate::wire::{
-    reset, Code, FrameKind, Hello, Metadata, MethodInfo, MethodKind, RequestHeaders, Trailers,
-    WireError, PROTOCOL_VERSION,
+    reset, Code, FrameKind, Hello, Metadata, MethodInfo, MethodKind, ProxyTime, RequestHeaders,
+    Trailers, WireError, PROTOCOL_VERSION,
 };
 use crate::zero_rtt;
 
@@ -98,6 +98,18 @@ struct CancelState {
     cancelled: AtomicBool,
     notify: Notify,
     trailers: Mutex<Metadata>,
+    forwarded: Mutex<Option<Forwarded>>,
+}
+
+/// What a proxy learned from the call it forwarded, for the TRAILERS it writes back.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarded {
+    /// The server's reported time.
+    pub(crate) server_time: Option<Duration>,
+    /// The forwarded call's time as the proxy measured it.
+    pub(crate) upstream: Duration,
+    /// The server's trailing metadata (on success; a failure's travels in its status).
+    pub(crate) metadata: Metadata,
 }
 
 /// What a handler knows about its call: method, metadata, deadline, peer, cancellation.
@@ -109,6 +121,7 @@ pub struct CallContext {
     peer: SocketAddr,
     codec: Codec,
     idempotent: bool,
+    routing_key: Option<Bytes>,
     early_data: bool,
     confirmed: watch::Receiver<bool>,
     state: Arc<CancelState>,
@@ -187,6 +200,22 @@ impl CallContext {
         if let Ok(mut t) = self.state.trailers.lock() {
             t.insert(key, value);
         }
+    }
+
+    /// The routing key the client set, if any.
+    pub fn routing_key(&self) -> Option<&Bytes> {
+        self.routing_key.as_ref()
+    }
+
+    /// Records what a forwarded call reported (used by the proxy).
+    pub(crate) fn set_forwarded(&self, f: Forwarded) {
+        if let Ok(mut slot) = self.state.forwarded.lock() {
+            *slot = Some(f);
+        }
+    }
+
+    fn take_forwarded(&self) -> Option<Forwarded> {
+        self.state.forwarded.lock().ok()?.take()
     }
 
     fn cancel(&self) {
@@ -329,6 +358,13 @@ struct MethodEntry {
     handler: Arc<Handler>,
 }
 
+/// Serves methods the server has no handler of its own for (the proxy): `resolve` tells
+/// a method's kind and flags, and the handler registered for that kind runs the call.
+struct Fallback {
+    resolve: Box<dyn Fn(&str) -> MethodInfo + Send + Sync>,
+    handlers: HashMap<MethodKind, Arc<Handler>>,
+}
+
 /// Builds a [`Server`]: region, identity, limits and the handlers.
 pub struct ServerBuilder {
     methods: HashMap<String, MethodEntry>,
@@ -336,6 +372,7 @@ pub struct ServerBuilder {
     server_id: Option<String>,
     transport: TransportConfig,
     advertise: Option<String>,
+    fallback: Option<Arc<Fallback>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -589,6 +626,26 @@ impl ServerBuilder {
         self.add(method.into(), MethodKind::Bidi, handler)
     }
 
+    /// Runs calls to methods without a handler of their own through `templates`: `resolve`
+    /// gives each such method's kind and flags, and the handler `templates` registered for
+    /// that kind (under any name) serves it. Used by the proxy.
+    pub(crate) fn fallback(
+        mut self,
+        resolve: impl Fn(&str) -> MethodInfo + Send + Sync + 'static,
+        templates: ServerBuilder,
+    ) -> Self {
+        let handlers = templates
+            .methods
+            .into_values()
+            .map(|e| (e.info.kind, e.handler))
+            .collect();
+        self.fallback = Some(Arc::new(Fallback {
+            resolve: Box::new(resolve),
+            handlers,
+        }));
+        self
+    }
+
     /// Binds `addr` and starts serving in the background on the current tokio runtime.
     pub async fn bind(self, addr: SocketAddr, tls: ServerTls) -> Result<Server, Error> {
         let quinn_cfg = tls.to_quinn(&self.transport)?;
@@ -610,6 +667,8 @@ impl ServerBuilder {
             region: self.region,
             catalog: watch::channel(Arc::new(Vec::new())).0,
             methods: std::sync::RwLock::new(methods),
+            fallback: self.fallback,
+            extra_catalog: Mutex::new(Vec::new()),
             transport: self.transport,
             client_auth: tls.requires_client_certs(),
             shutting_down: AtomicBool::new(false),
@@ -652,6 +711,9 @@ struct Shared {
     /// when it changes.
     catalog: watch::Sender<Arc<Vec<MethodInfo>>>,
     methods: std::sync::RwLock<HashMap<String, Arc<MethodEntry>>>,
+    fallback: Option<Arc<Fallback>>,
+    /// Methods announced beside the server's own (the proxy's upstream catalog).
+    extra_catalog: Mutex<Vec<MethodInfo>>,
     transport: TransportConfig,
     client_auth: bool,
     shutting_down: AtomicBool,
@@ -673,7 +735,13 @@ impl Shared {
     }
 
     fn method(&self, name: &str) -> Option<Arc<MethodEntry>> {
-        self.methods.read().ok()?.get(name).cloned()
+        if let Some(e) = self.methods.read().ok()?.get(name) {
+            return Some(e.clone());
+        }
+        let fallback = self.fallback.as_ref()?;
+        let info = (fallback.resolve)(name);
+        let handler = fallback.handlers.get(&info.kind)?.clone();
+        Some(Arc::new(MethodEntry { info, handler }))
     }
 
     /// Rebuilds the catalog from the method table and tells every connection.
@@ -682,8 +750,39 @@ impl Shared {
             Ok(m) => m.values().map(|e| e.info.clone()).collect(),
             Err(_) => return,
         };
+        if let Ok(extra) = self.extra_catalog.lock() {
+            for m in extra.iter() {
+                if !catalog.iter().any(|c| c.name == m.name) {
+                    catalog.push(m.clone());
+                }
+            }
+        }
         catalog.sort_by(|a, b| a.name.cmp(&b.name));
-        self.catalog.send_replace(Arc::new(catalog));
+        if **self.catalog.borrow() != catalog {
+            self.catalog.send_replace(Arc::new(catalog));
+        }
+    }
+}
+
+/// Sets the methods a server announces beside its own handlers (the proxy announces what
+/// its upstream servers serve).
+pub(crate) struct CatalogHandle(std::sync::Weak<Shared>);
+
+impl CatalogHandle {
+    /// Announces `methods`; connections get an update only when the catalog changes.
+    /// Returns false once the server is gone.
+    pub(crate) fn set(&self, methods: Vec<MethodInfo>) -> bool {
+        let Some(shared) = self.0.upgrade() else {
+            return false;
+        };
+        if let Ok(mut extra) = shared.extra_catalog.lock() {
+            if *extra == methods {
+                return true;
+            }
+            *extra = methods;
+        }
+        shared.publish_catalog();
+        true
     }
 }
 
@@ -726,6 +825,7 @@ impl Server {
             server_id: None,
             transport: TransportConfig::default(),
             advertise: Some("localhost".into()),
+            fallback: None,
         }
     }
 
@@ -776,6 +876,12 @@ impl Server {
             self.shared.publish_catalog();
         }
         removed
+    }
+
+    /// A handle that sets the extra catalog from a background task, for as long as the
+    /// server runs.
+    pub(crate) fn catalog_handle(&self) -> CatalogHandle {
+        CatalogHandle(Arc::downgrade(&self.shared))
     }
 
     /// Current counters.
@@ -943,6 +1049,7 @@ fn trailers_for(status: Status, server_time: Duration) -> Trailers {
         message,
         metadata,
         server_time: Some(server_time),
+        proxy: None,
     }
 }
 
@@ -1112,6 +1219,7 @@ async fn run_call(
         peer,
         codec: headers.codec,
         idempotent: headers.idempotent,
+        routing_key: headers.routing_key,
         early_data: early.early,
         confirmed: early.confirmed,
         state: Arc::new(CancelState::default()),
@@ -1152,10 +1260,21 @@ async fn run_call(
                 Err(s) => (None, s),
             };
             let code = status.code();
-            let mut trailers = trailers_for(status, started.elapsed());
+            let elapsed = started.elapsed();
+            let mut trailers = trailers_for(status, elapsed);
             let extra = ctx.take_trailers();
             if !extra.is_empty() && trailers.metadata.is_empty() {
                 trailers.metadata = extra;
+            }
+            if let Some(f) = ctx.take_forwarded() {
+                if trailers.metadata.is_empty() {
+                    trailers.metadata = f.metadata;
+                }
+                trailers.server_time = f.server_time;
+                trailers.proxy = Some(ProxyTime {
+                    inside: elapsed.saturating_sub(f.upstream),
+                    upstream: f.upstream,
+                });
             }
             finish_call(send, reply, trailers).await;
             code

@@ -672,6 +672,18 @@ impl RequestHeaders {
 // ---------------------------------------------------------------------------------------
 
 const TF_SERVER_TIME: u8 = 0x01;
+const TF_PROXY_TIME: u8 = 0x02;
+
+/// The two times a proxy adds to the TRAILERS it forwards (see [`Trailers::proxy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProxyTime {
+    /// Time spent inside the proxy: from reading the call's HEADERS to writing its
+    /// TRAILERS, minus `upstream`.
+    pub inside: Duration,
+    /// The proxy's forwarded call, as the proxy measured it: proxy -> server -> proxy,
+    /// the server's own time and any retries included.
+    pub upstream: Duration,
+}
 
 /// The last frame of every response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -684,6 +696,9 @@ pub struct Trailers {
     pub metadata: Metadata,
     /// Time the server spent from reading HEADERS to writing TRAILERS.
     pub server_time: Option<Duration>,
+    /// Set by a proxy that forwarded the call: its own time and its upstream call's time.
+    /// `server_time` then is the time of the server behind the proxy.
+    pub proxy: Option<ProxyTime>,
 }
 
 /// Largest status message, in bytes.
@@ -692,18 +707,25 @@ pub const MAX_STATUS_MESSAGE_LEN: usize = 8 * 1024;
 impl Trailers {
     /// Encodes the TRAILERS payload (without the frame header).
     pub fn encode(&self, out: &mut BytesMut) {
-        let flags = if self.server_time.is_some() {
-            TF_SERVER_TIME
-        } else {
-            0
-        };
+        let mut flags = 0;
+        if self.server_time.is_some() {
+            flags |= TF_SERVER_TIME;
+        }
+        if self.proxy.is_some() {
+            flags |= TF_PROXY_TIME;
+        }
         out.put_u8(flags);
         put_varint(out, self.code as u64);
         let msg = truncate_utf8(&self.message, MAX_STATUS_MESSAGE_LEN);
         put_bytes(out, msg.as_bytes());
         self.metadata.encode(out);
+        let micros = |t: Duration| (t.as_micros() as u64).min(VARINT_MAX);
         if let Some(t) = self.server_time {
-            put_varint(out, (t.as_micros() as u64).min(VARINT_MAX));
+            put_varint(out, micros(t));
+        }
+        if let Some(p) = self.proxy {
+            put_varint(out, micros(p.inside));
+            put_varint(out, micros(p.upstream));
         }
     }
 
@@ -726,11 +748,20 @@ impl Trailers {
         } else {
             None
         };
+        let proxy = if flags & TF_PROXY_TIME != 0 {
+            Some(ProxyTime {
+                inside: Duration::from_micros(get_varint(buf)?),
+                upstream: Duration::from_micros(get_varint(buf)?),
+            })
+        } else {
+            None
+        };
         Ok(Trailers {
             code,
             message,
             metadata,
             server_time,
+            proxy,
         })
     }
 }
@@ -871,6 +902,30 @@ mod tests {
             assert_eq!(b.len(), varint_len(v));
             assert_eq!(peek_varint(&b), Some((v, b.len())));
         }
+    }
+
+    #[test]
+    fn proxy_trailers_match_the_protocol_example() {
+        // docs/PROTOCOL.md §3.5.
+        let t = Trailers {
+            code: Code::Ok,
+            message: String::new(),
+            metadata: Metadata::new(),
+            server_time: Some(Duration::from_micros(100)),
+            proxy: Some(ProxyTime {
+                inside: Duration::from_micros(12),
+                upstream: Duration::from_micros(300),
+            }),
+        };
+        let mut b = BytesMut::new();
+        t.encode(&mut b);
+        assert_eq!(
+            &b[..],
+            &[0x03, 0x00, 0x00, 0x00, 0x40, 0x64, 0x0c, 0x41, 0x2c]
+        );
+        assert_eq!(Trailers::decode(&b, &WireLimits::default()).unwrap(), t);
+        // Truncated proxy times are an error, not a guess.
+        assert!(Trailers::decode(&b[..7], &WireLimits::default()).is_err());
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use meridian::wire::{
-    self, Code, FrameDecoder, FrameKind, Hello, Metadata, MethodInfo, MethodKind, RequestHeaders,
-    Trailers, WireError, WireLimits,
+    self, Code, FrameDecoder, FrameKind, Hello, Metadata, MethodInfo, MethodKind, ProxyTime,
+    RequestHeaders, Trailers, WireError, WireLimits,
 };
 use meridian::Codec;
 use proptest::prelude::*;
@@ -87,8 +87,9 @@ proptest! {
     }
 
     #[test]
-    fn trailers_round_trip(code in 0u64..17, message in ".{0,60}", md in metadata(), t in proptest::option::of(0u64..(1 << 40))) {
-        let tr = Trailers { code: Code::from_u64(code), message, metadata: md, server_time: t.map(Duration::from_micros) };
+    fn trailers_round_trip(code in 0u64..17, message in ".{0,60}", md in metadata(), t in proptest::option::of(0u64..(1 << 40)), p in proptest::option::of((0u64..(1 << 40), 0u64..(1 << 40)))) {
+        let proxy = p.map(|(inside, upstream)| ProxyTime { inside: Duration::from_micros(inside), upstream: Duration::from_micros(upstream) });
+        let tr = Trailers { code: Code::from_u64(code), message, metadata: md, server_time: t.map(Duration::from_micros), proxy };
         let mut out = BytesMut::new();
         tr.put_frame(&mut out);
         let mut dec = FrameDecoder::new(WireLimits::default());

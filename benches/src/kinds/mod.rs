@@ -104,14 +104,17 @@ pub enum Kind {
     TonicTls,
     /// Meridian: a raw-bytes unary call on a `meridian::Channel`.
     Meridian,
+    /// The Meridian call through a `meridian::proxy::Proxy` in front of the server.
+    MeridianProxy,
 }
 
 impl Kind {
     /// All kinds, in the order `run` measures them by default.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Udp,
         Kind::Quinn,
         Kind::Meridian,
+        Kind::MeridianProxy,
         Kind::TonicH2c,
         Kind::TonicTls,
     ];
@@ -124,6 +127,7 @@ impl Kind {
             Kind::TonicH2c => "tonic-h2c",
             Kind::TonicTls => "tonic-tls",
             Kind::Meridian => "meridian",
+            Kind::MeridianProxy => "meridian-proxy",
         }
     }
 
@@ -140,6 +144,7 @@ impl Kind {
             Kind::TonicH2c => grpc::TonicH2c::serve(addr, identity, ready).await,
             Kind::TonicTls => grpc::TonicTls::serve(addr, identity, ready).await,
             Kind::Meridian => meridian::Meridian::serve(addr, identity, ready).await,
+            Kind::MeridianProxy => meridian::MeridianViaProxy::serve(addr, identity, ready).await,
         }
     }
 
@@ -151,6 +156,9 @@ impl Kind {
             Kind::TonicH2c => driver::measure::<grpc::TonicH2c>(server, plan).await,
             Kind::TonicTls => driver::measure::<grpc::TonicTls>(server, plan).await,
             Kind::Meridian => driver::measure::<meridian::Meridian>(server, plan).await,
+            Kind::MeridianProxy => {
+                driver::measure::<meridian::MeridianViaProxy>(server, plan).await
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::client::{CallBuilder, Channel, RequestSink, Response, ResponseFuture,
 use crate::codec::Codec;
 use crate::status::{Error, Status};
 use crate::transport::{ClientTls, TransportConfig};
-use crate::wire::{Code, Metadata};
+use crate::wire::{Code, Metadata, MethodInfo};
 
 /// Builds a [`RegionClient`].
 pub struct RegionClientBuilder {
@@ -37,6 +37,7 @@ pub struct RegionClientBuilder {
     silence_limit: Duration,
     hedged: HashSet<String>,
     retry_ratio: f64,
+    via_proxies: bool,
 }
 
 impl std::fmt::Debug for RegionClientBuilder {
@@ -84,6 +85,14 @@ impl RegionClientBuilder {
         self
     }
 
+    /// Reaches each region through the proxies the map lists for it (nearest proxy by
+    /// RTT, failover between them) instead of calling its servers directly. Regions that
+    /// list no proxy are still called directly.
+    pub fn via_proxies(mut self) -> Self {
+        self.via_proxies = true;
+        self
+    }
+
     /// Retries and hedges together may add at most this share of calls (default 0.1).
     pub fn retry_budget(mut self, ratio: f64) -> Self {
         self.retry_ratio = ratio.clamp(0.0, 1.0);
@@ -111,6 +120,7 @@ impl RegionClientBuilder {
             probe_interval: self.probe_interval,
             silence_limit: self.silence_limit,
             hedged: self.hedged,
+            via_proxies: self.via_proxies,
             map,
             _discovery: self.discovery,
             state: Mutex::new(State {
@@ -182,6 +192,7 @@ struct Inner {
     probe_interval: Duration,
     silence_limit: Duration,
     hedged: HashSet<String>,
+    via_proxies: bool,
     map: watch::Receiver<RegionMap>,
     /// Held so the discovery source (and its updates) live as long as the client.
     _discovery: Arc<dyn Discovery>,
@@ -216,7 +227,12 @@ impl Inner {
         let mut st = self.lock();
         let mut present = HashSet::new();
         for region in &map.regions {
-            for ep in &region.servers {
+            let endpoints = if self.via_proxies && !region.proxies.is_empty() {
+                &region.proxies
+            } else {
+                &region.servers
+            };
+            for ep in endpoints {
                 present.insert(ep.addr);
                 st.servers.entry(ep.addr).or_insert_with(|| ServerState {
                     endpoint: ep.clone(),
@@ -518,6 +534,7 @@ fn defaults(discovery: Arc<dyn Discovery>, tls: Option<ClientTls>) -> RegionClie
         silence_limit: Duration::from_secs(1),
         hedged: HashSet::new(),
         retry_ratio: 0.1,
+        via_proxies: false,
     }
 }
 
@@ -543,6 +560,7 @@ impl RegionClient {
             idempotent: None,
             key: None,
             codec: Codec::Postcard,
+            forward: false,
         }
     }
 
@@ -577,6 +595,32 @@ impl RegionClient {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// What the servers' catalogs say about `method` (the first catalog that lists it).
+    pub fn method_info(&self, method: &str) -> Option<MethodInfo> {
+        let st = self.inner.lock();
+        st.servers.values().find_map(|s| {
+            let hello = s.channel.as_ref()?.server_info()?;
+            hello.methods.iter().find(|m| m.name == method).cloned()
+        })
+    }
+
+    /// Every method some connected server's catalog lists, by name.
+    pub fn catalog(&self) -> Vec<MethodInfo> {
+        let st = self.inner.lock();
+        let mut all: HashMap<String, MethodInfo> = HashMap::new();
+        for s in st.servers.values() {
+            let Some(hello) = s.channel.as_ref().and_then(Channel::server_info) else {
+                continue;
+            };
+            for m in &hello.methods {
+                all.entry(m.name.clone()).or_insert_with(|| m.clone());
+            }
+        }
+        let mut v: Vec<MethodInfo> = all.into_values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Per-region and per-server figures.
@@ -702,6 +746,7 @@ pub struct RegionCallBuilder {
     idempotent: Option<bool>,
     key: Option<Bytes>,
     codec: Codec,
+    forward: bool,
 }
 
 /// How one attempt ended.
@@ -744,6 +789,15 @@ impl RegionCallBuilder {
         self
     }
 
+    /// Forwards messages already encoded with `codec` (see `CallBuilder::forwarding`),
+    /// with all of `metadata`.
+    pub(crate) fn forwarding(mut self, codec: Codec, metadata: Metadata) -> Self {
+        self.codec = codec;
+        self.forward = true;
+        self.metadata = metadata;
+        self
+    }
+
     /// The call's own flag, else the catalog of the first server that lists the method
     /// (idempotency is the method's property, the same on every server serving it).
     fn is_idempotent(&self) -> bool {
@@ -773,6 +827,9 @@ impl RegionCallBuilder {
             .call(self.method.clone())
             .codec(self.codec)
             .idempotent(idempotent);
+        if self.forward {
+            call = call.forwarding(self.codec);
+        }
         if let Some(d) = deadline {
             call = call.timeout(d.saturating_duration_since(Instant::now()));
         }
@@ -845,6 +902,19 @@ impl RegionCallBuilder {
         self,
     ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
         self.open_streaming(|call| call.client_streaming()).await
+    }
+
+    /// A client-streaming call on raw bytes, opened on the chosen server.
+    pub async fn client_streaming_raw(
+        self,
+    ) -> Result<(RequestSink<Bytes>, ResponseFuture<Bytes>), Status> {
+        self.open_streaming(|call| call.client_streaming_raw())
+            .await
+    }
+
+    /// A bidirectional call on raw bytes, opened on the chosen server.
+    pub async fn bidi_raw(self) -> Result<(RequestSink<Bytes>, Streaming<Bytes>), Status> {
+        self.open_streaming(|call| call.bidi_raw()).await
     }
 
     /// A bidirectional call, opened on the chosen server.
@@ -1104,4 +1174,39 @@ fn server_failure(code: Code) -> bool {
             | Code::Unknown
             | Code::DataLoss
     )
+}
+
+/// Read-only views for tools such as the `meridian` command-line tool (`probe`,
+/// `call --describe`). Neither sends anything nor changes a routing decision.
+impl RegionClient {
+    /// The open channel to the server at `addr`, if it is connected: its
+    /// [`stats`](Channel::stats) give QUIC's RTT estimate to that one server and its
+    /// [`server_info`](Channel::server_info) the server's HELLO (region, method catalog).
+    /// Send calls through [`RegionClient::call`], not through this channel, or the
+    /// balancer will not see them.
+    pub fn server_channel(&self, addr: SocketAddr) -> Option<Channel> {
+        self.inner.lock().servers.get(&addr)?.channel.clone()
+    }
+
+    /// The region a call to `method` (any method, with `None`) would be sent to now: the
+    /// region selector's answer on a copy of its state, among the regions with a usable
+    /// server that serves the method (or whose catalog is not known yet). `None` when no
+    /// region can take the call. The selector's real state is left untouched, so asking
+    /// moves nothing; during a ramp between two regions the answer is the region traffic
+    /// is moving to.
+    pub fn preview_region(&self, method: Option<&str>) -> Option<String> {
+        let now = Instant::now();
+        let st = self.inner.lock();
+        let mut regions: Vec<&str> = st
+            .servers
+            .values()
+            .filter(|s| s.channel.is_some() && !s.silent && s.load.health.is_available(now))
+            .filter(|s| method.is_none_or(|m| s.serves(m) != Some(false)))
+            .map(|s| s.region.as_str())
+            .collect();
+        regions.sort_unstable();
+        regions.dedup();
+        let mut selector = st.selector.clone();
+        selector.choose(&regions, now, 0)
+    }
 }

@@ -93,7 +93,7 @@ impl RegionMap {
         Self::from_toml_str(&text)
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         let mut names = std::collections::HashSet::new();
         for r in &self.regions {
             if r.name.is_empty() {
