@@ -12,6 +12,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "== Rust: workspace tests (unit, property, end-to-end, doctests, header drift)"
 cargo test --workspace --locked --exclude meridian-bench
 
+echo "== Rust: the meridian command-line tool (feature cli), run as a binary"
+cargo test --locked -p meridian --features cli --test cli
+
 echo "== Rust: the benchmark harness builds and its own tests pass"
 cargo test --locked -p meridian-bench
 

@@ -11,6 +11,8 @@
 //! when a direction holds [`LinkEmulator::QUEUE_LIMIT`] packets, new ones are dropped, as a
 //! router's full buffer would.
 
+pub mod demo;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;

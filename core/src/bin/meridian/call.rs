@@ -1,0 +1,186 @@
+//! `meridian call`: one call from the shell, JSON in and out.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use meridian::wire::MethodKind;
+
+use crate::common::{
+    parse_duration, parse_metadata, request_value, to_json, CallOptions, CliError, CliResult,
+    Target, TargetArgs, EXIT_CODES,
+};
+
+/// Flags of `call`.
+#[derive(Args, Debug)]
+#[command(after_help = format!("{CALL_HELP}\n\n{EXIT_CODES}"))]
+pub struct CallArgs {
+    /// The method to call.
+    #[arg(value_name = "METHOD", required_unless_present = "describe")]
+    pub method: Option<String>,
+    /// The request as JSON: none is null, one is that value, several are a list of them.
+    #[arg(value_name = "JSON", allow_negative_numbers = true)]
+    pub args: Vec<String>,
+    /// List the methods the server(s) offer, from their HELLO, instead of calling.
+    #[arg(long)]
+    pub describe: bool,
+    /// Give up on the call after this long (DEADLINE_EXCEEDED), e.g. 500ms, 2s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Send metadata with the call (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_metadata)]
+    pub metadata: Vec<(String, String)>,
+    /// Route by this key: with --regions the call goes to the key's owner (rendezvous
+    /// hashing); the key travels in the call's headers either way.
+    #[arg(long, value_name = "KEY")]
+    pub routing_key: Option<String>,
+    /// Machine-readable output: one JSON value per line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+const CALL_HELP: &str = "Examples:
+  meridian call --connect 127.0.0.1:7000 --insecure-dev add 10 5
+  meridian call --connect 127.0.0.1:7000 --insecure-dev echo '{\"a\": [1, 2.5, null]}'
+  meridian call --regions regions.toml --ca ca.pem count 3        (one JSON line per message)
+  meridian call --connect 127.0.0.1:7000 --insecure-dev --describe
+
+Unary and server-streaming methods can be called (the kind comes from the server's HELLO).
+Requests and responses are Meridian Values: JSON objects are maps, integers that fit in
+i64 are ints, other numbers floats; byte strings print as arrays of numbers.
+On failure the status prints on stderr as `CODE: message` (exit code 1).";
+
+fn print_json(v: &serde_json::Value, compact: bool) -> CliResult<()> {
+    let text = if compact {
+        v.to_string()
+    } else {
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+fn kind_name(k: MethodKind) -> &'static str {
+    match k {
+        MethodKind::Unary => "unary",
+        MethodKind::ServerStreaming => "server-streaming",
+        MethodKind::ClientStreaming => "client-streaming",
+        MethodKind::Bidi => "bidi",
+    }
+}
+
+async fn describe(target: &Target, json: bool, wait: Duration) -> CliResult<()> {
+    let catalogs = target.catalogs(wait).await;
+    if catalogs.is_empty() {
+        return Err(CliError::other(
+            "no server sent its HELLO (method catalog) in time",
+        ));
+    }
+    // method -> (kind, idempotent, servers)
+    let mut methods: BTreeMap<String, (MethodKind, bool, Vec<String>)> = BTreeMap::new();
+    for (addr, hello) in &catalogs {
+        for m in &hello.methods {
+            methods
+                .entry(m.name.clone())
+                .or_insert((m.kind, m.idempotent, Vec::new()))
+                .2
+                .push(format!("{}@{} ({addr})", hello.server_id, hello.region));
+        }
+    }
+    if json {
+        let servers: Vec<serde_json::Value> = catalogs
+            .iter()
+            .map(|(addr, h)| {
+                serde_json::json!({
+                    "address": addr.to_string(),
+                    "server_id": h.server_id,
+                    "region": h.region,
+                    "load": h.load,
+                    "methods": h.methods.iter().map(|m| serde_json::json!({
+                        "name": m.name,
+                        "kind": kind_name(m.kind),
+                        "idempotent": m.idempotent,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({ "servers": servers }), true);
+    }
+    let mut out = std::io::stdout().lock();
+    for (addr, h) in &catalogs {
+        writeln!(
+            out,
+            "server {} in region {} at {addr} (load {})",
+            h.server_id, h.region, h.load
+        )?;
+    }
+    writeln!(
+        out,
+        "{:<16} {:<17} {:<11} served by",
+        "method", "kind", "idempotent"
+    )?;
+    for (name, (kind, idem, servers)) in &methods {
+        writeln!(
+            out,
+            "{:<16} {:<17} {:<11} {}",
+            name,
+            kind_name(*kind),
+            if *idem { "yes" } else { "no" },
+            servers.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `call`.
+pub async fn run(args: CallArgs) -> CliResult<()> {
+    // Check the input before connecting: a bad argument never costs a handshake.
+    let request = request_value(&args.args)?;
+    let target = args.target.connect(None).await?;
+    let wait = args.target.connect_timeout.min(Duration::from_secs(1));
+    if args.describe {
+        return describe(&target, args.json, wait).await;
+    }
+    let method = args
+        .method
+        .as_deref()
+        .ok_or_else(|| CliError::usage("give the METHOD to call"))?;
+    let options = CallOptions {
+        timeout: args.timeout,
+        metadata: args.metadata.clone(),
+        key: args.routing_key.clone(),
+    };
+    match target.method_kind(method, wait).await {
+        Some(MethodKind::ServerStreaming) => {
+            let mut stream = target
+                .server_streaming(method, &options, &request)
+                .await
+                .map_err(|s| CliError::status(&s))?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(v)) => print_json(&to_json(&v), true)?,
+                    Ok(None) => return Ok(()),
+                    Err(s) => return Err(CliError::status(&s)),
+                }
+            }
+        }
+        Some(k @ (MethodKind::ClientStreaming | MethodKind::Bidi)) => {
+            Err(CliError::usage(format!(
+            "{method} is a {} method: `meridian call` makes unary and server-streaming calls only",
+            kind_name(k)
+        )))
+        }
+        // Unary, or not in any catalog: the server's answer decides (UNIMPLEMENTED if unknown).
+        _ => {
+            let v = target
+                .unary(method, &options, &request)
+                .await
+                .map_err(|s| CliError::status(&s))?;
+            print_json(&to_json(&v), args.json)
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! The `meridian` command-line tool, run as a binary against real servers (feature `cli`):
+//! every subcommand, and every kind of bad input with its exit code.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("meridian-cli-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `meridian serve` process, killed on drop.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: String,
+}
+
+impl Serve {
+    fn start(dev_dir: &Path, region: &str, id: &str) -> Serve {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--insecure-dev", "--region", region, "--id", id])
+            .env("MERIDIAN_DEV_DIR", dev_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meridian serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut addr, mut fingerprint) = (None, None);
+        let mut done = false;
+        while !done {
+            let Some(Ok(line)) = lines.next() else {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("meridian serve ended early: {err}");
+            };
+            if let Some(a) = line.strip_prefix("address: ") {
+                addr = Some(a.parse().expect("address"));
+            } else if let Some(f) = line.strip_prefix("fingerprint: ") {
+                fingerprint = Some(f.to_string());
+            } else if line.starts_with("methods: ") {
+                done = true;
+            }
+        }
+        Serve {
+            child,
+            addr: addr.expect("address"),
+            fingerprint: fingerprint.expect("fingerprint"),
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (bounded: a hung command fails the test).
+fn run(args: &[&str], dev_dir: &Path) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("MERIDIAN_DEV_DIR", dev_dir)
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian");
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("meridian {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts an exit code and a one-line error without a panic or backtrace.
+fn assert_error(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line only: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn region_file(dir: &Scratch, regions: &[(&str, SocketAddr)]) -> PathBuf {
+    let text: String = regions
+        .iter()
+        .map(|(name, addr)| {
+            format!("[[region]]\nname = \"{name}\"\nservers = [{{ addr = \"{addr}\" }}]\n")
+        })
+        .collect();
+    let path = dir.path("regions.toml");
+    std::fs::write(&path, text).expect("region file");
+    path
+}
+
+#[test]
+fn help_for_every_subcommand_lists_exit_codes() {
+    let dir = Scratch::new("help");
+    let o = run(&["--help"], &dir.0);
+    assert!(o.status.success());
+    for sub in ["serve", "call", "probe", "bench", "proxy", "demo"] {
+        assert!(stdout(&o).contains(sub), "{sub} missing from --help");
+        let o = run(&[sub, "--help"], &dir.0);
+        assert!(o.status.success(), "{sub} --help: {}", stderr(&o));
+        let text = stdout(&o);
+        assert!(text.contains("Exit codes:"), "{sub} --help: {text}");
+        assert!(text.contains("untrusted"), "{sub} --help: {text}");
+    }
+    let o = run(&["serve", "--help"], &dir.0);
+    assert!(stdout(&o).contains("--insecure-dev"));
+}
+
+#[test]
+fn serve_prints_address_and_fingerprint_and_call_works() {
+    let dir = Scratch::new("call");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    assert!(server.fingerprint.starts_with("sha256:"));
+    assert_eq!(server.fingerprint.len(), "sha256:".len() + 64);
+    // The fingerprint is the SHA-256 of the certificate in the dev directory.
+    assert!(dir.path("server.pem").exists() && dir.path("ca.pem").exists());
+    let addr = server.addr.to_string();
+    let base = [
+        "call",
+        "--connect",
+        addr.as_str(),
+        "--insecure-dev",
+        "--json",
+    ];
+
+    let o = run(&[&base[..], &["add", "10", "5"]].concat(), &dir.0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o)), serde_json::json!(15));
+
+    let o = run(&[&base[..], &["add", "[-7, 2]"]].concat(), &dir.0);
+    assert_eq!(json(&stdout(&o)), serde_json::json!(-5));
+
+    let doc = r#"{"a": [1, 2.5, null, true, "x"], "b": {"c": -3}}"#;
+    let o = run(&[&base[..], &["echo", doc]].concat(), &dir.0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o)), json(doc));
+
+    // Metadata reaches the server; the server says who it is.
+    let o = run(
+        &[
+            &base[..],
+            &["where", "--metadata", "tenant=blue", "--metadata", "x=1"],
+        ]
+        .concat(),
+        &dir.0,
+    );
+    let v = json(&stdout(&o));
+    assert_eq!(v["region"], "eu");
+    assert_eq!(v["server"], "eu-1");
+    assert_eq!(v["metadata"]["tenant"], "blue");
+    assert_eq!(v["metadata"]["x"], "1");
+
+    // Server streaming: one JSON line per message.
+    let o = run(&[&base[..], &["count", "[4, 5]"]].concat(), &dir.0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(json).collect();
+    assert_eq!(
+        lines,
+        (1..=4).map(|i| serde_json::json!(i)).collect::<Vec<_>>()
+    );
+
+    // --describe lists the HELLO catalog.
+    let o = run(&[&base[..4], &["--describe"]].concat(), &dir.0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for m in ["add", "count", "echo", "sleep", "where", "server-streaming"] {
+        assert!(text.contains(m), "{m} missing: {text}");
+    }
+    let o = run(&[&base[..], &["--describe"]].concat(), &dir.0);
+    let v = json(&stdout(&o));
+    assert_eq!(v["servers"][0]["region"], "eu");
+    let names: Vec<&str> = v["servers"][0]["methods"]
+        .as_array()
+        .expect("methods")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["add", "count", "echo", "sleep", "where"]);
+}
+
+#[test]
+fn call_errors_have_status_names_and_exit_codes() {
+    let dir = Scratch::new("errors");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    let base = ["call", "--connect", addr.as_str(), "--insecure-dev"];
+
+    let o = run(
+        &[&base[..], &["add", "[9223372036854775807, 1]"]].concat(),
+        &dir.0,
+    );
+    assert_error(&o, 1, "OUT_OF_RANGE: sum overflows");
+
+    let o = run(&[&base[..], &["no_such_method"]].concat(), &dir.0);
+    assert_error(&o, 1, "UNIMPLEMENTED");
+
+    let t = Instant::now();
+    let o = run(
+        &[&base[..], &["sleep", "5000", "--timeout", "200ms"]].concat(),
+        &dir.0,
+    );
+    assert_error(&o, 1, "DEADLINE_EXCEEDED");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+
+    // Bad JSON: usage error, before any connection.
+    let o = run(&[&base[..], &["echo", "{bad json"]].concat(), &dir.0);
+    assert_error(&o, 2, "bad JSON argument");
+    let o = run(&[&base[..], &["echo", "1 2"]].concat(), &dir.0);
+    assert_error(&o, 2, "bad JSON argument");
+
+    // Bad metadata and durations are usage errors (clap's own message, exit 2).
+    let o = run(
+        &[&base[..], &["echo", "--metadata", "novalue"]].concat(),
+        &dir.0,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(
+        &[&base[..], &["echo", "--timeout", "soon"]].concat(),
+        &dir.0,
+    );
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn unreachable_server_fails_within_the_connect_timeout() {
+    let dir = Scratch::new("unreachable");
+    // A bound UDP socket that never answers: the handshake can only time out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let addr = silent.local_addr().expect("addr").to_string();
+    // The dev CA must exist for --insecure-dev; make it with a short-lived server.
+    drop(Serve::start(&dir.0, "eu", "eu-1"));
+    let t = Instant::now();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "--connect-timeout",
+            "500ms",
+            "echo",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 4, "cannot reach");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // The same through a region file: no server of it answers.
+    let regions = region_file(&dir, &[("eu", silent.local_addr().expect("addr"))]);
+    let o = run(
+        &[
+            "probe",
+            "--regions",
+            regions.to_str().expect("path"),
+            "--insecure-dev",
+            "--connect-timeout",
+            "500ms",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 4, "cannot reach");
+}
+
+#[test]
+fn untrusted_certificate_is_refused() {
+    let dir = Scratch::new("untrusted");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    // A CA that did not issue the server's certificate.
+    let other = meridian::DevCa::new().expect("ca");
+    let ca = dir.path("other-ca.pem");
+    std::fs::write(&ca, other.certificate_pem()).expect("write");
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &addr,
+            "--ca",
+            ca.to_str().expect("path"),
+            "echo",
+            "1",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 5, "TLS handshake");
+
+    // Another dev directory has another dev CA.
+    let elsewhere = Scratch::new("untrusted-dev");
+    drop(Serve::start(&elsewhere.0, "x", "x-1"));
+    let o = run(
+        &["call", "--connect", &addr, "--insecure-dev", "echo", "1"],
+        &elsewhere.0,
+    );
+    assert_error(&o, 5, "TLS handshake");
+
+    // No trust given at all, or a dev directory that was never made: configuration errors.
+    let o = run(&["call", "--connect", &addr, "echo", "1"], &dir.0);
+    assert_error(&o, 3, "--insecure-dev");
+    let empty = Scratch::new("untrusted-empty");
+    let o = run(
+        &["call", "--connect", &addr, "--insecure-dev", "echo"],
+        &empty.0,
+    );
+    assert_error(&o, 3, "no dev CA");
+}
+
+#[test]
+fn region_routing_unknown_region_and_probe() {
+    let dir = Scratch::new("regions");
+    let eu = Serve::start(&dir.0, "eu", "eu-1");
+    let us = Serve::start(&dir.0, "us", "us-1");
+    let regions = region_file(&dir, &[("eu", eu.addr), ("us", us.addr)]);
+    let file = regions.to_str().expect("path");
+
+    // Pinned to one region of the file, the call lands there.
+    for (region, id) in [("eu", "eu-1"), ("us", "us-1")] {
+        let o = run(
+            &[
+                "call",
+                "--regions",
+                file,
+                "--insecure-dev",
+                "--region",
+                region,
+                "where",
+                "--json",
+            ],
+            &dir.0,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(json(&stdout(&o))["server"], id);
+    }
+    // Routed across both regions.
+    let o = run(
+        &["call", "--regions", file, "--insecure-dev", "add", "2", "3"],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o)), serde_json::json!(5));
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--json",
+            "count",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--region",
+            "mars",
+            "where",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "unknown region \"mars\"");
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            "/nonexistent/regions.toml",
+            "--insecure-dev",
+            "where",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "cannot read");
+    let bad = dir.path("bad.toml");
+    std::fs::write(&bad, "[[region]]\nname = 5\n").expect("write");
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            bad.to_str().expect("path"),
+            "--insecure-dev",
+            "where",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "bad region file");
+
+    // probe: a table with both servers, one region marked as chosen.
+    let o = run(
+        &[
+            "probe",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--interval",
+            "300ms",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("RTT p50") && text.contains("eu-1") && text.contains("us-1"),
+        "{text}"
+    );
+    assert_eq!(text.matches("<-").count(), 1, "{text}");
+
+    // probe --watch --count 2 --json: two refreshes, each with RTT figures.
+    let o = run(
+        &[
+            "probe",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--watch",
+            "--count",
+            "2",
+            "--interval",
+            "300ms",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tables: Vec<serde_json::Value> = stdout(&o).lines().map(json).collect();
+    assert_eq!(tables.len(), 2);
+    for t in &tables {
+        let servers = t["servers"].as_array().expect("servers");
+        assert_eq!(servers.len(), 2);
+        for s in servers {
+            assert_eq!(s["healthy"], true, "{t}");
+            assert!(
+                s["rtt_min_ms"]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0 && v < 1000.0),
+                "{t}"
+            );
+            assert!(s["rtt_p50_ms"].as_f64().is_some(), "{t}");
+        }
+        let chosen = t["chosen_region"].as_str().expect("chosen");
+        assert!(chosen == "eu" || chosen == "us");
+        assert_eq!(
+            servers.iter().filter(|s| s["chosen"] == true).count(),
+            1,
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn bench_reports_percentiles_and_status_codes() {
+    let dir = Scratch::new("bench");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    let o = run(
+        &[
+            "bench",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "add",
+            "1",
+            "2",
+            "--calls",
+            "200",
+            "--concurrency",
+            "4",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for needle in [
+        "Count:        200",
+        "Latency histogram",
+        "p50",
+        "p90",
+        "p99.9",
+        "[OK] 200 calls",
+    ] {
+        assert!(text.contains(needle), "{needle} missing: {text}");
+    }
+    // Not a terminal: no progress bar on stderr.
+    assert!(!stderr(&o).contains('\r'), "{}", stderr(&o));
+
+    let o = run(
+        &[
+            "bench",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "count",
+            "3",
+            "-n",
+            "30",
+            "-c",
+            "3",
+            "--rate",
+            "300",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    assert_eq!(v["count"], 30);
+    assert_eq!(v["status_codes"]["OK"], 30);
+    // 30 calls at 300/s take about 0.1 s at least.
+    assert!(v["total_s"].as_f64().is_some_and(|t| t >= 0.09), "{v}");
+    let p50 = v["latency_ms"]["p50"].as_f64().expect("p50");
+    let p99 = v["latency_ms"]["p99"].as_f64().expect("p99");
+    assert!(p50 > 0.0 && p50 <= p99, "{v}");
+
+    // Failing calls are counted by status code, and the exit code says so.
+    let o = run(
+        &[
+            "bench",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "add",
+            "[9223372036854775807, 1]",
+            "-n",
+            "20",
+            "-c",
+            "2",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o))["status_codes"]["OUT_OF_RANGE"], 20);
+    assert!(
+        stderr(&o).contains("20 of 20 calls failed"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A duration-bounded run stops on time.
+    let t = Instant::now();
+    let o = run(
+        &[
+            "bench",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "echo",
+            "--duration",
+            "500ms",
+            "-c",
+            "2",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(json(&stdout(&o))["count"].as_u64().is_some_and(|n| n > 0));
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_shuts_down_gracefully_on_sigterm() {
+    let dir = Scratch::new("sigterm");
+    let mut server = Serve::start(&dir.0, "eu", "eu-1");
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let end = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            break s.code();
+        }
+        assert!(Instant::now() < end, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+    let mut err = String::new();
+    if let Some(mut e) = server.child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        err.contains("shutting down") && err.contains("stopped"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_without_identity_is_a_configuration_error() {
+    let dir = Scratch::new("noid");
+    let o = run(&["serve"], &dir.0);
+    assert_error(&o, 3, "--insecure-dev");
+}
+
+#[test]
+fn proxy_is_not_built_yet() {
+    // Temporary: the proxy subcommand is a stub until meridian::proxy lands.
+    let dir = Scratch::new("proxy");
+    let o = run(&["proxy", "--config", "proxy.toml"], &dir.0);
+    assert_error(&o, 6, "not built yet");
+}
+
+#[test]
+fn demo_quick_fails_over_without_losing_calls() {
+    let dir = Scratch::new("demo");
+    let o = run(&["demo", "--quick"], &dir.0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("settled on the nearest region"), "{text}");
+    assert!(
+        text.contains("only region whose servers' catalogs list it"),
+        "{text}"
+    );
+    assert!(text.contains("outage starts"), "{text}");
+    assert!(text.contains("failed calls: 0"), "{text}");
+    // After the outage the calls went to `mid`.
+    let after = text.split("outage starts").nth(1).unwrap_or_default();
+    let mid_rows = after
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .count();
+    assert!(mid_rows > 0, "{text}");
+}
