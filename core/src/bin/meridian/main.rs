@@ -70,9 +70,11 @@ struct DemoArgs {
     quick: bool,
 }
 
-// PROXY HOOKUP: temporary stub until `meridian::proxy::Proxy` lands. Replace the body with
-// e.g. `Proxy::from_toml_file(&args.config)` (a configuration error -> CliError::config),
-// then run it until `common::shutdown_signal()` resolves and shut it down gracefully.
+// PROXY HOOKUP: temporary stub (exit 6, "not built yet"). To wire it up, replace the body
+// with: `let proxy = meridian::proxy::Proxy::from_toml_file(&args.config).await
+// .map_err(|e| CliError::from_meridian(&e))?;`, print `address: {proxy.local_addr()}`
+// as `serve` does, `common::shutdown_signal().await`, then `proxy.shutdown(grace).await`;
+// and change the `proxy_is_not_built_yet` test in core/tests/cli.rs.
 async fn proxy(args: ProxyArgs) -> CliResult<()> {
     Err(CliError::other(format!(
         "the region proxy is not built yet (config {} not read)",
