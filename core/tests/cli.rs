@@ -653,11 +653,87 @@ fn serve_without_identity_is_a_configuration_error() {
 }
 
 #[test]
-fn proxy_is_not_built_yet() {
-    // Temporary: the proxy subcommand is a stub until meridian::proxy lands.
+fn proxy_forwards_calls_from_its_config_file() {
     let dir = Scratch::new("proxy");
-    let o = run(&["proxy", "--config", "proxy.toml"], &dir.0);
-    assert_error(&o, 6, "not built yet");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    // The dev certificate (for localhost) doubles as the proxy's own; the dev CA is trusted
+    // for the upstream server.
+    let config = dir.path("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nproxy_region = \"edge\"\n\
+             [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"ca.pem\"\n\
+             [[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\" }}]\n",
+            server.addr
+        ),
+    )
+    .expect("proxy config");
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian proxy");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr: SocketAddr = loop {
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("meridian proxy printed no address");
+        if let Some(a) = line.strip_prefix("address: ") {
+            break a.parse().expect("address");
+        }
+    };
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _proxy = Kill(child);
+    let target = addr.to_string();
+    // A call through the proxy, and its catalog (the upstream's) from its HELLO.
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &target,
+            "--insecure-dev",
+            "add",
+            "10",
+            "5",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "15");
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &target,
+            "--insecure-dev",
+            "where",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("eu-1"), "{}", stdout(&o));
+    // A bad configuration is one line and exit code 3.
+    std::fs::write(dir.path("bad.toml"), "listen = 5\n").expect("bad config");
+    let o = run(
+        &[
+            "proxy",
+            "--config",
+            dir.path("bad.toml").to_str().expect("utf-8"),
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "proxy configuration");
 }
 
 #[test]

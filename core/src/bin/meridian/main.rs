@@ -54,12 +54,37 @@ enum Command {
 
 /// Flags of `proxy`.
 #[derive(Args, Debug)]
-#[command(after_help = EXIT_CODES)]
+#[command(after_help = PROXY_HELP)]
 struct ProxyArgs {
-    /// The proxy's TOML configuration file.
+    /// The proxy's TOML configuration file (format below).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// How long calls in flight may take to finish on Ctrl-C or SIGTERM.
+    #[arg(long, default_value = "5s", value_parser = common::parse_duration)]
+    grace: std::time::Duration,
+    /// Print the start-up lines as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
+
+const PROXY_HELP: &str = "\
+Configuration (relative file names are read from the file's directory):
+  listen = \"127.0.0.1:7400\"
+  proxy_region = \"edge\"         # announced in the proxy's HELLO
+  home_region = \"eu\"            # optional: preferred upstream region
+  hedge = [\"get\"]               # optional: idempotent methods to hedge
+  [tls]
+  cert = \"proxy.pem\"            # shown to clients
+  key = \"proxy.key\"
+  ca = \"ca.pem\"                 # roots for upstream servers' certificates
+  [[region]]
+  name = \"eu\"
+  servers = [{ addr = \"127.0.0.1:7000\", server_name = \"localhost\" }]
+
+Prints `address: ADDR`, then forwards calls until Ctrl-C or SIGTERM.
+
+Exit codes: 0 stopped cleanly; 3 bad configuration (unreadable file or certificate,
+address in use); 6 anything else.";
 
 /// Flags of `demo`.
 #[derive(Args, Debug)]
@@ -70,16 +95,42 @@ struct DemoArgs {
     quick: bool,
 }
 
-// PROXY HOOKUP: temporary stub (exit 6, "not built yet"). To wire it up, replace the body
-// with: `let proxy = meridian::proxy::Proxy::from_toml_file(&args.config).await
-// .map_err(|e| CliError::from_meridian(&e))?;`, print `address: {proxy.local_addr()}`
-// as `serve` does, `common::shutdown_signal().await`, then `proxy.shutdown(grace).await`;
-// and change the `proxy_is_not_built_yet` test in core/tests/cli.rs.
+/// `meridian proxy --config FILE`: the region proxy until Ctrl-C or SIGTERM.
 async fn proxy(args: ProxyArgs) -> CliResult<()> {
-    Err(CliError::other(format!(
-        "the region proxy is not built yet (config {} not read)",
-        args.config.display()
-    )))
+    let config = meridian::proxy::ProxyConfig::from_toml_file(&args.config)
+        .map_err(|e| CliError::from_meridian(&e))?;
+    let regions: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
+    let region = config.proxy_region.clone();
+    let proxy = meridian::proxy::Proxy::from_config(config)
+        .await
+        .map_err(|e| CliError::from_meridian(&e))?;
+    let text = if args.json {
+        serde_json::json!({
+            "address": proxy.local_addr().to_string(),
+            "region": region,
+            "upstream_regions": regions,
+        })
+        .to_string()
+    } else {
+        format!(
+            "address: {}\nregion: {region}\nupstream regions: {}",
+            proxy.local_addr(),
+            regions.join(", ")
+        )
+    };
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    }
+    common::shutdown_signal().await;
+    let stats = proxy.stats();
+    eprintln!(
+        "shutting down: {} calls forwarded, {} failed",
+        stats.calls, stats.failed
+    );
+    proxy.shutdown(args.grace).await;
+    Ok(())
 }
 
 async fn demo(args: DemoArgs) -> CliResult<()> {
