@@ -9,8 +9,14 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+echo "== etcd and protoc (etcd discovery: its tests start a real etcd)"
+bash scripts/etcd.sh install
+
 echo "== Rust: workspace tests (unit, property, end-to-end, doctests, header drift)"
 cargo test --workspace --locked --exclude meridian-bench
+
+echo "== Rust: etcd discovery against a real etcd (feature etcd)"
+cargo test --locked -p meridian --features etcd --test etcd
 
 echo "== Rust: the meridian command-line tool (feature cli), run as a binary"
 cargo test --locked -p meridian --features cli --test cli

@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The module is built with etcd discovery (protoc at build time); its tests start etcd.
+bash scripts/etcd.sh install
+
 VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
     echo "== creating $VENV with $(command -v python3) ($(python3 --version))"

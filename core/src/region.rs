@@ -20,6 +20,8 @@
 pub mod balance;
 pub mod budget;
 pub mod estimate;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod health;
 pub mod hedge;
 pub mod rendezvous;
@@ -30,6 +32,10 @@ mod map;
 
 pub use client::{
     RegionCallBuilder, RegionClient, RegionClientBuilder, RegionStat, RegionStats, ServerStat,
+};
+#[cfg(feature = "etcd")]
+pub use etcd::{
+    CatalogEntry, EtcdConfig, EtcdDiscovery, EtcdError, EtcdRegistration, EtcdTls, ServerRecord,
 };
 pub use map::{
     Discovery, LocalRegistry, Region, RegionMap, Registration, ServerEndpoint, StaticDiscovery,

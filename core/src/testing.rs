@@ -12,6 +12,8 @@
 //! router's full buffer would.
 
 pub mod demo;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 use std::collections::HashMap;
 use std::io;

@@ -33,6 +33,9 @@ class NativeServer:
         server_name: str = "localhost",
         advertise: bool = True,
         grace: float = 5.0,
+        etcd: Optional[Sequence[str]] = None,
+        etcd_prefix: Optional[str] = None,
+        etcd_ttl: float = 10.0,
     ) -> "NativeServer": ...
     def add(
         self, name: str, func: Callable[[Any], Any], streaming: bool = False, idempotent: bool = False
@@ -67,6 +70,8 @@ class NativeClient:
         config: Optional[str] = None,
         regions: Optional[Sequence[Tuple[str, Sequence[Tuple[str, str]]]]] = None,
         roots: Optional[str] = None,
+        etcd: Optional[Sequence[str]] = None,
+        etcd_prefix: Optional[str] = None,
     ) -> "NativeClient": ...
     def call(
         self,

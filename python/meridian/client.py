@@ -8,7 +8,18 @@ balanced inside the region, failing over when a region goes dark.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from . import _args
 from ._native import NativeClient, NativeStream
@@ -17,8 +28,19 @@ __all__ = ["RPCClient", "AsyncRPCClient"]
 
 Metadata = Mapping[str, Union[str, bytes]]
 Key = Union[str, bytes]
+#: etcd client URLs: one (``"http://127.0.0.1:2379"``) or several.
+Endpoints = Union[str, Sequence[str]]
 
 _UNSET: Any = object()
+
+
+def etcd_endpoints(etcd: Optional[Endpoints]) -> Optional[List[str]]:
+    """etcd client URLs as a list (``None`` stays ``None``)."""
+    if etcd is None:
+        return None
+    if isinstance(etcd, str):
+        return [etcd]
+    return [str(e) for e in etcd]
 
 
 def _region_list(
@@ -48,12 +70,16 @@ class _Base:
         config: Optional[str] = None,
         roots: Optional[str] = None,
         timeout: Optional[float] = None,
+        etcd: Optional[Endpoints] = None,
+        etcd_prefix: Optional[str] = None,
     ) -> None:
         self._native = NativeClient(
             home=region,
             config=None if config is None else str(config),
             regions=None if regions is None else _region_list(regions),
             roots=None if roots is None else str(roots),
+            etcd=etcd_endpoints(etcd),
+            etcd_prefix=etcd_prefix,
         )
         self.region = region
         self.timeout = timeout
@@ -74,7 +100,9 @@ class RPCClient(_Base):
     ``regions={"eu": ["10.0.0.1:7000", ("10.0.0.2:7000", "eu.example.com")]}`` name the
     servers instead, and ``roots=`` the PEM file of certificates to trust (by default, only
     this process's servers are trusted). ``timeout`` is the default for every call, in
-    seconds (``None``: no deadline).
+    seconds (``None``: no deadline). ``etcd="http://127.0.0.1:2379"`` (or a list of URLs)
+    follows the servers registered in etcd (see ``RPCServer(..., etcd=...)``) as they come
+    and go; a region file with an ``[etcd]`` table does the same.
 
     Attribute calls pass every keyword argument to the remote function. Use :meth:`call`
     and :meth:`stream` for per-call options. Calls release the GIL while they wait, honour
@@ -89,8 +117,18 @@ class RPCClient(_Base):
         config: Optional[str] = None,
         roots: Optional[str] = None,
         timeout: Optional[float] = None,
+        etcd: Optional[Endpoints] = None,
+        etcd_prefix: Optional[str] = None,
     ) -> None:
-        super().__init__(region, regions=regions, config=config, roots=roots, timeout=timeout)
+        super().__init__(
+            region,
+            regions=regions,
+            config=config,
+            roots=roots,
+            timeout=timeout,
+            etcd=etcd,
+            etcd_prefix=etcd_prefix,
+        )
 
     def __getattr__(self, name: str) -> "_Method":
         if name.startswith("_"):

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar, Union, ove
 
 from . import _args
 from ._native import NativeServer
+from .client import Endpoints, etcd_endpoints
 from .errors import InvalidArgument, RpcError, StatusCode
 
 __all__ = ["RPCServer"]
@@ -98,6 +99,12 @@ class RPCServer:
     caller as :class:`meridian.RpcError` (``UNKNOWN``, ``"TypeName: text"``) or with
     the code of an ``RpcError`` the handler raised; tracebacks are sent only with
     ``send_tracebacks=True``, in the metadata entry ``traceback``.
+
+    ``etcd="http://127.0.0.1:2379"`` (or a list of URLs) also registers the server in etcd
+    when it starts, under ``etcd_prefix`` (default ``/meridian/``) with a lease of
+    ``etcd_ttl`` seconds kept alive in the background: clients anywhere that follow etcd
+    (``RPCClient(etcd=...)``) find it. :meth:`stop` removes it at once; a process that
+    dies disappears when its lease expires.
     """
 
     def __init__(
@@ -110,6 +117,9 @@ class RPCServer:
         server_name: str = "localhost",
         send_tracebacks: bool = False,
         grace: float = 5.0,
+        etcd: Optional[Endpoints] = None,
+        etcd_prefix: Optional[str] = None,
+        etcd_ttl: float = 10.0,
     ) -> None:
         cert_file, key_file = certs if certs is not None else (None, None)
         self._native = NativeServer(
@@ -120,6 +130,9 @@ class RPCServer:
             key_file=key_file,
             server_name=server_name,
             grace=grace,
+            etcd=etcd_endpoints(etcd),
+            etcd_prefix=etcd_prefix,
+            etcd_ttl=etcd_ttl,
         )
         self._send_tracebacks = send_tracebacks
         self._started = False

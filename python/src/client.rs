@@ -3,14 +3,17 @@
 //!
 //! With no configuration the client follows the in-process registry: servers started by
 //! this process, trusted through the process's development CA and the registry's own
-//! certificates. With a region file or explicit endpoints it follows those instead.
+//! certificates. With a region file or explicit endpoints it follows those instead; with
+//! etcd endpoints (or a region file with an `[etcd]` table), the servers registered in
+//! etcd.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use meridian::region::{
-    Discovery, LocalRegistry, RegionClient, RegionMap, ServerEndpoint, StaticDiscovery,
+    Discovery, EtcdConfig, EtcdDiscovery, LocalRegistry, RegionClient, RegionMap, ServerEndpoint,
+    StaticDiscovery,
 };
 use meridian::{ClientTls, Codec, Status, Streaming, Value};
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
@@ -31,6 +34,40 @@ type RegionList = Vec<(String, Vec<(String, String)>)>;
 enum Source {
     Local,
     Map(RegionMap),
+    /// Servers registered in etcd, plus those of a region file.
+    Etcd(EtcdConfig, RegionMap),
+}
+
+/// An etcd configuration from the Python arguments, `None` without endpoints.
+pub(crate) fn etcd_config(
+    endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    ttl: Option<f64>,
+) -> PyResult<Option<EtcdConfig>> {
+    let Some(endpoints) = endpoints else {
+        return Ok(None);
+    };
+    if endpoints.is_empty() || endpoints.iter().any(|e| e.trim().is_empty()) {
+        return Err(PyValueError::new_err(
+            "etcd needs at least one endpoint URL",
+        ));
+    }
+    let mut config = EtcdConfig::new(endpoints);
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            return Err(PyValueError::new_err("etcd_prefix must not be empty"));
+        }
+        config = config.prefix(p);
+    }
+    if let Some(ttl) = ttl {
+        if !(1.0..=86_400.0).contains(&ttl) {
+            return Err(PyValueError::new_err(
+                "etcd_ttl must be between 1 and 86400 seconds",
+            ));
+        }
+        config = config.lease_ttl(Duration::from_secs_f64(ttl));
+    }
+    Ok(Some(config))
 }
 
 /// The options of one call, checked and converted before anything is sent.
@@ -153,6 +190,12 @@ impl NativeClient {
         let discovery: Arc<dyn Discovery> = match &self.source {
             Source::Local => LocalRegistry::global(),
             Source::Map(map) => StaticDiscovery::new(map.clone()),
+            Source::Etcd(config, base) => runtime()?
+                .block_on(EtcdDiscovery::connect_with_base(
+                    config.clone(),
+                    base.clone(),
+                ))
+                .map_err(|e| PyRuntimeError::new_err(format!("cannot read etcd: {e}")))?,
         };
         let mut builder = RegionClient::builder(discovery, tls);
         if let Some(home) = &self.home {
@@ -173,14 +216,35 @@ impl NativeClient {
     /// file `config` (TOML), or from `regions` (region name to a list of `(host:port,
     /// server_name)`), or else from this process's registry. `roots` is a PEM file of
     /// the certificates to trust; without it the client trusts this process's servers.
+    /// With `etcd` (client URLs), or a region file with an `[etcd]` table, the servers
+    /// registered in etcd under `etcd_prefix` are followed as they come and go.
     #[new]
-    #[pyo3(signature = (home=None, config=None, regions=None, roots=None))]
+    #[pyo3(signature = (home=None, config=None, regions=None, roots=None, etcd=None, etcd_prefix=None))]
     fn new(
         home: Option<String>,
         config: Option<String>,
         regions: Option<RegionList>,
         roots: Option<String>,
+        etcd: Option<Vec<String>>,
+        etcd_prefix: Option<String>,
     ) -> PyResult<NativeClient> {
+        let file_etcd = match &config {
+            Some(path) => EtcdConfig::from_toml_file(path)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            None => None,
+        };
+        let etcd = match etcd_config(etcd, etcd_prefix.clone(), None)? {
+            Some(c) => Some(c),
+            None => file_etcd.map(|c| match etcd_prefix {
+                Some(p) => c.prefix(p),
+                None => c,
+            }),
+        };
+        if etcd.is_some() && regions.is_some() {
+            return Err(PyValueError::new_err(
+                "give either etcd or regions, not both",
+            ));
+        }
         let source = match (config, regions) {
             (Some(_), Some(_)) => {
                 return Err(PyValueError::new_err(
@@ -206,6 +270,11 @@ impl NativeClient {
                 Source::Map(map)
             }
             (None, None) => Source::Local,
+        };
+        let source = match (etcd, source) {
+            (Some(c), Source::Map(base)) => Source::Etcd(c, base),
+            (Some(c), _) => Source::Etcd(c, RegionMap::new()),
+            (None, s) => s,
         };
         Ok(NativeClient {
             home,

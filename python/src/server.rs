@@ -8,12 +8,17 @@
 //! Registering a method on a running server adds it in place (`Server::add_methods`):
 //! connected clients receive an updated HELLO, so region routing learns the new method
 //! without a restart or a new port.
+//!
+//! With `etcd` endpoints the server also registers itself in etcd when it starts (and
+//! again after a rebind), keeps its lease alive, refreshes its catalog there when methods
+//! are added, and revokes the lease when it stops.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use meridian::region::{EtcdConfig, EtcdRegistration, ServerRecord};
 use meridian::{
     CallContext, Codec, Identity, Method, ResponseSink, Server, ServerBuilder, ServerTls, Status,
 };
@@ -47,6 +52,8 @@ struct State {
     methods: Vec<PyMethod>,
     running: Option<Server>,
     grace: Duration,
+    etcd: Option<EtcdConfig>,
+    registration: Option<EtcdRegistration>,
 }
 
 /// A Meridian server whose handlers are Python callables (used by `meridian.RPCServer`).
@@ -67,7 +74,9 @@ impl NativeServer {
     /// `cert_file` and `key_file` (PEM) it presents that certificate, else one issued for
     /// `localhost` by the process's development CA.
     #[new]
-    #[pyo3(signature = (region, host="127.0.0.1", port=0, cert_file=None, key_file=None, server_name="localhost", advertise=true, grace=5.0))]
+    /// With `etcd` (client URLs of an etcd cluster) it registers itself there under
+    /// `etcd_prefix` with a lease of `etcd_ttl` seconds.
+    #[pyo3(signature = (region, host="127.0.0.1", port=0, cert_file=None, key_file=None, server_name="localhost", advertise=true, grace=5.0, etcd=None, etcd_prefix=None, etcd_ttl=10.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         region: String,
@@ -78,6 +87,9 @@ impl NativeServer {
         server_name: &str,
         advertise: bool,
         grace: f64,
+        etcd: Option<Vec<String>>,
+        etcd_prefix: Option<String>,
+        etcd_ttl: f64,
     ) -> PyResult<NativeServer> {
         let host: IpAddr = host.parse().map_err(|_| {
             PyValueError::new_err(format!("host must be an IP address, got {host:?}"))
@@ -95,6 +107,7 @@ impl NativeServer {
             }
         };
         let grace = timeout_arg(Some(grace))?.unwrap_or_default();
+        let etcd = crate::client::etcd_config(etcd, etcd_prefix, Some(etcd_ttl))?;
         Ok(NativeServer {
             state: Mutex::new(State {
                 region,
@@ -107,6 +120,8 @@ impl NativeServer {
                 methods: Vec::new(),
                 running: None,
                 grace,
+                etcd,
+                registration: None,
             }),
         })
     }
@@ -133,6 +148,9 @@ impl NativeServer {
         };
         if let Some(server) = &st.running {
             server.add_methods(|b| register(b, &method));
+            if let Some(reg) = &st.registration {
+                reg.refresh_from(server);
+            }
         }
         st.methods.push(method);
         Ok(())
@@ -141,6 +159,10 @@ impl NativeServer {
     /// Binds and starts serving (or rebinds a running server with its current methods).
     /// Returns the bound `(host, port)`.
     fn start(&self, py: Python<'_>) -> PyResult<(String, u16)> {
+        let old_registration = self.lock().registration.take();
+        if let Some(reg) = old_registration {
+            wait(py, reg.deregister())?;
+        }
         let (builder, addr, tls, old, grace) = {
             let mut st = self.lock();
             let identity = match &st.identity {
@@ -177,8 +199,25 @@ impl NativeServer {
         let server = wait(py, builder.bind(addr, tls))?
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the server: {e}")))?;
         let local = server.local_addr();
+        let registration = match self.etcd_record(&server) {
+            Some((config, record)) => {
+                match wait(py, async move {
+                    EtcdRegistration::register(&config, record).await
+                })? {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        wait(py, retire(server, Duration::ZERO))?;
+                        return Err(PyRuntimeError::new_err(format!(
+                            "cannot register the server in etcd: {e}"
+                        )));
+                    }
+                }
+            }
+            None => None,
+        };
         let previous = {
             let mut st = self.lock();
+            st.registration = registration;
             st.running.replace(server)
         };
         if let Some(previous) = previous {
@@ -193,11 +232,15 @@ impl NativeServer {
     /// server's), then leaves the in-process registry and closes.
     #[pyo3(signature = (grace=None))]
     fn stop(&self, py: Python<'_>, grace: Option<f64>) -> PyResult<()> {
-        let (server, default_grace) = {
+        let (server, default_grace, registration) = {
             let mut st = self.lock();
-            (st.running.take(), st.grace)
+            (st.running.take(), st.grace, st.registration.take())
         };
         let grace = timeout_arg(grace)?.unwrap_or(default_grace);
+        if let Some(reg) = registration {
+            // Out of etcd first, so clients stop choosing the server before it closes.
+            wait(py, reg.deregister())?;
+        }
         if let Some(server) = server {
             wait(py, retire(server, grace))?;
         }
@@ -232,6 +275,27 @@ impl NativeServer {
             .running
             .as_ref()
             .map_or(0, |s| s.stats().calls_total)
+    }
+}
+
+impl NativeServer {
+    /// The etcd configuration and this server's record, if it registers in etcd.
+    fn etcd_record(&self, server: &Server) -> Option<(EtcdConfig, ServerRecord)> {
+        let st = self.lock();
+        let config = st.etcd.clone()?;
+        let mut addr = server.local_addr();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            });
+        }
+        let mut record = ServerRecord::for_server(server, addr, st.server_name.clone());
+        if let Some(id) = &st.identity {
+            record = record.certificate(id.certificate());
+        }
+        Some((config, record))
     }
 }
 
