@@ -187,12 +187,16 @@ impl Proxy {
         let map = RegionMap {
             regions: config.regions,
         };
-        if map.regions.iter().all(|r| r.servers.is_empty()) {
-            return Err(Error::Config(
-                "proxy: no upstream server in any [[region]]".into(),
-            ));
-        }
-        let mut client = RegionClient::builder(StaticDiscovery::new(map), upstream_tls);
+        #[cfg(feature = "etcd")]
+        let discovery: Arc<dyn crate::region::Discovery> = match config.etcd {
+            Some(etcd) => crate::region::EtcdDiscovery::connect_with_base(etcd, map)
+                .await
+                .map_err(|e| Error::Config(format!("proxy: {e}")))?,
+            None => static_upstream(map)?,
+        };
+        #[cfg(not(feature = "etcd"))]
+        let discovery = static_upstream(map)?;
+        let mut client = RegionClient::builder(discovery, upstream_tls);
         if let Some(home) = config.home_region {
             client = client.home_region(home);
         }
@@ -247,6 +251,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Upstream servers listed in the configuration itself: at least one is needed.
+fn static_upstream(map: RegionMap) -> Result<Arc<dyn crate::region::Discovery>, Error> {
+    if map.regions.iter().all(|r| r.servers.is_empty()) {
+        return Err(Error::Config(
+            "proxy: no upstream server in any [[region]] (and no [etcd] table)".into(),
+        ));
+    }
+    Ok(StaticDiscovery::new(map))
+}
+
 /// A proxy's configuration, usually read from TOML:
 ///
 /// ```toml
@@ -263,6 +277,9 @@ impl Drop for AbortOnDrop {
 /// [[region]]
 /// name = "eu-west"
 /// servers = [{ addr = "10.0.0.1:7000", server_name = "eu-west.example.com" }]
+///
+/// [etcd]                       # optional (feature `etcd`): servers registered in etcd,
+/// endpoints = ["http://10.0.0.9:2379"]   # followed live, besides the lists above
 /// ```
 ///
 /// Relative file names are read from the configuration file's directory.
@@ -288,6 +305,10 @@ pub struct ProxyConfig {
     /// The upstream regions and their servers.
     #[serde(default, rename = "region")]
     pub regions: Vec<Region>,
+    /// Upstream servers registered in etcd, followed live (besides the `[[region]]` lists).
+    #[cfg(feature = "etcd")]
+    #[serde(default)]
+    pub etcd: Option<crate::region::EtcdConfig>,
 }
 
 fn default_region() -> String {

@@ -736,6 +736,113 @@ fn proxy_forwards_calls_from_its_config_file() {
     assert_error(&o, 3, "proxy configuration");
 }
 
+/// A private etcd (real, on loopback), or `None` outside CI when etcd is not installed.
+fn start_etcd() -> Option<meridian::testing::etcd::EtcdProcess> {
+    match meridian::testing::etcd::EtcdProcess::start() {
+        Ok(e) => Some(e),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && std::env::var("CI").as_deref() != Ok("true") =>
+        {
+            eprintln!("SKIPPED (no etcd; `bash scripts/etcd.sh install`): {e}");
+            None
+        }
+        Err(e) => panic!("cannot start etcd: {e}"),
+    }
+}
+
+#[test]
+fn servers_register_in_etcd_and_clients_find_them_there() {
+    let Some(etcd) = start_etcd() else {
+        return;
+    };
+    let url = etcd.endpoint();
+    let dir = Scratch::new("etcd");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--insecure-dev", "--region", "eu", "--id", "eu-1"])
+        .args(["--etcd", &url, "--etcd-ttl", "2s"])
+        .env("MERIDIAN_DEV_DIR", &dir.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian serve");
+    // Registration happens before the address line is printed.
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with("address: "))));
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Kill(child);
+
+    // `call` with only the etcd address.
+    let o = run(
+        &["call", "--etcd", &url, "--insecure-dev", "add", "10", "5"],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "15");
+    // `probe` lists the registered server.
+    let o = run(
+        &[
+            "probe",
+            "--etcd",
+            &url,
+            "--insecure-dev",
+            "--json",
+            "--interval",
+            "300ms",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = json(&stdout(&o));
+    assert!(table.to_string().contains("eu-1"), "{table}");
+    // A region file with an [etcd] table works the same.
+    let file = dir.path("regions.toml");
+    std::fs::write(&file, format!("[etcd]\nendpoints = [\"{url}\"]\n")).expect("region file");
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            file.to_str().expect("utf-8"),
+            "--insecure-dev",
+            "where",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("eu-1"), "{}", stdout(&o));
+
+    // Killed without a clean stop: the lease expires, and etcd lists nobody.
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    std::thread::sleep(Duration::from_secs(4));
+    let o = run(
+        &["call", "--etcd", &url, "--insecure-dev", "add", "1", "1"],
+        &dir.0,
+    );
+    assert_error(&o, 3, "no server is registered in etcd");
+
+    // An etcd nobody answers at: one line, exit code 4.
+    let o = run(
+        &[
+            "call",
+            "--etcd",
+            "http://127.0.0.1:9",
+            "--insecure-dev",
+            "add",
+            "1",
+            "1",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 4, "etcd");
+}
+
 #[test]
 fn demo_quick_fails_over_without_losing_calls() {
     let dir = Scratch::new("demo");

@@ -512,3 +512,66 @@ async fn two_clients_see_the_same_membership() {
     assert!(whoami(&c1).await.is_ok());
     assert!(whoami(&c2).await.is_ok());
 }
+
+/// A proxy whose upstream servers come from etcd: it forwards to a server that registered
+/// after the proxy started, and stops using one that left.
+#[tokio::test]
+async fn a_proxy_follows_etcd_membership() {
+    let Some(etcd) = start_etcd() else {
+        return;
+    };
+    let cfg = config(&etcd);
+    let ca = DevCa::new().unwrap();
+    let mut first = Site::start(&ca, &cfg, "eu", "eu-1", 2).await;
+    let upstream =
+        RegionClient::builder(EtcdDiscovery::connect(cfg.clone()).await.unwrap(), tls(&ca))
+            .build()
+            .unwrap();
+    let proxy = meridian::proxy::Proxy::builder(upstream)
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerTls::new(ca.issue_server(&["proxy.local"]).unwrap()),
+        )
+        .await
+        .unwrap();
+    let ch = meridian::Channel::builder(proxy.local_addr(), tls(&ca))
+        .server_name("proxy.local")
+        .connect()
+        .await
+        .unwrap();
+    let call = || async {
+        ch.call("whoami")
+            .timeout(Duration::from_secs(5))
+            .unary::<_, String>(&())
+            .await
+            .map(|r| r.into_inner())
+    };
+    assert_eq!(call().await.unwrap(), "eu-1");
+    // A second server registers while the proxy runs; the first one crashes.
+    let _second = Site::start(&ca, &cfg, "eu", "eu-2", 2).await;
+    let joined = Instant::now();
+    first.kill();
+    let mut errors = 0;
+    let mut moved = None;
+    while joined.elapsed() < Duration::from_secs(10) {
+        match call().await {
+            Ok(id) if id == "eu-2" => {
+                moved.get_or_insert(joined.elapsed());
+                if joined.elapsed() > moved.unwrap() + Duration::from_millis(500) {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("{e}");
+                errors += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let moved = moved.expect("the proxy never used the server that joined in etcd");
+    println!("proxy: new server from etcd answered {moved:?} after it registered");
+    assert_eq!(errors, 0, "idempotent calls through the proxy failed");
+    assert_eq!(call().await.unwrap(), "eu-2");
+    drop(etcd);
+}

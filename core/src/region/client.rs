@@ -856,8 +856,17 @@ impl RegionCallBuilder {
         let idempotent = self.is_idempotent();
         let mut tried = Vec::new();
         let mut last = None;
-        for _ in 0..2 {
+        let started = Instant::now();
+        while tried.len() < 2 {
             let Some(target) = inner.pick(&self.method, self.key.as_deref(), &tried) else {
+                // Nothing connected yet (startup): wait a little for the prober, as unary
+                // calls do.
+                let waited = started.elapsed() < Duration::from_secs(5)
+                    && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d);
+                if tried.is_empty() && waited {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
                 break;
             };
             let started = Instant::now();

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use meridian::region::{RegionClient, RegionMap, StaticDiscovery};
+use meridian::region::{
+    Discovery, EtcdConfig, EtcdDiscovery, EtcdError, RegionClient, RegionMap, StaticDiscovery,
+};
 use meridian::transport::pem_encode;
 use meridian::wire::{Hello, MethodKind};
 use meridian::{
@@ -216,15 +218,43 @@ impl TlsArgs {
     }
 }
 
-/// Where to send calls: one server, or a region file.
+/// Flags that find servers in an etcd registry (where `meridian serve --etcd` registers).
+#[derive(Args, Debug, Clone, Default)]
+pub struct EtcdArgs {
+    /// Find the servers registered in etcd at these client URLs (comma-separated or
+    /// repeated), e.g. http://127.0.0.1:2379; membership is followed live.
+    #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The key prefix servers register under in etcd.
+    #[arg(long, value_name = "PREFIX", default_value = EtcdConfig::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+}
+
+impl EtcdArgs {
+    /// The etcd settings these flags describe, if `--etcd` was given.
+    pub fn config(&self) -> Option<EtcdConfig> {
+        (!self.etcd.is_empty())
+            .then(|| EtcdConfig::new(self.etcd.clone()).prefix(self.etcd_prefix.clone()))
+    }
+}
+
+/// An etcd failure: configuration (exit 3) or an unreachable etcd (exit 4).
+pub fn etcd_error(e: &EtcdError) -> CliError {
+    match e {
+        EtcdError::Config(_) => CliError::config(e.to_string()),
+        _ => CliError::new(Exit::Unreachable, e.to_string()),
+    }
+}
+
+/// Where to send calls: one server, a region file, or the servers registered in etcd.
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
     /// Call one server directly at this UDP address (host:port).
     #[arg(
         long,
         value_name = "ADDR",
-        conflicts_with = "regions",
-        required_unless_present = "regions"
+        conflicts_with_all = ["regions", "etcd"],
+        required_unless_present_any = ["regions", "etcd"]
     )]
     pub connect: Option<String>,
     /// Route calls with a region client configured from this TOML region file.
@@ -239,6 +269,8 @@ pub struct TargetArgs {
     /// Give up connecting after this long (e.g. 500ms, 3s).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -359,8 +391,20 @@ impl Target {
     }
 }
 
-/// Reads a region file, keeping only `only` if given.
+/// Reads a region file, keeping only `only` if given; it must list a server.
 pub fn load_regions(path: &Path, only: Option<&str>) -> CliResult<RegionMap> {
+    let map = load_region_file(path, only)?;
+    if map.regions.iter().all(|r| r.servers.is_empty()) {
+        return Err(CliError::config(format!(
+            "{} lists no server",
+            path.display()
+        )));
+    }
+    Ok(map)
+}
+
+/// Reads a region file, keeping only `only` if given.
+fn load_region_file(path: &Path, only: Option<&str>) -> CliResult<RegionMap> {
     let mut map = RegionMap::from_toml_file(path).map_err(|e| CliError::from_meridian(&e))?;
     if let Some(name) = only {
         if !map.regions.iter().any(|r| r.name == name) {
@@ -377,13 +421,42 @@ pub fn load_regions(path: &Path, only: Option<&str>) -> CliResult<RegionMap> {
         }
         map.regions.retain(|r| r.name == name);
     }
+    Ok(map)
+}
+
+/// The region map to follow: from etcd (`--etcd`, or a region file with an `[etcd]` table,
+/// plus the file's own servers) or from the region file alone.
+pub async fn discovery(
+    regions: Option<&Path>,
+    only: Option<&str>,
+    etcd: &EtcdArgs,
+) -> CliResult<(Arc<dyn Discovery>, RegionMap)> {
+    let from_file = match regions {
+        Some(path) => EtcdConfig::from_toml_file(path).map_err(|e| etcd_error(&e))?,
+        None => None,
+    };
+    let Some(config) = etcd.config().or(from_file) else {
+        let path = regions
+            .ok_or_else(|| CliError::usage("give --connect ADDR, --regions FILE or --etcd URL"))?;
+        let map = load_regions(path, only)?;
+        return Ok((StaticDiscovery::new(map.clone()), map));
+    };
+    let base = match regions {
+        Some(path) => load_region_file(path, only)?,
+        None => RegionMap::new(),
+    };
+    let prefix = config.prefix.clone();
+    let endpoints = config.endpoints.join(", ");
+    let d = EtcdDiscovery::connect_with_base(config, base)
+        .await
+        .map_err(|e| etcd_error(&e))?;
+    let map = d.snapshot();
     if map.regions.iter().all(|r| r.servers.is_empty()) {
         return Err(CliError::config(format!(
-            "{} lists no server",
-            path.display()
+            "no server is registered in etcd ({endpoints}) under {prefix:?}"
         )));
     }
-    Ok(map)
+    Ok((d, map))
 }
 
 /// Resolves `host:port`.
@@ -433,17 +506,14 @@ impl TargetArgs {
             let ch = connect_channel(addr, &self.server_name, tls, self.connect_timeout).await?;
             return Ok(Target::Direct(ch));
         }
-        let path = self
-            .regions
-            .as_deref()
-            .ok_or_else(|| CliError::usage("give --connect ADDR or --regions FILE"))?;
-        let map = load_regions(path, self.region.as_deref())?;
+        let (discovery, map) =
+            discovery(self.regions.as_deref(), self.region.as_deref(), &self.etcd).await?;
         let endpoints: Vec<(SocketAddr, String)> = map
             .regions
             .iter()
             .flat_map(|r| r.servers.iter().map(|s| (s.addr, s.server_name.clone())))
             .collect();
-        let mut builder = RegionClient::builder(StaticDiscovery::new(map), tls.clone());
+        let mut builder = RegionClient::builder(discovery, tls.clone());
         if let Some(p) = probe_interval {
             builder = builder.probe_interval(p);
         }

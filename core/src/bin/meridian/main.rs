@@ -54,7 +54,7 @@ enum Command {
 
 /// Flags of `proxy`.
 #[derive(Args, Debug)]
-#[command(after_help = PROXY_HELP)]
+#[command(after_help = format!("{PROXY_HELP}\n\n{EXIT_CODES}"))]
 struct ProxyArgs {
     /// The proxy's TOML configuration file (format below).
     #[arg(long, value_name = "FILE")]
@@ -81,10 +81,10 @@ Configuration (relative file names are read from the file's directory):
   name = \"eu\"
   servers = [{ addr = \"127.0.0.1:7000\", server_name = \"localhost\" }]
 
-Prints `address: ADDR`, then forwards calls until Ctrl-C or SIGTERM.
+  [etcd]                        # optional: upstream servers registered in etcd
+  endpoints = [\"http://127.0.0.1:2379\"]
 
-Exit codes: 0 stopped cleanly; 3 bad configuration (unreadable file or certificate,
-address in use); 6 anything else.";
+Prints `address: ADDR`, then forwards calls until Ctrl-C or SIGTERM.";
 
 /// Flags of `demo`.
 #[derive(Args, Debug)]

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::common::{
-    ms, ms_f64, parse_duration, shutdown_signal, CliResult, Target, TargetArgs, TlsArgs, EXIT_CODES,
+    ms, ms_f64, parse_duration, shutdown_signal, CliResult, EtcdArgs, Target, TargetArgs, TlsArgs,
+    EXIT_CODES,
 };
 
 /// Flags of `probe`.
@@ -17,10 +18,10 @@ use crate::common::{
 #[command(after_help = format!("{PROBE_HELP}\n\n{EXIT_CODES}"))]
 pub struct ProbeArgs {
     /// The TOML region file listing the regions and servers to probe.
-    #[arg(long, value_name = "FILE")]
-    pub regions: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "etcd")]
+    pub regions: Option<PathBuf>,
     /// Probe only this region of the file.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", requires = "regions")]
     pub region: Option<String>,
     /// Keep measuring and print a fresh table every --interval (until --count tables or
     /// Ctrl-C).
@@ -39,18 +40,21 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
     pub tls: TlsArgs,
 }
 
 const PROBE_HELP: &str = "\
-Connects to every server of the region file (QUIC keep-alives every 100 ms keep the RTT
+Connects to every server of the region file (or registered in etcd) (QUIC keep-alives every 100 ms keep the RTT
 estimates fresh) and prints, per server: its region and id (from its HELLO), the RTT
 median (p50) of the samples of the last --interval and the minimum RTT QUIC has seen,
 whether it can take calls, and `<-` on the region a call would be sent to now.
 
 Examples:
   meridian probe --regions regions.toml --insecure-dev
-  meridian probe --regions regions.toml --ca ca.pem --watch --interval 2s";
+  meridian probe --regions regions.toml --ca ca.pem --watch --interval 2s
+  meridian probe --etcd http://127.0.0.1:2379 --insecure-dev";
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const KEEP_SAMPLES: usize = 256;
@@ -75,10 +79,11 @@ struct Row {
 pub async fn run(args: ProbeArgs) -> CliResult<()> {
     let target_args = TargetArgs {
         connect: None,
-        regions: Some(args.regions.clone()),
+        regions: args.regions.clone(),
         region: args.region.clone(),
         server_name: "localhost".into(),
         connect_timeout: args.connect_timeout,
+        etcd: args.etcd.clone(),
         tls: args.tls.clone(),
     };
     let Target::Routed(client, addrs) = target_args.connect(Some(SAMPLE_EVERY)).await? else {

@@ -8,8 +8,11 @@ use std::time::Duration;
 use clap::Args;
 use meridian::{CallContext, Identity, Method, ResponseSink, Server, ServerTls, Status, Value};
 
+use meridian::region::{EtcdConfig, EtcdRegistration, ServerRecord};
+
 use crate::common::{
-    dev_dir, fingerprint, parse_duration, shutdown_signal, CliError, CliResult, EXIT_CODES,
+    dev_dir, etcd_error, fingerprint, parse_duration, shutdown_signal, CliError, CliResult,
+    EXIT_CODES,
 };
 
 /// Flags of `serve`.
@@ -53,6 +56,22 @@ pub struct ServeArgs {
     /// Print the start-up lines as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Register in etcd at these client URLs (comma-separated or repeated), under a lease
+    /// kept alive while the server runs, so `--etcd` clients and proxies find it.
+    #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The etcd key prefix to register under.
+    #[arg(long, value_name = "PREFIX", default_value = meridian::region::EtcdConfig::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// The etcd lease TTL: how long the registration outlives a server that died.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub etcd_ttl: Duration,
+    /// With --etcd: the address clients should dial (default: the bound address).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<SocketAddr>,
+    /// With --etcd: the name clients check the certificate against.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub server_name: String,
 }
 
 const SERVE_HELP: &str = "\
@@ -144,6 +163,7 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
         }
     };
     let print = fingerprint(identity.certificate());
+    let certificate = identity.certificate().clone();
     let mut tls = ServerTls::new(identity);
     if let Some(ca) = &args.ca {
         tls = tls
@@ -203,13 +223,43 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
             methods.join(", ")
         )
     };
+    let registration = if args.etcd.is_empty() {
+        None
+    } else {
+        let config = EtcdConfig::new(args.etcd.clone())
+            .prefix(args.etcd_prefix.clone())
+            .lease_ttl(args.etcd_ttl);
+        let mut advertised = args.advertise.unwrap_or(addr);
+        if advertised.ip().is_unspecified() {
+            advertised.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let record = ServerRecord::for_server(&server, advertised, args.server_name.clone())
+            .server_id(id.clone())
+            .certificate(&certificate);
+        Some(
+            EtcdRegistration::register(&config, record)
+                .await
+                .map_err(|e| etcd_error(&e))?,
+        )
+    };
     // Whoever started us may stop reading once it has the address: a closed stdout is no
     // reason to stop serving.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
     drop(out);
+    if let Some(r) = &registration {
+        note(&format!(
+            "registered in etcd under {} (lease TTL {:.0} s)",
+            r.key(),
+            args.etcd_ttl.as_secs_f64()
+        ));
+    }
     note("serving; Ctrl-C or SIGTERM to stop");
     shutdown_signal().await;
+    if let Some(r) = registration {
+        // Leave the registry first, so clients stop choosing this server.
+        r.deregister().await;
+    }
     note(&format!(
         "shutting down: waiting up to {:.1} s for calls in flight",
         args.grace.as_secs_f64()
