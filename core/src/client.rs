@@ -1134,6 +1134,7 @@ fn ok_trailers() -> Trailers {
         metadata: Metadata::new(),
         server_time: None,
         proxy: None,
+        not_run: false,
     }
 }
 
@@ -1283,7 +1284,12 @@ impl CallRecv {
                 self.ended = Some(Instant::now());
                 self.consume_fin();
                 if t.code != Code::Ok {
-                    return Err(Status::new(t.code, t.message).with_metadata(t.metadata));
+                    let status = Status::new(t.code, t.message).with_metadata(t.metadata);
+                    return Err(if t.not_run {
+                        status.mark_not_run()
+                    } else {
+                        status
+                    });
                 }
                 self.trailers = Some(t);
                 Ok(None)

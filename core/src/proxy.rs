@@ -430,6 +430,8 @@ impl<'a> Hop<'a> {
                 (Err(s), None, Metadata::new())
             }
         };
+        // Passed on to the caller, so it may send even a non-idempotent call elsewhere.
+        let not_run = result.as_ref().is_err_and(Status::is_known_not_run);
         let code = result
             .as_ref()
             .map_or_else(|s| s.code(), |_| crate::wire::Code::Ok);
@@ -444,6 +446,7 @@ impl<'a> Hop<'a> {
             server_time,
             upstream,
             metadata,
+            not_run,
         });
         result
     }

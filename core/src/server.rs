@@ -110,6 +110,8 @@ pub(crate) struct Forwarded {
     pub(crate) upstream: Duration,
     /// The server's trailing metadata (on success; a failure's travels in its status).
     pub(crate) metadata: Metadata,
+    /// The forwarded call provably never ran anywhere (and the proxy ran nothing else).
+    pub(crate) not_run: bool,
 }
 
 /// What a handler knows about its call: method, metadata, deadline, peer, cancellation.
@@ -1043,6 +1045,8 @@ async fn finish_call(send: &mut quinn::SendStream, reply: Option<Bytes>, trailer
 }
 
 fn trailers_for(status: Status, server_time: Duration) -> Trailers {
+    // A handler's status never claims "not run": the handler did run, whatever the
+    // status it passes on says about some other call. Only a proxy can vouch for that.
     let (code, message, metadata) = status.into_parts();
     Trailers {
         code,
@@ -1050,6 +1054,7 @@ fn trailers_for(status: Status, server_time: Duration) -> Trailers {
         metadata,
         server_time: Some(server_time),
         proxy: None,
+        not_run: false,
     }
 }
 
@@ -1271,6 +1276,7 @@ async fn run_call(
                     trailers.metadata = f.metadata;
                 }
                 trailers.server_time = f.server_time;
+                trailers.not_run = f.not_run && code != Code::Ok;
                 trailers.proxy = Some(ProxyTime {
                     inside: elapsed.saturating_sub(f.upstream),
                     upstream: f.upstream,

@@ -673,6 +673,7 @@ impl RequestHeaders {
 
 const TF_SERVER_TIME: u8 = 0x01;
 const TF_PROXY_TIME: u8 = 0x02;
+const TF_NOT_RUN: u8 = 0x04;
 
 /// The two times a proxy adds to the TRAILERS it forwards (see [`Trailers::proxy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -699,6 +700,9 @@ pub struct Trailers {
     /// Set by a proxy that forwarded the call: its own time and its upstream call's time.
     /// `server_time` then is the time of the server behind the proxy.
     pub proxy: Option<ProxyTime>,
+    /// The sender guarantees that no handler ran the call (e.g. a proxy that could reach
+    /// no server), so even a non-idempotent call may be sent elsewhere. Only on failures.
+    pub not_run: bool,
 }
 
 /// Largest status message, in bytes.
@@ -713,6 +717,9 @@ impl Trailers {
         }
         if self.proxy.is_some() {
             flags |= TF_PROXY_TIME;
+        }
+        if self.not_run && self.code != Code::Ok {
+            flags |= TF_NOT_RUN;
         }
         out.put_u8(flags);
         put_varint(out, self.code as u64);
@@ -757,6 +764,7 @@ impl Trailers {
             None
         };
         Ok(Trailers {
+            not_run: flags & TF_NOT_RUN != 0 && code != Code::Ok,
             code,
             message,
             metadata,
@@ -916,6 +924,7 @@ mod tests {
                 inside: Duration::from_micros(12),
                 upstream: Duration::from_micros(300),
             }),
+            not_run: false,
         };
         let mut b = BytesMut::new();
         t.encode(&mut b);

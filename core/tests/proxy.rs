@@ -917,3 +917,117 @@ servers = [{{ addr = "{}", server_name = "localhost" }}]
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_call_no_server_took_is_known_not_run_and_moves_to_another_proxy() {
+    // Proxy A (the rig's) reaches server eu-1; proxy B reaches only eu-2, over a link that
+    // goes dark once B has learned eu-2's catalog.
+    let rig = Rig::start(&[("eu", "eu-1", 0)]).await;
+    let eu2 = backend("eu-2", "eu", rig.seen.clone())
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerTls::new(rig.ca.issue_server(&["localhost"]).unwrap()),
+        )
+        .await
+        .unwrap();
+    let link = LinkEmulator::start(
+        eu2.local_addr(),
+        LinkSettings::with_rtt(Duration::from_millis(1)),
+    )
+    .await
+    .unwrap();
+    let mut map = RegionMap::new();
+    map.add_server("eu", ServerEndpoint::new(link.addr(), "localhost"));
+    let broken = Proxy::builder(
+        RegionClient::builder(StaticDiscovery::new(map), rig.tls())
+            .build()
+            .unwrap(),
+    )
+    .bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerTls::new(rig.ca.issue_server(&["proxy.local"]).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        broken
+            .upstream()
+            .ready("echo_meta", Duration::from_secs(5))
+            .await
+    );
+    link.set_outage(true);
+    let start = Instant::now();
+    while !broken.upstream().stats().servers.iter().all(|s| s.ejected) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never ejected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A call through B now fails at once, marked "not run", though B still announces the
+    // method.
+    let ch = rig.channel_to(broken.local_addr()).await;
+    let t = Instant::now();
+    let err = ch
+        .unary::<_, (String, String)>("echo_meta", &())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.is_known_not_run(), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // A handler's own failure through a working proxy is never marked: it ran.
+    let err = rig
+        .channel()
+        .await
+        .unary::<_, ()>("fail", &())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(!err.is_known_not_run(), "{err:?}");
+
+    // A client that reaches "eu" through both proxies: non-idempotent calls that land on B
+    // are sent again through A, since B proved they never ran.
+    let mut client_map = RegionMap::new();
+    client_map.regions.push(meridian::region::Region {
+        name: "eu".into(),
+        servers: Vec::new(),
+        proxies: vec![
+            ServerEndpoint::new(rig.proxy.local_addr(), "proxy.local"),
+            ServerEndpoint::new(broken.local_addr(), "proxy.local"),
+        ],
+    });
+    let client = RegionClient::builder(StaticDiscovery::new(client_map), rig.tls())
+        .via_proxies()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    while client
+        .stats()
+        .servers
+        .iter()
+        .filter(|s| s.connected)
+        .count()
+        < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "proxies not connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..40 {
+        let r = client
+            .call("echo_meta")
+            .metadata("x-user", "bob")
+            .unary::<_, (String, String)>(&())
+            .await
+            .unwrap();
+        assert_eq!(r.get_ref().0, "bob");
+    }
+    let stats = client.stats();
+    let through_b = stats
+        .servers
+        .iter()
+        .find(|s| s.addr == broken.local_addr())
+        .map_or(0, |s| s.calls);
+    println!("attempts through the broken proxy: {through_b}, all sent again through the other");
+    assert!(through_b >= 1, "the broken proxy was never tried");
+    assert!(stats.retries >= through_b);
+}

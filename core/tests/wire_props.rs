@@ -87,9 +87,9 @@ proptest! {
     }
 
     #[test]
-    fn trailers_round_trip(code in 0u64..17, message in ".{0,60}", md in metadata(), t in proptest::option::of(0u64..(1 << 40)), p in proptest::option::of((0u64..(1 << 40), 0u64..(1 << 40)))) {
+    fn trailers_round_trip(code in 0u64..17, message in ".{0,60}", md in metadata(), t in proptest::option::of(0u64..(1 << 40)), p in proptest::option::of((0u64..(1 << 40), 0u64..(1 << 40))), not_run in any::<bool>()) {
         let proxy = p.map(|(inside, upstream)| ProxyTime { inside: Duration::from_micros(inside), upstream: Duration::from_micros(upstream) });
-        let tr = Trailers { code: Code::from_u64(code), message, metadata: md, server_time: t.map(Duration::from_micros), proxy };
+        let tr = Trailers { code: Code::from_u64(code), message, metadata: md, server_time: t.map(Duration::from_micros), proxy, not_run: not_run && code != 0 };
         let mut out = BytesMut::new();
         tr.put_frame(&mut out);
         let mut dec = FrameDecoder::new(WireLimits::default());

@@ -426,6 +426,20 @@ impl Inner {
         })
     }
 
+    /// Whether a call that finds no usable server should wait a little: at start-up, while
+    /// some server has never connected but may still (its first dial is under way), or
+    /// while membership is still empty. Once every server has been tried and ejected,
+    /// calls fail at once instead.
+    fn may_still_connect(&self) -> bool {
+        let now = Instant::now();
+        let st = self.lock();
+        st.servers.is_empty()
+            || st
+                .servers
+                .values()
+                .any(|s| !s.ever_connected && s.load.health.is_available(now))
+    }
+
     /// Records an attempt's outcome.
     fn finish(&self, addr: SocketAddr, latency: Duration, timeout: Option<Duration>, failed: bool) {
         let now = Instant::now();
@@ -862,7 +876,8 @@ impl RegionCallBuilder {
                 // Nothing connected yet (startup): wait a little for the prober, as unary
                 // calls do.
                 let waited = started.elapsed() < Duration::from_secs(5)
-                    && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d);
+                    && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
+                    && inner.may_still_connect();
                 if tried.is_empty() && waited {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -886,8 +901,10 @@ impl RegionCallBuilder {
                 Err(s) => return Err(s),
             }
         }
+        // With no attempt made, nothing ran anywhere.
         Err(last.unwrap_or_else(|| {
             Status::unavailable(format!("no healthy region serves {:?}", self.method))
+                .mark_not_run()
         }))
     }
 
@@ -1030,6 +1047,7 @@ impl RegionCallBuilder {
                 else {
                     if attempts == 0
                         && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
+                        && inner.may_still_connect()
                     {
                         // Nothing connected yet (startup): wait a little for the prober.
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1037,8 +1055,10 @@ impl RegionCallBuilder {
                             continue;
                         }
                     }
+                    // With no attempt made, nothing ran anywhere.
                     return Err(last.unwrap_or_else(|| {
                         Status::unavailable(format!("no healthy region serves {:?}", self.method))
+                            .mark_not_run()
                     }));
                 };
                 attempts += 1;
