@@ -856,6 +856,15 @@ fn demo_quick_fails_over_without_losing_calls() {
     );
     assert!(text.contains("outage starts"), "{text}");
     assert!(text.contains("failed calls: 0"), "{text}");
+    // The proxy part: both hops reported, and `report` (only in `far`) went through it.
+    let proxy_part = text.split("Through a proxy").nth(1).unwrap_or_default();
+    assert!(proxy_part.contains("client<->proxy"), "{text}");
+    assert!(
+        proxy_part
+            .lines()
+            .any(|l| l.trim_start().starts_with("report") && l.contains("far-1")),
+        "{text}"
+    );
     // After the outage the calls went to `mid`.
     let after = text.split("outage starts").nth(1).unwrap_or_default();
     let mid_rows = after

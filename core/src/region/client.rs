@@ -482,9 +482,14 @@ async fn connect_server(inner: Weak<Inner>, addr: SocketAddr, ep: ServerEndpoint
         Ok(ch) => {
             debug!(server = %addr, region = %s.region, "connected");
             // The handshake already measured the round trip: use it at once, so the first
-            // calls go to the nearest region rather than to whichever answered first.
+            // calls go to the nearest region rather than to whichever answered first. A
+            // connection resumed with 0-RTT is usable before it heard from the server: its
+            // RTT is then QUIC's initial guess, not a measure, and the next probe tick
+            // brings the first real sample instead.
             let region = s.region.clone();
-            if let (Some(min), Some(srtt)) = (ch.stats().min_rtt, ch.stats().rtt) {
+            let stats = ch.stats();
+            let measured = stats.datagrams_received > 0;
+            if let (true, Some(min), Some(srtt)) = (measured, stats.min_rtt, stats.rtt) {
                 st.region_rtt
                     .entry(region.clone())
                     .or_default()

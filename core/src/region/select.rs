@@ -121,6 +121,8 @@ pub struct RegionSelector {
     ramp: Option<Ramp>,
     /// Since when some healthy region has continuously beaten the current one.
     better_since: Option<Instant>,
+    /// The current region was chosen while its RTT was unknown.
+    blind: bool,
     switches: u64,
 }
 
@@ -148,6 +150,7 @@ impl RegionSelector {
             current: None,
             ramp: None,
             better_since: None,
+            blind: false,
             switches: 0,
         }
     }
@@ -231,11 +234,23 @@ impl RegionSelector {
         if healthy.is_empty() {
             return None;
         }
-        let Some(current) = self.current.clone() else {
+        let Some(mut current) = self.current.clone() else {
             let first = self.best(&healthy, now)?;
+            self.blind = self.rtt(&first).is_none();
             self.current = Some(first.clone());
             return Some(first);
         };
+        if self.blind && healthy.iter().any(|r| self.rtt(r).is_some()) {
+            // The current region was chosen before its RTT was known: a guess, which gives
+            // way at once (no hysteresis, no ramp, no switch counted) to the first measures.
+            if let Some(best) = self.best(&healthy, now) {
+                self.blind = self.rtt(&best).is_none();
+                self.current = Some(best.clone());
+                self.ramp = None;
+                self.better_since = None;
+                current = best;
+            }
+        }
         if !candidates.contains(&current.as_str()) {
             // This method is not served by the current region: answer without moving.
             return self.best(&healthy, now);
@@ -386,6 +401,7 @@ impl RegionSelector {
         if self.current.as_deref() == Some(target.as_str()) {
             return;
         }
+        self.blind = self.rtt(&target).is_none();
         let from = self.current.replace(target.clone());
         if from.is_some() {
             self.switches = self.switches.saturating_add(1);
@@ -458,6 +474,34 @@ mod tests {
 
     const AB: [&str; 2] = ["a", "b"];
     const ABC: [&str; 3] = ["a", "b", "c"];
+
+    #[test]
+    fn a_blind_first_choice_gives_way_to_the_first_measured_rtt() {
+        let t0 = Instant::now();
+        let mut sel = RegionSelector::new();
+        sel.update("a", None, true, t0);
+        sel.update("b", None, true, t0);
+        // No RTT anywhere: a guess (by name).
+        assert_eq!(sel.choose(&AB, t0, 1).as_deref(), Some("a"));
+        // The first figure arrives, for b: b at once, no ramp, not counted as a switch.
+        sel.update("b", Some(ms(40)), true, t0 + ms(10));
+        assert_eq!(sel.choose(&AB, t0 + ms(10), 2).as_deref(), Some("b"));
+        assert!(sel.ramp().is_none());
+        assert_eq!(sel.switches(), 0);
+        // From then on, the usual hysteresis: a nearer a must win for 1 s before moving.
+        sel.update("a", Some(ms(5)), true, t0 + ms(20));
+        assert_eq!(sel.choose(&AB, t0 + ms(20), 3).as_deref(), Some("b"));
+
+        // A guess whose own RTT arrives together with a better region's: still a guess.
+        let mut sel = RegionSelector::new();
+        sel.update("a", None, true, t0);
+        sel.update("b", None, true, t0);
+        assert_eq!(sel.choose(&AB, t0, 1).as_deref(), Some("a"));
+        sel.update("a", Some(ms(120)), true, t0 + ms(10));
+        sel.update("b", Some(ms(40)), true, t0 + ms(10));
+        assert_eq!(sel.choose(&AB, t0 + ms(10), 2).as_deref(), Some("b"));
+        assert_eq!(sel.switches(), 0);
+    }
 
     /// Counts, over `[from, to)` in steps of `step`, how many choices went to each
     /// region, with a counter as the random input.

@@ -5,8 +5,9 @@
 //! servers), `mid` (40 ms) and `far` (120 ms, the only region serving `report`). One
 //! region client, configured from a TOML region file, measures the RTT to every region,
 //! sends each call to the nearest healthy region that serves it, then survives an outage
-//! of the nearest region and comes back after it recovers. Everything it does is written
-//! as tables.
+//! of the nearest region and comes back after it recovers. Last, the same calls go
+//! through a region proxy, and each call's time is split by hop. Everything it does is
+//! written as tables.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), meridian::testing::demo::DemoError> {
@@ -228,7 +229,7 @@ pub async fn run(out: &mut dyn Write, options: &DemoOptions) -> Result<(), DemoE
     writeln!(out, "  near: 2 servers, 5 ms RTT | mid: 1 server, 40 ms | far: 1 server, 120 ms (only one serving `report`)\n")?;
 
     let tls = ClientTls::with_roots([ca.certificate().clone()])?;
-    let client = RegionClient::builder(StaticDiscovery::new(map), tls).build()?;
+    let client = RegionClient::builder(StaticDiscovery::new(map), tls.clone()).build()?;
 
     // 1. Find the nearest region.
     let t = Instant::now();
@@ -335,6 +336,93 @@ pub async fn run(out: &mut dyn Write, options: &DemoOptions) -> Result<(), DemoE
         writeln!(out, "  failed calls: {failures}")?;
         print_regions(out, &client)?;
     }
+    // 5. The same regions through a proxy, with the time of each hop.
+    writeln!(
+        out,
+        "\n5. Through a proxy 10 ms away (it routes like the client did); where each call's time went:"
+    )?;
+    let proxy = crate::proxy::Proxy::builder(
+        RegionClient::builder(
+            StaticDiscovery::new(RegionMap::from_toml_str(&toml)?),
+            tls.clone(),
+        )
+        .build()?,
+    )
+    .region("edge")
+    .bind(
+        "127.0.0.1:0".parse()?,
+        ServerTls::new(ca.issue_server(&["localhost"])?),
+    )
+    .await?;
+    let to_proxy = LinkEmulator::start(
+        proxy.local_addr(),
+        LinkSettings::with_rtt(Duration::from_millis(10)),
+    )
+    .await?;
+    let channel = crate::Channel::builder(to_proxy.addr(), tls)
+        .connect()
+        .await?;
+    // The proxy's own region client measures RTTs from scratch: let it settle where the
+    // demo's client is (a few hundred ms).
+    let settled = client.stats().current_region;
+    let t = Instant::now();
+    let mut streak = 0;
+    while t.elapsed() < Duration::from_secs(5) && streak < 5 {
+        let r = channel
+            .call("where")
+            .timeout(Duration::from_secs(5))
+            .unary::<_, (String, String)>(&())
+            .await;
+        if r.is_ok_and(|r| Some(&r.get_ref().0) == settled.as_ref()) {
+            streak += 1;
+        } else {
+            streak = 0;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    writeln!(
+        out,
+        "  {:<8} {:<8} {:>9} = {:>14} + {:>7} + {:>15} + {:>7}",
+        "call", "server", "total", "client<->proxy", "proxy", "proxy<->server", "server"
+    )?;
+    for method in ["where", "where", "report", "report"] {
+        let (server, timing) = if method == "where" {
+            let r = channel
+                .call(method)
+                .timeout(Duration::from_secs(5))
+                .unary::<_, (String, String)>(&())
+                .await?;
+            (r.get_ref().1.clone(), r.timing())
+        } else {
+            let r = channel
+                .call(method)
+                .timeout(Duration::from_secs(5))
+                .unary::<_, String>(&())
+                .await?;
+            ("far-1".to_string(), r.timing())
+        };
+        let us = |d: Option<Duration>| {
+            d.map(|d| format!("{:.0} µs", d.as_secs_f64() * 1e6))
+                .unwrap_or_else(|| "-".into())
+        };
+        writeln!(
+            out,
+            "  {:<8} {:<8} {:>9} = {:>14} + {:>7} + {:>15} + {:>7}",
+            method,
+            server,
+            ms(Some(timing.total())),
+            ms(timing.client_proxy_network()),
+            us(timing.proxy()),
+            ms(timing.proxy_server_network()),
+            us(timing.server()),
+        )?;
+    }
+    writeln!(
+        out,
+        "  (T_total = T_client_proxy + T_proxy_server: each part is measured on one machine's clock and reported in the call's TRAILERS)"
+    )?;
+    proxy.shutdown(Duration::from_millis(200)).await;
+
     let stats = client.stats();
     writeln!(
         out,
