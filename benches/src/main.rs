@@ -116,6 +116,28 @@ fn serve(args: &[String]) -> Result<()> {
     tokio::task::LocalSet::new().block_on(&runtime, kind.serve(addr, &identity, ready))
 }
 
+/// `50,120` -> 50 ms and 120 ms.
+fn parse_rtts(list: &str) -> Result<Vec<Duration>> {
+    Ok(list
+        .split(',')
+        .map(|ms| ms.parse().map(Duration::from_millis))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Prints a report section and, with `--append FILE`, adds it to FILE.
+fn print_and_append(section: &str, append: Option<&str>) -> Result<()> {
+    println!("{section}");
+    if let Some(file) = append {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)?;
+        writeln!(f, "\n{section}")?;
+    }
+    Ok(())
+}
+
 /// `connect [--rtts 50,120] [--runs 50] [--setups 200] [--append FILE]`.
 fn connect(args: &[String]) -> Result<()> {
     let mut plan = handshake::ConnectPlan {
@@ -128,12 +150,7 @@ fn connect(args: &[String]) -> Result<()> {
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "--rtts" => {
-                plan.rtts = value()?
-                    .split(',')
-                    .map(|ms| ms.parse().map(Duration::from_millis))
-                    .collect::<Result<_, _>>()?
-            }
+            "--rtts" => plan.rtts = parse_rtts(value()?)?,
             "--runs" => plan.runs = value()?.parse()?,
             "--setups" => plan.setups = value()?.parse()?,
             "--append" => append = Some(value()?.clone()),
@@ -147,16 +164,7 @@ fn connect(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     let section = tokio::task::LocalSet::new().block_on(&runtime, handshake::run(&plan))?;
-    println!("{section}");
-    if let Some(file) = append {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(file)?;
-        writeln!(f, "\n{section}")?;
-    }
-    Ok(())
+    print_and_append(&section, append.as_deref())
 }
 
 /// `proxy [--rtts 5,50] [--calls 200] [--append FILE]`.
@@ -170,12 +178,7 @@ fn proxy(args: &[String]) -> Result<()> {
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "--rtts" => {
-                plan.rtts = value()?
-                    .split(',')
-                    .map(|ms| ms.parse().map(Duration::from_millis))
-                    .collect::<Result<_, _>>()?
-            }
+            "--rtts" => plan.rtts = parse_rtts(value()?)?,
             "--calls" => plan.calls = value()?.parse()?,
             "--append" => append = Some(value()?.clone()),
             other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
@@ -188,16 +191,7 @@ fn proxy(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     let section = runtime.block_on(proxy_wan::run(&plan))?;
-    println!("{section}");
-    if let Some(file) = append {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(file)?;
-        writeln!(f, "\n{section}")?;
-    }
-    Ok(())
+    print_and_append(&section, append.as_deref())
 }
 
 /// `run [--quick] [--kinds a,b,c] [--out FILE] [--no-pin]`: the driver.

@@ -736,24 +736,9 @@ fn proxy_forwards_calls_from_its_config_file() {
     assert_error(&o, 3, "proxy configuration");
 }
 
-/// A private etcd (real, on loopback), or `None` outside CI when etcd is not installed.
-fn start_etcd() -> Option<meridian::testing::etcd::EtcdProcess> {
-    match meridian::testing::etcd::EtcdProcess::start() {
-        Ok(e) => Some(e),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                && std::env::var("CI").as_deref() != Ok("true") =>
-        {
-            eprintln!("SKIPPED (no etcd; `bash scripts/etcd.sh install`): {e}");
-            None
-        }
-        Err(e) => panic!("cannot start etcd: {e}"),
-    }
-}
-
 #[test]
 fn servers_register_in_etcd_and_clients_find_them_there() {
-    let Some(etcd) = start_etcd() else {
+    let Some(etcd) = meridian::testing::etcd::EtcdProcess::start_or_skip() else {
         return;
     };
     let url = etcd.endpoint();

@@ -23,21 +23,6 @@ use meridian::{ClientTls, DevCa, Method, Server, ServerTls};
 
 const TTL: Duration = Duration::from_secs(2);
 
-/// Starts a private etcd, or skips the test (outside CI) when there is no etcd binary.
-fn start_etcd() -> Option<EtcdProcess> {
-    match EtcdProcess::start() {
-        Ok(e) => Some(e),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                && std::env::var("CI").as_deref() != Ok("true") =>
-        {
-            eprintln!("SKIPPED (no etcd; `bash scripts/etcd.sh install`): {e}");
-            None
-        }
-        Err(e) => panic!("cannot start etcd: {e}"),
-    }
-}
-
 fn config(etcd: &EtcdProcess) -> EtcdConfig {
     EtcdConfig::new([etcd.endpoint()])
         .lease_ttl(TTL)
@@ -205,7 +190,9 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_server_is_found_and_called() {
-    let Some(etcd) = start_etcd() else { return };
+    let Some(etcd) = EtcdProcess::start_or_skip() else {
+        return;
+    };
     let cfg = config(&etcd);
     let ca = DevCa::new().unwrap();
     let site = Site::start(&ca, &cfg, "eu", "eu-1", 2).await;
@@ -258,7 +245,9 @@ async fn a_registered_server_is_found_and_called() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_disappears_after_its_lease_expires() {
-    let Some(etcd) = start_etcd() else { return };
+    let Some(etcd) = EtcdProcess::start_or_skip() else {
+        return;
+    };
     let cfg = config(&etcd);
     let ca = DevCa::new().unwrap();
     let a = Site::start(&ca, &cfg, "r", "a", 2).await;
@@ -335,7 +324,9 @@ async fn a_killed_server_disappears_after_its_lease_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_server_in_a_nearer_region_is_picked_up() {
-    let Some(etcd) = start_etcd() else { return };
+    let Some(etcd) = EtcdProcess::start_or_skip() else {
+        return;
+    };
     let cfg = config(&etcd);
     let ca = DevCa::new().unwrap();
     let _mid = Site::start(&ca, &cfg, "mid", "m1", 40).await;
@@ -387,7 +378,9 @@ async fn a_new_server_in_a_nearer_region_is_picked_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restarting_while_calls_flow_loses_nothing() {
-    let Some(mut etcd) = start_etcd() else { return };
+    let Some(mut etcd) = EtcdProcess::start_or_skip() else {
+        return;
+    };
     let cfg = config(&etcd);
     let ca = DevCa::new().unwrap();
     let a = Site::start(&ca, &cfg, "r", "a", 2).await;
@@ -452,7 +445,9 @@ async fn etcd_restarting_while_calls_flow_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_see_the_same_membership() {
-    let Some(etcd) = start_etcd() else { return };
+    let Some(etcd) = EtcdProcess::start_or_skip() else {
+        return;
+    };
     let cfg = config(&etcd);
     let ca = DevCa::new().unwrap();
     let mut sites = vec![
@@ -517,7 +512,7 @@ async fn two_clients_see_the_same_membership() {
 /// after the proxy started, and stops using one that left.
 #[tokio::test]
 async fn a_proxy_follows_etcd_membership() {
-    let Some(etcd) = start_etcd() else {
+    let Some(etcd) = EtcdProcess::start_or_skip() else {
         return;
     };
     let cfg = config(&etcd);

@@ -701,40 +701,32 @@ async fn a_client_reaches_regions_through_their_proxies() {
         .servers
         .iter()
         .all(|s| links.iter().any(|l| l.addr() == s.addr)));
+    // `n` calls 10 ms apart: (failures, the last answer).
+    let calls = |n: usize| {
+        let client = client.clone();
+        async move {
+            let (mut errors, mut last) = (0, String::new());
+            for _ in 0..n {
+                match client
+                    .call("whoami")
+                    .timeout(Duration::from_secs(5))
+                    .unary::<_, String>(&())
+                    .await
+                {
+                    Ok(r) => last = r.into_inner(),
+                    Err(_) => errors += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (errors, last)
+        }
+    };
     // One near proxy goes dark: calls go on through its sibling, still in "near".
     links[0].set_outage(true);
-    let mut errors = 0;
-    let mut last = String::new();
-    for _ in 0..100 {
-        match client
-            .call("whoami")
-            .timeout(Duration::from_secs(5))
-            .unary::<_, String>(&())
-            .await
-        {
-            Ok(r) => last = r.into_inner(),
-            Err(_) => errors += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(errors, 0);
-    assert_eq!(last, "near-1");
+    assert_eq!(calls(100).await, (0, "near-1".to_string()));
     // Both near proxies dark: the far region's proxies take over.
     links[1].set_outage(true);
-    for _ in 0..150 {
-        match client
-            .call("whoami")
-            .timeout(Duration::from_secs(5))
-            .unary::<_, String>(&())
-            .await
-        {
-            Ok(r) => last = r.into_inner(),
-            Err(_) => errors += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(errors, 0);
-    assert_eq!(last, "far-1");
+    assert_eq!(calls(150).await, (0, "far-1".to_string()));
 }
 
 /// A raw QUIC connection to the proxy, for sending what no client would.

@@ -35,24 +35,34 @@ fn transport_config() -> TransportConfig {
     }
 }
 
+/// The bench's certificate as Meridian's identity type.
+fn meridian_identity(identity: &Identity) -> meridian::Identity {
+    meridian::Identity {
+        chain: vec![identity.cert_der.clone()],
+        key: PrivateKeyDer::Pkcs8(identity.key_der.clone_key()),
+    }
+}
+
+/// The echo server every Meridian kind calls.
+async fn echo_server(addr: SocketAddr, identity: &Identity) -> Result<Server> {
+    Ok(Server::builder()
+        .transport(transport_config())
+        .no_local_registry()
+        // Idempotent, so a resumed client may send it in 0-RTT data (the connect
+        // benchmark measures that).
+        .unary_raw(
+            Method::new("echo").idempotent(),
+            |payload: Bytes, _| async move { Ok(payload) },
+        )
+        .bind(addr, ServerTls::new(meridian_identity(identity)))
+        .await?)
+}
+
 impl Transport for Meridian {
     type Client = MeridianClient;
 
     async fn serve(addr: SocketAddr, identity: &Identity, ready: Ready) -> Result<()> {
-        let id = meridian::Identity {
-            chain: vec![identity.cert_der.clone()],
-            key: PrivateKeyDer::Pkcs8(identity.key_der.clone_key()),
-        };
-        let server = Server::builder()
-            .transport(transport_config())
-            // Idempotent, so a resumed client may send it in 0-RTT data (the connect
-            // benchmark measures that).
-            .unary_raw(
-                Method::new("echo").idempotent(),
-                |payload: Bytes, _| async move { Ok(payload) },
-            )
-            .bind(addr, ServerTls::new(id))
-            .await?;
+        let server = echo_server(addr, identity).await?;
         ready.announce(server.local_addr());
         // Serve until the process is ended.
         std::future::pending::<()>().await;
@@ -81,19 +91,7 @@ impl Transport for MeridianViaProxy {
     type Client = MeridianClient;
 
     async fn serve(addr: SocketAddr, identity: &Identity, ready: Ready) -> Result<()> {
-        let id = meridian::Identity {
-            chain: vec![identity.cert_der.clone()],
-            key: PrivateKeyDer::Pkcs8(identity.key_der.clone_key()),
-        };
-        let server = Server::builder()
-            .transport(transport_config())
-            .no_local_registry()
-            .unary_raw(
-                Method::new("echo").idempotent(),
-                |payload: Bytes, _| async move { Ok(payload) },
-            )
-            .bind(addr, ServerTls::new(id.clone()))
-            .await?;
+        let server = echo_server(addr, identity).await?;
         let mut map = RegionMap::new();
         map.add_server(
             "local",
@@ -107,7 +105,7 @@ impl Transport for MeridianViaProxy {
         .build()?;
         let proxy = Proxy::builder(upstream)
             .transport(transport_config())
-            .bind(addr, ServerTls::new(id))
+            .bind(addr, ServerTls::new(meridian_identity(identity)))
             .await?;
         if !proxy
             .upstream()

@@ -75,6 +75,23 @@ impl EtcdProcess {
         Ok(etcd)
     }
 
+    /// [`start`](Self::start) for tests: with no etcd binary, `None` (and a note on
+    /// stderr) so the test can skip, except under `CI=true`, where that panics like any
+    /// other failure to start, since CI installs etcd first.
+    pub fn start_or_skip() -> Option<EtcdProcess> {
+        match EtcdProcess::start() {
+            Ok(e) => Some(e),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && std::env::var("CI").as_deref() != Ok("true") =>
+            {
+                eprintln!("SKIPPED (no etcd; `bash scripts/etcd.sh install`): {e}");
+                None
+            }
+            Err(e) => panic!("cannot start etcd: {e}"),
+        }
+    }
+
     /// The client URL, e.g. `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)

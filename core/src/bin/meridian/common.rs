@@ -290,37 +290,40 @@ pub struct CallOptions {
     pub key: Option<String>,
 }
 
+/// Applies `--timeout`, `--metadata` and `--routing-key` to a call builder (a channel's or
+/// a region client's: both have the same option methods).
+macro_rules! with_options {
+    ($call:expr, $o:expr) => {{
+        let (mut c, o) = ($call, $o);
+        if let Some(t) = o.timeout {
+            c = c.timeout(t);
+        }
+        for (k, v) in &o.metadata {
+            c = c.metadata(k.clone(), v.clone().into_bytes());
+        }
+        if let Some(key) = &o.key {
+            c = c.routing_key(key.clone().into_bytes());
+        }
+        c
+    }};
+}
+
 impl Target {
     /// A unary call with `Value` messages.
     pub async fn unary(&self, method: &str, o: &CallOptions, req: &Value) -> Result<Value, Status> {
-        match self {
+        let response = match self {
             Target::Direct(ch) => {
-                let mut c = ch.call(method).codec(Codec::Value);
-                if let Some(t) = o.timeout {
-                    c = c.timeout(t);
-                }
-                for (k, v) in &o.metadata {
-                    c = c.metadata(k.clone(), v.clone().into_bytes());
-                }
-                if let Some(key) = &o.key {
-                    c = c.routing_key(key.clone().into_bytes());
-                }
-                c.unary(req).await.map(|r| r.into_inner())
+                with_options!(ch.call(method).codec(Codec::Value), o)
+                    .unary(req)
+                    .await?
             }
             Target::Routed(client, _) => {
-                let mut c = client.call(method).codec(Codec::Value);
-                if let Some(t) = o.timeout {
-                    c = c.timeout(t);
-                }
-                for (k, v) in &o.metadata {
-                    c = c.metadata(k.clone(), v.clone().into_bytes());
-                }
-                if let Some(key) = &o.key {
-                    c = c.routing_key(key.clone().into_bytes());
-                }
-                c.unary(req).await.map(|r| r.into_inner())
+                with_options!(client.call(method).codec(Codec::Value), o)
+                    .unary(req)
+                    .await?
             }
-        }
+        };
+        Ok(response.into_inner())
     }
 
     /// A server-streaming call with `Value` messages.
@@ -332,30 +335,14 @@ impl Target {
     ) -> Result<Streaming<Value>, Status> {
         match self {
             Target::Direct(ch) => {
-                let mut c = ch.call(method).codec(Codec::Value);
-                if let Some(t) = o.timeout {
-                    c = c.timeout(t);
-                }
-                for (k, v) in &o.metadata {
-                    c = c.metadata(k.clone(), v.clone().into_bytes());
-                }
-                if let Some(key) = &o.key {
-                    c = c.routing_key(key.clone().into_bytes());
-                }
-                c.server_streaming(req).await
+                with_options!(ch.call(method).codec(Codec::Value), o)
+                    .server_streaming(req)
+                    .await
             }
             Target::Routed(client, _) => {
-                let mut c = client.call(method).codec(Codec::Value);
-                if let Some(t) = o.timeout {
-                    c = c.timeout(t);
-                }
-                for (k, v) in &o.metadata {
-                    c = c.metadata(k.clone(), v.clone().into_bytes());
-                }
-                if let Some(key) = &o.key {
-                    c = c.routing_key(key.clone().into_bytes());
-                }
-                c.server_streaming(req).await
+                with_options!(client.call(method).codec(Codec::Value), o)
+                    .server_streaming(req)
+                    .await
             }
         }
     }
