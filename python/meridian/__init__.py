@@ -26,7 +26,7 @@ arguments travel.
 """
 
 from ._native import __version__, roundtrip
-from .client import AsyncRPCClient, ResponseIterator, RPCClient
+from .client import AsyncRPCClient, CallTiming, Reply, ResponseIterator, RPCClient
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -56,6 +56,8 @@ __all__ = [
     "RPCClient",
     "AsyncRPCClient",
     "ResponseIterator",
+    "Reply",
+    "CallTiming",
     "StatusCode",
     "RpcError",
     "Cancelled",

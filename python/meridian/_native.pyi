@@ -81,6 +81,14 @@ class NativeClient:
         metadata: Optional[dict[str, Union[str, bytes]]] = None,
         key: Optional[Union[str, bytes]] = None,
     ) -> Any: ...
+    def call_detailed(
+        self,
+        method: str,
+        args: Any,
+        timeout: Optional[float] = None,
+        metadata: Optional[dict[str, Union[str, bytes]]] = None,
+        key: Optional[Union[str, bytes]] = None,
+    ) -> Tuple[Any, dict[str, bytes], dict[str, Optional[float]]]: ...
     def call_async(
         self,
         method: str,

@@ -8,6 +8,7 @@ balanced inside the region, failing over when a region goes dark.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import (
     Any,
     AsyncIterator,
@@ -24,7 +25,7 @@ from typing import (
 from . import _args
 from ._native import NativeClient, NativeStream
 
-__all__ = ["RPCClient", "AsyncRPCClient"]
+__all__ = ["RPCClient", "AsyncRPCClient", "Reply", "CallTiming"]
 
 Metadata = Mapping[str, Union[str, bytes]]
 Key = Union[str, bytes]
@@ -159,6 +160,28 @@ class RPCClient(_Base):
             key=key,
         )
 
+    def call_detailed(
+        self,
+        method: str,
+        *args: Any,
+        timeout: Optional[float] = _UNSET,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> "Reply":
+        """:meth:`call`, returning a :class:`Reply`: the result, the trailing metadata the
+        server sent, and where the call's time went (:class:`CallTiming`)."""
+        value, trailers, timing = self._native.call_detailed(
+            method,
+            _args.pack(args, kwargs),
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+        total = timing.pop("total")
+        assert total is not None
+        return Reply(value, trailers, CallTiming(total=total, **timing))
+
     def stream(
         self,
         method: str,
@@ -196,6 +219,38 @@ class RPCClient(_Base):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class CallTiming:
+    """Where one call's time went, in seconds.
+
+    ``total`` is the client's own measure, from sending the call to its last byte back.
+    The server (and a proxy, if the call went through one) report their own times in the
+    call's trailers, each measured on one machine's clock, so the parts add up to
+    ``total`` exactly: ``network + server`` for a direct call, and
+    ``client_proxy_network + proxy + proxy_server_network + server`` through a proxy.
+    A part that does not apply is ``None``.
+    """
+
+    total: float
+    server: Optional[float]
+    network: Optional[float]
+    proxy: Optional[float]
+    client_proxy_network: Optional[float]
+    proxy_server_network: Optional[float]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What :meth:`RPCClient.call_detailed` returns."""
+
+    value: Any
+    """The result, as :meth:`RPCClient.call` would return it."""
+    metadata: Dict[str, bytes]
+    """The trailing metadata the server sent."""
+    timing: CallTiming
+    """Where the call's time went."""
 
 
 class _Method:

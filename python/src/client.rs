@@ -123,10 +123,16 @@ impl CallSpec {
     }
 
     async fn unary(self, client: RegionClient) -> Result<Value, Status> {
+        self.unary_response(client).await.map(|r| r.into_inner())
+    }
+
+    async fn unary_response(
+        self,
+        client: RegionClient,
+    ) -> Result<meridian::Response<Value>, Status> {
         self.builder(&client)
             .unary::<Value, Value>(&self.args)
             .await
-            .map(|r| r.into_inner())
     }
 
     async fn open_stream(self, client: RegionClient) -> Result<Streaming<Value>, Status> {
@@ -301,6 +307,40 @@ impl NativeClient {
             Ok(v) => to_python(py, &v),
             Err(status) => Err(status_to_pyerr(py, &status)),
         }
+    }
+
+    /// A blocking unary call that also returns the trailing metadata and where the time
+    /// went: `(result, {key: bytes}, {part: seconds or None})`.
+    #[pyo3(signature = (method, args, timeout=None, metadata=None, key=None))]
+    fn call_detailed<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        args: &Bound<'py, PyAny>,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'py, PyDict>>,
+        key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
+        let client = self.region_client()?;
+        let response = match wait(py, spec.unary_response(client))? {
+            Ok(r) => r,
+            Err(status) => return Err(status_to_pyerr(py, &status)),
+        };
+        let trailers = PyDict::new(py);
+        for (k, v) in response.metadata().iter() {
+            trailers.set_item(k, PyBytes::new(py, v))?;
+        }
+        let t = response.timing();
+        let timing = PyDict::new(py);
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        timing.set_item("total", t.total().as_secs_f64())?;
+        timing.set_item("server", secs(t.server()))?;
+        timing.set_item("network", secs(t.network()))?;
+        timing.set_item("proxy", secs(t.proxy()))?;
+        timing.set_item("client_proxy_network", secs(t.client_proxy_network()))?;
+        timing.set_item("proxy_server_network", secs(t.proxy_server_network()))?;
+        Ok((to_python(py, response.get_ref())?, trailers, timing))
     }
 
     /// Starts a unary call and returns at once; `done(ok, result)` is called from a

@@ -129,3 +129,28 @@ def test_stream_timeout(make_server, region):
     with pytest.raises(meridian.DeadlineExceeded):
         next(it)
     assert time.monotonic() - started < 1.5
+
+
+def test_call_detailed_reports_where_the_time_went(make_server, region):
+    server = make_server(region)
+
+    @server.rpc
+    def slow_add(a, b):
+        time.sleep(0.05)
+        return a + b
+
+    client = RPCClient(region, timeout=10)
+    reply = client.call_detailed("slow_add", 1, 2)
+    assert isinstance(reply, meridian.Reply)
+    assert reply.value == 3
+    assert isinstance(reply.metadata, dict)
+    t = reply.timing
+    assert isinstance(t, meridian.CallTiming)
+    # The handler's 50 ms are on the server's side of the split; the rest is network.
+    assert t.server is not None and t.server >= 0.05
+    assert t.network is not None and t.network >= 0
+    assert abs(t.network + t.server - t.total) < 1e-5
+    # A direct call: no proxy parts.
+    assert t.proxy is None and t.client_proxy_network is None and t.proxy_server_network is None
+    with pytest.raises(meridian.Unimplemented):
+        client.call_detailed("no_such_method", 1)
