@@ -49,6 +49,18 @@ fn backend(id: &str, region: &str, seen: Arc<Seen>) -> ServerBuilder {
             Method::new("add").idempotent(),
             |(a, b): (i64, i64), _| async move { Ok(a + b) },
         )
+        .unary(Method::new("maybe_slow").idempotent(), |(): (), _| {
+            // Every 20th call (counted over all servers, so no balancer can avoid it) takes
+            // 300 ms: a 5% tail.
+            static CALLS: AtomicU64 = AtomicU64::new(0);
+            let slow = CALLS.fetch_add(1, Ordering::Relaxed) % 20 == 19;
+            async move {
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok(())
+            }
+        })
         .unary("echo_meta", |(): (), ctx| async move {
             // Echoes a request metadata entry and the routing key, and adds a trailer.
             ctx.set_trailer("served-by", "backend");
@@ -1022,4 +1034,42 @@ async fn a_call_no_server_took_is_known_not_run_and_moves_to_another_proxy() {
     println!("attempts through the broken proxy: {through_b}, all sent again through the other");
     assert!(through_b >= 1, "the broken proxy was never tried");
     assert!(stats.retries >= through_b);
+}
+
+#[tokio::test]
+async fn the_proxy_hedges_like_a_region_client() {
+    let rig = Rig::start_with(&[("eu", "eu-1", 0), ("eu", "eu-2", 0)], |b| {
+        b.hedge("maybe_slow").retry_budget(0.2)
+    })
+    .await;
+    let ch = rig.channel().await;
+    let call = || async {
+        let t = Instant::now();
+        ch.call("maybe_slow")
+            .timeout(Duration::from_secs(5))
+            .unary::<_, ()>(&())
+            .await
+            .unwrap();
+        t.elapsed()
+    };
+    // Warm-up: the hedge delay is the observed p95, known after some calls.
+    for _ in 0..200 {
+        call().await;
+    }
+    let before = rig.proxy.upstream().stats();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..300 {
+        slowest = slowest.max(call().await);
+    }
+    let stats = rig.proxy.upstream().stats();
+    let (hedges, won) = (
+        stats.hedges - before.hedges,
+        stats.hedges_won - before.hedges_won,
+    );
+    println!("through the proxy: slowest of 300 {slowest:?}, {hedges} hedges, {won} won");
+    assert!(won >= 1, "no hedge answered first");
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a 300 ms call was not hedged: {slowest:?}"
+    );
 }
