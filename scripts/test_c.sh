@@ -93,7 +93,8 @@ run_suite() { # run_suite PREFIX...: the three cross-language suites, under PREF
     echo "-- C client -> Rust server"
     mkdir -p "$WORK/rust"
     start_server rust "$LIBDIR/meridian-test-server" "$WORK/rust"
-    timeout 300 "$@" "$OUT/c_client" "$PORT" "$WORK/rust/ca.pem"
+    PROXY_PORT=$(sed -n 's/^PROXY_PORT //p' "$WORK/rust.out")
+    timeout 300 "$@" "$OUT/c_client" "$PORT" "$WORK/rust/ca.pem" "$PROXY_PORT"
     stop_server rust
 
     echo "-- Rust client -> C server"

@@ -468,6 +468,19 @@ meridian_status meridian_response_metadata_get(const struct meridian_response *r
 meridian_status meridian_response_server_time_us(const struct meridian_response *response,
                                                  uint64_t *us_out);
 
+// Where a call through a region proxy spent its time (microseconds): the network time
+// client <-> proxy, the proxy's own time, and the network time proxy <-> server, as the
+// proxy reported them. With `meridian_response_server_time_us` they add up to the last
+// attempt's total. `MERIDIAN_NOT_PRESENT` for a call that went to a server directly;
+// nothing is written on failure.
+//
+// # Safety
+// `response` is live; the three out-pointers are writable.
+meridian_status meridian_response_proxy_hops_us(const struct meridian_response *response,
+                                                uint64_t *client_proxy_us_out,
+                                                uint64_t *proxy_us_out,
+                                                uint64_t *proxy_server_us_out);
+
 // The whole call as the client saw it, from start to response (microseconds).
 //
 // # Safety

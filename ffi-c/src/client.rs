@@ -544,6 +544,17 @@ pub struct meridian_response {
     metadata: Metadata,
     server_time: Option<Duration>,
     total_time: Duration,
+    /// Through a proxy: client <-> proxy network, proxy, proxy <-> server network.
+    hops: Option<[Duration; 3]>,
+}
+
+/// The three proxy hops of a call's timing, when it went through a proxy.
+fn hops(t: &mcore::CallTiming) -> Option<[Duration; 3]> {
+    Some([
+        t.client_proxy_network()?,
+        t.proxy()?,
+        t.proxy_server_network()?,
+    ])
 }
 
 /// A request ready to go: its payload in the codec the call uses.
@@ -570,16 +581,15 @@ async fn unary(
     options: meridian_call_options,
 ) -> Result<meridian_response, Fail> {
     let started = Instant::now();
-    let (body, metadata, server_time) = match (&target, request) {
+    let (body, metadata, timing) = match (&target, request) {
         (Target::Channel(ch), Request::Raw(req)) => {
             let r = apply_options!(ch.call(method), options)
                 .unary_raw(req)
                 .await?;
-            let (md, st) = (r.metadata().clone(), r.server_time());
             let mut body = Vec::with_capacity(r.get_ref().len() + 1);
             body.extend_from_slice(r.get_ref());
             body.push(0);
-            (body, md, st)
+            (body, r.metadata().clone(), r.timing())
         }
         (Target::Channel(ch), Request::Json(v)) => {
             let call = apply_options!(ch.call(method), options).codec(Codec::Value);
@@ -587,18 +597,17 @@ async fn unary(
             (
                 json::from_value(r.get_ref())?,
                 r.metadata().clone(),
-                r.server_time(),
+                r.timing(),
             )
         }
         (Target::Region(rc), Request::Raw(req)) => {
             let r = apply_options!(rc.call(method), options)
                 .unary_raw(req)
                 .await?;
-            let (md, st) = (r.metadata().clone(), r.server_time());
             let mut body = Vec::with_capacity(r.get_ref().len() + 1);
             body.extend_from_slice(r.get_ref());
             body.push(0);
-            (body, md, st)
+            (body, r.metadata().clone(), r.timing())
         }
         (Target::Region(rc), Request::Json(v)) => {
             let call = apply_options!(rc.call(method), options).codec(Codec::Value);
@@ -606,15 +615,16 @@ async fn unary(
             (
                 json::from_value(r.get_ref())?,
                 r.metadata().clone(),
-                r.server_time(),
+                r.timing(),
             )
         }
     };
     Ok(meridian_response {
         body,
         metadata,
-        server_time,
+        server_time: timing.server(),
         total_time: started.elapsed(),
+        hops: hops(&timing),
     })
 }
 
@@ -902,6 +912,43 @@ pub unsafe extern "C" fn meridian_response_server_time_us(
         })?;
         // SAFETY: checked non-NULL above.
         unsafe { write_out(us_out, t.as_micros() as u64) };
+        Ok(())
+    })
+}
+
+/// Where a call through a region proxy spent its time (microseconds): the network time
+/// client <-> proxy, the proxy's own time, and the network time proxy <-> server, as the
+/// proxy reported them. With `meridian_response_server_time_us` they add up to the last
+/// attempt's total. `MERIDIAN_NOT_PRESENT` for a call that went to a server directly;
+/// nothing is written on failure.
+///
+/// # Safety
+/// `response` is live; the three out-pointers are writable.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_response_proxy_hops_us(
+    response: *const meridian_response,
+    client_proxy_us_out: *mut u64,
+    proxy_us_out: *mut u64,
+    proxy_server_us_out: *mut u64,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let r = unsafe { borrow(response, "response") }?;
+        out_ptr(client_proxy_us_out, "client_proxy_us_out")?;
+        out_ptr(proxy_us_out, "proxy_us_out")?;
+        out_ptr(proxy_server_us_out, "proxy_server_us_out")?;
+        let [a, b, c] = r.hops.ok_or_else(|| {
+            Fail::new(
+                meridian_status::MERIDIAN_NOT_PRESENT,
+                "the call did not go through a proxy",
+            )
+        })?;
+        // SAFETY: all three checked non-NULL above.
+        unsafe {
+            write_out(client_proxy_us_out, a.as_micros() as u64);
+            write_out(proxy_us_out, b.as_micros() as u64);
+            write_out(proxy_server_us_out, c.as_micros() as u64);
+        }
         Ok(())
     })
 }

@@ -1,11 +1,12 @@
-/* C client -> Rust server: `c_client PORT CA_PEM` calls meridian-test-server's typed Rust
- * handlers through JSON and raw bytes, and exits 0 when every check passed. */
+/* C client -> Rust server: `c_client PORT CA_PEM [PROXY_PORT]` calls meridian-test-server's
+ * typed Rust handlers through JSON and raw bytes (and, given PROXY_PORT, through the region
+ * proxy in front of it, reading each hop's time), and exits 0 when every check passed. */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: c_client PORT CA_PEM\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: c_client PORT CA_PEM [PROXY_PORT]\n");
         return 2;
     }
     meridian_client *client = connect_client((unsigned)atoi(argv[1]), argv[2]);
@@ -43,7 +44,34 @@ int main(int argc, char **argv) {
     uint64_t us = 0;
     EXPECT_STATUS(meridian_stream_server_time_us(stream, &us), MERIDIAN_OK);
     meridian_stream_free(stream);
+    /* A direct call has no proxy hops, and nothing is written. */
+    uint64_t hop[3] = {7, 7, 7};
+    MUST(meridian_client_unary(client, "add", MERIDIAN_PAYLOAD_JSON, (const uint8_t *)"[1, 2]", 6,
+                               NULL, &resp));
+    EXPECT_STATUS(meridian_response_proxy_hops_us(resp, &hop[0], &hop[1], &hop[2]),
+                  MERIDIAN_NOT_PRESENT);
+    EXPECT(hop[0] == 7 && hop[1] == 7 && hop[2] == 7);
+    EXPECT_STATUS(meridian_response_proxy_hops_us(resp, NULL, &hop[1], &hop[2]), MERIDIAN_NULL_PARAMETER);
+    meridian_response_free(resp);
+    resp = NULL;
     meridian_client_free(client);
+    if (argc == 4) {
+        /* Through the region proxy: same answer, and the time split by hop. */
+        meridian_client *via = connect_client((unsigned)atoi(argv[3]), argv[2]);
+        MUST(meridian_client_unary(via, "add", MERIDIAN_PAYLOAD_JSON, (const uint8_t *)"[10, 5]", 7,
+                                   NULL, &resp));
+        MUST(meridian_response_body(resp, &data, &len));
+        EXPECT(strcmp((const char *)data, "15") == 0);
+        uint64_t server = 0, total = 0;
+        EXPECT_STATUS(meridian_response_proxy_hops_us(resp, &hop[0], &hop[1], &hop[2]), MERIDIAN_OK);
+        EXPECT_STATUS(meridian_response_server_time_us(resp, &server), MERIDIAN_OK);
+        MUST(meridian_response_total_time_us(resp, &total));
+        /* The parts (each rounded down to a microsecond) fit in the whole call. */
+        EXPECT(hop[0] + hop[1] + hop[2] + server <= total);
+        EXPECT(hop[0] > 0 && hop[2] > 0);
+        meridian_response_free(resp);
+        meridian_client_free(via);
+    }
     if (failures) {
         fprintf(stderr, "c_client: %d check(s) failed\n", failures);
         return 1;

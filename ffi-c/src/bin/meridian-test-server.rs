@@ -1,8 +1,9 @@
 //! A small Rust Meridian server for the C tests and the C boundary benchmark.
 //!
 //! `meridian-test-server DIR` writes a development CA and server certificate into `DIR`
-//! (`ca.pem`, `server.pem`, `server.key`), serves on a free loopback port, prints
-//! `PORT <n>` on stdout, and stops when its stdin closes.
+//! (`ca.pem`, `server.pem`, `server.key`), serves on a free loopback port, starts a region
+//! proxy in front of that server on another port, prints `PROXY_PORT <n>` then `PORT <n>`
+//! on stdout, and stops when its stdin closes.
 //!
 //! Methods: `add` (typed `(i64, i64) -> i64`, so a C JSON call `[10, 5]` reaches a typed
 //! Rust handler), `echo` (raw bytes), `count` (typed server streaming: `n -> 0..n`).
@@ -10,7 +11,9 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use mcore::{DevCa, Method, ResponseSink, Server, ServerTls, Status};
+use mcore::proxy::Proxy;
+use mcore::region::{RegionClient, RegionMap, ServerEndpoint, StaticDiscovery};
+use mcore::{ClientTls, DevCa, Method, ResponseSink, Server, ServerTls, Status};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,10 +46,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(())
             },
         )
+        .bind("127.0.0.1:0".parse()?, ServerTls::new(id.clone()))
+        .await?;
+    let mut map = RegionMap::new();
+    map.add_server(
+        "rust",
+        ServerEndpoint::new(server.local_addr(), "localhost"),
+    );
+    let upstream = RegionClient::builder(
+        StaticDiscovery::new(map),
+        ClientTls::with_roots([ca.certificate().clone()])?,
+    )
+    .build()?;
+    let proxy = Proxy::builder(upstream)
         .bind("127.0.0.1:0".parse()?, ServerTls::new(id))
         .await?;
+    if !proxy.upstream().ready("add", Duration::from_secs(5)).await {
+        return Err("the proxy cannot reach the server".into());
+    }
     {
         let mut out = std::io::stdout().lock();
+        writeln!(out, "PROXY_PORT {}", proxy.local_addr().port())?;
         writeln!(out, "PORT {}", server.local_addr().port())?;
         out.flush()?;
     }
@@ -60,6 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     })
     .await?;
+    proxy.shutdown(Duration::from_millis(500)).await;
     server.shutdown(Duration::from_millis(500)).await;
     Ok(())
 }
