@@ -192,8 +192,10 @@ async fn main() -> Result<(), BoxError> {
     }
     let stats = client.stats();
     println!(
-        "  calls: {}, retried: {}, now served from {:?}",
-        stats.calls, stats.retries, stats.current_region
+        "  calls: {}, retried: {}, now served from {}",
+        stats.calls,
+        stats.retries,
+        stats.current_region.as_deref().unwrap_or("no region")
     );
 
     for site in sites.iter_mut() {
