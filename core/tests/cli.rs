@@ -695,13 +695,14 @@ fn proxy_forwards_calls_from_its_config_file() {
     }
     let _proxy = Kill(child);
     let target = addr.to_string();
-    // A call through the proxy, and its catalog (the upstream's) from its HELLO.
+    // A call through the proxy, with the time of each hop.
     let o = run(
         &[
             "call",
             "--connect",
             &target,
             "--insecure-dev",
+            "--timing",
             "add",
             "10",
             "5",
@@ -710,6 +711,28 @@ fn proxy_forwards_calls_from_its_config_file() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "15");
+    let err = stderr(&o);
+    assert!(
+        err.contains("client<->proxy") && err.contains("proxy<->server"),
+        "{err}"
+    );
+    // Directly to the server: network + server.
+    let direct = server.addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &direct,
+            "--insecure-dev",
+            "--timing",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("= network"), "{}", stderr(&o));
     let o = run(
         &[
             "call",

@@ -38,6 +38,10 @@ pub struct CallArgs {
     /// Machine-readable output: one JSON value per line.
     #[arg(long)]
     pub json: bool,
+    /// After a unary call, print on stderr where its time went: network and server, and
+    /// each hop through a proxy (from the times reported in the call's trailers).
+    #[arg(long)]
+    pub timing: bool,
     #[command(flatten)]
     pub target: TargetArgs,
 }
@@ -47,6 +51,7 @@ const CALL_HELP: &str = "Examples:
   meridian call --connect 127.0.0.1:7000 --insecure-dev echo '{\"a\": [1, 2.5, null]}'
   meridian call --regions regions.toml --ca ca.pem count 3        (one JSON line per message)
   meridian call --connect 127.0.0.1:7000 --insecure-dev --describe
+  meridian call --connect 127.0.0.1:7400 --insecure-dev --timing add 1 2   (time per hop)
 
 Unary and server-streaming methods can be called (the kind comes from the server's HELLO).
 Requests and responses are Meridian Values: JSON objects are maps, integers that fit in
@@ -62,6 +67,32 @@ fn print_json(v: &serde_json::Value, compact: bool) -> CliResult<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")?;
     Ok(())
+}
+
+/// `time: 1.234 ms = network 1.100 ms + server 0.134 ms`, or the four parts through a proxy.
+fn timing_line(t: &meridian::CallTiming) -> String {
+    let ms = |d: Option<Duration>| {
+        d.map_or_else(
+            || "?".into(),
+            |d| format!("{:.3} ms", d.as_secs_f64() * 1e3),
+        )
+    };
+    let total = ms(Some(t.total()));
+    if t.proxied() {
+        format!(
+            "time: {total} = client<->proxy {} + proxy {} + proxy<->server {} + server {}",
+            ms(t.client_proxy_network()),
+            ms(t.proxy()),
+            ms(t.proxy_server_network()),
+            ms(t.server())
+        )
+    } else {
+        format!(
+            "time: {total} = network {} + server {}",
+            ms(t.network()),
+            ms(t.server())
+        )
+    }
 }
 
 fn kind_name(k: MethodKind) -> &'static str {
@@ -176,11 +207,16 @@ pub async fn run(args: CallArgs) -> CliResult<()> {
         }
         // Unary, or not in any catalog: the server's answer decides (UNIMPLEMENTED if unknown).
         _ => {
-            let v = target
-                .unary(method, &options, &request)
+            let r = target
+                .unary_response(method, &options, &request)
                 .await
                 .map_err(|s| CliError::status(&s))?;
-            print_json(&to_json(&v), args.json)
+            print_json(&to_json(r.get_ref()), args.json)?;
+            if args.timing {
+                let line = timing_line(&r.timing());
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+            Ok(())
         }
     }
 }

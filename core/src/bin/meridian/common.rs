@@ -311,6 +311,18 @@ macro_rules! with_options {
 impl Target {
     /// A unary call with `Value` messages.
     pub async fn unary(&self, method: &str, o: &CallOptions, req: &Value) -> Result<Value, Status> {
+        self.unary_response(method, o, req)
+            .await
+            .map(meridian::Response::into_inner)
+    }
+
+    /// A unary call with `Value` messages, with its trailing metadata and timing.
+    pub async fn unary_response(
+        &self,
+        method: &str,
+        o: &CallOptions,
+        req: &Value,
+    ) -> Result<meridian::Response<Value>, Status> {
         let response = match self {
             Target::Direct(ch) => {
                 with_options!(ch.call(method).codec(Codec::Value), o)
@@ -323,7 +335,7 @@ impl Target {
                     .await?
             }
         };
-        Ok(response.into_inner())
+        Ok(response)
     }
 
     /// A server-streaming call with `Value` messages.
