@@ -28,10 +28,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -79,69 +80,135 @@ impl ProxyBuilder {
 
     /// Binds `addr` and starts forwarding on the current tokio runtime.
     pub async fn bind(self, addr: SocketAddr, tls: ServerTls) -> Result<Proxy, Error> {
-        let stats = Arc::new(Counters::default());
-        let up = self.upstream.clone();
+        let up = Arc::new(Upstream {
+            client: self.upstream,
+            calls: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            catalog: RwLock::new(Arc::new(HashMap::new())),
+        });
         let templates = {
             let (u1, u2, u3, u4) = (up.clone(), up.clone(), up.clone(), up.clone());
-            let (s1, s2, s3, s4) = (stats.clone(), stats.clone(), stats.clone(), stats.clone());
             Server::builder()
-                .unary_raw("unary", move |req, ctx| {
-                    forward_unary(u1.clone(), s1.clone(), req, ctx)
-                })
+                .unary_raw("unary", move |req, ctx| forward_unary(u1.clone(), req, ctx))
                 .server_streaming_raw("server_streaming", move |req, ctx, sink| {
-                    forward_server_streaming(u2.clone(), s2.clone(), req, ctx, sink)
+                    forward_server_streaming(u2.clone(), req, ctx, sink)
                 })
                 .client_streaming_raw("client_streaming", move |reqs, ctx| {
-                    forward_client_streaming(u3.clone(), s3.clone(), reqs, ctx)
+                    forward_client_streaming(u3.clone(), reqs, ctx)
                 })
                 .bidi_raw("bidi", move |reqs, ctx, sink| {
-                    forward_bidi(u4.clone(), s4.clone(), reqs, ctx, sink)
+                    forward_bidi(u4.clone(), reqs, ctx, sink)
                 })
         };
-        let resolver = self.upstream.clone();
+        let resolver = up.clone();
         let mut builder = Server::builder()
             .region(self.region)
             .transport(self.transport)
             .no_local_registry()
-            .fallback(move |name| resolve(&resolver, name), templates);
+            .fallback(move |name| resolver.resolve(name), templates);
         if let Some(id) = self.server_id {
             builder = builder.server_id(id);
         }
         let server = builder.bind(addr, tls).await?;
-        let catalog = server.catalog_handle();
-        let upstream = self.upstream.clone();
+        let announce = server.catalog_handle();
+        let refreshed = Arc::downgrade(&up);
         let refresher = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(CATALOG_REFRESH);
             loop {
                 ticker.tick().await;
-                if !catalog.set(upstream.catalog()) {
+                let Some(up) = refreshed.upgrade() else {
+                    return;
+                };
+                let methods = up.client.catalog();
+                up.remember(&methods);
+                if !announce.set(methods) {
                     return;
                 }
             }
         });
         Ok(Proxy {
             server,
-            upstream: self.upstream,
-            stats,
+            upstream: up,
             refresher: AbortOnDrop(refresher),
         })
     }
 }
 
-/// The kind and flags of `name` as the upstream catalogs give them. A method no catalog
-/// lists yet is forwarded as a stream each way, which carries every call kind.
-fn resolve(upstream: &RegionClient, name: &str) -> MethodInfo {
-    upstream.method_info(name).unwrap_or_else(|| MethodInfo {
-        name: name.to_string(),
-        kind: MethodKind::Bidi,
-        idempotent: false,
-    })
-}
-
-#[derive(Debug, Default)]
-struct Counters {
+/// What the forwarding handlers share: the region client, counters, and the upstream
+/// catalog as of the last refresh (so a call looks its method up in a map instead of
+/// scanning every server's catalog under the region client's lock).
+#[derive(Debug)]
+struct Upstream {
+    client: RegionClient,
     calls: AtomicU64,
     failed: AtomicU64,
+    catalog: RwLock<Arc<HashMap<String, MethodInfo>>>,
+}
+
+impl Upstream {
+    /// The last refreshed catalog.
+    fn catalog(&self) -> Arc<HashMap<String, MethodInfo>> {
+        match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Keeps `methods` as the catalog calls look up, if it changed.
+    fn remember(&self, methods: &[MethodInfo]) {
+        let current = self.catalog();
+        let same = current.len() == methods.len()
+            && methods.iter().all(|m| current.get(&m.name) == Some(m));
+        if !same {
+            let map = methods
+                .iter()
+                .map(|m| (m.name.clone(), m.clone()))
+                .collect();
+            match self.catalog.write() {
+                Ok(mut c) => *c = Arc::new(map),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(map),
+            }
+        }
+    }
+
+    /// The kind and flags of `name` as the upstream catalogs give them (the live catalogs
+    /// when the last refresh did not list it yet). A method no catalog lists is forwarded
+    /// as a stream each way, which carries every call kind.
+    fn resolve(&self, name: &str) -> MethodInfo {
+        self.catalog()
+            .get(name)
+            .cloned()
+            .or_else(|| self.client.method_info(name))
+            .unwrap_or_else(|| MethodInfo {
+                name: name.to_string(),
+                kind: MethodKind::Bidi,
+                idempotent: false,
+            })
+    }
+
+    /// The upstream call for `ctx`: same method, codec, metadata, routing key and
+    /// idempotency, and the time the caller has left.
+    fn call(&self, ctx: &CallContext) -> RegionCallBuilder {
+        let mut call = self
+            .client
+            .call(ctx.method())
+            .forwarding(ctx.codec(), ctx.metadata().clone());
+        if let Some(left) = ctx.remaining() {
+            call = call.timeout(left);
+        }
+        // The caller's flag, else the catalog's; a method the refreshed catalog does not
+        // list yet is left to the region client's own lookup.
+        let listed = self.catalog().get(ctx.method()).map(|m| m.idempotent);
+        match (ctx.is_idempotent(), listed) {
+            (true, _) => call = call.idempotent(true),
+            (false, Some(idempotent)) => call = call.idempotent(idempotent),
+            (false, None) => {}
+        }
+        if let Some(key) = ctx.routing_key() {
+            call = call.routing_key(key.clone());
+        }
+        call
+    }
 }
 
 /// Counters of a running proxy.
@@ -158,8 +225,7 @@ pub struct ProxyStats {
 #[derive(Debug)]
 pub struct Proxy {
     server: Server,
-    upstream: RegionClient,
-    stats: Arc<Counters>,
+    upstream: Arc<Upstream>,
     refresher: AbortOnDrop,
 }
 
@@ -223,14 +289,14 @@ impl Proxy {
 
     /// The region client the proxy forwards through (its stats show the upstream side).
     pub fn upstream(&self) -> &RegionClient {
-        &self.upstream
+        &self.upstream.client
     }
 
     /// Current counters.
     pub fn stats(&self) -> ProxyStats {
         ProxyStats {
-            calls: self.stats.calls.load(Ordering::Relaxed),
-            failed: self.stats.failed.load(Ordering::Relaxed),
+            calls: self.upstream.calls.load(Ordering::Relaxed),
+            failed: self.upstream.failed.load(Ordering::Relaxed),
         }
     }
 
@@ -364,28 +430,10 @@ impl ProxyConfig {
     }
 }
 
-/// The upstream call for `ctx`: same method, codec, metadata, routing key and idempotency
-/// flag, and the time the caller has left.
-fn upstream_call(upstream: &RegionClient, ctx: &CallContext) -> RegionCallBuilder {
-    let mut call = upstream
-        .call(ctx.method())
-        .forwarding(ctx.codec(), ctx.metadata().clone());
-    if let Some(left) = ctx.remaining() {
-        call = call.timeout(left);
-    }
-    if ctx.is_idempotent() {
-        call = call.idempotent(true);
-    }
-    if let Some(key) = ctx.routing_key() {
-        call = call.routing_key(key.clone());
-    }
-    call
-}
-
 /// One forwarded call's bookkeeping: when it reached the proxy, when the upstream call
 /// started, and where its times are reported.
 struct Hop<'a> {
-    stats: &'a Counters,
+    upstream: &'a Upstream,
     ctx: &'a CallContext,
     span: tracing::Span,
     started: Instant,
@@ -393,10 +441,10 @@ struct Hop<'a> {
 }
 
 impl<'a> Hop<'a> {
-    fn new(stats: &'a Counters, ctx: &'a CallContext, kind: &'static str) -> Hop<'a> {
+    fn new(upstream: &'a Upstream, ctx: &'a CallContext, kind: &'static str) -> Hop<'a> {
         let now = Instant::now();
         Hop {
-            stats,
+            upstream,
             ctx,
             span: tracing::debug_span!(
                 "rpc.proxy",
@@ -422,11 +470,11 @@ impl<'a> Hop<'a> {
         result: Result<(T, Option<Duration>, Metadata), Status>,
     ) -> Result<T, Status> {
         let upstream = self.upstream_started.elapsed();
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.upstream.calls.fetch_add(1, Ordering::Relaxed);
         let (result, server_time, metadata) = match result {
             Ok((msg, server_time, metadata)) => (Ok(msg), server_time, metadata),
             Err(s) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.upstream.failed.fetch_add(1, Ordering::Relaxed);
                 (Err(s), None, Metadata::new())
             }
         };
@@ -453,13 +501,12 @@ impl<'a> Hop<'a> {
 }
 
 async fn forward_unary(
-    upstream: RegionClient,
-    stats: Arc<Counters>,
+    upstream: Arc<Upstream>,
     request: Bytes,
     ctx: CallContext,
 ) -> Result<Bytes, Status> {
-    let mut hop = Hop::new(&stats, &ctx, "unary");
-    let call = upstream_call(&upstream, &ctx);
+    let mut hop = Hop::new(&upstream, &ctx, "unary");
+    let call = upstream.call(&ctx);
     hop.upstream_starts();
     let result = call.unary_raw(request).instrument(hop.span.clone()).await;
     hop.settle(result.map(unpack))
@@ -471,14 +518,13 @@ fn unpack(r: crate::Response<Bytes>) -> (Bytes, Option<Duration>, Metadata) {
 }
 
 async fn forward_server_streaming(
-    upstream: RegionClient,
-    stats: Arc<Counters>,
+    upstream: Arc<Upstream>,
     request: Bytes,
     ctx: CallContext,
     sink: ResponseSink<Bytes>,
 ) -> Result<(), Status> {
-    let mut hop = Hop::new(&stats, &ctx, "server_streaming");
-    let call = upstream_call(&upstream, &ctx);
+    let mut hop = Hop::new(&upstream, &ctx, "server_streaming");
+    let call = upstream.call(&ctx);
     hop.upstream_starts();
     let result = async {
         let mut responses = call.server_streaming_raw(request).await?;
@@ -559,13 +605,12 @@ async fn pump_requests(
 }
 
 async fn forward_client_streaming(
-    upstream: RegionClient,
-    stats: Arc<Counters>,
+    upstream: Arc<Upstream>,
     mut requests: RequestStream<Bytes>,
     ctx: CallContext,
 ) -> Result<Bytes, Status> {
-    let mut hop = Hop::new(&stats, &ctx, "client_streaming");
-    let call = upstream_call(&upstream, &ctx);
+    let mut hop = Hop::new(&upstream, &ctx, "client_streaming");
+    let call = upstream.call(&ctx);
     hop.upstream_starts();
     let result = async {
         let (sink, response) = call.client_streaming_raw().await?;
@@ -579,14 +624,13 @@ async fn forward_client_streaming(
 }
 
 async fn forward_bidi(
-    upstream: RegionClient,
-    stats: Arc<Counters>,
+    upstream: Arc<Upstream>,
     mut requests: RequestStream<Bytes>,
     ctx: CallContext,
     out: ResponseSink<Bytes>,
 ) -> Result<(), Status> {
-    let mut hop = Hop::new(&stats, &ctx, "bidi");
-    let call = upstream_call(&upstream, &ctx);
+    let mut hop = Hop::new(&upstream, &ctx, "bidi");
+    let call = upstream.call(&ctx);
     hop.upstream_starts();
     let result = async {
         let (sink, mut responses) = call.bidi_raw().await?;

@@ -301,6 +301,36 @@ pub(crate) unsafe fn write_out<T>(p: *mut T, value: T) {
     unsafe { p.write(value) }
 }
 
+/// `bytes` followed by one NUL byte that is not part of them, so a body can also be read
+/// as a C string.
+pub(crate) fn nul_terminated(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.extend_from_slice(bytes);
+    v.push(0);
+    v
+}
+
+/// Hands out a body kept with its trailing NUL (see [`nul_terminated`]): `*data_out`
+/// points to it, `*len_out` is its length without the NUL. Nothing is written on failure.
+///
+/// # Safety
+/// `data_out` and `len_out` are NULL or writable; `body` ends with the NUL byte and lives
+/// as long as the API documents the pointer to be valid.
+pub(crate) unsafe fn body_out(
+    body: &[u8],
+    data_out: *mut *const u8,
+    len_out: *mut usize,
+) -> Result<(), Fail> {
+    out_ptr(data_out, "data_out")?;
+    out_ptr(len_out, "len_out")?;
+    // SAFETY: both checked non-NULL above; the caller guarantees they are writable.
+    unsafe {
+        write_out(data_out, body.as_ptr());
+        write_out(len_out, body.len().saturating_sub(1));
+    }
+    Ok(())
+}
+
 /// The library's runtime: one multi-threaded tokio runtime, created on first use and kept
 /// for the life of the process.
 pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, Fail> {

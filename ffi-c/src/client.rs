@@ -13,8 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::boundary::{
-    block_on, borrow, borrow_mut, boundary, boundary_void, bytes, c_str, c_str_opt, out_ptr,
-    panic_text, runtime, set_last_error, write_out, Fail, UserPtr,
+    block_on, body_out, borrow, borrow_mut, boundary, boundary_void, bytes, c_str, c_str_opt,
+    nul_terminated, out_ptr, panic_text, runtime, set_last_error, write_out, Fail, UserPtr,
 };
 use crate::json;
 use crate::meridian_status;
@@ -586,10 +586,11 @@ async fn unary(
             let r = apply_options!(ch.call(method), options)
                 .unary_raw(req)
                 .await?;
-            let mut body = Vec::with_capacity(r.get_ref().len() + 1);
-            body.extend_from_slice(r.get_ref());
-            body.push(0);
-            (body, r.metadata().clone(), r.timing())
+            (
+                nul_terminated(r.get_ref()),
+                r.metadata().clone(),
+                r.timing(),
+            )
         }
         (Target::Channel(ch), Request::Json(v)) => {
             let call = apply_options!(ch.call(method), options).codec(Codec::Value);
@@ -604,10 +605,11 @@ async fn unary(
             let r = apply_options!(rc.call(method), options)
                 .unary_raw(req)
                 .await?;
-            let mut body = Vec::with_capacity(r.get_ref().len() + 1);
-            body.extend_from_slice(r.get_ref());
-            body.push(0);
-            (body, r.metadata().clone(), r.timing())
+            (
+                nul_terminated(r.get_ref()),
+                r.metadata().clone(),
+                r.timing(),
+            )
         }
         (Target::Region(rc), Request::Json(v)) => {
             let call = apply_options!(rc.call(method), options).codec(Codec::Value);
@@ -831,14 +833,8 @@ pub unsafe extern "C" fn meridian_response_body(
     boundary(|| {
         // SAFETY: as documented.
         let r = unsafe { borrow(response, "response") }?;
-        out_ptr(data_out, "data_out")?;
-        out_ptr(len_out, "len_out")?;
-        // SAFETY: both checked non-NULL above.
-        unsafe {
-            write_out(data_out, r.body.as_ptr());
-            write_out(len_out, r.body.len() - 1);
-        }
-        Ok(())
+        // SAFETY: as documented; the body lives until meridian_response_free.
+        unsafe { body_out(&r.body, data_out, len_out) }
     })
 }
 
@@ -1076,26 +1072,15 @@ pub unsafe extern "C" fn meridian_stream_next(
         }
         let next = block_on(async {
             match &mut s.messages {
-                Messages::Raw(m) => m.message().await.map(|o| {
-                    o.map(|b| {
-                        let mut v = Vec::with_capacity(b.len() + 1);
-                        v.extend_from_slice(&b);
-                        v.push(0);
-                        Ok(v)
-                    })
-                }),
+                Messages::Raw(m) => m.message().await.map(|o| o.map(|b| Ok(nul_terminated(&b)))),
                 Messages::Json(m) => m.message().await.map(|o| o.map(|v| json::from_value(&v))),
             }
         })?;
         let fail = match next {
             Ok(Some(Ok(body))) => {
                 s.current = body;
-                // SAFETY: both checked non-NULL above.
-                unsafe {
-                    write_out(data_out, s.current.as_ptr());
-                    write_out(len_out, s.current.len() - 1);
-                }
-                return Ok(());
+                // SAFETY: checked non-NULL above; the body lives until the next call.
+                return unsafe { body_out(&s.current, data_out, len_out) };
             }
             Ok(Some(Err(fail))) => return Err(fail),
             Ok(None) => Fail::new(meridian_status::MERIDIAN_STREAM_END, "the stream ended"),

@@ -11,7 +11,7 @@ use mcore::{CallContext, Code, Identity, Method, ResponseSink, Server, ServerTls
 use tokio::sync::mpsc;
 
 use crate::boundary::{
-    block_on, borrow, borrow_mut, boundary, boundary_void, bytes, c_str, c_str_opt,
+    block_on, body_out, borrow, borrow_mut, boundary, boundary_void, bytes, c_str, c_str_opt,
     not_on_library_thread, on_library_thread, out_ptr, panic_text, write_out, Fail, UserPtr,
 };
 use crate::client::metadata_get;
@@ -525,14 +525,8 @@ pub unsafe extern "C" fn meridian_request_body(
     boundary(|| {
         // SAFETY: as documented.
         let r = unsafe { borrow(request, "request") }?;
-        out_ptr(data_out, "data_out")?;
-        out_ptr(len_out, "len_out")?;
-        // SAFETY: both checked non-NULL above.
-        unsafe {
-            write_out(data_out, r.body.as_ptr());
-            write_out(len_out, r.body.len() - 1);
-        }
-        Ok(())
+        // SAFETY: as documented; the body lives until the handler returns.
+        unsafe { body_out(&r.body, data_out, len_out) }
     })
 }
 

@@ -110,27 +110,6 @@ class RPCClient(_Base):
     their timeout, and let Ctrl-C interrupt them; many threads may call at once.
     """
 
-    def __init__(
-        self,
-        region: Optional[str] = None,
-        *,
-        regions: Optional[Mapping[str, Any]] = None,
-        config: Optional[str] = None,
-        roots: Optional[str] = None,
-        timeout: Optional[float] = None,
-        etcd: Optional[Endpoints] = None,
-        etcd_prefix: Optional[str] = None,
-    ) -> None:
-        super().__init__(
-            region,
-            regions=regions,
-            config=config,
-            roots=roots,
-            timeout=timeout,
-            etcd=etcd,
-            etcd_prefix=etcd_prefix,
-        )
-
     def __getattr__(self, name: str) -> "_Method":
         if name.startswith("_"):
             raise AttributeError(name)

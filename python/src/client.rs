@@ -172,6 +172,21 @@ pub(crate) struct NativeClient {
 }
 
 impl NativeClient {
+    /// One unary call, waited for with the GIL released; a failure becomes its exception.
+    fn blocking_unary(
+        &self,
+        py: Python<'_>,
+        method: String,
+        args: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'_, PyDict>>,
+        key: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<meridian::Response<Value>> {
+        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
+        let client = self.region_client()?;
+        wait(py, spec.unary_response(client))?.map_err(|status| status_to_pyerr(py, &status))
+    }
+
     /// The region client, built on first use: by then the servers of this process that
     /// the script started have registered, and their certificates can be trusted.
     fn region_client(&self) -> PyResult<RegionClient> {
@@ -301,12 +316,8 @@ impl NativeClient {
         metadata: Option<&Bound<'py, PyDict>>,
         key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
-        let client = self.region_client()?;
-        match wait(py, spec.unary(client))? {
-            Ok(v) => to_python(py, &v),
-            Err(status) => Err(status_to_pyerr(py, &status)),
-        }
+        let response = self.blocking_unary(py, method, args, timeout, metadata, key)?;
+        to_python(py, response.get_ref())
     }
 
     /// A blocking unary call that also returns the trailing metadata and where the time
@@ -321,12 +332,7 @@ impl NativeClient {
         metadata: Option<&Bound<'py, PyDict>>,
         key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>, Bound<'py, PyDict>)> {
-        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
-        let client = self.region_client()?;
-        let response = match wait(py, spec.unary_response(client))? {
-            Ok(r) => r,
-            Err(status) => return Err(status_to_pyerr(py, &status)),
-        };
+        let response = self.blocking_unary(py, method, args, timeout, metadata, key)?;
         let trailers = PyDict::new(py);
         for (k, v) in response.metadata().iter() {
             trailers.set_item(k, PyBytes::new(py, v))?;
