@@ -12,6 +12,13 @@ bash scripts/etcd.sh install
 
 VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
+    # Debian's own python3 makes venvs only with python3-venv (ensurepip) installed.
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        echo "== installing python3-venv (apt-get): python3 cannot make a venv"
+        sudo=()
+        [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq python3-venv >/dev/null
+    fi
     echo "== creating $VENV with $(command -v python3) ($(python3 --version))"
     python3 -m venv "$VENV"
 fi

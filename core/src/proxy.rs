@@ -261,7 +261,16 @@ impl Proxy {
             None => static_upstream(map)?,
         };
         #[cfg(not(feature = "etcd"))]
-        let discovery = static_upstream(map)?;
+        let discovery = match config.etcd {
+            Some(_) => {
+                return Err(Error::Config(
+                    "proxy: the [etcd] table needs a build with the `etcd` cargo feature \
+                     (`--features cli,etcd`; the build needs protoc and libprotobuf-dev)"
+                        .into(),
+                ))
+            }
+            None => static_upstream(map)?,
+        };
         let mut client = RegionClient::builder(discovery, upstream_tls);
         if let Some(home) = config.home_region {
             client = client.home_region(home);
@@ -375,6 +384,11 @@ pub struct ProxyConfig {
     #[cfg(feature = "etcd")]
     #[serde(default)]
     pub etcd: Option<crate::region::EtcdConfig>,
+    /// Without the `etcd` feature an `[etcd]` table is kept only to be refused: a proxy
+    /// must not start while ignoring the registry its configuration names.
+    #[cfg(not(feature = "etcd"))]
+    #[serde(default)]
+    pub etcd: Option<toml::Table>,
 }
 
 fn default_region() -> String {

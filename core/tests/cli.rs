@@ -759,6 +759,7 @@ fn proxy_forwards_calls_from_its_config_file() {
     assert_error(&o, 3, "proxy configuration");
 }
 
+#[cfg(feature = "etcd")]
 #[test]
 fn servers_register_in_etcd_and_clients_find_them_there() {
     let Some(etcd) = meridian::testing::etcd::EtcdProcess::start_or_skip() else {
@@ -881,4 +882,43 @@ fn demo_quick_fails_over_without_losing_calls() {
         .filter(|n| *n > 0)
         .count();
     assert!(mid_rows > 0, "{text}");
+}
+
+/// A `meridian` built without the `etcd` feature (what `cargo install --features cli` and
+/// the demo build) refuses etcd flags and `[etcd]` tables with exit code 3 and says how
+/// to get a build that has them, rather than ignoring the registry they name.
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn a_build_without_etcd_refuses_etcd_flags_and_tables() {
+    let dir = Scratch::new("no-etcd");
+    let o = run(
+        &[
+            "call",
+            "--etcd",
+            "http://127.0.0.1:1",
+            "--insecure-dev",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "--features cli,etcd");
+    let o = run(
+        &["serve", "--insecure-dev", "--etcd", "http://127.0.0.1:1"],
+        &dir.0,
+    );
+    assert_error(&o, 3, "--features cli,etcd");
+    let file = dir.path("regions.toml");
+    std::fs::write(&file, "[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n").expect("file");
+    let o = run(
+        &[
+            "probe",
+            "--regions",
+            file.to_str().expect("utf-8"),
+            "--insecure-dev",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "[etcd] table");
 }

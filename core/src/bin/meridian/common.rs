@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use meridian::region::{
-    Discovery, EtcdConfig, EtcdDiscovery, EtcdError, RegionClient, RegionMap, StaticDiscovery,
-};
+use meridian::region::{Discovery, RegionClient, RegionMap, StaticDiscovery};
+#[cfg(feature = "etcd")]
+use meridian::region::{EtcdConfig, EtcdDiscovery, EtcdError};
 use meridian::transport::pem_encode;
 use meridian::wire::{Hello, MethodKind};
 use meridian::{
@@ -218,7 +218,17 @@ impl TlsArgs {
     }
 }
 
+/// The key prefix servers register under in etcd by default.
+#[cfg(feature = "etcd")]
+pub const ETCD_DEFAULT_PREFIX: &str = EtcdConfig::DEFAULT_PREFIX;
+/// The key prefix servers register under in etcd by default (the library's, which a build
+/// without etcd does not compile).
+#[cfg(not(feature = "etcd"))]
+pub const ETCD_DEFAULT_PREFIX: &str = "/meridian/";
+
 /// Flags that find servers in an etcd registry (where `meridian serve --etcd` registers).
+/// They exist in every build, so scripts see the same flags; a build without the `etcd`
+/// feature refuses them with exit code 3 and says how to get a build that has them.
 #[derive(Args, Debug, Clone, Default)]
 pub struct EtcdArgs {
     /// Find the servers registered in etcd at these client URLs (comma-separated or
@@ -226,10 +236,22 @@ pub struct EtcdArgs {
     #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// The key prefix servers register under in etcd.
-    #[arg(long, value_name = "PREFIX", default_value = EtcdConfig::DEFAULT_PREFIX)]
+    #[arg(long, value_name = "PREFIX", default_value = ETCD_DEFAULT_PREFIX)]
     pub etcd_prefix: String,
 }
 
+/// The error of a build without the `etcd` feature that is asked to use etcd.
+#[cfg(not(feature = "etcd"))]
+pub fn etcd_not_built(what: &str) -> CliError {
+    CliError::config(format!(
+        "{what} needs etcd support, which this `meridian` was built without: \
+         rebuild with `cargo install --path core --features cli,etcd` \
+         (the build needs protoc and the protobuf include files: \
+         apt-get install protobuf-compiler libprotobuf-dev)"
+    ))
+}
+
+#[cfg(feature = "etcd")]
 impl EtcdArgs {
     /// The etcd settings these flags describe, if `--etcd` was given.
     pub fn config(&self) -> Option<EtcdConfig> {
@@ -239,6 +261,7 @@ impl EtcdArgs {
 }
 
 /// An etcd failure: configuration (exit 3) or an unreachable etcd (exit 4).
+#[cfg(feature = "etcd")]
 pub fn etcd_error(e: &EtcdError) -> CliError {
     match e {
         EtcdError::Config(_) => CliError::config(e.to_string()),
@@ -430,15 +453,55 @@ pub async fn discovery(
     only: Option<&str>,
     etcd: &EtcdArgs,
 ) -> CliResult<(Arc<dyn Discovery>, RegionMap)> {
+    #[cfg(feature = "etcd")]
+    if let Some(found) = etcd_discovery(regions, only, etcd).await? {
+        return Ok(found);
+    }
+    #[cfg(not(feature = "etcd"))]
+    refuse_etcd(regions, etcd)?;
+    let path = regions
+        .ok_or_else(|| CliError::usage("give --connect ADDR, --regions FILE or --etcd URL"))?;
+    let map = load_regions(path, only)?;
+    Ok((StaticDiscovery::new(map.clone()), map))
+}
+
+/// Without the `etcd` feature: refuses `--etcd` and a region file with an `[etcd]` table,
+/// rather than silently ignoring the registry they name.
+#[cfg(not(feature = "etcd"))]
+fn refuse_etcd(regions: Option<&Path>, etcd: &EtcdArgs) -> CliResult<()> {
+    if !etcd.etcd.is_empty() {
+        return Err(etcd_not_built("--etcd"));
+    }
+    let Some(path) = regions else {
+        return Ok(());
+    };
+    // An unreadable or malformed file is reported by the region-file loader that follows.
+    let table = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok());
+    if table.is_some_and(|t| t.contains_key("etcd")) {
+        return Err(etcd_not_built(&format!(
+            "the [etcd] table of {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The etcd-backed region map, when `--etcd` or the region file's `[etcd]` table asks
+/// for one; `None` otherwise.
+#[cfg(feature = "etcd")]
+async fn etcd_discovery(
+    regions: Option<&Path>,
+    only: Option<&str>,
+    etcd: &EtcdArgs,
+) -> CliResult<Option<(Arc<dyn Discovery>, RegionMap)>> {
     let from_file = match regions {
         Some(path) => EtcdConfig::from_toml_file(path).map_err(|e| etcd_error(&e))?,
         None => None,
     };
     let Some(config) = etcd.config().or(from_file) else {
-        let path = regions
-            .ok_or_else(|| CliError::usage("give --connect ADDR, --regions FILE or --etcd URL"))?;
-        let map = load_regions(path, only)?;
-        return Ok((StaticDiscovery::new(map.clone()), map));
+        return Ok(None);
     };
     let base = match regions {
         Some(path) => load_region_file(path, only)?,
@@ -455,7 +518,7 @@ pub async fn discovery(
             "no server is registered in etcd ({endpoints}) under {prefix:?}"
         )));
     }
-    Ok((d, map))
+    Ok(Some((d, map)))
 }
 
 /// Resolves `host:port`.
@@ -499,6 +562,8 @@ impl TargetArgs {
     /// Connects: a channel for --connect; for --regions a region client that has at least
     /// one server connected (waiting up to --connect-timeout).
     pub async fn connect(&self, probe_interval: Option<Duration>) -> CliResult<Target> {
+        #[cfg(not(feature = "etcd"))]
+        refuse_etcd(self.regions.as_deref(), &self.etcd)?;
         let tls = self.tls.client_tls()?;
         if let Some(addr) = &self.connect {
             let addr = resolve(addr)?;

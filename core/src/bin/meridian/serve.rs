@@ -8,11 +8,14 @@ use std::time::Duration;
 use clap::Args;
 use meridian::{CallContext, Identity, Method, ResponseSink, Server, ServerTls, Status, Value};
 
+#[cfg(feature = "etcd")]
 use meridian::region::{EtcdConfig, EtcdRegistration, ServerRecord};
 
+#[cfg(feature = "etcd")]
+use crate::common::etcd_error;
 use crate::common::{
-    dev_dir, etcd_error, fingerprint, parse_duration, shutdown_signal, CliError, CliResult,
-    EXIT_CODES,
+    dev_dir, fingerprint, parse_duration, shutdown_signal, CliError, CliResult,
+    ETCD_DEFAULT_PREFIX, EXIT_CODES,
 };
 
 /// Flags of `serve`.
@@ -61,7 +64,7 @@ pub struct ServeArgs {
     #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// The etcd key prefix to register under.
-    #[arg(long, value_name = "PREFIX", default_value = meridian::region::EtcdConfig::DEFAULT_PREFIX)]
+    #[arg(long, value_name = "PREFIX", default_value = ETCD_DEFAULT_PREFIX)]
     pub etcd_prefix: String,
     /// The etcd lease TTL: how long the registration outlives a server that died.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -151,6 +154,10 @@ fn builder(region: &str, id: Option<&str>) -> meridian::ServerBuilder {
 
 /// Runs `serve` until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> CliResult<()> {
+    #[cfg(not(feature = "etcd"))]
+    if !args.etcd.is_empty() {
+        return Err(crate::common::etcd_not_built("--etcd"));
+    }
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => {
             Identity::from_pem_files(cert, key).map_err(|e| CliError::from_meridian(&e))?
@@ -163,6 +170,7 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
         }
     };
     let print = fingerprint(identity.certificate());
+    #[cfg(feature = "etcd")]
     let certificate = identity.certificate().clone();
     let mut tls = ServerTls::new(identity);
     if let Some(ca) = &args.ca {
@@ -223,6 +231,7 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
             methods.join(", ")
         )
     };
+    #[cfg(feature = "etcd")]
     let registration = if args.etcd.is_empty() {
         None
     } else {
@@ -247,6 +256,7 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
     drop(out);
+    #[cfg(feature = "etcd")]
     if let Some(r) = &registration {
         note(&format!(
             "registered in etcd under {} (lease TTL {:.0} s)",
@@ -256,6 +266,7 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
     }
     note("serving; Ctrl-C or SIGTERM to stop");
     shutdown_signal().await;
+    #[cfg(feature = "etcd")]
     if let Some(r) = registration {
         // Leave the registry first, so clients stop choosing this server.
         r.deregister().await;
