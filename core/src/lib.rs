@@ -4,11 +4,16 @@
 //! blocks another; TLS 1.3 is always on. Calls can be unary or streaming either way, carry
 //! metadata and deadlines, and end with one of gRPC's 17 status codes.
 //!
-//! Layers, lowest first (a layer knows nothing of those above it):
-//! - [`wire`]: frames, varints, headers, trailers, HELLO, status codes. Pure code.
+//! Layers, lowest first; a layer uses only layers below it, and peers on one layer do not
+//! know each other (`tests/layering.rs` checks this on every `crate::` path):
 //! - [`codec`]: message encodings: postcard for typed Rust, [`Value`] for any language,
 //!   raw bytes. Pure code.
-//! - [`transport`]: QUIC endpoints, TLS identities and trust, limits.
+//! - [`wire`]: frames, varints, headers, trailers, HELLO, status codes. Pure code.
+//! - `status`: [`Status`] (a call's outcome) and [`Error`] (everything else).
+//! - [`discovery`] and [`transport`]: where servers are (region maps, the in-process
+//!   registry, etcd); QUIC endpoints, TLS identities and trust, limits, 0-RTT.
+//! - `call`: what one call needs on either side: frame I/O on its stream, messages, reset
+//!   codes.
 //! - [`server`] and [`client`]: the public RPC API for one server.
 //! - [`region`]: region routing over many servers: nearest region by measured RTT,
 //!   balancing, failover, hedging.
@@ -43,18 +48,18 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod call;
 pub mod client;
 pub mod codec;
+pub mod discovery;
 pub mod proxy;
 pub mod region;
 pub mod server;
 mod status;
-mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
 pub mod wire;
-mod zero_rtt;
 
 pub use client::{
     CallBuilder, CallTiming, Channel, ChannelBuilder, ChannelStats, RequestSink, Response,

@@ -20,23 +20,22 @@
 pub mod balance;
 pub mod budget;
 pub mod estimate;
-#[cfg(feature = "etcd")]
-pub mod etcd;
 pub mod health;
 pub mod hedge;
 pub mod rendezvous;
 pub mod select;
 
 mod client;
-mod map;
 
 pub use client::{
     RegionCallBuilder, RegionClient, RegionClientBuilder, RegionStat, RegionStats, ServerStat,
 };
+// The discovery types a region client is built from, re-exported where it is used.
 #[cfg(feature = "etcd")]
-pub use etcd::{
+pub use crate::discovery::etcd::{
     CatalogEntry, EtcdConfig, EtcdDiscovery, EtcdError, EtcdRegistration, EtcdTls, ServerRecord,
 };
-pub use map::{
-    Discovery, LocalRegistry, Region, RegionMap, Registration, ServerEndpoint, StaticDiscovery,
+pub use crate::discovery::{
+    Discovery, LocalRegistry, Region, RegionMap, Registrant, Registration, ServerEndpoint,
+    StaticDiscovery,
 };

@@ -1,0 +1,117 @@
+//! Errors and exit codes: what failed decides the exit code, and the message says what to do.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use meridian::Status;
+
+/// The exit codes, as `--help` shows them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  a call failed: the status code name and message are printed (bench: some calls failed)
+  2  bad usage or input: unknown flag, bad JSON argument, bad metadata or duration
+  3  bad configuration: unreadable or invalid region or certificate file, unknown region,
+     no trust given (--ca or --insecure-dev), address already in use
+  4  unreachable: no server answered within --connect-timeout
+  5  untrusted: the TLS handshake failed (certificate not trusted, or client certificate refused)
+  6  anything else (an I/O error, or a subcommand that is not available yet)";
+
+/// Why the command failed, which decides its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A call ended with a status other than OK.
+    Status = 1,
+    /// Bad flags or input.
+    Usage = 2,
+    /// Bad configuration.
+    Config = 3,
+    /// No server could be reached.
+    Unreachable = 4,
+    /// The TLS handshake failed.
+    Untrusted = 5,
+    /// Anything else.
+    Other = 6,
+}
+
+/// A failure of the command: one line for stderr, and its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(exit: Exit, message: impl Into<String>) -> CliError {
+        CliError {
+            exit,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError::new(Exit::Usage, message)
+    }
+
+    pub fn config(message: impl Into<String>) -> CliError {
+        CliError::new(Exit::Config, message)
+    }
+
+    pub fn other(message: impl Into<String>) -> CliError {
+        CliError::new(Exit::Other, message)
+    }
+
+    /// A call's status: `CODE: message`.
+    pub fn status(status: &Status) -> CliError {
+        CliError::new(Exit::Status, status_line(status))
+    }
+
+    /// A library error, classified by what it says.
+    pub fn from_meridian(e: &meridian::Error) -> CliError {
+        match e {
+            meridian::Error::Connect { addr, reason } => connect_failure(*addr, reason),
+            // Unreadable files, addresses that cannot be bound, bad certificates.
+            _ => CliError::config(e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keep it to one line whatever the source said.
+        f.write_str(&self.message.replace('\n', " "))
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> CliError {
+        CliError::other(format!("I/O error: {e}"))
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;
+
+/// `CODE: message`, or the code alone.
+pub fn status_line(status: &Status) -> String {
+    if status.message().is_empty() {
+        status.code().name().to_string()
+    } else {
+        format!("{}: {}", status.code().name(), status.message())
+    }
+}
+
+/// Sorts a failed connection attempt into untrusted (TLS) or unreachable.
+pub fn connect_failure(addr: SocketAddr, reason: &str) -> CliError {
+    let lower = reason.to_ascii_lowercase();
+    let timed_out = lower.contains("timed out") || lower.contains("timeout");
+    if !timed_out
+        && (lower.contains("tls") || lower.contains("certificate") || lower.contains("handshake"))
+    {
+        CliError::new(
+            Exit::Untrusted,
+            format!("TLS handshake with {addr} failed (is its certificate trusted? see --ca and --insecure-dev): {reason}"),
+        )
+    } else {
+        CliError::new(Exit::Unreachable, format!("cannot reach {addr}: {reason}"))
+    }
+}

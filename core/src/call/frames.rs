@@ -1,0 +1,94 @@
+//! Frame I/O on one QUIC stream: reading frames with limits, framing DATA.
+
+use bytes::{Bytes, BytesMut};
+
+use super::reset::status_for_reset;
+use crate::status::Status;
+use crate::wire::{self, Frame, FrameDecoder, FrameKind, WireError, WireLimits};
+
+/// Largest chunk taken from quinn in one read.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Why reading a stream stopped.
+#[derive(Debug)]
+pub(crate) enum RecvError {
+    /// The peer broke the framing rules or a limit.
+    Wire(WireError),
+    /// The peer reset its side of the stream with this application code.
+    Reset(u64),
+    /// The connection is gone.
+    Lost(String),
+    /// The stream was sent in 0-RTT data that the server rejected: it never reached the
+    /// server's application.
+    ZeroRttRejected,
+}
+
+impl RecvError {
+    /// The status a caller sees for this failure.
+    pub(crate) fn to_status(&self) -> Status {
+        match self {
+            RecvError::Wire(e @ WireError::TooLarge { .. }) => {
+                Status::resource_exhausted(e.to_string())
+            }
+            RecvError::Wire(e) => Status::internal(format!("protocol error: {e}")),
+            RecvError::Reset(code) => status_for_reset(*code),
+            RecvError::Lost(why) => Status::unavailable(format!("connection lost: {why}")),
+            RecvError::ZeroRttRejected => Status::unavailable("the server rejected the 0-RTT data"),
+        }
+    }
+}
+
+/// A receive stream split into frames.
+pub(crate) struct FramedRecv {
+    recv: quinn::RecvStream,
+    dec: FrameDecoder,
+    eof: bool,
+}
+
+impl FramedRecv {
+    pub(crate) fn new(recv: quinn::RecvStream, limits: WireLimits) -> Self {
+        FramedRecv {
+            recv,
+            dec: FrameDecoder::new(limits),
+            eof: false,
+        }
+    }
+
+    /// The next frame, `Ok(None)` at a clean end of stream.
+    pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, RecvError> {
+        loop {
+            if let Some(f) = self.dec.next_frame().map_err(RecvError::Wire)? {
+                return Ok(Some(f));
+            }
+            if self.eof {
+                return if self.dec.buffered() == 0 {
+                    Ok(None)
+                } else {
+                    Err(RecvError::Wire(WireError::Truncated))
+                };
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.dec.extend(&chunk.bytes),
+                Ok(None) => self.eof = true,
+                Err(quinn::ReadError::Reset(code)) => {
+                    return Err(RecvError::Reset(code.into_inner()))
+                }
+                Err(quinn::ReadError::ZeroRttRejected) => return Err(RecvError::ZeroRttRejected),
+                Err(e) => return Err(RecvError::Lost(e.to_string())),
+            }
+        }
+    }
+
+    /// Asks the peer to stop sending, with an application code.
+    pub(crate) fn stop(&mut self, code: u32) {
+        let _ = self.recv.stop(code.into());
+    }
+}
+
+/// Frames one encoded message as DATA: a small header chunk and the payload itself, so a
+/// large message is never copied.
+pub(crate) fn data_chunks(payload: Bytes) -> [Bytes; 2] {
+    let mut hdr = BytesMut::with_capacity(9);
+    wire::put_frame_header(&mut hdr, FrameKind::Data, payload.len());
+    [hdr.freeze(), payload]
+}

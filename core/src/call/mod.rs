@@ -1,0 +1,12 @@
+//! What one call needs on either side, client or server: frame I/O on its stream, message
+//! encoding, reset codes and panic containment.
+
+mod frames;
+mod messages;
+mod reset;
+mod unwind;
+
+pub(crate) use frames::{data_chunks, FramedRecv, RecvError};
+pub(crate) use messages::{decode_raw, decode_typed, encode_raw, encode_typed, DecodeFn, EncodeFn};
+pub(crate) use reset::{reset_for_status, status_for_reset};
+pub(crate) use unwind::CatchUnwind;

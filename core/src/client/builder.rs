@@ -1,0 +1,74 @@
+//! Building a [`Channel`]: address, trust, transport settings, endpoint sharing.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+use super::channel::Channel;
+use super::connection::{Backoff, ChannelInner};
+use super::stats::Counters;
+use crate::status::Error;
+use crate::transport::{ClientTls, TransportConfig};
+
+/// Builds a [`Channel`].
+#[derive(Debug)]
+pub struct ChannelBuilder {
+    pub(super) addr: SocketAddr,
+    pub(super) tls: ClientTls,
+    pub(super) server_name: String,
+    pub(super) transport: TransportConfig,
+    pub(super) endpoint: Option<quinn::Endpoint>,
+}
+
+impl ChannelBuilder {
+    /// The name the server's certificate must carry. Default `"localhost"`.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+
+    /// Transport limits and timers.
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Shares an existing client endpoint (one UDP socket for many channels).
+    pub fn endpoint(mut self, endpoint: quinn::Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Connects (QUIC + TLS handshake) and returns the channel. A certificate the client
+    /// does not trust, or a server that requires a client certificate we lack, fails here.
+    pub async fn connect(self) -> Result<Channel, Error> {
+        let (endpoint, shared) = match self.endpoint {
+            Some(e) => (e, None),
+            None => (
+                self.tls.endpoint_for(self.addr, None)?,
+                Some(self.tls.clone()),
+            ),
+        };
+        let config = self.tls.quinn_config(&self.transport)?;
+        let inner = Arc::new(ChannelInner {
+            addr: self.addr,
+            server_name: self.server_name,
+            endpoint: RwLock::new(endpoint),
+            shared_sockets: shared,
+            config,
+            wire: self.transport.wire,
+            value: self.transport.value,
+            handshake_timeout: self.transport.handshake_timeout,
+            conn: RwLock::new(None),
+            reconnect: tokio::sync::Mutex::new(Backoff::default()),
+            hello: watch::channel(None).0,
+            stats: Counters::default(),
+        });
+        inner.establish().await.map_err(|reason| Error::Connect {
+            addr: self.addr,
+            reason,
+        })?;
+        Ok(Channel { inner })
+    }
+}

@@ -1,0 +1,358 @@
+//! Opening a call's stream and reading its answer: HEADERS, the first flight, deadlines, TRAILERS.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, field};
+
+use super::connection::ChannelInner;
+use super::response::{CallTiming, Response};
+use super::retry::{Failure, Retry};
+use super::streaming::Streaming;
+use crate::call::{data_chunks, decode_raw, status_for_reset, DecodeFn, FramedRecv, RecvError};
+use crate::codec::Codec;
+use crate::status::Status;
+use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, WireLimits};
+
+/// Opens a stream and writes HEADERS (plus the request and FIN for single-request calls).
+///
+/// While a resumed connection's handshake is still running, only a call that may be
+/// replayed (`may_go_early` and idempotent by the call's flag or the server's catalog)
+/// goes out in 0-RTT data; any other waits for the handshake.
+pub(super) async fn open_call(
+    inner: &Arc<ChannelInner>,
+    headers: &mut RequestHeaders,
+    deadline: Option<Instant>,
+    request: Option<Bytes>,
+    finish: bool,
+    may_go_early: bool,
+) -> Result<OpenCall, Failure> {
+    inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
+    if headers.metadata.byte_size() > inner.wire.max_metadata_size {
+        return Err(Status::resource_exhausted("request metadata exceeds the size limit").into());
+    }
+    let conn = inner.connection().await.map_err(|status| Failure {
+        status,
+        retry: Retry::NotStarted,
+    })?;
+    let mut early = !conn.handshake_done();
+    if early {
+        let replayable =
+            may_go_early && (headers.idempotent || inner.catalog_idempotent(&headers.method));
+        if replayable {
+            inner.stats.early_calls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            conn.wait_handshake().await.map_err(|status| Failure {
+                status,
+                retry: Retry::NotStarted,
+            })?;
+            early = false;
+        }
+    }
+    let (mut send, recv) = open_stream(inner, &conn.quic)
+        .await
+        .map_err(|status| Failure {
+            status,
+            retry: Retry::NotStarted,
+        })?;
+    // The time left now, after connecting and waiting for stream credit.
+    headers.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let head = headers.to_frame().freeze();
+    let started = Instant::now();
+    let written = match request {
+        Some(msg) => {
+            let [hdr, payload] = data_chunks(msg);
+            send.write_all_chunks(&mut [head, hdr, payload]).await
+        }
+        None => send.write_all(&head).await,
+    };
+    let mut recv = CallRecv {
+        recv: FramedRecv::new(recv, inner.wire),
+        trailers: None,
+        value: inner.value,
+        wire: inner.wire,
+        codec: headers.codec,
+        deadline,
+        finished: false,
+        retry: Retry::No,
+        started,
+        ended: None,
+    };
+    if let Err(e) = written {
+        let retry = match &e {
+            quinn::WriteError::ZeroRttRejected => Retry::NotStarted,
+            quinn::WriteError::Stopped(code) if code.into_inner() == u64::from(reset::REFUSED) => {
+                Retry::NotStarted
+            }
+            quinn::WriteError::ConnectionLost(_) => Retry::MaybeStarted,
+            _ => Retry::No,
+        };
+        // The server may have refused the request (too large, unknown method) and said
+        // why in its TRAILERS; prefer its status over the write error.
+        let status = recv.failure_after_write(e).await;
+        return Err(Failure { status, retry });
+    }
+    if finish {
+        let _ = send.finish();
+    }
+    Ok(OpenCall {
+        send: Some(send),
+        recv: Some(recv),
+        codec: headers.codec,
+        deadline,
+        early,
+        completed: false,
+    })
+}
+
+fn ok_trailers() -> Trailers {
+    Trailers {
+        code: Code::Ok,
+        message: String::new(),
+        metadata: Metadata::new(),
+        server_time: None,
+        proxy: None,
+        not_run: false,
+    }
+}
+
+pub(super) fn finish_span<T>(
+    span: &tracing::Span,
+    inner: &ChannelInner,
+    result: &Result<T, Status>,
+    started: Instant,
+) {
+    let code = match result {
+        Ok(_) => Code::Ok,
+        Err(s) => {
+            inner.stats.calls_failed.fetch_add(1, Ordering::Relaxed);
+            s.code()
+        }
+    };
+    span.record("code", field::display(code));
+    span.record("duration_us", started.elapsed().as_micros() as u64);
+}
+
+pub(super) async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), fut)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+        None => fut.await,
+    }
+}
+
+/// Opens a bidirectional stream; if the server's stream limit makes us wait, that is
+/// counted and traced rather than silent.
+async fn open_stream(
+    inner: &ChannelInner,
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream), Status> {
+    let open = conn.open_bi();
+    tokio::pin!(open);
+    let first = std::future::poll_fn(|cx| Poll::Ready(open.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => {
+            inner
+                .stats
+                .stream_credit_waits
+                .fetch_add(1, Ordering::Relaxed);
+            let waited = Instant::now();
+            debug!(addr = %inner.addr, "waiting for stream credit: the server's concurrent stream limit is reached");
+            let r = open.await;
+            debug!(
+                waited_us = waited.elapsed().as_micros() as u64,
+                "stream credit granted"
+            );
+            r
+        }
+    };
+    result.map_err(|e| Status::unavailable(format!("connection lost: {e}")))
+}
+
+/// Resets whatever is still open when a call is abandoned.
+pub(super) struct OpenCall {
+    send: Option<quinn::SendStream>,
+    recv: Option<CallRecv>,
+    pub(super) codec: Codec,
+    deadline: Option<Instant>,
+    /// Sent in 0-RTT data.
+    pub(super) early: bool,
+    completed: bool,
+}
+
+impl OpenCall {
+    pub(super) fn take_send(&mut self) -> quinn::SendStream {
+        // Both halves are taken exactly once, right after `open` filled them.
+        self.send.take().expect("send half taken once")
+    }
+
+    pub(super) fn take_recv(&mut self) -> CallRecv {
+        self.recv.take().expect("receive half taken once")
+    }
+
+    pub(super) fn done(&mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if !self.completed {
+            if let Some(s) = &mut self.send {
+                let _ = s.reset(abandon_code(self.deadline).into());
+            }
+        }
+    }
+}
+
+/// The receiving half of a call.
+pub(super) struct CallRecv {
+    pub(super) recv: FramedRecv,
+    pub(super) trailers: Option<Trailers>,
+    value: crate::codec::DecodeLimits,
+    wire: WireLimits,
+    codec: Codec,
+    deadline: Option<Instant>,
+    pub(super) finished: bool,
+    /// How the last failure bears on sending the call again.
+    pub(super) retry: Retry,
+    /// When the HEADERS were written, and when the TRAILERS arrived.
+    pub(super) started: Instant,
+    pub(super) ended: Option<Instant>,
+}
+
+impl CallRecv {
+    /// The next response message; `Ok(None)` after an `OK` TRAILERS.
+    pub(super) async fn message<T>(&mut self, decode: DecodeFn<T>) -> Result<Option<T>, Status> {
+        if self.finished {
+            return Ok(None);
+        }
+        let frame = match self.recv.next_frame().await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                self.finished = true;
+                return Err(Status::internal("the response ended without TRAILERS"));
+            }
+            Err(e) => {
+                self.finished = true;
+                self.retry = match &e {
+                    RecvError::ZeroRttRejected => Retry::NotStarted,
+                    RecvError::Reset(code) if *code == u64::from(reset::REFUSED) => {
+                        Retry::NotStarted
+                    }
+                    RecvError::Lost(_) => Retry::MaybeStarted,
+                    RecvError::Wire(_) | RecvError::Reset(_) => Retry::No,
+                };
+                return Err(e.to_status());
+            }
+        };
+        match frame.kind {
+            FrameKind::Data if self.trailers.is_none() => {
+                decode(self.codec, frame.payload, &self.value).map(Some)
+            }
+            FrameKind::Trailers => {
+                let t = Trailers::decode(&frame.payload, &self.wire)
+                    .map_err(|e| Status::internal(format!("bad TRAILERS: {e}")))?;
+                self.finished = true;
+                self.ended = Some(Instant::now());
+                self.consume_fin();
+                if t.code != Code::Ok {
+                    let status = Status::new(t.code, t.message).with_metadata(t.metadata);
+                    return Err(if t.not_run {
+                        status.mark_not_run()
+                    } else {
+                        status
+                    });
+                }
+                self.trailers = Some(t);
+                Ok(None)
+            }
+            other => {
+                self.finished = true;
+                self.recv.stop(reset::PROTOCOL_ERROR);
+                Err(Status::internal(format!(
+                    "unexpected {other} frame in a response"
+                )))
+            }
+        }
+    }
+
+    /// Reads the end of stream that follows TRAILERS if it has already arrived (it
+    /// normally travels in the same packet). A receive stream dropped before its end sends
+    /// the server a STOP_SENDING, an extra frame and extra work on every call.
+    fn consume_fin(&mut self) {
+        let next = self.recv.next_frame();
+        tokio::pin!(next);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let _ = next.as_mut().poll(&mut cx);
+    }
+
+    /// Exactly one response message, then `OK` TRAILERS.
+    pub(super) async fn single_response<T>(
+        &mut self,
+        decode: DecodeFn<T>,
+    ) -> Result<Response<T>, Status> {
+        let msg = self
+            .message(decode)
+            .await?
+            .ok_or_else(|| Status::internal("the server sent no response message"))?;
+        if self.message(decode).await?.is_some() {
+            return Err(Status::internal("the server sent more than one response"));
+        }
+        let t = self.trailers.take().unwrap_or_else(ok_trailers);
+        let total = self.ended.unwrap_or_else(Instant::now) - self.started;
+        Ok(Response {
+            message: msg,
+            timing: CallTiming::new(total, &t),
+            metadata: t.metadata,
+        })
+    }
+
+    /// The status to report when writing the request failed.
+    async fn failure_after_write(&mut self, e: quinn::WriteError) -> Status {
+        let read = tokio::time::timeout(Duration::from_secs(2), self.message(decode_raw)).await;
+        match (read, &e) {
+            (Ok(Err(status)), _) => status,
+            (_, quinn::WriteError::Stopped(code)) => status_for_reset(code.into_inner()),
+            _ => Status::unavailable(format!("cannot send the request: {e}")),
+        }
+    }
+
+    pub(super) fn into_streaming<T>(
+        self,
+        decode: DecodeFn<T>,
+        deadline: Option<Instant>,
+    ) -> Streaming<T> {
+        Streaming {
+            recv: self,
+            decode,
+            deadline,
+        }
+    }
+}
+
+impl Drop for CallRecv {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.recv.stop(abandon_code(self.deadline));
+        }
+    }
+}
+
+/// The code that tells the server why an unfinished call was abandoned.
+fn abandon_code(deadline: Option<Instant>) -> u32 {
+    match deadline {
+        Some(d) if Instant::now() >= d => reset::DEADLINE_EXCEEDED,
+        _ => reset::CANCELLED,
+    }
+}

@@ -1,0 +1,48 @@
+//! Which failed attempts the channel may send again.
+
+use crate::status::Status;
+
+/// Most attempts one unary call makes (first try included). Attempts after the first are
+/// paced by the reconnection backoff (100 ms doubling to 5 s), so this spans about 10 s;
+/// a deadline ends them sooner.
+pub(super) const MAX_ATTEMPTS: u32 = 8;
+
+/// Whether a failed attempt may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// The server answered, or the failure says nothing about where the call got.
+    No,
+    /// Provably not run: refused by the server, or lost with rejected 0-RTT data.
+    NotStarted,
+    /// The connection died with the call in flight: it may or may not have run.
+    MaybeStarted,
+}
+
+pub(super) struct Failure {
+    pub(super) status: Status,
+    pub(super) retry: Retry,
+}
+
+impl Failure {
+    /// The status the caller sees: marked when the call provably never ran, and saying so
+    /// when it may have run.
+    pub(super) fn into_status(self, idempotent: bool) -> Status {
+        match self.retry {
+            Retry::NotStarted => self.status.mark_not_run(),
+            Retry::MaybeStarted if !idempotent => Status::unavailable(format!(
+                "the connection was lost with the call in flight; it may or may not have run ({})",
+                self.status.message()
+            )),
+            _ => self.status,
+        }
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Failure {
+        Failure {
+            status,
+            retry: Retry::No,
+        }
+    }
+}

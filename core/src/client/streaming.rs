@@ -1,0 +1,119 @@
+//! Streaming calls' handles: [`Streaming`], [`RequestSink`], [`ResponseFuture`].
+
+use std::time::{Duration, Instant};
+
+use super::open::{with_deadline, CallRecv};
+use super::response::{CallTiming, Response};
+use crate::call::{data_chunks, reset_for_status, status_for_reset, DecodeFn, EncodeFn};
+use crate::codec::Codec;
+use crate::status::Status;
+use crate::wire::{reset, Code, Metadata};
+
+/// Response messages of a server-streaming or bidirectional call.
+///
+/// Dropping it before the end cancels the call on the server.
+pub struct Streaming<T> {
+    pub(super) recv: CallRecv,
+    pub(super) decode: DecodeFn<T>,
+    pub(super) deadline: Option<Instant>,
+}
+
+impl<T> std::fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming").finish_non_exhaustive()
+    }
+}
+
+impl<T> Streaming<T> {
+    /// The next message; `Ok(None)` once the server ended the stream with `OK`.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        let decode = self.decode;
+        let deadline = self.deadline;
+        let r = with_deadline(deadline, self.recv.message(decode)).await;
+        if let Err(s) = &r {
+            if s.code() == Code::DeadlineExceeded && !self.recv.finished {
+                self.recv.finished = true;
+                self.recv.recv.stop(reset::DEADLINE_EXCEEDED);
+            }
+        }
+        r
+    }
+
+    /// Trailing metadata, available after `message` returned `Ok(None)`.
+    pub fn trailers(&self) -> Option<&Metadata> {
+        self.recv.trailers.as_ref().map(|t| &t.metadata)
+    }
+
+    /// Server time reported in the TRAILERS.
+    pub fn server_time(&self) -> Option<Duration> {
+        self.recv.trailers.as_ref().and_then(|t| t.server_time)
+    }
+
+    /// Where the time of the call went, available after `message` returned `Ok(None)`.
+    pub fn timing(&self) -> Option<CallTiming> {
+        let t = self.recv.trailers.as_ref()?;
+        let total = self.recv.ended.unwrap_or_else(Instant::now) - self.recv.started;
+        Some(CallTiming::new(total, t))
+    }
+}
+
+/// Where a client-streaming or bidirectional call sends its requests.
+///
+/// Call [`RequestSink::finish`] when done; dropping the sink also ends the request stream.
+pub struct RequestSink<T> {
+    pub(super) send: quinn::SendStream,
+    pub(super) codec: Codec,
+    pub(super) max: usize,
+    pub(super) encode: EncodeFn<T>,
+}
+
+impl<T> std::fmt::Debug for RequestSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSink").finish_non_exhaustive()
+    }
+}
+
+impl<T> RequestSink<T> {
+    /// Sends one request message; waits while the server is slow to read.
+    pub async fn send(&mut self, msg: &T) -> Result<(), Status> {
+        let bytes = (self.encode)(self.codec, msg, self.max)?;
+        let [hdr, payload] = data_chunks(bytes);
+        self.send
+            .write_all_chunks(&mut [hdr, payload])
+            .await
+            .map_err(|e| match e {
+                quinn::WriteError::Stopped(code) => status_for_reset(code.into_inner()),
+                other => Status::unavailable(format!("cannot send: {other}")),
+            })
+    }
+
+    /// Ends the request stream.
+    pub fn finish(mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Abandons the call: the server's handler is cancelled.
+    pub fn cancel(mut self, status: &Status) {
+        let _ = self.send.reset(reset_for_status(status).into());
+    }
+}
+
+/// The response of a client-streaming call.
+pub struct ResponseFuture<T> {
+    pub(super) recv: CallRecv,
+    pub(super) decode: DecodeFn<T>,
+    pub(super) deadline: Option<Instant>,
+}
+
+impl<T> std::fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<T> ResponseFuture<T> {
+    /// Waits for the response.
+    pub async fn response(mut self) -> Result<Response<T>, Status> {
+        with_deadline(self.deadline, self.recv.single_response(self.decode)).await
+    }
+}

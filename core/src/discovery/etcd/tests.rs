@@ -1,0 +1,78 @@
+//! Unit tests of the etcd backend that need no etcd.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+
+use super::{EtcdConfig, ServerRecord};
+use crate::discovery::RegionMap;
+
+#[test]
+fn reads_the_etcd_table_of_a_region_file() {
+    let text = r#"
+        [[region]]
+        name = "near"
+        servers = [{ addr = "127.0.0.1:7000" }]
+
+        [etcd]
+        endpoints = ["http://127.0.0.1:2379"]
+        lease_ttl = 4
+        prefix = "/svc"
+    "#;
+    let c = EtcdConfig::from_toml_str(text).unwrap().unwrap();
+    assert_eq!(c.endpoints, ["http://127.0.0.1:2379"]);
+    assert_eq!(c.lease_ttl, Duration::from_secs(4));
+    assert_eq!(c.prefix, "/svc/");
+    assert!(c.tls.is_none());
+    // The region list still parses, the table is ignored there.
+    assert_eq!(RegionMap::from_toml_str(text).unwrap().regions.len(), 1);
+    // No table: no etcd.
+    assert!(EtcdConfig::from_toml_str("[[region]]\nname = \"a\"\n")
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn bad_etcd_tables_are_clear_errors() {
+    for bad in [
+        "[etcd]\nendpoints = []\n",
+        "[etcd]\nendpoints = [\"http://x:1\"]\nlease_ttl = 0\n",
+        "[etcd]\nendpoints = [\"http://x:1\"]\nttl = 3\n",
+        "[etcd]\nendpoints = \"http://x:1\"\n",
+    ] {
+        assert!(EtcdConfig::from_toml_str(bad).is_err(), "{bad}");
+    }
+    let tls = "[etcd]\nendpoints = [\"https://x:1\"]\n[etcd.tls]\ncert = \"c.pem\"\n";
+    let c = EtcdConfig::from_toml_str(tls).unwrap().unwrap();
+    assert!(c.tls.unwrap().options().is_err());
+}
+
+#[test]
+fn ttl_is_whole_seconds_rounded_up() {
+    let c = EtcdConfig::new(["http://x:1"]);
+    assert_eq!(
+        c.clone().lease_ttl(Duration::from_millis(1500)).ttl_secs(),
+        2
+    );
+    assert_eq!(c.clone().lease_ttl(Duration::ZERO).ttl_secs(), 1);
+    assert_eq!(c.lease_ttl(Duration::from_secs(7)).ttl_secs(), 7);
+}
+
+#[test]
+fn records_round_trip_and_bad_ones_are_refused() {
+    let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    let r = ServerRecord::new("eu", addr, "eu.example")
+        .server_id("eu-1")
+        .certificate(&CertificateDer::from(vec![1u8, 2, 3]));
+    assert_eq!(r.cert_sha256.as_deref().map(str::len), Some(64));
+    let json = serde_json::to_vec(&r).unwrap();
+    let back: ServerRecord = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back, r);
+    // Minimal records from other tools parse, with defaults.
+    let min: ServerRecord =
+        serde_json::from_str(r#"{"region":"a","server_id":"b","addr":"127.0.0.1:1"}"#).unwrap();
+    assert_eq!(min.server_name, "localhost");
+    assert!(min.check().is_ok());
+    assert!(ServerRecord::new("a/b", addr, "x").check().is_err());
+}

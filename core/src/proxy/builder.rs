@@ -1,0 +1,101 @@
+//! [`ProxyBuilder`]: the proxy's upstream client, region, listening address and TLS.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use super::forward::{
+    forward_bidi, forward_client_streaming, forward_server_streaming, forward_unary,
+};
+use super::handle::{AbortOnDrop, Proxy};
+use super::upstream::Upstream;
+use super::CATALOG_REFRESH;
+use crate::region::RegionClient;
+use crate::server::Server;
+use crate::status::Error;
+use crate::transport::{ServerTls, TransportConfig};
+
+/// Builds a [`Proxy`] around a [`RegionClient`] that reaches the upstream servers.
+#[derive(Debug)]
+pub struct ProxyBuilder {
+    pub(super) upstream: RegionClient,
+    pub(super) region: String,
+    pub(super) server_id: Option<String>,
+    pub(super) transport: TransportConfig,
+}
+
+impl ProxyBuilder {
+    /// The region the proxy announces in its HELLO (where it runs). Default `proxy`.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// The id announced in the HELLO (default: the bound address).
+    pub fn server_id(mut self, id: impl Into<String>) -> Self {
+        self.server_id = Some(id.into());
+        self
+    }
+
+    /// Limits of the proxy's own endpoint (message size, streams, windows).
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Binds `addr` and starts forwarding on the current tokio runtime.
+    pub async fn bind(self, addr: SocketAddr, tls: ServerTls) -> Result<Proxy, Error> {
+        let up = Arc::new(Upstream {
+            client: self.upstream,
+            calls: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            catalog: RwLock::new(Arc::new(HashMap::new())),
+        });
+        let templates = {
+            let (u1, u2, u3, u4) = (up.clone(), up.clone(), up.clone(), up.clone());
+            Server::builder()
+                .unary_raw("unary", move |req, ctx| forward_unary(u1.clone(), req, ctx))
+                .server_streaming_raw("server_streaming", move |req, ctx, sink| {
+                    forward_server_streaming(u2.clone(), req, ctx, sink)
+                })
+                .client_streaming_raw("client_streaming", move |reqs, ctx| {
+                    forward_client_streaming(u3.clone(), reqs, ctx)
+                })
+                .bidi_raw("bidi", move |reqs, ctx, sink| {
+                    forward_bidi(u4.clone(), reqs, ctx, sink)
+                })
+        };
+        let resolver = up.clone();
+        let mut builder = Server::builder()
+            .region(self.region)
+            .transport(self.transport)
+            .no_local_registry()
+            .fallback(move |name| resolver.resolve(name), templates);
+        if let Some(id) = self.server_id {
+            builder = builder.server_id(id);
+        }
+        let server = builder.bind(addr, tls).await?;
+        let announce = server.catalog_handle();
+        let refreshed = Arc::downgrade(&up);
+        let refresher = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(CATALOG_REFRESH);
+            loop {
+                ticker.tick().await;
+                let Some(up) = refreshed.upgrade() else {
+                    return;
+                };
+                let methods = up.client.catalog();
+                up.remember(&methods);
+                if !announce.set(methods) {
+                    return;
+                }
+            }
+        });
+        Ok(Proxy {
+            server,
+            upstream: up,
+            refresher: AbortOnDrop(refresher),
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! [`ProxyConfig`]: the proxy's TOML configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::region::{Region, RegionMap};
+use crate::status::Error;
+
+/// A proxy's configuration, usually read from TOML:
+///
+/// ```toml
+/// listen = "127.0.0.1:7400"
+/// proxy_region = "edge"        # where the proxy runs, announced in its HELLO
+/// home_region = "eu-west"      # optional: preferred upstream region
+/// hedge = ["lookup"]           # optional: idempotent methods to hedge
+///
+/// [tls]
+/// cert = "proxy.pem"           # the proxy's certificate chain, shown to clients
+/// key = "proxy.key"
+/// ca = "ca.pem"                # roots that upstream servers' certificates lead to
+///
+/// [[region]]
+/// name = "eu-west"
+/// servers = [{ addr = "10.0.0.1:7000", server_name = "eu-west.example.com" }]
+///
+/// [etcd]                       # optional (feature `etcd`): servers registered in etcd,
+/// endpoints = ["http://10.0.0.9:2379"]   # followed live, besides the lists above
+/// ```
+///
+/// Relative file names are read from the configuration file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// Where the proxy runs, announced in its HELLO (default `proxy`).
+    #[serde(default = "default_region")]
+    pub proxy_region: String,
+    /// Id announced in the HELLO (default: the bound address).
+    #[serde(default)]
+    pub server_id: Option<String>,
+    /// Upstream region preferred whenever it is healthy.
+    #[serde(default)]
+    pub home_region: Option<String>,
+    /// Methods whose calls are hedged upstream.
+    #[serde(default)]
+    pub hedge: Vec<String>,
+    /// Certificates.
+    pub tls: ProxyTlsConfig,
+    /// The upstream regions and their servers.
+    #[serde(default, rename = "region")]
+    pub regions: Vec<Region>,
+    /// Upstream servers registered in etcd, followed live (besides the `[[region]]` lists).
+    #[cfg(feature = "etcd")]
+    #[serde(default)]
+    pub etcd: Option<crate::region::EtcdConfig>,
+    /// Without the `etcd` feature an `[etcd]` table is kept only to be refused: a proxy
+    /// must not start while ignoring the registry its configuration names.
+    #[cfg(not(feature = "etcd"))]
+    #[serde(default)]
+    pub etcd: Option<toml::Table>,
+}
+
+fn default_region() -> String {
+    "proxy".into()
+}
+
+/// The `[tls]` table of a [`ProxyConfig`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTlsConfig {
+    /// PEM certificate chain the proxy presents to clients.
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// PEM roots trusted for upstream servers.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+impl ProxyConfig {
+    /// Parses TOML; relative file names stay relative to the current directory.
+    pub fn from_toml_str(text: &str) -> Result<ProxyConfig, Error> {
+        let cfg: ProxyConfig =
+            toml::from_str(text).map_err(|e| Error::Config(format!("proxy configuration: {e}")))?;
+        // The region part follows the region file's rules (unique, non-empty names).
+        RegionMap {
+            regions: cfg.regions.clone(),
+        }
+        .validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file; relative file names are taken from the file's directory.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<ProxyConfig, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            context: format!("cannot read {}", path.display()),
+            source,
+        })?;
+        let mut cfg = ProxyConfig::from_toml_str(&text)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut cfg.tls.cert);
+        fix(&mut cfg.tls.key);
+        if let Some(ca) = &mut cfg.tls.ca {
+            fix(ca);
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,250 @@
+//! Forwarding one call of each kind, with the hop's timing and cancellation carried through.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{field, Instrument};
+
+use super::upstream::Upstream;
+use crate::client::{RequestSink, Streaming};
+use crate::server::{CallContext, Forwarded, RequestStream, ResponseSink};
+use crate::status::Status;
+use crate::wire::Metadata;
+
+/// One forwarded call's bookkeeping: when it reached the proxy, when the upstream call
+/// started, and where its times are reported.
+struct Hop<'a> {
+    upstream: &'a Upstream,
+    ctx: &'a CallContext,
+    span: tracing::Span,
+    started: Instant,
+    upstream_started: Instant,
+}
+
+impl<'a> Hop<'a> {
+    fn new(upstream: &'a Upstream, ctx: &'a CallContext, kind: &'static str) -> Hop<'a> {
+        let now = Instant::now();
+        Hop {
+            upstream,
+            ctx,
+            span: tracing::debug_span!(
+                "rpc.proxy",
+                method = %ctx.method(),
+                kind,
+                code = field::Empty,
+                proxy_us = field::Empty,
+                upstream_us = field::Empty,
+                server_us = field::Empty
+            ),
+            started: now,
+            upstream_started: now,
+        }
+    }
+
+    fn upstream_starts(&mut self) {
+        self.upstream_started = Instant::now();
+    }
+
+    /// Records the upstream call's outcome for the TRAILERS, the span and the counters.
+    fn settle<T>(
+        &self,
+        result: Result<(T, Option<Duration>, Metadata), Status>,
+    ) -> Result<T, Status> {
+        let upstream = self.upstream_started.elapsed();
+        self.upstream.calls.fetch_add(1, Ordering::Relaxed);
+        let (result, server_time, metadata) = match result {
+            Ok((msg, server_time, metadata)) => (Ok(msg), server_time, metadata),
+            Err(s) => {
+                self.upstream.failed.fetch_add(1, Ordering::Relaxed);
+                (Err(s), None, Metadata::new())
+            }
+        };
+        // Passed on to the caller, so it may send even a non-idempotent call elsewhere.
+        let not_run = result.as_ref().is_err_and(Status::is_known_not_run);
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| crate::wire::Code::Ok);
+        self.span.record("code", field::display(code));
+        let inside = self.started.elapsed().saturating_sub(upstream);
+        self.span.record("proxy_us", inside.as_micros() as u64);
+        self.span.record("upstream_us", upstream.as_micros() as u64);
+        if let Some(t) = server_time {
+            self.span.record("server_us", t.as_micros() as u64);
+        }
+        self.ctx.set_forwarded(Forwarded {
+            server_time,
+            upstream,
+            metadata,
+            not_run,
+        });
+        result
+    }
+}
+
+pub(super) async fn forward_unary(
+    upstream: Arc<Upstream>,
+    request: Bytes,
+    ctx: CallContext,
+) -> Result<Bytes, Status> {
+    let mut hop = Hop::new(&upstream, &ctx, "unary");
+    let call = upstream.call(&ctx);
+    hop.upstream_starts();
+    let result = call.unary_raw(request).instrument(hop.span.clone()).await;
+    hop.settle(result.map(unpack))
+}
+
+fn unpack(r: crate::Response<Bytes>) -> (Bytes, Option<Duration>, Metadata) {
+    let (server_time, metadata) = (r.server_time(), r.metadata().clone());
+    (r.into_inner(), server_time, metadata)
+}
+
+pub(super) async fn forward_server_streaming(
+    upstream: Arc<Upstream>,
+    request: Bytes,
+    ctx: CallContext,
+    sink: ResponseSink<Bytes>,
+) -> Result<(), Status> {
+    let mut hop = Hop::new(&upstream, &ctx, "server_streaming");
+    let call = upstream.call(&ctx);
+    hop.upstream_starts();
+    let result = async {
+        let mut responses = call.server_streaming_raw(request).await?;
+        while let Some(msg) = responses.message().await? {
+            sink.send(&msg).await?;
+        }
+        Ok(ended(&responses))
+    }
+    .instrument(hop.span.clone())
+    .await;
+    hop.settle(result)
+}
+
+/// What a stream that ended with `OK` reported.
+fn ended(responses: &Streaming<Bytes>) -> ((), Option<Duration>, Metadata) {
+    (
+        (),
+        responses.server_time(),
+        responses.trailers().cloned().unwrap_or_default(),
+    )
+}
+
+/// The upstream request stream: reset (never finished) if dropped before the caller's own
+/// request stream ended, so an upstream handler never takes a cut-off stream for a whole one.
+struct UpstreamSink(Option<RequestSink<Bytes>>);
+
+impl UpstreamSink {
+    async fn send(&mut self, msg: &Bytes) -> Result<(), Status> {
+        match &mut self.0 {
+            Some(s) => s.send(msg).await,
+            None => Err(Status::cancelled("the request stream has ended")),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.finish();
+        }
+    }
+
+    fn cancel(&mut self, status: &Status) {
+        if let Some(s) = self.0.take() {
+            s.cancel(status);
+        }
+    }
+}
+
+impl Drop for UpstreamSink {
+    fn drop(&mut self) {
+        self.cancel(&Status::cancelled("the caller went away"));
+    }
+}
+
+/// Passes the caller's request messages upstream until the caller finishes (then finishes
+/// upstream). A broken caller stream cancels the upstream call and fails with its status;
+/// an upstream that stops reading ends the pumping quietly (its status follows).
+async fn pump_requests(
+    requests: &mut RequestStream<Bytes>,
+    sink: &mut UpstreamSink,
+) -> Result<(), Status> {
+    loop {
+        match requests.message().await {
+            Ok(Some(msg)) => {
+                if sink.send(&msg).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                sink.finish();
+                return Ok(());
+            }
+            Err(status) => {
+                sink.cancel(&status);
+                return Err(status);
+            }
+        }
+    }
+}
+
+pub(super) async fn forward_client_streaming(
+    upstream: Arc<Upstream>,
+    mut requests: RequestStream<Bytes>,
+    ctx: CallContext,
+) -> Result<Bytes, Status> {
+    let mut hop = Hop::new(&upstream, &ctx, "client_streaming");
+    let call = upstream.call(&ctx);
+    hop.upstream_starts();
+    let result = async {
+        let (sink, response) = call.client_streaming_raw().await?;
+        let mut sink = UpstreamSink(Some(sink));
+        pump_requests(&mut requests, &mut sink).await?;
+        response.response().await
+    }
+    .instrument(hop.span.clone())
+    .await;
+    hop.settle(result.map(unpack))
+}
+
+pub(super) async fn forward_bidi(
+    upstream: Arc<Upstream>,
+    mut requests: RequestStream<Bytes>,
+    ctx: CallContext,
+    out: ResponseSink<Bytes>,
+) -> Result<(), Status> {
+    let mut hop = Hop::new(&upstream, &ctx, "bidi");
+    let call = upstream.call(&ctx);
+    hop.upstream_starts();
+    let result = async {
+        let (sink, mut responses) = call.bidi_raw().await?;
+        let mut sink = UpstreamSink(Some(sink));
+        {
+            let up = pump_requests(&mut requests, &mut sink);
+            tokio::pin!(up);
+            let mut up_done = false;
+            let down = async {
+                while let Some(msg) = responses.message().await? {
+                    out.send(&msg).await?;
+                }
+                Ok::<_, Status>(())
+            };
+            tokio::pin!(down);
+            loop {
+                tokio::select! {
+                    r = &mut up, if !up_done => {
+                        r?;
+                        up_done = true;
+                    }
+                    r = &mut down => {
+                        r?;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(ended(&responses))
+    }
+    .instrument(hop.span.clone())
+    .await;
+    hop.settle(result)
+}

@@ -1,0 +1,140 @@
+//! [`Proxy`]: the running proxy's handle and its counters.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::builder::ProxyBuilder;
+use super::config::ProxyConfig;
+use super::upstream::Upstream;
+use crate::region::{RegionClient, RegionMap, StaticDiscovery};
+use crate::server::Server;
+use crate::status::Error;
+use crate::transport::{ClientTls, Identity, ServerTls, TransportConfig};
+
+/// Counters of a running proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Calls forwarded since the proxy started.
+    pub calls: u64,
+    /// Forwarded calls that ended with a status other than `OK`.
+    pub failed: u64,
+}
+
+/// A running proxy. Dropping it closes its endpoint at once; [`Proxy::shutdown`] lets
+/// calls in flight finish.
+#[derive(Debug)]
+pub struct Proxy {
+    pub(super) server: Server,
+    pub(super) upstream: Arc<Upstream>,
+    pub(super) refresher: AbortOnDrop,
+}
+
+impl Proxy {
+    /// A proxy forwarding through `upstream`.
+    pub fn builder(upstream: RegionClient) -> ProxyBuilder {
+        ProxyBuilder {
+            upstream,
+            region: "proxy".into(),
+            server_id: None,
+            transport: TransportConfig::default(),
+        }
+    }
+
+    /// Starts a proxy from a parsed configuration.
+    pub async fn from_config(config: ProxyConfig) -> Result<Proxy, Error> {
+        let identity = Identity::from_pem_files(&config.tls.cert, &config.tls.key)?;
+        let upstream_tls = match &config.tls.ca {
+            Some(ca) => ClientTls::with_roots_pem_file(ca)?,
+            None => return Err(Error::Config(
+                "proxy: [tls] needs `ca`, the roots that upstream servers' certificates lead to"
+                    .into(),
+            )),
+        };
+        let map = RegionMap {
+            regions: config.regions,
+        };
+        #[cfg(feature = "etcd")]
+        let discovery: Arc<dyn crate::region::Discovery> = match config.etcd {
+            Some(etcd) => crate::region::EtcdDiscovery::connect_with_base(etcd, map)
+                .await
+                .map_err(|e| Error::Config(format!("proxy: {e}")))?,
+            None => static_upstream(map)?,
+        };
+        #[cfg(not(feature = "etcd"))]
+        let discovery = match config.etcd {
+            Some(_) => {
+                return Err(Error::Config(
+                    "proxy: the [etcd] table needs a build with the `etcd` cargo feature \
+                     (`--features cli,etcd`; the build needs protoc and libprotobuf-dev)"
+                        .into(),
+                ))
+            }
+            None => static_upstream(map)?,
+        };
+        let mut client = RegionClient::builder(discovery, upstream_tls);
+        if let Some(home) = config.home_region {
+            client = client.home_region(home);
+        }
+        for m in config.hedge {
+            client = client.hedge(m);
+        }
+        let upstream = client.build()?;
+        let mut builder = Proxy::builder(upstream).region(config.proxy_region);
+        if let Some(id) = config.server_id {
+            builder = builder.server_id(id);
+        }
+        builder.bind(config.listen, ServerTls::new(identity)).await
+    }
+
+    /// Reads a TOML configuration file (see [`ProxyConfig`]) and starts the proxy.
+    pub async fn from_toml_file(path: impl AsRef<Path>) -> Result<Proxy, Error> {
+        Proxy::from_config(ProxyConfig::from_toml_file(path)?).await
+    }
+
+    /// The address the proxy listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The region client the proxy forwards through (its stats show the upstream side).
+    pub fn upstream(&self) -> &RegionClient {
+        &self.upstream.client
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats {
+            calls: self.upstream.calls.load(Ordering::Relaxed),
+            failed: self.upstream.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking calls, lets calls in flight finish for up to `grace`, then closes.
+    pub async fn shutdown(self, grace: Duration) {
+        drop(self.refresher);
+        self.server.shutdown(grace).await;
+    }
+}
+
+/// Stops the catalog refresher when the proxy goes.
+#[derive(Debug)]
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Upstream servers listed in the configuration itself: at least one is needed.
+fn static_upstream(map: RegionMap) -> Result<Arc<dyn crate::region::Discovery>, Error> {
+    if map.regions.iter().all(|r| r.servers.is_empty()) {
+        return Err(Error::Config(
+            "proxy: no upstream server in any [[region]] (and no [etcd] table)".into(),
+        ));
+    }
+    Ok(StaticDiscovery::new(map))
+}

@@ -1,0 +1,131 @@
+//! [`RegionClientBuilder`]: discovery, trust, home region, hedging, probing, retries.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::handle::RegionClient;
+use super::prober::probe_loop;
+use super::routing::Inner;
+use super::table::State;
+use crate::discovery::{Discovery, LocalRegistry};
+use crate::region::budget::RetryBudget;
+use crate::region::select::RegionSelector;
+use crate::status::Error;
+use crate::transport::{ClientTls, TransportConfig};
+
+/// Builds a [`RegionClient`].
+pub struct RegionClientBuilder {
+    pub(super) discovery: Arc<dyn Discovery>,
+    pub(super) tls: Option<ClientTls>,
+    pub(super) home: Option<String>,
+    pub(super) transport: TransportConfig,
+    pub(super) probe_interval: Duration,
+    pub(super) silence_limit: Duration,
+    pub(super) hedged: HashSet<String>,
+    pub(super) retry_ratio: f64,
+    pub(super) via_proxies: bool,
+}
+
+impl std::fmt::Debug for RegionClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionClientBuilder")
+            .field("home", &self.home)
+            .field("probe_interval", &self.probe_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegionClientBuilder {
+    /// Prefers this region whenever it is healthy, whatever the RTTs say.
+    pub fn home_region(mut self, region: impl Into<String>) -> Self {
+        self.home = Some(region.into());
+        self
+    }
+
+    /// Transport limits for the connections to servers. The keep-alive interval is set to
+    /// the probe interval, so every connection's RTT stays fresh.
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// How often connections are checked and RTTs sampled (default 250 ms). Each idle
+    /// connection carries one small keep-alive packet each way per interval.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval.max(Duration::from_millis(20));
+        self
+    }
+
+    /// A server that sends nothing for this long, while being pinged every probe
+    /// interval, is ejected (default 1 s): this bounds outage detection.
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.silence_limit = limit;
+        self
+    }
+
+    /// Hedges calls to `method`: when the first answer is later than the method's
+    /// observed p95, a second copy goes to the next choice, the first answer wins and the
+    /// other copy is cancelled. Only for idempotent methods.
+    pub fn hedge(mut self, method: impl Into<String>) -> Self {
+        self.hedged.insert(method.into());
+        self
+    }
+
+    /// Reaches each region through the proxies the map lists for it (nearest proxy by
+    /// RTT, failover between them) instead of calling its servers directly. Regions that
+    /// list no proxy are still called directly.
+    pub fn via_proxies(mut self) -> Self {
+        self.via_proxies = true;
+        self
+    }
+
+    /// Retries and hedges together may add at most this share of calls (default 0.1).
+    pub fn retry_budget(mut self, ratio: f64) -> Self {
+        self.retry_ratio = ratio.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Starts the client (its background prober runs on the current tokio runtime).
+    pub fn build(self) -> Result<RegionClient, Error> {
+        let tls = match self.tls {
+            Some(tls) => tls,
+            None => {
+                let roots = LocalRegistry::global().roots();
+                ClientTls::with_roots(roots.into_iter().filter(|c| !c.is_empty()))?
+            }
+        };
+        let mut transport = self.transport;
+        transport.keep_alive_interval = Some(self.probe_interval);
+        transport.handshake_timeout = transport.handshake_timeout.min(Duration::from_secs(3));
+        let mut selector = RegionSelector::new();
+        selector.set_home(self.home.clone());
+        let map = self.discovery.watch();
+        let inner = Arc::new(Inner {
+            tls,
+            transport,
+            probe_interval: self.probe_interval,
+            silence_limit: self.silence_limit,
+            hedged: self.hedged,
+            via_proxies: self.via_proxies,
+            map,
+            _discovery: self.discovery,
+            state: Mutex::new(State {
+                servers: HashMap::new(),
+                selector,
+                region_rtt: HashMap::new(),
+                budget: RetryBudget::new(self.retry_ratio),
+                hedges: HashMap::new(),
+                rng: 0x853c_49e6_748f_ea9b,
+            }),
+            calls: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            hedges_sent: AtomicU64::new(0),
+            hedges_won: AtomicU64::new(0),
+        });
+        inner.sync_membership(Instant::now());
+        tokio::spawn(probe_loop(Arc::downgrade(&inner)));
+        Ok(RegionClient { inner })
+    }
+}

@@ -1,0 +1,474 @@
+//! [`RegionCallBuilder`]: one routed call: attempts, retries within the budget, hedging.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{field, Instrument};
+
+use super::handle::RegionClient;
+use super::routing::Target;
+use crate::client::{CallBuilder, RequestSink, Response, ResponseFuture, Streaming};
+use crate::codec::Codec;
+use crate::region::hedge::HedgePolicy;
+use crate::status::Status;
+use crate::wire::{Code, Metadata};
+
+/// Options of one routed call, then the call.
+#[derive(Debug)]
+#[must_use = "a call does nothing until `unary` is awaited"]
+pub struct RegionCallBuilder {
+    pub(super) client: RegionClient,
+    pub(super) method: String,
+    pub(super) timeout: Option<Duration>,
+    pub(super) metadata: Metadata,
+    pub(super) idempotent: Option<bool>,
+    pub(super) key: Option<Bytes>,
+    pub(super) codec: Codec,
+    pub(super) forward: bool,
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    Done(Result<Response<T>, Status>),
+    /// The server was ejected while the attempt was in flight.
+    Abandoned,
+}
+
+impl RegionCallBuilder {
+    /// Gives up after `timeout`, across all attempts.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.metadata.insert(key, value);
+        self
+    }
+
+    /// Declares the call safe (or not) to run more than once; by default the server's
+    /// catalog decides.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = Some(idempotent);
+        self
+    }
+
+    /// Routes by key: the call goes to the key's owner (rendezvous hashing) inside the
+    /// chosen region.
+    pub fn routing_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The codec of typed messages (default postcard).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Forwards messages already encoded with `codec` (see `CallBuilder::forwarding`),
+    /// with all of `metadata`.
+    pub(crate) fn forwarding(mut self, codec: Codec, metadata: Metadata) -> Self {
+        self.codec = codec;
+        self.forward = true;
+        self.metadata = metadata;
+        self
+    }
+
+    /// The call's own flag, else the catalog of the first server that lists the method
+    /// (idempotency is the method's property, the same on every server serving it).
+    fn is_idempotent(&self) -> bool {
+        if let Some(i) = self.idempotent {
+            return i;
+        }
+        let st = self.client.inner.lock();
+        st.servers
+            .values()
+            .find_map(|s| {
+                let hello = s.channel.as_ref()?.server_info()?;
+                let m = hello.methods.iter().find(|m| m.name == self.method)?;
+                Some(m.idempotent)
+            })
+            .unwrap_or(false)
+    }
+
+    /// The channel-level call for one attempt, with this call's options.
+    fn channel_call(
+        &self,
+        target: &Target,
+        idempotent: bool,
+        deadline: Option<Instant>,
+    ) -> CallBuilder {
+        let mut call = target
+            .channel
+            .call(self.method.clone())
+            .codec(self.codec)
+            .idempotent(idempotent);
+        if self.forward {
+            call = call.forwarding(self.codec);
+        }
+        if let Some(d) = deadline {
+            call = call.timeout(d.saturating_duration_since(Instant::now()));
+        }
+        for (k, v) in self.metadata.iter() {
+            call = call.metadata(k, v.clone());
+        }
+        if let Some(k) = &self.key {
+            call = call.routing_key(k.clone());
+        }
+        call
+    }
+
+    /// Opens a streaming call on the chosen server. If opening fails in a way that proves
+    /// nothing ran (no such method there, server refused or unreachable), the next choice
+    /// is tried once. Streams are not moved once open.
+    async fn open_streaming<T, F, Fut>(self, open: F) -> Result<T, Status>
+    where
+        F: Fn(CallBuilder) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let inner = self.client.inner.clone();
+        inner.calls.fetch_add(1, Ordering::Relaxed);
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let idempotent = self.is_idempotent();
+        let mut tried = Vec::new();
+        let mut last = None;
+        let started = Instant::now();
+        while tried.len() < 2 {
+            let Some(target) = inner.pick(&self.method, self.key.as_deref(), &tried) else {
+                // Nothing connected yet (startup): wait a little for the prober, as unary
+                // calls do.
+                let waited = started.elapsed() < Duration::from_secs(5)
+                    && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
+                    && inner.may_still_connect();
+                if tried.is_empty() && waited {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                break;
+            };
+            let started = Instant::now();
+            let result = open(self.channel_call(&target, idempotent, deadline)).await;
+            let failed = result.as_ref().is_err_and(|s| server_failure(s.code()));
+            inner.finish(target.addr, started.elapsed(), None, failed);
+            match result {
+                Ok(stream) => return Ok(stream),
+                Err(s)
+                    if s.code() == Code::Unimplemented
+                        || (s.code() == Code::Unavailable
+                            && (idempotent || s.is_known_not_run())) =>
+                {
+                    tried.push(target.addr);
+                    last = Some(s);
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        // With no attempt made, nothing ran anywhere.
+        Err(last.unwrap_or_else(|| {
+            Status::unavailable(format!("no healthy region serves {:?}", self.method))
+                .mark_not_run()
+        }))
+    }
+
+    /// A server-streaming call on raw bytes, opened on the chosen server.
+    pub async fn server_streaming_raw(self, request: Bytes) -> Result<Streaming<Bytes>, Status> {
+        self.open_streaming(|call| call.server_streaming_raw(request.clone()))
+            .await
+    }
+
+    /// A server-streaming call, opened on the chosen server.
+    pub async fn server_streaming<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+        request: &Req,
+    ) -> Result<Streaming<Resp>, Status> {
+        self.open_streaming(|call| call.server_streaming(request))
+            .await
+    }
+
+    /// A client-streaming call, opened on the chosen server.
+    pub async fn client_streaming<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
+        self.open_streaming(|call| call.client_streaming()).await
+    }
+
+    /// A client-streaming call on raw bytes, opened on the chosen server.
+    pub async fn client_streaming_raw(
+        self,
+    ) -> Result<(RequestSink<Bytes>, ResponseFuture<Bytes>), Status> {
+        self.open_streaming(|call| call.client_streaming_raw())
+            .await
+    }
+
+    /// A bidirectional call on raw bytes, opened on the chosen server.
+    pub async fn bidi_raw(self) -> Result<(RequestSink<Bytes>, Streaming<Bytes>), Status> {
+        self.open_streaming(|call| call.bidi_raw()).await
+    }
+
+    /// A bidirectional call, opened on the chosen server.
+    pub async fn bidi<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+    ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
+        self.open_streaming(|call| call.bidi()).await
+    }
+
+    async fn attempt<T, F, Fut>(
+        &self,
+        target: &mut Target,
+        make: &F,
+        idempotent: bool,
+        deadline: Option<Instant>,
+    ) -> Attempt<T>
+    where
+        F: Fn(CallBuilder) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let call = self.channel_call(target, idempotent, deadline);
+        let started = Instant::now();
+        let fut = make(call);
+        let result = tokio::select! {
+            r = fut => Some(r),
+            _ = target.ejected.changed() => None,
+        };
+        let latency = started.elapsed();
+        let timeout = deadline.map(|d| d.saturating_duration_since(started));
+        match result {
+            Some(r) => {
+                let failed = r.as_ref().is_err_and(|s| server_failure(s.code()));
+                self.client
+                    .inner
+                    .finish(target.addr, latency, timeout, failed);
+                Attempt::Done(r)
+            }
+            None => {
+                self.client
+                    .inner
+                    .finish(target.addr, latency, timeout, true);
+                Attempt::Abandoned
+            }
+        }
+    }
+
+    /// A unary call with typed messages, routed, retried and hedged as configured.
+    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+        self,
+        request: &Req,
+    ) -> Result<Response<Resp>, Status> {
+        self.unary_with(|call| call.unary::<Req, Resp>(request))
+            .await
+    }
+
+    /// A unary call on raw bytes, routed, retried and hedged as configured.
+    pub async fn unary_raw(self, request: Bytes) -> Result<Response<Bytes>, Status> {
+        self.unary_with(|call| call.unary_raw(request.clone()))
+            .await
+    }
+
+    async fn unary_with<T, F, Fut>(self, make: F) -> Result<Response<T>, Status>
+    where
+        F: Fn(CallBuilder) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let inner = self.client.inner.clone();
+        inner.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let deadline = self.timeout.map(|t| started + t);
+        let idempotent = self.is_idempotent();
+        {
+            let mut st = inner.lock();
+            st.budget.record_call(started);
+        }
+        let span = tracing::debug_span!(
+            "rpc.region",
+            method = %self.method,
+            region = field::Empty,
+            server = field::Empty,
+            attempts = field::Empty,
+            code = field::Empty
+        );
+        let fut = async {
+            let mut tried: Vec<SocketAddr> = Vec::new();
+            let mut attempts = 0u32;
+            let mut last: Option<Status> = None;
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(
+                        last.unwrap_or_else(|| Status::deadline_exceeded("deadline exceeded"))
+                    );
+                }
+                let Some(mut target) = inner
+                    .pick(&self.method, self.key.as_deref(), &tried)
+                    .or_else(|| {
+                        // Every candidate tried: allow the ones tried before.
+                        if tried.is_empty() {
+                            None
+                        } else {
+                            inner.pick(&self.method, self.key.as_deref(), &[])
+                        }
+                    })
+                else {
+                    if attempts == 0
+                        && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
+                        && inner.may_still_connect()
+                    {
+                        // Nothing connected yet (startup): wait a little for the prober.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if started.elapsed() < Duration::from_secs(5) {
+                            continue;
+                        }
+                    }
+                    // With no attempt made, nothing ran anywhere.
+                    return Err(last.unwrap_or_else(|| {
+                        Status::unavailable(format!("no healthy region serves {:?}", self.method))
+                            .mark_not_run()
+                    }));
+                };
+                attempts += 1;
+                tracing::Span::current().record("region", target.region.as_str());
+                tracing::Span::current().record("server", field::display(target.addr));
+                tracing::Span::current().record("attempts", attempts);
+                let hedge_delay = if idempotent && inner.hedged.contains(&self.method) {
+                    inner
+                        .lock()
+                        .hedges
+                        .get(&self.method)
+                        .and_then(HedgePolicy::delay)
+                } else {
+                    None
+                };
+                let t0 = Instant::now();
+                let (outcome, hedge_sent) = match hedge_delay {
+                    None => (
+                        self.attempt(&mut target, &make, idempotent, deadline).await,
+                        false,
+                    ),
+                    Some(delay) => self.hedged(&mut target, &make, deadline, delay).await,
+                };
+                match outcome {
+                    Attempt::Done(Ok(r)) => {
+                        if inner.hedged.contains(&self.method) {
+                            // A hedged call's own latency hides how slow the first copy
+                            // was; record it as slower than the delay, so the p95 is not
+                            // dragged down by hedging itself (which would hedge ever more).
+                            let mut sample = t0.elapsed();
+                            if hedge_sent {
+                                sample = sample.max(hedge_delay.unwrap_or_default() * 2);
+                            }
+                            inner
+                                .lock()
+                                .hedges
+                                .entry(self.method.clone())
+                                .or_default()
+                                .observe(sample);
+                        }
+                        return Ok(r);
+                    }
+                    Attempt::Done(Err(status)) => {
+                        let retryable = match status.code() {
+                            // Provably not run here: another region may serve it.
+                            Code::Unimplemented => true,
+                            Code::Unavailable => idempotent || status.is_known_not_run(),
+                            Code::DeadlineExceeded => {
+                                idempotent && deadline.is_some_and(|d| Instant::now() < d)
+                            }
+                            // The server broke: an idempotent call may try another.
+                            code => idempotent && server_failure(code),
+                        };
+                        if !retryable || attempts >= MAX_ATTEMPTS {
+                            return Err(status);
+                        }
+                        last = Some(status);
+                    }
+                    Attempt::Abandoned => {
+                        if !idempotent || attempts >= MAX_ATTEMPTS {
+                            return Err(Status::unavailable(
+                                "the server stopped answering with the call in flight; it may or may not have run",
+                            ));
+                        }
+                        last = Some(Status::unavailable("the server stopped answering"));
+                    }
+                }
+                if !inner.lock().budget.try_spend(Instant::now()) {
+                    return Err(
+                        last.unwrap_or_else(|| Status::unavailable("retry budget exhausted"))
+                    );
+                }
+                inner.retries.fetch_add(1, Ordering::Relaxed);
+                tried.push(target.addr);
+            }
+        };
+        let result = fut.instrument(span.clone()).await;
+        span.record(
+            "code",
+            field::display(result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)),
+        );
+        result
+    }
+
+    /// Sends a first copy; if it has not answered after `delay`, a second copy to the next
+    /// choice (budget permitting). The first answer wins; the other copy is dropped, which
+    /// cancels it on its server.
+    async fn hedged<T, F, Fut>(
+        &self,
+        first: &mut Target,
+        make: &F,
+        deadline: Option<Instant>,
+        delay: Duration,
+    ) -> (Attempt<T>, bool)
+    where
+        F: Fn(CallBuilder) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let inner = &self.client.inner;
+        let first_addr = first.addr;
+        let a = self.attempt(first, make, true, deadline);
+        tokio::pin!(a);
+        tokio::select! {
+            r = &mut a => return (r, false),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let second = {
+            let ok = inner.lock().budget.try_spend(Instant::now());
+            if ok {
+                inner.pick(&self.method, self.key.as_deref(), &[first_addr])
+            } else {
+                None
+            }
+        };
+        let Some(mut second) = second else {
+            return (a.await, false);
+        };
+        inner.hedges_sent.fetch_add(1, Ordering::Relaxed);
+        let b = self.attempt(&mut second, make, true, deadline);
+        tokio::pin!(b);
+        let r = tokio::select! {
+            r = &mut a => r,
+            r = &mut b => {
+                inner.hedges_won.fetch_add(1, Ordering::Relaxed);
+                r
+            }
+        };
+        (r, true)
+    }
+}
+
+/// Most attempts of one routed call (first try included).
+pub(super) const MAX_ATTEMPTS: u32 = 4;
+
+/// Whether a status says the server (not the request) failed, for health and balancing.
+pub(super) fn server_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Internal
+            | Code::Unknown
+            | Code::DataLoss
+    )
+}

@@ -1,0 +1,185 @@
+//! [`RegionClient`]: the handle users hold.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::builder::RegionClientBuilder;
+use super::call::RegionCallBuilder;
+use super::routing::Inner;
+use super::stats::{RegionStat, RegionStats, ServerStat};
+use crate::client::{Channel, Response};
+use crate::codec::Codec;
+use crate::discovery::{Discovery, LocalRegistry};
+use crate::status::Status;
+use crate::transport::{ClientTls, TransportConfig};
+use crate::wire::{Metadata, MethodInfo};
+
+/// Calls routed across regions: nearest healthy region that serves each method, balanced
+/// inside it, with failover, retries within a budget, and optional hedging.
+///
+/// Cloning is cheap; clones share connections and estimates.
+#[derive(Clone)]
+pub struct RegionClient {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RegionClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionClient").finish_non_exhaustive()
+    }
+}
+
+fn defaults(discovery: Arc<dyn Discovery>, tls: Option<ClientTls>) -> RegionClientBuilder {
+    RegionClientBuilder {
+        discovery,
+        tls,
+        home: None,
+        transport: TransportConfig::default(),
+        probe_interval: Duration::from_millis(250),
+        silence_limit: Duration::from_secs(1),
+        hedged: HashSet::new(),
+        retry_ratio: 0.1,
+        via_proxies: false,
+    }
+}
+
+impl RegionClient {
+    /// A client following `discovery`, verifying servers with `tls`.
+    pub fn builder(discovery: Arc<dyn Discovery>, tls: ClientTls) -> RegionClientBuilder {
+        defaults(discovery, Some(tls))
+    }
+
+    /// A client of the servers registered in this process (the zero-configuration case),
+    /// trusting their certificates.
+    pub fn local() -> RegionClientBuilder {
+        defaults(LocalRegistry::global(), None)
+    }
+
+    /// Starts a call to `method`.
+    pub fn call(&self, method: impl Into<String>) -> RegionCallBuilder {
+        RegionCallBuilder {
+            client: self.clone(),
+            method: method.into(),
+            timeout: None,
+            metadata: Metadata::new(),
+            idempotent: None,
+            key: None,
+            codec: Codec::Postcard,
+            forward: false,
+        }
+    }
+
+    /// A unary call with typed messages and default options.
+    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, Status> {
+        self.call(method)
+            .unary(request)
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// Waits until some region can take calls to `method` (its servers connected and, when
+    /// catalogs are known, serving the method), up to `timeout`.
+    pub async fn ready(&self, method: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            let ok = {
+                let st = self.inner.lock();
+                st.servers
+                    .values()
+                    .any(|s| s.channel.is_some() && !s.silent && s.serves(method) == Some(true))
+            };
+            if ok {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the servers' catalogs say about `method` (the first catalog that lists it).
+    pub fn method_info(&self, method: &str) -> Option<MethodInfo> {
+        let st = self.inner.lock();
+        st.servers.values().find_map(|s| {
+            let hello = s.channel.as_ref()?.server_info()?;
+            hello.methods.iter().find(|m| m.name == method).cloned()
+        })
+    }
+
+    /// Every method some connected server's catalog lists, by name.
+    pub fn catalog(&self) -> Vec<MethodInfo> {
+        let st = self.inner.lock();
+        let mut all: HashMap<String, MethodInfo> = HashMap::new();
+        for s in st.servers.values() {
+            let Some(hello) = s.channel.as_ref().and_then(Channel::server_info) else {
+                continue;
+            };
+            for m in &hello.methods {
+                all.entry(m.name.clone()).or_insert_with(|| m.clone());
+            }
+        }
+        let mut v: Vec<MethodInfo> = all.into_values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Per-region and per-server figures.
+    pub fn stats(&self) -> RegionStats {
+        let now = Instant::now();
+        let st = self.inner.lock();
+        let current = st.selector.current().map(str::to_string);
+        let mut regions: HashMap<String, RegionStat> = HashMap::new();
+        let mut servers = Vec::new();
+        for (addr, s) in &st.servers {
+            let usable = s.channel.is_some() && !s.silent && s.load.health.is_available(now);
+            let r = regions
+                .entry(s.region.clone())
+                .or_insert_with(|| RegionStat {
+                    name: s.region.clone(),
+                    rtt: st.region_rtt.get(&s.region).and_then(|e| e.get(now)),
+                    healthy: false,
+                    in_flight: 0,
+                    calls: 0,
+                    errors: 0,
+                    chosen: current.as_deref() == Some(s.region.as_str()),
+                });
+            r.healthy |= usable;
+            r.in_flight += s.load.in_flight;
+            r.calls += s.calls;
+            r.errors += s.errors;
+            servers.push(ServerStat {
+                region: s.region.clone(),
+                addr: *addr,
+                service_time: s.load.service_time.get(now),
+                in_flight: s.load.in_flight,
+                calls: s.calls,
+                errors: s.errors,
+                ejected: !s.load.health.is_available(now) || s.silent,
+                connected: s.channel.is_some(),
+            });
+        }
+        let mut regions: Vec<RegionStat> = regions.into_values().collect();
+        regions.sort_by(|a, b| a.rtt.cmp(&b.rtt).then(a.name.cmp(&b.name)));
+        servers.sort_by(|a, b| a.region.cmp(&b.region).then(a.addr.cmp(&b.addr)));
+        RegionStats {
+            regions,
+            servers,
+            current_region: current,
+            region_switches: st.selector.switches(),
+            calls: self.inner.calls.load(Ordering::Relaxed),
+            retries: self.inner.retries.load(Ordering::Relaxed),
+            hedges: self.inner.hedges_sent.load(Ordering::Relaxed),
+            hedges_won: self.inner.hedges_won.load(Ordering::Relaxed),
+        }
+    }
+}

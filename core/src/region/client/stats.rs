@@ -1,0 +1,65 @@
+//! Snapshots of what the region client measured and decided.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Figures of one region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionStat {
+    /// Region name.
+    pub name: String,
+    /// Network RTT estimate (QUIC's own, not including server time).
+    pub rtt: Option<Duration>,
+    /// At least one server can take calls.
+    pub healthy: bool,
+    /// Calls in flight to the region.
+    pub in_flight: u32,
+    /// Attempts sent to the region.
+    pub calls: u64,
+    /// Attempts that failed.
+    pub errors: u64,
+    /// The region selector's current choice.
+    pub chosen: bool,
+}
+
+/// Figures of one server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerStat {
+    /// Region of the server.
+    pub region: String,
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Smoothed service-time estimate (peak-EWMA of call latencies).
+    pub service_time: Option<Duration>,
+    /// Calls in flight.
+    pub in_flight: u32,
+    /// Attempts sent.
+    pub calls: u64,
+    /// Attempts that failed.
+    pub errors: u64,
+    /// Ejected (failing or silent) right now.
+    pub ejected: bool,
+    /// A connection is established.
+    pub connected: bool,
+}
+
+/// Everything [`RegionClient::stats`] reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionStats {
+    /// Regions, nearest first.
+    pub regions: Vec<RegionStat>,
+    /// Servers, by region.
+    pub servers: Vec<ServerStat>,
+    /// The region calls currently go to.
+    pub current_region: Option<String>,
+    /// How many times the selector changed region (flaps would show here).
+    pub region_switches: u64,
+    /// Calls made.
+    pub calls: u64,
+    /// Attempts sent again after a failure.
+    pub retries: u64,
+    /// Hedge copies sent.
+    pub hedges: u64,
+    /// Hedge copies that answered first.
+    pub hedges_won: u64,
+}

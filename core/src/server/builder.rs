@@ -1,0 +1,377 @@
+//! [`ServerBuilder`]: registering methods and binding.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+
+use super::connection::accept_loop;
+use super::context::CallContext;
+use super::handler::ServerCall;
+use super::lifecycle::Server;
+use super::method::Method;
+use super::shared::Shared;
+use super::streams::{RequestStream, ResponseSink};
+use super::Handler;
+use crate::call::{decode_raw, decode_typed, encode_raw, encode_typed, DecodeFn, EncodeFn};
+use crate::codec::{Codec, DecodeLimits};
+use crate::status::{Error, Status};
+use crate::transport::{ServerTls, TransportConfig};
+use crate::wire::{MethodInfo, MethodKind};
+
+pub(super) struct MethodEntry {
+    pub(super) info: MethodInfo,
+    pub(super) handler: Arc<Handler>,
+}
+
+/// Serves methods the server has no handler of its own for (the proxy): `resolve` tells
+/// a method's kind and flags, and the handler registered for that kind runs the call.
+pub(super) struct Fallback {
+    pub(super) resolve: Box<dyn Fn(&str) -> MethodInfo + Send + Sync>,
+    pub(super) handlers: HashMap<MethodKind, Arc<Handler>>,
+}
+
+/// Builds a [`Server`]: region, identity, limits and the handlers.
+pub struct ServerBuilder {
+    pub(super) methods: HashMap<String, MethodEntry>,
+    pub(super) region: String,
+    pub(super) server_id: Option<String>,
+    pub(super) transport: TransportConfig,
+    pub(super) advertise: Option<String>,
+    pub(super) fallback: Option<Arc<Fallback>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.methods.keys().collect();
+        names.sort();
+        f.debug_struct("ServerBuilder")
+            .field("region", &self.region)
+            .field("methods", &names)
+            .finish()
+    }
+}
+
+fn typed_encode<T: Serialize>(c: Codec, m: &T, max: usize) -> Result<Bytes, Status> {
+    encode_typed(c, m, max)
+}
+
+fn typed_decode<T: DeserializeOwned>(c: Codec, b: Bytes, l: &DecodeLimits) -> Result<T, Status> {
+    decode_typed(c, b, l)
+}
+
+impl ServerBuilder {
+    /// Sets the region this server announces in its HELLO. Default `"default"`.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// Sets the server id announced in the HELLO. Default: the bound address.
+    pub fn server_id(mut self, id: impl Into<String>) -> Self {
+        self.server_id = Some(id.into());
+        self
+    }
+
+    /// Lists the server in the in-process [`LocalRegistry`](crate::discovery::LocalRegistry)
+    /// under `server_name` (the name its certificate carries), so region clients of this
+    /// process find it with no configuration. On by default, as `localhost`.
+    pub fn advertise_locally(mut self, server_name: impl Into<String>) -> Self {
+        self.advertise = Some(server_name.into());
+        self
+    }
+
+    /// Keeps the server out of the in-process registry.
+    pub fn no_local_registry(mut self) -> Self {
+        self.advertise = None;
+        self
+    }
+
+    /// Sets transport limits and timers.
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    fn add(mut self, method: Method, kind: MethodKind, handler: Arc<Handler>) -> Self {
+        let info = MethodInfo {
+            name: method.name.clone(),
+            kind,
+            idempotent: method.idempotent,
+        };
+        self.methods
+            .insert(method.name, MethodEntry { info, handler });
+        self
+    }
+
+    /// Registers a unary handler with typed (serde) request and response.
+    ///
+    /// The handler also serves calls made with the `Value` codec (from Python or C):
+    /// the request `Value` is deserialized into `Req`, so `(i64, i64)` accepts `[10, 5]`.
+    pub fn unary<Req, Resp, F, Fut>(self, method: impl Into<Method>, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        self.unary_with(method, f, typed_decode::<Req>, typed_encode::<Resp>)
+    }
+
+    /// Registers a unary handler on raw bytes (bring your own serialization).
+    pub fn unary_raw<F, Fut>(self, method: impl Into<Method>, f: F) -> Self
+    where
+        F: Fn(Bytes, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    {
+        self.unary_with(method, f, decode_raw, encode_raw)
+    }
+
+    fn unary_with<Req, Resp, F, Fut>(
+        self,
+        method: impl Into<Method>,
+        f: F,
+        decode: DecodeFn<Req>,
+        encode: EncodeFn<Resp>,
+    ) -> Self
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
+            let f = f.clone();
+            Box::pin(async move {
+                let codec = call.ctx.codec;
+                let req = decode(codec, call.one(), &call.limits)?;
+                let resp = f(req, call.ctx).await?;
+                encode(codec, &resp, call.max_message).map(Some)
+            })
+        });
+        self.add(method.into(), MethodKind::Unary, handler)
+    }
+
+    /// Registers a server-streaming handler: one typed request, responses sent on a sink.
+    pub fn server_streaming<Req, Resp, F, Fut>(self, method: impl Into<Method>, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Req, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        self.server_streaming_with(method, f, typed_decode::<Req>, typed_encode::<Resp>)
+    }
+
+    /// Registers a server-streaming handler on raw bytes.
+    pub fn server_streaming_raw<F, Fut>(self, method: impl Into<Method>, f: F) -> Self
+    where
+        F: Fn(Bytes, CallContext, ResponseSink<Bytes>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        self.server_streaming_with(method, f, decode_raw, encode_raw)
+    }
+
+    fn server_streaming_with<Req, Resp, F, Fut>(
+        self,
+        method: impl Into<Method>,
+        f: F,
+        decode: DecodeFn<Req>,
+        encode: EncodeFn<Resp>,
+    ) -> Self
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(Req, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
+            let f = f.clone();
+            Box::pin(async move {
+                let req = decode(call.ctx.codec, call.one(), &call.limits)?;
+                let sink = call.sink(encode)?;
+                f(req, call.ctx, sink).await.map(|()| None)
+            })
+        });
+        self.add(method.into(), MethodKind::ServerStreaming, handler)
+    }
+
+    /// Registers a client-streaming handler: a stream of typed requests, one response.
+    pub fn client_streaming<Req, Resp, F, Fut>(self, method: impl Into<Method>, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(RequestStream<Req>, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        self.client_streaming_with(method, f, typed_decode::<Req>, typed_encode::<Resp>)
+    }
+
+    /// Registers a client-streaming handler on raw bytes.
+    pub fn client_streaming_raw<F, Fut>(self, method: impl Into<Method>, f: F) -> Self
+    where
+        F: Fn(RequestStream<Bytes>, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    {
+        self.client_streaming_with(method, f, decode_raw, encode_raw)
+    }
+
+    fn client_streaming_with<Req, Resp, F, Fut>(
+        self,
+        method: impl Into<Method>,
+        f: F,
+        decode: DecodeFn<Req>,
+        encode: EncodeFn<Resp>,
+    ) -> Self
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(RequestStream<Req>, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
+            let f = f.clone();
+            Box::pin(async move {
+                let codec = call.ctx.codec;
+                let requests = call.stream(decode)?;
+                let resp = f(requests, call.ctx).await?;
+                encode(codec, &resp, call.max_message).map(Some)
+            })
+        });
+        self.add(method.into(), MethodKind::ClientStreaming, handler)
+    }
+
+    /// Registers a bidirectional-streaming handler with typed messages.
+    pub fn bidi<Req, Resp, F, Fut>(self, method: impl Into<Method>, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(RequestStream<Req>, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        self.bidi_with(method, f, typed_decode::<Req>, typed_encode::<Resp>)
+    }
+
+    /// Registers a bidirectional-streaming handler on raw bytes.
+    pub fn bidi_raw<F, Fut>(self, method: impl Into<Method>, f: F) -> Self
+    where
+        F: Fn(RequestStream<Bytes>, CallContext, ResponseSink<Bytes>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        self.bidi_with(method, f, decode_raw, encode_raw)
+    }
+
+    fn bidi_with<Req, Resp, F, Fut>(
+        self,
+        method: impl Into<Method>,
+        f: F,
+        decode: DecodeFn<Req>,
+        encode: EncodeFn<Resp>,
+    ) -> Self
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(RequestStream<Req>, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
+            let f = f.clone();
+            Box::pin(async move {
+                let requests = call.stream(decode)?;
+                let sink = call.sink(encode)?;
+                f(requests, call.ctx, sink).await.map(|()| None)
+            })
+        });
+        self.add(method.into(), MethodKind::Bidi, handler)
+    }
+
+    /// Runs calls to methods without a handler of their own through `templates`: `resolve`
+    /// gives each such method's kind and flags, and the handler `templates` registered for
+    /// that kind (under any name) serves it. Used by the proxy.
+    pub(crate) fn fallback(
+        mut self,
+        resolve: impl Fn(&str) -> MethodInfo + Send + Sync + 'static,
+        templates: ServerBuilder,
+    ) -> Self {
+        let handlers = templates
+            .methods
+            .into_values()
+            .map(|e| (e.info.kind, e.handler))
+            .collect();
+        self.fallback = Some(Arc::new(Fallback {
+            resolve: Box::new(resolve),
+            handlers,
+        }));
+        self
+    }
+
+    /// Binds `addr` and starts serving in the background on the current tokio runtime.
+    pub async fn bind(self, addr: SocketAddr, tls: ServerTls) -> Result<Server, Error> {
+        let quinn_cfg = tls.to_quinn(&self.transport)?;
+        let endpoint = quinn::Endpoint::server(quinn_cfg, addr).map_err(|source| Error::Io {
+            context: format!("cannot bind {addr}"),
+            source,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| Error::Io {
+            context: "cannot read the bound address".into(),
+            source,
+        })?;
+        let methods: HashMap<String, Arc<MethodEntry>> = self
+            .methods
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect();
+        let shared = Arc::new(Shared {
+            server_id: self.server_id.unwrap_or_else(|| local_addr.to_string()),
+            region: self.region,
+            catalog: watch::channel(Arc::new(Vec::new())).0,
+            methods: std::sync::RwLock::new(methods),
+            fallback: self.fallback,
+            extra_catalog: Mutex::new(Vec::new()),
+            transport: self.transport,
+            client_auth: tls.requires_client_certs(),
+            shutting_down: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            calls_total: AtomicU64::new(0),
+            calls_failed: AtomicU64::new(0),
+        });
+        shared.publish_catalog();
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        let registration = self.advertise.map(|name| {
+            let mut addr = local_addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv6() {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                });
+            }
+            crate::discovery::LocalRegistry::global().register(
+                &shared.region,
+                crate::discovery::ServerEndpoint::new(addr, name),
+                tls.trust_anchor(),
+            )
+        });
+        Ok(Server {
+            endpoint,
+            local_addr,
+            shared,
+            accept,
+            registration,
+        })
+    }
+}

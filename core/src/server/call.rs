@@ -1,0 +1,390 @@
+//! One call from HEADERS to TRAILERS: reading requests, running the handler, writing responses, watching the deadline and the client.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, watch};
+use tracing::{field, Instrument};
+
+use super::context::{CallContext, CancelState};
+use super::handler::{RequestBody, ServerCall};
+use super::shared::Shared;
+use super::{BoxFuture, HEADERS_TIMEOUT, RESPONSE_QUEUE};
+use crate::call::{data_chunks, CatchUnwind, FramedRecv, RecvError};
+use crate::status::Status;
+use crate::transport::zero_rtt;
+use crate::wire::{
+    reset, Code, FrameKind, MethodKind, ProxyTime, RequestHeaders, Trailers, WireError,
+};
+
+struct InflightGuard(Arc<Shared>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Writes TRAILERS (after an optional response message) and finishes the stream.
+async fn finish_call(send: &mut quinn::SendStream, reply: Option<Bytes>, trailers: Trailers) {
+    let mut tail = BytesMut::with_capacity(32 + trailers.message.len());
+    trailers.put_frame(&mut tail);
+    let result = match reply {
+        Some(msg) => {
+            let [hdr, payload] = data_chunks(msg);
+            send.write_all_chunks(&mut [hdr, payload, tail.freeze()])
+                .await
+        }
+        None => send.write_all(&tail).await,
+    };
+    if result.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+fn trailers_for(status: Status, server_time: Duration) -> Trailers {
+    // A handler's status never claims "not run": the handler did run, whatever the
+    // status it passes on says about some other call. Only a proxy can vouch for that.
+    let (code, message, metadata) = status.into_parts();
+    Trailers {
+        code,
+        message,
+        metadata,
+        server_time: Some(server_time),
+        proxy: None,
+        not_run: false,
+    }
+}
+
+enum Outcome {
+    Reply(Result<Option<Bytes>, Status>),
+    Cancelled(u64),
+    Lost,
+}
+
+pub(super) async fn serve_call(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    confirmed: watch::Receiver<bool>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let started = Instant::now();
+    let early = zero_rtt::is_early(&recv);
+    let limits = shared.transport.wire;
+    let mut rx = FramedRecv::new(recv, limits);
+
+    let headers = match tokio::time::timeout(HEADERS_TIMEOUT, rx.next_frame()).await {
+        Ok(Ok(Some(f))) if f.kind == FrameKind::Headers => {
+            match RequestHeaders::decode(&f.payload, &limits) {
+                Ok(h) => h,
+                Err(e) => {
+                    let status = match e {
+                        WireError::TooLarge { .. } => {
+                            Status::resource_exhausted(format!("HEADERS: {e}"))
+                        }
+                        _ => Status::invalid_argument(format!("bad HEADERS: {e}")),
+                    };
+                    rx.stop(reset::PROTOCOL_ERROR);
+                    finish_call(&mut send, None, trailers_for(status, started.elapsed())).await;
+                    return;
+                }
+            }
+        }
+        Ok(Ok(Some(f))) => {
+            let status =
+                Status::invalid_argument(format!("a call must start with HEADERS, got {}", f.kind));
+            rx.stop(reset::PROTOCOL_ERROR);
+            finish_call(&mut send, None, trailers_for(status, started.elapsed())).await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            rx.stop(reset::PROTOCOL_ERROR);
+            if !matches!(e, RecvError::Lost(_) | RecvError::Reset(_)) {
+                finish_call(
+                    &mut send,
+                    None,
+                    trailers_for(e.to_status(), started.elapsed()),
+                )
+                .await;
+            }
+            return;
+        }
+        Err(_) => {
+            rx.stop(reset::PROTOCOL_ERROR);
+            let _ = send.reset(reset::PROTOCOL_ERROR.into());
+            return;
+        }
+    };
+
+    shared.inflight.fetch_add(1, Ordering::AcqRel);
+    shared.calls_total.fetch_add(1, Ordering::Relaxed);
+    let _inflight = InflightGuard(shared.clone());
+    let span = tracing::debug_span!(
+        "rpc.server",
+        method = %headers.method,
+        code = field::Empty,
+        duration_us = field::Empty
+    );
+    let early = EarlyData { early, confirmed };
+    let code = run_call(&shared, peer, early, headers, rx, &mut send, started)
+        .instrument(span.clone())
+        .await;
+    if code != Code::Ok {
+        shared.calls_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    span.record("code", field::display(code));
+    span.record("duration_us", started.elapsed().as_micros() as u64);
+}
+
+/// Whether a call arrived in 0-RTT data, and the connection's handshake state.
+struct EarlyData {
+    early: bool,
+    confirmed: watch::Receiver<bool>,
+}
+
+async fn run_call(
+    shared: &Shared,
+    peer: SocketAddr,
+    mut early: EarlyData,
+    headers: RequestHeaders,
+    mut rx: FramedRecv,
+    send: &mut quinn::SendStream,
+    started: Instant,
+) -> Code {
+    let Some(entry) = shared.method(&headers.method) else {
+        rx.stop(reset::NO_ERROR);
+        let status = Status::unimplemented(format!("unknown method {:?}", headers.method));
+        finish_call(send, None, trailers_for(status, started.elapsed())).await;
+        return Code::Unimplemented;
+    };
+    let deadline = headers.timeout.map(|t| started + t);
+    let wire_limits = shared.transport.wire;
+
+    // Replay safety: a call that came in 0-RTT data may be a replayed first flight. Only
+    // methods this server declares idempotent may run before the handshake completes
+    // (the client's own flag does not count: a replay could set it), and none at all when
+    // client certificates are required, since those are checked at handshake end.
+    if early.early && (!entry.info.idempotent || shared.client_auth) {
+        let wait = early.confirmed.wait_for(|c| *c);
+        match tokio::time::timeout(shared.transport.handshake_timeout, wait).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                rx.stop(reset::REFUSED);
+                let _ = send.reset(reset::REFUSED.into());
+                return Code::Unavailable;
+            }
+        }
+    }
+
+    // Unary and server-streaming calls carry exactly one request message; read it here so
+    // the handler gets it whole.
+    let streaming_request = matches!(
+        entry.info.kind,
+        MethodKind::ClientStreaming | MethodKind::Bidi
+    );
+    let body = if streaming_request {
+        RequestBody::Stream(rx)
+    } else {
+        let read = read_single(&mut rx);
+        let read = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), read)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+            None => read.await,
+        };
+        match read {
+            Ok(b) => RequestBody::One(b),
+            Err(status) => {
+                let code = status.code();
+                rx.stop(crate::call::reset_for_status(&status));
+                finish_call(send, None, trailers_for(status, started.elapsed())).await;
+                return code;
+            }
+        }
+    };
+
+    let streaming_response = matches!(
+        entry.info.kind,
+        MethodKind::ServerStreaming | MethodKind::Bidi
+    );
+    let (sink_tx, mut sink_rx) = if streaming_response {
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let ctx = CallContext {
+        method: Arc::from(headers.method.as_str()),
+        metadata: Arc::new(headers.metadata),
+        deadline,
+        peer,
+        codec: headers.codec,
+        idempotent: headers.idempotent,
+        routing_key: headers.routing_key,
+        early_data: early.early,
+        confirmed: early.confirmed,
+        state: Arc::new(CancelState::default()),
+    };
+    let call = ServerCall {
+        ctx: ctx.clone(),
+        body,
+        sink: sink_tx,
+        limits: shared.transport.value,
+        max_message: wire_limits.max_message_size,
+    };
+    let mut handler = CatchUnwind((entry.handler)(call));
+    // Fast path: most unary handlers finish on their first poll, and then there is no
+    // cancellation or deadline to watch (watching costs a registration in the connection).
+    let first = if sink_rx.is_none() {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut handler).poll(cx))).await
+    } else {
+        std::task::Poll::Pending
+    };
+    let outcome = match first {
+        std::task::Poll::Ready(r) => Outcome::Reply(r.unwrap_or_else(|panic| {
+            tracing::error!(method = %ctx.method, %panic, "handler panicked");
+            Err(Status::internal("the handler panicked"))
+        })),
+        std::task::Poll::Pending => {
+            watch_call(&mut handler, send, &mut sink_rx, deadline, &ctx).await
+        }
+    };
+    // Anything still running for this call stops here.
+    if !matches!(outcome, Outcome::Reply(Ok(_))) {
+        ctx.cancel();
+    }
+    drop(handler);
+    match outcome {
+        Outcome::Reply(r) => {
+            let (reply, status) = match r {
+                Ok(reply) => (reply, Status::new(Code::Ok, "")),
+                Err(s) => (None, s),
+            };
+            let code = status.code();
+            let elapsed = started.elapsed();
+            let mut trailers = trailers_for(status, elapsed);
+            let extra = ctx.take_trailers();
+            if !extra.is_empty() && trailers.metadata.is_empty() {
+                trailers.metadata = extra;
+            }
+            if let Some(f) = ctx.take_forwarded() {
+                if trailers.metadata.is_empty() {
+                    trailers.metadata = f.metadata;
+                }
+                trailers.server_time = f.server_time;
+                trailers.not_run = f.not_run && code != Code::Ok;
+                trailers.proxy = Some(ProxyTime {
+                    inside: elapsed.saturating_sub(f.upstream),
+                    upstream: f.upstream,
+                });
+            }
+            finish_call(send, reply, trailers).await;
+            code
+        }
+        Outcome::Cancelled(code) => {
+            let _ = send.reset(code.try_into().unwrap_or(reset::CANCELLED).into());
+            crate::call::status_for_reset(code).code()
+        }
+        Outcome::Lost => Code::Unavailable,
+    }
+}
+
+/// Runs a handler that did not finish at once, watching for the client's cancellation and
+/// the deadline, and forwarding streamed responses as they come.
+async fn watch_call(
+    handler: &mut CatchUnwind<BoxFuture<Result<Option<Bytes>, Status>>>,
+    send: &mut quinn::SendStream,
+    sink_rx: &mut Option<mpsc::Receiver<Bytes>>,
+    deadline: Option<Instant>,
+    ctx: &CallContext,
+) -> Outcome {
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let deadline_sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline_sleep);
+
+    let mut finished: Option<Result<Option<Bytes>, Status>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut stopped => {
+                break match r {
+                    Ok(Some(code)) => Outcome::Cancelled(code.into_inner()),
+                    _ => Outcome::Lost,
+                };
+            }
+            _ = &mut deadline_sleep => {
+                break Outcome::Reply(Err(Status::deadline_exceeded("deadline exceeded")));
+            }
+            msg = next_response(sink_rx) => match msg {
+                Some(bytes) => {
+                    let [hdr, payload] = data_chunks(bytes);
+                    if send.write_all_chunks(&mut [hdr, payload]).await.is_err() {
+                        break Outcome::Lost;
+                    }
+                }
+                None => {
+                    *sink_rx = None;
+                    if let Some(r) = finished.take() {
+                        break Outcome::Reply(r);
+                    }
+                }
+            },
+            r = &mut *handler, if finished.is_none() => {
+                let r = r.unwrap_or_else(|panic| {
+                    tracing::error!(method = %ctx.method, %panic, "handler panicked");
+                    Err(Status::internal("the handler panicked"))
+                });
+                // Streamed responses still queued go out before the trailers, unless the
+                // handler failed.
+                if sink_rx.is_none() || r.is_err() {
+                    break Outcome::Reply(r);
+                }
+                finished = Some(r);
+            }
+        }
+    }
+}
+
+async fn next_response(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the one request message of a unary or server-streaming call.
+async fn read_single(rx: &mut FramedRecv) -> Result<Bytes, Status> {
+    let msg = match rx.next_frame().await {
+        Ok(Some(f)) if f.kind == FrameKind::Data => f.payload,
+        Ok(Some(f)) => {
+            return Err(Status::invalid_argument(format!(
+                "unexpected {} frame in a request",
+                f.kind
+            )))
+        }
+        Ok(None) => return Err(Status::invalid_argument("the request has no message")),
+        Err(e) => return Err(e.to_status()),
+    };
+    match rx.next_frame().await {
+        Ok(None) => Ok(msg),
+        Ok(Some(_)) => Err(Status::invalid_argument(
+            "more than one request message for a method that takes one",
+        )),
+        Err(e) => Err(e.to_status()),
+    }
+}

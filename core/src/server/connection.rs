@@ -1,0 +1,99 @@
+//! The accept loop and one connection: HELLO, admission, streams.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::call::serve_call;
+use super::shared::Shared;
+use crate::transport::zero_rtt;
+use crate::wire::reset;
+
+pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        if shared.shutting_down.load(Ordering::Acquire) {
+            incoming.refuse();
+            continue;
+        }
+        tokio::spawn(serve_connection(incoming, shared.clone()));
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    // The connection is usable before its handshake completes, so calls that came in
+    // 0-RTT data are read at once; `confirmed` tells which of them may run (see serve_call).
+    let Some((conn, handshake)) = zero_rtt::accept(incoming).await else {
+        debug!(%remote, "connection refused before its handshake");
+        return;
+    };
+    let (confirmed_tx, confirmed) = watch::channel(false);
+    {
+        let conn = conn.clone();
+        let limit = shared.transport.handshake_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(true) => {
+                    let _ = confirmed_tx.send(true);
+                }
+                Ok(false) => debug!(%remote, "handshake failed"),
+                Err(_) => {
+                    debug!(%remote, "handshake timed out");
+                    conn.close(reset::PROTOCOL_ERROR.into(), b"handshake timed out");
+                }
+            }
+        });
+    }
+    // The HELLO travels on our first unidirectional stream, kept open for updates. It is
+    // written by its own task so calls are served even if the client is slow to grant
+    // unidirectional stream credit.
+    {
+        let conn = conn.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut catalog = shared.catalog.subscribe();
+            let Ok(mut s) = conn.open_uni().await else {
+                return;
+            };
+            loop {
+                catalog.borrow_and_update();
+                let frame = shared.hello().to_frame();
+                if s.write_all(&frame).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = conn.closed() => return,
+                    changed = catalog.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    loop {
+        match conn.accept_bi().await {
+            Ok((mut send, mut recv)) => {
+                if shared.shutting_down.load(Ordering::Acquire) {
+                    let _ = send.reset(reset::REFUSED.into());
+                    let _ = recv.stop(reset::REFUSED.into());
+                    continue;
+                }
+                tokio::spawn(serve_call(
+                    shared.clone(),
+                    remote,
+                    confirmed.clone(),
+                    send,
+                    recv,
+                ));
+            }
+            Err(e) => {
+                debug!(%remote, reason = %e, "connection ended");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! What a handler sees of its call: [`CallContext`] (deadline, metadata, peer, cancellation).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+
+use crate::codec::Codec;
+use crate::wire::Metadata;
+
+#[derive(Debug, Default)]
+pub(super) struct CancelState {
+    cancelled: AtomicBool,
+    notify: Notify,
+    trailers: Mutex<Metadata>,
+    forwarded: Mutex<Option<Forwarded>>,
+}
+
+/// What a proxy learned from the call it forwarded, for the TRAILERS it writes back.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarded {
+    /// The server's reported time.
+    pub(crate) server_time: Option<Duration>,
+    /// The forwarded call's time as the proxy measured it.
+    pub(crate) upstream: Duration,
+    /// The server's trailing metadata (on success; a failure's travels in its status).
+    pub(crate) metadata: Metadata,
+    /// The forwarded call provably never ran anywhere (and the proxy ran nothing else).
+    pub(crate) not_run: bool,
+}
+
+/// What a handler knows about its call: method, metadata, deadline, peer, cancellation.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub(super) method: Arc<str>,
+    pub(super) metadata: Arc<Metadata>,
+    pub(super) deadline: Option<Instant>,
+    pub(super) peer: SocketAddr,
+    pub(super) codec: Codec,
+    pub(super) idempotent: bool,
+    pub(super) routing_key: Option<Bytes>,
+    pub(super) early_data: bool,
+    pub(super) confirmed: watch::Receiver<bool>,
+    pub(super) state: Arc<CancelState>,
+}
+
+impl CallContext {
+    /// The method name.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// Metadata the client sent.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// When the caller gives up, if it set a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline, if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The codec of this call's messages.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Whether the caller marked this call idempotent.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent
+    }
+
+    /// Whether the call arrived in 0-RTT data. Such a call may be a replay; Meridian runs
+    /// it early only if the method is idempotent.
+    pub fn is_early_data(&self) -> bool {
+        self.early_data
+    }
+
+    /// Whether this call cannot be a replay: it came in 1-RTT data (which only the live
+    /// client can produce), or the connection's handshake completed before it ran.
+    pub fn is_handshake_confirmed(&self) -> bool {
+        !self.early_data || *self.confirmed.borrow()
+    }
+
+    /// Whether the call was cancelled (by the client, or by its deadline).
+    ///
+    /// The handler's future is dropped when that happens; this flag and
+    /// [`CallContext::cancelled`] serve work the handler spawned elsewhere.
+    pub fn is_cancelled(&self) -> bool {
+        self.state.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the call is cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.state.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Adds trailing metadata to the response.
+    pub fn set_trailer(&self, key: impl Into<String>, value: impl Into<Bytes>) {
+        if let Ok(mut t) = self.state.trailers.lock() {
+            t.insert(key, value);
+        }
+    }
+
+    /// The routing key the client set, if any.
+    pub fn routing_key(&self) -> Option<&Bytes> {
+        self.routing_key.as_ref()
+    }
+
+    /// Records what a forwarded call reported (used by the proxy).
+    pub(crate) fn set_forwarded(&self, f: Forwarded) {
+        if let Ok(mut slot) = self.state.forwarded.lock() {
+            *slot = Some(f);
+        }
+    }
+
+    pub(super) fn take_forwarded(&self) -> Option<Forwarded> {
+        self.state.forwarded.lock().ok()?.take()
+    }
+
+    pub(super) fn cancel(&self) {
+        self.state.cancelled.store(true, Ordering::Release);
+        self.state.notify.notify_waiters();
+    }
+
+    pub(super) fn take_trailers(&self) -> Metadata {
+        self.state
+            .trailers
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+    }
+}

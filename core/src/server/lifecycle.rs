@@ -1,0 +1,168 @@
+//! [`Server`]: the running server's handle: address, catalog, stats, adding methods, graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::debug;
+
+use super::builder::ServerBuilder;
+use super::shared::{CatalogHandle, Shared};
+use crate::transport::TransportConfig;
+use crate::wire::{reset, MethodInfo};
+
+/// Counters of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Calls started since the server began.
+    pub calls_total: u64,
+    /// Calls that ended with a status other than `OK`.
+    pub calls_failed: u64,
+    /// Calls running now.
+    pub in_flight: usize,
+}
+
+/// A running server. Dropping it closes the endpoint at once; [`Server::shutdown`] lets
+/// in-flight calls finish first.
+pub struct Server {
+    pub(super) endpoint: quinn::Endpoint,
+    pub(super) local_addr: SocketAddr,
+    pub(super) shared: Arc<Shared>,
+    pub(super) accept: tokio::task::JoinHandle<()>,
+    pub(super) registration: Option<crate::discovery::Registration>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("region", &self.shared.region)
+            .finish()
+    }
+}
+
+impl crate::discovery::Registrant for Server {
+    fn region(&self) -> &str {
+        Server::region(self)
+    }
+    fn catalog(&self) -> Vec<MethodInfo> {
+        Server::catalog(self)
+    }
+    fn load(&self) -> u64 {
+        self.stats().in_flight as u64
+    }
+}
+
+impl Server {
+    /// Starts building a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            methods: HashMap::new(),
+            region: "default".into(),
+            server_id: None,
+            transport: TransportConfig::default(),
+            advertise: Some("localhost".into()),
+            fallback: None,
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The region announced in the HELLO.
+    pub fn region(&self) -> &str {
+        &self.shared.region
+    }
+
+    /// The method catalog announced in the HELLO.
+    pub fn catalog(&self) -> Vec<MethodInfo> {
+        self.shared.catalog.borrow().as_ref().clone()
+    }
+
+    /// Adds (or replaces) methods while the server runs: `f` registers them on an empty
+    /// builder, exactly as before binding (its other settings are ignored). Connected
+    /// clients receive an updated HELLO, so region routing learns the new methods.
+    ///
+    /// ```no_run
+    /// # fn demo(server: &meridian::Server) {
+    /// server.add_methods(|b| b.unary("double", |x: i64, _| async move { Ok(x * 2) }));
+    /// # }
+    /// ```
+    pub fn add_methods(&self, f: impl FnOnce(ServerBuilder) -> ServerBuilder) {
+        let added = f(Server::builder()).methods;
+        if let Ok(mut methods) = self.shared.methods.write() {
+            for (name, entry) in added {
+                methods.insert(name, Arc::new(entry));
+            }
+        }
+        self.shared.publish_catalog();
+    }
+
+    /// Removes a method while the server runs; calls already running finish, new ones get
+    /// `UNIMPLEMENTED`. Returns whether the method existed.
+    pub fn remove_method(&self, name: &str) -> bool {
+        let removed = self
+            .shared
+            .methods
+            .write()
+            .map(|mut m| m.remove(name).is_some())
+            .unwrap_or(false);
+        if removed {
+            self.shared.publish_catalog();
+        }
+        removed
+    }
+
+    /// A handle that sets the extra catalog from a background task, for as long as the
+    /// server runs.
+    pub(crate) fn catalog_handle(&self) -> CatalogHandle {
+        CatalogHandle(Arc::downgrade(&self.shared))
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ServerStats {
+        ServerStats {
+            calls_total: self.shared.calls_total.load(Ordering::Relaxed),
+            calls_failed: self.shared.calls_failed.load(Ordering::Relaxed),
+            in_flight: self.shared.inflight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking new calls (they are refused with a code that tells clients nothing
+    /// ran, so they may retry elsewhere), waits up to `grace` for calls in flight, then
+    /// closes every connection.
+    pub async fn shutdown(mut self, grace: Duration) {
+        // Leave the registry first so local region clients stop choosing this server.
+        self.registration = None;
+        self.shared.shutting_down.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.inflight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                debug!(
+                    in_flight = self.shared.inflight.load(Ordering::Relaxed),
+                    "grace period over, closing with calls in flight"
+                );
+                break;
+            }
+        }
+        self.endpoint
+            .close(reset::SHUTDOWN.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.endpoint
+            .close(reset::SHUTDOWN.into(), b"server dropped");
+    }
+}

@@ -1,0 +1,88 @@
+//! [`TransportConfig`]: every limit and timer of a QUIC connection, with its default.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+
+use crate::codec::DecodeLimits;
+use crate::wire::WireLimits;
+
+/// Limits and timers of a QUIC connection, shared by clients and servers.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Concurrent calls (bidirectional streams) the peer may open to us. A caller beyond it
+    /// waits for stream credit, within its deadline. Default 1024.
+    pub max_concurrent_streams: u32,
+    /// Bytes the peer may send on one stream before we read them. Default 2 MiB.
+    pub stream_receive_window: u32,
+    /// Bytes the peer may send on a whole connection before we read them: the cap on what
+    /// one connection can make us buffer. Default 16 MiB.
+    pub connection_receive_window: u32,
+    /// Bytes we buffer for sending on a connection. Default 16 MiB.
+    pub send_window: u64,
+    /// A connection with no traffic for this long is closed. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Ping an idle connection this often so it stays open and its RTT stays fresh.
+    /// Default 5 s; `None` disables.
+    pub keep_alive_interval: Option<Duration>,
+    /// Time allowed for a QUIC + TLS handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Frame and metadata size limits.
+    pub wire: WireLimits,
+    /// Nesting depth and size limits for [`crate::codec::Value`] messages.
+    pub value: DecodeLimits,
+}
+
+impl TransportConfig {
+    /// Default [`TransportConfig::max_concurrent_streams`].
+    pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+    /// Default [`TransportConfig::stream_receive_window`].
+    pub const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+    /// Default [`TransportConfig::connection_receive_window`].
+    pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+    pub(crate) fn to_quinn(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(self.max_concurrent_streams.into())
+            // One control stream each way (the HELLO) and a little slack.
+            .max_concurrent_uni_streams(4u32.into())
+            .stream_receive_window(self.stream_receive_window.into())
+            .receive_window(self.connection_receive_window.into())
+            .send_window(self.send_window)
+            .keep_alive_interval(self.keep_alive_interval);
+        // An idle timeout over quinn's varint range disables it; keep it bounded instead.
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000)));
+        t.max_idle_timeout(Some(idle));
+        Arc::new(t)
+    }
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
+            stream_receive_window: Self::DEFAULT_STREAM_WINDOW,
+            connection_receive_window: Self::DEFAULT_CONNECTION_WINDOW,
+            send_window: u64::from(Self::DEFAULT_CONNECTION_WINDOW),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Some(Duration::from_secs(5)),
+            handshake_timeout: Duration::from_secs(10),
+            wire: WireLimits::default(),
+            value: DecodeLimits::default(),
+        }
+    }
+}
+
+/// The crypto provider Meridian uses: ring, TLS 1.3 suites with AES-128-GCM-SHA256 first.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+    ];
+    Arc::new(p)
+}

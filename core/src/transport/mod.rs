@@ -1,0 +1,33 @@
+//! QUIC endpoints over rustls: transport limits, TLS identities and trust, dev certificates.
+//!
+//! Every limit that decides how much a peer can make us buffer is set here on purpose, in
+//! one [`TransportConfig`] with documented defaults. quinn's own defaults allow roughly
+//! 100 streams x 1.25 MB of receive window and an unbounded connection window, about
+//! 125 MB buffered per connection; Meridian caps a connection at
+//! [`TransportConfig::DEFAULT_CONNECTION_WINDOW`] instead.
+//!
+//! TLS is always on (TLS 1.3 only, ALPN `meridian/1`). AES-128-GCM-SHA256 is offered first:
+//! ring's default prefers AES-256-GCM-SHA384, and SHA-384 has no hardware support on many
+//! CPUs, which shows in handshake CPU time.
+
+mod client_tls;
+mod config;
+mod dev;
+mod endpoint;
+mod identity;
+mod pem_text;
+mod server_tls;
+mod session;
+
+pub(crate) mod zero_rtt;
+
+pub use client_tls::ClientTls;
+pub use config::{crypto_provider, TransportConfig};
+pub use dev::DevCa;
+pub(crate) use endpoint::describe_connection_error;
+pub use identity::Identity;
+pub use pem_text::pem_encode;
+pub use server_tls::ServerTls;
+pub use session::{
+    memory_session_store, SessionStore, DEFAULT_SESSION_CAPACITY, TICKETS_PER_HANDSHAKE,
+};

@@ -1,0 +1,119 @@
+//! [`ServerTls`]: a server's identity, session store and client-certificate policy.
+
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+
+use super::config::{crypto_provider, TransportConfig};
+use super::identity::Identity;
+use super::session::{
+    memory_session_store, SessionStore, DEFAULT_SESSION_CAPACITY, TICKETS_PER_HANDSHAKE,
+};
+use crate::status::Error;
+use crate::wire::ALPN;
+
+/// TLS settings of a server: its identity, its session store and, optionally, the CAs its
+/// clients must present certificates from (mutual TLS).
+///
+/// Clones share the session store.
+#[derive(Clone)]
+pub struct ServerTls {
+    identity: Identity,
+    client_roots: Option<RootCertStore>,
+    sessions: Arc<dyn SessionStore>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mutual_tls", &self.client_roots.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// A server presenting `identity`, accepting any client, with its own in-memory
+    /// session store of [`DEFAULT_SESSION_CAPACITY`] sessions.
+    pub fn new(identity: Identity) -> ServerTls {
+        ServerTls {
+            identity,
+            client_roots: None,
+            sessions: memory_session_store(DEFAULT_SESSION_CAPACITY),
+        }
+    }
+
+    /// Keeps resumable sessions in `store` (share one store between the servers of a
+    /// region so a client resumes with 0-RTT on any of them).
+    pub fn with_session_store(mut self, store: Arc<dyn SessionStore>) -> ServerTls {
+        self.sessions = store;
+        self
+    }
+
+    /// The certificate a client should trust for this server: the last of its chain (the
+    /// issuing CA for a chain from [`DevCa`], the certificate itself if self-signed).
+    pub(crate) fn trust_anchor(&self) -> CertificateDer<'static> {
+        self.identity
+            .chain
+            .last()
+            .cloned()
+            .unwrap_or_else(|| CertificateDer::from(Vec::new()))
+    }
+
+    /// Whether clients must present certificates.
+    pub fn requires_client_certs(&self) -> bool {
+        self.client_roots.is_some()
+    }
+
+    /// Requires every client to present a certificate issued by one of `roots`.
+    pub fn require_client_certs(
+        mut self,
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<ServerTls, Error> {
+        let mut store = RootCertStore::empty();
+        for r in roots {
+            store.add(r)?;
+        }
+        self.client_roots = Some(store);
+        Ok(self)
+    }
+
+    pub(crate) fn to_rustls(&self) -> Result<rustls::ServerConfig, Error> {
+        let provider = crypto_provider();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let builder = match &self.client_roots {
+            Some(roots) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots.clone()),
+                    provider,
+                )
+                .build()
+                .map_err(|e| Error::Config(format!("client certificate verifier: {e}")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut cfg =
+            builder.with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        // QUIC allows only 0 or u32::MAX here; what may run early is decided per stream.
+        cfg.max_early_data_size = u32::MAX;
+        // Stateful resumption: rustls accepts early data only with a session store, never
+        // with a stateless ticketer.
+        cfg.session_storage = self.sessions.clone();
+        cfg.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
+        Ok(cfg)
+    }
+
+    pub(crate) fn to_quinn(
+        &self,
+        transport: &TransportConfig,
+    ) -> Result<quinn::ServerConfig, Error> {
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(self.to_rustls()?)
+            .map_err(|e| Error::Config(format!("TLS config unusable for QUIC: {e}")))?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        cfg.transport_config(transport.to_quinn());
+        Ok(cfg)
+    }
+}

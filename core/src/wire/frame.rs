@@ -1,0 +1,166 @@
+//! Frames: `kind: u8 | len: varint | payload`, and the incremental decoder.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::error::WireError;
+use super::limits::WireLimits;
+use super::varint::{peek_varint, put_varint, varint_len};
+
+/// The kind byte that starts every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Starts a request: method, codec, deadline, metadata, flags.
+    Headers = 0x01,
+    /// One message of a request or response.
+    Data = 0x02,
+    /// Ends a response: status, message, metadata, server timing.
+    Trailers = 0x03,
+    /// Server description on the unidirectional control stream.
+    Hello = 0x10,
+}
+
+impl FrameKind {
+    /// Parses a kind byte.
+    pub fn from_u8(b: u8) -> Option<FrameKind> {
+        match b {
+            0x01 => Some(FrameKind::Headers),
+            0x02 => Some(FrameKind::Data),
+            0x03 => Some(FrameKind::Trailers),
+            0x10 => Some(FrameKind::Hello),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FrameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrameKind::Headers => "HEADERS",
+            FrameKind::Data => "DATA",
+            FrameKind::Trailers => "TRAILERS",
+            FrameKind::Hello => "HELLO",
+        })
+    }
+}
+
+/// Writes a frame header (`kind`, payload length) into `out`.
+pub fn put_frame_header(out: &mut impl BufMut, kind: FrameKind, payload_len: usize) {
+    out.put_u8(kind as u8);
+    put_varint(out, payload_len as u64);
+}
+
+/// Appends a whole frame to `out`.
+pub fn put_frame(out: &mut BytesMut, kind: FrameKind, payload: &[u8]) {
+    out.reserve(1 + varint_len(payload.len() as u64) + payload.len());
+    put_frame_header(out, kind, payload.len());
+    out.put_slice(payload);
+}
+
+/// A frame header read from the stream: its kind, payload length and header size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The frame kind.
+    pub kind: FrameKind,
+    /// Length of the payload that follows, already checked against the limits.
+    pub len: usize,
+    /// Bytes taken by the kind and the length varint.
+    pub header_len: usize,
+}
+
+/// Parses a frame header at the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed. The declared payload length is checked
+/// against `limits` here, before the caller allocates a buffer for it.
+pub fn parse_frame_header(
+    buf: &[u8],
+    limits: &WireLimits,
+) -> Result<Option<FrameHeader>, WireError> {
+    let Some(&kind_byte) = buf.first() else {
+        return Ok(None);
+    };
+    let kind = FrameKind::from_u8(kind_byte).ok_or(WireError::UnknownFrame(kind_byte))?;
+    let Some((len, n)) = peek_varint(&buf[1..]) else {
+        return Ok(None);
+    };
+    let (what, limit) = match kind {
+        FrameKind::Data => ("message", limits.max_message_size),
+        _ => ("control frame", limits.max_control_frame_size),
+    };
+    if len > limit as u64 {
+        return Err(WireError::TooLarge {
+            what,
+            size: len,
+            limit: limit as u64,
+        });
+    }
+    Ok(Some(FrameHeader {
+        kind,
+        len: len as usize,
+        header_len: 1 + n,
+    }))
+}
+
+/// A complete frame: kind and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The frame kind.
+    pub kind: FrameKind,
+    /// The payload bytes.
+    pub payload: Bytes,
+}
+
+/// Splits a byte stream into frames, enforcing [`WireLimits`].
+///
+/// Feed it bytes as they arrive with [`FrameDecoder::extend`], then take frames with
+/// [`FrameDecoder::next_frame`]. It never buffers more than one frame plus one read.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    limits: WireLimits,
+}
+
+impl FrameDecoder {
+    /// A decoder with the given limits.
+    pub fn new(limits: WireLimits) -> Self {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            limits,
+        }
+    }
+
+    /// Appends bytes received from the peer.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// How many more bytes the next frame needs, if its header is known.
+    pub fn wanted(&self) -> Result<Option<usize>, WireError> {
+        Ok(parse_frame_header(&self.buf, &self.limits)?
+            .map(|h| (h.header_len + h.len).saturating_sub(self.buf.len())))
+    }
+
+    /// Takes the next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        let Some(h) = parse_frame_header(&self.buf, &self.limits)? else {
+            return Ok(None);
+        };
+        if self.buf.len() < h.header_len + h.len {
+            self.buf.reserve(h.header_len + h.len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(h.header_len);
+        let payload = self.buf.split_to(h.len).freeze();
+        Ok(Some(Frame {
+            kind: h.kind,
+            payload,
+        }))
+    }
+}

@@ -1,0 +1,113 @@
+//! HEADERS: the first frame of a call.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::error::WireError;
+use super::frame::{put_frame_header, FrameKind};
+use super::limits::WireLimits;
+use super::metadata::Metadata;
+use super::varint::{
+    get_bytes, get_str, get_u8, get_varint, put_bytes, put_varint, varint_len, VARINT_MAX,
+};
+use crate::codec::Codec;
+
+const HF_IDEMPOTENT: u8 = 0x01;
+const HF_DEADLINE: u8 = 0x02;
+const HF_KEY: u8 = 0x04;
+
+/// Largest method name, in bytes.
+pub const MAX_METHOD_LEN: usize = 1024;
+/// Largest routing key, in bytes.
+pub const MAX_ROUTING_KEY_LEN: usize = 1024;
+
+/// The first frame of every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHeaders {
+    /// Method name, e.g. `add` or `kv.Get`.
+    pub method: String,
+    /// How messages of this call are encoded.
+    pub codec: Codec,
+    /// Time left before the caller gives up, measured when the frame was written.
+    pub timeout: Option<Duration>,
+    /// The caller declares the call safe to run more than once.
+    pub idempotent: bool,
+    /// Optional routing key (used by region routing and proxies).
+    pub routing_key: Option<Bytes>,
+    /// Request metadata.
+    pub metadata: Metadata,
+}
+
+impl RequestHeaders {
+    /// Encodes the HEADERS payload (without the frame header).
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut flags = 0;
+        if self.idempotent {
+            flags |= HF_IDEMPOTENT;
+        }
+        if self.timeout.is_some() {
+            flags |= HF_DEADLINE;
+        }
+        if self.routing_key.is_some() {
+            flags |= HF_KEY;
+        }
+        out.put_u8(flags);
+        out.put_u8(self.codec.as_u8());
+        put_bytes(out, self.method.as_bytes());
+        if let Some(t) = self.timeout {
+            put_varint(out, (t.as_micros() as u64).min(VARINT_MAX));
+        }
+        if let Some(k) = &self.routing_key {
+            put_bytes(out, k);
+        }
+        self.metadata.encode(out);
+    }
+
+    /// Encodes a complete HEADERS frame (one allocation: the payload is written after
+    /// room for the largest frame header, which is then written just before it).
+    pub fn to_frame(&self) -> BytesMut {
+        const ROOM: usize = 9;
+        let mut out =
+            BytesMut::with_capacity(ROOM + 64 + self.method.len() + self.metadata.byte_size());
+        out.resize(ROOM, 0);
+        self.encode(&mut out);
+        let len = out.len() - ROOM;
+        let start = ROOM - 1 - varint_len(len as u64);
+        let mut head = &mut out[start..ROOM];
+        put_frame_header(&mut head, FrameKind::Headers, len);
+        out.advance(start);
+        out
+    }
+
+    /// Decodes a HEADERS payload.
+    pub fn decode(mut buf: &[u8], limits: &WireLimits) -> Result<RequestHeaders, WireError> {
+        let buf = &mut buf;
+        let flags = get_u8(buf)?;
+        let codec = Codec::from_u8(get_u8(buf)?).ok_or(WireError::Invalid("codec"))?;
+        let method = get_str(buf, "method name", MAX_METHOD_LEN)?;
+        let timeout = if flags & HF_DEADLINE != 0 {
+            Some(Duration::from_micros(get_varint(buf)?))
+        } else {
+            None
+        };
+        let routing_key = if flags & HF_KEY != 0 {
+            Some(Bytes::copy_from_slice(get_bytes(
+                buf,
+                "routing key",
+                MAX_ROUTING_KEY_LEN,
+            )?))
+        } else {
+            None
+        };
+        let metadata = Metadata::decode(buf, limits.max_metadata_size)?;
+        Ok(RequestHeaders {
+            method,
+            codec,
+            timeout,
+            idempotent: flags & HF_IDEMPOTENT != 0,
+            routing_key,
+            metadata,
+        })
+    }
+}
