@@ -701,3 +701,105 @@ async fn a_method_added_at_runtime_is_routed_to_its_region() {
         .calls;
     assert!(far_calls >= 1);
 }
+
+/// A handler that answers UNIMPLEMENTED did run: a call that is not idempotent must not be
+/// sent to another server for it (it used to run four times), while a server that does not
+/// know the method at all says the call never ran, so the call may go to one that does.
+#[tokio::test]
+async fn a_handler_s_unimplemented_is_final_but_an_unknown_method_moves_on() {
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let world = World::start(&[("near", "n1", 2), ("near", "n2", 2)], move |_, id, b| {
+        let r = r.clone();
+        let b = b.unary("charge", move |_: u64, _| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Err::<u64, _>(Status::unimplemented("charging is switched off"))
+            }
+        });
+        // Only n2 serves `refund`; n1 answers it with its own "unknown method".
+        if id == "n2" {
+            b.unary("refund", |x: u64, _| async move { Ok(x) })
+        } else {
+            b
+        }
+    })
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("charge", Duration::from_secs(5)).await);
+    let status = client
+        .call("charge")
+        .timeout(Duration::from_secs(5))
+        .unary::<_, u64>(&100u64)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), meridian::Code::Unimplemented, "{status}");
+    assert!(!status.is_known_not_run(), "the handler ran: {status}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "a non-idempotent call ran more than once"
+    );
+
+    // The region client routes `refund` to n2 by catalog; a channel straight to n1 shows
+    // the server's own answer for a method it does not know: marked "not run".
+    assert!(client.ready("refund", Duration::from_secs(5)).await);
+    for _ in 0..10 {
+        let v: u64 = client
+            .call("refund")
+            .unary(&7u64)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(v, 7);
+    }
+    let n1 = client
+        .server_channel(world.link("n1").addr())
+        .expect("n1 connected");
+    let unknown = n1.call("refund").unary::<_, u64>(&7u64).await.unwrap_err();
+    assert_eq!(unknown.code(), meridian::Code::Unimplemented);
+    assert!(unknown.is_known_not_run(), "no handler ran: {unknown}");
+}
+
+/// Idempotency of a method is decided by every catalog that lists it: one server calling
+/// it idempotent is not enough, whatever the order the client met them in.
+#[tokio::test]
+async fn a_method_is_idempotent_only_if_every_server_says_so() {
+    let world = World::start(&[("near", "n1", 2), ("near", "n2", 2)], |_, id, b| {
+        let method = if id == "n1" {
+            Method::new("pay").idempotent()
+        } else {
+            Method::new("pay")
+        };
+        b.unary(method, |x: u64, _| async move { Ok(x) }).unary(
+            Method::new("get").idempotent(),
+            |x: u64, _| async move { Ok(x) },
+        )
+    })
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("pay", Duration::from_secs(5)).await);
+    // Wait until both servers' HELLOs are in.
+    let start = Instant::now();
+    while [world.link("n1").addr(), world.link("n2").addr()]
+        .iter()
+        .any(|a| {
+            client
+                .server_channel(*a)
+                .and_then(|c| c.server_info())
+                .is_none()
+        })
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "servers never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pay = client.method_info("pay").expect("listed");
+    assert!(!pay.idempotent, "n2 does not call `pay` idempotent");
+    assert!(client.method_info("get").expect("listed").idempotent);
+    let listed: Vec<String> = client.catalog().into_iter().map(|m| m.name).collect();
+    assert!(listed.contains(&"pay".to_string()) && listed.contains(&"get".to_string()));
+}

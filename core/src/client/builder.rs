@@ -63,6 +63,7 @@ impl ChannelBuilder {
             conn: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(Backoff::default()),
             hello: watch::channel(None).0,
+            catalog: Default::default(),
             stats: Counters::default(),
         });
         inner.establish().await.map_err(|reason| Error::Connect {

@@ -15,7 +15,9 @@ use super::open::{finish_span, open_call, with_deadline};
 use super::response::Response;
 use super::retry::{Failure, Retry, MAX_ATTEMPTS};
 use super::streaming::{RequestSink, ResponseFuture, Streaming};
-use crate::call::{decode_raw, decode_typed, encode_raw, encode_typed, DecodeFn, EncodeFn};
+use crate::call::{
+    decode_raw, decode_typed, encode_raw, encode_typed, may_send_again, DecodeFn, EncodeFn,
+};
 use crate::codec::Codec;
 use crate::status::Status;
 use crate::wire::{Metadata, RequestHeaders};
@@ -30,21 +32,11 @@ pub struct CallBuilder {
     pub(super) metadata: Metadata,
     pub(super) idempotent: bool,
     pub(super) routing_key: Option<Bytes>,
-    pub(super) codec: Codec,
-    /// Raw bytes forwarded for someone else (a proxy): keep `codec` on the wire.
-    pub(super) forward: bool,
+    /// The codec chosen with [`codec`](Self::codec); each call kind has its default.
+    pub(super) codec: Option<Codec>,
 }
 
 impl CallBuilder {
-    /// Marks the call as forwarding messages already encoded with `codec`: the `*_raw`
-    /// calls then announce `codec` instead of raw bytes, so the server decodes them as the
-    /// original caller meant.
-    pub(crate) fn forwarding(mut self, codec: Codec) -> Self {
-        self.codec = codec;
-        self.forward = true;
-        self
-    }
-
     /// Gives up after `timeout`; the server is told the time left and stops the handler
     /// when it passes.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -70,28 +62,35 @@ impl CallBuilder {
         self
     }
 
-    /// Chooses the codec of typed messages: [`Codec::Postcard`] (default, Rust to Rust) or
-    /// [`Codec::Value`] (self-describing, any language).
+    /// Chooses the codec. For typed messages: [`Codec::Postcard`] (default, Rust to Rust)
+    /// or [`Codec::Value`] (self-describing, any language). For the `*_raw` calls, whose
+    /// bytes are already encoded: the codec byte announced with them (default
+    /// [`Codec::Raw`]); a gateway passing a caller's messages through sets the caller's
+    /// codec here, so the server decodes them as the caller meant.
     pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
+        self.codec = Some(codec);
         self
+    }
+
+    /// The codec a typed call uses.
+    fn typed_codec(&mut self) -> Codec {
+        *self.codec.get_or_insert(Codec::Postcard)
     }
 
     /// A unary call with typed messages.
     pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
-        self,
+        mut self,
         request: &Req,
     ) -> Result<Response<Resp>, Status> {
         let max = self.channel.inner.wire.max_message_size;
-        let msg = encode_typed(self.codec, request, max)?;
+        let codec = self.typed_codec();
+        let msg = encode_typed(codec, request, max)?;
         self.unary_bytes(msg, decode_typed::<Resp>).await
     }
 
     /// A unary call on raw bytes.
     pub async fn unary_raw(mut self, request: Bytes) -> Result<Response<Bytes>, Status> {
-        if !self.forward {
-            self.codec = Codec::Raw;
-        }
+        self.codec.get_or_insert(Codec::Raw);
         let msg = encode_raw(
             Codec::Raw,
             &request,
@@ -153,15 +152,20 @@ impl CallBuilder {
                     }
                     Err(f) => f,
                 };
-                let idempotent = || headers.idempotent || inner.catalog_idempotent(&headers.method);
+                let idempotent =
+                    || headers.idempotent || inner.catalog().is_idempotent(&headers.method);
                 // A call that provably never ran (refused, or lost with rejected 0-RTT
                 // data) is sent again, paced by the reconnection backoff, up to
                 // MAX_ATTEMPTS and within its deadline; one that may have run is sent again
                 // once, and only if it is idempotent.
+                // The server's answer is final here (the region client decides about
+                // other servers); a lost connection follows the one rule, once.
                 let again = attempts < MAX_ATTEMPTS
                     && match failure.retry {
                         Retry::NotStarted => true,
-                        Retry::MaybeStarted => !lost_once && idempotent(),
+                        Retry::MaybeStarted => {
+                            !lost_once && may_send_again(&failure.status, idempotent())
+                        }
                         Retry::No => false,
                     };
                 if again {
@@ -184,14 +188,11 @@ impl CallBuilder {
 
     /// A server-streaming call: one request, a stream of responses.
     pub async fn server_streaming<Req: Serialize, Resp: DeserializeOwned>(
-        self,
+        mut self,
         request: &Req,
     ) -> Result<Streaming<Resp>, Status> {
-        let msg = encode_typed(
-            self.codec,
-            request,
-            self.channel.inner.wire.max_message_size,
-        )?;
+        let codec = self.typed_codec();
+        let msg = encode_typed(codec, request, self.channel.inner.wire.max_message_size)?;
         self.server_streaming_with(msg, decode_typed::<Resp>).await
     }
 
@@ -200,9 +201,7 @@ impl CallBuilder {
         mut self,
         request: Bytes,
     ) -> Result<Streaming<Bytes>, Status> {
-        if !self.forward {
-            self.codec = Codec::Raw;
-        }
+        self.codec.get_or_insert(Codec::Raw);
         let msg = encode_raw(
             Codec::Raw,
             &request,
@@ -239,9 +238,7 @@ impl CallBuilder {
     pub async fn client_streaming_raw(
         mut self,
     ) -> Result<(RequestSink<Bytes>, ResponseFuture<Bytes>), Status> {
-        if !self.forward {
-            self.codec = Codec::Raw;
-        }
+        self.codec.get_or_insert(Codec::Raw);
         self.client_streaming_with(encode_raw, decode_raw).await
     }
 
@@ -285,9 +282,7 @@ impl CallBuilder {
 
     /// A bidirectional call on raw bytes.
     pub async fn bidi_raw(mut self) -> Result<(RequestSink<Bytes>, Streaming<Bytes>), Status> {
-        if !self.forward {
-            self.codec = Codec::Raw;
-        }
+        self.codec.get_or_insert(Codec::Raw);
         self.bidi_with(encode_raw, decode_raw).await
     }
 
@@ -316,7 +311,7 @@ impl CallBuilder {
         let deadline = self.timeout.map(|t| started + t);
         let headers = RequestHeaders {
             method: self.method,
-            codec: self.codec,
+            codec: self.codec.unwrap_or(Codec::Postcard),
             timeout: self.timeout,
             idempotent: self.idempotent,
             routing_key: self.routing_key,

@@ -14,6 +14,7 @@ use super::connection::ChannelInner;
 use super::response::Response;
 use super::stats::ChannelStats;
 use crate::codec::{Codec, Value};
+use crate::discovery::Catalog;
 use crate::status::Status;
 use crate::transport::{ClientTls, TransportConfig};
 use crate::wire::{reset, Hello, Metadata};
@@ -62,8 +63,7 @@ impl Channel {
             metadata: Metadata::new(),
             idempotent: false,
             routing_key: None,
-            codec: Codec::Postcard,
-            forward: false,
+            codec: None,
         }
     }
 
@@ -86,6 +86,12 @@ impl Channel {
             .unary(request)
             .await
             .map(Response::into_inner)
+    }
+
+    /// The server's method catalog from its last HELLO, indexed by name (empty until the
+    /// first HELLO arrives).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner.catalog()
     }
 
     /// The server's HELLO, once it has arrived.

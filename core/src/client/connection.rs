@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::stats::Counters;
 use crate::call::FramedRecv;
+use crate::discovery::Catalog;
 use crate::status::Status;
 use crate::transport::zero_rtt::{self, Dial};
 use crate::transport::{describe_connection_error, ClientTls};
@@ -29,6 +30,8 @@ pub(super) struct ChannelInner {
     pub(super) conn: RwLock<Option<Conn>>,
     pub(super) reconnect: tokio::sync::Mutex<Backoff>,
     pub(super) hello: watch::Sender<Option<Arc<Hello>>>,
+    /// The last HELLO's catalog, indexed (empty until the first HELLO).
+    pub(super) catalog: std::sync::RwLock<Arc<Catalog>>,
     pub(super) stats: Counters,
 }
 
@@ -101,13 +104,12 @@ impl ChannelInner {
             .cloned()
     }
 
-    /// Whether the server's catalog (from its last HELLO) marks `method` idempotent.
-    pub(super) fn catalog_idempotent(&self, method: &str) -> bool {
-        self.hello
-            .borrow()
-            .as_ref()
-            .and_then(|h| h.methods.iter().find(|m| m.name == method))
-            .is_some_and(|m| m.idempotent)
+    /// The server's catalog, from its last HELLO.
+    pub(super) fn catalog(&self) -> Arc<Catalog> {
+        match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     pub(super) async fn establish(self: &Arc<Self>) -> Result<Conn, String> {
@@ -286,6 +288,11 @@ async fn read_hello(
         match Hello::decode(&frame.payload) {
             Ok(hello) => {
                 let Some(inner) = inner.upgrade() else { return };
+                let catalog = Arc::new(Catalog::new(hello.methods.iter().cloned()));
+                match inner.catalog.write() {
+                    Ok(mut c) => *c = catalog,
+                    Err(poisoned) => *poisoned.into_inner() = catalog,
+                }
                 inner.hello.send_replace(Some(Arc::new(hello)));
             }
             Err(e) => debug!(error = %e, "ignoring a bad HELLO"),

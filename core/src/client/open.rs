@@ -42,7 +42,7 @@ pub(super) async fn open_call(
     let mut early = !conn.handshake_done();
     if early {
         let replayable =
-            may_go_early && (headers.idempotent || inner.catalog_idempotent(&headers.method));
+            may_go_early && (headers.idempotent || inner.catalog().is_idempotent(&headers.method));
         if replayable {
             inner.stats.early_calls.fetch_add(1, Ordering::Relaxed);
         } else {

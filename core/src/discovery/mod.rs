@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+mod catalog;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod local;
 mod map;
 
+pub use catalog::Catalog;
 pub use local::{LocalRegistry, Registration};
 pub use map::{Region, RegionMap, ServerEndpoint};
 

@@ -1,6 +1,5 @@
 //! [`ProxyBuilder`]: the proxy's upstream client, region, listening address and TLS.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -11,6 +10,7 @@ use super::forward::{
 use super::handle::{AbortOnDrop, Proxy};
 use super::upstream::Upstream;
 use super::CATALOG_REFRESH;
+use crate::discovery::Catalog;
 use crate::region::RegionClient;
 use crate::server::Server;
 use crate::status::Error;
@@ -50,7 +50,7 @@ impl ProxyBuilder {
             client: self.upstream,
             calls: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            catalog: RwLock::new(Arc::new(HashMap::new())),
+            catalog: RwLock::new(Arc::new(Catalog::default())),
         });
         let templates = {
             let (u1, u2, u3, u4) = (up.clone(), up.clone(), up.clone(), up.clone());
@@ -85,8 +85,9 @@ impl ProxyBuilder {
                 let Some(up) = refreshed.upgrade() else {
                     return;
                 };
-                let methods = up.client.catalog();
-                up.remember(&methods);
+                let catalog = up.client.merged_catalog();
+                let methods = catalog.methods().to_vec();
+                up.remember(catalog);
                 if !announce.set(methods) {
                     return;
                 }

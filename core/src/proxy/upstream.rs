@@ -1,9 +1,9 @@
 //! What the proxy knows of its upstream: the merged catalog it announces and each method's kind and idempotency.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
+use crate::discovery::Catalog;
 use crate::region::{RegionCallBuilder, RegionClient};
 use crate::server::CallContext;
 use crate::wire::{MethodInfo, MethodKind};
@@ -16,31 +16,25 @@ pub(super) struct Upstream {
     pub(super) client: RegionClient,
     pub(super) calls: AtomicU64,
     pub(super) failed: AtomicU64,
-    pub(super) catalog: RwLock<Arc<HashMap<String, MethodInfo>>>,
+    pub(super) catalog: RwLock<Arc<Catalog>>,
 }
 
 impl Upstream {
     /// The last refreshed catalog.
-    fn catalog(&self) -> Arc<HashMap<String, MethodInfo>> {
+    fn catalog(&self) -> Arc<Catalog> {
         match self.catalog.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Keeps `methods` as the catalog calls look up, if it changed.
-    pub(super) fn remember(&self, methods: &[MethodInfo]) {
-        let current = self.catalog();
-        let same = current.len() == methods.len()
-            && methods.iter().all(|m| current.get(&m.name) == Some(m));
-        if !same {
-            let map = methods
-                .iter()
-                .map(|m| (m.name.clone(), m.clone()))
-                .collect();
+    /// Keeps `catalog` as the one calls look up, if it changed.
+    pub(super) fn remember(&self, catalog: Catalog) {
+        if *self.catalog() != catalog {
+            let catalog = Arc::new(catalog);
             match self.catalog.write() {
-                Ok(mut c) => *c = Arc::new(map),
-                Err(poisoned) => *poisoned.into_inner() = Arc::new(map),
+                Ok(mut c) => *c = catalog,
+                Err(poisoned) => *poisoned.into_inner() = catalog,
             }
         }
     }
@@ -63,10 +57,11 @@ impl Upstream {
     /// The upstream call for `ctx`: same method, codec, metadata, routing key and
     /// idempotency, and the time the caller has left.
     pub(super) fn call(&self, ctx: &CallContext) -> RegionCallBuilder {
-        let mut call = self
-            .client
-            .call(ctx.method())
-            .forwarding(ctx.codec(), ctx.metadata().clone());
+        // The caller's codec byte goes on with its already-encoded messages.
+        let mut call = self.client.call(ctx.method()).codec(ctx.codec());
+        for (key, value) in ctx.metadata().iter() {
+            call = call.metadata(key, value.clone());
+        }
         if let Some(left) = ctx.remaining() {
             call = call.timeout(left);
         }

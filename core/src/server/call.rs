@@ -163,7 +163,10 @@ async fn run_call(
     let Some(entry) = shared.method(&headers.method) else {
         rx.stop(reset::NO_ERROR);
         let status = Status::unimplemented(format!("unknown method {:?}", headers.method));
-        finish_call(send, None, trailers_for(status, started.elapsed())).await;
+        // No handler ran: say so, so that any client may send the call elsewhere.
+        let mut trailers = trailers_for(status, started.elapsed());
+        trailers.not_run = true;
+        finish_call(send, None, trailers).await;
         return Code::Unimplemented;
     };
     let deadline = headers.timeout.map(|t| started + t);

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
 use super::builder::{Fallback, MethodEntry};
+use crate::discovery::Catalog;
 use crate::transport::TransportConfig;
 use crate::wire::{Hello, MethodInfo, PROTOCOL_VERSION};
 
@@ -52,18 +53,16 @@ impl Shared {
 
     /// Rebuilds the catalog from the method table and tells every connection.
     pub(super) fn publish_catalog(&self) {
-        let mut catalog: Vec<MethodInfo> = match self.methods.read() {
+        // The server's own handlers first, so they win over announced names (a proxy's own
+        // methods over its upstream's).
+        let mut all: Vec<MethodInfo> = match self.methods.read() {
             Ok(m) => m.values().map(|e| e.info.clone()).collect(),
             Err(_) => return,
         };
         if let Ok(extra) = self.extra_catalog.lock() {
-            for m in extra.iter() {
-                if !catalog.iter().any(|c| c.name == m.name) {
-                    catalog.push(m.clone());
-                }
-            }
+            all.extend(extra.iter().cloned());
         }
-        catalog.sort_by(|a, b| a.name.cmp(&b.name));
+        let catalog = Catalog::new(all).methods().to_vec();
         if **self.catalog.borrow() != catalog {
             self.catalog.send_replace(Arc::new(catalog));
         }

@@ -145,3 +145,29 @@ async fn handler_errors_arrive_as_status() {
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
 }
+
+/// Bytes already encoded by someone else (what a gateway forwards) go out as a raw call with
+/// the codec byte they were encoded with, set by the ordinary `codec` option: the typed
+/// handler decodes them, and the answer comes back in the same codec, still undecoded.
+#[tokio::test]
+async fn raw_calls_announce_the_codec_they_are_given() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    let args = Value::List(vec![Value::Int(20), Value::Int(22)]);
+    let out = ch
+        .call("add")
+        .codec(Codec::Value)
+        .unary_raw(bytes::Bytes::from(args.to_bytes()))
+        .await
+        .unwrap()
+        .into_inner();
+    let limits = meridian::codec::DecodeLimits::default();
+    assert_eq!(Value::decode(&out, &limits).unwrap(), Value::Int(42));
+    // Without the option the same bytes are announced as raw, which a typed handler refuses.
+    let err = ch
+        .call("add")
+        .unary_raw(bytes::Bytes::from(args.to_bytes()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+}

@@ -11,6 +11,7 @@ use tracing::{field, Instrument};
 
 use super::handle::RegionClient;
 use super::routing::Target;
+use crate::call::{is_server_failure, may_send_again};
 use crate::client::{CallBuilder, RequestSink, Response, ResponseFuture, Streaming};
 use crate::codec::Codec;
 use crate::region::hedge::HedgePolicy;
@@ -27,8 +28,8 @@ pub struct RegionCallBuilder {
     pub(super) metadata: Metadata,
     pub(super) idempotent: Option<bool>,
     pub(super) key: Option<Bytes>,
-    pub(super) codec: Codec,
-    pub(super) forward: bool,
+    /// The codec chosen with [`codec`](Self::codec), passed to every attempt.
+    pub(super) codec: Option<Codec>,
 }
 
 /// How one attempt ended.
@@ -65,36 +66,23 @@ impl RegionCallBuilder {
         self
     }
 
-    /// The codec of typed messages (default postcard).
+    /// The codec, as [`CallBuilder::codec`]: for typed messages postcard (default) or
+    /// `Value`; for `*_raw` calls the codec byte announced with bytes already encoded
+    /// (default raw), which is how a gateway passes a caller's messages through.
     pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
+        self.codec = Some(codec);
         self
     }
 
-    /// Forwards messages already encoded with `codec` (see `CallBuilder::forwarding`),
-    /// with all of `metadata`.
-    pub(crate) fn forwarding(mut self, codec: Codec, metadata: Metadata) -> Self {
-        self.codec = codec;
-        self.forward = true;
-        self.metadata = metadata;
-        self
-    }
-
-    /// The call's own flag, else the catalog of the first server that lists the method
-    /// (idempotency is the method's property, the same on every server serving it).
+    /// The call's own flag, else the servers' merged catalog: idempotent only when every
+    /// server that lists the method says so ([`Catalog::merge`]).
     fn is_idempotent(&self) -> bool {
         if let Some(i) = self.idempotent {
             return i;
         }
-        let st = self.client.inner.lock();
-        st.servers
-            .values()
-            .find_map(|s| {
-                let hello = s.channel.as_ref()?.server_info()?;
-                let m = hello.methods.iter().find(|m| m.name == self.method)?;
-                Some(m.idempotent)
-            })
-            .unwrap_or(false)
+        self.client
+            .method_info(&self.method)
+            .is_some_and(|m| m.idempotent)
     }
 
     /// The channel-level call for one attempt, with this call's options.
@@ -107,10 +95,9 @@ impl RegionCallBuilder {
         let mut call = target
             .channel
             .call(self.method.clone())
-            .codec(self.codec)
             .idempotent(idempotent);
-        if self.forward {
-            call = call.forwarding(self.codec);
+        if let Some(codec) = self.codec {
+            call = call.codec(codec);
         }
         if let Some(d) = deadline {
             call = call.timeout(d.saturating_duration_since(Instant::now()));
@@ -154,15 +141,13 @@ impl RegionCallBuilder {
             };
             let started = Instant::now();
             let result = open(self.channel_call(&target, idempotent, deadline)).await;
-            let failed = result.as_ref().is_err_and(|s| server_failure(s.code()));
+            let failed = result.as_ref().is_err_and(|s| is_server_failure(s.code()));
             inner.finish(target.addr, started.elapsed(), None, failed);
             match result {
                 Ok(stream) => return Ok(stream),
-                Err(s)
-                    if s.code() == Code::Unimplemented
-                        || (s.code() == Code::Unavailable
-                            && (idempotent || s.is_known_not_run())) =>
-                {
+                // The one rule (crate::call::may_send_again): provably not run, or
+                // idempotent after a server failure.
+                Err(s) if may_send_again(&s, idempotent) => {
                     tried.push(target.addr);
                     last = Some(s);
                 }
@@ -240,7 +225,7 @@ impl RegionCallBuilder {
         let timeout = deadline.map(|d| d.saturating_duration_since(started));
         match result {
             Some(r) => {
-                let failed = r.as_ref().is_err_and(|s| server_failure(s.code()));
+                let failed = r.as_ref().is_err_and(|s| is_server_failure(s.code()));
                 self.client
                     .inner
                     .finish(target.addr, latency, timeout, failed);
@@ -370,16 +355,9 @@ impl RegionCallBuilder {
                         return Ok(r);
                     }
                     Attempt::Done(Err(status)) => {
-                        let retryable = match status.code() {
-                            // Provably not run here: another region may serve it.
-                            Code::Unimplemented => true,
-                            Code::Unavailable => idempotent || status.is_known_not_run(),
-                            Code::DeadlineExceeded => {
-                                idempotent && deadline.is_some_and(|d| Instant::now() < d)
-                            }
-                            // The server broke: an idempotent call may try another.
-                            code => idempotent && server_failure(code),
-                        };
+                        // The one rule, and never past the caller's deadline.
+                        let retryable = may_send_again(&status, idempotent)
+                            && deadline.is_none_or(|d| Instant::now() < d);
                         if !retryable || attempts >= MAX_ATTEMPTS {
                             return Err(status);
                         }
@@ -460,15 +438,3 @@ impl RegionCallBuilder {
 
 /// Most attempts of one routed call (first try included).
 pub(super) const MAX_ATTEMPTS: u32 = 4;
-
-/// Whether a status says the server (not the request) failed, for health and balancing.
-pub(super) fn server_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Internal
-            | Code::Unknown
-            | Code::DataLoss
-    )
-}

@@ -12,9 +12,8 @@ use super::builder::RegionClientBuilder;
 use super::call::RegionCallBuilder;
 use super::routing::Inner;
 use super::stats::{RegionStat, RegionStats, ServerStat};
-use crate::client::{Channel, Response};
-use crate::codec::Codec;
-use crate::discovery::{Discovery, LocalRegistry};
+use crate::client::Response;
+use crate::discovery::{Catalog, Discovery, LocalRegistry};
 use crate::status::Status;
 use crate::transport::{ClientTls, TransportConfig};
 use crate::wire::{Metadata, MethodInfo};
@@ -69,8 +68,7 @@ impl RegionClient {
             metadata: Metadata::new(),
             idempotent: None,
             key: None,
-            codec: Codec::Postcard,
-            forward: false,
+            codec: None,
         }
     }
 
@@ -107,30 +105,32 @@ impl RegionClient {
         }
     }
 
-    /// What the servers' catalogs say about `method` (the first catalog that lists it).
+    /// What the connected servers' catalogs, merged, say of `method` (see
+    /// [`Catalog::merge`]: idempotent only if every server listing it agrees).
     pub fn method_info(&self, method: &str) -> Option<MethodInfo> {
-        let st = self.inner.lock();
-        st.servers.values().find_map(|s| {
-            let hello = s.channel.as_ref()?.server_info()?;
-            hello.methods.iter().find(|m| m.name == method).cloned()
-        })
+        self.merged_catalog().get(method).cloned()
     }
 
-    /// Every method some connected server's catalog lists, by name.
+    /// Every method some connected server's catalog lists, by name, merged by
+    /// [`Catalog::merge`].
     pub fn catalog(&self) -> Vec<MethodInfo> {
-        let st = self.inner.lock();
-        let mut all: HashMap<String, MethodInfo> = HashMap::new();
-        for s in st.servers.values() {
-            let Some(hello) = s.channel.as_ref().and_then(Channel::server_info) else {
-                continue;
-            };
-            for m in &hello.methods {
-                all.entry(m.name.clone()).or_insert_with(|| m.clone());
-            }
-        }
-        let mut v: Vec<MethodInfo> = all.into_values().collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        self.merged_catalog().methods().to_vec()
+    }
+
+    /// The connected servers' catalogs merged by the one policy.
+    pub fn merged_catalog(&self) -> Catalog {
+        let catalogs: Vec<std::sync::Arc<Catalog>> = {
+            let st = self.inner.lock();
+            st.servers
+                .values()
+                .filter_map(|s| {
+                    let channel = s.channel.as_ref()?;
+                    channel.server_info()?;
+                    Some(channel.catalog())
+                })
+                .collect()
+        };
+        Catalog::merge(catalogs.iter().map(|c| c.as_ref()))
     }
 
     /// Per-region and per-server figures.

@@ -33,8 +33,9 @@ pub(super) struct ServerState {
 
 impl ServerState {
     pub(super) fn serves(&self, method: &str) -> Option<bool> {
-        let hello = self.channel.as_ref()?.server_info()?;
-        Some(hello.methods.iter().any(|m| m.name == method))
+        let channel = self.channel.as_ref()?;
+        channel.server_info()?;
+        Some(channel.catalog().serves(method))
     }
 }
 
