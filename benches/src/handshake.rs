@@ -72,7 +72,8 @@ async fn first_response_on(
     let ch = builder.connect().await?;
     ch.call("echo")
         .idempotent(true)
-        .unary_raw(payload())
+        .raw()
+        .unary(&payload())
         .await?;
     Ok((t.elapsed(), ch))
 }

@@ -60,13 +60,13 @@ async fn measure(
         .await?;
     let payload = Bytes::from(vec![7u8; 64]);
     for _ in 0..20 {
-        ch.call("echo").unary_raw(payload.clone()).await?;
+        ch.call("echo").raw().unary(&payload.clone()).await?;
     }
     let mut samples = Vec::with_capacity(calls);
     let mut timings = Vec::with_capacity(calls);
     for _ in 0..calls {
         let t = Instant::now();
-        let r = ch.call("echo").unary_raw(payload.clone()).await?;
+        let r = ch.call("echo").raw().unary(&payload.clone()).await?;
         samples.push(t.elapsed());
         timings.push(r.timing());
     }
@@ -102,10 +102,12 @@ pub async fn run(plan: &ProxyPlan) -> Result<String> {
     let ca = DevCa::new()?;
     let server = Server::builder()
         .no_local_registry()
-        .unary_raw(
+        .raw()
+        .unary(
             Method::new("echo").idempotent(),
             |payload: Bytes, _| async move { Ok(payload) },
         )
+        .typed()
         .bind(
             "127.0.0.1:0".parse()?,
             ServerTls::new(ca.issue_server(&["localhost"])?),

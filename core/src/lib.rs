@@ -61,12 +61,15 @@ pub mod testing;
 pub mod transport;
 pub mod wire;
 
+pub use call::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 pub use client::{
-    CallBuilder, CallTiming, Channel, ChannelBuilder, ChannelStats, RequestSink, Response,
-    ResponseFuture, Streaming,
+    CallBuilder, CallOptions, CallTiming, Channel, ChannelBuilder, ChannelStats, RequestSink,
+    Response, ResponseFuture, Streaming,
 };
 pub use codec::{Codec, Value};
-pub use server::{CallContext, Method, RequestStream, ResponseSink, Server, ServerBuilder};
+pub use server::{
+    CallContext, Method, RequestStream, ResponseSink, Server, ServerBuilder, UpstreamReport,
+};
 pub use status::{Error, Status};
 pub use transport::{ClientTls, DevCa, Identity, ServerTls, TransportConfig};
 pub use wire::{Code, Metadata};

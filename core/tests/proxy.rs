@@ -101,7 +101,8 @@ fn backend(id: &str, region: &str, seen: Arc<Seen>) -> ServerBuilder {
             }
             Ok(())
         })
-        .server_streaming_raw("firehose", move |n: Bytes, _, sink| {
+        .raw()
+        .server_streaming("firehose", move |n: Bytes, _, sink| {
             // Sends `n` messages of 64 KiB as fast as the caller (through the proxy) lets it.
             let seen = s4.clone();
             async move {
@@ -114,6 +115,7 @@ fn backend(id: &str, region: &str, seen: Arc<Seen>) -> ServerBuilder {
                 Ok(())
             }
         })
+        .typed()
         .client_streaming("sum", |mut reqs, _| async move {
             let mut total = 0i64;
             while let Some(x) = reqs.message().await? {
@@ -140,7 +142,8 @@ fn backend(id: &str, region: &str, seen: Arc<Seen>) -> ServerBuilder {
                 Ok(())
             }
         })
-        .client_streaming_raw("count_msgs", move |mut reqs, _| {
+        .raw()
+        .client_streaming("count_msgs", move |mut reqs, _| {
             let _seen = s3.clone();
             async move {
                 let mut n = 0u64;
@@ -150,6 +153,7 @@ fn backend(id: &str, region: &str, seen: Arc<Seen>) -> ServerBuilder {
                 Ok(Bytes::from(n.to_le_bytes().to_vec()))
             }
         })
+        .typed()
 }
 
 struct Backend {
@@ -505,7 +509,8 @@ async fn a_slow_reader_slows_the_server_and_proxy_memory_stays_bounded() {
     // 600 messages of 64 KiB = 37.5 MiB on offer; the client reads one, then stalls.
     let mut stream = ch
         .call("firehose")
-        .server_streaming_raw(Bytes::from(600u32.to_le_bytes().to_vec()))
+        .raw()
+        .server_streaming(&Bytes::from(600u32.to_le_bytes().to_vec()))
         .await
         .unwrap();
     assert!(stream.message().await.unwrap().is_some());
@@ -835,7 +840,7 @@ async fn hostile_callers_are_refused_and_others_do_not_notice() {
     // An oversized message from a well-behaved client library: a clear status.
     let ch = rig.channel().await;
     let big = Bytes::from(vec![0u8; 5 << 20]);
-    let err = ch.call("add").unary_raw(big).await.unwrap_err();
+    let err = ch.call("add").raw().unary(&big).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
 
     assert_eq!(good_calls.await.unwrap(), 200, "good calls were disturbed");

@@ -12,6 +12,8 @@ mod call_kinds;
 mod cancellation;
 #[path = "rpc/concurrency.rs"]
 mod concurrency;
+#[path = "rpc/extension.rs"]
+mod extension;
 #[path = "rpc/hello_shutdown.rs"]
 mod hello_shutdown;
 #[path = "rpc/link_emulator.rs"]

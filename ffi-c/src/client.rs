@@ -584,7 +584,8 @@ async fn unary(
     let (body, metadata, timing) = match (&target, request) {
         (Target::Channel(ch), Request::Raw(req)) => {
             let r = apply_options!(ch.call(method), options)
-                .unary_raw(req)
+                .raw()
+                .unary(&req)
                 .await?;
             (
                 nul_terminated(r.get_ref()),
@@ -603,7 +604,8 @@ async fn unary(
         }
         (Target::Region(rc), Request::Raw(req)) => {
             let r = apply_options!(rc.call(method), options)
-                .unary_raw(req)
+                .raw()
+                .unary(&req)
                 .await?;
             (
                 nul_terminated(r.get_ref()),
@@ -1014,7 +1016,8 @@ pub unsafe extern "C" fn meridian_client_server_streaming(
             Ok::<_, Status>(match (a.target, a.request) {
                 (Target::Channel(ch), Request::Raw(req)) => Messages::Raw(
                     apply_options!(ch.call(a.method), o)
-                        .server_streaming_raw(req)
+                        .raw()
+                        .server_streaming(&req)
                         .await?,
                 ),
                 (Target::Channel(ch), Request::Json(v)) => Messages::Json(
@@ -1031,7 +1034,8 @@ pub unsafe extern "C" fn meridian_client_server_streaming(
                 ),
                 (Target::Region(rc), Request::Raw(req)) => Messages::Raw(
                     apply_options!(rc.call(a.method), o)
-                        .server_streaming_raw(req)
+                        .raw()
+                        .server_streaming(&req)
                         .await?,
                 ),
             })

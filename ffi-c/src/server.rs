@@ -267,10 +267,13 @@ pub unsafe extern "C" fn meridian_server_start(
                 running: server.handlers.clone(),
             };
             builder = match (m.streaming, m.payload == MERIDIAN_PAYLOAD_JSON) {
-                (false, false) => builder.unary_raw(method, move |req: Bytes, ctx| {
-                    let h = h.clone();
-                    async move { h.unary(Input::Raw(req), ctx).await.map(Bytes::from) }
-                }),
+                (false, false) => builder
+                    .raw()
+                    .unary(method, move |req: Bytes, ctx| {
+                        let h = h.clone();
+                        async move { h.unary(Input::Raw(req), ctx).await.map(Bytes::from) }
+                    })
+                    .typed(),
                 (false, true) => builder.unary(method, move |req: Value, ctx| {
                     let h = h.clone();
                     async move {
@@ -280,12 +283,13 @@ pub unsafe extern "C" fn meridian_server_start(
                         })
                     }
                 }),
-                (true, false) => {
-                    builder.server_streaming_raw(method, move |req: Bytes, ctx, sink| {
+                (true, false) => builder
+                    .raw()
+                    .server_streaming(method, move |req: Bytes, ctx, sink| {
                         let h = h.clone();
                         async move { h.streaming(Input::Raw(req), ctx, Sink::Raw(sink)).await }
                     })
-                }
+                    .typed(),
                 (true, true) => builder.server_streaming(method, move |req: Value, ctx, sink| {
                     let h = h.clone();
                     async move { h.streaming(Input::Json(req), ctx, Sink::Json(sink)).await }

@@ -307,11 +307,17 @@ fn register(builder: ServerBuilder, m: &PyMethod) -> ServerBuilder {
     }
     let func = m.func.clone();
     if m.streaming {
-        builder.server_streaming_raw(method, move |body, ctx, sink| {
-            run_streaming(func.clone(), body, ctx, sink)
-        })
+        builder
+            .raw()
+            .server_streaming(method, move |body, ctx, sink| {
+                run_streaming(func.clone(), body, ctx, sink)
+            })
+            .typed()
     } else {
-        builder.unary_raw(method, move |body, ctx| run_unary(func.clone(), body, ctx))
+        builder
+            .raw()
+            .unary(method, move |body, ctx| run_unary(func.clone(), body, ctx))
+            .typed()
     }
 }
 

@@ -50,10 +50,12 @@ async fn echo_server(addr: SocketAddr, identity: &Identity) -> Result<Server> {
         .no_local_registry()
         // Idempotent, so a resumed client may send it in 0-RTT data (the connect
         // benchmark measures that).
-        .unary_raw(
+        .raw()
+        .unary(
             Method::new("echo").idempotent(),
             |payload: Bytes, _| async move { Ok(payload) },
         )
+        .typed()
         .bind(addr, ServerTls::new(meridian_identity(identity)))
         .await?)
 }
@@ -135,7 +137,8 @@ impl Client for MeridianClient {
         Ok(self
             .channel
             .call("echo")
-            .unary_raw(payload)
+            .raw()
+            .unary(&payload)
             .await?
             .into_inner())
     }

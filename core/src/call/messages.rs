@@ -6,7 +6,7 @@ use crate::codec::{self, Codec, DecodeLimits};
 use crate::status::Status;
 
 /// Encodes a typed message for the wire, checking the size limit.
-pub(crate) fn encode_typed<T: serde::Serialize>(
+pub(crate) fn encode_typed<T: serde::Serialize + ?Sized>(
     codec: Codec,
     msg: &T,
     max: usize,
@@ -42,11 +42,6 @@ pub(crate) fn check_size(len: usize, max: usize) -> Result<(), Status> {
 pub(crate) type EncodeFn<T> = fn(Codec, &T, usize) -> Result<Bytes, Status>;
 /// Turns wire bytes into a message, for typed or raw payloads.
 pub(crate) type DecodeFn<T> = fn(Codec, Bytes, &DecodeLimits) -> Result<T, Status>;
-
-pub(crate) fn encode_raw(_: Codec, msg: &Bytes, max: usize) -> Result<Bytes, Status> {
-    check_size(msg.len(), max)?;
-    Ok(msg.clone())
-}
 
 pub(crate) fn decode_raw(_: Codec, bytes: Bytes, _: &DecodeLimits) -> Result<Bytes, Status> {
     Ok(bytes)

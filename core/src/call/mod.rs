@@ -3,12 +3,14 @@
 
 mod frames;
 mod messages;
+mod payload;
 mod reset;
 mod retry;
 mod unwind;
 
 pub(crate) use frames::{data_chunks, FramedRecv, RecvError};
-pub(crate) use messages::{decode_raw, decode_typed, encode_raw, encode_typed, DecodeFn, EncodeFn};
+pub(crate) use messages::{decode_raw, DecodeFn, EncodeFn};
+pub use payload::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 pub(crate) use reset::{reset_for_status, status_for_reset};
 pub(crate) use retry::{is_server_failure, may_send_again};
 pub(crate) use unwind::CatchUnwind;

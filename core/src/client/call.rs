@@ -1,109 +1,167 @@
-//! [`CallBuilder`]: per-call options and the call kinds.
+//! [`CallBuilder`]: one call surface for every caller. The options are set here once; the
+//! four call kinds are generic over the payload style ([`Typed`] or [`Raw`]); each target
+//! ([`Channel`] here, `RegionClient` in the region layer) implements the kinds for itself.
 
+use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tracing::{debug, field, Instrument};
 
 use super::channel::Channel;
 use super::connection::ChannelInner;
-use super::open::{finish_span, open_call, with_deadline};
+use super::open::{finish_span, open_call, with_deadline, Early, Request};
+use super::options::CallOptions;
 use super::response::Response;
 use super::retry::{Failure, Retry, MAX_ATTEMPTS};
 use super::streaming::{RequestSink, ResponseFuture, Streaming};
-use crate::call::{
-    decode_raw, decode_typed, encode_raw, encode_typed, may_send_again, DecodeFn, EncodeFn,
-};
+use crate::call::{may_send_again, DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 use crate::codec::Codec;
 use crate::status::Status;
-use crate::wire::{Metadata, RequestHeaders};
+use crate::wire::RequestHeaders;
 
-/// Options of one call, then the call itself.
+/// Options of one call, then the call itself, for any target: a [`Channel`] (one server) or
+/// a `RegionClient` (routed). `P` is the payload style: [`Typed`] messages by default,
+/// [`Raw`] bytes after [`raw`](Self::raw).
+///
+/// ```no_run
+/// # async fn demo(channel: meridian::Channel) -> Result<(), meridian::Status> {
+/// use std::time::Duration;
+/// let sum: i64 = channel
+///     .call("add")
+///     .timeout(Duration::from_millis(50))
+///     .metadata("tenant", "blue")
+///     .unary(&(1i64, 2i64))
+///     .await?
+///     .into_inner();
+/// let echoed = channel.call("echo").raw().unary(&bytes::Bytes::from_static(b"hi")).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "a call does nothing until a call kind such as `unary` is awaited"]
-pub struct CallBuilder {
-    pub(super) channel: Channel,
-    pub(super) method: String,
-    pub(super) timeout: Option<Duration>,
-    pub(super) metadata: Metadata,
-    pub(super) idempotent: bool,
-    pub(super) routing_key: Option<Bytes>,
-    /// The codec chosen with [`codec`](Self::codec); each call kind has its default.
-    pub(super) codec: Option<Codec>,
+pub struct CallBuilder<T, P = Typed> {
+    pub(crate) target: T,
+    pub(crate) method: String,
+    pub(crate) options: CallOptions,
+    style: PhantomData<P>,
 }
 
-impl CallBuilder {
+impl<T, P: PayloadStyle> CallBuilder<T, P> {
+    pub(crate) fn new(target: T, method: String) -> Self {
+        CallBuilder {
+            target,
+            method,
+            options: CallOptions::default(),
+            style: PhantomData,
+        }
+    }
+
     /// Gives up after `timeout`; the server is told the time left and stops the handler
-    /// when it passes.
+    /// when it passes. A timeout too large to represent means no deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.options.timeout = Some(timeout);
         self
     }
 
     /// Adds a metadata entry.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.metadata.insert(key, value);
+        self.options.metadata.insert(key, value);
         self
     }
 
-    /// Declares the call safe to run more than once.
+    /// Declares the call safe (`true`) or not (`false`) to run more than once, whatever the
+    /// servers' catalogs say; without it the catalogs decide.
     pub fn idempotent(mut self, idempotent: bool) -> Self {
-        self.idempotent = idempotent;
+        self.options.idempotent = Some(idempotent);
         self
     }
 
-    /// Sets a routing key (for key-owned data; forwarded by proxies).
+    /// Sets a routing key: a region client sends the call to the key's owner; proxies pass
+    /// it on.
     pub fn routing_key(mut self, key: impl Into<Bytes>) -> Self {
-        self.routing_key = Some(key.into());
+        self.options.routing_key = Some(key.into());
         self
     }
 
-    /// Chooses the codec. For typed messages: [`Codec::Postcard`] (default, Rust to Rust)
-    /// or [`Codec::Value`] (self-describing, any language). For the `*_raw` calls, whose
-    /// bytes are already encoded: the codec byte announced with them (default
-    /// [`Codec::Raw`]); a gateway passing a caller's messages through sets the caller's
-    /// codec here, so the server decodes them as the caller meant.
+    /// Chooses the codec. Typed messages: [`Codec::Postcard`] (default, Rust to Rust) or
+    /// [`Codec::Value`] (self-describing, any language). Raw bytes: the codec they were
+    /// encoded with (default [`Codec::Raw`]); a gateway passing a caller's messages through
+    /// sets the caller's codec here, so the server decodes them as the caller meant.
     pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = Some(codec);
+        self.options.codec = Some(codec);
         self
     }
 
-    /// The codec a typed call uses.
-    fn typed_codec(&mut self) -> Codec {
-        *self.codec.get_or_insert(Codec::Postcard)
+    /// Replaces every option at once.
+    pub fn options(mut self, options: CallOptions) -> Self {
+        self.options = options;
+        self
     }
 
-    /// A unary call with typed messages.
-    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
-        mut self,
-        request: &Req,
-    ) -> Result<Response<Resp>, Status> {
-        let max = self.channel.inner.wire.max_message_size;
-        let codec = self.typed_codec();
-        let msg = encode_typed(codec, request, max)?;
-        self.unary_bytes(msg, decode_typed::<Resp>).await
+    /// The options as set so far.
+    pub fn current_options(&self) -> &CallOptions {
+        &self.options
     }
 
-    /// A unary call on raw bytes.
-    pub async fn unary_raw(mut self, request: Bytes) -> Result<Response<Bytes>, Status> {
-        self.codec.get_or_insert(Codec::Raw);
-        let msg = encode_raw(
-            Codec::Raw,
-            &request,
-            self.channel.inner.wire.max_message_size,
-        )?;
-        self.unary_bytes(msg, decode_raw).await
+    /// The method called.
+    pub fn method(&self) -> &str {
+        &self.method
     }
 
-    async fn unary_bytes<Resp>(
-        self,
-        msg: Bytes,
-        decode: DecodeFn<Resp>,
-    ) -> Result<Response<Resp>, Status> {
+    /// Switches to raw bytes: requests and responses are [`Bytes`], sent and returned
+    /// without encoding.
+    pub fn raw(self) -> CallBuilder<T, Raw> {
+        self.with_style()
+    }
+
+    /// Switches to typed messages (the default).
+    pub fn typed(self) -> CallBuilder<T, Typed> {
+        self.with_style()
+    }
+
+    /// The same call in another payload style.
+    pub(crate) fn with_style<Q>(self) -> CallBuilder<T, Q> {
+        CallBuilder {
+            target: self.target,
+            method: self.method,
+            options: self.options,
+            style: PhantomData,
+        }
+    }
+
+    /// The codec the call announces.
+    pub(crate) fn codec_or_default(&self) -> Codec {
+        self.options.codec.unwrap_or(P::DEFAULT_CODEC)
+    }
+}
+
+/// The four call kinds on one server.
+impl<P: PayloadStyle> CallBuilder<Channel, P> {
+    /// A unary call: one request, one response.
+    pub async fn unary<Req, Resp>(self, request: &Req) -> Result<Response<Resp>, Status>
+    where
+        Req: ?Sized,
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
+        let msg = self.encode_request(request)?;
+        self.unary_bytes(msg).await
+    }
+
+    /// Encodes the single request of a unary or server-streaming call.
+    fn encode_request<Req: ?Sized>(&self, request: &Req) -> Result<Bytes, Status>
+    where
+        P: EncodeAs<Req>,
+    {
+        let max = self.target.inner.wire.max_message_size;
+        P::encode(self.codec_or_default(), request, max)
+    }
+
+    async fn unary_bytes<Resp>(self, msg: Bytes) -> Result<Response<Resp>, Status>
+    where
+        P: DecodeAs<Resp>,
+    {
         let started = Instant::now();
         let span = tracing::debug_span!(
             "rpc.client",
@@ -116,8 +174,16 @@ impl CallBuilder {
             proxy_us = field::Empty,
             upstream_us = field::Empty
         );
-        let (inner, mut headers, deadline) = self.into_parts(started);
+        let call = self.into_call(started);
+        let inner = call.inner.clone();
+        let deadline = call.deadline;
         let fut = async {
+            let Call {
+                inner,
+                mut headers,
+                deadline,
+                idempotent,
+            } = call;
             let mut attempts = 0u32;
             let mut lost_once = false;
             loop {
@@ -125,18 +191,17 @@ impl CallBuilder {
                 let attempt = async {
                     // Only a first attempt may go early: if 0-RTT was rejected, the
                     // handshake must be complete before the call is sent again.
-                    let mut call = open_call(
-                        &inner,
-                        &mut headers,
-                        deadline,
-                        Some(msg.clone()),
-                        true,
-                        attempts == 1,
-                    )
-                    .await?;
+                    let early = if attempts == 1 && idempotent {
+                        Early::Allowed
+                    } else {
+                        Early::Never
+                    };
+                    let request = Request::Single(msg.clone());
+                    let mut call =
+                        open_call(&inner, &mut headers, deadline, request, early).await?;
                     tracing::Span::current().record("early", call.early);
                     let mut recv = call.take_recv();
-                    let result = recv.single_response(decode).await;
+                    let result = recv.single_response(P::decode).await;
                     if recv.finished {
                         call.done();
                     }
@@ -152,19 +217,15 @@ impl CallBuilder {
                     }
                     Err(f) => f,
                 };
-                let idempotent =
-                    || headers.idempotent || inner.catalog().is_idempotent(&headers.method);
-                // A call that provably never ran (refused, or lost with rejected 0-RTT
-                // data) is sent again, paced by the reconnection backoff, up to
-                // MAX_ATTEMPTS and within its deadline; one that may have run is sent again
-                // once, and only if it is idempotent.
                 // The server's answer is final here (the region client decides about
-                // other servers); a lost connection follows the one rule, once.
+                // other servers); a call that provably never ran is sent again, paced by
+                // the reconnection backoff, up to MAX_ATTEMPTS and within its deadline; a
+                // lost connection follows the one rule, once.
                 let again = attempts < MAX_ATTEMPTS
                     && match failure.retry {
                         Retry::NotStarted => true,
                         Retry::MaybeStarted => {
-                            !lost_once && may_send_again(&failure.status, idempotent())
+                            !lost_once && may_send_again(&failure.status, idempotent)
                         }
                         Retry::No => false,
                     };
@@ -175,7 +236,7 @@ impl CallBuilder {
                     continue;
                 }
                 tracing::Span::current().record("attempts", attempts);
-                return Err(failure.into_status(idempotent()));
+                return Err(failure.into_status(idempotent));
             }
         };
         let result = with_deadline(deadline, fut).instrument(span.clone()).await;
@@ -187,113 +248,82 @@ impl CallBuilder {
     }
 
     /// A server-streaming call: one request, a stream of responses.
-    pub async fn server_streaming<Req: Serialize, Resp: DeserializeOwned>(
-        mut self,
-        request: &Req,
-    ) -> Result<Streaming<Resp>, Status> {
-        let codec = self.typed_codec();
-        let msg = encode_typed(codec, request, self.channel.inner.wire.max_message_size)?;
-        self.server_streaming_with(msg, decode_typed::<Resp>).await
-    }
-
-    /// A server-streaming call on raw bytes.
-    pub async fn server_streaming_raw(
-        mut self,
-        request: Bytes,
-    ) -> Result<Streaming<Bytes>, Status> {
-        self.codec.get_or_insert(Codec::Raw);
-        let msg = encode_raw(
-            Codec::Raw,
-            &request,
-            self.channel.inner.wire.max_message_size,
-        )?;
-        self.server_streaming_with(msg, decode_raw).await
-    }
-
-    async fn server_streaming_with<Resp>(
-        self,
-        msg: Bytes,
-        decode: DecodeFn<Resp>,
-    ) -> Result<Streaming<Resp>, Status> {
-        let (inner, mut headers, deadline) = self.into_parts(Instant::now());
-        let open = open_call(&inner, &mut headers, deadline, Some(msg), true, false);
+    pub async fn server_streaming<Req, Resp>(self, request: &Req) -> Result<Streaming<Resp>, Status>
+    where
+        Req: ?Sized,
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
+        let msg = self.encode_request(request)?;
+        let Call {
+            inner,
+            mut headers,
+            deadline,
+            ..
+        } = self.into_call(Instant::now());
+        let open = open_call(
+            &inner,
+            &mut headers,
+            deadline,
+            Request::Single(msg),
+            Early::Never,
+        );
         let mut call = with_deadline(deadline, async {
             open.await.map_err(|f| f.into_status(true))
         })
         .await?;
         let recv = call.take_recv();
         call.done();
-        Ok(recv.into_streaming(decode, deadline))
+        Ok(recv.into_streaming(P::decode, deadline))
     }
 
     /// A client-streaming call: send requests on the sink, then await the response.
-    pub async fn client_streaming<Req: Serialize, Resp: DeserializeOwned>(
+    pub async fn client_streaming<Req, Resp>(
         self,
-    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
-        self.client_streaming_with(encode_typed::<Req>, decode_typed::<Resp>)
-            .await
-    }
-
-    /// A client-streaming call on raw bytes.
-    pub async fn client_streaming_raw(
-        mut self,
-    ) -> Result<(RequestSink<Bytes>, ResponseFuture<Bytes>), Status> {
-        self.codec.get_or_insert(Codec::Raw);
-        self.client_streaming_with(encode_raw, decode_raw).await
-    }
-
-    async fn client_streaming_with<Req, Resp>(
-        self,
-        encode: EncodeFn<Req>,
-        decode: DecodeFn<Resp>,
-    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
-        let (inner, mut headers, deadline) = self.into_parts(Instant::now());
-        let max = inner.wire.max_message_size;
-        let open = open_call(&inner, &mut headers, deadline, None, false, false);
-        let mut call = with_deadline(deadline, async {
-            open.await.map_err(|f| f.into_status(true))
-        })
-        .await?;
-        let codec = call.codec;
-        let sink = RequestSink {
-            send: call.take_send(),
-            codec,
-            max,
-            encode,
-        };
-        let recv = call.take_recv();
+    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status>
+    where
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
+        let (sink, recv, deadline) = self.open_request_stream::<Req>().await?;
         Ok((
             sink,
             ResponseFuture {
                 recv,
-                decode,
+                decode: P::decode,
                 deadline,
             },
         ))
     }
 
     /// A bidirectional call: send on the sink while reading the stream.
-    pub async fn bidi<Req: Serialize, Resp: DeserializeOwned>(
-        self,
-    ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
-        self.bidi_with(encode_typed::<Req>, decode_typed::<Resp>)
-            .await
+    pub async fn bidi<Req, Resp>(self) -> Result<(RequestSink<Req>, Streaming<Resp>), Status>
+    where
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
+        let (sink, recv, deadline) = self.open_request_stream::<Req>().await?;
+        Ok((sink, recv.into_streaming(P::decode, deadline)))
     }
 
-    /// A bidirectional call on raw bytes.
-    pub async fn bidi_raw(mut self) -> Result<(RequestSink<Bytes>, Streaming<Bytes>), Status> {
-        self.codec.get_or_insert(Codec::Raw);
-        self.bidi_with(encode_raw, decode_raw).await
-    }
-
-    async fn bidi_with<Req, Resp>(
+    /// Opens a call whose requests are streamed: HEADERS only, then a sink for requests.
+    async fn open_request_stream<Req>(
         self,
-        encode: EncodeFn<Req>,
-        decode: DecodeFn<Resp>,
-    ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
-        let (inner, mut headers, deadline) = self.into_parts(Instant::now());
+    ) -> Result<(RequestSink<Req>, super::open::CallRecv, Option<Instant>), Status>
+    where
+        P: EncodeAs<Req>,
+    {
+        let Call {
+            inner,
+            mut headers,
+            deadline,
+            ..
+        } = self.into_call(Instant::now());
         let max = inner.wire.max_message_size;
-        let open = open_call(&inner, &mut headers, deadline, None, false, false);
+        let open = open_call(
+            &inner,
+            &mut headers,
+            deadline,
+            Request::Stream,
+            Early::Never,
+        );
         let mut call = with_deadline(deadline, async {
             open.await.map_err(|f| f.into_status(true))
         })
@@ -302,21 +332,43 @@ impl CallBuilder {
             send: call.take_send(),
             codec: call.codec,
             max,
-            encode,
+            encode: P::encode,
         };
-        Ok((sink, call.take_recv().into_streaming(decode, deadline)))
+        Ok((sink, call.take_recv(), deadline))
     }
 
-    fn into_parts(self, started: Instant) -> (Arc<ChannelInner>, RequestHeaders, Option<Instant>) {
-        let deadline = self.timeout.map(|t| started + t);
+    /// The call's HEADERS, deadline and idempotency (the caller's flag, else the server's
+    /// catalog).
+    fn into_call(self, started: Instant) -> Call {
+        let codec = self.codec_or_default();
+        let inner = self.target.inner;
+        let o = self.options;
+        let idempotent = o
+            .idempotent
+            .unwrap_or_else(|| inner.catalog().is_idempotent(&self.method));
+        let deadline = o.deadline(started);
         let headers = RequestHeaders {
             method: self.method,
-            codec: self.codec.unwrap_or(Codec::Postcard),
-            timeout: self.timeout,
-            idempotent: self.idempotent,
-            routing_key: self.routing_key,
-            metadata: self.metadata,
+            codec,
+            timeout: deadline.map(|d| d.saturating_duration_since(started)),
+            idempotent: o.idempotent == Some(true),
+            routing_key: o.routing_key,
+            metadata: o.metadata,
         };
-        (self.channel.inner, headers, deadline)
+        Call {
+            inner,
+            headers,
+            deadline,
+            idempotent,
+        }
     }
+}
+
+/// One call on a channel, ready to open.
+struct Call {
+    inner: Arc<ChannelInner>,
+    headers: RequestHeaders,
+    deadline: Option<Instant>,
+    /// Resolved: the caller's flag, else the server's catalog.
+    idempotent: bool,
 }

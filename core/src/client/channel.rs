@@ -17,7 +17,7 @@ use crate::codec::{Codec, Value};
 use crate::discovery::Catalog;
 use crate::status::Status;
 use crate::transport::{ClientTls, TransportConfig};
-use crate::wire::{reset, Hello, Metadata};
+use crate::wire::{reset, Hello};
 
 /// A connection to one server that carries any number of concurrent calls.
 ///
@@ -55,16 +55,8 @@ impl Channel {
 
     /// Starts a call to `method`; set options on the returned builder, then pick the call
     /// kind (`unary`, `server_streaming`, ...).
-    pub fn call(&self, method: impl Into<String>) -> CallBuilder {
-        CallBuilder {
-            channel: self.clone(),
-            method: method.into(),
-            timeout: None,
-            metadata: Metadata::new(),
-            idempotent: false,
-            routing_key: None,
-            codec: None,
-        }
+    pub fn call(&self, method: impl Into<String>) -> CallBuilder<Channel> {
+        CallBuilder::new(self.clone(), method.into())
     }
 
     /// A unary call with typed messages and default options.

@@ -18,18 +18,33 @@ use crate::codec::Codec;
 use crate::status::Status;
 use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, WireLimits};
 
+/// What follows a call's HEADERS.
+pub(super) enum Request {
+    /// One request message, then FIN (unary and server-streaming calls).
+    Single(Bytes),
+    /// Requests come later through a sink (client-streaming and bidi calls).
+    Stream,
+}
+
+/// Whether a call may go out in 0-RTT data before the handshake completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Early {
+    /// Yes: a first attempt of an idempotent unary call (safe if replayed).
+    Allowed,
+    /// No: wait for the handshake.
+    Never,
+}
+
 /// Opens a stream and writes HEADERS (plus the request and FIN for single-request calls).
 ///
-/// While a resumed connection's handshake is still running, only a call that may be
-/// replayed (`may_go_early` and idempotent by the call's flag or the server's catalog)
-/// goes out in 0-RTT data; any other waits for the handshake.
+/// While a resumed connection's handshake is still running, only a call with
+/// [`Early::Allowed`] goes out in 0-RTT data; any other waits for the handshake.
 pub(super) async fn open_call(
     inner: &Arc<ChannelInner>,
     headers: &mut RequestHeaders,
     deadline: Option<Instant>,
-    request: Option<Bytes>,
-    finish: bool,
-    may_go_early: bool,
+    request: Request,
+    early: Early,
 ) -> Result<OpenCall, Failure> {
     inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
     if headers.metadata.byte_size() > inner.wire.max_metadata_size {
@@ -39,10 +54,9 @@ pub(super) async fn open_call(
         status,
         retry: Retry::NotStarted,
     })?;
+    let replayable = early == Early::Allowed;
     let mut early = !conn.handshake_done();
     if early {
-        let replayable =
-            may_go_early && (headers.idempotent || inner.catalog().is_idempotent(&headers.method));
         if replayable {
             inner.stats.early_calls.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -63,12 +77,13 @@ pub(super) async fn open_call(
     headers.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let head = headers.to_frame().freeze();
     let started = Instant::now();
+    let finish = matches!(request, Request::Single(_));
     let written = match request {
-        Some(msg) => {
+        Request::Single(msg) => {
             let [hdr, payload] = data_chunks(msg);
             send.write_all_chunks(&mut [head, hdr, payload]).await
         }
-        None => send.write_all(&head).await,
+        Request::Stream => send.write_all(&head).await,
     };
     let mut recv = CallRecv {
         recv: FramedRecv::new(recv, inner.wire),

@@ -55,16 +55,18 @@ impl ProxyBuilder {
         let templates = {
             let (u1, u2, u3, u4) = (up.clone(), up.clone(), up.clone(), up.clone());
             Server::builder()
-                .unary_raw("unary", move |req, ctx| forward_unary(u1.clone(), req, ctx))
-                .server_streaming_raw("server_streaming", move |req, ctx, sink| {
+                .raw()
+                .unary("unary", move |req, ctx| forward_unary(u1.clone(), req, ctx))
+                .server_streaming("server_streaming", move |req, ctx, sink| {
                     forward_server_streaming(u2.clone(), req, ctx, sink)
                 })
-                .client_streaming_raw("client_streaming", move |reqs, ctx| {
+                .client_streaming("client_streaming", move |reqs, ctx| {
                     forward_client_streaming(u3.clone(), reqs, ctx)
                 })
-                .bidi_raw("bidi", move |reqs, ctx, sink| {
+                .bidi("bidi", move |reqs, ctx, sink| {
                     forward_bidi(u4.clone(), reqs, ctx, sink)
                 })
+                .typed()
         };
         let resolver = up.clone();
         let mut builder = Server::builder()

@@ -9,7 +9,7 @@ use tracing::{field, Instrument};
 
 use super::upstream::Upstream;
 use crate::client::{RequestSink, Streaming};
-use crate::server::{CallContext, Forwarded, RequestStream, ResponseSink};
+use crate::server::{CallContext, RequestStream, ResponseSink, UpstreamReport};
 use crate::status::Status;
 use crate::wire::Metadata;
 
@@ -73,12 +73,11 @@ impl<'a> Hop<'a> {
         if let Some(t) = server_time {
             self.span.record("server_us", t.as_micros() as u64);
         }
-        self.ctx.set_forwarded(Forwarded {
-            server_time,
-            upstream,
-            metadata,
-            not_run,
-        });
+        let mut report = UpstreamReport::new(upstream);
+        report.server_time = server_time;
+        report.metadata = metadata;
+        report.not_run = not_run;
+        self.ctx.report_upstream(report);
         result
     }
 }
@@ -91,7 +90,11 @@ pub(super) async fn forward_unary(
     let mut hop = Hop::new(&upstream, &ctx, "unary");
     let call = upstream.call(&ctx);
     hop.upstream_starts();
-    let result = call.unary_raw(request).instrument(hop.span.clone()).await;
+    let result = call
+        .raw()
+        .unary(&request)
+        .instrument(hop.span.clone())
+        .await;
     hop.settle(result.map(unpack))
 }
 
@@ -110,7 +113,7 @@ pub(super) async fn forward_server_streaming(
     let call = upstream.call(&ctx);
     hop.upstream_starts();
     let result = async {
-        let mut responses = call.server_streaming_raw(request).await?;
+        let mut responses = call.raw().server_streaming(&request).await?;
         while let Some(msg) = responses.message().await? {
             sink.send(&msg).await?;
         }
@@ -196,7 +199,7 @@ pub(super) async fn forward_client_streaming(
     let call = upstream.call(&ctx);
     hop.upstream_starts();
     let result = async {
-        let (sink, response) = call.client_streaming_raw().await?;
+        let (sink, response) = call.raw().client_streaming().await?;
         let mut sink = UpstreamSink(Some(sink));
         pump_requests(&mut requests, &mut sink).await?;
         response.response().await
@@ -216,7 +219,7 @@ pub(super) async fn forward_bidi(
     let call = upstream.call(&ctx);
     hop.upstream_starts();
     let result = async {
-        let (sink, mut responses) = call.bidi_raw().await?;
+        let (sink, mut responses) = call.raw().bidi().await?;
         let mut sink = UpstreamSink(Some(sink));
         {
             let up = pump_requests(&mut requests, &mut sink);

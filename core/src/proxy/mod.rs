@@ -1,5 +1,5 @@
 //! The region proxy: a gateway that takes calls like a server and forwards each one through
-//! a [`RegionClient`], so a caller that knows one address reaches the nearest healthy region
+//! a [`RegionClient`](crate::region::RegionClient), so a caller that knows one address reaches the nearest healthy region
 //! that serves its method, with the same failover, retries and hedging as a client library.
 //!
 //! Every response the proxy forwards carries its own times in the TRAILERS (time inside the
@@ -8,7 +8,7 @@
 //! server (see [`CallTiming`](crate::CallTiming)).
 //!
 //! How each call kind is forwarded, by the kind the upstream catalogs give the method:
-//! - unary: one routed call, retried and hedged like [`RegionClient`] calls;
+//! - unary: one routed call, retried and hedged like [`RegionClient`](crate::region::RegionClient) calls;
 //! - server-streaming: opened on the chosen server (the next choice is tried once if the
 //!   open fails without running), then responses are passed on one by one;
 //! - client-streaming, bidirectional and methods no catalog lists yet: a stream each way,

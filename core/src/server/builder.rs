@@ -2,13 +2,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use super::connection::accept_loop;
@@ -19,8 +17,7 @@ use super::method::Method;
 use super::shared::Shared;
 use super::streams::{RequestStream, ResponseSink};
 use super::Handler;
-use crate::call::{decode_raw, decode_typed, encode_raw, encode_typed, DecodeFn, EncodeFn};
-use crate::codec::{Codec, DecodeLimits};
+use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 use crate::status::{Error, Status};
 use crate::transport::{ServerTls, TransportConfig};
 use crate::wire::{MethodInfo, MethodKind};
@@ -38,16 +35,36 @@ pub(super) struct Fallback {
 }
 
 /// Builds a [`Server`]: region, identity, limits and the handlers.
-pub struct ServerBuilder {
+///
+/// Handlers take typed (serde) messages by default; after [`raw`](Self::raw) the ones
+/// registered next take and return [`Bytes`](bytes::Bytes) (bring your own serialization), until
+/// [`typed`](Self::typed). Each call kind is one method whatever the style.
+///
+/// ```no_run
+/// # async fn demo(tls: meridian::ServerTls) -> Result<(), meridian::Error> {
+/// use meridian::{Method, Server};
+/// let server = Server::builder()
+///     .region("eu")
+///     .unary(Method::new("add").idempotent(), |(a, b): (i64, i64), _ctx| async move { Ok(a + b) })
+///     .raw()
+///     .unary("reverse", |bytes: bytes::Bytes, _ctx| async move {
+///         Ok(bytes.iter().rev().copied().collect::<Vec<u8>>().into())
+///     })
+///     .bind("127.0.0.1:0".parse().unwrap(), tls)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct ServerBuilder<P = Typed> {
     pub(super) methods: HashMap<String, MethodEntry>,
     pub(super) region: String,
     pub(super) server_id: Option<String>,
     pub(super) transport: TransportConfig,
     pub(super) advertise: Option<String>,
     pub(super) fallback: Option<Arc<Fallback>>,
+    pub(super) style: PhantomData<P>,
 }
 
-impl std::fmt::Debug for ServerBuilder {
+impl<P> std::fmt::Debug for ServerBuilder<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<_> = self.methods.keys().collect();
         names.sort();
@@ -58,15 +75,7 @@ impl std::fmt::Debug for ServerBuilder {
     }
 }
 
-fn typed_encode<T: Serialize>(c: Codec, m: &T, max: usize) -> Result<Bytes, Status> {
-    encode_typed(c, m, max)
-}
-
-fn typed_decode<T: DeserializeOwned>(c: Codec, b: Bytes, l: &DecodeLimits) -> Result<T, Status> {
-    decode_typed(c, b, l)
-}
-
-impl ServerBuilder {
+impl<P: PayloadStyle> ServerBuilder<P> {
     /// Sets the region this server announces in its HELLO. Default `"default"`.
     pub fn region(mut self, region: impl Into<String>) -> Self {
         self.region = region.into();
@@ -99,6 +108,28 @@ impl ServerBuilder {
         self
     }
 
+    /// Handlers registered next take and return raw [`Bytes`](bytes::Bytes).
+    pub fn raw(self) -> ServerBuilder<Raw> {
+        self.with_style()
+    }
+
+    /// Handlers registered next take and return typed (serde) messages (the default).
+    pub fn typed(self) -> ServerBuilder<Typed> {
+        self.with_style()
+    }
+
+    fn with_style<Q>(self) -> ServerBuilder<Q> {
+        ServerBuilder {
+            methods: self.methods,
+            region: self.region,
+            server_id: self.server_id,
+            transport: self.transport,
+            advertise: self.advertise,
+            fallback: self.fallback,
+            style: PhantomData,
+        }
+    }
+
     fn add(mut self, method: Method, kind: MethodKind, handler: Arc<Handler>) -> Self {
         let info = MethodInfo {
             name: method.name.clone(),
@@ -110,37 +141,13 @@ impl ServerBuilder {
         self
     }
 
-    /// Registers a unary handler with typed (serde) request and response.
+    /// Registers a unary handler: one request, one response.
     ///
-    /// The handler also serves calls made with the `Value` codec (from Python or C):
+    /// A typed handler also serves calls made with the `Value` codec (from Python or C):
     /// the request `Value` is deserialized into `Req`, so `(i64, i64)` accepts `[10, 5]`.
     pub fn unary<Req, Resp, F, Fut>(self, method: impl Into<Method>, f: F) -> Self
     where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
-    {
-        self.unary_with(method, f, typed_decode::<Req>, typed_encode::<Resp>)
-    }
-
-    /// Registers a unary handler on raw bytes (bring your own serialization).
-    pub fn unary_raw<F, Fut>(self, method: impl Into<Method>, f: F) -> Self
-    where
-        F: Fn(Bytes, CallContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
-    {
-        self.unary_with(method, f, decode_raw, encode_raw)
-    }
-
-    fn unary_with<Req, Resp, F, Fut>(
-        self,
-        method: impl Into<Method>,
-        f: F,
-        decode: DecodeFn<Req>,
-        encode: EncodeFn<Resp>,
-    ) -> Self
-    where
+        P: DecodeAs<Req> + EncodeAs<Resp>,
         Req: Send + 'static,
         Resp: Send + 'static,
         F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
@@ -151,42 +158,18 @@ impl ServerBuilder {
             let f = f.clone();
             Box::pin(async move {
                 let codec = call.ctx.codec;
-                let req = decode(codec, call.one(), &call.limits)?;
+                let req = P::decode(codec, call.one(), &call.limits)?;
                 let resp = f(req, call.ctx).await?;
-                encode(codec, &resp, call.max_message).map(Some)
+                P::encode(codec, &resp, call.max_message).map(Some)
             })
         });
         self.add(method.into(), MethodKind::Unary, handler)
     }
 
-    /// Registers a server-streaming handler: one typed request, responses sent on a sink.
+    /// Registers a server-streaming handler: one request, responses sent on a sink.
     pub fn server_streaming<Req, Resp, F, Fut>(self, method: impl Into<Method>, f: F) -> Self
     where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(Req, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Status>> + Send + 'static,
-    {
-        self.server_streaming_with(method, f, typed_decode::<Req>, typed_encode::<Resp>)
-    }
-
-    /// Registers a server-streaming handler on raw bytes.
-    pub fn server_streaming_raw<F, Fut>(self, method: impl Into<Method>, f: F) -> Self
-    where
-        F: Fn(Bytes, CallContext, ResponseSink<Bytes>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Status>> + Send + 'static,
-    {
-        self.server_streaming_with(method, f, decode_raw, encode_raw)
-    }
-
-    fn server_streaming_with<Req, Resp, F, Fut>(
-        self,
-        method: impl Into<Method>,
-        f: F,
-        decode: DecodeFn<Req>,
-        encode: EncodeFn<Resp>,
-    ) -> Self
-    where
+        P: DecodeAs<Req> + EncodeAs<Resp>,
         Req: Send + 'static,
         Resp: Send + 'static,
         F: Fn(Req, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
@@ -196,42 +179,18 @@ impl ServerBuilder {
         let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
             let f = f.clone();
             Box::pin(async move {
-                let req = decode(call.ctx.codec, call.one(), &call.limits)?;
-                let sink = call.sink(encode)?;
+                let req = P::decode(call.ctx.codec, call.one(), &call.limits)?;
+                let sink = call.sink(P::encode)?;
                 f(req, call.ctx, sink).await.map(|()| None)
             })
         });
         self.add(method.into(), MethodKind::ServerStreaming, handler)
     }
 
-    /// Registers a client-streaming handler: a stream of typed requests, one response.
+    /// Registers a client-streaming handler: a stream of requests, one response.
     pub fn client_streaming<Req, Resp, F, Fut>(self, method: impl Into<Method>, f: F) -> Self
     where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(RequestStream<Req>, CallContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
-    {
-        self.client_streaming_with(method, f, typed_decode::<Req>, typed_encode::<Resp>)
-    }
-
-    /// Registers a client-streaming handler on raw bytes.
-    pub fn client_streaming_raw<F, Fut>(self, method: impl Into<Method>, f: F) -> Self
-    where
-        F: Fn(RequestStream<Bytes>, CallContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
-    {
-        self.client_streaming_with(method, f, decode_raw, encode_raw)
-    }
-
-    fn client_streaming_with<Req, Resp, F, Fut>(
-        self,
-        method: impl Into<Method>,
-        f: F,
-        decode: DecodeFn<Req>,
-        encode: EncodeFn<Resp>,
-    ) -> Self
-    where
+        P: DecodeAs<Req> + EncodeAs<Resp>,
         Req: Send + 'static,
         Resp: Send + 'static,
         F: Fn(RequestStream<Req>, CallContext) -> Fut + Send + Sync + 'static,
@@ -242,45 +201,18 @@ impl ServerBuilder {
             let f = f.clone();
             Box::pin(async move {
                 let codec = call.ctx.codec;
-                let requests = call.stream(decode)?;
+                let requests = call.stream(P::decode)?;
                 let resp = f(requests, call.ctx).await?;
-                encode(codec, &resp, call.max_message).map(Some)
+                P::encode(codec, &resp, call.max_message).map(Some)
             })
         });
         self.add(method.into(), MethodKind::ClientStreaming, handler)
     }
 
-    /// Registers a bidirectional-streaming handler with typed messages.
+    /// Registers a bidirectional-streaming handler.
     pub fn bidi<Req, Resp, F, Fut>(self, method: impl Into<Method>, f: F) -> Self
     where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(RequestStream<Req>, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Status>> + Send + 'static,
-    {
-        self.bidi_with(method, f, typed_decode::<Req>, typed_encode::<Resp>)
-    }
-
-    /// Registers a bidirectional-streaming handler on raw bytes.
-    pub fn bidi_raw<F, Fut>(self, method: impl Into<Method>, f: F) -> Self
-    where
-        F: Fn(RequestStream<Bytes>, CallContext, ResponseSink<Bytes>) -> Fut
-            + Send
-            + Sync
-            + 'static,
-        Fut: Future<Output = Result<(), Status>> + Send + 'static,
-    {
-        self.bidi_with(method, f, decode_raw, encode_raw)
-    }
-
-    fn bidi_with<Req, Resp, F, Fut>(
-        self,
-        method: impl Into<Method>,
-        f: F,
-        decode: DecodeFn<Req>,
-        encode: EncodeFn<Resp>,
-    ) -> Self
-    where
+        P: DecodeAs<Req> + EncodeAs<Resp>,
         Req: Send + 'static,
         Resp: Send + 'static,
         F: Fn(RequestStream<Req>, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
@@ -290,21 +222,22 @@ impl ServerBuilder {
         let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
             let f = f.clone();
             Box::pin(async move {
-                let requests = call.stream(decode)?;
-                let sink = call.sink(encode)?;
+                let requests = call.stream(P::decode)?;
+                let sink = call.sink(P::encode)?;
                 f(requests, call.ctx, sink).await.map(|()| None)
             })
         });
         self.add(method.into(), MethodKind::Bidi, handler)
     }
 
-    /// Runs calls to methods without a handler of their own through `templates`: `resolve`
-    /// gives each such method's kind and flags, and the handler `templates` registered for
-    /// that kind (under any name) serves it. Used by the proxy.
-    pub(crate) fn fallback(
+    /// Serves methods without a handler of their own (a gateway's unknown-method handler):
+    /// `resolve` gives each such method's kind and flags, and the handler that `templates`
+    /// registered for that kind (under any name) serves the call, with the real method name
+    /// in its [`CallContext`]. Without a fallback such calls get `UNIMPLEMENTED`.
+    pub fn fallback(
         mut self,
         resolve: impl Fn(&str) -> MethodInfo + Send + Sync + 'static,
-        templates: ServerBuilder,
+        templates: ServerBuilder<impl PayloadStyle>,
     ) -> Self {
         let handlers = templates
             .methods

@@ -16,20 +16,37 @@ pub(super) struct CancelState {
     cancelled: AtomicBool,
     notify: Notify,
     trailers: Mutex<Metadata>,
-    forwarded: Mutex<Option<Forwarded>>,
+    forwarded: Mutex<Option<UpstreamReport>>,
 }
 
-/// What a proxy learned from the call it forwarded, for the TRAILERS it writes back.
-#[derive(Debug, Default)]
-pub(crate) struct Forwarded {
-    /// The server's reported time.
-    pub(crate) server_time: Option<Duration>,
-    /// The forwarded call's time as the proxy measured it.
-    pub(crate) upstream: Duration,
-    /// The server's trailing metadata (on success; a failure's travels in its status).
-    pub(crate) metadata: Metadata,
-    /// The forwarded call provably never ran anywhere (and the proxy ran nothing else).
-    pub(crate) not_run: bool,
+/// What a gateway's handler learned from the call it forwarded upstream, for the TRAILERS
+/// it writes back ([`CallContext::report_upstream`]): the caller then sees each hop's time
+/// (`PROXY_TIME`, `docs/PROTOCOL.md` §3.5) and, on failure, whether the call provably never
+/// ran (`NOT_RUN`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamReport {
+    /// The time the upstream server reported in its TRAILERS.
+    pub server_time: Option<Duration>,
+    /// The upstream call's time as this server measured it (send to answer).
+    pub upstream: Duration,
+    /// The upstream's trailing metadata, passed on (on success; a failure's travels in
+    /// its status).
+    pub metadata: Metadata,
+    /// The call provably ran nowhere: no upstream took it and this handler ran nothing
+    /// else. Set it only when that is certain; clients then send even a non-idempotent call
+    /// elsewhere. Ignored on success.
+    pub not_run: bool,
+}
+
+impl UpstreamReport {
+    /// A report of an upstream call that took `upstream`.
+    pub fn new(upstream: Duration) -> UpstreamReport {
+        UpstreamReport {
+            upstream,
+            ..UpstreamReport::default()
+        }
+    }
 }
 
 /// What a handler knows about its call: method, metadata, deadline, peer, cancellation.
@@ -127,14 +144,16 @@ impl CallContext {
         self.routing_key.as_ref()
     }
 
-    /// Records what a forwarded call reported (used by the proxy).
-    pub(crate) fn set_forwarded(&self, f: Forwarded) {
+    /// For gateways: records what the call this handler forwarded upstream reported, so
+    /// the TRAILERS add this hop's time (and `NOT_RUN` when [`UpstreamReport::not_run`]).
+    /// The last report before the handler returns counts.
+    pub fn report_upstream(&self, f: UpstreamReport) {
         if let Ok(mut slot) = self.state.forwarded.lock() {
             *slot = Some(f);
         }
     }
 
-    pub(super) fn take_forwarded(&self) -> Option<Forwarded> {
+    pub(super) fn take_forwarded(&self) -> Option<UpstreamReport> {
         self.state.forwarded.lock().ok()?.take()
     }
 

@@ -10,6 +10,7 @@ use tracing::debug;
 
 use super::builder::ServerBuilder;
 use super::shared::{CatalogHandle, Shared};
+use crate::call::PayloadStyle;
 use crate::transport::TransportConfig;
 use crate::wire::{reset, MethodInfo};
 
@@ -65,6 +66,7 @@ impl Server {
             transport: TransportConfig::default(),
             advertise: Some("localhost".into()),
             fallback: None,
+            style: std::marker::PhantomData,
         }
     }
 
@@ -92,7 +94,7 @@ impl Server {
     /// server.add_methods(|b| b.unary("double", |x: i64, _| async move { Ok(x * 2) }));
     /// # }
     /// ```
-    pub fn add_methods(&self, f: impl FnOnce(ServerBuilder) -> ServerBuilder) {
+    pub fn add_methods<P: PayloadStyle>(&self, f: impl FnOnce(ServerBuilder) -> ServerBuilder<P>) {
         let added = f(Server::builder()).methods;
         if let Ok(mut methods) = self.shared.methods.write() {
             for (name, entry) in added {
@@ -117,9 +119,10 @@ impl Server {
         removed
     }
 
-    /// A handle that sets the extra catalog from a background task, for as long as the
-    /// server runs.
-    pub(crate) fn catalog_handle(&self) -> CatalogHandle {
+    /// A handle that sets methods the server announces in its HELLO beside its own
+    /// handlers (a gateway announces what its upstream serves), usable from a background
+    /// task for as long as the server runs.
+    pub fn catalog_handle(&self) -> CatalogHandle {
         CatalogHandle(Arc::downgrade(&self.shared))
     }
 

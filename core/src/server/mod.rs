@@ -38,10 +38,10 @@ use std::time::Duration;
 
 pub use builder::ServerBuilder;
 use bytes::Bytes;
-pub use context::CallContext;
-pub(crate) use context::Forwarded;
+pub use context::{CallContext, UpstreamReport};
 pub use lifecycle::{Server, ServerStats};
 pub use method::Method;
+pub use shared::CatalogHandle;
 pub use streams::{RequestStream, ResponseSink};
 
 use self::handler::ServerCall;

@@ -70,13 +70,14 @@ impl Shared {
 }
 
 /// Sets the methods a server announces beside its own handlers (the proxy announces what
-/// its upstream servers serve).
-pub(crate) struct CatalogHandle(pub(super) std::sync::Weak<Shared>);
+/// its upstream servers serve). From [`Server::catalog_handle`](super::Server::catalog_handle).
+#[derive(Debug, Clone)]
+pub struct CatalogHandle(pub(super) std::sync::Weak<Shared>);
 
 impl CatalogHandle {
     /// Announces `methods`; connections get an update only when the catalog changes.
     /// Returns false once the server is gone.
-    pub(crate) fn set(&self, methods: Vec<MethodInfo>) -> bool {
+    pub fn set(&self, methods: Vec<MethodInfo>) -> bool {
         let Some(shared) = self.0.upgrade() else {
             return false;
         };

@@ -50,7 +50,7 @@ pub const MAX_CATALOG_ENTRIES: usize = 4096;
 /// The server's self-description, sent on a unidirectional stream at connection start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// Protocol version ([`PROTOCOL_VERSION`]).
+    /// Protocol version ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
     pub version: u8,
     /// Server identifier, unique within its region.
     pub server_id: String,

@@ -52,7 +52,7 @@ impl Metadata {
     }
 
     /// Sum of key and value lengths, the figure checked against
-    /// [`WireLimits::max_metadata_size`].
+    /// [`WireLimits::max_metadata_size`](super::WireLimits::max_metadata_size).
     pub fn byte_size(&self) -> usize {
         self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
     }

@@ -62,7 +62,8 @@ async fn oversized_message_is_resource_exhausted_and_the_connection_lives() {
     let big = vec![7u8; 64 * 1024];
     let err = ch
         .call("raw_reverse")
-        .unary_raw(big.into())
+        .raw()
+        .unary(&big.into())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
@@ -87,7 +88,8 @@ async fn client_refuses_to_send_over_its_own_limit() {
         .unwrap();
     let err = ch
         .call("raw_reverse")
-        .unary_raw(vec![0u8; 101].into())
+        .raw()
+        .unary(&vec![0u8; 101].into())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);

@@ -67,7 +67,8 @@ async fn value_calls_reach_typed_handlers() {
     // Raw bytes sent to a typed handler are refused clearly.
     let err = ch
         .call("add")
-        .unary_raw(bytes::Bytes::from_static(b"\x01"))
+        .raw()
+        .unary(&bytes::Bytes::from_static(b"\x01"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
@@ -80,7 +81,8 @@ async fn unary_raw_bytes() {
     let ch = fx.channel().await;
     let out = ch
         .call("raw_reverse")
-        .unary_raw(bytes::Bytes::from_static(b"abc"))
+        .raw()
+        .unary(&bytes::Bytes::from_static(b"abc"))
         .await
         .unwrap();
     assert_eq!(&out.into_inner()[..], b"cba");
@@ -157,7 +159,8 @@ async fn raw_calls_announce_the_codec_they_are_given() {
     let out = ch
         .call("add")
         .codec(Codec::Value)
-        .unary_raw(bytes::Bytes::from(args.to_bytes()))
+        .raw()
+        .unary(&bytes::Bytes::from(args.to_bytes()))
         .await
         .unwrap()
         .into_inner();
@@ -166,7 +169,8 @@ async fn raw_calls_announce_the_codec_they_are_given() {
     // Without the option the same bytes are announced as raw, which a typed handler refuses.
     let err = ch
         .call("add")
-        .unary_raw(bytes::Bytes::from(args.to_bytes()))
+        .raw()
+        .unary(&bytes::Bytes::from(args.to_bytes()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");

@@ -63,11 +63,13 @@ pub fn builder(probe: Arc<Probe>) -> ServerBuilder {
             Ok(ctx.remaining().map(|d| d.as_millis() as u64))
         })
         .unary("value_echo", |v: Value, _| async move { Ok(v) })
-        .unary_raw("raw_reverse", |b: bytes::Bytes, _| async move {
+        .raw()
+        .unary("raw_reverse", |b: bytes::Bytes, _| async move {
             let mut v = b.to_vec();
             v.reverse();
             Ok(bytes::Bytes::from(v))
         })
+        .typed()
         .unary("fail", |msg: String, _| async move {
             Err::<(), _>(Status::not_found(msg))
         })

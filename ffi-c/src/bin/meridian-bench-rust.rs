@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         // Idiomatic Rust: no copies (the C path copies the request in and the body out, and
         // that cost is part of the boundary being measured).
-        let resp = rt.block_on(channel.call("echo").unary_raw(payload.clone()))?;
+        let resp = rt.block_on(channel.call("echo").raw().unary(&payload.clone()))?;
         std::hint::black_box(resp.get_ref().len());
         if i >= calls / 5 {
             lat.push(started.elapsed().as_secs_f64() * 1e6);

@@ -25,7 +25,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Raw bytes through a C handler, with its trailer.
     let r = channel
         .call("echo")
-        .unary_raw(bytes::Bytes::from_static(b"from rust"))
+        .raw()
+        .unary(&bytes::Bytes::from_static(b"from rust"))
         .await?;
     assert_eq!(&r.get_ref()[..], b"from rust");
     assert_eq!(r.metadata().get_str("handled-by"), Some("c"));
@@ -46,7 +47,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Statuses set by C handlers.
     let e = channel
         .call("fail")
-        .unary_raw(bytes::Bytes::new())
+        .raw()
+        .unary(&bytes::Bytes::new())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -61,7 +63,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let e = channel
         .call("slow")
         .timeout(Duration::from_millis(100))
-        .unary_raw(bytes::Bytes::new())
+        .raw()
+        .unary(&bytes::Bytes::new())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded);
@@ -69,7 +72,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Server streaming from C.
     let mut s = channel
         .call("count")
-        .server_streaming_raw(bytes::Bytes::from_static(b"3"))
+        .raw()
+        .server_streaming(&bytes::Bytes::from_static(b"3"))
         .await?;
     let mut got = Vec::new();
     while let Some(m) = s.message().await? {

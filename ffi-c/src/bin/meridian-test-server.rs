@@ -34,9 +34,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .ok_or_else(|| Status::out_of_range("sum overflows"))
             },
         )
-        .unary_raw(Method::new("echo").idempotent(), |req, _ctx| async move {
+        .raw()
+        .unary(Method::new("echo").idempotent(), |req, _ctx| async move {
             Ok(req)
         })
+        .typed()
         .server_streaming(
             "count",
             |n: i64, _ctx, sink: ResponseSink<i64>| async move {

@@ -75,7 +75,7 @@ impl EtcdTls {
 ///
 /// Build it in code with [`EtcdConfig::new`] and its setters, or read the `[etcd]` table
 /// of a region file with [`EtcdConfig::from_toml_file`] (format in the [module
-/// docs](self)).
+/// docs](super)).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {

@@ -15,7 +15,7 @@ use super::{bounded, EtcdConfig, EtcdError, ServerRecord};
 use crate::discovery::{Discovery, RegionMap, StaticDiscovery};
 
 /// Membership that follows an etcd key prefix: a [`Discovery`] for
-/// [`RegionClient`](super::RegionClient) and proxies.
+/// [`RegionClient`](crate::region::RegionClient) and proxies.
 ///
 /// Dropping it stops the watch.
 pub struct EtcdDiscovery {

@@ -1,36 +1,24 @@
-//! [`RegionCallBuilder`]: one routed call: attempts, retries within the budget, hedging.
+//! Routed calls: [`CallBuilder`] on a [`RegionClient`]: attempts, retries within the budget,
+//! hedging.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tracing::{field, Instrument};
 
 use super::handle::RegionClient;
 use super::routing::Target;
 use crate::call::{is_server_failure, may_send_again};
-use crate::client::{CallBuilder, RequestSink, Response, ResponseFuture, Streaming};
-use crate::codec::Codec;
+use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Typed};
+use crate::client::{CallBuilder, Channel, RequestSink, Response, ResponseFuture, Streaming};
 use crate::region::hedge::HedgePolicy;
 use crate::status::Status;
-use crate::wire::{Code, Metadata};
+use crate::wire::Code;
 
-/// Options of one routed call, then the call.
-#[derive(Debug)]
-#[must_use = "a call does nothing until `unary` is awaited"]
-pub struct RegionCallBuilder {
-    pub(super) client: RegionClient,
-    pub(super) method: String,
-    pub(super) timeout: Option<Duration>,
-    pub(super) metadata: Metadata,
-    pub(super) idempotent: Option<bool>,
-    pub(super) key: Option<Bytes>,
-    /// The codec chosen with [`codec`](Self::codec), passed to every attempt.
-    pub(super) codec: Option<Codec>,
-}
+/// A routed call: [`CallBuilder`] on a [`RegionClient`] (the options are the same as on a
+/// channel; each attempt is a channel call to the chosen server).
+pub type RegionCallBuilder<P = Typed> = CallBuilder<RegionClient, P>;
 
 /// How one attempt ended.
 enum Attempt<T> {
@@ -39,76 +27,36 @@ enum Attempt<T> {
     Abandoned,
 }
 
-impl RegionCallBuilder {
-    /// Gives up after `timeout`, across all attempts.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Adds a metadata entry.
-    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.metadata.insert(key, value);
-        self
-    }
-
-    /// Declares the call safe (or not) to run more than once; by default the server's
-    /// catalog decides.
-    pub fn idempotent(mut self, idempotent: bool) -> Self {
-        self.idempotent = Some(idempotent);
-        self
-    }
-
-    /// Routes by key: the call goes to the key's owner (rendezvous hashing) inside the
-    /// chosen region.
-    pub fn routing_key(mut self, key: impl Into<Bytes>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// The codec, as [`CallBuilder::codec`]: for typed messages postcard (default) or
-    /// `Value`; for `*_raw` calls the codec byte announced with bytes already encoded
-    /// (default raw), which is how a gateway passes a caller's messages through.
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = Some(codec);
-        self
-    }
-
+/// The four call kinds, routed: nearest healthy region serving the method, balanced,
+/// retried within the budget, hedged as configured.
+impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
     /// The call's own flag, else the servers' merged catalog: idempotent only when every
     /// server that lists the method says so ([`Catalog::merge`]).
     fn is_idempotent(&self) -> bool {
-        if let Some(i) = self.idempotent {
+        if let Some(i) = self.options.idempotent {
             return i;
         }
-        self.client
+        self.target
             .method_info(&self.method)
             .is_some_and(|m| m.idempotent)
     }
 
-    /// The channel-level call for one attempt, with this call's options.
+    /// The channel-level call for one attempt: this call's options, its idempotency
+    /// resolved once for all attempts, and the time left.
     fn channel_call(
         &self,
         target: &Target,
         idempotent: bool,
         deadline: Option<Instant>,
-    ) -> CallBuilder {
-        let mut call = target
+    ) -> CallBuilder<Channel, P> {
+        let mut options = self.options.clone();
+        options.idempotent = Some(idempotent);
+        options.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        target
             .channel
             .call(self.method.clone())
-            .idempotent(idempotent);
-        if let Some(codec) = self.codec {
-            call = call.codec(codec);
-        }
-        if let Some(d) = deadline {
-            call = call.timeout(d.saturating_duration_since(Instant::now()));
-        }
-        for (k, v) in self.metadata.iter() {
-            call = call.metadata(k, v.clone());
-        }
-        if let Some(k) = &self.key {
-            call = call.routing_key(k.clone());
-        }
-        call
+            .options(options)
+            .with_style()
     }
 
     /// Opens a streaming call on the chosen server. If opening fails in a way that proves
@@ -116,18 +64,20 @@ impl RegionCallBuilder {
     /// is tried once. Streams are not moved once open.
     async fn open_streaming<T, F, Fut>(self, open: F) -> Result<T, Status>
     where
-        F: Fn(CallBuilder) -> Fut,
+        F: Fn(CallBuilder<Channel, P>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let inner = self.client.inner.clone();
+        let inner = self.target.inner.clone();
         inner.calls.fetch_add(1, Ordering::Relaxed);
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let deadline = self.options.deadline(Instant::now());
         let idempotent = self.is_idempotent();
         let mut tried = Vec::new();
         let mut last = None;
         let started = Instant::now();
         while tried.len() < 2 {
-            let Some(target) = inner.pick(&self.method, self.key.as_deref(), &tried) else {
+            let Some(target) =
+                inner.pick(&self.method, self.options.routing_key.as_deref(), &tried)
+            else {
                 // Nothing connected yet (startup): wait a little for the prober, as unary
                 // calls do.
                 let waited = started.elapsed() < Duration::from_secs(5)
@@ -161,46 +111,33 @@ impl RegionCallBuilder {
         }))
     }
 
-    /// A server-streaming call on raw bytes, opened on the chosen server.
-    pub async fn server_streaming_raw(self, request: Bytes) -> Result<Streaming<Bytes>, Status> {
-        self.open_streaming(|call| call.server_streaming_raw(request.clone()))
-            .await
-    }
-
     /// A server-streaming call, opened on the chosen server.
-    pub async fn server_streaming<Req: Serialize, Resp: DeserializeOwned>(
-        self,
-        request: &Req,
-    ) -> Result<Streaming<Resp>, Status> {
-        self.open_streaming(|call| call.server_streaming(request))
+    pub async fn server_streaming<Req, Resp>(self, request: &Req) -> Result<Streaming<Resp>, Status>
+    where
+        Req: ?Sized,
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
+        self.open_streaming(|call| call.server_streaming::<Req, Resp>(request))
             .await
     }
 
     /// A client-streaming call, opened on the chosen server.
-    pub async fn client_streaming<Req: Serialize, Resp: DeserializeOwned>(
+    pub async fn client_streaming<Req, Resp>(
         self,
-    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status> {
-        self.open_streaming(|call| call.client_streaming()).await
-    }
-
-    /// A client-streaming call on raw bytes, opened on the chosen server.
-    pub async fn client_streaming_raw(
-        self,
-    ) -> Result<(RequestSink<Bytes>, ResponseFuture<Bytes>), Status> {
-        self.open_streaming(|call| call.client_streaming_raw())
+    ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status>
+    where
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
+        self.open_streaming(|call| call.client_streaming::<Req, Resp>())
             .await
     }
 
-    /// A bidirectional call on raw bytes, opened on the chosen server.
-    pub async fn bidi_raw(self) -> Result<(RequestSink<Bytes>, Streaming<Bytes>), Status> {
-        self.open_streaming(|call| call.bidi_raw()).await
-    }
-
     /// A bidirectional call, opened on the chosen server.
-    pub async fn bidi<Req: Serialize, Resp: DeserializeOwned>(
-        self,
-    ) -> Result<(RequestSink<Req>, Streaming<Resp>), Status> {
-        self.open_streaming(|call| call.bidi()).await
+    pub async fn bidi<Req, Resp>(self) -> Result<(RequestSink<Req>, Streaming<Resp>), Status>
+    where
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
+        self.open_streaming(|call| call.bidi::<Req, Resp>()).await
     }
 
     async fn attempt<T, F, Fut>(
@@ -211,7 +148,7 @@ impl RegionCallBuilder {
         deadline: Option<Instant>,
     ) -> Attempt<T>
     where
-        F: Fn(CallBuilder) -> Fut,
+        F: Fn(CallBuilder<Channel, P>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let call = self.channel_call(target, idempotent, deadline);
@@ -226,13 +163,13 @@ impl RegionCallBuilder {
         match result {
             Some(r) => {
                 let failed = r.as_ref().is_err_and(|s| is_server_failure(s.code()));
-                self.client
+                self.target
                     .inner
                     .finish(target.addr, latency, timeout, failed);
                 Attempt::Done(r)
             }
             None => {
-                self.client
+                self.target
                     .inner
                     .finish(target.addr, latency, timeout, true);
                 Attempt::Abandoned
@@ -240,30 +177,25 @@ impl RegionCallBuilder {
         }
     }
 
-    /// A unary call with typed messages, routed, retried and hedged as configured.
-    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
-        self,
-        request: &Req,
-    ) -> Result<Response<Resp>, Status> {
+    /// A unary call, routed, retried and hedged as configured.
+    pub async fn unary<Req, Resp>(self, request: &Req) -> Result<Response<Resp>, Status>
+    where
+        Req: ?Sized,
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
         self.unary_with(|call| call.unary::<Req, Resp>(request))
-            .await
-    }
-
-    /// A unary call on raw bytes, routed, retried and hedged as configured.
-    pub async fn unary_raw(self, request: Bytes) -> Result<Response<Bytes>, Status> {
-        self.unary_with(|call| call.unary_raw(request.clone()))
             .await
     }
 
     async fn unary_with<T, F, Fut>(self, make: F) -> Result<Response<T>, Status>
     where
-        F: Fn(CallBuilder) -> Fut,
+        F: Fn(CallBuilder<Channel, P>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        let inner = self.client.inner.clone();
+        let inner = self.target.inner.clone();
         inner.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let deadline = self.timeout.map(|t| started + t);
+        let deadline = self.options.deadline(started);
         let idempotent = self.is_idempotent();
         {
             let mut st = inner.lock();
@@ -288,13 +220,13 @@ impl RegionCallBuilder {
                     );
                 }
                 let Some(mut target) = inner
-                    .pick(&self.method, self.key.as_deref(), &tried)
+                    .pick(&self.method, self.options.routing_key.as_deref(), &tried)
                     .or_else(|| {
                         // Every candidate tried: allow the ones tried before.
                         if tried.is_empty() {
                             None
                         } else {
-                            inner.pick(&self.method, self.key.as_deref(), &[])
+                            inner.pick(&self.method, self.options.routing_key.as_deref(), &[])
                         }
                     })
                 else {
@@ -400,10 +332,10 @@ impl RegionCallBuilder {
         delay: Duration,
     ) -> (Attempt<T>, bool)
     where
-        F: Fn(CallBuilder) -> Fut,
+        F: Fn(CallBuilder<Channel, P>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        let inner = &self.client.inner;
+        let inner = &self.target.inner;
         let first_addr = first.addr;
         let a = self.attempt(first, make, true, deadline);
         tokio::pin!(a);
@@ -414,7 +346,11 @@ impl RegionCallBuilder {
         let second = {
             let ok = inner.lock().budget.try_spend(Instant::now());
             if ok {
-                inner.pick(&self.method, self.key.as_deref(), &[first_addr])
+                inner.pick(
+                    &self.method,
+                    self.options.routing_key.as_deref(),
+                    &[first_addr],
+                )
             } else {
                 None
             }

@@ -12,11 +12,11 @@ use super::builder::RegionClientBuilder;
 use super::call::RegionCallBuilder;
 use super::routing::Inner;
 use super::stats::{RegionStat, RegionStats, ServerStat};
-use crate::client::Response;
+use crate::client::{CallBuilder, Response};
 use crate::discovery::{Catalog, Discovery, LocalRegistry};
 use crate::status::Status;
 use crate::transport::{ClientTls, TransportConfig};
-use crate::wire::{Metadata, MethodInfo};
+use crate::wire::MethodInfo;
 
 /// Calls routed across regions: nearest healthy region that serves each method, balanced
 /// inside it, with failover, retries within a budget, and optional hedging.
@@ -61,15 +61,7 @@ impl RegionClient {
 
     /// Starts a call to `method`.
     pub fn call(&self, method: impl Into<String>) -> RegionCallBuilder {
-        RegionCallBuilder {
-            client: self.clone(),
-            method: method.into(),
-            timeout: None,
-            metadata: Metadata::new(),
-            idempotent: None,
-            key: None,
-            codec: None,
-        }
+        CallBuilder::new(self.clone(), method.into())
     }
 
     /// A unary call with typed messages and default options.

@@ -43,7 +43,7 @@ pub struct ServerStat {
     pub connected: bool,
 }
 
-/// Everything [`RegionClient::stats`] reports.
+/// Everything [`RegionClient::stats`](crate::region::RegionClient::stats) reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegionStats {
     /// Regions, nearest first.
