@@ -1,5 +1,8 @@
 //! The `meridian` command-line tool, run as a binary against real servers (feature `cli`):
 //! every subcommand, and every kind of bad input with its exit code.
+//!
+//! Long on purpose: one binary under test, one scratch-directory and process-runner
+//! fixture, one test per subcommand or failure class.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

@@ -1,5 +1,8 @@
 //! Tests of `meridian::codec`: the Value binary encoding, its limits against
 //! hostile input, the serde bridge, and the message helpers.
+//!
+//! Long on purpose: one file per subject keeps each test beside the fixtures it shares
+//! (the hostile-input builders); every test is short.
 
 use std::collections::BTreeMap;
 

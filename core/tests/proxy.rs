@@ -1,6 +1,9 @@
 //! The region proxy over real QUIC connections: every call kind forwarded, failover behind
 //! the proxy, cancellation and deadlines passed on, the per-hop time breakdown, clients
 //! that reach regions through proxies, and hostile callers.
+//!
+//! Long on purpose: every test shares the proxy fixture (servers and proxies behind
+//! emulated links), and each is one forwarding promise.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

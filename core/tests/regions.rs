@@ -1,4 +1,7 @@
 //! Region routing over real QUIC connections, regions behind the link emulator.
+//!
+//! Long on purpose: every test shares the `World` fixture (servers behind emulated links),
+//! and each is one routing promise; splitting the file would only move the fixture.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

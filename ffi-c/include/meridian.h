@@ -385,53 +385,6 @@ meridian_status meridian_call_options_set_routing_key(struct meridian_call_optio
                                                       const uint8_t *key,
                                                       size_t key_len);
 
-// A unary call that blocks the calling thread until the response, an error, or the
-// deadline. `payload` is `MERIDIAN_PAYLOAD_RAW` or `MERIDIAN_PAYLOAD_JSON`; `request`
-// holds `request_len` bytes (raw bytes, or JSON text without a NUL). `options` may be NULL
-// (defaults); it is only read.
-//
-// On `MERIDIAN_OK`, `*response_out` receives a response the caller frees with
-// `meridian_response_free`. On any other status nothing is written; the status is the
-// call's gRPC status (7001..7016, e.g. `MERIDIAN_UNIMPLEMENTED` for an unknown method,
-// `MERIDIAN_DEADLINE_EXCEEDED`, `MERIDIAN_UNAVAILABLE` when the server is gone) or an
-// interface error (`MERIDIAN_BAD_JSON` for unparsable request JSON, ...), and
-// `meridian_last_error` has the text (for gRPC statuses: the server's message).
-//
-// Blocking: returns `MERIDIAN_WOULD_DEADLOCK` on a library thread (inside a handler or a
-// completion callback); use `meridian_client_unary_async` there.
-//
-// # Safety
-// `client` is a live client; `method` is NUL-terminated; `request` points to
-// `request_len` bytes; `options` is NULL or live; `response_out` is writable.
-meridian_status meridian_client_unary(const struct meridian_client *client,
-                                      const char *method,
-                                      uint32_t payload,
-                                      const uint8_t *request,
-                                      size_t request_len,
-                                      const struct meridian_call_options *options,
-                                      struct meridian_response **response_out);
-
-// Starts a unary call and returns at once; `callback` is called exactly once with the
-// result (see `meridian_call_callback`) on a library thread, possibly before this
-// function returns. Arguments as `meridian_client_unary`; they are copied, so the request
-// buffer, the method and the options may be released as soon as this returns. `user` is
-// passed back untouched: it must stay valid, and be safe to use from another thread,
-// until the callback has run. Callable from anywhere, including handlers.
-//
-// On a status other than `MERIDIAN_OK` the call did not start and the callback will not
-// be called.
-//
-// # Safety
-// As `meridian_client_unary`; `callback` is a valid function.
-meridian_status meridian_client_unary_async(const struct meridian_client *client,
-                                            const char *method,
-                                            uint32_t payload,
-                                            const uint8_t *request,
-                                            size_t request_len,
-                                            const struct meridian_call_options *options,
-                                            meridian_call_callback callback,
-                                            void *user);
-
 // Frees a response. NULL is harmless. Every pointer obtained from it dies with it.
 //
 // # Safety
@@ -533,6 +486,53 @@ meridian_status meridian_stream_server_time_us(const struct meridian_stream *str
 // `stream` is NULL or a stream not yet freed.
 void meridian_stream_free(struct meridian_stream *stream);
 
+// A unary call that blocks the calling thread until the response, an error, or the
+// deadline. `payload` is `MERIDIAN_PAYLOAD_RAW` or `MERIDIAN_PAYLOAD_JSON`; `request`
+// holds `request_len` bytes (raw bytes, or JSON text without a NUL). `options` may be NULL
+// (defaults); it is only read.
+//
+// On `MERIDIAN_OK`, `*response_out` receives a response the caller frees with
+// `meridian_response_free`. On any other status nothing is written; the status is the
+// call's gRPC status (7001..7016, e.g. `MERIDIAN_UNIMPLEMENTED` for an unknown method,
+// `MERIDIAN_DEADLINE_EXCEEDED`, `MERIDIAN_UNAVAILABLE` when the server is gone) or an
+// interface error (`MERIDIAN_BAD_JSON` for unparsable request JSON, ...), and
+// `meridian_last_error` has the text (for gRPC statuses: the server's message).
+//
+// Blocking: returns `MERIDIAN_WOULD_DEADLOCK` on a library thread (inside a handler or a
+// completion callback); use `meridian_client_unary_async` there.
+//
+// # Safety
+// `client` is a live client; `method` is NUL-terminated; `request` points to
+// `request_len` bytes; `options` is NULL or live; `response_out` is writable.
+meridian_status meridian_client_unary(const struct meridian_client *client,
+                                      const char *method,
+                                      uint32_t payload,
+                                      const uint8_t *request,
+                                      size_t request_len,
+                                      const struct meridian_call_options *options,
+                                      struct meridian_response **response_out);
+
+// Starts a unary call and returns at once; `callback` is called exactly once with the
+// result (see `meridian_call_callback`) on a library thread, possibly before this
+// function returns. Arguments as `meridian_client_unary`; they are copied, so the request
+// buffer, the method and the options may be released as soon as this returns. `user` is
+// passed back untouched: it must stay valid, and be safe to use from another thread,
+// until the callback has run. Callable from anywhere, including handlers.
+//
+// On a status other than `MERIDIAN_OK` the call did not start and the callback will not
+// be called.
+//
+// # Safety
+// As `meridian_client_unary`; `callback` is a valid function.
+meridian_status meridian_client_unary_async(const struct meridian_client *client,
+                                            const char *method,
+                                            uint32_t payload,
+                                            const uint8_t *request,
+                                            size_t request_len,
+                                            const struct meridian_call_options *options,
+                                            meridian_call_callback callback,
+                                            void *user);
+
 // Creates a server that will announce `region` (NULL: "default"). The string is copied.
 // The caller owns the server and frees it with `meridian_server_free`.
 //
@@ -606,6 +606,41 @@ meridian_status meridian_server_stop(struct meridian_server *server, uint32_t gr
 // `server` is NULL or a server not yet freed.
 void meridian_server_free(struct meridian_server *server);
 
+// Sets a unary handler's response body (`len` bytes, copied; JSON text for a JSON
+// method, checked when the handler returns). `MERIDIAN_INVALID_STATE` in a streaming
+// handler.
+//
+// # Safety
+// `reply` is the handler's reply; `data` points to `len` bytes.
+meridian_status meridian_reply_set_body(struct meridian_reply *reply,
+                                        const uint8_t *data,
+                                        size_t len);
+
+// Sends one message of a streaming handler (`len` bytes, copied; JSON text for a JSON
+// method, parsed here: `MERIDIAN_BAD_JSON` if it does not parse). Waits while the client
+// is slow to read. `MERIDIAN_CANCELLED` once the call is gone (the handler should
+// return); `MERIDIAN_INVALID_STATE` in a unary handler.
+//
+// # Safety
+// `reply` is the handler's reply; `data` points to `len` bytes.
+meridian_status meridian_reply_send(struct meridian_reply *reply, const uint8_t *data, size_t len);
+
+// Sets the error text sent with a failing status (copied).
+//
+// # Safety
+// `reply` is the handler's reply; `message` is NUL-terminated.
+meridian_status meridian_reply_set_error_message(struct meridian_reply *reply, const char *message);
+
+// Adds trailing metadata to the response (key and `value_len` bytes, copied); the client
+// reads it with `meridian_response_metadata_get`.
+//
+// # Safety
+// `reply` is the handler's reply; `key` is NUL-terminated; `value` has `value_len` bytes.
+meridian_status meridian_reply_set_trailer(struct meridian_reply *reply,
+                                           const char *key,
+                                           const uint8_t *value,
+                                           size_t value_len);
+
 // The request body: `*data_out` points to `*len_out` bytes (JSON text for a JSON
 // method), followed by a NUL byte not counted. Valid until the handler returns.
 //
@@ -647,41 +682,6 @@ meridian_status meridian_request_remaining_ms(const struct meridian_request *req
 // `request` is the handler's request; `cancelled_out` is writable.
 meridian_status meridian_request_is_cancelled(const struct meridian_request *request,
                                               bool *cancelled_out);
-
-// Sets a unary handler's response body (`len` bytes, copied; JSON text for a JSON
-// method, checked when the handler returns). `MERIDIAN_INVALID_STATE` in a streaming
-// handler.
-//
-// # Safety
-// `reply` is the handler's reply; `data` points to `len` bytes.
-meridian_status meridian_reply_set_body(struct meridian_reply *reply,
-                                        const uint8_t *data,
-                                        size_t len);
-
-// Sends one message of a streaming handler (`len` bytes, copied; JSON text for a JSON
-// method, parsed here: `MERIDIAN_BAD_JSON` if it does not parse). Waits while the client
-// is slow to read. `MERIDIAN_CANCELLED` once the call is gone (the handler should
-// return); `MERIDIAN_INVALID_STATE` in a unary handler.
-//
-// # Safety
-// `reply` is the handler's reply; `data` points to `len` bytes.
-meridian_status meridian_reply_send(struct meridian_reply *reply, const uint8_t *data, size_t len);
-
-// Sets the error text sent with a failing status (copied).
-//
-// # Safety
-// `reply` is the handler's reply; `message` is NUL-terminated.
-meridian_status meridian_reply_set_error_message(struct meridian_reply *reply, const char *message);
-
-// Adds trailing metadata to the response (key and `value_len` bytes, copied); the client
-// reads it with `meridian_response_metadata_get`.
-//
-// # Safety
-// `reply` is the handler's reply; `key` is NUL-terminated; `value` has `value_len` bytes.
-meridian_status meridian_reply_set_trailer(struct meridian_reply *reply,
-                                           const char *key,
-                                           const uint8_t *value,
-                                           size_t value_len);
 
 #ifdef __cplusplus
 }  // extern "C"

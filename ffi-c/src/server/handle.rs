@@ -1,23 +1,19 @@
-//! The server side: a server handle, handler callbacks per method, the request a handler
-//! reads and the reply it fills, start and graceful stop.
+//! The server handle: registering handlers, start, port, graceful stop.
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mcore::{CallContext, Code, Identity, Method, ResponseSink, Server, ServerTls, Status, Value};
-use tokio::sync::mpsc;
+use mcore::{Identity, Method, Server, ServerTls, Status, Value};
 
+use super::handler::{meridian_reply, meridian_request, Handler, Input, Sink};
 use crate::boundary::{
-    block_on, body_out, borrow, borrow_mut, boundary, boundary_void, bytes, c_str, c_str_opt,
-    not_on_library_thread, on_library_thread, out_ptr, panic_text, write_out, Fail, UserPtr,
+    block_on, borrow, borrow_mut, boundary, boundary_void, c_str, c_str_opt, not_on_library_thread,
+    on_library_thread, out_ptr, write_out, Fail, UserPtr,
 };
-use crate::client::metadata_get;
-use crate::json;
-use crate::meridian_status;
-use crate::{MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
+use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
 
 /// A handler callback, registered per method with `meridian_server_add_unary` or
 /// `meridian_server_add_server_streaming`.
@@ -41,7 +37,7 @@ pub type meridian_handler = Option<
     ) -> u32,
 >;
 
-type HandlerFn =
+pub(super) type HandlerFn =
     unsafe extern "C" fn(*mut c_void, *const meridian_request, *mut meridian_reply) -> u32;
 
 /// One registered method.
@@ -56,13 +52,13 @@ struct Registration {
 
 /// Counts handlers running in C, so stop and free can wait for the last one.
 #[derive(Default)]
-struct Running {
+pub(super) struct Running {
     count: Mutex<usize>,
     idle: Condvar,
 }
 
 impl Running {
-    fn enter(self: &Arc<Self>) -> RunningGuard {
+    pub(super) fn enter(self: &Arc<Self>) -> RunningGuard {
         if let Ok(mut n) = self.count.lock() {
             *n += 1;
         }
@@ -81,7 +77,7 @@ impl Running {
     }
 }
 
-struct RunningGuard(Arc<Running>);
+pub(super) struct RunningGuard(Arc<Running>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
@@ -376,348 +372,5 @@ pub unsafe extern "C" fn meridian_server_free(server: *mut meridian_server) {
         if !on_library_thread() {
             server.handlers.wait_idle();
         }
-    })
-}
-
-/// The request a handler reads. Borrowed: valid only during the handler call.
-#[allow(non_camel_case_types)]
-pub struct meridian_request {
-    method: CString,
-    /// The body, with a NUL byte after it.
-    body: Vec<u8>,
-    ctx: CallContext,
-}
-
-/// Where a handler writes its answer. Borrowed: valid only during the handler call.
-#[allow(non_camel_case_types)]
-pub struct meridian_reply {
-    payload: u32,
-    body: Option<Vec<u8>>,
-    message: Option<String>,
-    ctx: CallContext,
-    /// Streaming handlers only: the messages, on their way to the network.
-    sender: Option<mpsc::Sender<Out>>,
-}
-
-/// A message a streaming handler sent.
-enum Out {
-    Raw(Bytes),
-    Json(Value),
-}
-
-/// A request as it arrived.
-enum Input {
-    Raw(Bytes),
-    Json(Value),
-}
-
-/// Where streaming messages go.
-enum Sink {
-    Raw(ResponseSink<Bytes>),
-    Json(ResponseSink<Value>),
-}
-
-/// One method's C handler, as the Rust server calls it.
-#[derive(Clone)]
-struct Handler {
-    f: HandlerFn,
-    user: UserPtr,
-    running: Arc<Running>,
-}
-
-impl Handler {
-    /// Runs a unary handler on the blocking pool and returns the body it set.
-    async fn unary(&self, input: Input, ctx: CallContext) -> Result<Vec<u8>, Status> {
-        let h = self.clone();
-        let task = tokio::task::spawn_blocking(move || h.invoke(input, ctx, None));
-        task.await
-            .map_err(|e| Status::internal(format!("the handler task failed: {e}")))?
-    }
-
-    /// Runs a streaming handler on the blocking pool and forwards what it sends.
-    async fn streaming(&self, input: Input, ctx: CallContext, sink: Sink) -> Result<(), Status> {
-        let (tx, mut rx) = mpsc::channel::<Out>(16);
-        let h = self.clone();
-        let task = tokio::task::spawn_blocking(move || h.invoke(input, ctx, Some(tx)));
-        while let Some(msg) = rx.recv().await {
-            let sent = match (&sink, msg) {
-                (Sink::Raw(s), Out::Raw(b)) => s.send(&b).await,
-                (Sink::Json(s), Out::Json(v)) => s.send(&v).await,
-                _ => Err(Status::internal("message kind mismatch")),
-            };
-            if let Err(status) = sent {
-                // Dropping the receiver makes the handler's next send fail with CANCELLED.
-                drop(rx);
-                let _ = task.await;
-                return Err(status);
-            }
-        }
-        task.await
-            .map_err(|e| Status::internal(format!("the handler task failed: {e}")))?
-            .map(|_| ())
-    }
-
-    /// Calls the C function (on a blocking-pool thread) and maps what it returned.
-    fn invoke(
-        &self,
-        input: Input,
-        ctx: CallContext,
-        sender: Option<mpsc::Sender<Out>>,
-    ) -> Result<Vec<u8>, Status> {
-        let _running = self.running.enter();
-        let (payload, mut body) = match input {
-            Input::Raw(b) => (MERIDIAN_PAYLOAD_RAW, b.to_vec()),
-            Input::Json(v) => (
-                MERIDIAN_PAYLOAD_JSON,
-                json::from_value(&v).map_err(|f| {
-                    Status::invalid_argument(format!(
-                        "a JSON handler cannot take this request: {}",
-                        f.message
-                    ))
-                })?,
-            ),
-        };
-        if payload == MERIDIAN_PAYLOAD_RAW {
-            body.push(0);
-        }
-        let method = CString::new(ctx.method().replace('\0', " ")).unwrap_or_default();
-        let request = meridian_request {
-            method,
-            body,
-            ctx: ctx.clone(),
-        };
-        let mut reply = meridian_reply {
-            payload,
-            body: None,
-            message: None,
-            ctx,
-            sender,
-        };
-        let f = self.f;
-        let user = self.user;
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: the application registered `f` with `user` and vouched for both; the
-            // request and reply live until the call returns.
-            unsafe { f(user.0, &request, &mut reply) }
-        }))
-        .map_err(|p| Status::internal(panic_text(&*p)))?;
-        let message = reply.message.take();
-        match meridian_status::grpc_code(code) {
-            Some(Code::Ok) => Ok(reply.body.take().unwrap_or_default()),
-            Some(code) => Err(Status::new(
-                code,
-                message.unwrap_or_else(|| format!("the handler failed with {}", code.name())),
-            )),
-            None => Err(Status::internal(format!(
-                "the handler returned {code}, which is not a gRPC status (7000..7016)"
-            ))),
-        }
-    }
-}
-
-/// The request body: `*data_out` points to `*len_out` bytes (JSON text for a JSON
-/// method), followed by a NUL byte not counted. Valid until the handler returns.
-///
-/// # Safety
-/// `request` is the handler's request; the out-pointers are writable.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_request_body(
-    request: *const meridian_request,
-    data_out: *mut *const u8,
-    len_out: *mut usize,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        // SAFETY: as documented; the body lives until the handler returns.
-        unsafe { body_out(&r.body, data_out, len_out) }
-    })
-}
-
-/// The method name, a NUL-terminated string valid until the handler returns.
-///
-/// # Safety
-/// `request` is the handler's request; `method_out` is writable.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_request_method(
-    request: *const meridian_request,
-    method_out: *mut *const c_char,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        out_ptr(method_out, "method_out")?;
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(method_out, r.method.as_ptr()) };
-        Ok(())
-    })
-}
-
-/// Looks up metadata the client sent; the value (`*len_out` bytes) is valid until the
-/// handler returns. `MERIDIAN_NOT_PRESENT` if absent.
-///
-/// # Safety
-/// `request` is the handler's request; `key` is NUL-terminated; out-pointers writable.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_request_metadata_get(
-    request: *const meridian_request,
-    key: *const c_char,
-    value_out: *mut *const u8,
-    len_out: *mut usize,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let (r, key) = unsafe { (borrow(request, "request")?, c_str(key, "key")?) };
-        // SAFETY: as documented.
-        unsafe { metadata_get(r.ctx.metadata(), key, value_out, len_out) }
-    })
-}
-
-/// The time left before the caller's deadline, in milliseconds (0 once passed);
-/// `MERIDIAN_NOT_PRESENT` if the caller set none.
-///
-/// # Safety
-/// `request` is the handler's request; `ms_out` is writable.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_request_remaining_ms(
-    request: *const meridian_request,
-    ms_out: *mut u64,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        out_ptr(ms_out, "ms_out")?;
-        let left = r.ctx.remaining().ok_or_else(|| {
-            Fail::new(
-                meridian_status::MERIDIAN_NOT_PRESENT,
-                "the caller set no deadline",
-            )
-        })?;
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(ms_out, left.as_millis() as u64) };
-        Ok(())
-    })
-}
-
-/// Whether the call was cancelled (by the client, or its deadline): a long handler should
-/// check it and give up early.
-///
-/// # Safety
-/// `request` is the handler's request; `cancelled_out` is writable.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_request_is_cancelled(
-    request: *const meridian_request,
-    cancelled_out: *mut bool,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        out_ptr(cancelled_out, "cancelled_out")?;
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(cancelled_out, r.ctx.is_cancelled()) };
-        Ok(())
-    })
-}
-
-/// Sets a unary handler's response body (`len` bytes, copied; JSON text for a JSON
-/// method, checked when the handler returns). `MERIDIAN_INVALID_STATE` in a streaming
-/// handler.
-///
-/// # Safety
-/// `reply` is the handler's reply; `data` points to `len` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_reply_set_body(
-    reply: *mut meridian_reply,
-    data: *const u8,
-    len: usize,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let (r, data) = unsafe { (borrow_mut(reply, "reply")?, bytes(data, len, "data")?) };
-        if r.sender.is_some() {
-            return Err(Fail::new(
-                meridian_status::MERIDIAN_INVALID_STATE,
-                "a streaming handler sends messages with meridian_reply_send",
-            ));
-        }
-        r.body = Some(data.to_vec());
-        Ok(())
-    })
-}
-
-/// Sends one message of a streaming handler (`len` bytes, copied; JSON text for a JSON
-/// method, parsed here: `MERIDIAN_BAD_JSON` if it does not parse). Waits while the client
-/// is slow to read. `MERIDIAN_CANCELLED` once the call is gone (the handler should
-/// return); `MERIDIAN_INVALID_STATE` in a unary handler.
-///
-/// # Safety
-/// `reply` is the handler's reply; `data` points to `len` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_reply_send(
-    reply: *mut meridian_reply,
-    data: *const u8,
-    len: usize,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let (r, data) = unsafe { (borrow_mut(reply, "reply")?, bytes(data, len, "data")?) };
-        let sender = r.sender.as_ref().ok_or_else(|| {
-            Fail::new(
-                meridian_status::MERIDIAN_INVALID_STATE,
-                "a unary handler answers with meridian_reply_set_body",
-            )
-        })?;
-        let msg = if r.payload == MERIDIAN_PAYLOAD_JSON {
-            Out::Json(json::to_value(data)?)
-        } else {
-            Out::Raw(Bytes::copy_from_slice(data))
-        };
-        sender
-            .blocking_send(msg)
-            .map_err(|_| Fail::new(meridian_status::MERIDIAN_CANCELLED, "the call is gone"))
-    })
-}
-
-/// Sets the error text sent with a failing status (copied).
-///
-/// # Safety
-/// `reply` is the handler's reply; `message` is NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_reply_set_error_message(
-    reply: *mut meridian_reply,
-    message: *const c_char,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let (r, m) = unsafe { (borrow_mut(reply, "reply")?, c_str(message, "message")?) };
-        r.message = Some(m.to_owned());
-        Ok(())
-    })
-}
-
-/// Adds trailing metadata to the response (key and `value_len` bytes, copied); the client
-/// reads it with `meridian_response_metadata_get`.
-///
-/// # Safety
-/// `reply` is the handler's reply; `key` is NUL-terminated; `value` has `value_len` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn meridian_reply_set_trailer(
-    reply: *mut meridian_reply,
-    key: *const c_char,
-    value: *const u8,
-    value_len: usize,
-) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let (r, key, value) = unsafe {
-            (
-                borrow_mut(reply, "reply")?,
-                c_str(key, "key")?,
-                bytes(value, value_len, "value")?,
-            )
-        };
-        r.ctx
-            .set_trailer(key.to_owned(), Bytes::copy_from_slice(value));
-        Ok(())
     })
 }

@@ -1,0 +1,161 @@
+//! The client handle: one server (a channel) or routed (a region client).
+
+use std::ffi::c_char;
+use std::time::Duration;
+
+use mcore::region::{RegionClient, RegionMap, ServerEndpoint, StaticDiscovery};
+use mcore::{Channel, ClientTls, TransportConfig};
+
+use super::config::{meridian_client_config, Trust};
+use crate::boundary::{
+    block_on, borrow, boundary, boundary_void, c_str, out_ptr, runtime, write_out, Fail,
+};
+use crate::meridian_status;
+
+/// Where a client's calls go.
+#[derive(Debug, Clone)]
+pub(super) enum Target {
+    Channel(Channel),
+    Region(RegionClient),
+}
+
+/// A client: a channel to one server, or a region client over many.
+///
+/// Made by `meridian_client_new`, freed by `meridian_client_free`. Thread-safe: any number
+/// of threads may make calls on one client at once. Free it once, when no other thread is
+/// still inside a call on it; asynchronous calls already started complete normally after
+/// the free (their callbacks still run).
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct meridian_client {
+    pub(super) target: Target,
+}
+
+/// Makes a client from `config` and stores it in `*client_out`. A single-endpoint client
+/// connects here (QUIC and TLS handshake) and fails with `MERIDIAN_UNAVAILABLE` when the
+/// server cannot be reached; a region client connects in the background (see
+/// `meridian_client_wait_ready`). Blocking: not callable from a handler or callback
+/// (`MERIDIAN_WOULD_DEADLOCK`).
+///
+/// The config is only read; the caller keeps ownership of it. The caller owns the client
+/// and frees it with `meridian_client_free`.
+///
+/// # Safety
+/// `config` is a live configuration; `client_out` points to a writable `meridian_client *`.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_client_new(
+    config: *const meridian_client_config,
+    client_out: *mut *mut meridian_client,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let config = unsafe { borrow(config, "config") }?;
+        out_ptr(client_out, "client_out")?;
+        let config_err =
+            |e: mcore::Error| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string());
+        let tls = match &config.trust {
+            None => {
+                return Err(Fail::new(
+                    meridian_status::MERIDIAN_CONFIG_ERROR,
+                    "no TLS trust: set a roots PEM file or a pinned certificate",
+                ))
+            }
+            Some(Trust::RootsPemFile(p)) => {
+                ClientTls::with_roots_pem_file(p).map_err(config_err)?
+            }
+            Some(Trust::Pinned(der)) => ClientTls::pinned(der.clone()),
+        };
+        let mut transport = TransportConfig::default();
+        if let Some(t) = config.connect_timeout {
+            transport.handshake_timeout = t;
+        }
+        let target = if config.region_file.is_none() && config.endpoints.len() == 1 {
+            let (_, addr, name) = config.endpoints[0].clone();
+            let channel = block_on(
+                Channel::builder(addr, tls)
+                    .server_name(name)
+                    .transport(transport)
+                    .connect(),
+            )?
+            .map_err(|e| Fail::new(meridian_status::MERIDIAN_UNAVAILABLE, e.to_string()))?;
+            Target::Channel(channel)
+        } else {
+            let mut map = match &config.region_file {
+                Some(p) => RegionMap::from_toml_file(p).map_err(config_err)?,
+                None => RegionMap::new(),
+            };
+            for (region, addr, name) in &config.endpoints {
+                map.add_server(
+                    region.as_deref().unwrap_or("default"),
+                    ServerEndpoint::new(*addr, name.clone()),
+                );
+            }
+            if map.regions.iter().all(|r| r.servers.is_empty()) {
+                return Err(Fail::new(
+                    meridian_status::MERIDIAN_CONFIG_ERROR,
+                    "no server endpoint: add an endpoint or a region file",
+                ));
+            }
+            let mut builder =
+                RegionClient::builder(StaticDiscovery::new(map), tls).transport(transport);
+            if let Some(r) = &config.preferred_region {
+                builder = builder.home_region(r.clone());
+            }
+            let _entered = runtime()?.enter();
+            Target::Region(builder.build().map_err(config_err)?)
+        };
+        let client = Box::into_raw(Box::new(meridian_client { target }));
+        // SAFETY: checked non-NULL above.
+        unsafe { write_out(client_out, client) };
+        Ok(())
+    })
+}
+
+/// Waits up to `timeout_ms` until the client can take calls to `method` (a region client:
+/// some region's servers connected and serving it). A single-endpoint client is ready at
+/// once. Returns `MERIDIAN_UNAVAILABLE` on timeout. Blocking.
+///
+/// # Safety
+/// `client` is a live client; `method` is NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_client_wait_ready(
+    client: *const meridian_client,
+    method: *const c_char,
+    timeout_ms: u32,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let (client, method) = unsafe { (borrow(client, "client")?, c_str(method, "method")?) };
+        let Target::Region(rc) = &client.target else {
+            return Ok(());
+        };
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        if block_on(rc.ready(method, timeout))? {
+            Ok(())
+        } else {
+            Err(Fail::new(
+                meridian_status::MERIDIAN_UNAVAILABLE,
+                format!("no region serves {method:?} after {timeout_ms} ms"),
+            ))
+        }
+    })
+}
+
+/// Frees a client. NULL is harmless. Calls in flight on other threads must have returned.
+///
+/// # Safety
+/// `client` is NULL or a client not yet freed; it must not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_client_free(client: *mut meridian_client) {
+    boundary_void(|| {
+        if !client.is_null() {
+            // SAFETY: made by Box::into_raw in meridian_client_new, freed once.
+            let client = unsafe { Box::from_raw(client) };
+            // Connections close on the runtime's I/O driver.
+            if let Ok(rt) = runtime() {
+                let _entered = rt.enter();
+                drop(client);
+            }
+        }
+    })
+}

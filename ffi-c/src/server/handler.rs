@@ -1,0 +1,153 @@
+//! Running a C handler for one call: the request it reads, the reply it fills, on a pool thread.
+
+use std::ffi::CString;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mcore::{CallContext, Code, ResponseSink, Status, Value};
+use tokio::sync::mpsc;
+
+use super::handle::{HandlerFn, Running};
+use crate::boundary::{panic_text, UserPtr};
+use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
+
+/// The request a handler reads. Borrowed: valid only during the handler call.
+#[allow(non_camel_case_types)]
+pub struct meridian_request {
+    pub(super) method: CString,
+    /// The body, with a NUL byte after it.
+    pub(super) body: Vec<u8>,
+    pub(super) ctx: CallContext,
+}
+
+/// Where a handler writes its answer. Borrowed: valid only during the handler call.
+#[allow(non_camel_case_types)]
+pub struct meridian_reply {
+    pub(super) payload: u32,
+    pub(super) body: Option<Vec<u8>>,
+    pub(super) message: Option<String>,
+    pub(super) ctx: CallContext,
+    /// Streaming handlers only: the messages, on their way to the network.
+    pub(super) sender: Option<mpsc::Sender<Out>>,
+}
+
+/// A message a streaming handler sent.
+pub(super) enum Out {
+    Raw(Bytes),
+    Json(Value),
+}
+
+/// A request as it arrived.
+pub(super) enum Input {
+    Raw(Bytes),
+    Json(Value),
+}
+
+/// Where streaming messages go.
+pub(super) enum Sink {
+    Raw(ResponseSink<Bytes>),
+    Json(ResponseSink<Value>),
+}
+
+/// One method's C handler, as the Rust server calls it.
+#[derive(Clone)]
+pub(super) struct Handler {
+    pub(super) f: HandlerFn,
+    pub(super) user: UserPtr,
+    pub(super) running: Arc<Running>,
+}
+
+impl Handler {
+    /// Runs a unary handler on the blocking pool and returns the body it set.
+    pub(super) async fn unary(&self, input: Input, ctx: CallContext) -> Result<Vec<u8>, Status> {
+        let h = self.clone();
+        let task = tokio::task::spawn_blocking(move || h.invoke(input, ctx, None));
+        task.await
+            .map_err(|e| Status::internal(format!("the handler task failed: {e}")))?
+    }
+
+    /// Runs a streaming handler on the blocking pool and forwards what it sends.
+    pub(super) async fn streaming(
+        &self,
+        input: Input,
+        ctx: CallContext,
+        sink: Sink,
+    ) -> Result<(), Status> {
+        let (tx, mut rx) = mpsc::channel::<Out>(16);
+        let h = self.clone();
+        let task = tokio::task::spawn_blocking(move || h.invoke(input, ctx, Some(tx)));
+        while let Some(msg) = rx.recv().await {
+            let sent = match (&sink, msg) {
+                (Sink::Raw(s), Out::Raw(b)) => s.send(&b).await,
+                (Sink::Json(s), Out::Json(v)) => s.send(&v).await,
+                _ => Err(Status::internal("message kind mismatch")),
+            };
+            if let Err(status) = sent {
+                // Dropping the receiver makes the handler's next send fail with CANCELLED.
+                drop(rx);
+                let _ = task.await;
+                return Err(status);
+            }
+        }
+        task.await
+            .map_err(|e| Status::internal(format!("the handler task failed: {e}")))?
+            .map(|_| ())
+    }
+
+    /// Calls the C function (on a blocking-pool thread) and maps what it returned.
+    fn invoke(
+        &self,
+        input: Input,
+        ctx: CallContext,
+        sender: Option<mpsc::Sender<Out>>,
+    ) -> Result<Vec<u8>, Status> {
+        let _running = self.running.enter();
+        let (payload, mut body) = match input {
+            Input::Raw(b) => (MERIDIAN_PAYLOAD_RAW, b.to_vec()),
+            Input::Json(v) => (
+                MERIDIAN_PAYLOAD_JSON,
+                json::from_value(&v).map_err(|f| {
+                    Status::invalid_argument(format!(
+                        "a JSON handler cannot take this request: {}",
+                        f.message
+                    ))
+                })?,
+            ),
+        };
+        if payload == MERIDIAN_PAYLOAD_RAW {
+            body.push(0);
+        }
+        let method = CString::new(ctx.method().replace('\0', " ")).unwrap_or_default();
+        let request = meridian_request {
+            method,
+            body,
+            ctx: ctx.clone(),
+        };
+        let mut reply = meridian_reply {
+            payload,
+            body: None,
+            message: None,
+            ctx,
+            sender,
+        };
+        let f = self.f;
+        let user = self.user;
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the application registered `f` with `user` and vouched for both; the
+            // request and reply live until the call returns.
+            unsafe { f(user.0, &request, &mut reply) }
+        }))
+        .map_err(|p| Status::internal(panic_text(&*p)))?;
+        let message = reply.message.take();
+        match meridian_status::grpc_code(code) {
+            Some(Code::Ok) => Ok(reply.body.take().unwrap_or_default()),
+            Some(code) => Err(Status::new(
+                code,
+                message.unwrap_or_else(|| format!("the handler failed with {}", code.name())),
+            )),
+            None => Err(Status::internal(format!(
+                "the handler returned {code}, which is not a gRPC status (7000..7016)"
+            ))),
+        }
+    }
+}
