@@ -40,8 +40,10 @@ impl ChannelBuilder {
         self
     }
 
-    /// Connects (QUIC + TLS handshake) and returns the channel. A certificate the client
-    /// does not trust, or a server that requires a client certificate we lack, fails here.
+    /// Connects (QUIC + TLS handshake) and returns the channel. On a full handshake a
+    /// certificate the client does not trust, or a server that requires a client
+    /// certificate we lack, fails here. A connection resumed with 0-RTT is usable before
+    /// the handshake completes, so such a failure then shows on the first call instead.
     pub async fn connect(self) -> Result<Channel, Error> {
         let (endpoint, shared) = match self.endpoint {
             Some(e) => (e, None),

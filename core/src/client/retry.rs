@@ -2,9 +2,10 @@
 
 use crate::status::Status;
 
-/// Most attempts one unary call makes (first try included). Attempts after the first are
-/// paced by the reconnection backoff (100 ms doubling to 5 s), so this spans about 10 s;
-/// a deadline ends them sooner.
+/// Most attempts one unary call makes (first try included). An attempt after a lost
+/// connection waits for the reconnection: its backoff (100 ms doubling to 5 s) plus up to
+/// the handshake timeout per dial, so without a deadline the attempts can take more than a
+/// minute against a server that is gone; a deadline ends them sooner.
 pub(super) const MAX_ATTEMPTS: u32 = 8;
 
 /// Whether a failed attempt may be sent again.

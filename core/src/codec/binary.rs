@@ -124,7 +124,7 @@ impl Value {
 }
 
 /// A container whose items are still being decoded.
-enum Frame {
+enum OpenContainer {
     List {
         items: Vec<Value>,
         remaining: usize,
@@ -139,7 +139,7 @@ enum Frame {
 /// What reading one tag produced: a finished value or an opened container.
 enum Step {
     Done(Value),
-    Open(Frame),
+    Open(OpenContainer),
 }
 
 /// Splits `n` bytes off the front of `input`.
@@ -194,14 +194,14 @@ fn read_step(input: &mut &[u8]) -> Result<Step, CodecError> {
         }
         TAG_LIST => {
             let n = read_len(input, 1)?;
-            return Ok(Step::Open(Frame::List {
+            return Ok(Step::Open(OpenContainer::List {
                 items: Vec::with_capacity(n.min(MAX_PREALLOC)),
                 remaining: n,
             }));
         }
         TAG_MAP => {
             let n = read_len(input, 2)?;
-            return Ok(Step::Open(Frame::Map {
+            return Ok(Step::Open(OpenContainer::Map {
                 entries: Vec::with_capacity(n.min(MAX_PREALLOC)),
                 remaining: n,
                 key: None,
@@ -214,7 +214,7 @@ fn read_step(input: &mut &[u8]) -> Result<Step, CodecError> {
 
 /// Decodes one value (possibly nested) from the front of `input`.
 fn decode_one(input: &mut &[u8], max_depth: usize) -> Result<Value, CodecError> {
-    let mut stack: Vec<Frame> = Vec::new();
+    let mut stack: Vec<OpenContainer> = Vec::new();
     loop {
         let mut value = match read_step(input)? {
             Step::Done(v) => v,
@@ -223,11 +223,11 @@ fn decode_one(input: &mut &[u8], max_depth: usize) -> Result<Value, CodecError> 
                     return Err(CodecError::TooDeep { limit: max_depth });
                 }
                 match frame {
-                    Frame::List {
+                    OpenContainer::List {
                         items,
                         remaining: 0,
                     } => Value::List(items),
-                    Frame::Map {
+                    OpenContainer::Map {
                         entries,
                         remaining: 0,
                         ..
@@ -244,12 +244,12 @@ fn decode_one(input: &mut &[u8], max_depth: usize) -> Result<Value, CodecError> 
         loop {
             let completed = match stack.last_mut() {
                 None => return Ok(value),
-                Some(Frame::List { items, remaining }) => {
+                Some(OpenContainer::List { items, remaining }) => {
                     items.push(value);
                     *remaining -= 1;
                     *remaining == 0
                 }
-                Some(Frame::Map {
+                Some(OpenContainer::Map {
                     entries,
                     remaining,
                     key,
@@ -269,8 +269,8 @@ fn decode_one(input: &mut &[u8], max_depth: usize) -> Result<Value, CodecError> 
                 break;
             }
             value = match stack.pop() {
-                Some(Frame::List { items, .. }) => Value::List(items),
-                Some(Frame::Map { entries, .. }) => Value::Map(entries),
+                Some(OpenContainer::List { items, .. }) => Value::List(items),
+                Some(OpenContainer::Map { entries, .. }) => Value::Map(entries),
                 // `completed` implies the stack had a last element.
                 None => return Err(CodecError::Truncated),
             };

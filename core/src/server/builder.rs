@@ -158,7 +158,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             let f = f.clone();
             Box::pin(async move {
                 let codec = call.ctx.codec;
-                let req = P::decode(codec, call.one(), &call.limits)?;
+                let req = P::decode(codec, call.take_single_request(), &call.limits)?;
                 let resp = f(req, call.ctx).await?;
                 P::encode(codec, &resp, call.max_message).map(Some)
             })
@@ -179,7 +179,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
             let f = f.clone();
             Box::pin(async move {
-                let req = P::decode(call.ctx.codec, call.one(), &call.limits)?;
+                let req = P::decode(call.ctx.codec, call.take_single_request(), &call.limits)?;
                 let sink = call.sink(P::encode)?;
                 f(req, call.ctx, sink).await.map(|()| None)
             })

@@ -24,7 +24,7 @@ pub(super) enum RequestBody {
 }
 
 impl ServerCall {
-    pub(super) fn one(&mut self) -> Bytes {
+    pub(super) fn take_single_request(&mut self) -> Bytes {
         match std::mem::replace(&mut self.body, RequestBody::One(Bytes::new())) {
             RequestBody::One(b) => b,
             RequestBody::Stream(_) => Bytes::new(),

@@ -16,8 +16,9 @@ pub struct TransportConfig {
     pub max_concurrent_streams: u32,
     /// Bytes the peer may send on one stream before we read them. Default 2 MiB.
     pub stream_receive_window: u32,
-    /// Bytes the peer may send on a whole connection before we read them: the cap on what
-    /// one connection can make us buffer. Default 16 MiB.
+    /// Bytes the peer may send on a whole connection before we read them out of quinn.
+    /// Default 16 MiB. Bytes already read into a call's decoder no longer count (see the
+    /// module docs), so this is not a cap on a connection's memory.
     pub connection_receive_window: u32,
     /// Bytes we buffer for sending on a connection. Default 16 MiB.
     pub send_window: u64,

@@ -2,9 +2,12 @@
 //!
 //! Every limit that decides how much a peer can make us buffer is set here on purpose, in
 //! one [`TransportConfig`] with documented defaults. quinn's own defaults allow roughly
-//! 100 streams x 1.25 MB of receive window and an unbounded connection window, about
-//! 125 MB buffered per connection; Meridian caps a connection at
-//! [`TransportConfig::DEFAULT_CONNECTION_WINDOW`] instead.
+//! 100 streams x 1.25 MB of receive window and an unbounded connection window; Meridian
+//! sets [`TransportConfig::DEFAULT_CONNECTION_WINDOW`] instead. That window bounds the bytes
+//! quinn holds for the application, not what the application has already read out of it:
+//! request bytes moved into a call's frame decoder return their flow-control credit, so
+//! they are bounded by the message size limit per stream times the stream limit, not by
+//! the window.
 //!
 //! TLS is always on (TLS 1.3 only, ALPN `meridian/1`). AES-128-GCM-SHA256 is offered first:
 //! ring's default prefers AES-256-GCM-SHA384, and SHA-384 has no hardware support on many

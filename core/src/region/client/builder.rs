@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::handle::RegionClient;
 use super::prober::probe_loop;
-use super::routing::Inner;
+use super::routing::Router;
 use super::table::State;
 use crate::discovery::{Discovery, LocalRegistry};
 use crate::region::budget::RetryBudget;
@@ -102,7 +102,7 @@ impl RegionClientBuilder {
         let mut selector = RegionSelector::new();
         selector.set_home(self.home.clone());
         let map = self.discovery.watch();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(Router {
             tls,
             transport,
             probe_interval: self.probe_interval,

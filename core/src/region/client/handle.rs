@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::builder::RegionClientBuilder;
 use super::call::RegionCallBuilder;
-use super::routing::Inner;
+use super::routing::Router;
 use super::stats::{RegionStat, RegionStats, ServerStat};
 use crate::client::{CallBuilder, Response};
 use crate::discovery::{Catalog, Discovery, LocalRegistry};
@@ -24,7 +24,7 @@ use crate::wire::MethodInfo;
 /// Cloning is cheap; clones share connections and estimates.
 #[derive(Clone)]
 pub struct RegionClient {
-    pub(super) inner: Arc<Inner>,
+    pub(super) inner: Arc<Router>,
 }
 
 impl std::fmt::Debug for RegionClient {

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use super::routing::Inner;
+use super::routing::Router;
 use crate::client::Channel;
 use crate::discovery::ServerEndpoint;
 
-pub(super) async fn connect_server(inner: Weak<Inner>, addr: SocketAddr, ep: ServerEndpoint) {
+pub(super) async fn connect_server(inner: Weak<Router>, addr: SocketAddr, ep: ServerEndpoint) {
     let Some(strong) = inner.upgrade() else {
         return;
     };
@@ -59,7 +59,7 @@ pub(super) async fn connect_server(inner: Weak<Inner>, addr: SocketAddr, ep: Ser
     }
 }
 
-pub(super) async fn probe_loop(inner: Weak<Inner>) {
+pub(super) async fn probe_loop(inner: Weak<Router>) {
     let interval = match inner.upgrade() {
         Some(i) => i.probe_interval,
         None => return,

@@ -17,7 +17,7 @@ use crate::region::balance::{self, ServerLoad};
 use crate::region::rendezvous;
 use crate::transport::{ClientTls, TransportConfig};
 
-pub(super) struct Inner {
+pub(super) struct Router {
     pub(super) tls: ClientTls,
     pub(super) transport: TransportConfig,
     pub(super) probe_interval: Duration,
@@ -42,7 +42,7 @@ pub(super) struct Target {
     pub(super) ejected: watch::Receiver<u64>,
 }
 
-impl Inner {
+impl Router {
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the routing state unusable for long:
         // every field is a sample store that the next tick refreshes.
