@@ -26,50 +26,13 @@
 //!
 //! # The Value binary encoding
 //!
-//! A Value is encoded as one **tag byte** followed by a tag-specific payload.
-//! All multi-byte integers that describe lengths or counts are unsigned
-//! LEB128 varints ("varint" below).
-//!
-//! | tag    | value            | payload                                                        |
-//! |--------|------------------|----------------------------------------------------------------|
-//! | `0x00` | null             | none                                                           |
-//! | `0x01` | false            | none                                                           |
-//! | `0x02` | true             | none                                                           |
-//! | `0x03` | int (i64)        | zigzag-encoded signed integer as a varint                      |
-//! | `0x04` | float (f64)      | 8 bytes, IEEE-754 binary64, little-endian                      |
-//! | `0x05` | string           | varint byte length, then that many bytes of UTF-8              |
-//! | `0x06` | bytes            | varint byte length, then that many raw bytes                   |
-//! | `0x07` | list             | varint item count, then that many encoded Values               |
-//! | `0x08` | map              | varint pair count, then that many (key Value, value Value) pairs |
-//!
-//! **Varint (unsigned LEB128).** The value is split into 7-bit groups, least
-//! significant group first. Each group is written as one byte; the high bit
-//! (`0x80`) is set on every byte except the last. A varint is at most 10
-//! bytes long (64 bits). A decoder rejects, with `VarintOverflow`:
-//! - a varint longer than 10 bytes, or whose 10th byte is greater than `0x01`
-//!   (the value would not fit in 64 bits);
-//! - an *overlong* varint, i.e. one of more than one byte whose last byte is
-//!   `0x00` (the same number has a shorter encoding). Every number therefore
-//!   has exactly one valid encoding.
-//!
-//! **Zigzag.** A signed integer `n` is mapped to an unsigned one as
-//! `(n << 1) ^ (n >> 63)` (arithmetic shift), so `0, -1, 1, -2, 2, …`
-//! become `0, 1, 2, 3, 4, …`; the decoder inverts it as
-//! `(u >> 1) ^ -(u & 1)`. Example: `-3` → zigzag `5` → bytes `03 05`;
-//! `300` → zigzag `600` → bytes `03 d8 04`.
-//!
-//! **Strings** must be valid UTF-8 (`InvalidUtf8` otherwise). **Floats** are
-//! carried bit-exactly, NaN payloads included. **Maps** keep the order in
-//! which pairs are written, may use any Value as a key, and may contain
-//! repeated keys (the decoder does not deduplicate; typed decoding via
-//! [`from_value`] follows the target type's rules for duplicates).
-//!
-//! The input must contain exactly one top-level Value: bytes left over after
-//! it are an error (`TrailingBytes`). An unknown tag is an error
-//! (`InvalidTag`). Running out of input anywhere is `Truncated`.
-//!
-//! Example: the list `[10, "hi", null]` encodes as
-//! `07 03 03 14 05 02 68 69 00`.
+//! A Value is one tag byte (null, false, true, int, float, string, bytes, list, map)
+//! followed by its payload, with LEB128 varints for lengths and zigzag for integers; every
+//! number has exactly one valid encoding, and exactly one top-level Value fills the input.
+//! The normative, byte-level specification (tags, varints, zigzag, errors, examples) is
+//! `docs/PROTOCOL.md` §5.3; this module is its implementation, and a test in
+//! `tests/codec_value.rs` reads the examples table from that document and checks every row.
+//! For instance the list `[10, "hi", null]` encodes as `07 03 03 14 05 02 68 69 00`.
 //!
 //! # Limits when decoding from a peer
 //!

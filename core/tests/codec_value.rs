@@ -729,3 +729,43 @@ fn codec_bytes() {
         }
     }
 }
+
+/// The examples table of `docs/PROTOCOL.md` §5.3 is read from the document itself: every
+/// value it lists encodes to exactly the bytes it lists, and those bytes decode back.
+#[test]
+fn the_protocol_document_s_value_examples_hold() {
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let section = &doc[doc.find("### 5.3 The Value encoding").expect("§5.3")..];
+    let table = &section[section.find("| Value | Bytes |").expect("examples table")..];
+    let mut checked = 0;
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        // Left: comma-separated JSON values (some in backticks); right: byte groups.
+        let values: serde_json::Value =
+            serde_json::from_str(&format!("[{}]", cells[0].replace('`', ""))).expect("values");
+        let groups: Vec<Vec<u8>> = cells[1]
+            .split('`')
+            .filter(|g| !g.trim().is_empty() && g.trim() != ",")
+            .map(|g| {
+                g.split_whitespace()
+                    .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+                    .collect()
+            })
+            .collect();
+        let values = values.as_array().expect("list");
+        assert_eq!(values.len(), groups.len(), "row {row}");
+        for (json, bytes) in values.iter().zip(&groups) {
+            let value = meridian::codec::to_value(json).expect("to Value");
+            assert_eq!(&value.to_bytes(), bytes, "{json} per the document");
+            assert_eq!(
+                Value::decode(bytes, &DecodeLimits::default()).unwrap(),
+                value
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 12,
+        "only {checked} examples found: did the table move?"
+    );
+}
