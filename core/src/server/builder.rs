@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 use super::connection::accept_loop;
@@ -16,7 +17,7 @@ use super::lifecycle::Server;
 use super::method::Method;
 use super::shared::Shared;
 use super::streams::{RequestStream, ResponseSink};
-use super::Handler;
+use super::{BoxFuture, Handler};
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 use crate::status::{Error, Status};
 use crate::transport::{ServerTls, TransportConfig};
@@ -153,15 +154,11 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
-            let f = f.clone();
-            Box::pin(async move {
-                let codec = call.ctx.codec;
-                let req = P::decode(codec, call.take_single_request(), &call.limits)?;
-                let resp = f(req, call.ctx).await?;
-                P::encode(codec, &resp, call.max_message).map(Some)
-            })
+        let handler = erase(f, |f, mut call: ServerCall| async move {
+            let codec = call.ctx.codec;
+            let req = P::decode(codec, call.take_single_request(), &call.limits)?;
+            let resp = f(req, call.ctx).await?;
+            P::encode(codec, &resp, call.max_message).map(Some)
         });
         self.add(method.into(), MethodKind::Unary, handler)
     }
@@ -175,14 +172,10 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         F: Fn(Req, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Status>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
-            let f = f.clone();
-            Box::pin(async move {
-                let req = P::decode(call.ctx.codec, call.take_single_request(), &call.limits)?;
-                let sink = call.sink(P::encode)?;
-                f(req, call.ctx, sink).await.map(|()| None)
-            })
+        let handler = erase(f, |f, mut call: ServerCall| async move {
+            let req = P::decode(call.ctx.codec, call.take_single_request(), &call.limits)?;
+            let sink = call.sink(P::encode)?;
+            f(req, call.ctx, sink).await.map(|()| None)
         });
         self.add(method.into(), MethodKind::ServerStreaming, handler)
     }
@@ -196,15 +189,11 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         F: Fn(RequestStream<Req>, CallContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
-            let f = f.clone();
-            Box::pin(async move {
-                let codec = call.ctx.codec;
-                let requests = call.stream(P::decode)?;
-                let resp = f(requests, call.ctx).await?;
-                P::encode(codec, &resp, call.max_message).map(Some)
-            })
+        let handler = erase(f, |f, mut call: ServerCall| async move {
+            let codec = call.ctx.codec;
+            let requests = call.stream(P::decode)?;
+            let resp = f(requests, call.ctx).await?;
+            P::encode(codec, &resp, call.max_message).map(Some)
         });
         self.add(method.into(), MethodKind::ClientStreaming, handler)
     }
@@ -218,14 +207,10 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         F: Fn(RequestStream<Req>, CallContext, ResponseSink<Resp>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Status>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let handler: Arc<Handler> = Arc::new(move |mut call: ServerCall| {
-            let f = f.clone();
-            Box::pin(async move {
-                let requests = call.stream(P::decode)?;
-                let sink = call.sink(P::encode)?;
-                f(requests, call.ctx, sink).await.map(|()| None)
-            })
+        let handler = erase(f, |f, mut call: ServerCall| async move {
+            let requests = call.stream(P::decode)?;
+            let sink = call.sink(P::encode)?;
+            f(requests, call.ctx, sink).await.map(|()| None)
         });
         self.add(method.into(), MethodKind::Bidi, handler)
     }
@@ -307,4 +292,16 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             registration,
         })
     }
+}
+
+/// Erases a handler: `run` serves one call with the user's handler `f`, whatever its call
+/// kind and payload style, so every kind registers the same boxed function.
+fn erase<F, R, Fut>(f: F, run: R) -> Arc<Handler>
+where
+    F: Send + Sync + 'static,
+    R: Fn(Arc<F>, ServerCall) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Bytes>, Status>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |call: ServerCall| Box::pin(run(f.clone(), call)) as BoxFuture<_>)
 }
