@@ -806,3 +806,85 @@ async fn a_method_is_idempotent_only_if_every_server_says_so() {
     let listed: Vec<String> = client.catalog().into_iter().map(|m| m.name).collect();
     assert!(listed.contains(&"pay".to_string()) && listed.contains(&"get".to_string()));
 }
+
+/// Every attempt gives its claim on a server back, however it ends: a hedge that lost the
+/// race, a call whose deadline passed, a call the caller dropped. (They used to leak one
+/// `in_flight` each, de-weighting those servers for good.) And one failure with a caller's
+/// one-year timeout costs the server at most the capped penalty, not a year.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_returns_to_zero_and_a_huge_timeout_costs_little() {
+    let world = World::start(&[("near", "n1", 2), ("near", "n2", 2)], |_, id, b| {
+        let b = b.unary(Method::new("h").idempotent(), |x: u64, _| async move {
+            if x == 1 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Ok(x)
+        });
+        if id == "n1" {
+            b.unary("fail", |_: u64, _| async move {
+                Err::<u64, _>(Status::internal("broken"))
+            })
+        } else {
+            b
+        }
+    })
+    .await;
+    let client = world.client().hedge("h").build().unwrap();
+    assert!(client.ready("h", Duration::from_secs(5)).await);
+    assert!(client.ready("fail", Duration::from_secs(5)).await);
+    // A caller-chosen one-year timeout on a failing call.
+    let err = client
+        .call("fail")
+        .timeout(Duration::from_secs(365 * 24 * 3600))
+        .unary::<_, u64>(&0u64)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), meridian::Code::Internal, "{err}");
+    let n1 = world.link("n1").addr();
+    let estimate = client
+        .stats()
+        .servers
+        .into_iter()
+        .find(|s| s.addr == n1)
+        .and_then(|s| s.service_time)
+        .expect("n1 has an estimate");
+    assert!(
+        estimate <= meridian::region::balance::MAX_FAILURE_PENALTY,
+        "one failure made n1 look {estimate:?} slow"
+    );
+
+    for _ in 0..80 {
+        client.call("h").unary::<_, u64>(&0u64).await.unwrap();
+    }
+    // Ten calls whose deadline passes while both copies (first and hedge) still run.
+    let mut timed_out = Vec::new();
+    for _ in 0..10 {
+        let c = client.clone();
+        timed_out.push(tokio::spawn(async move {
+            c.call("h")
+                .timeout(Duration::from_millis(300))
+                .unary::<_, u64>(&1u64)
+                .await
+        }));
+    }
+    // Five calls the caller gives up on.
+    for _ in 0..5 {
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.call("h").unary::<_, u64>(&1u64).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        call.abort();
+    }
+    for t in timed_out {
+        let err = t.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), meridian::Code::DeadlineExceeded, "{err}");
+    }
+    let stats = client.stats();
+    assert!(stats.hedges >= 5, "the slow calls were hedged: {stats:?}");
+    let leaked: Vec<(std::net::SocketAddr, u32)> = stats
+        .servers
+        .iter()
+        .filter(|s| s.in_flight != 0)
+        .map(|s| (s.addr, s.in_flight))
+        .collect();
+    assert!(leaked.is_empty(), "claims never given back: {leaked:?}");
+}

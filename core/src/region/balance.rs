@@ -174,12 +174,19 @@ fn cost<L: LoadView>(server: &L, now: Instant, unknown: Duration) -> f64 {
     estimate * load / weight
 }
 
+/// Most a failure adds to a server's estimate beyond the time it really took. The timeout
+/// is the caller's choice (through a proxy, a remote peer's), so without a bound one failed
+/// call with a one-year timeout would steer traffic away from the server for minutes.
+pub const MAX_FAILURE_PENALTY: Duration = Duration::from_secs(2);
+
 /// The service-time sample to record for a failed call: the largest of its `latency`,
-/// its `timeout` (if it had one) and twice the current `estimate`.
+/// its `timeout` (if it had one) and twice the current `estimate`, but never more than
+/// `latency.max(MAX_FAILURE_PENALTY)`.
 ///
 /// A server that refuses calls in 100 µs must not look like the fastest server in the
 /// region, so a failure is never cheaper than waiting out the call's deadline, nor than
-/// twice what the server usually takes. Saturates instead of overflowing.
+/// twice what the server usually takes, up to [`MAX_FAILURE_PENALTY`]. A failure that
+/// really took longer costs what it took. Saturates instead of overflowing.
 ///
 /// ```
 /// use meridian::region::balance::failure_cost;
@@ -189,6 +196,9 @@ fn cost<L: LoadView>(server: &L, now: Instant, unknown: Duration) -> f64 {
 /// assert_eq!(failure_cost(ms(1), Some(ms(500)), Some(ms(20))), ms(500));
 /// assert_eq!(failure_cost(ms(1), None, Some(ms(20))), ms(40));
 /// assert_eq!(failure_cost(ms(1), None, None), ms(1));
+/// // A caller's huge timeout is capped; a failure that really took long is not.
+/// assert_eq!(failure_cost(ms(1), Some(Duration::from_secs(31_536_000)), None), ms(2000));
+/// assert_eq!(failure_cost(ms(9000), Some(ms(10_000)), None), ms(9000));
 /// ```
 pub fn failure_cost(
     latency: Duration,
@@ -196,7 +206,8 @@ pub fn failure_cost(
     estimate: Option<Duration>,
 ) -> Duration {
     let doubled = estimate.map_or(Duration::ZERO, |e| e.saturating_mul(2));
-    latency.max(timeout.unwrap_or(Duration::ZERO)).max(doubled)
+    let cost = latency.max(timeout.unwrap_or(Duration::ZERO)).max(doubled);
+    cost.min(latency.max(MAX_FAILURE_PENALTY))
 }
 
 /// The `i`-th independent random number derived from `rand` (splitmix64 steps).
@@ -355,15 +366,20 @@ mod tests {
     }
 
     #[test]
-    fn failure_cost_is_the_largest_of_the_three() {
+    fn failure_cost_is_the_largest_of_the_three_within_the_penalty_cap() {
         assert_eq!(failure_cost(ms(3), Some(ms(2)), Some(ms(1))), ms(3));
         assert_eq!(failure_cost(ms(1), Some(ms(100)), Some(ms(1))), ms(100));
         assert_eq!(failure_cost(ms(1), Some(ms(10)), Some(ms(30))), ms(60));
         assert_eq!(failure_cost(ms(1), None, None), ms(1));
+        // Saturating arithmetic, then the cap: no overflow, no unbounded cost.
         assert_eq!(
             failure_cost(ms(1), None, Some(Duration::MAX)),
-            Duration::MAX
+            MAX_FAILURE_PENALTY
         );
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert_eq!(failure_cost(ms(1), Some(year), None), MAX_FAILURE_PENALTY);
+        // A failure that really took longer than the cap costs what it took.
+        assert_eq!(failure_cost(ms(5000), Some(year), None), ms(5000));
     }
 
     #[test]

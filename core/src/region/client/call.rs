@@ -75,7 +75,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let mut last = None;
         let started = Instant::now();
         while tried.len() < 2 {
-            let Some(target) =
+            let Some(mut target) =
                 inner.pick(&self.method, self.options.routing_key.as_deref(), &tried)
             else {
                 // Nothing connected yet (startup): wait a little for the prober, as unary
@@ -92,7 +92,8 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             let started = Instant::now();
             let result = open(self.channel_call(&target, idempotent, deadline)).await;
             let failed = result.as_ref().is_err_and(|s| is_server_failure(s.code()));
-            inner.finish(target.addr, started.elapsed(), None, failed);
+            // A stream's claim ends once it is open (its messages are not attempts).
+            target.guard.settle(started.elapsed(), None, failed);
             match result {
                 Ok(stream) => return Ok(stream),
                 // The one rule (crate::call::may_send_again): provably not run, or
@@ -163,15 +164,11 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         match result {
             Some(r) => {
                 let failed = r.as_ref().is_err_and(|s| is_server_failure(s.code()));
-                self.target
-                    .inner
-                    .finish(target.addr, latency, timeout, failed);
+                target.guard.settle(latency, timeout, failed);
                 Attempt::Done(r)
             }
             None => {
-                self.target
-                    .inner
-                    .finish(target.addr, latency, timeout, true);
+                target.guard.settle(latency, timeout, true);
                 Attempt::Abandoned
             }
         }
@@ -337,8 +334,8 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
     {
         let inner = &self.target.inner;
         let first_addr = first.addr;
-        let a = self.attempt(first, make, true, deadline);
-        tokio::pin!(a);
+        // Boxed so that the loser can be dropped before its claim is settled as slow.
+        let mut a = Box::pin(self.attempt(first, make, true, deadline));
         tokio::select! {
             r = &mut a => return (r, false),
             _ = tokio::time::sleep(delay) => {}
@@ -359,15 +356,22 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             return (a.await, false);
         };
         inner.hedges_sent.fetch_add(1, Ordering::Relaxed);
-        let b = self.attempt(&mut second, make, true, deadline);
-        tokio::pin!(b);
-        let r = tokio::select! {
-            r = &mut a => r,
+        let mut b = Box::pin(self.attempt(&mut second, make, true, deadline));
+        let (r, first_won) = tokio::select! {
+            r = &mut a => (r, true),
             r = &mut b => {
                 inner.hedges_won.fetch_add(1, Ordering::Relaxed);
-                r
+                (r, false)
             }
         };
+        // The loser was still running: it is at least this slow, and did not fail.
+        drop(a);
+        drop(b);
+        if first_won {
+            second.guard.settle_slow();
+        } else {
+            first.guard.settle_slow();
+        }
         (r, true)
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -40,6 +40,53 @@ pub(super) struct Target {
     pub(super) region: String,
     pub(super) channel: Channel,
     pub(super) ejected: watch::Receiver<u64>,
+    /// The attempt's claim on the server's `in_flight`, given back exactly once.
+    pub(super) guard: AttemptGuard,
+}
+
+/// An attempt's claim on its server, taken by [`Router::pick`] and given back exactly once:
+/// with the outcome by [`settle`](Self::settle), as a slow sample by
+/// [`settle_slow`](Self::settle_slow) (a hedge that lost the race), or on drop (the caller
+/// gave up: a cancelled or timed-out call), which only releases the claim. So `in_flight`
+/// cannot leak, whichever way an attempt ends.
+pub(super) struct AttemptGuard {
+    router: Weak<Router>,
+    addr: SocketAddr,
+    started: Instant,
+    settled: bool,
+}
+
+impl AttemptGuard {
+    /// Records the attempt's outcome.
+    pub(super) fn settle(&mut self, latency: Duration, timeout: Option<Duration>, failed: bool) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        if let Some(router) = self.router.upgrade() {
+            router.finish(self.addr, latency, timeout, failed);
+        }
+    }
+
+    /// Records a copy that was still running when another answered: at least this slow,
+    /// and not a failure.
+    pub(super) fn settle_slow(&mut self) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        if let Some(router) = self.router.upgrade() {
+            router.release(self.addr, Some(self.started.elapsed()));
+        }
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if !self.settled {
+            if let Some(router) = self.router.upgrade() {
+                router.release(self.addr, None);
+            }
+        }
+    }
 }
 
 impl Router {
@@ -156,7 +203,7 @@ impl Router {
     /// Chooses the server for an attempt: region by the selector among regions that serve
     /// the method, then the key's owner or the balancer's pick inside it.
     pub(super) fn pick(
-        &self,
+        self: &Arc<Self>,
         method: &str,
         key: Option<&[u8]>,
         exclude: &[SocketAddr],
@@ -252,13 +299,20 @@ impl Router {
             }
         };
         let s = st.servers.get_mut(&addr)?;
+        let channel = s.channel.clone()?;
         s.load.in_flight += 1;
         s.calls += 1;
         Some(Target {
             addr,
             region,
-            channel: s.channel.clone()?,
+            channel,
             ejected: s.ejected.subscribe(),
+            guard: AttemptGuard {
+                router: Arc::downgrade(self),
+                addr,
+                started: now,
+                settled: false,
+            },
         })
     }
 
@@ -276,24 +330,31 @@ impl Router {
                 .any(|s| !s.ever_connected && s.load.health.is_available(now))
     }
 
-    /// Records an attempt's outcome.
-    pub(super) fn finish(
-        &self,
-        addr: SocketAddr,
-        latency: Duration,
-        timeout: Option<Duration>,
-        failed: bool,
-    ) {
+    /// Gives back an attempt's claim without an outcome; a known lower bound on its
+    /// latency (a hedge that lost) is kept as a service-time sample.
+    fn release(&self, addr: SocketAddr, at_least: Option<Duration>) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if let Some(s) = st.servers.get_mut(&addr) {
+            s.load.in_flight = s.load.in_flight.saturating_sub(1);
+            if let Some(sample) = at_least {
+                s.load.service_time.observe(sample, now);
+            }
+        }
+    }
+
+    /// Records an attempt's outcome (through its [`AttemptGuard`]).
+    fn finish(&self, addr: SocketAddr, latency: Duration, timeout: Option<Duration>, failed: bool) {
         let now = Instant::now();
         let mut st = self.lock();
         if let Some(s) = st.servers.get_mut(&addr) {
             s.load.in_flight = s.load.in_flight.saturating_sub(1);
             if failed {
                 s.errors += 1;
-                // Capped so repeated failures do not compound the estimate without bound
-                // (2 x estimate, where the estimate is itself a failure cost).
-                let cap = timeout.unwrap_or(Duration::from_secs(1)).max(latency);
-                let estimate = s.load.service_time.get(now).map(|e| e.min(cap));
+                // `failure_cost` bounds what a failure adds beyond its real latency, so
+                // neither a caller's huge timeout nor repeated failures (2 x an estimate
+                // that is itself a failure cost) compound without bound.
+                let estimate = s.load.service_time.get(now);
                 let cost = balance::failure_cost(latency, timeout, estimate);
                 s.load.service_time.observe(cost, now);
                 s.load.health.record_failure(now);
