@@ -925,3 +925,40 @@ fn a_build_without_etcd_refuses_etcd_flags_and_tables() {
     );
     assert_error(&o, 3, "[etcd] table");
 }
+
+/// A region file that lists a dead server: a routed call goes to the live one as soon as
+/// it is connected (plus a short grace), instead of waiting out --connect-timeout for the
+/// dead one on every call (it used to take the full timeout, silently).
+#[test]
+fn a_dead_server_in_the_region_file_does_not_hold_every_call() {
+    let dir = Scratch::new("dead-server");
+    let live = Serve::start(&dir.0, "eu", "eu-1");
+    // A bound UDP socket that never answers: a server that is gone.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let regions = region_file(
+        &dir,
+        &[("eu", live.addr), ("us", dead.local_addr().expect("addr"))],
+    );
+    let started = Instant::now();
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            regions.to_str().expect("path"),
+            "--insecure-dev",
+            "--connect-timeout",
+            "20s",
+            "add",
+            "2",
+            "3",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o)), serde_json::json!(5));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the call waited {:?} for a dead server (connect timeout 20 s)",
+        started.elapsed()
+    );
+}

@@ -335,17 +335,26 @@ impl TargetArgs {
         }
         let client = builder.build().map_err(|e| CliError::from_meridian(&e))?;
         let addrs: Vec<SocketAddr> = endpoints.iter().map(|(a, _)| *a).collect();
+        // Routing needs one server; the others get a short grace to connect (so the
+        // nearest can be measured) but a dead one never holds the call for the whole
+        // connect timeout.
+        const GRACE_AFTER_FIRST: Duration = Duration::from_millis(250);
         let end = tokio::time::Instant::now() + self.connect_timeout;
+        let mut first_at = None;
         loop {
+            let now = tokio::time::Instant::now();
             let stats = client.stats();
             let connected = stats.servers.iter().filter(|s| s.connected).count();
             if connected == addrs.len() {
                 break;
             }
-            if tokio::time::Instant::now() >= end {
-                if connected > 0 {
+            if connected > 0 {
+                let first = *first_at.get_or_insert(now);
+                if now >= first + GRACE_AFTER_FIRST || now >= end {
                     break;
                 }
+            }
+            if now >= end {
                 // Nobody answered: dial the servers directly to say why.
                 return Err(diagnose(&endpoints, &tls, self.connect_timeout).await);
             }
