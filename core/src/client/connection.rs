@@ -95,6 +95,20 @@ impl Backoff {
     }
 }
 
+/// The last handle is gone: close the connection now rather than leaving it to the idle
+/// timeout (keep-alives would keep it, and the server's state for it, alive for good).
+impl Drop for ChannelInner {
+    fn drop(&mut self) {
+        let conn = match self.conn.get_mut() {
+            Ok(c) => c.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(c) = conn {
+            c.quic.close(reset::NO_ERROR.into(), b"channel dropped");
+        }
+    }
+}
+
 impl ChannelInner {
     pub(super) fn current(&self) -> Option<Conn> {
         let guard = self.conn.read().ok()?;

@@ -134,3 +134,29 @@ async fn methods_added_and_removed_while_running_reach_connected_clients() {
     let err = ch.unary::<_, i64>("triple", &2i64).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 }
+
+/// Dropping the last handle of a channel closes its connection at once; before, keep-alives
+/// held it (and the server's state for it) open long after the idle timeout.
+#[tokio::test]
+async fn dropping_the_last_channel_handle_closes_its_connection() {
+    let fx = Fixture::start().await;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let channel = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
+        .endpoint(endpoint.clone())
+        .connect()
+        .await
+        .unwrap();
+    let clone = channel.clone();
+    let sum: i64 = channel.unary("add", &(1i64, 2i64)).await.unwrap();
+    assert_eq!(sum, 3);
+    drop(channel);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(endpoint.open_connections(), 1, "a clone still uses it");
+    drop(clone);
+    assert!(
+        crate::common::eventually(Duration::from_secs(1), || endpoint.open_connections() == 0)
+            .await,
+        "still {} connection(s) open after the last handle was dropped",
+        endpoint.open_connections()
+    );
+}
