@@ -888,3 +888,58 @@ async fn in_flight_returns_to_zero_and_a_huge_timeout_costs_little() {
         .collect();
     assert!(leaked.is_empty(), "claims never given back: {leaked:?}");
 }
+
+/// A server that leaves the map (deregistered, as a graceful shutdown does first) drains:
+/// it gets no new calls, but a call already running on it finishes and its answer arrives
+/// (it used to fail at once with "may or may not have run"); then the client lets it go.
+#[tokio::test]
+async fn a_deregistered_server_finishes_the_calls_it_is_running() {
+    use meridian::region::Discovery;
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let world = World::start(&[("near", "n1", 2), ("near", "n2", 2)], move |_, id, b| {
+        let r = r.clone();
+        if id == "n1" {
+            b.unary("write", move |x: u64, _| {
+                let r = r.clone();
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    Ok(x)
+                }
+            })
+        } else {
+            b
+        }
+    })
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("write", Duration::from_secs(5)).await);
+    let c = client.clone();
+    let call = tokio::spawn(async move { c.call("write").unary::<_, u64>(&7u64).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n1 = world.link("n1").addr();
+    let mut map = world.discovery.watch().borrow().clone();
+    map.remove_server(n1);
+    world.discovery.update(map);
+    let reply = call
+        .await
+        .unwrap()
+        .expect("the running call finishes on the draining server");
+    assert_eq!(*reply.get_ref(), 7);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Drained: the client forgets the server, and new calls find no server for `write`.
+    let start = Instant::now();
+    while client.stats().servers.iter().any(|s| s.addr == n1) {
+        assert!(start.elapsed() < Duration::from_secs(5), "n1 never let go");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = client
+        .call("write")
+        .timeout(Duration::from_secs(2))
+        .unary::<_, u64>(&8u64)
+        .await
+        .unwrap_err();
+    assert!(err.is_known_not_run(), "{err}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

@@ -133,7 +133,7 @@ impl RegionClient {
         let mut regions: HashMap<String, RegionStat> = HashMap::new();
         let mut servers = Vec::new();
         for (addr, s) in &st.servers {
-            let usable = s.channel.is_some() && !s.silent && s.load.health.is_available(now);
+            let usable = s.usable(now);
             let r = regions
                 .entry(s.region.clone())
                 .or_insert_with(|| RegionStat {

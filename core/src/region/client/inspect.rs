@@ -30,7 +30,7 @@ impl RegionClient {
         let mut regions: Vec<&str> = st
             .servers
             .values()
-            .filter(|s| s.channel.is_some() && !s.silent && s.load.health.is_available(now))
+            .filter(|s| s.usable(now))
             .filter(|s| method.is_none_or(|m| s.serves(m) != Some(false)))
             .map(|s| s.region.as_str())
             .collect();

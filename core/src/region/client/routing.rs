@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::prober::connect_server;
-use super::table::{ServerState, State};
+use super::table::{ServerState, State, DRAIN_LIMIT};
 use crate::client::Channel;
 use crate::discovery::{Discovery, RegionMap};
 use crate::region::balance::{self, ServerLoad};
@@ -125,11 +125,20 @@ impl Router {
                     silent: false,
                     ever_connected: false,
                     ejected: watch::channel(0).0,
+                    draining_since: None,
                 });
             }
         }
+        // A server that left the map drains: no new calls, and its connection stays until
+        // the calls in flight to it are done (a graceful shutdown deregisters first and then
+        // lets them finish), or DRAIN_LIMIT passed.
         st.servers.retain(|addr, s| {
-            let keep = present.contains(addr);
+            if present.contains(addr) {
+                s.draining_since = None;
+                return true;
+            }
+            let since = *s.draining_since.get_or_insert(now);
+            let keep = s.load.in_flight > 0 && now.duration_since(since) < DRAIN_LIMIT;
             if !keep {
                 if let Some(ch) = &s.channel {
                     ch.disconnect();
@@ -188,7 +197,7 @@ impl Router {
         // start-up is no failure, and must not start the selector's hold-down.
         let mut regions: HashMap<&str, bool> = HashMap::new();
         for s in st.servers.values().filter(|s| s.ever_connected) {
-            let usable = s.channel.is_some() && !s.silent && s.load.health.is_available(now);
+            let usable = s.usable(now);
             *regions.entry(s.region.as_str()).or_default() |= usable;
         }
         for (region, healthy) in regions {
@@ -211,8 +220,7 @@ impl Router {
         let now = Instant::now();
         let mut st = self.lock();
         let rand = st.next_rand();
-        let usable =
-            |s: &ServerState| s.channel.is_some() && !s.silent && s.load.health.is_available(now);
+        let usable = |s: &ServerState| s.usable(now);
         // Servers that are known to serve the method; if no catalog has arrived yet from
         // any usable server, every usable server is a candidate.
         let known_serving: Vec<SocketAddr> = st

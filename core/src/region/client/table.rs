@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -29,9 +29,23 @@ pub(super) struct ServerState {
     pub(super) ever_connected: bool,
     /// Bumped when the server is ejected, so attempts in flight to it give up at once.
     pub(super) ejected: watch::Sender<u64>,
+    /// Since when the server has been out of the map: it gets no new calls, and its
+    /// connection stays until the calls in flight to it are done (or [`DRAIN_LIMIT`]).
+    pub(super) draining_since: Option<Instant>,
 }
 
+/// Longest a server that left the map keeps its connection for calls still in flight.
+pub(super) const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
 impl ServerState {
+    /// Whether new attempts may go to the server now.
+    pub(super) fn usable(&self, now: Instant) -> bool {
+        self.channel.is_some()
+            && !self.silent
+            && self.draining_since.is_none()
+            && self.load.health.is_available(now)
+    }
+
     pub(super) fn serves(&self, method: &str) -> Option<bool> {
         let channel = self.channel.as_ref()?;
         channel.server_info()?;
