@@ -182,8 +182,14 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                 inner,
                 mut headers,
                 deadline,
-                idempotent,
+                explicit_idempotent,
             } = call;
+            // The caller's flag, else the server's catalog as of now: a HELLO that arrives
+            // while the call runs still counts for the decision to send it again.
+            let idempotent = |headers: &RequestHeaders| {
+                explicit_idempotent
+                    .unwrap_or_else(|| inner.catalog().is_idempotent(&headers.method))
+            };
             let mut attempts = 0u32;
             let mut lost_once = false;
             loop {
@@ -191,7 +197,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                 let attempt = async {
                     // Only a first attempt may go early: if 0-RTT was rejected, the
                     // handshake must be complete before the call is sent again.
-                    let early = if attempts == 1 && idempotent {
+                    let early = if attempts == 1 && idempotent(&headers) {
                         Early::Allowed
                     } else {
                         Early::Never
@@ -225,7 +231,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                     && match failure.retry {
                         Retry::NotStarted => true,
                         Retry::MaybeStarted => {
-                            !lost_once && may_send_again(&failure.status, idempotent)
+                            !lost_once && may_send_again(&failure.status, idempotent(&headers))
                         }
                         Retry::No => false,
                     };
@@ -236,7 +242,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                     continue;
                 }
                 tracing::Span::current().record("attempts", attempts);
-                return Err(failure.into_status(idempotent));
+                return Err(failure.into_status(idempotent(&headers)));
             }
         };
         let result = with_deadline(deadline, fut).instrument(span.clone()).await;
@@ -333,19 +339,16 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             codec: call.codec,
             max,
             encode: P::encode,
+            _channel: inner.clone(),
         };
         Ok((sink, call.take_recv(), deadline))
     }
 
-    /// The call's HEADERS, deadline and idempotency (the caller's flag, else the server's
-    /// catalog).
+    /// The call's HEADERS, deadline and the caller's idempotency flag.
     fn into_call(self, started: Instant) -> Call {
         let codec = self.codec_or_default();
         let inner = self.target.inner;
         let o = self.options;
-        let idempotent = o
-            .idempotent
-            .unwrap_or_else(|| inner.catalog().is_idempotent(&self.method));
         let deadline = o.deadline(started);
         let headers = RequestHeaders {
             method: self.method,
@@ -359,7 +362,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             inner,
             headers,
             deadline,
-            idempotent,
+            explicit_idempotent: o.idempotent,
         }
     }
 }
@@ -369,6 +372,6 @@ struct Call {
     inner: Arc<ChannelInner>,
     headers: RequestHeaders,
     deadline: Option<Instant>,
-    /// Resolved: the caller's flag, else the server's catalog.
-    idempotent: bool,
+    /// The caller's flag; `None`: the server's catalog decides, when asked.
+    explicit_idempotent: Option<bool>,
 }

@@ -95,16 +95,32 @@ impl Backoff {
     }
 }
 
-/// The last handle is gone: close the connection now rather than leaving it to the idle
-/// timeout (keep-alives would keep it, and the server's state for it, alive for good).
+/// The last handle (and the last open stream) is gone: close the connection rather than
+/// leave it to the idle timeout (keep-alives would keep it, and the server's state for it,
+/// alive for good). As in [`Channel::close`](super::Channel::close), a handshake that just
+/// completed gets the short settle time its session tickets need, so the next connection
+/// can still resume with 0-RTT.
 impl Drop for ChannelInner {
     fn drop(&mut self) {
         let conn = match self.conn.get_mut() {
             Ok(c) => c.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
-        if let Some(c) = conn {
-            c.quic.close(reset::NO_ERROR.into(), b"channel dropped");
+        let Some(c) = conn else {
+            return;
+        };
+        let settle_until = c.done_at.get().map(|done| {
+            *done + (c.quic.rtt() * 3 / 2 + Duration::from_millis(2)).min(Duration::from_secs(1))
+        });
+        let quic = c.quic;
+        match (settle_until, tokio::runtime::Handle::try_current()) {
+            (Some(until), Ok(runtime)) if until > Instant::now() => {
+                runtime.spawn(async move {
+                    tokio::time::sleep_until(until.into()).await;
+                    quic.close(reset::NO_ERROR.into(), b"channel dropped");
+                });
+            }
+            _ => quic.close(reset::NO_ERROR.into(), b"channel dropped"),
         }
     }
 }

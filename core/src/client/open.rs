@@ -96,6 +96,7 @@ pub(super) async fn open_call(
         retry: Retry::No,
         started,
         ended: None,
+        _channel: inner.clone(),
     };
     if let Err(e) = written {
         let retry = match &e {
@@ -243,6 +244,9 @@ pub(super) struct CallRecv {
     /// When the HEADERS were written, and when the TRAILERS arrived.
     pub(super) started: Instant,
     pub(super) ended: Option<Instant>,
+    /// Keeps the channel, and so its connection, alive while the response is read: a
+    /// stream outlives the handle that opened it.
+    _channel: Arc<ChannelInner>,
 }
 
 impl CallRecv {

@@ -65,6 +65,8 @@ pub struct RequestSink<T> {
     pub(super) codec: Codec,
     pub(super) max: usize,
     pub(super) encode: EncodeFn<T>,
+    /// Keeps the channel, and so its connection, alive while requests are sent.
+    pub(super) _channel: std::sync::Arc<super::connection::ChannelInner>,
 }
 
 impl<T> std::fmt::Debug for RequestSink<T> {

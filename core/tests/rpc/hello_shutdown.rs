@@ -160,3 +160,35 @@ async fn dropping_the_last_channel_handle_closes_its_connection() {
         endpoint.open_connections()
     );
 }
+
+/// A stream outlives the handle that opened it: dropping the last `Channel` while a
+/// server-streaming response is being read does not cut the stream (the connection closes
+/// when the stream is done).
+#[tokio::test]
+async fn an_open_stream_outlives_the_dropped_channel() {
+    let fx = Fixture::start().await;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let channel = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
+        .endpoint(endpoint.clone())
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = channel
+        .call("count")
+        .server_streaming::<_, u32>(&2000u32)
+        .await
+        .unwrap();
+    drop(channel);
+    let mut got = 0u32;
+    while let Some(v) = stream.message().await.expect("the stream goes on") {
+        assert_eq!(v, got);
+        got += 1;
+    }
+    assert_eq!(got, 2000);
+    drop(stream);
+    assert!(
+        crate::common::eventually(Duration::from_secs(2), || endpoint.open_connections() == 0)
+            .await,
+        "the connection outlived its last stream"
+    );
+}

@@ -94,11 +94,15 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             let failed = result.as_ref().is_err_and(|s| is_server_failure(s.code()));
             // A stream's claim ends once it is open (its messages are not attempts).
             target.guard.settle(started.elapsed(), None, failed);
+            let result = result.map_err(|s| unknown_here(s, &target, &self.method));
             match result {
                 Ok(stream) => return Ok(stream),
                 // The one rule (crate::call::may_send_again): provably not run, or
-                // idempotent after a server failure.
-                Err(s) if may_send_again(&s, idempotent) => {
+                // idempotent after a server failure; and never past the deadline.
+                Err(s)
+                    if may_send_again(&s, idempotent)
+                        && deadline.is_none_or(|d| Instant::now() < d) =>
+                {
                     tried.push(target.addr);
                     last = Some(s);
                 }
@@ -165,7 +169,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             Some(r) => {
                 let failed = r.as_ref().is_err_and(|s| is_server_failure(s.code()));
                 target.guard.settle(latency, timeout, failed);
-                Attempt::Done(r)
+                Attempt::Done(r.map_err(|s| unknown_here(s, target, &self.method)))
             }
             None => {
                 target.guard.settle(latency, timeout, true);
@@ -284,9 +288,14 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         return Ok(r);
                     }
                     Attempt::Done(Err(status)) => {
-                        // The one rule, and never past the caller's deadline.
+                        // The one rule, and never past the caller's deadline. Without a
+                        // deadline of the caller's, DEADLINE_EXCEEDED is the server's (or an
+                        // upstream's) own answer, not a slow attempt: final.
                         let retryable = may_send_again(&status, idempotent)
-                            && deadline.is_none_or(|d| Instant::now() < d);
+                            && match deadline {
+                                Some(d) => Instant::now() < d,
+                                None => status.code() != Code::DeadlineExceeded,
+                            };
                         if !retryable || attempts >= MAX_ATTEMPTS {
                             return Err(status);
                         }
@@ -378,3 +387,18 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
 
 /// Most attempts of one routed call (first try included).
 pub(super) const MAX_ATTEMPTS: u32 = 4;
+
+/// A server whose catalog does not list the method answered UNIMPLEMENTED: nothing ran
+/// there, even if the server predates marking its unknown-method answers NOT_RUN (a
+/// rolling upgrade), so the call may go to a server that does serve it.
+fn unknown_here(status: Status, target: &Target, method: &str) -> Status {
+    if status.code() == Code::Unimplemented
+        && !status.is_known_not_run()
+        && target.channel.server_info().is_some()
+        && !target.channel.catalog().serves(method)
+    {
+        status.mark_not_run()
+    } else {
+        status
+    }
+}

@@ -83,9 +83,12 @@ impl RegionClient {
         loop {
             let ok = {
                 let st = self.inner.lock();
-                st.servers
-                    .values()
-                    .any(|s| s.channel.is_some() && !s.silent && s.serves(method) == Some(true))
+                st.servers.values().any(|s| {
+                    s.channel.is_some()
+                        && !s.silent
+                        && s.draining_since.is_none()
+                        && s.serves(method) == Some(true)
+                })
             };
             if ok {
                 return true;
@@ -115,6 +118,7 @@ impl RegionClient {
             let st = self.inner.lock();
             st.servers
                 .values()
+                .filter(|s| s.draining_since.is_none())
                 .filter_map(|s| {
                     let channel = s.channel.as_ref()?;
                     channel.server_info()?;

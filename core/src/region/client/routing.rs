@@ -138,13 +138,10 @@ impl Router {
                 return true;
             }
             let since = *s.draining_since.get_or_insert(now);
-            let keep = s.load.in_flight > 0 && now.duration_since(since) < DRAIN_LIMIT;
-            if !keep {
-                if let Some(ch) = &s.channel {
-                    ch.disconnect();
-                }
-            }
-            keep
+            // Forgetting the server drops the client's handle on its channel; the
+            // connection then closes once no open stream uses it any more (streams hold
+            // the channel), and at once if none does.
+            s.load.in_flight > 0 && now.duration_since(since) < DRAIN_LIMIT
         });
     }
 
@@ -165,7 +162,7 @@ impl Router {
                 s.channel = None;
             }
             let Some(ch) = &s.channel else {
-                if !s.connecting && s.load.health.is_available(now) {
+                if !s.connecting && s.draining_since.is_none() && s.load.health.is_available(now) {
                     s.connecting = true;
                     to_connect.push((*addr, s.endpoint.clone()));
                 }
@@ -196,7 +193,12 @@ impl Router {
         // A region whose servers never connected is not reported: "not yet connected" at
         // start-up is no failure, and must not start the selector's hold-down.
         let mut regions: HashMap<&str, bool> = HashMap::new();
-        for s in st.servers.values().filter(|s| s.ever_connected) {
+        // A draining server left the map: it says nothing about its region's health.
+        for s in st
+            .servers
+            .values()
+            .filter(|s| s.ever_connected && s.draining_since.is_none())
+        {
             let usable = s.usable(now);
             *regions.entry(s.region.as_str()).or_default() |= usable;
         }
@@ -264,7 +266,7 @@ impl Router {
                 .iter()
                 .filter(|(a, s)| {
                     let serves = s.serves(method) != Some(false) || candidates.contains(a);
-                    serves && (!only_usable || candidates.contains(a))
+                    s.draining_since.is_none() && serves && (!only_usable || candidates.contains(a))
                 })
                 .map(|(_, s)| s.region.clone())
                 .collect();
