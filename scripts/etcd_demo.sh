@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/etcd.sh install
-exec cargo run --release --locked -q -p meridian-examples --bin etcd_demo -- "$@"
+exec cargo run --release --locked -q -p meridian-examples --features etcd --bin etcd_demo -- "$@"
