@@ -2,6 +2,8 @@
 //! the region client and the proxy all ask this function, so the promise "a call that is not
 //! idempotent runs again only when it provably did not run" is written once.
 
+use std::time::Instant;
+
 use crate::status::Status;
 use crate::wire::Code;
 
@@ -14,6 +16,21 @@ use crate::wire::Code;
 /// Deadlines and budgets are the caller's to check on top of this.
 pub(crate) fn may_send_again(status: &Status, idempotent: bool) -> bool {
     status.is_known_not_run() || (idempotent && is_server_failure(status.code()))
+}
+
+/// [`may_send_again`], for a caller whose call ends at `deadline`: never past it, and
+/// without one, DEADLINE_EXCEEDED is the server's (or an upstream's) own answer, not an
+/// attempt that ran out of time: final.
+pub(crate) fn may_send_again_before(
+    status: &Status,
+    idempotent: bool,
+    deadline: Option<Instant>,
+) -> bool {
+    may_send_again(status, idempotent)
+        && match deadline {
+            Some(d) => Instant::now() < d,
+            None => status.code() != Code::DeadlineExceeded,
+        }
 }
 
 /// Whether a status says the server or the network failed rather than the request.
@@ -57,5 +74,18 @@ mod tests {
             assert!(may_send_again(&s, false));
             assert!(may_send_again(&s, true));
         }
+    }
+
+    #[test]
+    fn no_resend_past_the_deadline_and_a_server_s_deadline_answer_is_final() {
+        let lost = Status::unavailable("connection lost");
+        let soon = Some(Instant::now() + std::time::Duration::from_secs(60));
+        let past = Some(Instant::now() - std::time::Duration::from_millis(1));
+        assert!(may_send_again_before(&lost, true, soon));
+        assert!(may_send_again_before(&lost, true, None));
+        assert!(!may_send_again_before(&lost, true, past));
+        let slow = Status::deadline_exceeded("deadline exceeded");
+        assert!(may_send_again_before(&slow, true, soon));
+        assert!(!may_send_again_before(&slow, true, None));
     }
 }

@@ -197,8 +197,8 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                 let attempt = async {
                     // Only a first attempt may go early: if 0-RTT was rejected, the
                     // handshake must be complete before the call is sent again.
-                    let early = if attempts == 1 && idempotent(&headers) {
-                        Early::Allowed
+                    let early = if attempts == 1 {
+                        Early::IfIdempotent(explicit_idempotent)
                     } else {
                         Early::Never
                     };

@@ -29,16 +29,18 @@ pub(super) enum Request {
 /// Whether a call may go out in 0-RTT data before the handshake completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Early {
-    /// Yes: a first attempt of an idempotent unary call (safe if replayed).
-    Allowed,
+    /// If it is idempotent (safe if replayed): by the caller's flag, else the server's
+    /// catalog, looked up only when the handshake is in fact still running. For a first
+    /// attempt of a unary call.
+    IfIdempotent(Option<bool>),
     /// No: wait for the handshake.
     Never,
 }
 
 /// Opens a stream and writes HEADERS (plus the request and FIN for single-request calls).
 ///
-/// While a resumed connection's handshake is still running, only a call with
-/// [`Early::Allowed`] goes out in 0-RTT data; any other waits for the handshake.
+/// While a resumed connection's handshake is still running, only an idempotent call with
+/// [`Early::IfIdempotent`] goes out in 0-RTT data; any other waits for the handshake.
 pub(super) async fn open_call(
     inner: &Arc<ChannelInner>,
     headers: &mut RequestHeaders,
@@ -54,9 +56,15 @@ pub(super) async fn open_call(
         status,
         retry: Retry::NotStarted,
     })?;
-    let replayable = early == Early::Allowed;
+    let may_go_early = early;
     let mut early = !conn.handshake_done();
     if early {
+        let replayable = match may_go_early {
+            Early::IfIdempotent(explicit) => {
+                explicit.unwrap_or_else(|| inner.catalog().is_idempotent(&headers.method))
+            }
+            Early::Never => false,
+        };
         if replayable {
             inner.stats.early_calls.fetch_add(1, Ordering::Relaxed);
         } else {

@@ -71,16 +71,36 @@ impl Catalog {
             for m in &catalog.methods {
                 merged
                     .entry(m.name.as_str())
-                    .and_modify(|e| {
-                        e.idempotent &= m.idempotent;
-                        if e.kind != m.kind {
-                            e.kind = MethodKind::Bidi;
-                        }
-                    })
+                    .and_modify(|e| merge_entry(e, m))
                     .or_insert_with(|| m.clone());
             }
         }
         Catalog::new(merged.into_values())
+    }
+
+    /// What [`merge`](Self::merge) would say of `method` alone, without building the
+    /// merged catalog: for lookups on every call.
+    pub fn merge_method<'a>(
+        catalogs: impl IntoIterator<Item = &'a Catalog>,
+        method: &str,
+    ) -> Option<MethodInfo> {
+        let mut merged: Option<MethodInfo> = None;
+        for m in catalogs.into_iter().filter_map(|c| c.get(method)) {
+            match &mut merged {
+                Some(e) => merge_entry(e, m),
+                None => merged = Some(m.clone()),
+            }
+        }
+        merged
+    }
+}
+
+/// The merge policy for one method listed by two servers: idempotent only if both say so;
+/// a kind they disagree on becomes `Bidi`.
+fn merge_entry(into: &mut MethodInfo, other: &MethodInfo) {
+    into.idempotent &= other.idempotent;
+    if into.kind != other.kind {
+        into.kind = MethodKind::Bidi;
     }
 }
 
@@ -139,6 +159,12 @@ mod tests {
             );
             assert_eq!(merged.get("get").map(|e| e.kind), Some(MethodKind::Bidi));
             assert_eq!(merged.get("pay").map(|e| e.kind), Some(MethodKind::Unary));
+            for name in ["pay", "get", "absent"] {
+                assert_eq!(
+                    Catalog::merge_method(order, name).as_ref(),
+                    merged.get(name)
+                );
+            }
         }
         assert!(Catalog::merge([]).is_empty());
     }

@@ -140,12 +140,7 @@ async fn methods_added_and_removed_while_running_reach_connected_clients() {
 #[tokio::test]
 async fn dropping_the_last_channel_handle_closes_its_connection() {
     let fx = Fixture::start().await;
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let channel = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
-        .endpoint(endpoint.clone())
-        .connect()
-        .await
-        .unwrap();
+    let (channel, endpoint) = channel_on_its_own_endpoint(&fx).await;
     let clone = channel.clone();
     let sum: i64 = channel.unary("add", &(1i64, 2i64)).await.unwrap();
     assert_eq!(sum, 3);
@@ -167,12 +162,7 @@ async fn dropping_the_last_channel_handle_closes_its_connection() {
 #[tokio::test]
 async fn an_open_stream_outlives_the_dropped_channel() {
     let fx = Fixture::start().await;
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let channel = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
-        .endpoint(endpoint.clone())
-        .connect()
-        .await
-        .unwrap();
+    let (channel, endpoint) = channel_on_its_own_endpoint(&fx).await;
     let mut stream = channel
         .call("count")
         .server_streaming::<_, u32>(&2000u32)
@@ -191,4 +181,16 @@ async fn an_open_stream_outlives_the_dropped_channel() {
             .await,
         "the connection outlived its last stream"
     );
+}
+
+/// A channel on a client endpoint of its own, so the test can count that endpoint's
+/// connections.
+async fn channel_on_its_own_endpoint(fx: &Fixture) -> (meridian::Channel, quinn::Endpoint) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let channel = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
+        .endpoint(endpoint.clone())
+        .connect()
+        .await
+        .unwrap();
+    (channel, endpoint)
 }

@@ -9,7 +9,7 @@ use tracing::{field, Instrument};
 
 use super::handle::RegionClient;
 use super::routing::Target;
-use crate::call::{is_server_failure, may_send_again};
+use crate::call::{is_server_failure, may_send_again_before};
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Typed};
 use crate::client::{CallBuilder, Channel, RequestSink, Response, ResponseFuture, Streaming};
 use crate::region::hedge::HedgePolicy;
@@ -99,10 +99,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                 Ok(stream) => return Ok(stream),
                 // The one rule (crate::call::may_send_again): provably not run, or
                 // idempotent after a server failure; and never past the deadline.
-                Err(s)
-                    if may_send_again(&s, idempotent)
-                        && deadline.is_none_or(|d| Instant::now() < d) =>
-                {
+                Err(s) if may_send_again_before(&s, idempotent, deadline) => {
                     tried.push(target.addr);
                     last = Some(s);
                 }
@@ -288,14 +285,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         return Ok(r);
                     }
                     Attempt::Done(Err(status)) => {
-                        // The one rule, and never past the caller's deadline. Without a
-                        // deadline of the caller's, DEADLINE_EXCEEDED is the server's (or an
-                        // upstream's) own answer, not a slow attempt: final.
-                        let retryable = may_send_again(&status, idempotent)
-                            && match deadline {
-                                Some(d) => Instant::now() < d,
-                                None => status.code() != Code::DeadlineExceeded,
-                            };
+                        let retryable = may_send_again_before(&status, idempotent, deadline);
                         if !retryable || attempts >= MAX_ATTEMPTS {
                             return Err(status);
                         }

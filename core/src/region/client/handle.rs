@@ -103,7 +103,8 @@ impl RegionClient {
     /// What the connected servers' catalogs, merged, say of `method` (see
     /// [`Catalog::merge`]: idempotent only if every server listing it agrees).
     pub fn method_info(&self, method: &str) -> Option<MethodInfo> {
-        self.merged_catalog().get(method).cloned()
+        let catalogs = self.server_catalogs();
+        Catalog::merge_method(catalogs.iter().map(|c| c.as_ref()), method)
     }
 
     /// Every method some connected server's catalog lists, by name, merged by
@@ -114,19 +115,22 @@ impl RegionClient {
 
     /// The connected servers' catalogs merged by the one policy.
     pub fn merged_catalog(&self) -> Catalog {
-        let catalogs: Vec<std::sync::Arc<Catalog>> = {
-            let st = self.inner.lock();
-            st.servers
-                .values()
-                .filter(|s| s.draining_since.is_none())
-                .filter_map(|s| {
-                    let channel = s.channel.as_ref()?;
-                    channel.server_info()?;
-                    Some(channel.catalog())
-                })
-                .collect()
-        };
+        let catalogs = self.server_catalogs();
         Catalog::merge(catalogs.iter().map(|c| c.as_ref()))
+    }
+
+    /// The catalogs of the servers that have sent a HELLO and are not draining.
+    fn server_catalogs(&self) -> Vec<std::sync::Arc<Catalog>> {
+        let st = self.inner.lock();
+        st.servers
+            .values()
+            .filter(|s| s.draining_since.is_none())
+            .filter_map(|s| {
+                let channel = s.channel.as_ref()?;
+                channel.server_info()?;
+                Some(channel.catalog())
+            })
+            .collect()
     }
 
     /// Per-region and per-server figures.
