@@ -14,8 +14,9 @@
 //!
 //! The decisions themselves live in plain structs fed with samples and instants
 //! ([`estimate`], [`select`], [`balance`], [`health`], [`budget`], [`hedge`],
-//! [`rendezvous`]) and are tested in simulated time; this module's client only moves data
-//! between them and the network.
+//! [`rendezvous`]), and the bookkeeping of every attempt in one routing [`table`]; all are
+//! tested in simulated time. This module's client only moves data between them and the
+//! network.
 
 pub mod balance;
 pub mod budget;
@@ -24,6 +25,7 @@ pub mod health;
 pub mod hedge;
 pub mod rendezvous;
 pub mod select;
+pub mod table;
 
 mod client;
 

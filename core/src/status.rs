@@ -14,6 +14,7 @@ pub struct Status {
     message: String,
     metadata: Metadata,
     not_run: bool,
+    answered: bool,
 }
 
 macro_rules! status_ctor {
@@ -35,6 +36,7 @@ impl Status {
             message: message.into(),
             metadata: Metadata::new(),
             not_run: false,
+            answered: false,
         }
     }
 
@@ -88,6 +90,20 @@ impl Status {
 
     pub(crate) fn mark_not_run(mut self) -> Status {
         self.not_run = true;
+        self
+    }
+
+    /// Whether the status is the server's own answer, received in its TRAILERS (a
+    /// handler's error, or the server refusing the call), rather than one the client made
+    /// itself because no answer came (connection lost, deadline passed, cannot connect).
+    /// Routing counts only the latter against a server's health: a handler's errors say
+    /// nothing about whether the server can serve its other methods.
+    pub fn is_answer(&self) -> bool {
+        self.answered
+    }
+
+    pub(crate) fn mark_answered(mut self) -> Status {
+        self.answered = true;
         self
     }
 

@@ -943,3 +943,139 @@ async fn a_deregistered_server_finishes_the_calls_it_is_running() {
     assert!(err.is_known_not_run(), "{err}");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_errors_never_eject_the_server() {
+    // One server only: a handler that always fails must not take its healthy methods
+    // down with it.
+    let world = World::start(&[("r", "s1", 2)], |_, _, b| {
+        b.unary("broken", |(): (), _| async move {
+            Err::<(), _>(Status::internal("handler bug"))
+        })
+    })
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("broken", Duration::from_secs(5)).await);
+    for _ in 0..10 {
+        let err = client
+            .call("broken")
+            .timeout(Duration::from_secs(2))
+            .unary::<_, ()>(&())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), meridian::Code::Internal, "{err}");
+        assert!(err.is_answer(), "a handler's error is the server's answer");
+    }
+    let stats = client.stats();
+    assert!(stats.servers.iter().all(|s| !s.ejected), "{stats:?}");
+    assert_eq!(whoami(&client).await.unwrap(), "s1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_counts_as_load_until_it_ends() {
+    let world = World::start(&[("r", "s1", 2)], |_, _, b| {
+        b.server_streaming("ticks", |n: u64, _, sink| async move {
+            for i in 0..n {
+                sink.send(&i).await?;
+            }
+            Ok(())
+        })
+    })
+    .await;
+    let client = world.client().build().unwrap();
+    assert!(client.ready("ticks", Duration::from_secs(5)).await);
+    let in_flight = |c: &RegionClient| c.stats().servers[0].in_flight;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let s = client
+            .call("ticks")
+            .server_streaming::<_, u64>(&3u64)
+            .await
+            .unwrap();
+        streams.push(s);
+    }
+    assert_eq!(in_flight(&client), 5, "open streams are load");
+    // Read one to its end: its claim is given back at the TRAILERS.
+    let mut first = streams.remove(0);
+    while first.message().await.unwrap().is_some() {}
+    assert_eq!(in_flight(&client), 4);
+    // Dropping the others (cancelling them) gives theirs back.
+    drop(streams);
+    assert_eq!(in_flight(&client), 0);
+    drop(first);
+    assert_eq!(in_flight(&client), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_attempt_is_not_sent_again_by_its_channel() {
+    // Server a is shutting down (a slow call keeps it in its grace period) and refuses
+    // new calls; the map still lists it. A routed call refused there moves to b: one
+    // attempt on a, one on b, no hidden re-sends inside a's channel.
+    let ca = DevCa::new().unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut map = RegionMap::new();
+    let mut servers = Vec::new();
+    for id in ["a", "b"] {
+        let tls = meridian::ServerTls::new(ca.issue_server(&["localhost"]).unwrap());
+        let gate = release.clone();
+        let server = base(id, "r")
+            .unary("hold", move |(): (), _| {
+                let gate = gate.clone();
+                async move {
+                    gate.notified().await;
+                    Ok(())
+                }
+            })
+            .bind("127.0.0.1:0".parse().unwrap(), tls)
+            .await
+            .unwrap();
+        map.add_server("r", ServerEndpoint::new(server.local_addr(), "localhost"));
+        servers.push(server);
+    }
+    let discovery = StaticDiscovery::new(map);
+    let client = RegionClient::builder(
+        discovery.clone(),
+        ClientTls::with_roots([ca.certificate().clone()]).unwrap(),
+    )
+    .build()
+    .unwrap();
+    assert!(client.ready("whoami", Duration::from_secs(5)).await);
+    let a = servers.remove(0);
+    let a_addr = a.local_addr();
+    let a_channel = client.server_channel(a_addr).unwrap();
+    // A call held on a keeps it in its grace period.
+    let held = {
+        let ch = a_channel.clone();
+        tokio::spawn(async move { ch.call("hold").unary::<_, ()>(&()).await })
+    };
+    while a.stats().in_flight == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = tokio::spawn(a.shutdown(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut refused_on_a = 0;
+    for _ in 0..20 {
+        let before = a_channel.stats().calls_started;
+        let id = client
+            .call("whoami")
+            .idempotent(false)
+            .timeout(Duration::from_secs(3))
+            .unary::<_, String>(&())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(id, "b");
+        let sent_to_a = a_channel.stats().calls_started - before;
+        assert!(
+            sent_to_a <= 1,
+            "{sent_to_a} attempts on a for one routed attempt"
+        );
+        refused_on_a += sent_to_a;
+    }
+    assert!(refused_on_a > 0, "the balancer never tried a");
+    assert_eq!(a_channel.stats().retries, 0);
+    release.notify_waiters();
+    let _ = held.await;
+    let _ = stopping.await;
+    drop(discovery);
+}

@@ -45,6 +45,11 @@ pub struct CallBuilder<T, P = Typed> {
     pub(crate) target: T,
     pub(crate) method: String,
     pub(crate) options: CallOptions,
+    /// One attempt only: the caller (a region client) decides about sending again, and
+    /// pays for it from its budget. The channel still completes an attempt whose 0-RTT
+    /// data was rejected (the server saw nothing; it is the same attempt, after the
+    /// handshake).
+    pub(crate) one_attempt: bool,
     style: PhantomData<P>,
 }
 
@@ -54,6 +59,7 @@ impl<T, P: PayloadStyle> CallBuilder<T, P> {
             target,
             method,
             options: CallOptions::default(),
+            one_attempt: false,
             style: PhantomData,
         }
     }
@@ -127,6 +133,7 @@ impl<T, P: PayloadStyle> CallBuilder<T, P> {
             target: self.target,
             method: self.method,
             options: self.options,
+            one_attempt: self.one_attempt,
             style: PhantomData,
         }
     }
@@ -174,6 +181,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             proxy_us = field::Empty,
             upstream_us = field::Empty
         );
+        let one_attempt = self.one_attempt;
         let call = self.into_call(started);
         let inner = call.inner.clone();
         let deadline = call.deadline;
@@ -229,6 +237,8 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                 // lost connection follows the one rule, once.
                 let again = attempts < MAX_ATTEMPTS
                     && match failure.retry {
+                        Retry::EarlyRejected => true,
+                        _ if one_attempt => false,
                         Retry::NotStarted => true,
                         Retry::MaybeStarted => {
                             !lost_once && may_send_again(&failure.status, idempotent(&headers))

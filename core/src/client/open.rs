@@ -104,11 +104,12 @@ pub(super) async fn open_call(
         retry: Retry::No,
         started,
         ended: None,
+        hold: None,
         _channel: inner.clone(),
     };
     if let Err(e) = written {
         let retry = match &e {
-            quinn::WriteError::ZeroRttRejected => Retry::NotStarted,
+            quinn::WriteError::ZeroRttRejected => Retry::EarlyRejected,
             quinn::WriteError::Stopped(code) if code.into_inner() == u64::from(reset::REFUSED) => {
                 Retry::NotStarted
             }
@@ -252,6 +253,10 @@ pub(super) struct CallRecv {
     /// When the HEADERS were written, and when the TRAILERS arrived.
     pub(super) started: Instant,
     pub(super) ended: Option<Instant>,
+    /// Something the caller's layer keeps until the call ends (a region client's claim on
+    /// the server, so an open stream counts as load): dropped when the TRAILERS or a
+    /// failure arrive, or with the call.
+    pub(super) hold: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Keeps the channel, and so its connection, alive while the response is read: a
     /// stream outlives the handle that opened it.
     _channel: Arc<ChannelInner>,
@@ -260,6 +265,14 @@ pub(super) struct CallRecv {
 impl CallRecv {
     /// The next response message; `Ok(None)` after an `OK` TRAILERS.
     pub(super) async fn message<T>(&mut self, decode: DecodeFn<T>) -> Result<Option<T>, Status> {
+        let result = self.next_message(decode).await;
+        if self.finished {
+            self.hold = None;
+        }
+        result
+    }
+
+    async fn next_message<T>(&mut self, decode: DecodeFn<T>) -> Result<Option<T>, Status> {
         if self.finished {
             return Ok(None);
         }
@@ -272,7 +285,7 @@ impl CallRecv {
             Err(e) => {
                 self.finished = true;
                 self.retry = match &e {
-                    RecvError::ZeroRttRejected => Retry::NotStarted,
+                    RecvError::ZeroRttRejected => Retry::EarlyRejected,
                     RecvError::Reset(code) if *code == u64::from(reset::REFUSED) => {
                         Retry::NotStarted
                     }
@@ -293,7 +306,9 @@ impl CallRecv {
                 self.ended = Some(Instant::now());
                 self.consume_fin();
                 if t.code != Code::Ok {
-                    let status = Status::new(t.code, t.message).with_metadata(t.metadata);
+                    let status = Status::new(t.code, t.message)
+                        .with_metadata(t.metadata)
+                        .mark_answered();
                     return Err(if t.not_run {
                         status.mark_not_run()
                     } else {

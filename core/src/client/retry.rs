@@ -13,8 +13,11 @@ pub(super) const MAX_ATTEMPTS: u32 = 8;
 pub(super) enum Retry {
     /// The server answered, or the failure says nothing about where the call got.
     No,
-    /// Provably not run: refused by the server, or lost with rejected 0-RTT data.
+    /// Provably not run: refused by the server, or the connection could not be made.
     NotStarted,
+    /// Sent in 0-RTT data the server rejected: it saw nothing; the same attempt goes again
+    /// once the handshake is done.
+    EarlyRejected,
     /// The connection died with the call in flight: it may or may not have run.
     MaybeStarted,
 }
@@ -29,7 +32,7 @@ impl Failure {
     /// when it may have run.
     pub(super) fn into_status(self, idempotent: bool) -> Status {
         match self.retry {
-            Retry::NotStarted => self.status.mark_not_run(),
+            Retry::NotStarted | Retry::EarlyRejected => self.status.mark_not_run(),
             Retry::MaybeStarted if !idempotent => Status::unavailable(format!(
                 "the connection was lost with the call in flight; it may or may not have run ({})",
                 self.status.message()

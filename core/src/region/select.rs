@@ -215,6 +215,15 @@ impl RegionSelector {
         }
     }
 
+    /// The nearest of `candidates` (the home region first), healthy or not: where calls go
+    /// when every region that could take them is unhealthy. Moves nothing.
+    pub fn nearest_any(&self, candidates: &[&str], now: Instant) -> Option<String> {
+        let mut all = candidates.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        self.best(&all, now)
+    }
+
     /// Chooses the region for one call among `candidates` (the regions that serve the
     /// method, in any order; duplicates are harmless), at `now`. `rand` is any random
     /// number; it only splits calls during a ramp.

@@ -1,9 +1,11 @@
 //! [`RegionClientBuilder`]: discovery, trust, home region, hedging, probing, retries.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 use super::handle::RegionClient;
 use super::prober::probe_loop;
@@ -102,27 +104,25 @@ impl RegionClientBuilder {
         let mut selector = RegionSelector::new();
         selector.set_home(self.home.clone());
         let map = self.discovery.watch();
+        let (closed, _) = watch::channel(());
         let inner = Arc::new(Router {
             tls,
             transport,
             probe_interval: self.probe_interval,
-            silence_limit: self.silence_limit,
             hedged: self.hedged,
             via_proxies: self.via_proxies,
             map,
             _discovery: self.discovery,
-            state: Mutex::new(State {
-                servers: HashMap::new(),
+            state: Mutex::new(State::new(
                 selector,
-                region_rtt: HashMap::new(),
-                budget: RetryBudget::new(self.retry_ratio),
-                hedges: HashMap::new(),
-                rng: 0x853c_49e6_748f_ea9b,
-            }),
+                RetryBudget::new(self.retry_ratio),
+                self.silence_limit,
+            )),
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             hedges_sent: AtomicU64::new(0),
             hedges_won: AtomicU64::new(0),
+            closed,
         });
         inner.sync_membership(Instant::now());
         tokio::spawn(probe_loop(Arc::downgrade(&inner)));

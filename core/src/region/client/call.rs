@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use tracing::{field, Instrument};
 
 use super::handle::RegionClient;
-use super::routing::Target;
-use crate::call::{is_server_failure, may_send_again_before};
+use super::routing::{outcome_of, Target};
+use crate::call::may_send_again_before;
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Typed};
-use crate::client::{CallBuilder, Channel, RequestSink, Response, ResponseFuture, Streaming};
+use crate::client::{
+    Attach, CallBuilder, Channel, RequestSink, Response, ResponseFuture, Streaming,
+};
 use crate::region::hedge::HedgePolicy;
+use crate::region::table::{NoPick, Outcome};
 use crate::status::Status;
 use crate::wire::Code;
 
@@ -52,11 +55,26 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let mut options = self.options.clone();
         options.idempotent = Some(idempotent);
         options.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        target
+        let mut call = target
             .channel
             .call(self.method.clone())
             .options(options)
-            .with_style()
+            .with_style();
+        // This client decides about sending again (and pays from its budget): the channel
+        // makes one attempt.
+        call.one_attempt = true;
+        call
+    }
+
+    /// The error for a call that found no server: with no attempt made, nothing ran.
+    fn no_server(&self, why: NoPick, last: Option<Status>) -> Status {
+        last.unwrap_or_else(|| {
+            let message = match why {
+                NoPick::NoServer => format!("no healthy region serves {:?}", self.method),
+                NoPick::NoBudget => "retry budget exhausted".to_string(),
+            };
+            Status::unavailable(message).mark_not_run()
+        })
     }
 
     /// Opens a streaming call on the chosen server. If opening fails in a way that proves
@@ -64,6 +82,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
     /// is tried once. Streams are not moved once open.
     async fn open_streaming<T, F, Fut>(self, open: F) -> Result<T, Status>
     where
+        T: Attach,
         F: Fn(CallBuilder<Channel, P>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
@@ -71,46 +90,55 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         inner.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = self.options.deadline(Instant::now());
         let idempotent = self.is_idempotent();
+        inner.lock().record_call(Instant::now());
         let mut tried = Vec::new();
         let mut last = None;
         let started = Instant::now();
         while tried.len() < 2 {
-            let Some(mut target) =
-                inner.pick(&self.method, self.options.routing_key.as_deref(), &tried)
-            else {
-                // Nothing connected yet (startup): wait a little for the prober, as unary
-                // calls do.
-                let waited = started.elapsed() < Duration::from_secs(5)
-                    && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
-                    && inner.may_still_connect();
-                if tried.is_empty() && waited {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+            let resend = !tried.is_empty();
+            let key = self.options.routing_key.as_deref();
+            let mut target = match inner.pick(&self.method, key, &tried, resend) {
+                Ok(t) => t,
+                Err(why) => {
+                    // Nothing connected yet (startup): wait a little for the prober, as
+                    // unary calls do.
+                    let waited = started.elapsed() < Duration::from_secs(5)
+                        && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
+                        && inner.may_still_connect();
+                    if tried.is_empty() && waited {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    return Err(self.no_server(why, last));
                 }
-                break;
             };
-            let started = Instant::now();
+            if resend {
+                inner.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let opened = Instant::now();
             let result = open(self.channel_call(&target, idempotent, deadline)).await;
-            let failed = result.as_ref().is_err_and(|s| is_server_failure(s.code()));
-            // A stream's claim ends once it is open (its messages are not attempts).
-            target.guard.settle(started.elapsed(), None, failed);
             let result = result.map_err(|s| unknown_here(s, &target, &self.method));
             match result {
-                Ok(stream) => return Ok(stream),
-                // The one rule (crate::call::may_send_again): provably not run, or
-                // idempotent after a server failure; and never past the deadline.
-                Err(s) if may_send_again_before(&s, idempotent, deadline) => {
+                Ok(mut stream) => {
+                    // The stream holds the claim: the server counts it as load until the
+                    // call ends.
+                    stream.attach(Box::new(target.guard));
+                    return Ok(stream);
+                }
+                Err(s) => {
+                    let outcome = outcome_of::<()>(&Err(s.clone()));
+                    target.guard.settle(opened.elapsed(), None, outcome);
+                    // The one rule (crate::call::may_send_again): provably not run, or
+                    // idempotent after a server failure; and never past the deadline.
+                    if !may_send_again_before(&s, idempotent, deadline) {
+                        return Err(s);
+                    }
                     tried.push(target.addr);
                     last = Some(s);
                 }
-                Err(s) => return Err(s),
             }
         }
-        // With no attempt made, nothing ran anywhere.
-        Err(last.unwrap_or_else(|| {
-            Status::unavailable(format!("no healthy region serves {:?}", self.method))
-                .mark_not_run()
-        }))
+        Err(self.no_server(NoPick::NoServer, last))
     }
 
     /// A server-streaming call, opened on the chosen server.
@@ -164,12 +192,11 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let timeout = deadline.map(|d| d.saturating_duration_since(started));
         match result {
             Some(r) => {
-                let failed = r.as_ref().is_err_and(|s| is_server_failure(s.code()));
-                target.guard.settle(latency, timeout, failed);
+                target.guard.settle(latency, timeout, outcome_of(&r));
                 Attempt::Done(r.map_err(|s| unknown_here(s, target, &self.method)))
             }
             None => {
-                target.guard.settle(latency, timeout, true);
+                target.guard.settle(latency, timeout, Outcome::NoAnswer);
                 Attempt::Abandoned
             }
         }
@@ -195,10 +222,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let started = Instant::now();
         let deadline = self.options.deadline(started);
         let idempotent = self.is_idempotent();
-        {
-            let mut st = inner.lock();
-            st.budget.record_call(started);
-        }
+        inner.lock().record_call(started);
         let span = tracing::debug_span!(
             "rpc.region",
             method = %self.method,
@@ -217,33 +241,36 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         last.unwrap_or_else(|| Status::deadline_exceeded("deadline exceeded"))
                     );
                 }
-                let Some(mut target) = inner
-                    .pick(&self.method, self.options.routing_key.as_deref(), &tried)
-                    .or_else(|| {
-                        // Every candidate tried: allow the ones tried before.
-                        if tried.is_empty() {
-                            None
-                        } else {
-                            inner.pick(&self.method, self.options.routing_key.as_deref(), &[])
-                        }
-                    })
-                else {
-                    if attempts == 0
-                        && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
-                        && inner.may_still_connect()
-                    {
-                        // Nothing connected yet (startup): wait a little for the prober.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        if started.elapsed() < Duration::from_secs(5) {
-                            continue;
-                        }
+                // A re-send is paid from the budget, once a server for it is found.
+                let resend = attempts > 0;
+                let key = self.options.routing_key.as_deref();
+                let picked = match inner.pick(&self.method, key, &tried, resend) {
+                    // Every candidate tried: the ones tried before may take it again.
+                    Err(NoPick::NoServer) if !tried.is_empty() => {
+                        inner.pick(&self.method, key, &[], resend)
                     }
-                    // With no attempt made, nothing ran anywhere.
-                    return Err(last.unwrap_or_else(|| {
-                        Status::unavailable(format!("no healthy region serves {:?}", self.method))
-                            .mark_not_run()
-                    }));
+                    other => other,
                 };
+                let mut target = match picked {
+                    Ok(t) => t,
+                    Err(why) => {
+                        if attempts == 0
+                            && deadline
+                                .is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
+                            && inner.may_still_connect()
+                        {
+                            // Nothing connected yet (startup): wait a little for the prober.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if started.elapsed() < Duration::from_secs(5) {
+                                continue;
+                            }
+                        }
+                        return Err(self.no_server(why, last));
+                    }
+                };
+                if resend {
+                    inner.retries.fetch_add(1, Ordering::Relaxed);
+                }
                 attempts += 1;
                 tracing::Span::current().record("region", target.region.as_str());
                 tracing::Span::current().record("server", field::display(target.addr));
@@ -300,12 +327,6 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         last = Some(Status::unavailable("the server stopped answering"));
                     }
                 }
-                if !inner.lock().budget.try_spend(Instant::now()) {
-                    return Err(
-                        last.unwrap_or_else(|| Status::unavailable("retry budget exhausted"))
-                    );
-                }
-                inner.retries.fetch_add(1, Ordering::Relaxed);
                 tried.push(target.addr);
             }
         };
@@ -318,8 +339,9 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
     }
 
     /// Sends a first copy; if it has not answered after `delay`, a second copy to the next
-    /// choice (budget permitting). The first answer wins; the other copy is dropped, which
-    /// cancels it on its server.
+    /// choice (paid from the budget). The first useful answer wins: a copy that fails in a
+    /// way another server may fix (a lost connection, a refusal) does not end the race
+    /// while the other copy runs. The loser is dropped, which cancels it on its server.
     async fn hedged<T, F, Fut>(
         &self,
         first: &mut Target,
@@ -339,28 +361,40 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             r = &mut a => return (r, false),
             _ = tokio::time::sleep(delay) => {}
         }
-        let second = {
-            let ok = inner.lock().budget.try_spend(Instant::now());
-            if ok {
-                inner.pick(
-                    &self.method,
-                    self.options.routing_key.as_deref(),
-                    &[first_addr],
-                )
-            } else {
-                None
-            }
-        };
-        let Some(mut second) = second else {
+        let key = self.options.routing_key.as_deref();
+        let Ok(mut second) = inner.pick(&self.method, key, &[first_addr], true) else {
             return (a.await, false);
         };
         inner.hedges_sent.fetch_add(1, Ordering::Relaxed);
         let mut b = Box::pin(self.attempt(&mut second, make, true, deadline));
+        // A copy whose failure another server may not share gives way to the other copy.
+        let settles = |r: &Attempt<T>| match r {
+            Attempt::Done(Err(s)) => !may_send_again_before(s, true, deadline),
+            Attempt::Done(Ok(_)) => true,
+            Attempt::Abandoned => false,
+        };
         let (r, first_won) = tokio::select! {
-            r = &mut a => (r, true),
+            r = &mut a => {
+                if settles(&r) {
+                    (r, true)
+                } else {
+                    let other = b.as_mut().await;
+                    inner.hedges_won.fetch_add(1, Ordering::Relaxed);
+                    drop(a);
+                    drop(b);
+                    return (other, true);
+                }
+            }
             r = &mut b => {
-                inner.hedges_won.fetch_add(1, Ordering::Relaxed);
-                (r, false)
+                if settles(&r) {
+                    inner.hedges_won.fetch_add(1, Ordering::Relaxed);
+                    (r, false)
+                } else {
+                    let other = a.as_mut().await;
+                    drop(a);
+                    drop(b);
+                    return (other, true);
+                }
             }
         };
         // The loser was still running: it is at least this slow, and did not fail.

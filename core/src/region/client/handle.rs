@@ -84,7 +84,7 @@ impl RegionClient {
             let ok = {
                 let st = self.inner.lock();
                 st.servers.values().any(|s| {
-                    s.channel.is_some()
+                    s.link.is_some()
                         && !s.silent
                         && s.draining_since.is_none()
                         && s.serves(method) == Some(true)
@@ -126,7 +126,7 @@ impl RegionClient {
             .values()
             .filter(|s| s.draining_since.is_none())
             .filter_map(|s| {
-                let channel = s.channel.as_ref()?;
+                let channel = s.link.as_ref()?;
                 channel.server_info()?;
                 Some(channel.catalog())
             })
@@ -165,7 +165,7 @@ impl RegionClient {
                 calls: s.calls,
                 errors: s.errors,
                 ejected: !s.load.health.is_available(now) || s.silent,
-                connected: s.channel.is_some(),
+                connected: s.link.is_some(),
             });
         }
         let mut regions: Vec<RegionStat> = regions.into_values().collect();

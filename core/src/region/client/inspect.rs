@@ -15,7 +15,7 @@ impl RegionClient {
     /// Send calls through [`RegionClient::call`], not through this channel, or the
     /// balancer will not see them.
     pub fn server_channel(&self, addr: SocketAddr) -> Option<Channel> {
-        self.inner.lock().servers.get(&addr)?.channel.clone()
+        self.inner.lock().servers.get(&addr)?.link.clone()
     }
 
     /// The region a call to `method` (any method, with `None`) would be sent to now: the
