@@ -93,6 +93,11 @@ impl Status {
         self
     }
 
+    pub(crate) fn clear_not_run(mut self) -> Status {
+        self.not_run = false;
+        self
+    }
+
     /// Whether the status is the server's own answer, received in its TRAILERS (a
     /// handler's error, or the server refusing the call), rather than one the client made
     /// itself because no answer came (connection lost, deadline passed, cannot connect).

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 use super::channel::Channel;
-use super::connection::{Backoff, ChannelInner};
+use super::connection::{ChannelInner, Link};
 use super::stats::Counters;
 use crate::status::Error;
 use crate::transport::{ClientTls, TransportConfig};
@@ -63,7 +63,14 @@ impl ChannelBuilder {
             value: self.transport.value,
             handshake_timeout: self.transport.handshake_timeout,
             conn: RwLock::new(None),
-            reconnect: tokio::sync::Mutex::new(Backoff::default()),
+            reconnect_wait: self.transport.reconnect_wait,
+            link: watch::channel(Link::Connecting {
+                since: std::time::Instant::now(),
+                retrying: false,
+            })
+            .0,
+            wake: Default::default(),
+            closed: watch::channel(()).0,
             hello: watch::channel(None).0,
             catalog: Default::default(),
             stats: Counters::default(),

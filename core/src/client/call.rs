@@ -84,6 +84,13 @@ impl<T, P: PayloadStyle> CallBuilder<T, P> {
         self
     }
 
+    /// Waits for a server to become reachable instead of failing fast (see
+    /// [`CallOptions::wait_for_ready`]).
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.options.wait_for_ready = wait;
+        self
+    }
+
     /// Sets a routing key: a region client sends the call to the key's owner; proxies pass
     /// it on.
     pub fn routing_key(mut self, key: impl Into<Bytes>) -> Self {
@@ -191,6 +198,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                 mut headers,
                 deadline,
                 explicit_idempotent,
+                wait_for_ready,
             } = call;
             // The caller's flag, else the server's catalog as of now: a HELLO that arrives
             // while the call runs still counts for the decision to send it again.
@@ -211,11 +219,30 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         Early::Never
                     };
                     let request = Request::Single(msg.clone());
-                    let mut call =
-                        open_call(&inner, &mut headers, deadline, request, early).await?;
+                    let mut call = open_call(
+                        &inner,
+                        &mut headers,
+                        deadline,
+                        request,
+                        early,
+                        wait_for_ready,
+                    )
+                    .await?;
                     tracing::Span::current().record("early", call.early);
                     let mut recv = call.take_recv();
-                    let result = recv.single_response(P::decode).await;
+                    let result = tokio::select! {
+                        r = recv.single_response(P::decode) => r,
+                        _ = call.handshake_overdue() => {
+                            return Err(Failure {
+                                status: Status::unavailable(format!(
+                                    "no handshake with {} after {:?}",
+                                    inner.addr, inner.reconnect_wait
+                                )),
+                                // Its 0-RTT data may have reached the server.
+                                retry: Retry::MaybeStarted,
+                            });
+                        }
+                    };
                     if recv.finished {
                         call.done();
                     }
@@ -239,7 +266,8 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                     && match failure.retry {
                         Retry::EarlyRejected => true,
                         _ if one_attempt => false,
-                        Retry::NotStarted => true,
+                        // Failing fast: the next attempt would fail the same way at once.
+                        Retry::NotStarted => wait_for_ready || !inner.failing(),
                         Retry::MaybeStarted => {
                             !lost_once && may_send_again(&failure.status, idempotent(&headers))
                         }
@@ -252,6 +280,13 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                     continue;
                 }
                 tracing::Span::current().record("attempts", attempts);
+                // An earlier attempt may have run: the call is not known not to have run,
+                // whatever the last attempt says.
+                let mut failure = failure;
+                if lost_once {
+                    failure.retry = Retry::MaybeStarted;
+                    failure.status = failure.status.clear_not_run();
+                }
                 return Err(failure.into_status(idempotent(&headers)));
             }
         };
@@ -274,6 +309,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             inner,
             mut headers,
             deadline,
+            wait_for_ready,
             ..
         } = self.into_call(Instant::now());
         let open = open_call(
@@ -282,6 +318,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             deadline,
             Request::Single(msg),
             Early::Never,
+            wait_for_ready,
         );
         let mut call = with_deadline(deadline, async {
             open.await.map_err(|f| f.into_status(true))
@@ -330,6 +367,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             inner,
             mut headers,
             deadline,
+            wait_for_ready,
             ..
         } = self.into_call(Instant::now());
         let max = inner.wire.max_message_size;
@@ -339,6 +377,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             deadline,
             Request::Stream,
             Early::Never,
+            wait_for_ready,
         );
         let mut call = with_deadline(deadline, async {
             open.await.map_err(|f| f.into_status(true))
@@ -373,6 +412,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             headers,
             deadline,
             explicit_idempotent: o.idempotent,
+            wait_for_ready: o.wait_for_ready,
         }
     }
 }
@@ -384,4 +424,5 @@ struct Call {
     deadline: Option<Instant>,
     /// The caller's flag; `None`: the server's catalog decides, when asked.
     explicit_idempotent: Option<bool>,
+    wait_for_ready: bool,
 }

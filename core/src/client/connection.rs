@@ -28,7 +28,14 @@ pub(super) struct ChannelInner {
     pub(super) value: crate::codec::DecodeLimits,
     pub(super) handshake_timeout: Duration,
     pub(super) conn: RwLock<Option<Conn>>,
-    pub(super) reconnect: tokio::sync::Mutex<Backoff>,
+    /// How long a call waits for a lost connection to come back before failing fast.
+    pub(super) reconnect_wait: Duration,
+    /// Where the connection stands; the driver task moves it.
+    pub(super) link: watch::Sender<Link>,
+    /// Tells the driver a call wants a connection after this client closed the last one.
+    pub(super) wake: Arc<tokio::sync::Notify>,
+    /// Dropped with the channel: the driver and any handshake under way stop at once.
+    pub(super) closed: watch::Sender<()>,
     pub(super) hello: watch::Sender<Option<Arc<Hello>>>,
     /// The last HELLO's catalog, indexed (empty until the first HELLO).
     pub(super) catalog: std::sync::RwLock<Arc<Catalog>>,
@@ -45,6 +52,10 @@ pub(super) struct Conn {
     pub(super) early: bool,
     /// When the handshake completed, for [`Channel::close`].
     pub(super) done_at: Arc<std::sync::OnceLock<Instant>>,
+    /// When a reconnection attempt began (`None` for the channel's first connection,
+    /// whose handshake its builder awaited): calls that would wait for its handshake wait
+    /// only up to `reconnect_wait` from then.
+    pub(super) reconnected_at: Option<Instant>,
 }
 
 impl Conn {
@@ -65,34 +76,45 @@ impl Conn {
     }
 }
 
-/// Reconnection pacing: capped exponential backoff with jitter after failed attempts.
-#[derive(Debug, Default)]
-pub(super) struct Backoff {
-    failures: u32,
-    not_before: Option<Instant>,
+/// Where the channel's connection stands, as calls see it.
+#[derive(Debug, Clone)]
+pub(super) enum Link {
+    /// Connected (or about to learn it was lost).
+    Ready,
+    /// No connection and none being made: closed by this client. The next call starts one.
+    Idle,
+    /// A connection is being made. `retrying`: an earlier attempt since the loss failed,
+    /// so the server is likely gone and calls fail fast while this one runs.
+    Connecting { since: Instant, retrying: bool },
+    /// The last attempt failed; the next one starts after a backoff.
+    Failing { error: String },
 }
 
-impl Backoff {
+/// Reconnection pacing: capped exponential backoff with jitter.
+fn backoff(failures: u32) -> Duration {
     const FIRST: Duration = Duration::from_millis(100);
     const CAP: Duration = Duration::from_secs(5);
+    let exp = FIRST.saturating_mul(1u32 << failures.min(8).saturating_sub(1));
+    let base = exp.min(CAP);
+    // +-20% jitter, so clients that lost the same server do not return in lockstep.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
+    base.mul_f64(jitter)
+}
 
-    fn failed(&mut self) {
-        self.failures = self.failures.saturating_add(1);
-        let exp = Self::FIRST.saturating_mul(1u32 << self.failures.min(8).saturating_sub(1));
-        let base = exp.min(Self::CAP);
-        // +-20% jitter, so clients that lost the same server do not return in lockstep.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-            ^ std::process::id();
-        let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
-        self.not_before = Some(Instant::now() + base.mul_f64(jitter));
-    }
-
-    fn succeeded(&mut self) {
-        self.failures = 0;
-        self.not_before = None;
-    }
+/// A connection attempt under way, holding nothing of the channel: a channel dropped
+/// meanwhile is not kept alive by it.
+enum Dialing {
+    /// Usable now (0-RTT); the future tells whether the early data was accepted.
+    Early(
+        quinn::Connection,
+        Box<dyn Future<Output = bool> + Send + Unpin>,
+    ),
+    /// A full handshake, and how long it may take.
+    Full(quinn::Connecting, Duration),
 }
 
 /// The last handle (and the last open stream) is gone: close the connection rather than
@@ -142,7 +164,22 @@ impl ChannelInner {
         }
     }
 
+    /// Makes the first connection (the builder's `connect`), then hands the connection
+    /// over to the channel's driver task, which re-establishes it when it is lost.
     pub(super) async fn establish(self: &Arc<Self>) -> Result<Conn, String> {
+        let conn = match self.begin_dial()? {
+            Dialing::Early(quic, accepted) => self.install_early(quic, accepted, None),
+            Dialing::Full(connecting, limit) => {
+                self.install(full_handshake(connecting, limit).await?, None)
+            }
+        };
+        self.link.send_replace(Link::Ready);
+        tokio::spawn(drive(Arc::downgrade(self), self.closed.subscribe()));
+        Ok(conn)
+    }
+
+    /// Starts a connection attempt (0-RTT when a session ticket is held).
+    fn begin_dial(&self) -> Result<Dialing, String> {
         let endpoint = self.endpoint.read().map_err(|e| e.to_string())?.clone();
         let connecting =
             match endpoint.connect_with(self.config.clone(), self.addr, &self.server_name) {
@@ -163,79 +200,80 @@ impl ChannelInner {
                 other => other,
             }
             .map_err(|e| e.to_string())?;
+        Ok(match zero_rtt::dial(connecting) {
+            Dial::Early(quic, accepted) => Dialing::Early(quic, accepted),
+            Dial::Full(connecting) => Dialing::Full(connecting, self.handshake_timeout),
+        })
+    }
+
+    /// A resumed connection, usable now: idempotent calls may travel in the first flight.
+    /// A task follows its handshake to the end.
+    fn install_early(
+        self: &Arc<Self>,
+        quic: quinn::Connection,
+        accepted: Box<dyn Future<Output = bool> + Send + Unpin>,
+        reconnected_at: Option<Instant>,
+    ) -> Conn {
+        self.stats
+            .zero_rtt_attempted
+            .fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(None);
+        let weak = Arc::downgrade(self);
+        let limit = self.handshake_timeout;
         let done_at = Arc::new(std::sync::OnceLock::new());
-        let conn = match zero_rtt::dial(connecting) {
-            Dial::Early(quic, accepted) => {
-                // We hold a session ticket: the connection is usable now, and idempotent
-                // calls may travel in the first flight.
-                self.stats
-                    .zero_rtt_attempted
-                    .fetch_add(1, Ordering::Relaxed);
-                let (tx, rx) = watch::channel(None);
-                let weak = Arc::downgrade(self);
-                let limit = self.handshake_timeout;
-                let (watched, stamp) = (quic.clone(), done_at.clone());
-                let addr = self.addr;
-                tokio::spawn(async move {
-                    let accepted = match tokio::time::timeout(limit, accepted).await {
-                        Ok(a) => a,
-                        Err(_) => {
-                            watched.close(reset::NO_ERROR.into(), b"handshake timed out");
-                            false
-                        }
-                    };
-                    let _ = stamp.set(Instant::now());
-                    let failed = watched.close_reason().is_some();
-                    if let Some(inner) = weak.upgrade() {
-                        if accepted {
-                            inner
-                                .stats
-                                .zero_rtt_accepted
-                                .fetch_add(1, Ordering::Relaxed);
-                        } else if !failed {
-                            inner
-                                .stats
-                                .zero_rtt_rejected
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    debug!(%addr, accepted, failed, "0-RTT handshake ended");
-                    let _ = tx.send(Some(accepted));
-                    if failed {
-                        // The handshake itself failed (refused, unreachable): pace the
-                        // next attempts as for any failed connection.
-                        if let Some(inner) = weak.upgrade() {
-                            inner.reconnect.lock().await.failed();
-                        }
-                    }
-                });
-                Conn {
-                    quic,
-                    handshake: rx,
-                    early: true,
-                    done_at,
+        let (watched, stamp) = (quic.clone(), done_at.clone());
+        let addr = self.addr;
+        tokio::spawn(async move {
+            let accepted = match tokio::time::timeout(limit, accepted).await {
+                Ok(a) => a,
+                Err(_) => {
+                    watched.close(reset::NO_ERROR.into(), b"handshake timed out");
+                    false
+                }
+            };
+            let failed = watched.close_reason().is_some();
+            if !failed {
+                let _ = stamp.set(Instant::now());
+            }
+            if let Some(inner) = weak.upgrade() {
+                if accepted {
+                    inner
+                        .stats
+                        .zero_rtt_accepted
+                        .fetch_add(1, Ordering::Relaxed);
+                } else if !failed {
+                    inner
+                        .stats
+                        .zero_rtt_rejected
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Dial::Full(connecting) => {
-                let quic = match tokio::time::timeout(self.handshake_timeout, connecting).await {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => return Err(describe_connection_error(&e)),
-                    Err(_) => {
-                        return Err(format!(
-                            "handshake timed out after {:?}",
-                            self.handshake_timeout
-                        ))
-                    }
-                };
-                let _ = done_at.set(Instant::now());
-                Conn {
-                    quic,
-                    handshake: watch::channel(Some(false)).1,
-                    early: false,
-                    done_at,
-                }
-            }
-        };
+            debug!(%addr, accepted, failed, "0-RTT handshake ended");
+            let _ = tx.send(Some(accepted));
+        });
+        self.put(Conn {
+            quic,
+            handshake: rx,
+            early: true,
+            done_at,
+            reconnected_at,
+        })
+    }
+
+    /// A connection whose full handshake completed.
+    fn install(self: &Arc<Self>, quic: quinn::Connection, reconnected_at: Option<Instant>) -> Conn {
+        let done_at = Arc::new(std::sync::OnceLock::new());
+        let _ = done_at.set(Instant::now());
+        self.put(Conn {
+            quic,
+            handshake: watch::channel(Some(false)).1,
+            early: false,
+            done_at,
+            reconnected_at,
+        })
+    }
+
+    fn put(self: &Arc<Self>, conn: Conn) -> Conn {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut slot) = self.conn.write() {
             *slot = Some(conn.clone());
@@ -245,61 +283,182 @@ impl ChannelInner {
             conn.quic.clone(),
             self.wire,
         ));
-        tokio::spawn(reconnect_when_lost(Arc::downgrade(self), conn.quic.clone()));
-        Ok(conn)
+        conn
     }
 
-    /// The open connection, re-established if it was lost (after a backoff if the last
-    /// attempts failed).
-    pub(super) async fn connection(self: &Arc<Self>) -> Result<Conn, Status> {
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        let mut backoff = self.reconnect.lock().await;
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        if let Some(t) = backoff.not_before {
-            tokio::time::sleep_until(t.into()).await;
-        }
-        debug!(addr = %self.addr, "reconnecting");
-        match self.establish().await {
-            Ok(c) => {
-                backoff.succeeded();
-                Ok(c)
+    /// The open connection, for a call. While the connection is being re-established a
+    /// call waits up to `reconnect_wait` from the loss; once an attempt has failed (the
+    /// server is likely gone) calls fail at once with `UNAVAILABLE`, marked not run, as
+    /// gRPC's calls do in transient failure. With `wait_for_ready` a call waits for the
+    /// connection instead (its deadline bounds the wait).
+    pub(super) async fn connection(&self, wait_for_ready: bool) -> Result<Conn, Status> {
+        let mut link = self.link.subscribe();
+        loop {
+            if let Some(c) = self.current() {
+                return Ok(c);
             }
-            Err(why) => {
-                backoff.failed();
-                Err(Status::unavailable(format!(
-                    "cannot connect to {}: {why}",
-                    self.addr
-                )))
+            let state = link.borrow_and_update().clone();
+            let wait_until = match state {
+                Link::Idle => {
+                    self.wake.notify_one();
+                    None
+                }
+                // The connection just died and the driver has not said so yet.
+                Link::Ready => Some(Instant::now() + Duration::from_millis(50)),
+                _ if wait_for_ready => None,
+                Link::Connecting {
+                    since,
+                    retrying: false,
+                } => {
+                    let until = since + self.reconnect_wait;
+                    if Instant::now() >= until {
+                        return Err(self.unreachable(format!(
+                            "still connecting after {:?}",
+                            self.reconnect_wait
+                        )));
+                    }
+                    Some(until)
+                }
+                Link::Connecting { .. } => {
+                    return Err(self.unreachable("reconnecting after a failed attempt".into()))
+                }
+                Link::Failing { error } => return Err(self.unreachable(error)),
+            };
+            let changed = link.changed();
+            match wait_until {
+                Some(t) => {
+                    let _ = tokio::time::timeout_at(t.into(), changed).await;
+                }
+                None => {
+                    let _ = changed.await;
+                }
             }
         }
+    }
+
+    fn unreachable(&self, why: String) -> Status {
+        Status::unavailable(format!("cannot connect to {}: {why}", self.addr))
+    }
+
+    /// Whether calls fail fast now (an attempt to reconnect has failed).
+    pub(super) fn failing(&self) -> bool {
+        matches!(
+            *self.link.borrow(),
+            Link::Failing { .. } | Link::Connecting { retrying: true, .. }
+        )
     }
 }
 
-/// Re-establishes a connection the server closed or the network lost, so the next call
-/// finds one ready (paced by the channel's backoff). A connection closed by this client is
-/// left closed.
-async fn reconnect_when_lost(inner: std::sync::Weak<ChannelInner>, conn: quinn::Connection) {
-    let reason = conn.closed().await;
-    if matches!(reason, quinn::ConnectionError::LocallyClosed) {
-        return;
+/// Waits for a full handshake, up to `limit`.
+async fn full_handshake(
+    connecting: quinn::Connecting,
+    limit: Duration,
+) -> Result<quinn::Connection, String> {
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(describe_connection_error(&e)),
+        Err(_) => Err(format!("handshake timed out after {limit:?}")),
     }
-    let Some(inner) = inner.upgrade() else {
-        return;
-    };
-    debug!(addr = %inner.addr, %reason, "connection lost, reconnecting in the background");
-    reconnect_boxed(inner).await;
 }
 
-/// `connection` spawns [`reconnect_when_lost`], which calls `connection`: a boxed future
-/// with a declared `Send` breaks the cycle the compiler cannot see through.
-fn reconnect_boxed(inner: Arc<ChannelInner>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        let _ = inner.connection().await;
-    })
+/// The channel's driver: waits for the connection to end, then re-establishes it, with
+/// capped, jittered backoff between failed attempts, until the channel is dropped. It holds
+/// the channel only between steps, never across a handshake or a backoff: a dropped
+/// channel ends it (and any handshake under way) at once, leaving no socket or traffic.
+async fn drive(inner: std::sync::Weak<ChannelInner>, mut closed: watch::Receiver<()>) {
+    let mut failures = 0u32;
+    loop {
+        // Wait for the current connection to end.
+        let (conn, wake) = {
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            let conn = strong.conn.read().ok().and_then(|c| c.clone());
+            (conn, strong.wake.clone())
+        };
+        if let Some(conn) = conn {
+            let reason = tokio::select! {
+                r = conn.quic.closed() => r,
+                _ = closed.changed() => return,
+            };
+            // A connection that served for a while resets the backoff; one that died young
+            // (a failed 0-RTT handshake, a server that closes at once) does not, so a
+            // broken server is not redialled in a tight loop.
+            let lived = conn.done_at.get().map_or(Duration::ZERO, |d| d.elapsed());
+            failures = if lived >= Duration::from_secs(1) {
+                0
+            } else {
+                failures + 1
+            };
+            if matches!(reason, quinn::ConnectionError::LocallyClosed) {
+                // Closed by this client: the next call asks for a new one.
+                let Some(strong) = inner.upgrade() else {
+                    return;
+                };
+                strong.link.send_replace(Link::Idle);
+                drop(strong);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = closed.changed() => return,
+                }
+                failures = 0;
+            } else if let Some(strong) = inner.upgrade() {
+                debug!(addr = %strong.addr, %reason, "connection lost, reconnecting");
+            }
+        }
+        if failures > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff(failures)) => {}
+                _ = closed.changed() => return,
+            }
+        }
+        // Dial until connected.
+        loop {
+            let dial_started = Instant::now();
+            let dialing = {
+                let Some(strong) = inner.upgrade() else {
+                    return;
+                };
+                strong.link.send_replace(Link::Connecting {
+                    since: Instant::now(),
+                    retrying: failures > 0,
+                });
+                strong.begin_dial()
+            };
+            let result = match dialing {
+                Ok(Dialing::Early(quic, accepted)) => Ok(Err((quic, accepted))),
+                Ok(Dialing::Full(connecting, limit)) => tokio::select! {
+                    r = full_handshake(connecting, limit) => r.map(Ok),
+                    _ = closed.changed() => return,
+                },
+                Err(e) => Err(e),
+            };
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            match result {
+                Ok(done) => {
+                    let again = Some(dial_started);
+                    match done {
+                        Ok(quic) => strong.install(quic, again),
+                        Err((quic, accepted)) => strong.install_early(quic, accepted, again),
+                    };
+                    strong.link.send_replace(Link::Ready);
+                    break;
+                }
+                Err(error) => {
+                    debug!(addr = %strong.addr, %error, "reconnection failed");
+                    strong.link.send_replace(Link::Failing { error });
+                    drop(strong);
+                    failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(failures)) => {}
+                        _ = closed.changed() => return,
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn read_hello(

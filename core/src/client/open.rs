@@ -47,17 +47,35 @@ pub(super) async fn open_call(
     deadline: Option<Instant>,
     request: Request,
     early: Early,
+    wait_for_ready: bool,
 ) -> Result<OpenCall, Failure> {
     inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
     if headers.metadata.byte_size() > inner.wire.max_metadata_size {
         return Err(Status::resource_exhausted("request metadata exceeds the size limit").into());
     }
-    let conn = inner.connection().await.map_err(|status| Failure {
-        status,
-        retry: Retry::NotStarted,
-    })?;
+    let conn = inner
+        .connection(wait_for_ready)
+        .await
+        .map_err(|status| Failure {
+            status,
+            retry: Retry::NotStarted,
+        })?;
     let may_go_early = early;
     let mut early = !conn.handshake_done();
+    // A reconnection whose handshake is overdue (the server is likely gone) takes no more
+    // calls, early or not, unless they wait for ready.
+    let overdue = conn
+        .reconnected_at
+        .is_some_and(|t| Instant::now() >= t + inner.reconnect_wait);
+    if early && overdue && !wait_for_ready {
+        return Err(Failure {
+            status: Status::unavailable(format!(
+                "cannot connect to {}: no handshake after {:?}",
+                inner.addr, inner.reconnect_wait
+            )),
+            retry: Retry::NotStarted,
+        });
+    }
     if early {
         let replayable = match may_go_early {
             Early::IfIdempotent(explicit) => {
@@ -68,7 +86,25 @@ pub(super) async fn open_call(
         if replayable {
             inner.stats.early_calls.fetch_add(1, Ordering::Relaxed);
         } else {
-            conn.wait_handshake().await.map_err(|status| Failure {
+            // A resumed connection to a server that has gone never completes its
+            // handshake: unless waiting for ready, wait only as long as for any
+            // reconnection.
+            let handshake = conn.wait_handshake();
+            let bound = conn.reconnected_at.filter(|_| !wait_for_ready);
+            let waited = if let Some(since) = bound {
+                let until = since + inner.reconnect_wait;
+                tokio::time::timeout_at(until.into(), handshake)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::unavailable(format!(
+                            "cannot connect to {}: no handshake after {:?}",
+                            inner.addr, inner.reconnect_wait
+                        )))
+                    })
+            } else {
+                handshake.await
+            };
+            waited.map_err(|status| Failure {
                 status,
                 retry: Retry::NotStarted,
             })?;
@@ -124,12 +160,19 @@ pub(super) async fn open_call(
     if finish {
         let _ = send.finish();
     }
+    // A call in the first flight of a reconnection: if the server has gone, the handshake
+    // never completes; the call gives up when the reconnect wait has passed.
+    let overdue = conn
+        .reconnected_at
+        .filter(|_| early && !wait_for_ready)
+        .map(|since| (conn.handshake.clone(), since + inner.reconnect_wait));
     Ok(OpenCall {
         send: Some(send),
         recv: Some(recv),
         codec: headers.codec,
         deadline,
         early,
+        overdue,
         completed: false,
     })
 }
@@ -211,6 +254,8 @@ pub(super) struct OpenCall {
     deadline: Option<Instant>,
     /// Sent in 0-RTT data.
     pub(super) early: bool,
+    /// For an early call on a reconnection: the handshake, and when it is overdue.
+    overdue: Option<(tokio::sync::watch::Receiver<Option<bool>>, Instant)>,
     completed: bool,
 }
 
@@ -226,6 +271,19 @@ impl OpenCall {
 
     pub(super) fn done(&mut self) {
         self.completed = true;
+    }
+
+    /// Resolves if the call went in the first flight of a reconnection whose handshake
+    /// has not completed within the reconnect wait (the server is likely gone); pending
+    /// otherwise.
+    pub(super) async fn handshake_overdue(&mut self) {
+        let Some((mut handshake, until)) = self.overdue.take() else {
+            return std::future::pending().await;
+        };
+        let done = handshake.wait_for(|h| h.is_some());
+        if tokio::time::timeout_at(until.into(), done).await.is_ok() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -28,6 +28,12 @@ pub struct CallOptions {
     /// The codec. `None`: the payload style's default (postcard for typed messages, raw
     /// for bytes). For raw bytes, the codec they were encoded with.
     pub codec: Option<Codec>,
+    /// Wait for a server to become reachable instead of failing fast (gRPC's
+    /// wait-for-ready). Default `false`: while a channel's connection is down and a
+    /// reconnection attempt has failed, or while a region client has no server for the
+    /// method, the call fails at once with `UNAVAILABLE` (marked not run). With `true` it
+    /// waits, within its deadline.
+    pub wait_for_ready: bool,
 }
 
 impl CallOptions {

@@ -29,6 +29,11 @@ pub struct TransportConfig {
     pub keep_alive_interval: Option<Duration>,
     /// Time allowed for a QUIC + TLS handshake. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Client: how long a call waits for a lost connection to be re-established before it
+    /// fails with `UNAVAILABLE` (marked not run). Once a reconnection attempt has failed,
+    /// calls fail at once until one succeeds (gRPC's behaviour in transient failure);
+    /// calls with `wait_for_ready` wait instead, within their deadline. Default 1 s.
+    pub reconnect_wait: Duration,
     /// Frame and metadata size limits.
     pub wire: WireLimits,
     /// Nesting depth and size limits for [`crate::codec::Value`] messages.
@@ -70,6 +75,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(30),
             keep_alive_interval: Some(Duration::from_secs(5)),
             handshake_timeout: Duration::from_secs(10),
+            reconnect_wait: Duration::from_secs(1),
             wire: WireLimits::default(),
             value: DecodeLimits::default(),
         }

@@ -194,3 +194,91 @@ async fn channel_on_its_own_endpoint(fx: &Fixture) -> (meridian::Channel, quinn:
         .unwrap();
     (channel, endpoint)
 }
+
+/// Once its only server is gone, a channel's calls fail fast with UNAVAILABLE, marked not
+/// run, instead of waiting through reconnection attempts (gRPC's default); a call that
+/// asks to wait for ready waits, within its deadline.
+#[tokio::test]
+async fn calls_to_a_server_that_is_gone_fail_fast_unless_they_wait_for_ready() {
+    let fx = Fixture::start().await;
+    let channel = fx.channel().await;
+    let sum: i64 = channel.unary("add", &(1i64, 2i64)).await.unwrap();
+    assert_eq!(sum, 3);
+    let Fixture { server, .. } = fx;
+    server.shutdown(Duration::from_millis(10)).await;
+    for i in 0..3 {
+        let started = std::time::Instant::now();
+        let err = channel
+            .call("add")
+            .unary::<_, i64>(&(1i64, 2i64))
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.code(), meridian::Code::Unavailable, "{err}");
+        // The first call of an idempotent method goes in the first flight of the
+        // reconnection, and may have reached the server; the next ones are refused
+        // before they are sent.
+        assert!(i == 0 || err.is_known_not_run(), "{err}");
+        // Generous: the point is "not the 10 s handshake timeout, nor minutes of
+        // reconnection attempts"; the first call may wait out the 1 s reconnect wait.
+        assert!(
+            took < Duration::from_secs(3),
+            "call {i} took {took:?}: {err}"
+        );
+    }
+    let started = std::time::Instant::now();
+    let err = channel
+        .call("add")
+        .wait_for_ready(true)
+        .timeout(Duration::from_millis(1500))
+        .unary::<_, i64>(&(1i64, 2i64))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), meridian::Code::DeadlineExceeded, "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "it did not wait"
+    );
+}
+
+/// A dropped channel whose server is gone stops dialling at once: no socket, no
+/// handshake packets left behind.
+#[tokio::test]
+async fn a_dropped_channel_stops_dialling_a_server_that_is_gone() {
+    let fx = Fixture::start().await;
+    let addr = fx.server.local_addr();
+    let channel = fx.channel().await;
+    let _: i64 = channel.unary("add", &(1i64, 2i64)).await.unwrap();
+    let Fixture { server, .. } = fx;
+    server.shutdown(Duration::from_millis(10)).await;
+    // Listen where the server was, to see the channel's reconnection attempts.
+    let mut sink = None;
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::UdpSocket::bind(addr).await {
+            sink = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sink = sink.expect("the server's port is free again");
+    let count = |limit: Duration| {
+        let sink = &sink;
+        async move {
+            let mut n = 0;
+            let mut buf = [0u8; 2048];
+            let end = tokio::time::Instant::now() + limit;
+            while let Ok(Ok(_)) = tokio::time::timeout_at(end, sink.recv_from(&mut buf)).await {
+                n += 1;
+            }
+            n
+        }
+    };
+    assert!(
+        count(Duration::from_secs(2)).await > 0,
+        "the channel never tried again"
+    );
+    drop(channel);
+    let _ = count(Duration::from_millis(300)).await;
+    let after = count(Duration::from_secs(3)).await;
+    assert_eq!(after, 0, "{after} datagrams from a dropped channel");
+}

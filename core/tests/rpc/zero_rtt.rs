@@ -338,8 +338,11 @@ async fn a_server_restart_under_load_loses_no_idempotent_call_and_runs_none_twic
         tokio::spawn(async move {
             let mut failures = Vec::new();
             for id in 0..150u64 {
+                // Calls ride the restart by waiting for the connection (gRPC's
+                // wait-for-ready); without it they fail fast while the server is down.
                 if let Err(e) = ch
                     .call("probe")
+                    .wait_for_ready(true)
                     .timeout(Duration::from_secs(5))
                     .unary::<_, Seen>(&id)
                     .await

@@ -55,6 +55,9 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let mut options = self.options.clone();
         options.idempotent = Some(idempotent);
         options.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // Waiting for a server is this client's business (any server will do), not the
+        // channel's (this one server).
+        options.wait_for_ready = false;
         let mut call = target
             .channel
             .call(self.method.clone())
@@ -102,10 +105,12 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                 Err(why) => {
                     // Nothing connected yet (startup): wait a little for the prober, as
                     // unary calls do.
-                    let waited = started.elapsed() < Duration::from_secs(5)
-                        && deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
+                    let time_left =
+                        deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d);
+                    let starting = started.elapsed() < Duration::from_secs(5)
+                        && tried.is_empty()
                         && inner.may_still_connect();
-                    if tried.is_empty() && waited {
+                    if time_left && (starting || self.options.wait_for_ready) {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -254,16 +259,16 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                 let mut target = match picked {
                     Ok(t) => t,
                     Err(why) => {
-                        if attempts == 0
-                            && deadline
-                                .is_none_or(|d| Instant::now() + Duration::from_millis(50) < d)
-                            && inner.may_still_connect()
-                        {
-                            // Nothing connected yet (startup): wait a little for the prober.
+                        let time_left =
+                            deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d);
+                        // Nothing connected yet (startup): wait a little for the prober;
+                        // with wait-for-ready, for as long as the deadline allows.
+                        let starting = attempts == 0
+                            && started.elapsed() < Duration::from_secs(5)
+                            && inner.may_still_connect();
+                        if time_left && (starting || self.options.wait_for_ready) {
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            if started.elapsed() < Duration::from_secs(5) {
-                                continue;
-                            }
+                            continue;
                         }
                         return Err(self.no_server(why, last));
                     }
