@@ -692,8 +692,24 @@ async fn a_method_added_at_runtime_is_routed_to_its_region() {
         .unwrap()
         .1
         ._server;
+    // Wait until both HELLOs are in; the catalog version then holds still while nothing
+    // changes (a gateway re-merges catalogs only when it moves).
+    let start = Instant::now();
+    while client.catalog().is_empty() || client.stats().servers.iter().any(|s| !s.connected) {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = client.catalog_version();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.catalog_version(), before, "nothing changed");
     far.add_methods(|b| b.unary("late", |x: i64, _| async move { Ok(x + 1) }));
     assert!(client.ready("late", Duration::from_secs(5)).await);
+    assert_ne!(
+        client.catalog_version(),
+        before,
+        "a HELLO changed a catalog"
+    );
     assert_eq!(client.unary::<_, i64>("late", &41i64).await.unwrap(), 42);
     let far_calls = client
         .stats()

@@ -73,6 +73,7 @@ impl ChannelBuilder {
             closed: watch::channel(()).0,
             hello: watch::channel(None).0,
             catalog: Default::default(),
+            hello_seq: Default::default(),
             stats: Counters::default(),
         });
         inner.establish().await.map_err(|reason| Error::Connect {

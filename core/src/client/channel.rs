@@ -86,6 +86,13 @@ impl Channel {
         self.inner.catalog()
     }
 
+    /// Changes whenever a HELLO arrives on this channel, and differs between channels
+    /// (a process-wide sequence number; 0 before the first HELLO): a cheap test of whether
+    /// a catalog read earlier is still current.
+    pub(crate) fn catalog_version(&self) -> u64 {
+        self.inner.hello_seq.load(Ordering::Acquire)
+    }
+
     /// The server's HELLO, once it has arrived.
     pub fn server_info(&self) -> Option<Arc<Hello>> {
         self.inner.hello.borrow().clone()

@@ -39,6 +39,9 @@ pub(super) struct ChannelInner {
     pub(super) hello: watch::Sender<Option<Arc<Hello>>>,
     /// The last HELLO's catalog, indexed (empty until the first HELLO).
     pub(super) catalog: std::sync::RwLock<Arc<Catalog>>,
+    /// A process-wide sequence number of the last HELLO (0: none yet), so a change of any
+    /// channel's catalog shows as a new number.
+    pub(super) hello_seq: std::sync::atomic::AtomicU64,
     pub(super) stats: Counters,
 }
 
@@ -482,6 +485,9 @@ async fn read_hello(
                     Ok(mut c) => *c = catalog,
                     Err(poisoned) => *poisoned.into_inner() = catalog,
                 }
+                static HELLOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let seq = HELLOS.fetch_add(1, Ordering::Relaxed) + 1;
+                inner.hello_seq.store(seq, Ordering::Release);
                 inner.hello.send_replace(Some(Arc::new(hello)));
             }
             Err(e) => debug!(error = %e, "ignoring a bad HELLO"),

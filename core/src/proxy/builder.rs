@@ -82,11 +82,19 @@ impl ProxyBuilder {
         let refreshed = Arc::downgrade(&up);
         let refresher = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(CATALOG_REFRESH);
+            let mut seen = None;
             loop {
                 ticker.tick().await;
                 let Some(up) = refreshed.upgrade() else {
                     return;
                 };
+                // Merge only when some upstream catalog changed: the check is a hash of a
+                // few numbers, the merge clones every catalog.
+                let version = up.client.catalog_version();
+                if seen == Some(version) {
+                    continue;
+                }
+                seen = Some(version);
                 let catalog = up.client.merged_catalog();
                 let methods = catalog.methods().to_vec();
                 up.remember(catalog);

@@ -119,6 +119,25 @@ impl RegionClient {
         Catalog::merge(catalogs.iter().map(|c| c.as_ref()))
     }
 
+    /// A number that changes whenever the catalogs [`merged_catalog`](Self::merged_catalog)
+    /// merges change (a HELLO arrived, a server joined, left or reconnected); cheap to read,
+    /// so a gateway re-merges only when it moves.
+    pub fn catalog_version(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let st = self.inner.lock();
+        let mut versions: Vec<(std::net::SocketAddr, u64)> = st
+            .servers
+            .iter()
+            .filter(|(_, s)| s.draining_since.is_none())
+            .filter_map(|(a, s)| Some((*a, s.link.as_ref()?.catalog_version())))
+            .collect();
+        drop(st);
+        versions.sort_unstable();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        versions.hash(&mut h);
+        h.finish()
+    }
+
     /// The catalogs of the servers that have sent a HELLO and are not draining.
     fn server_catalogs(&self) -> Vec<std::sync::Arc<Catalog>> {
         let st = self.inner.lock();
