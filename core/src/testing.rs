@@ -239,6 +239,12 @@ impl LinkEmulator {
         self.set(s);
     }
 
+    /// Seeds the loss decisions, so a seeded test run drops packets the same way (as far
+    /// as packet timing allows).
+    pub fn reseed(&self, seed: u64) {
+        self.state.rng.store(seed.max(1), Ordering::Relaxed);
+    }
+
     /// Packet counters.
     pub fn stats(&self) -> LinkStats {
         LinkStats {

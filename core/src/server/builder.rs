@@ -263,6 +263,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             client_auth: tls.requires_client_certs(),
             shutting_down: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             idle: Notify::new(),
             calls_total: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),

@@ -29,6 +29,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         debug!(%remote, "connection refused before its handshake");
         return;
     };
+    let _open = OpenConnection::count(&shared);
     let (confirmed_tx, confirmed) = watch::channel(false);
     {
         let conn = conn.clone();
@@ -95,5 +96,21 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 return;
             }
         }
+    }
+}
+
+/// Counts a connection in [`Shared::connections`] for as long as it is served.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn count(shared: &Arc<Shared>) -> OpenConnection {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(shared.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -23,6 +23,8 @@ pub struct ServerStats {
     pub calls_failed: u64,
     /// Calls running now.
     pub in_flight: usize,
+    /// Connections open now.
+    pub connections: usize,
 }
 
 /// A running server. Dropping it closes the endpoint at once; [`Server::shutdown`] lets
@@ -132,6 +134,7 @@ impl Server {
             calls_total: self.shared.calls_total.load(Ordering::Relaxed),
             calls_failed: self.shared.calls_failed.load(Ordering::Relaxed),
             in_flight: self.shared.inflight.load(Ordering::Relaxed),
+            connections: self.shared.connections.load(Ordering::Relaxed),
         }
     }
 

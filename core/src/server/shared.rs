@@ -25,6 +25,8 @@ pub(super) struct Shared {
     pub(super) client_auth: bool,
     pub(super) shutting_down: AtomicBool,
     pub(super) inflight: AtomicUsize,
+    /// Connections open now.
+    pub(super) connections: AtomicUsize,
     pub(super) idle: Notify,
     pub(super) calls_total: AtomicU64,
     pub(super) calls_failed: AtomicU64,
