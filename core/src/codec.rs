@@ -47,7 +47,11 @@
 //!   unread **before** anything is allocated: a string or byte string needs
 //!   its full length, a list item at least 1 byte, a map pair at least 2
 //!   bytes (`Truncated` otherwise). Pre-allocation for containers is further
-//!   capped, so memory use stays proportional to the bytes actually present.
+//!   capped, so memory use stays proportional to the bytes actually present;
+//! - the decoded value's memory is charged as it is built, [`VALUE_NODE_COST`]
+//!   (32 bytes) per node plus the length of each string and byte string,
+//!   against `max_decoded_size` (`DecodedTooLarge` once over it): a body of
+//!   one-byte nulls would otherwise grow 32 times in memory.
 //!
 //! `max_size` also applies to [`Codec::Postcard`] bodies in
 //! [`decode_message`]; nesting depth there is bounded by the Rust target type.
@@ -116,15 +120,32 @@ pub const DEFAULT_MAX_DEPTH: usize = 64;
 /// Default maximum encoded message size accepted by the decoders (4 MiB).
 pub const DEFAULT_MAX_SIZE: usize = 4 * 1024 * 1024;
 
+/// Default budget for the memory a decoded [`Value`] may take (32 MiB): eight times the
+/// default message size, so a 4 MiB body averaging 5 or more bytes per value decodes within
+/// it, while 4 MiB of one-byte nulls (128 MiB once decoded) is refused.
+pub const DEFAULT_MAX_DECODED_SIZE: usize = 32 * 1024 * 1024;
+
+/// What every decoded [`Value`] node (scalar, list, map, or either half of a map entry)
+/// is charged against [`DecodeLimits::max_decoded_size`]: the size of a `Value`, 32 bytes
+/// on 64-bit targets. Strings and byte strings are charged their length on top.
+pub const VALUE_NODE_COST: usize = std::mem::size_of::<Value>();
+
 /// Bounds applied when decoding a message received from a peer.
 ///
 /// See the module documentation for exactly what each limit covers.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     /// Maximum nesting of lists and maps; a top-level list is depth 1.
+    /// Default [`DEFAULT_MAX_DEPTH`] (64).
     pub max_depth: usize,
-    /// Maximum length in bytes of the encoded input.
+    /// Maximum length in bytes of the encoded input. Default [`DEFAULT_MAX_SIZE`] (4 MiB).
     pub max_size: usize,
+    /// Budget for the memory a decoded [`Value`] takes: [`VALUE_NODE_COST`] per node plus
+    /// the length of every string and byte string, charged as the value is decoded; input
+    /// that would go over it is refused ([`CodecError::DecodedTooLarge`]) instead of
+    /// growing a value many times the size of its bytes. Default
+    /// [`DEFAULT_MAX_DECODED_SIZE`] (32 MiB).
+    pub max_decoded_size: usize,
 }
 
 impl Default for DecodeLimits {
@@ -132,6 +153,7 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_depth: DEFAULT_MAX_DEPTH,
             max_size: DEFAULT_MAX_SIZE,
+            max_decoded_size: DEFAULT_MAX_DECODED_SIZE,
         }
     }
 }
@@ -155,6 +177,13 @@ pub enum CodecError {
     #[error("value nesting exceeds the maximum depth of {limit}")]
     TooDeep {
         /// The configured maximum depth.
+        limit: usize,
+    },
+    /// The decoded value would take more memory than the configured budget
+    /// ([`DecodeLimits::max_decoded_size`]).
+    #[error("value takes more than {limit} bytes once decoded (the limit)")]
+    DecodedTooLarge {
+        /// The configured budget in bytes.
         limit: usize,
     },
     /// The input ended before the value it declares was complete.
@@ -241,8 +270,8 @@ pub fn encode_message<T: Serialize + ?Sized>(
 ///
 /// The whole of `bytes` must be consumed: trailing bytes are an error for
 /// both typed codecs. `limits.max_size` applies to every codec;
-/// `limits.max_depth` bounds [`Codec::Value`] input. [`Codec::Raw`] returns
-/// [`CodecError::RawNotTyped`].
+/// `limits.max_depth` and `limits.max_decoded_size` bound [`Codec::Value`] input.
+/// [`Codec::Raw`] returns [`CodecError::RawNotTyped`].
 pub fn decode_message<T: DeserializeOwned>(
     codec: Codec,
     bytes: &[u8],

@@ -182,7 +182,7 @@ proptest! {
         max_depth in 0usize..8,
         max_size in 0usize..300,
     ) {
-        let limits = DecodeLimits { max_depth, max_size };
+        let limits = DecodeLimits { max_depth, max_size, ..DecodeLimits::default() };
         match Value::decode(&bytes, &limits) {
             Ok(v) => {
                 prop_assert!(bytes.len() <= max_size);
@@ -244,10 +244,10 @@ proptest! {
     fn depth_limit_is_exact(v in arb_value()) {
         let bytes = v.to_bytes();
         let d = depth(&v);
-        let exact = DecodeLimits { max_depth: d, max_size: usize::MAX };
+        let exact = DecodeLimits { max_depth: d, max_size: usize::MAX, ..DecodeLimits::default() };
         prop_assert!(Value::decode(&bytes, &exact).is_ok());
         if d > 0 {
-            let tight = DecodeLimits { max_depth: d - 1, max_size: usize::MAX };
+            let tight = DecodeLimits { max_depth: d - 1, max_size: usize::MAX, ..DecodeLimits::default() };
             let tight_result = Value::decode(&bytes, &tight);
             let rejected = matches!(tight_result, Err(CodecError::TooDeep { limit }) if limit == d - 1);
             prop_assert!(rejected);
@@ -316,6 +316,7 @@ fn deep_nesting_is_rejected_without_stack_overflow() {
     let unlimited = DecodeLimits {
         max_depth: usize::MAX,
         max_size: usize::MAX,
+        ..DecodeLimits::default()
     };
     let mut bytes = Vec::new();
     for _ in 0..100_000 {
@@ -368,11 +369,72 @@ fn huge_declared_counts_fail_fast() {
     ));
 }
 
+/// A list of `n` nulls: `n + 1` nodes from about `n` bytes.
+fn list_of_nulls(n: usize) -> Vec<u8> {
+    let mut bytes = Value::List(Vec::new()).to_bytes();
+    bytes.truncate(1);
+    let mut count = n as u64;
+    loop {
+        let low = (count & 0x7f) as u8;
+        count >>= 7;
+        if count == 0 {
+            bytes.push(low);
+            break;
+        }
+        bytes.push(low | 0x80);
+    }
+    bytes.resize(bytes.len() + n, 0x00);
+    bytes
+}
+
+#[test]
+fn decoded_memory_is_charged_per_node_and_a_body_of_nulls_is_refused() {
+    // 4 MiB of one-byte nulls: within the message size, but 128 MiB as Values.
+    let limits = DecodeLimits::default();
+    let bytes = list_of_nulls(limits.max_size - 5);
+    assert!(bytes.len() <= limits.max_size);
+    let result = Value::decode(&bytes, &limits);
+    assert!(result.is_err(), "4 MiB of nulls decoded whole");
+    let result = decode_message::<Vec<()>>(Codec::Value, &bytes, &limits);
+    assert!(result.is_err(), "4 MiB of nulls decoded to a typed target");
+
+    // The budget is exact: the list node and its items, 32 bytes each on 64-bit targets.
+    let node = std::mem::size_of::<Value>();
+    let budget = DecodeLimits {
+        max_decoded_size: 1000 * node,
+        ..DecodeLimits::default()
+    };
+    assert!(Value::decode(&list_of_nulls(999), &budget).is_ok());
+    assert!(matches!(
+        Value::decode(&list_of_nulls(1000), &budget),
+        Err(CodecError::DecodedTooLarge { limit }) if limit == 1000 * node
+    ));
+    // Strings and byte strings are charged their bytes on top of their node.
+    let text = Value::Str("x".repeat(100)).to_bytes();
+    let just = DecodeLimits {
+        max_decoded_size: node + 100,
+        ..DecodeLimits::default()
+    };
+    assert!(Value::decode(&text, &just).is_ok());
+    let short = DecodeLimits {
+        max_decoded_size: node + 99,
+        ..DecodeLimits::default()
+    };
+    assert!(matches!(
+        Value::decode(&text, &short),
+        Err(CodecError::DecodedTooLarge { .. })
+    ));
+    // Through the RPC layer it is the caller's bad argument.
+    let status = meridian::Status::from(Value::decode(&text, &short).unwrap_err());
+    assert_eq!(status.code(), meridian::Code::InvalidArgument);
+}
+
 #[test]
 fn size_limit_is_checked_first() {
     let limits = DecodeLimits {
         max_depth: 4,
         max_size: 8,
+        ..DecodeLimits::default()
     };
     // Nine bytes of garbage: size wins over the invalid tag.
     let result = Value::decode(&[0xff; 9], &limits);
@@ -385,6 +447,7 @@ fn size_limit_is_checked_first() {
     assert_eq!(default.max_size, 4 * 1024 * 1024);
     assert_eq!(default.max_depth, DEFAULT_MAX_DEPTH);
     assert_eq!(DEFAULT_MAX_DEPTH, 64);
+    assert_eq!(default.max_decoded_size, 32 * 1024 * 1024);
 }
 
 #[test]
@@ -670,6 +733,7 @@ fn postcard_messages_round_trip_and_reject_trailing_bytes() {
     let small = DecodeLimits {
         max_depth: 64,
         max_size: body.len() - 1,
+        ..DecodeLimits::default()
     };
     assert!(matches!(
         decode_message::<Response>(Codec::Postcard, body, &small),

@@ -388,6 +388,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             codec: call.codec,
             max,
             encode: P::encode,
+            deadline,
             _channel: inner.clone(),
         };
         Ok((sink, call.take_recv(), deadline))

@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::stats::Counters;
-use crate::call::FramedRecv;
+use crate::call::{FramedRecv, RecvError};
 use crate::discovery::Catalog;
 use crate::status::Status;
 use crate::transport::zero_rtt::{self, Dial};
 use crate::transport::{describe_connection_error, ClientTls};
-use crate::wire::{reset, FrameKind, Hello, WireLimits};
+use crate::wire::{reset, Frame, FrameKind, Hello, WireLimits};
 
 pub(super) struct ChannelInner {
     pub(super) addr: SocketAddr,
@@ -464,6 +464,16 @@ async fn drive(inner: std::sync::Weak<ChannelInner>, mut closed: watch::Receiver
     }
 }
 
+/// What the HELLO reader saw next: a frame on the control stream, or another
+/// unidirectional stream the server opened.
+enum UniEvent {
+    Hello(Result<Option<Frame>, RecvError>),
+    Other(Result<quinn::RecvStream, quinn::ConnectionError>),
+}
+
+/// Reads the server's HELLO stream (its first unidirectional stream) for as long as the
+/// connection lives, and refuses every other unidirectional stream the server opens: the
+/// protocol has one, and bytes on another would sit in quinn's buffers unread.
 async fn read_hello(
     inner: std::sync::Weak<ChannelInner>,
     conn: quinn::Connection,
@@ -472,8 +482,31 @@ async fn read_hello(
     let Ok(recv) = conn.accept_uni().await else {
         return;
     };
-    let mut rx = FramedRecv::new(recv, limits);
-    while let Ok(Some(frame)) = rx.next_frame().await {
+    let mut hello = Some(FramedRecv::new(recv, limits));
+    loop {
+        let next_frame = async {
+            match &mut hello {
+                Some(rx) => rx.next_frame().await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            frame = next_frame => UniEvent::Hello(frame),
+            other = conn.accept_uni() => UniEvent::Other(other),
+        };
+        let frame = match event {
+            UniEvent::Other(Ok(mut extra)) => {
+                let _ = extra.stop(reset::REFUSED.into());
+                continue;
+            }
+            UniEvent::Other(Err(_)) => return,
+            UniEvent::Hello(Ok(Some(frame))) => frame,
+            UniEvent::Hello(_) => {
+                // The control stream ended; keep refusing any other.
+                hello = None;
+                continue;
+            }
+        };
         if frame.kind != FrameKind::Hello {
             continue;
         }

@@ -50,8 +50,12 @@ pub(super) async fn open_call(
     wait_for_ready: bool,
 ) -> Result<OpenCall, Failure> {
     inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
-    if headers.metadata.byte_size() > inner.wire.max_metadata_size {
-        return Err(Status::resource_exhausted("request metadata exceeds the size limit").into());
+    let (size, limit) = (headers.metadata.byte_size(), inner.wire.max_metadata_size);
+    if size > limit {
+        return Err(Status::resource_exhausted(format!(
+            "request metadata of {size} bytes exceeds the limit of {limit} bytes"
+        ))
+        .into());
     }
     let conn = inner
         .connection(wait_for_ready)

@@ -65,6 +65,8 @@ pub struct RequestSink<T> {
     pub(super) codec: Codec,
     pub(super) max: usize,
     pub(super) encode: EncodeFn<T>,
+    /// The call's deadline: a send blocked past it fails with DEADLINE_EXCEEDED.
+    pub(super) deadline: Option<Instant>,
     /// Keeps the channel, and so its connection, alive while requests are sent.
     pub(super) _channel: std::sync::Arc<super::connection::ChannelInner>,
 }
@@ -76,17 +78,33 @@ impl<T> std::fmt::Debug for RequestSink<T> {
 }
 
 impl<T> RequestSink<T> {
-    /// Sends one request message; waits while the server is slow to read.
+    /// Sends one request message; waits while the server is slow to read, but not past
+    /// the call's deadline: then it fails with DEADLINE_EXCEEDED and the request stream is
+    /// reset (a message cut short cannot be finished later).
     pub async fn send(&mut self, msg: &T) -> Result<(), Status> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            let _ = self.send.reset(reset::DEADLINE_EXCEEDED.into());
+            return Err(Status::deadline_exceeded("deadline exceeded"));
+        }
         let bytes = (self.encode)(self.codec, msg, self.max)?;
         let [hdr, payload] = data_chunks(bytes);
-        self.send
-            .write_all_chunks(&mut [hdr, payload])
-            .await
-            .map_err(|e| match e {
-                quinn::WriteError::Stopped(code) => status_for_reset(code.into_inner()),
-                other => Status::unavailable(format!("cannot send: {other}")),
-            })
+        let write = async {
+            self.send
+                .write_all_chunks(&mut [hdr, payload])
+                .await
+                .map_err(|e| match e {
+                    quinn::WriteError::Stopped(code) => status_for_reset(code.into_inner()),
+                    other => Status::unavailable(format!("cannot send: {other}")),
+                })
+        };
+        let result = with_deadline(self.deadline, write).await;
+        if result
+            .as_ref()
+            .is_err_and(|s| s.code() == Code::DeadlineExceeded)
+        {
+            let _ = self.send.reset(reset::DEADLINE_EXCEEDED.into());
+        }
+        result
     }
 
     /// Ends the request stream.

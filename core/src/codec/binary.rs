@@ -8,7 +8,7 @@
 //! before allocating anything.
 
 use super::varint::{read_varint, varint_len, write_varint, zigzag_decode, zigzag_encode};
-use super::{CodecError, DecodeLimits, Value};
+use super::{CodecError, DecodeLimits, Value, VALUE_NODE_COST};
 
 const TAG_NULL: u8 = 0x00;
 const TAG_FALSE: u8 = 0x01;
@@ -102,7 +102,8 @@ impl Value {
     /// Errors: [`CodecError::TooLarge`] if `bytes` is longer than
     /// `limits.max_size` (checked first), [`CodecError::TooDeep`] if lists
     /// and maps nest deeper than `limits.max_depth`,
-    /// [`CodecError::Truncated`], [`CodecError::InvalidTag`],
+    /// [`CodecError::DecodedTooLarge`] if the value would take more memory than
+    /// `limits.max_decoded_size`, [`CodecError::Truncated`], [`CodecError::InvalidTag`],
     /// [`CodecError::InvalidUtf8`], [`CodecError::VarintOverflow`] for
     /// malformed input, and [`CodecError::TrailingBytes`] if anything follows
     /// the value.
@@ -114,12 +115,42 @@ impl Value {
             });
         }
         let mut input = bytes;
-        let value = decode_one(&mut input, limits.max_depth)?;
+        let mut budget = Budget {
+            left: limits.max_decoded_size,
+            limit: limits.max_decoded_size,
+        };
+        let value = decode_one(&mut input, limits.max_depth, &mut budget)?;
         if input.is_empty() {
             Ok(value)
         } else {
             Err(CodecError::TrailingBytes)
         }
+    }
+}
+
+/// What is left of [`DecodeLimits::max_decoded_size`] while a value is decoded.
+struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    /// Charges `bytes` of decoded memory, failing once the budget is spent.
+    #[inline]
+    fn charge(&mut self, bytes: usize) -> Result<(), CodecError> {
+        match self.left.checked_sub(bytes) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(CodecError::DecodedTooLarge { limit: self.limit }),
+        }
+    }
+
+    /// How many more nodes the budget could hold: a bound for pre-allocation.
+    #[inline]
+    fn nodes_left(&self) -> usize {
+        self.left / VALUE_NODE_COST
     }
 }
 
@@ -166,11 +197,13 @@ fn read_len(input: &mut &[u8], per_item: usize) -> Result<usize, CodecError> {
     Ok(n as usize)
 }
 
-/// Reads one tag and its scalar payload, or opens a container.
+/// Reads one tag and its scalar payload, or opens a container, charging the node (and a
+/// string's or byte string's bytes) to `budget` before allocating it.
 #[inline]
-fn read_step(input: &mut &[u8]) -> Result<Step, CodecError> {
+fn read_step(input: &mut &[u8], budget: &mut Budget) -> Result<Step, CodecError> {
     let (&tag, rest) = input.split_first().ok_or(CodecError::Truncated)?;
     *input = rest;
+    budget.charge(VALUE_NODE_COST)?;
     let value = match tag {
         TAG_NULL => Value::Null,
         TAG_FALSE => Value::Bool(false),
@@ -184,25 +217,27 @@ fn read_step(input: &mut &[u8]) -> Result<Step, CodecError> {
         }
         TAG_STR => {
             let len = read_len(input, 1)?;
+            budget.charge(len)?;
             let raw = take(input, len)?;
             let s = std::str::from_utf8(raw).map_err(|_| CodecError::InvalidUtf8)?;
             Value::Str(s.to_owned())
         }
         TAG_BYTES => {
             let len = read_len(input, 1)?;
+            budget.charge(len)?;
             Value::Bytes(take(input, len)?.to_vec())
         }
         TAG_LIST => {
             let n = read_len(input, 1)?;
             return Ok(Step::Open(OpenContainer::List {
-                items: Vec::with_capacity(n.min(MAX_PREALLOC)),
+                items: Vec::with_capacity(n.min(MAX_PREALLOC).min(budget.nodes_left())),
                 remaining: n,
             }));
         }
         TAG_MAP => {
             let n = read_len(input, 2)?;
             return Ok(Step::Open(OpenContainer::Map {
-                entries: Vec::with_capacity(n.min(MAX_PREALLOC)),
+                entries: Vec::with_capacity(n.min(MAX_PREALLOC).min(budget.nodes_left() / 2)),
                 remaining: n,
                 key: None,
             }));
@@ -213,10 +248,14 @@ fn read_step(input: &mut &[u8]) -> Result<Step, CodecError> {
 }
 
 /// Decodes one value (possibly nested) from the front of `input`.
-fn decode_one(input: &mut &[u8], max_depth: usize) -> Result<Value, CodecError> {
+fn decode_one(
+    input: &mut &[u8],
+    max_depth: usize,
+    budget: &mut Budget,
+) -> Result<Value, CodecError> {
     let mut stack: Vec<OpenContainer> = Vec::new();
     loop {
-        let mut value = match read_step(input)? {
+        let mut value = match read_step(input, budget)? {
             Step::Done(v) => v,
             Step::Open(frame) => {
                 if stack.len() >= max_depth {
@@ -314,6 +353,7 @@ mod tests {
         let limits = DecodeLimits {
             max_depth: 1,
             max_size: 100,
+            ..DecodeLimits::default()
         };
         assert!(Value::decode(&[0x07, 0x00], &limits).is_ok());
         assert!(Value::decode(&[0x07, 0x01, 0x00], &limits).is_ok());
@@ -324,6 +364,7 @@ mod tests {
         let scalars_only = DecodeLimits {
             max_depth: 0,
             max_size: 100,
+            ..DecodeLimits::default()
         };
         assert!(Value::decode(&[0x03, 0x00], &scalars_only).is_ok());
         assert!(matches!(

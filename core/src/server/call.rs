@@ -169,7 +169,9 @@ async fn run_call(
         finish_call(send, None, trailers).await;
         return Code::Unimplemented;
     };
-    let deadline = headers.timeout.map(|t| started + t);
+    // A timeout too large to add to the clock (the wire allows ~146 000 years) is no
+    // deadline.
+    let deadline = headers.timeout.and_then(|t| started.checked_add(t));
     let wire_limits = shared.transport.wire;
 
     // Replay safety: a call that came in 0-RTT data may be a replayed first flight. Only
@@ -290,6 +292,19 @@ async fn run_call(
                     upstream: f.upstream,
                 });
             }
+            // Senders check their own limits: trailing metadata the client would refuse
+            // becomes RESOURCE_EXHAUSTED, with no reply, rather than a bad TRAILERS.
+            let size = trailers.metadata.byte_size();
+            let limit = wire_limits.max_metadata_size;
+            let (reply, trailers) = if size > limit {
+                let status = Status::resource_exhausted(format!(
+                    "trailing metadata of {size} bytes exceeds the limit of {limit} bytes"
+                ));
+                (None, trailers_for(status, elapsed))
+            } else {
+                (reply, trailers)
+            };
+            let code = trailers.code;
             finish_call(send, reply, trailers).await;
             code
         }

@@ -76,7 +76,20 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         });
     }
     loop {
-        match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            bi = conn.accept_bi() => bi,
+            uni = conn.accept_uni() => match uni {
+                // Clients have no unidirectional streams in this protocol: refuse each one
+                // at once, so its bytes are dropped and its stream credit comes back
+                // rather than sitting in quinn's buffers for the life of the connection.
+                Ok(mut recv) => {
+                    let _ = recv.stop(reset::REFUSED.into());
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match accepted {
             Ok((mut send, mut recv)) => {
                 if shared.shutting_down.load(Ordering::Acquire) {
                     let _ = send.reset(reset::REFUSED.into());

@@ -145,12 +145,17 @@ impl Server {
         // Leave the registry first so local region clients stop choosing this server.
         self.registration = None;
         self.shared.shutting_down.store(true, Ordering::Release);
-        let deadline = tokio::time::Instant::now() + grace;
+        // A grace too long to add to the clock means waiting for every call.
+        let deadline = tokio::time::Instant::now().checked_add(grace);
         loop {
             let idle = self.shared.idle.notified();
             if self.shared.inflight.load(Ordering::Acquire) == 0 {
                 break;
             }
+            let Some(deadline) = deadline else {
+                idle.await;
+                continue;
+            };
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
                 debug!(
                     in_flight = self.shared.inflight.load(Ordering::Relaxed),

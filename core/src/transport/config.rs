@@ -36,7 +36,7 @@ pub struct TransportConfig {
     pub reconnect_wait: Duration,
     /// Frame and metadata size limits.
     pub wire: WireLimits,
-    /// Nesting depth and size limits for [`crate::codec::Value`] messages.
+    /// Nesting depth, size and decoded-size limits for [`crate::codec::Value`] messages.
     pub value: DecodeLimits,
 }
 
@@ -51,7 +51,9 @@ impl TransportConfig {
     pub(crate) fn to_quinn(&self) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         t.max_concurrent_bidi_streams(self.max_concurrent_streams.into())
-            // One control stream each way (the HELLO) and a little slack.
+            // The server's HELLO stream and a little slack. Any other unidirectional stream
+            // is stopped as soon as it arrives (STOP_SENDING(REFUSED)), so its bytes are
+            // dropped and its credit comes back.
             .max_concurrent_uni_streams(4u32.into())
             .stream_receive_window(self.stream_receive_window.into())
             .receive_window(self.connection_receive_window.into())

@@ -7,7 +7,9 @@
 //! quinn holds for the application, not what the application has already read out of it:
 //! request bytes moved into a call's frame decoder return their flow-control credit, so
 //! they are bounded by the message size limit per stream times the stream limit, not by
-//! the window.
+//! the window. Those decoders grow with the bytes that arrive, never with a length a frame
+//! header declares, and unidirectional streams the protocol does not use are stopped on
+//! arrival, so they hold nothing.
 //!
 //! TLS is always on (TLS 1.3 only, ALPN `meridian/1`). AES-128-GCM-SHA256 is offered first:
 //! ring's default prefers AES-256-GCM-SHA384, and SHA-384 has no hardware support on many

@@ -115,7 +115,9 @@ pub struct Frame {
 /// Splits a byte stream into frames, enforcing [`WireLimits`].
 ///
 /// Feed it bytes as they arrive with [`FrameDecoder::extend`], then take frames with
-/// [`FrameDecoder::next_frame`]. It never buffers more than one frame plus one read.
+/// [`FrameDecoder::next_frame`]. It never buffers more than one frame plus one read, and
+/// its memory follows the bytes that arrived: a header declaring a 4 MiB frame costs
+/// nothing until the 4 MiB are there.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: BytesMut,
@@ -132,13 +134,36 @@ impl FrameDecoder {
     }
 
     /// Appends bytes received from the peer.
+    ///
+    /// The buffer grows with what arrives, never with what a frame header declares: when
+    /// it must grow, it takes at most twice the bytes it then holds, and never more than
+    /// the end of the frame being assembled (so a whole message is not doubled either).
     pub fn extend(&mut self, bytes: &[u8]) {
+        let needed = self.buf.len() + bytes.len();
+        if needed > self.buf.capacity() && !self.buf.try_reclaim(bytes.len()) {
+            let mut cap = needed.max(2 * self.buf.len());
+            if let Ok(Some(h)) = parse_frame_header(&self.buf, &self.limits) {
+                let frame_end = h.header_len + h.len;
+                if frame_end >= needed {
+                    cap = cap.min(frame_end);
+                }
+            }
+            let mut grown = BytesMut::with_capacity(cap);
+            grown.extend_from_slice(&self.buf);
+            self.buf = grown;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes of memory the buffer holds (its capacity): it follows the bytes that arrived,
+    /// never a length a frame header declared.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// How many more bytes the next frame needs, if its header is known.
@@ -153,7 +178,7 @@ impl FrameDecoder {
             return Ok(None);
         };
         if self.buf.len() < h.header_len + h.len {
-            self.buf.reserve(h.header_len + h.len - self.buf.len());
+            // Nothing is reserved for the rest: it is buffered as it arrives (`extend`).
             return Ok(None);
         }
         self.buf.advance(h.header_len);

@@ -22,6 +22,14 @@ pub const MAX_METHOD_LEN: usize = 1024;
 /// Largest routing key, in bytes.
 pub const MAX_ROUTING_KEY_LEN: usize = 1024;
 
+/// A duration in whole µs for the wire, clamped to [`VARINT_MAX`] (never truncated: a
+/// `Duration` can hold far more µs than a `u64`).
+pub(crate) fn micros(t: Duration) -> u64 {
+    u64::try_from(t.as_micros())
+        .unwrap_or(u64::MAX)
+        .min(VARINT_MAX)
+}
+
 /// The first frame of every call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHeaders {
@@ -56,7 +64,7 @@ impl RequestHeaders {
         out.put_u8(self.codec.as_u8());
         put_bytes(out, self.method.as_bytes());
         if let Some(t) = self.timeout {
-            put_varint(out, (t.as_micros() as u64).min(VARINT_MAX));
+            put_varint(out, micros(t));
         }
         if let Some(k) = &self.routing_key {
             put_bytes(out, k);

@@ -3,7 +3,13 @@
 use bytes::{Bytes, BytesMut};
 
 use super::error::WireError;
-use super::varint::{get_bytes, get_str, get_varint, put_bytes, put_varint};
+use super::varint::{get_bytes, get_varint, put_bytes, put_varint};
+
+/// What each metadata entry is charged against
+/// [`WireLimits::max_metadata_size`](super::WireLimits::max_metadata_size) on top of its key
+/// and value bytes, as HTTP/2 charges each header (RFC 7541 §4.1): an empty entry is two
+/// bytes on the wire but a key, a value and their bookkeeping in memory.
+pub const METADATA_ENTRY_OVERHEAD: usize = 32;
 
 /// Ordered key/value pairs sent with a call (in HEADERS) and with its result (in TRAILERS).
 ///
@@ -51,10 +57,15 @@ impl Metadata {
         self.entries.is_empty()
     }
 
-    /// Sum of key and value lengths, the figure checked against
-    /// [`WireLimits::max_metadata_size`](super::WireLimits::max_metadata_size).
+    /// The size charged against
+    /// [`WireLimits::max_metadata_size`](super::WireLimits::max_metadata_size): the key and
+    /// value lengths plus [`METADATA_ENTRY_OVERHEAD`] per entry, so that many empty entries
+    /// cost what they cost in memory.
     pub fn byte_size(&self) -> usize {
-        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.entries
+            .iter()
+            .map(|(k, v)| METADATA_ENTRY_OVERHEAD + k.len() + v.len())
+            .sum()
     }
 
     pub(super) fn encode(&self, out: &mut BytesMut) {
@@ -67,18 +78,36 @@ impl Metadata {
 
     pub(super) fn decode(buf: &mut &[u8], limit: usize) -> Result<Metadata, WireError> {
         let count = get_varint(buf)?;
-        // Each entry takes at least two bytes (two empty lengths).
+        // Each entry takes at least two bytes (two empty lengths), and is charged the
+        // per-entry overhead: a count the bytes present or the limit cannot hold is refused
+        // before anything is allocated, so the vector below is at most `limit / 32` entries.
         if count > (buf.len() / 2) as u64 {
             return Err(WireError::Truncated);
         }
+        if count > (limit / METADATA_ENTRY_OVERHEAD) as u64 {
+            return Err(WireError::TooLarge {
+                what: "metadata",
+                size: count.saturating_mul(METADATA_ENTRY_OVERHEAD as u64),
+                limit: limit as u64,
+            });
+        }
         let mut entries = Vec::with_capacity(count as usize);
-        let mut budget = limit;
+        let mut size = 0usize;
         for _ in 0..count {
-            let k = get_str(buf, "metadata key", budget)?;
-            budget -= k.len();
-            let v = get_bytes(buf, "metadata", budget)?;
-            budget -= v.len();
-            entries.push((k, Bytes::copy_from_slice(v)));
+            // Lengths are checked against the bytes present, the total against the limit,
+            // before anything is copied.
+            let k = get_bytes(buf, "metadata key", usize::MAX)?;
+            let v = get_bytes(buf, "metadata value", usize::MAX)?;
+            size += METADATA_ENTRY_OVERHEAD + k.len() + v.len();
+            if size > limit {
+                return Err(WireError::TooLarge {
+                    what: "metadata",
+                    size: size as u64,
+                    limit: limit as u64,
+                });
+            }
+            let k = std::str::from_utf8(k).map_err(|_| WireError::InvalidUtf8("metadata key"))?;
+            entries.push((k.to_owned(), Bytes::copy_from_slice(v)));
         }
         Ok(Metadata { entries })
     }
@@ -92,5 +121,67 @@ impl<K: Into<String>, V: Into<Bytes>> FromIterator<(K, V)> for Metadata {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::WireLimits;
+
+    /// A metadata block of `count` empty entries.
+    fn empty_entries(count: u64) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        put_varint(&mut b, count);
+        for _ in 0..count {
+            put_bytes(&mut b, b"");
+            put_bytes(&mut b, b"");
+        }
+        b.to_vec()
+    }
+
+    #[test]
+    fn each_entry_is_charged_its_overhead() {
+        let m: Metadata = [("a", "bc")].into_iter().collect();
+        assert_eq!(m.byte_size(), METADATA_ENTRY_OVERHEAD + 3);
+        assert_eq!(Metadata::new().byte_size(), 0);
+    }
+
+    #[test]
+    fn thousands_of_empty_entries_are_refused_and_reserve_little() {
+        let limit = WireLimits::DEFAULT_MAX_METADATA_SIZE;
+        // A whole 64 KiB HEADERS of empty entries: 2 bytes each on the wire.
+        let block = empty_entries(32_000);
+        let err = Metadata::decode(&mut &block[..], limit).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::TooLarge {
+                    what: "metadata",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Exactly as many as the limit holds are fine, and their vector is that big.
+        let most = (limit / METADATA_ENTRY_OVERHEAD) as u64;
+        let m = Metadata::decode(&mut &empty_entries(most)[..], limit).unwrap();
+        assert_eq!(m.len() as u64, most);
+        assert_eq!(m.byte_size(), limit);
+        assert!(m.entries.capacity() <= limit / METADATA_ENTRY_OVERHEAD);
+        let err = Metadata::decode(&mut &empty_entries(most + 1)[..], limit).unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { .. }), "{err}");
+        // Keys and values count too, as they arrive.
+        let mut b = BytesMut::new();
+        put_varint(&mut b, 2);
+        put_bytes(&mut b, b"k");
+        put_bytes(&mut b, &vec![b'v'; limit - METADATA_ENTRY_OVERHEAD - 1]);
+        put_bytes(&mut b, b"");
+        put_bytes(&mut b, b"");
+        let err = Metadata::decode(&mut &b[..], limit).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { size, .. } if size == (limit + METADATA_ENTRY_OVERHEAD) as u64),
+            "{err}"
+        );
     }
 }

@@ -30,7 +30,7 @@ pub use frame::*;
 pub use headers::*;
 pub use hello::*;
 pub use limits::WireLimits;
-pub use metadata::Metadata;
+pub use metadata::{Metadata, METADATA_ENTRY_OVERHEAD};
 pub use trailers::*;
 pub use varint::{peek_varint, put_varint, varint_len, VARINT_MAX};
 

@@ -52,3 +52,142 @@ fn oversized_frame_is_refused_from_its_header() {
     let err = parse_frame_header(&b, &limits).unwrap_err();
     assert!(matches!(err, WireError::TooLarge { size: 11, .. }));
 }
+
+/// Feeds `bytes` to a decoder with default limits and returns it, with no frame complete.
+fn fed(bytes: &[u8]) -> FrameDecoder {
+    let mut dec = FrameDecoder::new(WireLimits::default());
+    dec.extend(bytes);
+    assert_eq!(dec.next_frame(), Ok(None));
+    dec
+}
+
+#[test]
+fn a_declared_length_reserves_nothing_before_the_bytes_arrive() {
+    // HEADERS for a method, then a DATA header declaring 4 MiB and no payload: 15 bytes.
+    let headers = RequestHeaders {
+        method: "echo".into(),
+        codec: crate::codec::Codec::Raw,
+        timeout: None,
+        idempotent: false,
+        routing_key: None,
+        metadata: Metadata::new(),
+    };
+    let mut b = headers.to_frame();
+    put_frame_header(
+        &mut b,
+        FrameKind::Data,
+        WireLimits::DEFAULT_MAX_MESSAGE_SIZE,
+    );
+    assert_eq!(b.len(), 15);
+    let mut dec = FrameDecoder::new(WireLimits::default());
+    dec.extend(&b);
+    assert_eq!(dec.next_frame().unwrap().unwrap().kind, FrameKind::Headers);
+    assert_eq!(dec.next_frame(), Ok(None));
+    assert!(
+        dec.capacity() <= 64,
+        "capacity {} after 15 bytes",
+        dec.capacity()
+    );
+
+    // The same for every frame kind, declared at its limit, one byte of payload.
+    for (kind, len) in [
+        (
+            FrameKind::Headers,
+            WireLimits::DEFAULT_MAX_CONTROL_FRAME_SIZE,
+        ),
+        (
+            FrameKind::Trailers,
+            WireLimits::DEFAULT_MAX_CONTROL_FRAME_SIZE,
+        ),
+        (FrameKind::Hello, WireLimits::DEFAULT_MAX_CONTROL_FRAME_SIZE),
+        (FrameKind::Data, WireLimits::DEFAULT_MAX_MESSAGE_SIZE),
+    ] {
+        let mut b = BytesMut::new();
+        put_frame_header(&mut b, kind, len);
+        b.extend_from_slice(&[0]);
+        let dec = fed(&b);
+        assert!(dec.capacity() <= 64, "{kind}: capacity {}", dec.capacity());
+    }
+    // An unknown kind is refused from its first byte.
+    let mut dec = FrameDecoder::new(WireLimits::default());
+    dec.extend(&[0x7f, 0x80, 0x01, 0x00, 0x00]);
+    assert_eq!(dec.next_frame(), Err(WireError::UnknownFrame(0x7f)));
+}
+
+#[test]
+fn a_buffer_grows_with_the_bytes_and_never_past_the_frame() {
+    let len = WireLimits::DEFAULT_MAX_MESSAGE_SIZE;
+    let mut frame = BytesMut::new();
+    put_frame_header(&mut frame, FrameKind::Data, len);
+    let header = frame.len();
+    frame.resize(header + len, 0xab);
+    let mut dec = FrameDecoder::new(WireLimits::default());
+    let mut fed = 0;
+    for chunk in frame.chunks(256 * 1024) {
+        dec.extend(chunk);
+        fed += chunk.len();
+        // At most twice what arrived, and never more than the whole frame.
+        assert!(dec.capacity() <= (2 * fed).min(header + len).max(fed));
+        if fed < frame.len() {
+            assert_eq!(dec.next_frame(), Ok(None));
+        }
+    }
+    let f = dec.next_frame().unwrap().unwrap();
+    assert_eq!(f.payload.len(), len);
+    assert_eq!(dec.buffered(), 0);
+}
+
+#[test]
+fn a_huge_timeout_is_clamped_never_truncated() {
+    // 2^62 s is 2^68 * 15625 µs: truncated to 64 bits, exactly 0 (an expired deadline).
+    for t in [Duration::from_secs(1 << 62), Duration::MAX] {
+        let h = RequestHeaders {
+            method: "m".into(),
+            codec: crate::codec::Codec::Raw,
+            timeout: Some(t),
+            idempotent: false,
+            routing_key: None,
+            metadata: Metadata::new(),
+        };
+        let mut b = BytesMut::new();
+        h.encode(&mut b);
+        let back = RequestHeaders::decode(&b, &WireLimits::default()).unwrap();
+        assert_eq!(
+            back.timeout,
+            Some(Duration::from_micros(VARINT_MAX)),
+            "{t:?}"
+        );
+        let trailers = Trailers {
+            code: Code::Ok,
+            message: String::new(),
+            metadata: Metadata::new(),
+            server_time: Some(t),
+            proxy: None,
+            not_run: false,
+        };
+        let mut b = BytesMut::new();
+        trailers.encode(&mut b);
+        let back = Trailers::decode(&b, &WireLimits::default()).unwrap();
+        assert_eq!(back.server_time, Some(Duration::from_micros(VARINT_MAX)));
+    }
+}
+
+#[test]
+fn small_reads_past_a_complete_frame_still_grow_geometrically() {
+    // A complete frame left in the buffer, then one byte at a time of the next: the
+    // buffer must not be resized to the exact length on every byte.
+    let mut b = BytesMut::new();
+    put_frame(&mut b, FrameKind::Data, b"done");
+    let mut dec = FrameDecoder::new(WireLimits::default());
+    dec.extend(&b);
+    let mut grown = 0;
+    let mut last = dec.capacity();
+    for _ in 0..4096 {
+        dec.extend(&[0]);
+        if dec.capacity() != last {
+            grown += 1;
+            last = dec.capacity();
+        }
+    }
+    assert!(grown <= 16, "{grown} reallocations for 4096 bytes");
+}

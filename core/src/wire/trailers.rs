@@ -7,9 +7,10 @@ use bytes::{BufMut, BytesMut};
 use super::code::Code;
 use super::error::WireError;
 use super::frame::{put_frame, FrameKind};
+use super::headers::micros;
 use super::limits::WireLimits;
 use super::metadata::Metadata;
-use super::varint::{get_str, get_u8, get_varint, put_bytes, put_varint, VARINT_MAX};
+use super::varint::{get_str, get_u8, get_varint, put_bytes, put_varint};
 
 const TF_SERVER_TIME: u8 = 0x01;
 const TF_PROXY_TIME: u8 = 0x02;
@@ -66,7 +67,6 @@ impl Trailers {
         let msg = truncate_utf8(&self.message, MAX_STATUS_MESSAGE_LEN);
         put_bytes(out, msg.as_bytes());
         self.metadata.encode(out);
-        let micros = |t: Duration| (t.as_micros() as u64).min(VARINT_MAX);
         if let Some(t) = self.server_time {
             put_varint(out, micros(t));
         }

@@ -79,7 +79,8 @@ impl RegionClient {
     /// Waits until some region can take calls to `method` (its servers connected and, when
     /// catalogs are known, serving the method), up to `timeout`.
     pub async fn ready(&self, method: &str, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
+        // A timeout too long to add to the clock means no limit.
+        let end = Instant::now().checked_add(timeout);
         loop {
             let ok = {
                 let st = self.inner.lock();
@@ -93,7 +94,7 @@ impl RegionClient {
             if ok {
                 return true;
             }
-            if Instant::now() >= end {
+            if end.is_some_and(|end| Instant::now() >= end) {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

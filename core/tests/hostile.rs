@@ -1,0 +1,518 @@
+//! Hostile and broken peers over real QUIC (issue #15): a raw quinn client (or server)
+//! speaks the wire format of `docs/PROTOCOL.md` and sends what no Meridian peer would.
+//! Each test checks that what the peer can make us hold stays bounded and that a
+//! well-behaved client keeps getting answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use meridian::region::RegionClient;
+use meridian::wire::{self, reset, FrameKind, Hello, RequestHeaders, Trailers, WireLimits};
+use meridian::{
+    Channel, ClientTls, Code, Codec, DevCa, Metadata, RequestStream, Server, ServerTls,
+    TransportConfig, Value,
+};
+
+/// A server with the few methods the attacks aim at.
+struct Target {
+    server: Server,
+    ca: DevCa,
+}
+
+impl Target {
+    async fn start() -> Target {
+        let ca = DevCa::new().expect("dev CA");
+        let tls = ServerTls::new(ca.issue_server(&["localhost"]).expect("server cert"));
+        let server = Server::builder()
+            .region("hostile")
+            .server_id("hostile-1")
+            .unary("add", |(a, b): (i64, i64), _| async move { Ok(a + b) })
+            .unary("value_len", |v: Value, _| async move {
+                Ok(match v {
+                    Value::List(items) => items.len() as u64,
+                    _ => 0,
+                })
+            })
+            .unary("many_trailers", |n: u32, ctx| async move {
+                for _ in 0..n {
+                    ctx.set_trailer("", "");
+                }
+                Ok(())
+            })
+            .client_streaming("sum", |mut reqs: RequestStream<i64>, _| async move {
+                let mut total = 0;
+                while let Some(v) = reqs.message().await? {
+                    total += v;
+                }
+                Ok(total)
+            })
+            .server_streaming(
+                "count",
+                |n: u32, _, sink: meridian::ResponseSink<u32>| async move {
+                    for i in 0..n {
+                        sink.send(&i).await?;
+                    }
+                    Ok(())
+                },
+            )
+            .raw()
+            .unary("echo", |b: Bytes, _| async move { Ok(b) })
+            .bind("127.0.0.1:0".parse().unwrap(), tls)
+            .await
+            .expect("bind");
+        Target { server, ca }
+    }
+
+    fn client_tls(&self) -> ClientTls {
+        ClientTls::with_roots([self.ca.certificate().clone()]).expect("roots")
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::builder(self.server.local_addr(), self.client_tls())
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A raw QUIC connection speaking `meridian/1`, for sending what no client would.
+    async fn raw(&self) -> quinn::Connection {
+        let cfg = self
+            .client_tls()
+            .quinn_config(&TransportConfig::default())
+            .unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(cfg);
+        ep.connect(self.server.local_addr(), "localhost")
+            .unwrap()
+            .await
+            .unwrap()
+    }
+
+    /// A good client's calls still succeed.
+    async fn assert_serves_a_good_client(&self) {
+        let ch = self.channel().await;
+        let echoed = ch
+            .call("echo")
+            .raw()
+            .timeout(Duration::from_secs(10))
+            .unary(&Bytes::from_static(b"still here"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&echoed[..], b"still here");
+        assert_eq!(
+            ch.unary::<_, i64>("add", &(20i64, 22i64)).await.unwrap(),
+            42
+        );
+    }
+}
+
+fn headers(method: &str, codec: Codec, metadata: Metadata) -> RequestHeaders {
+    RequestHeaders {
+        method: method.into(),
+        codec,
+        timeout: None,
+        idempotent: false,
+        routing_key: None,
+        metadata,
+    }
+}
+
+/// Sends `bytes` and FIN on a new stream; returns the TRAILERS the server answered with.
+async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Trailers {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    let answer = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 20))
+        .await
+        .expect("an answer within 15 s")
+        .expect("a response stream");
+    let mut dec = wire::FrameDecoder::new(WireLimits::default());
+    dec.extend(&answer);
+    let mut last = None;
+    while let Some(f) = dec.next_frame().unwrap() {
+        last = Some(f);
+    }
+    let f = last.expect("a frame");
+    assert_eq!(f.kind, FrameKind::Trailers);
+    Trailers::decode(&f.payload, &WireLimits::default()).unwrap()
+}
+
+/// The process's virtual memory size in bytes (Linux), which counts reservations whose
+/// pages were never touched.
+fn vm_size() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+const GIB: u64 = 1 << 30;
+
+/// 1024 streams, each HEADERS for `echo` then a DATA header declaring 4 MiB and no payload
+/// (15 bytes a stream): the server used to reserve the declared 4 MiB per stream, 4 GiB of
+/// address space in all (fatal under an address-space limit or strict overcommit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_frame_lengths_reserve_nothing_and_a_good_client_is_served() {
+    let target = Target::start().await;
+    let conn = target.raw().await;
+    let mut attack = headers("echo", Codec::Raw, Metadata::new()).to_frame();
+    wire::put_frame_header(
+        &mut attack,
+        FrameKind::Data,
+        WireLimits::DEFAULT_MAX_MESSAGE_SIZE,
+    );
+    assert_eq!(attack.len(), 15);
+    let streams = TransportConfig::DEFAULT_MAX_CONCURRENT_STREAMS as usize;
+    let before = vm_size();
+    let mut held = Vec::new();
+    for _ in 0..streams {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&attack).await.unwrap();
+        held.push((send, recv));
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || target.server.stats().in_flight
+            == streams)
+        .await,
+        "in flight: {}",
+        target.server.stats().in_flight
+    );
+    // Every call has read its HEADERS and the DATA header after them (same packet).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let (Some(before), Some(after)) = (before, vm_size()) {
+        let grown = after.saturating_sub(before);
+        eprintln!(
+            "{streams} streams declaring 4 MiB each: VmSize +{} MiB",
+            grown >> 20
+        );
+        assert!(
+            grown < 2 * GIB,
+            "VmSize grew by {} MiB for {streams} streams of 15 bytes",
+            grown >> 20
+        );
+    }
+    target.assert_serves_a_good_client().await;
+    drop(held);
+}
+
+/// A HEADERS of thousands of empty metadata entries: 2 bytes each on the wire, but each a
+/// key, a value and their bookkeeping in memory. Each entry is charged 32 bytes against
+/// the 16 KiB limit, so it is refused with RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn thousands_of_empty_metadata_entries_are_refused() {
+    let target = Target::start().await;
+    let conn = target.raw().await;
+    let empty: Metadata = (0..5000).map(|_| ("", "")).collect();
+    let mut call = headers("add", Codec::Postcard, empty).to_frame();
+    let mut msg = Vec::new();
+    meridian::codec::encode_message(Codec::Postcard, &(1i64, 2i64), &mut msg).unwrap();
+    wire::put_frame(&mut call, FrameKind::Data, &msg);
+    assert!(call.len() < 11_000, "{} bytes on the wire", call.len());
+    let t = exchange(&conn, &call).await;
+    assert_eq!(t.code, Code::ResourceExhausted, "{}", t.message);
+    assert!(t.message.contains("metadata"), "{}", t.message);
+
+    // Our own client counts the same way before sending: 600 empty entries are
+    // 19 200 bytes against the 16 KiB limit.
+    let ch = target.channel().await;
+    let mut call = ch.call("add");
+    for _ in 0..600 {
+        call = call.metadata("", "");
+    }
+    let err = call.unary::<_, i64>(&(1i64, 2i64)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("metadata"), "{err}");
+
+    // And the server checks the trailing metadata it sends.
+    let err = ch
+        .unary::<_, ()>("many_trailers", &600u32)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("trailing metadata"), "{err}");
+    ch.unary::<_, ()>("many_trailers", &100u32).await.unwrap();
+    target.assert_serves_a_good_client().await;
+}
+
+/// A Value body of 4 million nulls is 4 MiB on the wire and would be 128 MiB as Values:
+/// the decoded-size budget refuses it.
+#[tokio::test]
+async fn a_value_body_of_nulls_is_refused() {
+    let target = Target::start().await;
+    let ch = target.channel().await;
+    let n = WireLimits::DEFAULT_MAX_MESSAGE_SIZE - 5;
+    let mut body = Value::List(Vec::new()).to_bytes();
+    body.truncate(1);
+    let mut count = n as u64;
+    while count >= 0x80 {
+        body.push((count as u8 & 0x7f) | 0x80);
+        count >>= 7;
+    }
+    body.push(count as u8);
+    body.resize(body.len() + n, 0x00);
+    assert!(body.len() <= WireLimits::DEFAULT_MAX_MESSAGE_SIZE);
+    let err = ch
+        .call("value_len")
+        .raw()
+        .codec(Codec::Value)
+        .unary(&Bytes::from(body))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("decoded"), "{err}");
+    // A list the budget holds still decodes.
+    let small = Value::List(vec![Value::Null; 1000]).to_bytes();
+    let len: u64 = meridian::codec::decode_message(
+        Codec::Value,
+        &ch.call("value_len")
+            .raw()
+            .codec(Codec::Value)
+            .unary(&Bytes::from(small))
+            .await
+            .unwrap()
+            .into_inner(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(len, 1000);
+    target.assert_serves_a_good_client().await;
+}
+
+/// Clients have no unidirectional streams in the protocol: the server stops each one at
+/// once (STOP_SENDING(REFUSED)). They used to sit unread in quinn's buffers, 2 MiB each,
+/// and, their credit never coming back, a fifth could not even be opened.
+#[tokio::test]
+async fn the_server_refuses_client_unidirectional_streams() {
+    let target = Target::start().await;
+    let conn = target.raw().await;
+    let junk = vec![0x5a; 256 * 1024];
+    for i in 0..16 {
+        let mut s = tokio::time::timeout(Duration::from_secs(5), conn.open_uni())
+            .await
+            .unwrap_or_else(|_| panic!("no credit for unidirectional stream {i}"))
+            .unwrap();
+        let _ = s.write_all(&junk).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(5), s.stopped())
+            .await
+            .unwrap_or_else(|_| panic!("unidirectional stream {i} was not stopped"));
+        assert_eq!(stopped.unwrap(), Some(reset::REFUSED.into()), "stream {i}");
+    }
+    target.assert_serves_a_good_client().await;
+}
+
+/// A raw QUIC server speaking `meridian/1` with a self-signed certificate, and the
+/// client TLS that pins it.
+fn raw_server() -> (quinn::Endpoint, ClientTls) {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = key.cert.der().clone();
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der());
+    let mut tls =
+        rustls::ServerConfig::builder_with_provider(meridian::transport::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], der.into())
+            .unwrap();
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let ep = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    (ep, ClientTls::pinned(cert))
+}
+
+/// The client reads the server's one HELLO stream and stops every other unidirectional
+/// stream the server opens, instead of leaving their bytes unread in its buffers.
+#[tokio::test]
+async fn the_client_refuses_unidirectional_streams_beyond_the_hello() {
+    let (ep, tls) = raw_server();
+    let addr = ep.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let conn = ep.accept().await.unwrap().await.unwrap();
+        let hello = Hello {
+            version: wire::PROTOCOL_VERSION,
+            server_id: "raw".into(),
+            region: "raw".into(),
+            load: 0,
+            methods: Vec::new(),
+        };
+        let mut control = conn.open_uni().await.unwrap();
+        control.write_all(&hello.to_frame()).await.unwrap();
+        let mut codes = Vec::new();
+        for _ in 0..8 {
+            let mut junk = conn.open_uni().await.unwrap();
+            let _ = junk.write_all(&[0x5a; 64 * 1024]).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(5), junk.stopped()).await;
+            let code = stopped.ok().and_then(|s| s.ok()).flatten();
+            codes.push(code);
+            if code.is_none() {
+                break;
+            }
+        }
+        let control_stopped =
+            tokio::time::timeout(Duration::from_millis(200), control.stopped()).await;
+        (codes, control_stopped.is_ok(), conn, ep)
+    });
+    let ch = Channel::builder(addr, tls).connect().await.unwrap();
+    let (codes, control_stopped, _conn, _ep) =
+        tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("the raw server finished")
+            .unwrap();
+    let refused = Some(reset::REFUSED.into());
+    assert!(codes.iter().all(|c| *c == refused), "{codes:?}");
+    assert!(!control_stopped, "the HELLO stream was stopped");
+    assert!(eventually(Duration::from_secs(5), || ch.server_info().is_some()).await);
+    assert_eq!(ch.server_info().unwrap().server_id, "raw");
+}
+
+/// `timeout(Duration::MAX)` and other timeouts too long for the clock mean no deadline,
+/// everywhere a caller can give one; a huge timeout is sent as the largest the wire holds,
+/// not truncated to a few µs.
+#[tokio::test]
+async fn a_timeout_too_long_for_the_clock_is_no_deadline() {
+    let target = Target::start().await;
+    let ch = target.channel().await;
+    for t in [
+        Duration::MAX,
+        Duration::from_secs(1 << 62),
+        Duration::from_secs(u64::MAX / 4),
+    ] {
+        let sum: i64 = ch
+            .call("add")
+            .timeout(t)
+            .unary(&(1i64, 2i64))
+            .await
+            .unwrap_or_else(|e| panic!("timeout {t:?}: {e}"))
+            .into_inner();
+        assert_eq!(sum, 3);
+        let mut s = ch
+            .call("count")
+            .timeout(t)
+            .server_streaming::<_, u32>(&3u32)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some(i) = s.message().await.unwrap() {
+            got.push(i);
+        }
+        assert_eq!(got, [0, 1, 2], "timeout {t:?}");
+        let (mut sink, response) = ch
+            .call("sum")
+            .timeout(t)
+            .client_streaming::<i64, i64>()
+            .await
+            .unwrap();
+        sink.send(&40).await.unwrap();
+        sink.send(&2).await.unwrap();
+        sink.finish();
+        assert_eq!(response.response().await.unwrap().into_inner(), 42);
+    }
+    let region = RegionClient::local().build().unwrap();
+    assert!(region.ready("value_len", Duration::MAX).await);
+    let len: u64 = region
+        .call("value_len")
+        .timeout(Duration::MAX)
+        .codec(Codec::Value)
+        .unary(&Value::List(vec![Value::Null]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(len, 1);
+    target.server.shutdown(Duration::MAX).await;
+}
+
+/// A client-streaming send blocked by a server that never reads gives up at the call's
+/// deadline with DEADLINE_EXCEEDED, and resets the request stream.
+#[tokio::test]
+async fn a_blocked_request_send_ends_at_the_deadline() {
+    let (ep, tls) = raw_server();
+    let addr = ep.local_addr().unwrap();
+    // Accepts every call stream and never reads it, nor answers.
+    let server = tokio::spawn(async move {
+        let conn = ep.accept().await.unwrap().await.unwrap();
+        let mut held = Vec::new();
+        while let Ok(stream) = conn.accept_bi().await {
+            held.push(stream);
+        }
+        drop(ep);
+    });
+    let ch = Channel::builder(addr, tls).connect().await.unwrap();
+    let (mut sink, _response) = ch
+        .call("sink")
+        .raw()
+        .timeout(Duration::from_millis(300))
+        .client_streaming::<Bytes, Bytes>()
+        .await
+        .unwrap();
+    let chunk = Bytes::from(vec![0u8; 256 * 1024]);
+    let started = Instant::now();
+    let sending = async {
+        loop {
+            if let Err(status) = sink.send(&chunk).await {
+                return status;
+            }
+        }
+    };
+    let status = tokio::time::timeout(Duration::from_secs(5), sending)
+        .await
+        .expect("the send was still blocked 5 s after a 300 ms deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Later sends fail at once.
+    let again = tokio::time::timeout(Duration::from_millis(100), sink.send(&chunk)).await;
+    assert_eq!(again.unwrap().unwrap_err().code(), Code::DeadlineExceeded);
+    server.abort();
+}
+
+/// Frames declared at their limits, on every kind, and an unknown kind after HEADERS: each
+/// fails its call; the connection and a good client go on.
+#[tokio::test]
+async fn oversized_declarations_on_every_frame_kind_fail_their_call_only() {
+    let target = Target::start().await;
+    let conn = target.raw().await;
+    // HEADERS declaring the control-frame limit, then a few bytes and FIN.
+    let mut b = BytesMut::new();
+    wire::put_frame_header(
+        &mut b,
+        FrameKind::Headers,
+        WireLimits::DEFAULT_MAX_CONTROL_FRAME_SIZE,
+    );
+    b.extend_from_slice(&[0; 3]);
+    let t = exchange(&conn, &b).await;
+    assert_ne!(t.code, Code::Ok);
+    // One byte over the limit: refused from the header.
+    let mut b = BytesMut::new();
+    wire::put_frame_header(
+        &mut b,
+        FrameKind::Headers,
+        WireLimits::DEFAULT_MAX_CONTROL_FRAME_SIZE + 1,
+    );
+    let t = exchange(&conn, &b).await;
+    assert_eq!(t.code, Code::ResourceExhausted);
+    // HEADERS, then TRAILERS and HELLO headers at their limit where DATA belongs.
+    for kind in [FrameKind::Trailers, FrameKind::Hello] {
+        let mut b = headers("echo", Codec::Raw, Metadata::new()).to_frame();
+        wire::put_frame_header(&mut b, kind, WireLimits::DEFAULT_MAX_CONTROL_FRAME_SIZE);
+        let t = exchange(&conn, &b).await;
+        assert_ne!(t.code, Code::Ok, "{kind}");
+    }
+    // An unknown frame kind after HEADERS.
+    let mut b = headers("echo", Codec::Raw, Metadata::new()).to_frame();
+    b.extend_from_slice(&[0x7f, 0x80, 0x01, 0x00, 0x00]);
+    let t = exchange(&conn, &b).await;
+    assert_ne!(t.code, Code::Ok);
+    target.assert_serves_a_good_client().await;
+}
