@@ -61,7 +61,7 @@ pub mod testing;
 pub mod transport;
 pub mod wire;
 
-pub use call::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
+pub use call::{DecodeAs, EncodeAs, PayloadStyle, Raw, RetryPolicy, Typed};
 pub use client::{
     CallBuilder, CallOptions, CallTiming, Channel, ChannelBuilder, ChannelStats, RequestSink,
     Response, ResponseFuture, Streaming,

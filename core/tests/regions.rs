@@ -1095,3 +1095,54 @@ async fn a_routed_attempt_is_not_sent_again_by_its_channel() {
     let _ = stopping.await;
     drop(discovery);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_s_retry_policy_bounds_its_attempts_and_codes() {
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let world = World::start(&[("r", "s1", 2), ("r", "s2", 2)], move |_, _, b| {
+        let r = r.clone();
+        b.unary(Method::new("flaky").idempotent(), move |(): (), _| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(Status::unavailable("try elsewhere"))
+            }
+        })
+    })
+    .await;
+    let run = |client: RegionClient| {
+        let runs = runs.clone();
+        async move {
+            assert!(client.ready("flaky", Duration::from_secs(5)).await);
+            let before = runs.load(Ordering::SeqCst);
+            let err = client
+                .call("flaky")
+                .timeout(Duration::from_secs(5))
+                .unary::<_, ()>(&())
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), meridian::Code::Unavailable);
+            runs.load(Ordering::SeqCst) - before
+        }
+    };
+    // Default: sent again after UNAVAILABLE, up to 4 attempts (budget permitting).
+    assert!(run(world.client().build().unwrap()).await >= 2);
+    // One attempt only.
+    let once = world
+        .client()
+        .retry_policy("flaky", meridian::RetryPolicy::attempts(1))
+        .build()
+        .unwrap();
+    assert_eq!(run(once).await, 1);
+    // Not after UNAVAILABLE.
+    let not_on_unavailable = world
+        .client()
+        .retry_policy(
+            "flaky",
+            meridian::RetryPolicy::attempts(4).retry_on([meridian::Code::Internal]),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(run(not_on_unavailable).await, 1);
+}

@@ -12,5 +12,6 @@ pub(crate) use frames::{data_chunks, FramedRecv, RecvError};
 pub(crate) use messages::{decode_raw, DecodeFn, EncodeFn};
 pub use payload::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 pub(crate) use reset::{reset_for_status, status_for_reset};
+pub use retry::RetryPolicy;
 pub(crate) use retry::{is_server_failure, may_send_again, may_send_again_before};
 pub(crate) use unwind::CatchUnwind;

@@ -7,6 +7,67 @@ use std::time::Instant;
 use crate::status::Status;
 use crate::wire::Code;
 
+/// When a routed call is sent again after a failure: how many attempts at most, and which
+/// codes count as a failure of the server (rather than its answer). The one rule
+/// ([`may_send_again`]) still decides safety: a call that provably never ran may always
+/// go again, one that may have run only if it is idempotent and failed with one of
+/// `retry_on`. Set per method on a region client (and so on a proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Most attempts of one call, the first included (at least 1). Default 4.
+    pub max_attempts: u32,
+    /// Codes after which an idempotent call may go again. Default: `UNAVAILABLE`,
+    /// `DEADLINE_EXCEEDED` (within the caller's deadline), `INTERNAL`, `UNKNOWN`,
+    /// `DATA_LOSS`.
+    pub retry_on: Vec<Code>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            retry_on: SERVER_FAILURES.to_vec(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// At most `max_attempts` attempts (at least 1), on the default codes.
+    pub fn attempts(max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// The same policy, retrying idempotent calls only after these codes.
+    pub fn retry_on(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
+        self.retry_on = codes.into_iter().collect();
+        self
+    }
+
+    /// [`may_send_again_before`] under this policy's codes.
+    pub(crate) fn may_send_again_before(
+        &self,
+        status: &Status,
+        idempotent: bool,
+        deadline: Option<Instant>,
+    ) -> bool {
+        let allowed =
+            status.is_known_not_run() || (idempotent && self.retry_on.contains(&status.code()));
+        allowed && within(status, deadline)
+    }
+}
+
+const SERVER_FAILURES: [Code; 5] = [
+    Code::Unavailable,
+    Code::DeadlineExceeded,
+    Code::Internal,
+    Code::Unknown,
+    Code::DataLoss,
+];
+
 /// Whether a failed attempt may be sent again (to the same server or another):
 /// - a call that provably never ran ([`Status::is_known_not_run`]: refused before running,
 ///   an unknown method, rejected 0-RTT data, a proxy that placed it nowhere) always may;
@@ -26,23 +87,20 @@ pub(crate) fn may_send_again_before(
     idempotent: bool,
     deadline: Option<Instant>,
 ) -> bool {
-    may_send_again(status, idempotent)
-        && match deadline {
-            Some(d) => Instant::now() < d,
-            None => status.code() != Code::DeadlineExceeded,
-        }
+    may_send_again(status, idempotent) && within(status, deadline)
+}
+
+/// Never past the deadline; and without one, DEADLINE_EXCEEDED is final.
+fn within(status: &Status, deadline: Option<Instant>) -> bool {
+    match deadline {
+        Some(d) => Instant::now() < d,
+        None => status.code() != Code::DeadlineExceeded,
+    }
 }
 
 /// Whether a status says the server or the network failed rather than the request.
 pub(crate) fn is_server_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Internal
-            | Code::Unknown
-            | Code::DataLoss
-    )
+    SERVER_FAILURES.contains(&code)
 }
 
 #[cfg(test)]
@@ -74,6 +132,20 @@ mod tests {
             assert!(may_send_again(&s, false));
             assert!(may_send_again(&s, true));
         }
+    }
+
+    #[test]
+    fn a_policy_narrows_the_codes_but_never_the_not_run_rule() {
+        let only_unavailable = RetryPolicy::attempts(2).retry_on([Code::Unavailable]);
+        let internal = Status::internal("boom");
+        assert!(RetryPolicy::default().may_send_again_before(&internal, true, None));
+        assert!(!only_unavailable.may_send_again_before(&internal, true, None));
+        let lost = Status::unavailable("lost");
+        assert!(only_unavailable.may_send_again_before(&lost, true, None));
+        assert!(!only_unavailable.may_send_again_before(&lost, false, None));
+        let refused = Status::internal("refused").mark_not_run();
+        assert!(only_unavailable.may_send_again_before(&refused, false, None));
+        assert_eq!(RetryPolicy::attempts(0).max_attempts, 1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`RegionClientBuilder`]: discovery, trust, home region, hedging, probing, retries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +11,7 @@ use super::handle::RegionClient;
 use super::prober::probe_loop;
 use super::routing::Router;
 use super::table::State;
+use crate::call::RetryPolicy;
 use crate::discovery::{Discovery, LocalRegistry};
 use crate::region::budget::RetryBudget;
 use crate::region::select::RegionSelector;
@@ -27,6 +28,8 @@ pub struct RegionClientBuilder {
     pub(super) silence_limit: Duration,
     pub(super) hedged: HashSet<String>,
     pub(super) retry_ratio: f64,
+    pub(super) retry_policies: HashMap<String, RetryPolicy>,
+    pub(super) default_retry: RetryPolicy,
     pub(super) via_proxies: bool,
 }
 
@@ -83,6 +86,21 @@ impl RegionClientBuilder {
         self
     }
 
+    /// How calls to `method` are sent again after a failure: most attempts, and after
+    /// which codes an idempotent call may go again. Whether a call may go again at all
+    /// stays the one rule: provably not run, or idempotent.
+    pub fn retry_policy(mut self, method: impl Into<String>, policy: RetryPolicy) -> Self {
+        self.retry_policies.insert(method.into(), policy);
+        self
+    }
+
+    /// The retry policy of methods without one of their own (default:
+    /// [`RetryPolicy::default`]: 4 attempts, after server failures).
+    pub fn default_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.default_retry = policy;
+        self
+    }
+
     /// Retries and hedges together may add at most this share of calls (default 0.1).
     pub fn retry_budget(mut self, ratio: f64) -> Self {
         self.retry_ratio = ratio.clamp(0.0, 1.0);
@@ -110,6 +128,8 @@ impl RegionClientBuilder {
             transport,
             probe_interval: self.probe_interval,
             hedged: self.hedged,
+            retry_policies: self.retry_policies,
+            default_retry: self.default_retry,
             via_proxies: self.via_proxies,
             map,
             _discovery: self.discovery,

@@ -135,7 +135,8 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                     target.guard.settle(opened.elapsed(), None, outcome);
                     // The one rule (crate::call::may_send_again): provably not run, or
                     // idempotent after a server failure; and never past the deadline.
-                    if !may_send_again_before(&s, idempotent, deadline) {
+                    let policy = inner.retry_policy(&self.method);
+                    if !policy.may_send_again_before(&s, idempotent, deadline) {
                         return Err(s);
                     }
                     tried.push(target.addr);
@@ -227,6 +228,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let started = Instant::now();
         let deadline = self.options.deadline(started);
         let idempotent = self.is_idempotent();
+        let policy = inner.retry_policy(&self.method).clone();
         inner.lock().record_call(started);
         let span = tracing::debug_span!(
             "rpc.region",
@@ -317,14 +319,14 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         return Ok(r);
                     }
                     Attempt::Done(Err(status)) => {
-                        let retryable = may_send_again_before(&status, idempotent, deadline);
-                        if !retryable || attempts >= MAX_ATTEMPTS {
+                        let retryable = policy.may_send_again_before(&status, idempotent, deadline);
+                        if !retryable || attempts >= policy.max_attempts {
                             return Err(status);
                         }
                         last = Some(status);
                     }
                     Attempt::Abandoned => {
-                        if !idempotent || attempts >= MAX_ATTEMPTS {
+                        if !idempotent || attempts >= policy.max_attempts {
                             return Err(Status::unavailable(
                                 "the server stopped answering with the call in flight; it may or may not have run",
                             ));
@@ -413,9 +415,6 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         (r, true)
     }
 }
-
-/// Most attempts of one routed call (first try included).
-pub(super) const MAX_ATTEMPTS: u32 = 4;
 
 /// A server whose catalog does not list the method answered UNIMPLEMENTED: nothing ran
 /// there, even if the server predates marking its unknown-method answers NOT_RUN (a

@@ -43,6 +43,8 @@ fn defaults(discovery: Arc<dyn Discovery>, tls: Option<ClientTls>) -> RegionClie
         silence_limit: Duration::from_secs(1),
         hedged: HashSet::new(),
         retry_ratio: 0.1,
+        retry_policies: Default::default(),
+        default_retry: Default::default(),
         via_proxies: false,
     }
 }

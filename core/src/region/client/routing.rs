@@ -23,6 +23,8 @@ pub(super) struct Router {
     pub(super) transport: TransportConfig,
     pub(super) probe_interval: Duration,
     pub(super) hedged: HashSet<String>,
+    pub(super) retry_policies: std::collections::HashMap<String, crate::call::RetryPolicy>,
+    pub(super) default_retry: crate::call::RetryPolicy,
     pub(super) via_proxies: bool,
     pub(super) map: watch::Receiver<RegionMap>,
     /// Held so the discovery source (and its updates) live as long as the client.
@@ -159,6 +161,13 @@ impl Router {
                 settled: false,
             },
         })
+    }
+
+    /// The retry policy of `method`.
+    pub(super) fn retry_policy(&self, method: &str) -> &crate::call::RetryPolicy {
+        self.retry_policies
+            .get(method)
+            .unwrap_or(&self.default_retry)
     }
 
     /// Whether a call that finds no usable server should wait a little (start-up).
