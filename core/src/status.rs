@@ -93,6 +93,12 @@ impl Status {
         self
     }
 
+    /// The same status, its message followed by `note` (flags and metadata kept).
+    pub(crate) fn annotate(mut self, note: &str) -> Status {
+        self.message = format!("{} ({note})", self.message);
+        self
+    }
+
     pub(crate) fn clear_not_run(mut self) -> Status {
         self.not_run = false;
         self

@@ -71,6 +71,11 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
 
     /// The error for a call that found no server: with no attempt made, nothing ran.
     fn no_server(&self, why: NoPick, last: Option<Status>) -> Status {
+        if let (NoPick::NoBudget, Some(last)) = (why, &last) {
+            return last
+                .clone()
+                .annotate("not sent again: the retry budget is spent");
+        }
         last.unwrap_or_else(|| {
             let message = match why {
                 NoPick::NoServer => format!("no healthy region serves {:?}", self.method),
@@ -98,7 +103,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let mut last = None;
         let started = Instant::now();
         while tried.len() < 2 {
-            let resend = !tried.is_empty();
+            let resend = !tried.is_empty() && !last.as_ref().is_some_and(Status::is_known_not_run);
             let key = self.options.routing_key.as_deref();
             let mut target = match inner.pick(&self.method, key, &tried, resend) {
                 Ok(t) => t,
@@ -248,8 +253,11 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         last.unwrap_or_else(|| Status::deadline_exceeded("deadline exceeded"))
                     );
                 }
-                // A re-send is paid from the budget, once a server for it is found.
-                let resend = attempts > 0;
+                // A re-send is paid from the budget, once a server for it is found; one
+                // after an attempt that provably never ran is not: it put no load on any
+                // server (the budget guards servers against retry storms), and the
+                // attempt cap still bounds it.
+                let resend = attempts > 0 && !last.as_ref().is_some_and(Status::is_known_not_run);
                 let key = self.options.routing_key.as_deref();
                 let picked = match inner.pick(&self.method, key, &tried, resend) {
                     // Every candidate tried: the ones tried before may take it again.
