@@ -198,6 +198,27 @@ async fn start_server(
     panic!("cannot bind {addr} again: {last:?}");
 }
 
+/// A server on a port below the kernel's ephemeral range: a restart takes it back, where
+/// an ephemeral port freed by a kill may meanwhile go to any new socket (a client's, the
+/// emulator's).
+async fn start_fixed(
+    ca: &DevCa,
+    region: &str,
+    id: &str,
+    seed: u64,
+    ledger: &Arc<Ledger>,
+) -> Server {
+    let mut rng = Rng(seed ^ 0x5eed);
+    for _ in 0..200 {
+        let port = 20_000 + rng.below(12_000) as u16;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return start_server(ca, region, id, addr, ledger).await;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
 impl World {
     async fn start(seed: u64) -> World {
         let ca = DevCa::new().unwrap();
@@ -207,8 +228,7 @@ impl World {
         for (r, (region, rtt)) in REGIONS.iter().enumerate() {
             for i in 0..PER_REGION {
                 let id = format!("{region}-{i}");
-                let server =
-                    start_server(&ca, region, &id, "127.0.0.1:0".parse().unwrap(), &ledger).await;
+                let server = start_fixed(&ca, region, &id, seed, &ledger).await;
                 let addr = server.local_addr();
                 let link =
                     LinkEmulator::start(addr, LinkSettings::with_rtt(Duration::from_millis(*rtt)))
