@@ -376,6 +376,16 @@ meridian_status meridian_call_options_add_metadata(struct meridian_call_options 
 meridian_status meridian_call_options_set_idempotent(struct meridian_call_options *options,
                                                      bool idempotent);
 
+// Makes the call wait for a server to become reachable (within its deadline) instead of
+// failing fast. By default (`false`), once a client's connection is lost and an attempt to
+// re-establish it has failed, calls fail at once with `MERIDIAN_UNAVAILABLE` (the call did
+// not run), and a call waits at most about a second for a reconnection under way.
+//
+// # Safety
+// `options` is live.
+meridian_status meridian_call_options_set_wait_for_ready(struct meridian_call_options *options,
+                                                         bool wait_for_ready);
+
 // Sets a routing key: a region client sends the call to the server that owns the key.
 // The bytes are copied.
 //

@@ -2,6 +2,7 @@
  * of the interface. Exit status 0 when every check passed. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <time.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -313,15 +314,29 @@ int main(void) {
     for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, concurrent_caller, client);
     for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
 
-    /* Server gone: stop it, then call. */
+    /* Server gone: stop it, then call. Without a deadline the calls fail fast with
+       UNAVAILABLE (they used to wait 10 s to minutes through reconnection attempts). */
     MUST(meridian_server_stop(server, 1000));
     meridian_call_options *opts = NULL;
     meridian_response *resp = NULL;
     MUST(meridian_call_options_new(&opts));
-    MUST(meridian_call_options_set_timeout_ms(opts, 1500));
-    meridian_status st = meridian_client_unary(client, "echo", 0, (const uint8_t *)"x", 1, opts, &resp);
-    EXPECT(st == MERIDIAN_UNAVAILABLE || st == MERIDIAN_DEADLINE_EXCEEDED);
-    EXPECT(resp == NULL);
+    for (int i = 0; i < 3; i++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        meridian_status st =
+            meridian_client_unary(client, "echo", 0, (const uint8_t *)"x", 1, opts, &resp);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        EXPECT_STATUS(st, MERIDIAN_UNAVAILABLE);
+        EXPECT(took < 3.0);
+        EXPECT(resp == NULL);
+    }
+    /* Waiting for ready: the call waits, up to its deadline. */
+    MUST(meridian_call_options_set_wait_for_ready(opts, true));
+    MUST(meridian_call_options_set_timeout_ms(opts, 500));
+    EXPECT_STATUS(meridian_client_unary(client, "echo", 0, (const uint8_t *)"x", 1, opts, &resp),
+                  MERIDIAN_DEADLINE_EXCEEDED);
+    EXPECT_STATUS(meridian_call_options_set_wait_for_ready(NULL, true), MERIDIAN_NULL_PARAMETER);
     meridian_call_options_free(opts);
     meridian_client_free(client);
     meridian_server_free(server);

@@ -21,6 +21,7 @@ pub struct meridian_call_options {
     metadata: Vec<(String, Bytes)>,
     idempotent: Option<bool>,
     routing_key: Option<Bytes>,
+    wait_for_ready: bool,
 }
 
 /// Creates call options with no timeout, no metadata, default idempotency.
@@ -117,6 +118,25 @@ pub unsafe extern "C" fn meridian_call_options_set_idempotent(
     })
 }
 
+/// Makes the call wait for a server to become reachable (within its deadline) instead of
+/// failing fast. By default (`false`), once a client's connection is lost and an attempt to
+/// re-establish it has failed, calls fail at once with `MERIDIAN_UNAVAILABLE` (the call did
+/// not run), and a call waits at most about a second for a reconnection under way.
+///
+/// # Safety
+/// `options` is live.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_call_options_set_wait_for_ready(
+    options: *mut meridian_call_options,
+    wait_for_ready: bool,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        unsafe { borrow_mut(options, "options") }?.wait_for_ready = wait_for_ready;
+        Ok(())
+    })
+}
+
 /// Sets a routing key: a region client sends the call to the server that owns the key.
 /// The bytes are copied.
 ///
@@ -146,6 +166,7 @@ impl meridian_call_options {
         }
         options.idempotent = self.idempotent;
         options.routing_key = self.routing_key.clone();
+        options.wait_for_ready = self.wait_for_ready;
         options
     }
 }
