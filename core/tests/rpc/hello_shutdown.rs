@@ -308,3 +308,37 @@ async fn a_stopped_server_gives_its_port_back() {
     eprintln!("port free after {:?}", started.elapsed());
     drop(channel);
 }
+
+/// A server dropped with calls in flight gives its port back promptly too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_server_with_calls_in_flight_gives_its_port_back() {
+    let fx = Fixture::start().await;
+    let addr = fx.server.local_addr();
+    let channel = fx.channel().await;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let ch = channel.clone();
+        calls.push(tokio::spawn(async move {
+            ch.call("sleep_ms").unary::<_, ()>(&300u64).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let Fixture { server, .. } = fx;
+    drop(server);
+    let started = std::time::Instant::now();
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(_) => break,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "port still bound after {:?}: {e}",
+                started.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in calls {
+        let _ = c.await;
+    }
+    drop(channel);
+}
