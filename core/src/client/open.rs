@@ -13,7 +13,9 @@ use super::connection::ChannelInner;
 use super::response::{CallTiming, Response};
 use super::retry::{Failure, Retry};
 use super::streaming::Streaming;
-use crate::call::{data_chunks, decode_raw, status_for_reset, DecodeFn, FramedRecv, RecvError};
+use crate::call::{
+    closed_before_run, data_chunks, decode_raw, status_for_reset, DecodeFn, FramedRecv, RecvError,
+};
 use crate::codec::Codec;
 use crate::status::Status;
 use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, WireLimits};
@@ -110,6 +112,9 @@ pub(super) async fn open_call(
         let retry = match &e {
             quinn::WriteError::ZeroRttRejected => Retry::NotStarted,
             quinn::WriteError::Stopped(code) if code.into_inner() == u64::from(reset::REFUSED) => {
+                Retry::NotStarted
+            }
+            quinn::WriteError::ConnectionLost(lost) if closed_before_run(lost, send.id()) => {
                 Retry::NotStarted
             }
             quinn::WriteError::ConnectionLost(_) => Retry::MaybeStarted,
@@ -272,7 +277,7 @@ impl CallRecv {
             Err(e) => {
                 self.finished = true;
                 self.retry = match &e {
-                    RecvError::ZeroRttRejected => Retry::NotStarted,
+                    RecvError::ZeroRttRejected | RecvError::ClosedBeforeRun => Retry::NotStarted,
                     RecvError::Reset(code) if *code == u64::from(reset::REFUSED) => {
                         Retry::NotStarted
                     }

@@ -13,7 +13,8 @@ pub(super) const MAX_ATTEMPTS: u32 = 8;
 pub(super) enum Retry {
     /// The server answered, or the failure says nothing about where the call got.
     No,
-    /// Provably not run: refused by the server, or lost with rejected 0-RTT data.
+    /// Provably not run: never sent (no connection or stream), refused by the server,
+    /// lost with rejected 0-RTT data, or failed by a close that says it did not run.
     NotStarted,
     /// The connection died with the call in flight: it may or may not have run.
     MaybeStarted,

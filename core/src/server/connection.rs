@@ -7,13 +7,13 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::call::serve_call;
-use super::shared::Shared;
+use super::shared::{OpenCall, Shared};
 use crate::transport::zero_rtt;
 use crate::wire::reset;
 
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        if shared.shutting_down.load(Ordering::Acquire) {
+        if shared.shutting_down.load(Ordering::SeqCst) {
             incoming.refuse();
             continue;
         }
@@ -27,6 +27,9 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     // 0-RTT data are read at once; `confirmed` tells which of them may run (see serve_call).
     let Some((conn, handshake)) = zero_rtt::accept(incoming).await else {
         debug!(%remote, "connection refused before its handshake");
+        return;
+    };
+    let Some(served) = shared.serve(&conn) else {
         return;
     };
     let (confirmed_tx, confirmed) = watch::channel(false);
@@ -77,13 +80,21 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     loop {
         match conn.accept_bi().await {
             Ok((mut send, mut recv)) => {
-                if shared.shutting_down.load(Ordering::Acquire) {
+                // Counted before the check, so a shutdown either waits for this call or
+                // finds it refused here.
+                let open = OpenCall::new(&shared);
+                if shared.shutting_down.load(Ordering::SeqCst) {
+                    // Every stream accepted from now on has a higher ID than any call that
+                    // may have run, so even if this reset is lost in the final close, the
+                    // close tells the client that this call did not run.
                     let _ = send.reset(reset::REFUSED.into());
                     let _ = recv.stop(reset::REFUSED.into());
                     continue;
                 }
                 tokio::spawn(serve_call(
                     shared.clone(),
+                    open,
+                    served.clone(),
                     remote,
                     confirmed.clone(),
                     send,
@@ -92,6 +103,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             }
             Err(e) => {
                 debug!(%remote, reason = %e, "connection ended");
+                shared.forget(&conn);
                 return;
             }
         }
