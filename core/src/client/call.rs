@@ -15,7 +15,7 @@ use super::connection::ChannelInner;
 use super::open::{finish_span, open_call, with_deadline, Early, Request};
 use super::options::CallOptions;
 use super::response::Response;
-use super::retry::{Failure, Retry, MAX_ATTEMPTS};
+use super::retry::{Failure, Reach, Retry, MAX_ATTEMPTS};
 use super::streaming::{RequestSink, ResponseFuture, Streaming};
 use crate::call::{may_send_again, DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 use crate::codec::Codec;
@@ -45,6 +45,9 @@ pub struct CallBuilder<T, P = Typed> {
     pub(crate) target: T,
     pub(crate) method: String,
     pub(crate) options: CallOptions,
+    /// Where a unary call on a channel reports whether it may have reached the server
+    /// (set by a region client, which may give the call up midway).
+    pub(crate) reach: Option<Reach>,
     style: PhantomData<P>,
 }
 
@@ -54,6 +57,7 @@ impl<T, P: PayloadStyle> CallBuilder<T, P> {
             target,
             method,
             options: CallOptions::default(),
+            reach: None,
             style: PhantomData,
         }
     }
@@ -127,6 +131,7 @@ impl<T, P: PayloadStyle> CallBuilder<T, P> {
             target: self.target,
             method: self.method,
             options: self.options,
+            reach: self.reach,
             style: PhantomData,
         }
     }
@@ -174,6 +179,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             proxy_us = field::Empty,
             upstream_us = field::Empty
         );
+        let reach = self.reach.clone();
         let call = self.into_call(started);
         let inner = call.inner.clone();
         let deadline = call.deadline;
@@ -203,8 +209,15 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         Early::Never
                     };
                     let request = Request::Single(msg.clone());
-                    let mut call =
-                        open_call(&inner, &mut headers, deadline, request, early).await?;
+                    let mut call = open_call(
+                        &inner,
+                        &mut headers,
+                        deadline,
+                        request,
+                        early,
+                        reach.as_ref(),
+                    )
+                    .await?;
                     tracing::Span::current().record("early", call.early);
                     let mut recv = call.take_recv();
                     let result = recv.single_response(P::decode).await;
@@ -216,7 +229,11 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         retry: recv.retry,
                     })
                 };
-                let failure = match attempt.await {
+                let result = attempt.await;
+                if let (Some(reach), Err(f)) = (&reach, &result) {
+                    reach.ended(f.retry);
+                }
+                let failure = match result {
                     Ok(r) => {
                         tracing::Span::current().record("attempts", attempts);
                         return Ok(r);
@@ -272,6 +289,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             deadline,
             Request::Single(msg),
             Early::Never,
+            None,
         );
         let mut call = with_deadline(deadline, async {
             open.await.map_err(|f| f.into_status(true))
@@ -329,6 +347,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             deadline,
             Request::Stream,
             Early::Never,
+            None,
         );
         let mut call = with_deadline(deadline, async {
             open.await.map_err(|f| f.into_status(true))

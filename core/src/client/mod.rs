@@ -36,5 +36,6 @@ pub use call::CallBuilder;
 pub use channel::Channel;
 pub use options::CallOptions;
 pub use response::{CallTiming, Response};
+pub(crate) use retry::Reach;
 pub use stats::ChannelStats;
 pub use streaming::{RequestSink, ResponseFuture, Streaming};

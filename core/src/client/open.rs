@@ -11,7 +11,7 @@ use tracing::{debug, field};
 
 use super::connection::ChannelInner;
 use super::response::{CallTiming, Response};
-use super::retry::{Failure, Retry};
+use super::retry::{Failure, Reach, Retry};
 use super::streaming::Streaming;
 use crate::call::{
     closed_before_run, data_chunks, decode_raw, status_for_reset, DecodeFn, FramedRecv, RecvError,
@@ -43,12 +43,14 @@ pub(super) enum Early {
 ///
 /// While a resumed connection's handshake is still running, only an idempotent call with
 /// [`Early::IfIdempotent`] goes out in 0-RTT data; any other waits for the handshake.
+/// `reach` learns when the stream is open, from which moment the call may reach the server.
 pub(super) async fn open_call(
     inner: &Arc<ChannelInner>,
     headers: &mut RequestHeaders,
     deadline: Option<Instant>,
     request: Request,
     early: Early,
+    reach: Option<&Reach>,
 ) -> Result<OpenCall, Failure> {
     inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
     if headers.metadata.byte_size() > inner.wire.max_metadata_size {
@@ -83,6 +85,9 @@ pub(super) async fn open_call(
             status,
             retry: Retry::NotStarted,
         })?;
+    if let Some(reach) = reach {
+        reach.opened();
+    }
     // The time left now, after connecting and waiting for stream credit.
     headers.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let head = headers.to_frame().freeze();

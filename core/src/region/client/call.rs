@@ -11,7 +11,9 @@ use super::handle::RegionClient;
 use super::routing::Target;
 use crate::call::{is_server_failure, may_send_again_before};
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Typed};
-use crate::client::{CallBuilder, Channel, RequestSink, Response, ResponseFuture, Streaming};
+use crate::client::{
+    CallBuilder, Channel, Reach, RequestSink, Response, ResponseFuture, Streaming,
+};
 use crate::region::hedge::HedgePolicy;
 use crate::status::Status;
 use crate::wire::Code;
@@ -23,7 +25,7 @@ pub type RegionCallBuilder<P = Typed> = CallBuilder<RegionClient, P>;
 /// How one attempt ended.
 enum Attempt<T> {
     Done(Result<Response<T>, Status>),
-    /// The server was ejected while the attempt was in flight.
+    /// The server was ejected while the attempt was in flight (it may have run there).
     Abandoned,
 }
 
@@ -142,6 +144,9 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         self.open_streaming(|call| call.bidi::<Req, Resp>()).await
     }
 
+    /// One attempt on `target`: `make` runs a unary call on its channel, which reports
+    /// whether the call may have reached the server, so that an attempt given up because
+    /// the server was ejected says whether the call may have run there.
     async fn attempt<T, F, Fut>(
         &self,
         target: &mut Target,
@@ -153,7 +158,9 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         F: Fn(CallBuilder<Channel, P>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        let call = self.channel_call(target, idempotent, deadline);
+        let mut call = self.channel_call(target, idempotent, deadline);
+        let reach = Reach::default();
+        call.reach = Some(reach.clone());
         let started = Instant::now();
         let fut = make(call);
         let result = tokio::select! {
@@ -170,7 +177,16 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             }
             None => {
                 target.guard.settle(latency, timeout, true);
-                Attempt::Abandoned
+                if reach.may_have_reached() {
+                    Attempt::Abandoned
+                } else {
+                    // Between attempts on that server (say, refused by it, or its close
+                    // said the call did not run, and waiting to reconnect): nothing ran.
+                    Attempt::Done(Err(Status::unavailable(
+                        "the server stopped answering before the call reached it",
+                    )
+                    .mark_not_run()))
+                }
             }
         }
     }
