@@ -1146,3 +1146,64 @@ async fn a_method_s_retry_policy_bounds_its_attempts_and_codes() {
         .unwrap();
     assert_eq!(run(not_on_unavailable).await, 1);
 }
+
+/// A routed call sent as its server begins a graceful stop, with nothing else in flight (so
+/// the server closes at once): it is answered, or fails known not to have run, never "may
+/// or may not have run". Such a call, refused or cut off by the close unrun, waits to be
+/// sent again until the client ejects the silent server; that used to count as "it may
+/// have run there".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_call_racing_a_graceful_stop_is_answered_or_known_not_run() {
+    let ca = DevCa::new().unwrap();
+    let mut wrong = Vec::new();
+    let (mut answered, mut not_run) = (0, 0);
+    for round in 0..4u64 {
+        let runs = Arc::new(AtomicU64::new(0));
+        let r = runs.clone();
+        // Unique region: other tests' servers are in the same registry.
+        let server = Server::builder()
+            .region(format!("stop-race-{round}"))
+            .unary("stop_race_work", move |ms: u64, _| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok(ms)
+                }
+            })
+            .bind(
+                "127.0.0.1:0".parse().unwrap(),
+                meridian::ServerTls::new(ca.issue_server(&["localhost"]).unwrap()),
+            )
+            .await
+            .unwrap();
+        let client = RegionClient::local().build().unwrap();
+        assert!(client.ready("stop_race_work", Duration::from_secs(5)).await);
+        let _: u64 = client.unary("stop_race_work", &0u64).await.unwrap();
+        runs.store(0, Ordering::SeqCst);
+
+        let stop_at = tokio::time::Instant::now() + Duration::from_millis(50);
+        let call = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(stop_at).await;
+                client.unary::<_, u64>("stop_race_work", &100u64).await
+            })
+        };
+        tokio::time::sleep_until(stop_at).await;
+        server.shutdown(Duration::from_secs(3)).await;
+        let outcome = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call ends soon after the stop")
+            .unwrap();
+        let ran = runs.load(Ordering::SeqCst);
+        match outcome {
+            Ok(_) if ran == 1 => answered += 1,
+            Err(s) if s.is_known_not_run() && ran == 0 => not_run += 1,
+            other => wrong.push(format!("{other:?} (the handler ran {ran} time(s))")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{answered} answered, {not_run} known not run, and: {wrong:#?}"
+    );
+}

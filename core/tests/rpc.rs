@@ -14,6 +14,8 @@ mod cancellation;
 mod concurrency;
 #[path = "rpc/extension.rs"]
 mod extension;
+#[path = "rpc/graceful_stop.rs"]
+mod graceful_stop;
 #[path = "rpc/hello_shutdown.rs"]
 mod hello_shutdown;
 #[path = "rpc/link_emulator.rs"]

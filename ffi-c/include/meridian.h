@@ -600,10 +600,12 @@ meridian_status meridian_server_start(struct meridian_server *server,
 // `server` is live; `port_out` is writable.
 meridian_status meridian_server_port(const struct meridian_server *server, uint16_t *port_out);
 
-// Stops the server gracefully: new calls are refused (clients may retry elsewhere),
-// calls in flight get up to `grace_ms` to finish, then connections close. Returns once
-// no handler is running any more; after that no handler starts. Stopping a server that
-// is not running is harmless. Blocking (not from a handler: `MERIDIAN_WOULD_DEADLOCK`).
+// Stops the server gracefully: new calls are refused (they fail with
+// `MERIDIAN_UNAVAILABLE` and are known not to have run, so clients may retry elsewhere),
+// calls in flight get up to `grace_ms` to finish and their answers to reach the clients,
+// then connections close. Returns once no handler is running any more; after that no
+// handler starts. Stopping a server that is not running is harmless. Blocking (not from a
+// handler: `MERIDIAN_WOULD_DEADLOCK`).
 //
 // # Safety
 // `server` is live.

@@ -256,9 +256,11 @@ class RPCServer:
         return self
 
     def stop(self, grace: Optional[float] = None) -> None:
-        """Stops serving: lets calls in flight finish for up to ``grace`` seconds
-        (default: the constructor's), then leaves the registry and closes. Stopping a
-        stopped server does nothing."""
+        """Stops serving: leaves the registry, refuses new calls (they fail with
+        ``UNAVAILABLE`` saying they did not run, so they are safe to send again), lets
+        calls in flight finish and their answers reach the callers for up to ``grace``
+        seconds (default: the constructor's), then closes. Stopping a stopped server does
+        nothing."""
         with self._lock:
             self._started = False
             _live_servers.discard(self)

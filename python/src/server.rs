@@ -228,8 +228,9 @@ impl NativeServer {
         Ok((local.ip().to_string(), local.port()))
     }
 
-    /// Stops serving: lets calls in flight finish for up to `grace` seconds (default: the
-    /// server's), then leaves the in-process registry and closes.
+    /// Stops serving: leaves the in-process registry, refuses new calls (they fail saying
+    /// they did not run), lets calls in flight finish and their answers reach the clients
+    /// for up to `grace` seconds (default: the server's), then closes.
     #[pyo3(signature = (grace=None))]
     fn stop(&self, py: Python<'_>, grace: Option<f64>) -> PyResult<()> {
         let (server, default_grace, registration) = {
@@ -321,17 +322,15 @@ fn register(builder: ServerBuilder, m: &PyMethod) -> ServerBuilder {
     }
 }
 
-/// Stops `server` gracefully. Calls in flight finish first, while the server is still
-/// listed in the registry: a local region client drops its connection to a server as soon
-/// as the server leaves the registry, which would cut those calls short. Then the server
-/// shuts down with what is left of `grace`.
+/// Stops `server` gracefully ([`Server::shutdown`]): it leaves the registry (a region
+/// client lets the calls it is running there finish), refuses new calls with a status that
+/// says they did not run, and closes once the calls in flight are answered and their
+/// answers acknowledged, or when `grace` ends.
+///
+/// (Waiting for the calls in flight before the shutdown, still taking new calls, let a call
+/// that arrived in between be cut off by the close.)
 async fn retire(server: Server, grace: Duration) {
-    let deadline = tokio::time::Instant::now() + grace;
-    while server.stats().in_flight > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    server.shutdown(left).await;
+    server.shutdown(grace).await;
 }
 
 fn check_codec(ctx: &CallContext) -> Result<(), Status> {

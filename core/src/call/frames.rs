@@ -21,6 +21,9 @@ pub(crate) enum RecvError {
     /// The stream was sent in 0-RTT data that the server rejected: it never reached the
     /// server's application.
     ZeroRttRejected,
+    /// The server shut down and closed the connection saying that no handler ran this
+    /// stream's call ([`closed_before_run`]).
+    ClosedBeforeRun,
 }
 
 impl RecvError {
@@ -34,6 +37,9 @@ impl RecvError {
             RecvError::Reset(code) => status_for_reset(*code),
             RecvError::Lost(why) => Status::unavailable(format!("connection lost: {why}")),
             RecvError::ZeroRttRejected => Status::unavailable("the server rejected the 0-RTT data"),
+            RecvError::ClosedBeforeRun => {
+                Status::unavailable("the server shut down before running the call").mark_not_run()
+            }
         }
     }
 }
@@ -74,6 +80,11 @@ impl FramedRecv {
                     return Err(RecvError::Reset(code.into_inner()))
                 }
                 Err(quinn::ReadError::ZeroRttRejected) => return Err(RecvError::ZeroRttRejected),
+                Err(quinn::ReadError::ConnectionLost(e))
+                    if closed_before_run(&e, self.recv.id()) =>
+                {
+                    return Err(RecvError::ClosedBeforeRun)
+                }
                 Err(e) => return Err(RecvError::Lost(e.to_string())),
             }
         }
@@ -82,6 +93,20 @@ impl FramedRecv {
     /// Asks the peer to stop sending, with an application code.
     pub(crate) fn stop(&mut self, code: u32) {
         let _ = self.recv.stop(code.into());
+    }
+}
+
+/// Whether `e` is a server's graceful shutdown that vouches no handler ran the call on
+/// `stream`: `CONNECTION_CLOSE(SHUTDOWN)` whose reason phrase gives the first stream that
+/// did not run ([`wire::shutdown_reason`]), at or below `stream`.
+pub(crate) fn closed_before_run(e: &quinn::ConnectionError, stream: quinn::StreamId) -> bool {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code.into_inner() == u64::from(wire::reset::SHUTDOWN) =>
+        {
+            wire::shutdown_not_run_from(&close.reason).is_some_and(|n| u64::from(stream) >= n)
+        }
+        _ => false,
     }
 }
 

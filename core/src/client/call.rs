@@ -15,7 +15,7 @@ use super::connection::ChannelInner;
 use super::open::{finish_span, open_call, with_deadline, Early, Request};
 use super::options::CallOptions;
 use super::response::Response;
-use super::retry::{Failure, Retry, MAX_ATTEMPTS};
+use super::retry::{Failure, Reach, Retry, MAX_ATTEMPTS};
 use super::streaming::{RequestSink, ResponseFuture, Streaming};
 use crate::call::{may_send_again, DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 use crate::codec::Codec;
@@ -50,6 +50,9 @@ pub struct CallBuilder<T, P = Typed> {
     /// data was rejected (the server saw nothing; it is the same attempt, after the
     /// handshake).
     pub(crate) one_attempt: bool,
+    /// Where a unary call on a channel reports whether it may have reached the server
+    /// (set by a region client, which may give the call up midway).
+    pub(crate) reach: Option<Reach>,
     style: PhantomData<P>,
 }
 
@@ -60,6 +63,7 @@ impl<T, P: PayloadStyle> CallBuilder<T, P> {
             method,
             options: CallOptions::default(),
             one_attempt: false,
+            reach: None,
             style: PhantomData,
         }
     }
@@ -141,6 +145,7 @@ impl<T, P: PayloadStyle> CallBuilder<T, P> {
             method: self.method,
             options: self.options,
             one_attempt: self.one_attempt,
+            reach: self.reach,
             style: PhantomData,
         }
     }
@@ -189,6 +194,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             upstream_us = field::Empty
         );
         let one_attempt = self.one_attempt;
+        let reach = self.reach.clone();
         let call = self.into_call(started);
         let inner = call.inner.clone();
         let deadline = call.deadline;
@@ -226,6 +232,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         request,
                         early,
                         wait_for_ready,
+                        reach.as_ref(),
                     )
                     .await?;
                     tracing::Span::current().record("early", call.early);
@@ -251,7 +258,11 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         retry: recv.retry,
                     })
                 };
-                let failure = match attempt.await {
+                let result = attempt.await;
+                if let (Some(reach), Err(f)) = (&reach, &result) {
+                    reach.ended(f.retry);
+                }
+                let failure = match result {
                     Ok(r) => {
                         tracing::Span::current().record("attempts", attempts);
                         return Ok(r);
@@ -319,6 +330,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             Request::Single(msg),
             Early::Never,
             wait_for_ready,
+            None,
         );
         let mut call = with_deadline(deadline, async {
             open.await.map_err(|f| f.into_status(true))
@@ -378,6 +390,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             Request::Stream,
             Early::Never,
             wait_for_ready,
+            None,
         );
         let mut call = with_deadline(deadline, async {
             open.await.map_err(|f| f.into_status(true))

@@ -38,5 +38,6 @@ pub use channel::Channel;
 pub(crate) use hold::Attach;
 pub use options::CallOptions;
 pub use response::{CallTiming, Response};
+pub(crate) use retry::Reach;
 pub use stats::ChannelStats;
 pub use streaming::{RequestSink, ResponseFuture, Streaming};

@@ -11,9 +11,11 @@ use tracing::{debug, field};
 
 use super::connection::ChannelInner;
 use super::response::{CallTiming, Response};
-use super::retry::{Failure, Retry};
+use super::retry::{Failure, Reach, Retry};
 use super::streaming::Streaming;
-use crate::call::{data_chunks, decode_raw, status_for_reset, DecodeFn, FramedRecv, RecvError};
+use crate::call::{
+    closed_before_run, data_chunks, decode_raw, status_for_reset, DecodeFn, FramedRecv, RecvError,
+};
 use crate::codec::Codec;
 use crate::status::Status;
 use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, WireLimits};
@@ -41,6 +43,7 @@ pub(super) enum Early {
 ///
 /// While a resumed connection's handshake is still running, only an idempotent call with
 /// [`Early::IfIdempotent`] goes out in 0-RTT data; any other waits for the handshake.
+/// `reach` learns when the stream is open, from which moment the call may reach the server.
 pub(super) async fn open_call(
     inner: &Arc<ChannelInner>,
     headers: &mut RequestHeaders,
@@ -48,6 +51,7 @@ pub(super) async fn open_call(
     request: Request,
     early: Early,
     wait_for_ready: bool,
+    reach: Option<&Reach>,
 ) -> Result<OpenCall, Failure> {
     inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
     let (size, limit) = (headers.metadata.byte_size(), inner.wire.max_metadata_size);
@@ -121,6 +125,9 @@ pub(super) async fn open_call(
             status,
             retry: Retry::NotStarted,
         })?;
+    if let Some(reach) = reach {
+        reach.opened();
+    }
     // The time left now, after connecting and waiting for stream credit.
     headers.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let head = headers.to_frame().freeze();
@@ -151,6 +158,9 @@ pub(super) async fn open_call(
         let retry = match &e {
             quinn::WriteError::ZeroRttRejected => Retry::EarlyRejected,
             quinn::WriteError::Stopped(code) if code.into_inner() == u64::from(reset::REFUSED) => {
+                Retry::NotStarted
+            }
+            quinn::WriteError::ConnectionLost(lost) if closed_before_run(lost, send.id()) => {
                 Retry::NotStarted
             }
             quinn::WriteError::ConnectionLost(_) => Retry::MaybeStarted,
@@ -348,6 +358,7 @@ impl CallRecv {
                 self.finished = true;
                 self.retry = match &e {
                     RecvError::ZeroRttRejected => Retry::EarlyRejected,
+                    RecvError::ClosedBeforeRun => Retry::NotStarted,
                     RecvError::Reset(code) if *code == u64::from(reset::REFUSED) => {
                         Retry::NotStarted
                     }

@@ -262,9 +262,12 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             transport: self.transport,
             client_auth: tls.requires_client_certs(),
             shutting_down: AtomicBool::new(false),
+            stopping: watch::channel(false).0,
             inflight: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
+            open_connections: AtomicUsize::new(0),
+            open_calls: AtomicUsize::new(0),
             idle: Notify::new(),
+            connections: Mutex::new(Some(HashMap::new())),
             calls_total: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
         });

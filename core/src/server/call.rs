@@ -13,7 +13,7 @@ use tracing::{field, Instrument};
 
 use super::context::{CallContext, CancelState};
 use super::handler::{RequestBody, ServerCall};
-use super::shared::Shared;
+use super::shared::{OpenCall, ServedConnection, Shared};
 use super::{BoxFuture, HEADERS_TIMEOUT, RESPONSE_QUEUE};
 use crate::call::{data_chunks, CatchUnwind, FramedRecv, RecvError};
 use crate::status::Status;
@@ -22,18 +22,22 @@ use crate::wire::{
     reset, Code, FrameKind, MethodKind, ProxyTime, RequestHeaders, Trailers, WireError,
 };
 
+/// Counts a call in [`Shared::inflight`] while its handler may run.
 struct InflightGuard(Arc<Shared>);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Writes TRAILERS (after an optional response message) and finishes the stream.
-async fn finish_call(send: &mut quinn::SendStream, reply: Option<Bytes>, trailers: Trailers) {
+/// Writes TRAILERS (after an optional response message) and finishes the stream; returns
+/// whether it did (not if the client stopped the stream or the connection is gone).
+async fn finish_call(
+    send: &mut quinn::SendStream,
+    reply: Option<Bytes>,
+    trailers: Trailers,
+) -> bool {
     let mut tail = BytesMut::with_capacity(32 + trailers.message.len());
     trailers.put_frame(&mut tail);
     let result = match reply {
@@ -44,8 +48,27 @@ async fn finish_call(send: &mut quinn::SendStream, reply: Option<Bytes>, trailer
         }
         None => send.write_all(&tail).await,
     };
-    if result.is_ok() {
-        let _ = send.finish();
+    result.is_ok() && send.finish().is_ok()
+}
+
+/// Refuses a call whose handler has not started because the server is stopping: TRAILERS
+/// UNAVAILABLE with NOT_RUN tell the client that nothing ran, so it may send the call
+/// elsewhere, and, unlike a reset, the server can tell when they were delivered. Returns
+/// whether the stream was finished.
+async fn refuse(send: &mut quinn::SendStream, rx: &mut FramedRecv, started: Instant) -> bool {
+    rx.stop(reset::REFUSED);
+    let status = Status::unavailable("the server is shutting down; the call did not run");
+    let mut trailers = trailers_for(status, started.elapsed());
+    trailers.not_run = true;
+    finish_call(send, None, trailers).await
+}
+
+/// `fut`, unless the server begins to stop first (`None`).
+async fn unless_stopping<T>(shared: &Shared, fut: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        r = fut => Some(r),
+        () = shared.stop_requested() => None,
     }
 }
 
@@ -69,19 +92,47 @@ enum Outcome {
     Lost,
 }
 
+/// Serves one call stream, from reading its HEADERS until its response is settled: finished
+/// and acknowledged by the client, or reset. Until then `open` counts it, so that a
+/// graceful shutdown does not close the connection under a response still on its way.
 pub(super) async fn serve_call(
     shared: Arc<Shared>,
+    open: OpenCall,
+    conn: Arc<ServedConnection>,
     peer: SocketAddr,
     confirmed: watch::Receiver<bool>,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
+    let finished = answer_call(&shared, &conn, peer, confirmed, &mut send, recv).await;
+    if finished {
+        // Resolves once the client acknowledged every byte (or stopped the stream, or the
+        // connection ended).
+        let _ = send.stopped().await;
+    }
+    drop(open);
+}
+
+/// Reads the HEADERS and runs the call; returns whether the response stream was finished
+/// (false if it was reset or the connection is gone).
+async fn answer_call(
+    shared: &Arc<Shared>,
+    conn: &ServedConnection,
+    peer: SocketAddr,
+    confirmed: watch::Receiver<bool>,
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> bool {
     let started = Instant::now();
     let early = zero_rtt::is_early(&recv);
     let limits = shared.transport.wire;
     let mut rx = FramedRecv::new(recv, limits);
 
-    let headers = match tokio::time::timeout(HEADERS_TIMEOUT, rx.next_frame()).await {
+    let first = tokio::time::timeout(HEADERS_TIMEOUT, rx.next_frame());
+    let Some(first) = unless_stopping(shared, first).await else {
+        return refuse(send, &mut rx, started).await;
+    };
+    let headers = match first {
         Ok(Ok(Some(f))) if f.kind == FrameKind::Headers => {
             match RequestHeaders::decode(&f.payload, &limits) {
                 Ok(h) => h,
@@ -93,8 +144,7 @@ pub(super) async fn serve_call(
                         _ => Status::invalid_argument(format!("bad HEADERS: {e}")),
                     };
                     rx.stop(reset::PROTOCOL_ERROR);
-                    finish_call(&mut send, None, trailers_for(status, started.elapsed())).await;
-                    return;
+                    return finish_call(send, None, trailers_for(status, started.elapsed())).await;
                 }
             }
         }
@@ -102,32 +152,29 @@ pub(super) async fn serve_call(
             let status =
                 Status::invalid_argument(format!("a call must start with HEADERS, got {}", f.kind));
             rx.stop(reset::PROTOCOL_ERROR);
-            finish_call(&mut send, None, trailers_for(status, started.elapsed())).await;
-            return;
+            return finish_call(send, None, trailers_for(status, started.elapsed())).await;
         }
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return false,
         Ok(Err(e)) => {
             rx.stop(reset::PROTOCOL_ERROR);
-            if !matches!(e, RecvError::Lost(_) | RecvError::Reset(_)) {
-                finish_call(
-                    &mut send,
-                    None,
-                    trailers_for(e.to_status(), started.elapsed()),
-                )
-                .await;
+            if matches!(
+                e,
+                RecvError::Lost(_) | RecvError::Reset(_) | RecvError::ClosedBeforeRun
+            ) {
+                return false;
             }
-            return;
+            return finish_call(send, None, trailers_for(e.to_status(), started.elapsed())).await;
         }
         Err(_) => {
             rx.stop(reset::PROTOCOL_ERROR);
             let _ = send.reset(reset::PROTOCOL_ERROR.into());
-            return;
+            return false;
         }
     };
 
     shared.inflight.fetch_add(1, Ordering::AcqRel);
     shared.calls_total.fetch_add(1, Ordering::Relaxed);
-    let _inflight = InflightGuard(shared.clone());
+    let inflight = InflightGuard(shared.clone());
     let span = tracing::debug_span!(
         "rpc.server",
         method = %headers.method,
@@ -135,14 +182,32 @@ pub(super) async fn serve_call(
         duration_us = field::Empty
     );
     let early = EarlyData { early, confirmed };
-    let code = run_call(&shared, peer, early, headers, rx, &mut send, started)
-        .instrument(span.clone())
-        .await;
+    let call = Call {
+        shared,
+        conn,
+        peer,
+        early,
+        headers,
+        started,
+    };
+    let (code, finished) = run_call(call, rx, send).instrument(span.clone()).await;
     if code != Code::Ok {
         shared.calls_failed.fetch_add(1, Ordering::Relaxed);
     }
     span.record("code", field::display(code));
     span.record("duration_us", started.elapsed().as_micros() as u64);
+    drop(inflight);
+    finished
+}
+
+/// One call whose HEADERS were read.
+struct Call<'a> {
+    shared: &'a Shared,
+    conn: &'a ServedConnection,
+    peer: SocketAddr,
+    early: EarlyData,
+    headers: RequestHeaders,
+    started: Instant,
 }
 
 /// Whether a call arrived in 0-RTT data, and the connection's handshake state.
@@ -151,23 +216,29 @@ struct EarlyData {
     confirmed: watch::Receiver<bool>,
 }
 
+/// Runs a call whose HEADERS were read: returns its status code and whether the response
+/// stream was finished.
 async fn run_call(
-    shared: &Shared,
-    peer: SocketAddr,
-    mut early: EarlyData,
-    headers: RequestHeaders,
+    call: Call<'_>,
     mut rx: FramedRecv,
     send: &mut quinn::SendStream,
-    started: Instant,
-) -> Code {
+) -> (Code, bool) {
+    let Call {
+        shared,
+        conn,
+        peer,
+        mut early,
+        headers,
+        started,
+    } = call;
     let Some(entry) = shared.method(&headers.method) else {
         rx.stop(reset::NO_ERROR);
         let status = Status::unimplemented(format!("unknown method {:?}", headers.method));
         // No handler ran: say so, so that any client may send the call elsewhere.
         let mut trailers = trailers_for(status, started.elapsed());
         trailers.not_run = true;
-        finish_call(send, None, trailers).await;
-        return Code::Unimplemented;
+        let finished = finish_call(send, None, trailers).await;
+        return (Code::Unimplemented, finished);
     };
     // A timeout too large to add to the clock (the wire allows ~146 000 years) is no
     // deadline.
@@ -179,13 +250,18 @@ async fn run_call(
     // (the client's own flag does not count: a replay could set it), and none at all when
     // client certificates are required, since those are checked at handshake end.
     if early.early && (!entry.info.idempotent || shared.client_auth) {
-        let wait = early.confirmed.wait_for(|c| *c);
-        match tokio::time::timeout(shared.transport.handshake_timeout, wait).await {
-            Ok(Ok(_)) => {}
-            _ => {
+        let wait = async {
+            let confirmed = early.confirmed.wait_for(|c| *c);
+            let limit = shared.transport.handshake_timeout;
+            matches!(tokio::time::timeout(limit, confirmed).await, Ok(Ok(_)))
+        };
+        match unless_stopping(shared, wait).await {
+            Some(true) => {}
+            None => return (Code::Unavailable, refuse(send, &mut rx, started).await),
+            Some(false) => {
                 rx.stop(reset::REFUSED);
                 let _ = send.reset(reset::REFUSED.into());
-                return Code::Unavailable;
+                return (Code::Unavailable, false);
             }
         }
     }
@@ -196,25 +272,36 @@ async fn run_call(
         entry.info.kind,
         MethodKind::ClientStreaming | MethodKind::Bidi
     );
-    let body = if streaming_request {
-        RequestBody::Stream(rx)
+    let single = if streaming_request {
+        None
     } else {
-        let read = read_single(&mut rx);
-        let read = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), read)
-                .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
-            None => read.await,
+        let read = async {
+            let read = read_single(&mut rx);
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), read)
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+                None => read.await,
+            }
         };
-        match read {
-            Ok(b) => RequestBody::One(b),
-            Err(status) => {
+        match unless_stopping(shared, read).await {
+            Some(Ok(b)) => Some(b),
+            Some(Err(status)) => {
                 let code = status.code();
                 rx.stop(crate::call::reset_for_status(&status));
-                finish_call(send, None, trailers_for(status, started.elapsed())).await;
-                return code;
+                let trailers = trailers_for(status, started.elapsed());
+                return (code, finish_call(send, None, trailers).await);
             }
+            None => return (Code::Unavailable, refuse(send, &mut rx, started).await),
         }
+    };
+    // The last moment to refuse: from here on the call's own code runs.
+    if !shared.may_start(conn, send.id()) {
+        return (Code::Unavailable, refuse(send, &mut rx, started).await);
+    }
+    let body = match single {
+        Some(b) => RequestBody::One(b),
+        None => RequestBody::Stream(rx),
     };
 
     let streaming_response = matches!(
@@ -305,14 +392,13 @@ async fn run_call(
                 (reply, trailers)
             };
             let code = trailers.code;
-            finish_call(send, reply, trailers).await;
-            code
+            (code, finish_call(send, reply, trailers).await)
         }
         Outcome::Cancelled(code) => {
             let _ = send.reset(code.try_into().unwrap_or(reset::CANCELLED).into());
-            crate::call::status_for_reset(code).code()
+            (crate::call::status_for_reset(code).code(), false)
         }
-        Outcome::Lost => Code::Unavailable,
+        Outcome::Lost => (Code::Unavailable, false),
     }
 }
 

@@ -7,13 +7,13 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::call::serve_call;
-use super::shared::Shared;
+use super::shared::{OpenCall, Shared};
 use crate::transport::zero_rtt;
 use crate::wire::reset;
 
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        if shared.shutting_down.load(Ordering::Acquire) {
+        if shared.shutting_down.load(Ordering::SeqCst) {
             incoming.refuse();
             continue;
         }
@@ -30,6 +30,9 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         return;
     };
     let _open = OpenConnection::count(&shared);
+    let Some(served) = shared.serve(&conn) else {
+        return;
+    };
     let (confirmed_tx, confirmed) = watch::channel(false);
     {
         let conn = conn.clone();
@@ -91,13 +94,21 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((mut send, mut recv)) => {
-                if shared.shutting_down.load(Ordering::Acquire) {
+                // Counted before the check, so a shutdown either waits for this call or
+                // finds it refused here.
+                let open = OpenCall::new(&shared);
+                if shared.shutting_down.load(Ordering::SeqCst) {
+                    // Every stream accepted from now on has a higher ID than any call that
+                    // may have run, so even if this reset is lost in the final close, the
+                    // close tells the client that this call did not run.
                     let _ = send.reset(reset::REFUSED.into());
                     let _ = recv.stop(reset::REFUSED.into());
                     continue;
                 }
                 tokio::spawn(serve_call(
                     shared.clone(),
+                    open,
+                    served.clone(),
                     remote,
                     confirmed.clone(),
                     send,
@@ -106,24 +117,25 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             }
             Err(e) => {
                 debug!(%remote, reason = %e, "connection ended");
+                shared.forget(&conn);
                 return;
             }
         }
     }
 }
 
-/// Counts a connection in [`Shared::connections`] for as long as it is served.
+/// Counts a connection in [`Shared::open_connections`] for as long as it is served.
 struct OpenConnection(Arc<Shared>);
 
 impl OpenConnection {
     fn count(shared: &Arc<Shared>) -> OpenConnection {
-        shared.connections.fetch_add(1, Ordering::Relaxed);
+        shared.open_connections.fetch_add(1, Ordering::Relaxed);
         OpenConnection(shared.clone())
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

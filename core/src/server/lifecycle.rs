@@ -134,22 +134,28 @@ impl Server {
             calls_total: self.shared.calls_total.load(Ordering::Relaxed),
             calls_failed: self.shared.calls_failed.load(Ordering::Relaxed),
             in_flight: self.shared.inflight.load(Ordering::Relaxed),
-            connections: self.shared.connections.load(Ordering::Relaxed),
+            connections: self.shared.open_connections.load(Ordering::Relaxed),
         }
     }
 
-    /// Stops taking new calls (they are refused with a code that tells clients nothing
-    /// ran, so they may retry elsewhere), waits up to `grace` for calls in flight, then
+    /// Stops taking new calls (they are refused with a status that tells clients nothing
+    /// ran, so they may retry elsewhere), waits up to `grace` for the calls whose handler
+    /// started to finish and for their responses to reach the clients (acknowledged), then
     /// closes every connection.
+    ///
+    /// Every call therefore either gets its answer or learns that it did not run, unless the
+    /// grace period ends first: a call still running then fails, and its client cannot tell
+    /// whether it ran. The close tells each client from which stream on no call ran
+    /// (docs/PROTOCOL.md §4.3), which covers calls that were still on their way.
     pub async fn shutdown(mut self, grace: Duration) {
         // Leave the registry first so local region clients stop choosing this server.
         self.registration = None;
-        self.shared.shutting_down.store(true, Ordering::Release);
+        self.shared.begin_stop();
         // A grace too long to add to the clock means waiting for every call.
         let deadline = tokio::time::Instant::now().checked_add(grace);
         loop {
             let idle = self.shared.idle.notified();
-            if self.shared.inflight.load(Ordering::Acquire) == 0 {
+            if self.shared.open_calls.load(Ordering::SeqCst) == 0 {
                 break;
             }
             let Some(deadline) = deadline else {
@@ -159,11 +165,14 @@ impl Server {
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
                 debug!(
                     in_flight = self.shared.inflight.load(Ordering::Relaxed),
+                    open = self.shared.open_calls.load(Ordering::Relaxed),
                     "grace period over, closing with calls in flight"
                 );
                 break;
             }
         }
+        self.shared.close_connections("server shutting down");
+        // Connections still in their handshake, which ran no call.
         self.endpoint
             .close(reset::SHUTDOWN.into(), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
@@ -173,6 +182,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.accept.abort();
+        self.shared.close_connections("server dropped");
         self.endpoint
             .close(reset::SHUTDOWN.into(), b"server dropped");
     }

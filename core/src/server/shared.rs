@@ -9,7 +9,7 @@ use tokio::sync::{watch, Notify};
 use super::builder::{Fallback, MethodEntry};
 use crate::discovery::Catalog;
 use crate::transport::TransportConfig;
-use crate::wire::{Hello, MethodInfo, PROTOCOL_VERSION};
+use crate::wire::{self, reset, Hello, MethodInfo, PROTOCOL_VERSION};
 
 pub(super) struct Shared {
     pub(super) server_id: String,
@@ -23,13 +23,54 @@ pub(super) struct Shared {
     pub(super) extra_catalog: Mutex<Vec<MethodInfo>>,
     pub(super) transport: TransportConfig,
     pub(super) client_auth: bool,
+    /// Set when the server begins to stop: from then on no handler starts, and calls are
+    /// refused with a status that says they did not run.
     pub(super) shutting_down: AtomicBool,
+    /// The same, for calls waiting for their HEADERS, request or handshake: they are
+    /// refused as soon as it turns true.
+    pub(super) stopping: watch::Sender<bool>,
+    /// Handlers running now (the load in [`ServerStats`](super::ServerStats) and the HELLO).
     pub(super) inflight: AtomicUsize,
-    /// Connections open now.
-    pub(super) connections: AtomicUsize,
+    /// Connections open now (being served).
+    pub(super) open_connections: AtomicUsize,
+    /// Call streams accepted and not settled yet: a stream is settled once its response is
+    /// finished and acknowledged by the client (or the stream is reset). A graceful
+    /// shutdown closes the connections only when this is 0, because closing a connection
+    /// discards the response bytes the client has not acknowledged.
+    pub(super) open_calls: AtomicUsize,
+    /// Notified when `open_calls` drops to 0.
     pub(super) idle: Notify,
+    /// The connections served, by `stable_id`; `None` once they are closed.
+    pub(super) connections: Mutex<Option<HashMap<usize, Arc<ServedConnection>>>>,
     pub(super) calls_total: AtomicU64,
     pub(super) calls_failed: AtomicU64,
+}
+
+/// A connection being served, and which of its calls may have run.
+pub(super) struct ServedConnection {
+    conn: quinn::Connection,
+    /// One more than the highest stream ID whose handler may have started: no handler ran,
+    /// or will run, for any call stream from it on (0: none ran). The server sends it when
+    /// it closes the connection (see [`wire::shutdown_reason`]).
+    first_not_run: AtomicU64,
+}
+
+/// Counts one accepted call stream in [`Shared::open_calls`] until dropped.
+pub(super) struct OpenCall(Arc<Shared>);
+
+impl OpenCall {
+    pub(super) fn new(shared: &Arc<Shared>) -> OpenCall {
+        shared.open_calls.fetch_add(1, Ordering::SeqCst);
+        OpenCall(shared.clone())
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if self.0.open_calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Shared {
@@ -40,6 +81,82 @@ impl Shared {
             region: self.region.clone(),
             load: self.inflight.load(Ordering::Relaxed) as u64,
             methods: self.catalog.borrow().as_ref().clone(),
+        }
+    }
+
+    /// Whether the handler of the call on `stream` may start: not once the server is
+    /// stopping. The stream is recorded as possibly run first, so a close that follows the
+    /// stop never vouches for a call whose handler started (both sides are `SeqCst`: either
+    /// this sees the stop, or the close sees the record).
+    pub(super) fn may_start(&self, conn: &ServedConnection, stream: quinn::StreamId) -> bool {
+        conn.first_not_run
+            .fetch_max(u64::from(stream) + 1, Ordering::SeqCst);
+        !self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the server begins to stop.
+    pub(super) async fn stop_requested(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|s| *s).await;
+    }
+
+    /// Stops starting handlers and accepting calls (idempotent).
+    pub(super) fn begin_stop(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.stopping.send_replace(true);
+    }
+
+    /// Adds a connection to the ones served. `None` if the server has already closed its
+    /// connections: this one is closed at once (none of its calls ran).
+    pub(super) fn serve(&self, conn: &quinn::Connection) -> Option<Arc<ServedConnection>> {
+        let served = Arc::new(ServedConnection {
+            conn: conn.clone(),
+            first_not_run: AtomicU64::new(0),
+        });
+        let mut connections = match self.connections.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match connections.as_mut() {
+            Some(map) => {
+                map.insert(conn.stable_id(), served.clone());
+                Some(served)
+            }
+            None => {
+                conn.close(
+                    reset::SHUTDOWN.into(),
+                    &wire::shutdown_reason("server shutting down", 0),
+                );
+                None
+            }
+        }
+    }
+
+    /// Removes a connection that ended.
+    pub(super) fn forget(&self, conn: &quinn::Connection) {
+        let mut connections = match self.connections.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(map) = connections.as_mut() {
+            map.remove(&conn.stable_id());
+        }
+    }
+
+    /// Stops the server (if not yet) and closes every connection with `SHUTDOWN`, telling
+    /// each client from which stream on its calls did not run.
+    pub(super) fn close_connections(&self, text: &str) {
+        self.begin_stop();
+        let served = match self.connections.lock() {
+            Ok(mut c) => c.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        for s in served.into_iter().flat_map(HashMap::into_values) {
+            let first_not_run = s.first_not_run.load(Ordering::SeqCst);
+            s.conn.close(
+                reset::SHUTDOWN.into(),
+                &wire::shutdown_reason(text, first_not_run),
+            );
         }
     }
 

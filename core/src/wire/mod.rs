@@ -19,6 +19,7 @@ mod headers;
 mod hello;
 mod limits;
 mod metadata;
+mod shutdown;
 #[cfg(test)]
 mod tests;
 mod trailers;
@@ -31,6 +32,7 @@ pub use headers::*;
 pub use hello::*;
 pub use limits::WireLimits;
 pub use metadata::{Metadata, METADATA_ENTRY_OVERHEAD};
+pub use shutdown::{shutdown_not_run_from, shutdown_reason};
 pub use trailers::*;
 pub use varint::{peek_varint, put_varint, varint_len, VARINT_MAX};
 

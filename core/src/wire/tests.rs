@@ -191,3 +191,25 @@ fn small_reads_past_a_complete_frame_still_grow_geometrically() {
     }
     assert!(grown <= 16, "{grown} reallocations for 4096 bytes");
 }
+#[test]
+fn a_shutdown_reason_says_from_which_stream_no_call_ran() {
+    for n in [0, 1, 4, 13, VARINT_MAX] {
+        let reason = shutdown_reason("server shutting down", n);
+        assert!(reason.starts_with(b"server shutting down; "));
+        assert_eq!(shutdown_not_run_from(&reason), Some(n));
+    }
+    // Anything else says nothing: older servers, other closes, damaged phrases.
+    for reason in [
+        &b""[..],
+        b"server shutting down",
+        b"server dropped",
+        b"not-run-from=",
+        b"not-run-from=12x",
+        b"not-run-from=-1",
+        b"not-run-from= 4",
+        b"not-run-from=99999999999999999999999",
+        b"\xff not-run-from=4\xff",
+    ] {
+        assert_eq!(shutdown_not_run_from(reason), None, "{reason:?}");
+    }
+}

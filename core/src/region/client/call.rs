@@ -12,7 +12,7 @@ use super::routing::{outcome_of, Target};
 use crate::call::may_send_again_before;
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Typed};
 use crate::client::{
-    Attach, CallBuilder, Channel, RequestSink, Response, ResponseFuture, Streaming,
+    Attach, CallBuilder, Channel, Reach, RequestSink, Response, ResponseFuture, Streaming,
 };
 use crate::region::hedge::HedgePolicy;
 use crate::region::table::{NoPick, Outcome};
@@ -26,7 +26,7 @@ pub type RegionCallBuilder<P = Typed> = CallBuilder<RegionClient, P>;
 /// How one attempt ended.
 enum Attempt<T> {
     Done(Result<Response<T>, Status>),
-    /// The server was ejected while the attempt was in flight.
+    /// The server was ejected while the attempt was in flight (it may have run there).
     Abandoned,
 }
 
@@ -122,7 +122,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                     return Err(self.no_server(why, last));
                 }
             };
-            if resend {
+            if !tried.is_empty() {
                 inner.retries.fetch_add(1, Ordering::Relaxed);
             }
             let opened = Instant::now();
@@ -181,6 +181,9 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         self.open_streaming(|call| call.bidi::<Req, Resp>()).await
     }
 
+    /// One attempt on `target`: `make` runs a unary call on its channel, which reports
+    /// whether the call may have reached the server, so that an attempt given up because
+    /// the server was ejected says whether the call may have run there.
     async fn attempt<T, F, Fut>(
         &self,
         target: &mut Target,
@@ -192,7 +195,9 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         F: Fn(CallBuilder<Channel, P>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        let call = self.channel_call(target, idempotent, deadline);
+        let mut call = self.channel_call(target, idempotent, deadline);
+        let reach = Reach::default();
+        call.reach = Some(reach.clone());
         let started = Instant::now();
         let fut = make(call);
         let result = tokio::select! {
@@ -208,7 +213,16 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             }
             None => {
                 target.guard.settle(latency, timeout, Outcome::NoAnswer);
-                Attempt::Abandoned
+                if reach.may_have_reached() {
+                    Attempt::Abandoned
+                } else {
+                    // Between attempts on that server (say, refused by it, or its close
+                    // said the call did not run, and waiting to reconnect): nothing ran.
+                    Attempt::Done(Err(Status::unavailable(
+                        "the server stopped answering before the call reached it",
+                    )
+                    .mark_not_run()))
+                }
             }
         }
     }
@@ -283,7 +297,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         return Err(self.no_server(why, last));
                     }
                 };
-                if resend {
+                if attempts > 0 {
                     inner.retries.fetch_add(1, Ordering::Relaxed);
                 }
                 attempts += 1;
