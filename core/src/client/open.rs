@@ -61,13 +61,18 @@ pub(super) async fn open_call(
         ))
         .into());
     }
-    let conn = inner
-        .connection(wait_for_ready)
-        .await
-        .map_err(|status| Failure {
-            status,
-            retry: Retry::NotStarted,
-        })?;
+    let conn = match inner.connection(wait_for_ready).await {
+        Ok(conn) => conn,
+        Err(status) => {
+            // Failing fast, without any I/O: yield once, so a caller that loops on failing
+            // calls cannot starve the runtime (its timers included).
+            tokio::task::yield_now().await;
+            return Err(Failure {
+                status,
+                retry: Retry::NotStarted,
+            });
+        }
+    };
     let may_go_early = early;
     let mut early = !conn.handshake_done();
     // A reconnection whose handshake is overdue (the server is likely gone) takes no more

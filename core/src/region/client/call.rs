@@ -119,6 +119,9 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                    // Failing without any I/O: yield once, so a caller that loops on
+                    // failing calls cannot starve the runtime (its timers included).
+                    tokio::task::yield_now().await;
                     return Err(self.no_server(why, last));
                 }
             };
@@ -294,6 +297,9 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
+                        // Failing without any I/O: yield once, so a caller that loops
+                        // on failing calls cannot starve the runtime (its timers included).
+                        tokio::task::yield_now().await;
                         return Err(self.no_server(why, last));
                     }
                 };
