@@ -8,10 +8,10 @@ use crate::status::Status;
 use crate::wire::Code;
 
 /// When a routed call is sent again after a failure: how many attempts at most, and which
-/// codes count as a failure of the server (rather than its answer). The one rule
-/// ([`may_send_again`]) still decides safety: a call that provably never ran may always
-/// go again, one that may have run only if it is idempotent and failed with one of
-/// `retry_on`. Set per method on a region client (and so on a proxy).
+/// codes count as a failure of the server (rather than its answer). The one retry rule
+/// still decides safety: a call that provably never ran may always go again, one that may
+/// have run only if it is idempotent and failed with one of `retry_on`. Set per method on a
+/// region client (and so on a proxy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
