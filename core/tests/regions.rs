@@ -1207,3 +1207,65 @@ async fn a_routed_call_racing_a_graceful_stop_is_answered_or_known_not_run() {
         "{answered} answered, {not_run} known not run, and: {wrong:#?}"
     );
 }
+
+/// A hedge copy that fails fast in a way another server may not share (UNAVAILABLE from a
+/// server that is going away) must not end the race: the first copy, slower but about to
+/// succeed, is kept and answers. It used to be cancelled by the other copy's quick error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_that_fails_fast_does_not_cancel_the_copy_about_to_answer() {
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (started, finished) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (b, st, fi) = (broken.clone(), started.clone(), finished.clone());
+    let world = World::start(
+        &[("r", "slow", 2), ("r", "failing", 2)],
+        move |_, id, builder| {
+            let (b, st, fi) = (b.clone(), st.clone(), fi.clone());
+            let slow = id == "slow";
+            builder.unary(Method::new("h").idempotent(), move |(): (), _| {
+                let (b, st, fi) = (b.clone(), st.clone(), fi.clone());
+                async move {
+                    if !b.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    if !slow {
+                        return Err(Status::unavailable("going away"));
+                    }
+                    st.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    fi.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+        },
+    )
+    .await;
+    let client = world.client().hedge("h").retry_budget(1.0).build().unwrap();
+    assert!(client.ready("h", Duration::from_secs(5)).await);
+    // Warm-up: the hedge delay becomes the p95 of fast answers.
+    for _ in 0..70 {
+        client.call("h").unary::<_, ()>(&()).await.unwrap();
+    }
+    broken.store(true, Ordering::SeqCst);
+    for i in 0..20 {
+        client
+            .call("h")
+            .timeout(Duration::from_secs(5))
+            .unary::<_, ()>(&())
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    }
+    let (s, f) = (
+        started.load(Ordering::SeqCst),
+        finished.load(Ordering::SeqCst),
+    );
+    let stats = client.stats();
+    eprintln!(
+        "slow copies started {s}, finished {f}; hedges {} won {}",
+        stats.hedges, stats.hedges_won
+    );
+    assert!(stats.hedges > 0, "no hedge was sent");
+    assert_eq!(
+        s, f,
+        "copies about to answer were cancelled by a hedge's quick failure"
+    );
+}
