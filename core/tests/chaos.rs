@@ -6,8 +6,9 @@
 //!
 //! 1. every `write` ran at most once, exactly once when its caller got OK, and never when
 //!    its caller was told it did not run;
-//! 2. no `read` failed while a region stayed undisturbed for the whole call (and 3 s
-//!    before it, for detection);
+//! 2. no `read` failed while a region had a server undisturbed for the whole call (and
+//!    3 s before it, for detection: a server just back from a kill is not yet known to be
+//!    back);
 //! 3. `in_flight` is 0 on every server of the region client once calls are over;
 //! 4. the dropped client leaves no connection open on any server.
 //!
@@ -137,11 +138,9 @@ struct World {
     sites: Vec<Site>,
     discovery: Arc<StaticDiscovery>,
     ledger: Arc<Ledger>,
-    /// Per region: windows during which it was disturbed (end `None`: still).
+    /// Per site: windows during which it was disturbed (killed, deregistered, cut off or
+    /// lossy; end `None`: still).
     disturbed: Mutex<Vec<(usize, Instant, Option<Instant>)>>,
-    /// Sites out of service (killed or deregistered), and the window opened when every
-    /// site of a region is out.
-    out: Mutex<(Vec<bool>, Vec<Option<usize>>)>,
     /// What went wrong outside the invariants (a port that stayed bound).
     notes: Mutex<Vec<String>>,
 }
@@ -259,52 +258,38 @@ impl World {
             ledger,
             disturbed: Mutex::new(Vec::new()),
             notes: Mutex::new(Vec::new()),
-            out: Mutex::new((
-                vec![false; REGIONS.len() * PER_REGION],
-                vec![None; REGIONS.len()],
-            )),
         }
     }
 
-    /// Marks a site out of service or back; a region with every site out is disturbed.
-    fn site_out(&self, site: usize, out: bool) {
-        let region = self.sites[site].region;
-        let mut o = self.out.lock().unwrap();
-        o.0[site] = out;
-        let all_out = self
-            .sites
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.region == region)
-            .all(|(i, _)| o.0[i]);
-        match (all_out, o.1[region]) {
-            (true, None) => o.1[region] = Some(self.disturb(region)),
-            (false, Some(w)) => {
-                self.settle(w);
-                o.1[region] = None;
-            }
-            _ => {}
-        }
-    }
-
-    fn disturb(&self, region: usize) -> usize {
+    /// Opens a disturbance window on `site`; returns it for [`World::settle`].
+    fn disturb(&self, site: usize) -> usize {
         let mut d = self.disturbed.lock().unwrap();
-        d.push((region, Instant::now(), None));
+        d.push((site, Instant::now(), None));
         d.len() - 1
+    }
+
+    /// Opens a window on every site of `region`.
+    fn disturb_region(&self, region: usize) -> Vec<usize> {
+        (0..self.sites.len())
+            .filter(|i| self.sites[*i].region == region)
+            .map(|i| self.disturb(i))
+            .collect()
     }
 
     fn settle(&self, window: usize) {
         self.disturbed.lock().unwrap()[window].2 = Some(Instant::now());
     }
 
-    /// Whether `region` was undisturbed from `from` to `to`.
+    /// Whether some server of `region` was undisturbed from `from` to `to`.
     fn undisturbed(&self, region: usize, from: Instant, to: Instant) -> bool {
-        self.disturbed
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(r, _, _)| *r == region)
-            .all(|(_, start, end)| *start > to || end.is_some_and(|e| e < from))
+        let d = self.disturbed.lock().unwrap();
+        (0..self.sites.len())
+            .filter(|i| self.sites[*i].region == region)
+            .any(|site| {
+                d.iter()
+                    .filter(|(s, _, _)| *s == site)
+                    .all(|(_, start, end)| *start > to || end.is_some_and(|e| e < from))
+            })
     }
 
     fn region_links(&self, region: usize) -> impl Iterator<Item = &Site> {
@@ -338,32 +323,31 @@ impl World {
                 let Some(server) = s.server.lock().unwrap().take() else {
                     return;
                 };
-                // Every server of a region out at once is a region outage.
-                self.site_out(site, true);
+                let w = self.disturb(site);
                 s.link.set_outage(silent);
                 drop(server);
                 tokio::time::sleep(down).await;
                 let back = self.restart(site).await;
                 s.link.set_outage(false);
                 if back {
-                    self.site_out(site, false);
+                    self.settle(w);
                 }
             }
             Event::Outage { region, down } => {
-                let w = self.disturb(region);
+                let w = self.disturb_region(region);
                 self.region_links(region)
                     .for_each(|s| s.link.set_outage(true));
                 tokio::time::sleep(down).await;
                 self.region_links(region)
                     .for_each(|s| s.link.set_outage(false));
-                self.settle(w);
+                w.into_iter().for_each(|w| self.settle(w));
             }
             Event::Loss { region, down } => {
-                let w = self.disturb(region);
+                let w = self.disturb_region(region);
                 self.region_links(region).for_each(|s| s.link.set_loss(0.3));
                 tokio::time::sleep(down).await;
                 self.region_links(region).for_each(|s| s.link.set_loss(0.0));
-                self.settle(w);
+                w.into_iter().for_each(|w| self.settle(w));
             }
             Event::Rtt { region, rtt } => {
                 self.region_links(region).for_each(|s| s.link.set_rtt(rtt));
@@ -373,7 +357,7 @@ impl World {
                 let Some(server) = s.server.lock().unwrap().take() else {
                     return;
                 };
-                self.site_out(site, true);
+                let w = self.disturb(site);
                 let mut map = self.discovery.watch().borrow().clone();
                 map.remove_server(s.link.addr());
                 self.discovery.update(map);
@@ -390,7 +374,7 @@ impl World {
                     ServerEndpoint::new(s.link.addr(), "localhost"),
                 );
                 self.discovery.update(map);
-                self.site_out(site, false);
+                self.settle(w);
             }
         }
     }

@@ -1058,7 +1058,16 @@ async fn a_routed_attempt_is_not_sent_again_by_its_channel() {
     assert!(client.ready("whoami", Duration::from_secs(5)).await);
     let a = servers.remove(0);
     let a_addr = a.local_addr();
-    let a_channel = client.server_channel(a_addr).unwrap();
+    // `ready` needs one server; this test needs a connected too.
+    let mut a_channel = None;
+    for _ in 0..250 {
+        a_channel = client.server_channel(a_addr);
+        if a_channel.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a_channel = a_channel.expect("the client connects to a within 5 s");
     // A call held on a keeps it in its grace period.
     let held = {
         let ch = a_channel.clone();

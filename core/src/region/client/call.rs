@@ -108,21 +108,11 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             let mut target = match inner.pick(&self.method, key, &tried, resend) {
                 Ok(t) => t,
                 Err(why) => {
-                    // Nothing connected yet (startup): wait a little for the prober, as
-                    // unary calls do.
-                    let time_left =
-                        deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d);
-                    let starting = started.elapsed() < Duration::from_secs(5)
-                        && tried.is_empty()
-                        && inner.may_still_connect();
-                    if time_left && (starting || self.options.wait_for_ready) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                    let first = tried.is_empty();
+                    match self.wait_for_server(&inner, started, first, deadline).await {
+                        true => continue,
+                        false => return Err(self.no_server(why, last)),
                     }
-                    // Failing without any I/O: yield once, so a caller that loops on
-                    // failing calls cannot starve the runtime (its timers included).
-                    tokio::task::yield_now().await;
-                    return Err(self.no_server(why, last));
                 }
             };
             if !tried.is_empty() {
@@ -153,6 +143,33 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             }
         }
         Err(self.no_server(NoPick::NoServer, last))
+    }
+
+    /// No server can take the call now: whether to look again in 50 ms (`true`) or fail.
+    ///
+    /// Waits while nothing has connected yet (start-up, first attempt, at most 5 s) and,
+    /// with wait-for-ready, for as long as the deadline allows. Failing involves no I/O,
+    /// so it yields once first: a caller that loops on failing calls cannot starve the
+    /// runtime (its timers included).
+    async fn wait_for_server(
+        &self,
+        inner: &super::routing::Router,
+        started: Instant,
+        first_attempt: bool,
+        deadline: Option<Instant>,
+    ) -> bool {
+        let step = Duration::from_millis(50);
+        let time_left = deadline.is_none_or(|d| Instant::now() + step < d);
+        let starting = first_attempt
+            && started.elapsed() < Duration::from_secs(5)
+            && inner.may_still_connect();
+        if time_left && (starting || self.options.wait_for_ready) {
+            tokio::time::sleep(step).await;
+            true
+        } else {
+            tokio::task::yield_now().await;
+            false
+        }
     }
 
     /// A server-streaming call, opened on the chosen server.
@@ -250,7 +267,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let started = Instant::now();
         let deadline = self.options.deadline(started);
         let idempotent = self.is_idempotent();
-        let policy = inner.retry_policy(&self.method).clone();
+        let policy = inner.retry_policy(&self.method);
         inner.lock().record_call(started);
         let span = tracing::debug_span!(
             "rpc.region",
@@ -286,21 +303,11 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                 let mut target = match picked {
                     Ok(t) => t,
                     Err(why) => {
-                        let time_left =
-                            deadline.is_none_or(|d| Instant::now() + Duration::from_millis(50) < d);
-                        // Nothing connected yet (startup): wait a little for the prober;
-                        // with wait-for-ready, for as long as the deadline allows.
-                        let starting = attempts == 0
-                            && started.elapsed() < Duration::from_secs(5)
-                            && inner.may_still_connect();
-                        if time_left && (starting || self.options.wait_for_ready) {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
+                        let first = attempts == 0;
+                        match self.wait_for_server(&inner, started, first, deadline).await {
+                            true => continue,
+                            false => return Err(self.no_server(why, last)),
                         }
-                        // Failing without any I/O: yield once, so a caller that loops
-                        // on failing calls cannot starve the runtime (its timers included).
-                        tokio::task::yield_now().await;
-                        return Err(self.no_server(why, last));
                     }
                 };
                 if attempts > 0 {
