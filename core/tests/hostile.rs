@@ -22,9 +22,14 @@ struct Target {
 
 impl Target {
     async fn start() -> Target {
+        Target::start_with(TransportConfig::default()).await
+    }
+
+    async fn start_with(transport: TransportConfig) -> Target {
         let ca = DevCa::new().expect("dev CA");
         let tls = ServerTls::new(ca.issue_server(&["localhost"]).expect("server cert"));
         let server = Server::builder()
+            .transport(transport)
             .region("hostile")
             .server_id("hostile-1")
             .unary("add", |(a, b): (i64, i64), _| async move { Ok(a + b) })
@@ -58,6 +63,21 @@ impl Target {
             )
             .raw()
             .unary("echo", |b: Bytes, _| async move { Ok(b) })
+            // 4 MiB back for any request: more than a client's default stream window.
+            .unary("big_reply", |_: Bytes, _| async move {
+                Ok(Bytes::from(vec![7u8; WireLimits::DEFAULT_MAX_MESSAGE_SIZE]))
+            })
+            // 64 MiB in 1 MiB messages, for any request.
+            .server_streaming(
+                "flood",
+                |_: Bytes, _, sink: meridian::ResponseSink<Bytes>| async move {
+                    let chunk = Bytes::from(vec![7u8; 1 << 20]);
+                    for _ in 0..64 {
+                        sink.send(&chunk).await?;
+                    }
+                    Ok(())
+                },
+            )
             .bind("127.0.0.1:0".parse().unwrap(), tls)
             .await
             .expect("bind");
@@ -515,4 +535,385 @@ async fn oversized_declarations_on_every_frame_kind_fail_their_call_only() {
     let t = exchange(&conn, &b).await;
     assert_ne!(t.code, Code::Ok);
     target.assert_serves_a_good_client().await;
+}
+
+/// Opens a raw call to `method` (one empty raw request, then FIN) and never reads the
+/// response; returns the stream halves so they stay open.
+async fn call_and_never_read(
+    conn: &quinn::Connection,
+    method: &str,
+    timeout: Option<Duration>,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let mut h = headers(method, Codec::Raw, Metadata::new());
+    h.timeout = timeout;
+    let mut call = h.to_frame();
+    wire::put_frame(&mut call, FrameKind::Data, b"");
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&call).await.unwrap();
+    send.finish().unwrap();
+    (send, recv)
+}
+
+/// The stream was reset by the server with `code` (read after the server gave up: the
+/// reset discards what was buffered).
+async fn assert_reset_with(recv: &mut quinn::RecvStream, code: u32) {
+    let end = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(128 << 20))
+        .await
+        .expect("the stream ends");
+    match end {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c))) => {
+            assert_eq!(c.into_inner(), u64::from(code))
+        }
+        other => panic!("expected a reset with code {code}, got {other:?}"),
+    }
+}
+
+/// A client that stops reading a server stream: the blocked response write ends at the
+/// call's deadline, the stream is reset with DEADLINE_EXCEEDED, and the handler and its
+/// buffers are released (the old server still had the call in flight 3 s after a 300 ms
+/// deadline). A STOP_SENDING ends a blocked write at once, deadline or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_streaming_write_ends_at_the_deadline_or_stop_sending() {
+    let target = Target::start().await;
+    let conn = target.raw().await;
+    let deadline = Duration::from_millis(300);
+    let sent = Instant::now();
+    let (_send, mut recv) = call_and_never_read(&conn, "flood", Some(deadline)).await;
+    assert!(
+        eventually(Duration::from_secs(2), || target.server.stats().in_flight
+            == 1)
+        .await,
+        "the call never started"
+    );
+    let released = eventually(deadline + Duration::from_secs(1), || {
+        target.server.stats().in_flight == 0
+    })
+    .await;
+    assert!(
+        released,
+        "still in flight {:?} after a {deadline:?} deadline",
+        sent.elapsed()
+    );
+    assert_reset_with(&mut recv, reset::DEADLINE_EXCEEDED).await;
+
+    // No deadline: the write waits for the client, until it sends STOP_SENDING.
+    let (_send, mut recv) = call_and_never_read(&conn, "flood", None).await;
+    assert!(
+        eventually(Duration::from_secs(2), || target.server.stats().in_flight
+            == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        target.server.stats().in_flight,
+        1,
+        "a call without deadline waits"
+    );
+    recv.stop(reset::CANCELLED.into()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || target.server.stats().in_flight
+            == 0)
+        .await,
+        "still in flight 1 s after STOP_SENDING"
+    );
+    target.assert_serves_a_good_client().await;
+}
+
+/// A unary reply larger than the client's stream window, never read: the final write ends
+/// at the call's deadline (reset DEADLINE_EXCEEDED), or after
+/// `TransportConfig::response_write_timeout` when the call has none (reset CANCELLED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_final_write_ends_at_the_deadline_or_the_write_timeout() {
+    let target = Target::start_with(TransportConfig {
+        response_write_timeout: Duration::from_millis(500),
+        ..TransportConfig::default()
+    })
+    .await;
+    let conn = target.raw().await;
+
+    let deadline = Duration::from_millis(300);
+    let (_send, mut recv) = call_and_never_read(&conn, "big_reply", Some(deadline)).await;
+    assert!(
+        eventually(Duration::from_secs(2), || target.server.stats().in_flight
+            == 1)
+        .await
+    );
+    assert!(
+        eventually(deadline + Duration::from_secs(1), || target
+            .server
+            .stats()
+            .in_flight
+            == 0)
+        .await,
+        "the unary reply was still being written 1 s after the deadline"
+    );
+    assert_reset_with(&mut recv, reset::DEADLINE_EXCEEDED).await;
+
+    let sent = Instant::now();
+    let (_send, mut recv) = call_and_never_read(&conn, "big_reply", None).await;
+    assert!(
+        eventually(Duration::from_secs(2), || target.server.stats().in_flight
+            == 1)
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || target.server.stats().in_flight
+            == 0)
+        .await,
+        "the unary reply was still being written {:?} after the call (write timeout 500 ms)",
+        sent.elapsed()
+    );
+    assert!(
+        sent.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_reset_with(&mut recv, reset::CANCELLED).await;
+    target.assert_serves_a_good_client().await;
+}
+
+/// Opens a call to `echo` whose DATA frame declares `declared` bytes and carries `sent` of
+/// them, without FIN: a request that never completes.
+async fn partial_request(
+    conn: &quinn::Connection,
+    declared: usize,
+    sent: usize,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let mut call = headers("echo", Codec::Raw, Metadata::new()).to_frame();
+    wire::put_frame_header(&mut call, FrameKind::Data, declared);
+    call.extend_from_slice(&vec![1u8; sent]);
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&call).await.unwrap();
+    (send, recv)
+}
+
+/// The TRAILERS at the end of a response stream (within 10 s).
+async fn trailers_of(recv: &mut quinn::RecvStream) -> Trailers {
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+        .await
+        .expect("an answer within 10 s")
+        .expect("a response stream");
+    let mut dec = wire::FrameDecoder::new(WireLimits::default());
+    dec.extend(&answer);
+    let mut last = None;
+    while let Some(f) = dec.next_frame().unwrap() {
+        last = Some(f);
+    }
+    let f = last.expect("a frame");
+    assert_eq!(f.kind, FrameKind::Trailers);
+    Trailers::decode(&f.payload, &WireLimits::default()).unwrap()
+}
+
+const MIB: usize = 1 << 20;
+
+/// Unfinished requests on one connection: the old server held every byte for as long as
+/// the connection lived (48 streams x 4 MiB = 200 MiB). Now they count against the
+/// connection's buffer budget: once it is spent, further requests fail with
+/// RESOURCE_EXHAUSTED marked not run, the server never holds more than the budget, and
+/// everything is given back when the connection goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_requests_cannot_hold_more_than_the_connection_budget() {
+    let budget = 2 * MIB;
+    let target = Target::start_with(TransportConfig {
+        connection_buffer_budget: budget,
+        ..TransportConfig::default()
+    })
+    .await;
+    let conn = target.raw().await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        // 400 KiB of a 1 MiB message each: five fit in 2 MiB, the rest cannot.
+        held.push(partial_request(&conn, MIB, 400 * 1024).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let buffered = target.server.stats().buffered_bytes;
+        assert!(buffered <= budget, "{buffered} bytes held, budget {budget}");
+    }
+    for (_, recv) in held.iter_mut().skip(4) {
+        let Ok(t) = tokio::time::timeout(Duration::from_secs(2), trailers_of(recv)).await else {
+            continue;
+        };
+        assert_eq!(t.code, Code::ResourceExhausted, "{}", t.message);
+        assert!(
+            t.message.contains("connection buffer budget"),
+            "{}",
+            t.message
+        );
+        assert!(t.not_run, "refused before its handler: marked not run");
+        refused += 1;
+    }
+    assert!(
+        refused >= 3,
+        "only {refused} of the 8 requests were refused"
+    );
+    assert!(target.server.stats().buffered_bytes > MIB);
+    // Another connection is not affected.
+    target.assert_serves_a_good_client().await;
+    conn.close(0u32.into(), b"");
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(5), || target
+            .server
+            .stats()
+            .buffered_bytes
+            == 0)
+        .await,
+        "{} bytes still held after the connection closed",
+        target.server.stats().buffered_bytes
+    );
+}
+
+/// Many connections each within their own budget still cannot pass the server's: calls
+/// that do not fit fail with RESOURCE_EXHAUSTED on any connection, and small calls keep
+/// working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_together_cannot_hold_more_than_the_server_budget() {
+    let budget = 3 * MIB;
+    let target = Target::start_with(TransportConfig {
+        server_buffer_budget: budget,
+        ..TransportConfig::default()
+    })
+    .await;
+    let mut conns = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let conn = target.raw().await;
+        held.push(partial_request(&conn, 2 * MIB, 900 * 1024).await);
+        conns.push(conn);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let buffered = target.server.stats().buffered_bytes;
+        assert!(buffered <= budget, "{buffered} bytes held, budget {budget}");
+    }
+    let (_, recv) = held.last_mut().unwrap();
+    let t = trailers_of(recv).await;
+    assert_eq!(t.code, Code::ResourceExhausted, "{}", t.message);
+    assert!(t.message.contains("server buffer budget"), "{}", t.message);
+    target.assert_serves_a_good_client().await;
+    drop(held);
+    drop(conns);
+    assert!(
+        eventually(Duration::from_secs(5), || target
+            .server
+            .stats()
+            .buffered_bytes
+            == 0)
+        .await,
+        "{} bytes still held",
+        target.server.stats().buffered_bytes
+    );
+}
+
+/// A request sent slowly (or never finished) on a call without a deadline: the old server
+/// waited for it forever. Now it fails after the request timeout with DEADLINE_EXCEEDED,
+/// marked not run, and its bytes are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_completes_ends_at_the_request_timeout() {
+    let limit = Duration::from_millis(400);
+    let target = Target::start_with(TransportConfig {
+        request_timeout: limit,
+        ..TransportConfig::default()
+    })
+    .await;
+    let conn = target.raw().await;
+    let sent = Instant::now();
+    let (_send, mut recv) = partial_request(&conn, MIB, 1000).await;
+    let t = trailers_of(&mut recv).await;
+    let took = sent.elapsed();
+    assert_eq!(t.code, Code::DeadlineExceeded, "{}", t.message);
+    assert!(t.message.contains("request timeout"), "{}", t.message);
+    assert!(t.not_run);
+    assert!(
+        took >= limit && took < limit + Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || target
+            .server
+            .stats()
+            .buffered_bytes
+            == 0)
+        .await
+    );
+    target.assert_serves_a_good_client().await;
+}
+
+/// Connections beyond `max_connections` are refused; once one closes, a new one gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused() {
+    let target = Target::start_with(TransportConfig {
+        max_connections: 2,
+        ..TransportConfig::default()
+    })
+    .await;
+    let a = target.raw().await;
+    let _b = target.raw().await;
+    let cfg = target
+        .client_tls()
+        .quinn_config(&TransportConfig::default())
+        .unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(cfg);
+    let third = ep
+        .connect(target.server.local_addr(), "localhost")
+        .unwrap()
+        .await;
+    assert!(
+        matches!(third, Err(quinn::ConnectionError::ConnectionClosed(ref c))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{third:?}"
+    );
+    assert_eq!(target.server.stats().connections_refused, 1);
+    a.close(0u32.into(), b"");
+    assert!(
+        eventually(Duration::from_secs(5), || target.server.stats().connections
+            < 2)
+        .await
+    );
+    target.assert_serves_a_good_client().await;
+}
+
+/// With handshakes piling up (here: a limit of 0), new peers must prove their address with
+/// a QUIC Retry first; a real client does so and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_beyond_the_limit_are_answered_with_retry() {
+    let target = Target::start_with(TransportConfig {
+        max_handshakes: 0,
+        ..TransportConfig::default()
+    })
+    .await;
+    target.assert_serves_a_good_client().await;
+    assert!(target.server.stats().retries_sent >= 1);
+    assert_eq!(target.server.stats().connections_refused, 0);
+}
+
+/// A streamed request gives each message's bytes back when its handler takes it, so a
+/// long client stream is not limited by the connection budget (here 64 KiB for ~300 KB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_request_messages_give_their_budget_back() {
+    let target = Target::start_with(TransportConfig {
+        connection_buffer_budget: 64 * 1024,
+        ..TransportConfig::default()
+    })
+    .await;
+    let ch = target.channel().await;
+    let (mut sink, response) = ch
+        .call("sum")
+        .timeout(Duration::from_secs(20))
+        .client_streaming::<i64, i64>()
+        .await
+        .unwrap();
+    for i in 0..30_000i64 {
+        sink.send(&i).await.unwrap();
+    }
+    sink.finish();
+    let total = response.response().await.unwrap().into_inner();
+    assert_eq!(total, (0..30_000i64).sum::<i64>());
+    assert!(
+        eventually(Duration::from_secs(2), || target
+            .server
+            .stats()
+            .buffered_bytes
+            == 0)
+        .await
+    );
 }

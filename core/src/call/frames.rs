@@ -2,6 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::budget::{Charge, Exhausted};
 use super::reset::status_for_reset;
 use crate::status::Status;
 use crate::wire::{self, Frame, FrameDecoder, FrameKind, WireError, WireLimits};
@@ -24,6 +25,8 @@ pub(crate) enum RecvError {
     /// The server shut down and closed the connection saying that no handler ran this
     /// stream's call ([`closed_before_run`]).
     ClosedBeforeRun,
+    /// Buffering the bytes that arrived would overspend a buffer budget.
+    Budget(Exhausted),
 }
 
 impl RecvError {
@@ -40,6 +43,7 @@ impl RecvError {
             RecvError::ClosedBeforeRun => {
                 Status::unavailable("the server shut down before running the call").mark_not_run()
             }
+            RecvError::Budget(e) => Status::resource_exhausted(e.to_string()),
         }
     }
 }
@@ -49,6 +53,11 @@ pub(crate) struct FramedRecv {
     recv: quinn::RecvStream,
     dec: FrameDecoder,
     eof: bool,
+    /// On a server: the bytes this stream holds against its buffer budgets.
+    charge: Option<Charge>,
+    /// Whether frames handed out stay charged (a request held for the whole call) or
+    /// their bytes are given back at once (streamed request messages).
+    hold_taken: bool,
 }
 
 impl FramedRecv {
@@ -57,6 +66,25 @@ impl FramedRecv {
             recv,
             dec: FrameDecoder::new(limits),
             eof: false,
+            charge: None,
+            hold_taken: true,
+        }
+    }
+
+    /// Charges every byte read from now on to `charge`'s pools (see [`super::budget`]);
+    /// a read that would overspend them fails with [`RecvError::Budget`].
+    pub(crate) fn with_charge(mut self, charge: Charge) -> Self {
+        self.charge = Some(charge);
+        self
+    }
+
+    /// From now on, frames handed out give their bytes back to the budget: the caller
+    /// accounts for them (a streamed request message handed to its handler).
+    pub(crate) fn release_taken(&mut self) {
+        self.hold_taken = false;
+        let buffered = self.dec.buffered();
+        if let Some(c) = &mut self.charge {
+            c.shrink_to(buffered);
         }
     }
 
@@ -64,6 +92,12 @@ impl FramedRecv {
     pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, RecvError> {
         loop {
             if let Some(f) = self.dec.next_frame().map_err(RecvError::Wire)? {
+                if !self.hold_taken {
+                    let buffered = self.dec.buffered();
+                    if let Some(c) = &mut self.charge {
+                        c.shrink_to(buffered);
+                    }
+                }
                 return Ok(Some(f));
             }
             if self.eof {
@@ -74,7 +108,12 @@ impl FramedRecv {
                 };
             }
             match self.recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => self.dec.extend(&chunk.bytes),
+                Ok(Some(chunk)) => {
+                    if let Some(c) = &mut self.charge {
+                        c.take(chunk.bytes.len()).map_err(RecvError::Budget)?;
+                    }
+                    self.dec.extend(&chunk.bytes)
+                }
                 Ok(None) => self.eof = true,
                 Err(quinn::ReadError::Reset(code)) => {
                     return Err(RecvError::Reset(code.into_inner()))

@@ -1,6 +1,7 @@
 //! What one call needs on either side, client or server: frame I/O on its stream, message
 //! encoding, reset codes and panic containment.
 
+pub(crate) mod budget;
 mod frames;
 mod messages;
 mod payload;

@@ -368,7 +368,7 @@ impl CallRecv {
                         Retry::NotStarted
                     }
                     RecvError::Lost(_) => Retry::MaybeStarted,
-                    RecvError::Wire(_) | RecvError::Reset(_) => Retry::No,
+                    RecvError::Wire(_) | RecvError::Reset(_) | RecvError::Budget(_) => Retry::No,
                 };
                 return Err(e.to_status());
             }

@@ -18,6 +18,7 @@ use super::method::Method;
 use super::shared::Shared;
 use super::streams::{RequestStream, ResponseSink};
 use super::{BoxFuture, Handler};
+use crate::call::budget::Pool;
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 use crate::status::{Error, Status};
 use crate::transport::{ServerTls, TransportConfig};
@@ -252,6 +253,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             .into_iter()
             .map(|(k, v)| (k, Arc::new(v)))
             .collect();
+        let server_budget = self.transport.server_buffer_budget;
         let shared = Arc::new(Shared {
             server_id: self.server_id.unwrap_or_else(|| local_addr.to_string()),
             region: self.region,
@@ -270,6 +272,10 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             connections: Mutex::new(Some(HashMap::new())),
             calls_total: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
+            buffers: Pool::new("server", server_budget),
+            handshakes: AtomicUsize::new(0),
+            connections_refused: AtomicU64::new(0),
+            retries_sent: AtomicU64::new(0),
         });
         shared.publish_catalog();
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));

@@ -14,7 +14,8 @@ use tracing::{field, Instrument};
 use super::context::{CallContext, CancelState};
 use super::handler::{RequestBody, ServerCall};
 use super::shared::{OpenCall, ServedConnection, Shared};
-use super::{BoxFuture, HEADERS_TIMEOUT, RESPONSE_QUEUE};
+use super::{BoxFuture, RESPONSE_QUEUE};
+use crate::call::budget::Charge;
 use crate::call::{data_chunks, CatchUnwind, FramedRecv, RecvError};
 use crate::status::Status;
 use crate::transport::zero_rtt;
@@ -31,36 +32,85 @@ impl Drop for InflightGuard {
     }
 }
 
+/// What bounds a call's final write: its deadline when it has one, else
+/// [`TransportConfig::response_write_timeout`](crate::TransportConfig) from the start of
+/// the write.
+#[derive(Clone, Copy)]
+struct WriteBound {
+    deadline: Option<Instant>,
+    timeout: Duration,
+}
+
+impl WriteBound {
+    /// When a write starting now must have ended, and the reset code if it has not.
+    fn until(self) -> (Instant, u32) {
+        match self.deadline {
+            Some(d) => (d, reset::DEADLINE_EXCEEDED),
+            None => {
+                let now = Instant::now();
+                // A timeout too large for the clock: a year is as good as forever.
+                let until = now
+                    .checked_add(self.timeout)
+                    .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+                (until, reset::CANCELLED)
+            }
+        }
+    }
+}
+
 /// Writes TRAILERS (after an optional response message) and finishes the stream; returns
-/// whether it did (not if the client stopped the stream or the connection is gone).
+/// whether it did (not if the client stopped the stream, the write ran past its bound or
+/// the connection is gone).
+///
+/// A client that stops reading cannot hold the call: past the bound the stream is reset
+/// (`DEADLINE_EXCEEDED` at the deadline, `CANCELLED` after the write timeout) and the
+/// reply's bytes are freed; a `STOP_SENDING` ends the write at once.
 async fn finish_call(
     send: &mut quinn::SendStream,
     reply: Option<Bytes>,
     trailers: Trailers,
+    bound: WriteBound,
 ) -> bool {
     let mut tail = BytesMut::with_capacity(32 + trailers.message.len());
     trailers.put_frame(&mut tail);
-    let result = match reply {
-        Some(msg) => {
-            let [hdr, payload] = data_chunks(msg);
-            send.write_all_chunks(&mut [hdr, payload, tail.freeze()])
-                .await
+    let write = async {
+        match reply {
+            Some(msg) => {
+                let [hdr, payload] = data_chunks(msg);
+                send.write_all_chunks(&mut [hdr, payload, tail.freeze()])
+                    .await
+            }
+            None => send.write_all(&tail).await,
         }
-        None => send.write_all(&tail).await,
     };
-    result.is_ok() && send.finish().is_ok()
+    // The write is polled before the clock, so bytes that fit go out even when the bound
+    // has passed already (a DEADLINE_EXCEEDED answer, say).
+    let (until, code) = bound.until();
+    match tokio::time::timeout_at(until.into(), write).await {
+        Ok(Ok(())) => send.finish().is_ok(),
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = send.reset(code.into());
+            false
+        }
+    }
 }
 
 /// Refuses a call whose handler has not started because the server is stopping: TRAILERS
 /// UNAVAILABLE with NOT_RUN tell the client that nothing ran, so it may send the call
 /// elsewhere, and, unlike a reset, the server can tell when they were delivered. Returns
 /// whether the stream was finished.
-async fn refuse(send: &mut quinn::SendStream, rx: &mut FramedRecv, started: Instant) -> bool {
+async fn refuse(
+    send: &mut quinn::SendStream,
+    rx: &mut FramedRecv,
+    started: Instant,
+    bound: WriteBound,
+) -> bool {
     rx.stop(reset::REFUSED);
     let status = Status::unavailable("the server is shutting down; the call did not run");
     let mut trailers = trailers_for(status, started.elapsed());
     trailers.not_run = true;
-    finish_call(send, None, trailers).await
+    finish_call(send, None, trailers, bound).await
 }
 
 /// `fut`, unless the server begins to stop first (`None`).
@@ -88,7 +138,9 @@ fn trailers_for(status: Status, server_time: Duration) -> Trailers {
 
 enum Outcome {
     Reply(Result<Option<Bytes>, Status>),
-    Cancelled(u64),
+    /// The stream is reset with this code: the client stopped it, or a response write was
+    /// cut off by the deadline.
+    Reset(u64),
     Lost,
 }
 
@@ -126,11 +178,17 @@ async fn answer_call(
     let started = Instant::now();
     let early = zero_rtt::is_early(&recv);
     let limits = shared.transport.wire;
-    let mut rx = FramedRecv::new(recv, limits);
+    let charge = Charge::new(conn.buffers.clone(), shared.buffers.clone());
+    let mut rx = FramedRecv::new(recv, limits).with_charge(charge);
+    // Until HEADERS name a deadline, writes are bounded by the write timeout.
+    let bound = WriteBound {
+        deadline: None,
+        timeout: shared.transport.response_write_timeout,
+    };
 
-    let first = tokio::time::timeout(HEADERS_TIMEOUT, rx.next_frame());
+    let first = tokio::time::timeout(shared.transport.headers_timeout, rx.next_frame());
     let Some(first) = unless_stopping(shared, first).await else {
-        return refuse(send, &mut rx, started).await;
+        return refuse(send, &mut rx, started, bound).await;
     };
     let headers = match first {
         Ok(Ok(Some(f))) if f.kind == FrameKind::Headers => {
@@ -144,7 +202,8 @@ async fn answer_call(
                         _ => Status::invalid_argument(format!("bad HEADERS: {e}")),
                     };
                     rx.stop(reset::PROTOCOL_ERROR);
-                    return finish_call(send, None, trailers_for(status, started.elapsed())).await;
+                    let trailers = trailers_for(status, started.elapsed());
+                    return finish_call(send, None, trailers, bound).await;
                 }
             }
         }
@@ -152,18 +211,26 @@ async fn answer_call(
             let status =
                 Status::invalid_argument(format!("a call must start with HEADERS, got {}", f.kind));
             rx.stop(reset::PROTOCOL_ERROR);
-            return finish_call(send, None, trailers_for(status, started.elapsed())).await;
+            let trailers = trailers_for(status, started.elapsed());
+            return finish_call(send, None, trailers, bound).await;
         }
         Ok(Ok(None)) => return false,
         Ok(Err(e)) => {
-            rx.stop(reset::PROTOCOL_ERROR);
+            let status = e.to_status();
+            rx.stop(match e {
+                RecvError::Budget(_) => crate::call::reset_for_status(&status),
+                _ => reset::PROTOCOL_ERROR,
+            });
             if matches!(
                 e,
                 RecvError::Lost(_) | RecvError::Reset(_) | RecvError::ClosedBeforeRun
             ) {
                 return false;
             }
-            return finish_call(send, None, trailers_for(e.to_status(), started.elapsed())).await;
+            let mut trailers = trailers_for(status, started.elapsed());
+            // Refused for want of buffer space: no handler ran, another server may take it.
+            trailers.not_run = matches!(e, RecvError::Budget(_));
+            return finish_call(send, None, trailers, bound).await;
         }
         Err(_) => {
             rx.stop(reset::PROTOCOL_ERROR);
@@ -231,18 +298,22 @@ async fn run_call(
         headers,
         started,
     } = call;
+    // A timeout too large to add to the clock (the wire allows ~146 000 years) is no
+    // deadline.
+    let deadline = headers.timeout.and_then(|t| started.checked_add(t));
+    let bound = WriteBound {
+        deadline,
+        timeout: shared.transport.response_write_timeout,
+    };
     let Some(entry) = shared.method(&headers.method) else {
         rx.stop(reset::NO_ERROR);
         let status = Status::unimplemented(format!("unknown method {:?}", headers.method));
         // No handler ran: say so, so that any client may send the call elsewhere.
         let mut trailers = trailers_for(status, started.elapsed());
         trailers.not_run = true;
-        let finished = finish_call(send, None, trailers).await;
+        let finished = finish_call(send, None, trailers, bound).await;
         return (Code::Unimplemented, finished);
     };
-    // A timeout too large to add to the clock (the wire allows ~146 000 years) is no
-    // deadline.
-    let deadline = headers.timeout.and_then(|t| started.checked_add(t));
     let wire_limits = shared.transport.wire;
 
     // Replay safety: a call that came in 0-RTT data may be a replayed first flight. Only
@@ -257,7 +328,12 @@ async fn run_call(
         };
         match unless_stopping(shared, wait).await {
             Some(true) => {}
-            None => return (Code::Unavailable, refuse(send, &mut rx, started).await),
+            None => {
+                return (
+                    Code::Unavailable,
+                    refuse(send, &mut rx, started, bound).await,
+                )
+            }
             Some(false) => {
                 rx.stop(reset::REFUSED);
                 let _ = send.reset(reset::REFUSED.into());
@@ -275,12 +351,30 @@ async fn run_call(
     let single = if streaming_request {
         None
     } else {
+        // The request must arrive within the deadline and the request timeout, so a peer
+        // sending slowly (or never finishing) cannot hold its buffers.
+        let limit = shared.transport.request_timeout;
         let read = async {
             let read = read_single(&mut rx);
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), read)
+            let by_timeout = Instant::now().checked_add(limit);
+            let (until, status) = match (deadline, by_timeout) {
+                (Some(d), t) if t.is_none_or(|t| d <= t) => {
+                    (Some(d), Status::deadline_exceeded("deadline exceeded"))
+                }
+                (_, Some(t)) => (
+                    Some(t),
+                    Status::deadline_exceeded(format!(
+                        "the request did not arrive within the server's request timeout \
+                         of {limit:?}"
+                    ))
+                    .mark_not_run(),
+                ),
+                (d, None) => (d, Status::deadline_exceeded("deadline exceeded")),
+            };
+            match until {
+                Some(u) => tokio::time::timeout_at(u.into(), read)
                     .await
-                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+                    .unwrap_or(Err(status)),
                 None => read.await,
             }
         };
@@ -288,20 +382,36 @@ async fn run_call(
             Some(Ok(b)) => Some(b),
             Some(Err(status)) => {
                 let code = status.code();
+                // No handler has run: a request refused for want of buffer space or cut
+                // off by the request timeout may go to another server.
+                let not_run = status.is_known_not_run();
                 rx.stop(crate::call::reset_for_status(&status));
-                let trailers = trailers_for(status, started.elapsed());
-                return (code, finish_call(send, None, trailers).await);
+                let mut trailers = trailers_for(status, started.elapsed());
+                trailers.not_run = not_run;
+                return (code, finish_call(send, None, trailers, bound).await);
             }
-            None => return (Code::Unavailable, refuse(send, &mut rx, started).await),
+            None => {
+                return (
+                    Code::Unavailable,
+                    refuse(send, &mut rx, started, bound).await,
+                )
+            }
         }
     };
     // The last moment to refuse: from here on the call's own code runs.
     if !shared.may_start(conn, send.id()) {
-        return (Code::Unavailable, refuse(send, &mut rx, started).await);
+        return (
+            Code::Unavailable,
+            refuse(send, &mut rx, started, bound).await,
+        );
     }
     let body = match single {
         Some(b) => RequestBody::One(b),
-        None => RequestBody::Stream(rx),
+        None => {
+            // Streamed request messages are the handler's once handed over.
+            rx.release_taken();
+            RequestBody::Stream(rx)
+        }
     };
 
     let streaming_response = matches!(
@@ -347,7 +457,16 @@ async fn run_call(
             Err(Status::internal("the handler panicked"))
         })),
         std::task::Poll::Pending => {
-            watch_call(&mut handler, send, &mut sink_rx, deadline, &ctx).await
+            let write_timeout = shared.transport.response_write_timeout;
+            watch_call(
+                &mut handler,
+                send,
+                &mut sink_rx,
+                deadline,
+                write_timeout,
+                &ctx,
+            )
+            .await
         }
     };
     // Anything still running for this call stops here.
@@ -392,9 +511,9 @@ async fn run_call(
                 (reply, trailers)
             };
             let code = trailers.code;
-            (code, finish_call(send, reply, trailers).await)
+            (code, finish_call(send, reply, trailers, bound).await)
         }
-        Outcome::Cancelled(code) => {
+        Outcome::Reset(code) => {
             let _ = send.reset(code.try_into().unwrap_or(reset::CANCELLED).into());
             (crate::call::status_for_reset(code).code(), false)
         }
@@ -409,6 +528,7 @@ async fn watch_call(
     send: &mut quinn::SendStream,
     sink_rx: &mut Option<mpsc::Receiver<Bytes>>,
     deadline: Option<Instant>,
+    write_timeout: Duration,
     ctx: &CallContext,
 ) -> Outcome {
     let stopped = send.stopped();
@@ -427,7 +547,7 @@ async fn watch_call(
             biased;
             r = &mut stopped => {
                 break match r {
-                    Ok(Some(code)) => Outcome::Cancelled(code.into_inner()),
+                    Ok(Some(code)) => Outcome::Reset(code.into_inner()),
                     _ => Outcome::Lost,
                 };
             }
@@ -436,9 +556,33 @@ async fn watch_call(
             }
             msg = next_response(sink_rx) => match msg {
                 Some(bytes) => {
-                    let [hdr, payload] = data_chunks(bytes);
-                    if send.write_all_chunks(&mut [hdr, payload]).await.is_err() {
-                        break Outcome::Lost;
+                    // A write waits while the client's flow control is spent; it still ends
+                    // at the deadline or the client's STOP_SENDING. A write cut off there
+                    // leaves half a frame, so the stream is reset, not finished.
+                    let mut chunks = data_chunks(bytes);
+                    let write = send.write_all_chunks(&mut chunks);
+                    tokio::select! {
+                        biased;
+                        w = write => match w {
+                            Ok(()) => {}
+                            Err(quinn::WriteError::Stopped(code)) => {
+                                break Outcome::Reset(code.into_inner());
+                            }
+                            Err(_) => break Outcome::Lost,
+                        },
+                        r = &mut stopped => {
+                            break match r {
+                                Ok(Some(code)) => Outcome::Reset(code.into_inner()),
+                                _ => Outcome::Lost,
+                            };
+                        }
+                        _ = &mut deadline_sleep => {
+                            break Outcome::Reset(u64::from(reset::DEADLINE_EXCEEDED));
+                        }
+                        // Without a deadline, one write may wait this long for the client.
+                        _ = tokio::time::sleep(write_timeout) => {
+                            break Outcome::Reset(u64::from(reset::CANCELLED));
+                        }
                     }
                 }
                 None => {
@@ -482,13 +626,22 @@ async fn read_single(rx: &mut FramedRecv) -> Result<Bytes, Status> {
             )))
         }
         Ok(None) => return Err(Status::invalid_argument("the request has no message")),
-        Err(e) => return Err(e.to_status()),
+        Err(e) => return Err(single_error(e)),
     };
     match rx.next_frame().await {
         Ok(None) => Ok(msg),
         Ok(Some(_)) => Err(Status::invalid_argument(
             "more than one request message for a method that takes one",
         )),
-        Err(e) => Err(e.to_status()),
+        Err(e) => Err(single_error(e)),
+    }
+}
+
+/// The status of a request read that failed before its handler started: refused for want
+/// of buffer space, it did not run, and another server may take it.
+fn single_error(e: RecvError) -> Status {
+    match e {
+        RecvError::Budget(_) => e.to_status().mark_not_run(),
+        e => e.to_status(),
     }
 }

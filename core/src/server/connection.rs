@@ -1,6 +1,6 @@
 //! The accept loop and one connection: HELLO, admission, streams.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -17,11 +17,40 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
             incoming.refuse();
             continue;
         }
-        tokio::spawn(serve_connection(incoming, shared.clone()));
+        let remote = incoming.remote_address();
+        let t = &shared.transport;
+        let open = shared.open_connections.load(Ordering::Relaxed);
+        let handshakes = shared.handshakes.load(Ordering::Relaxed);
+        if open >= t.max_connections || handshakes > t.max_handshakes.saturating_mul(2) {
+            debug!(%remote, open, handshakes, "connection refused: limit reached");
+            shared.connections_refused.fetch_add(1, Ordering::Relaxed);
+            incoming.refuse();
+            continue;
+        }
+        // Many handshakes at once (a flood, perhaps from spoofed addresses): make new
+        // peers prove their address first; a spoofed source never sees the Retry.
+        if handshakes >= t.max_handshakes
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            if incoming.retry().is_ok() {
+                shared.retries_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
+        // Counted here, before the task runs, so a burst cannot overshoot the limits.
+        let open = Counted::new(&shared, |s| &s.open_connections);
+        let handshake = Counted::new(&shared, |s| &s.handshakes);
+        tokio::spawn(serve_connection(incoming, shared.clone(), open, handshake));
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    _open: Counted,
+    handshaking: Counted,
+) {
     let remote = incoming.remote_address();
     // The connection is usable before its handshake completes, so calls that came in
     // 0-RTT data are read at once; `confirmed` tells which of them may run (see serve_call).
@@ -29,7 +58,6 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         debug!(%remote, "connection refused before its handshake");
         return;
     };
-    let _open = OpenConnection::count(&shared);
     let Some(served) = shared.serve(&conn) else {
         return;
     };
@@ -38,6 +66,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         let conn = conn.clone();
         let limit = shared.transport.handshake_timeout;
         tokio::spawn(async move {
+            let _handshaking = handshaking;
             match tokio::time::timeout(limit, handshake).await {
                 Ok(true) => {
                     let _ = confirmed_tx.send(true);
@@ -124,18 +153,20 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
 }
 
-/// Counts a connection in [`Shared::open_connections`] for as long as it is served.
-struct OpenConnection(Arc<Shared>);
+/// Counts something in one of [`Shared`]'s counters for as long as it lives: a
+/// connection being served ([`Shared::open_connections`]), a handshake under way
+/// ([`Shared::handshakes`]).
+struct Counted(Arc<Shared>, fn(&Shared) -> &AtomicUsize);
 
-impl OpenConnection {
-    fn count(shared: &Arc<Shared>) -> OpenConnection {
-        shared.open_connections.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(shared.clone())
+impl Counted {
+    fn new(shared: &Arc<Shared>, counter: fn(&Shared) -> &AtomicUsize) -> Counted {
+        counter(shared).fetch_add(1, Ordering::Relaxed);
+        Counted(shared.clone(), counter)
     }
 }
 
-impl Drop for OpenConnection {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
     }
 }

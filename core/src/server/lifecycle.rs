@@ -25,6 +25,15 @@ pub struct ServerStats {
     pub in_flight: usize,
     /// Connections open now.
     pub connections: usize,
+    /// Bytes of received frames the server's calls hold now, counted against
+    /// [`TransportConfig::server_buffer_budget`].
+    pub buffered_bytes: usize,
+    /// Connections refused since the server began, by
+    /// [`TransportConfig::max_connections`] or [`TransportConfig::max_handshakes`].
+    pub connections_refused: u64,
+    /// QUIC Retry packets sent since the server began: peers asked to prove their
+    /// address because more than [`TransportConfig::max_handshakes`] were under way.
+    pub retries_sent: u64,
 }
 
 /// A running server. Dropping it closes the endpoint at once; [`Server::shutdown`] lets
@@ -135,6 +144,9 @@ impl Server {
             calls_failed: self.shared.calls_failed.load(Ordering::Relaxed),
             in_flight: self.shared.inflight.load(Ordering::Relaxed),
             connections: self.shared.open_connections.load(Ordering::Relaxed),
+            buffered_bytes: self.shared.buffers.used(),
+            connections_refused: self.shared.connections_refused.load(Ordering::Relaxed),
+            retries_sent: self.shared.retries_sent.load(Ordering::Relaxed),
         }
     }
 

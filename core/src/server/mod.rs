@@ -34,7 +34,6 @@ mod streams;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 pub use builder::ServerBuilder;
 use bytes::Bytes;
@@ -53,7 +52,5 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// streaming replies sent through the call).
 type Handler = dyn Fn(ServerCall) -> BoxFuture<Result<Option<Bytes>, Status>> + Send + Sync;
 
-/// Time a client gets to send the HEADERS of a stream it opened.
-const HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Response messages a streaming handler may queue ahead of the network.
 const RESPONSE_QUEUE: usize = 8;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
 use super::builder::{Fallback, MethodEntry};
+use crate::call::budget::Pool;
 use crate::discovery::Catalog;
 use crate::transport::TransportConfig;
 use crate::wire::{self, reset, Hello, MethodInfo, PROTOCOL_VERSION};
@@ -44,11 +45,23 @@ pub(super) struct Shared {
     pub(super) connections: Mutex<Option<HashMap<usize, Arc<ServedConnection>>>>,
     pub(super) calls_total: AtomicU64,
     pub(super) calls_failed: AtomicU64,
+    /// Received bytes held by every call of the server
+    /// ([`TransportConfig::server_buffer_budget`]).
+    pub(super) buffers: Arc<Pool>,
+    /// Connections whose handshake is under way.
+    pub(super) handshakes: AtomicUsize,
+    /// Connections refused by `max_connections` or `max_handshakes`.
+    pub(super) connections_refused: AtomicU64,
+    /// QUIC Retry packets sent (address validation under a handshake flood).
+    pub(super) retries_sent: AtomicU64,
 }
 
 /// A connection being served, and which of its calls may have run.
 pub(super) struct ServedConnection {
     conn: quinn::Connection,
+    /// Received bytes held by this connection's calls
+    /// ([`TransportConfig::connection_buffer_budget`]).
+    pub(super) buffers: Arc<Pool>,
     /// One more than the highest stream ID whose handler may have started: no handler ran,
     /// or will run, for any call stream from it on (0: none ran). The server sends it when
     /// it closes the connection (see [`wire::shutdown_reason`]).
@@ -111,6 +124,7 @@ impl Shared {
     pub(super) fn serve(&self, conn: &quinn::Connection) -> Option<Arc<ServedConnection>> {
         let served = Arc::new(ServedConnection {
             conn: conn.clone(),
+            buffers: Pool::new("connection", self.transport.connection_buffer_budget),
             first_not_run: AtomicU64::new(0),
         });
         let mut connections = match self.connections.lock() {

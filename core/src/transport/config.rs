@@ -17,8 +17,9 @@ pub struct TransportConfig {
     /// Bytes the peer may send on one stream before we read them. Default 2 MiB.
     pub stream_receive_window: u32,
     /// Bytes the peer may send on a whole connection before we read them out of quinn.
-    /// Default 16 MiB. Bytes already read into a call's decoder no longer count (see the
-    /// module docs), so this is not a cap on a connection's memory.
+    /// Default 16 MiB. Bytes read out of quinn into a call's buffers count against
+    /// [`TransportConfig::connection_buffer_budget`] instead, so a server connection holds
+    /// at most this window plus that budget of received bytes.
     pub connection_receive_window: u32,
     /// Bytes we buffer for sending on a connection. Default 16 MiB.
     pub send_window: u64,
@@ -34,6 +35,42 @@ pub struct TransportConfig {
     /// calls fail at once until one succeeds (gRPC's behaviour in transient failure);
     /// calls with `wait_for_ready` wait instead, within their deadline. Default 1 s.
     pub reconnect_wait: Duration,
+    /// Server: how long a new call stream may take to deliver its HEADERS. A stream still
+    /// without HEADERS then is reset (`PROTOCOL_ERROR`). Default 10 s.
+    pub headers_timeout: Duration,
+    /// Server: how long, after its HEADERS, a unary or server-streaming call may take to
+    /// deliver its whole request message, whatever its deadline (an earlier deadline ends
+    /// it sooner). A request still incomplete then fails with `DEADLINE_EXCEEDED`, marked
+    /// not run (no handler started), and its buffers are freed: a peer cannot hold memory
+    /// by sending slowly. Default 30 s.
+    pub request_timeout: Duration,
+    /// Server: how long the final write of a call without a deadline (the unary reply and
+    /// the TRAILERS) may wait for the client to take it. A client that stops reading gets
+    /// its stream reset (`CANCELLED`) when this passes, and the call's buffers are freed.
+    /// On a call with a deadline the deadline bounds that write instead, and every
+    /// streamed response write too (`DEADLINE_EXCEEDED`); a `STOP_SENDING` from the client
+    /// ends a blocked write at once. Without a deadline, each streamed response message
+    /// may wait this long too. Default 30 s.
+    pub response_write_timeout: Duration,
+    /// Server: bytes of received frames one connection's calls may hold in memory at once
+    /// (requests being assembled, unary requests for the life of their call). A read that
+    /// would go past it fails its call with `RESOURCE_EXHAUSTED` and drops the bytes.
+    /// Default 32 MiB. It should be at least the largest message
+    /// ([`WireLimits::max_message_size`]) plus its frame header, or such messages are
+    /// always refused.
+    pub connection_buffer_budget: usize,
+    /// Server: the same, across every connection of the server. Once spent, calls whose
+    /// bytes do not fit fail with `RESOURCE_EXHAUSTED` on every connection. Default
+    /// 256 MiB.
+    pub server_buffer_budget: usize,
+    /// Server: connections served at once (handshakes included). A connection beyond it
+    /// is refused (QUIC `CONNECTION_REFUSED`). Default 4096.
+    pub max_connections: usize,
+    /// Server: handshakes in progress beyond which a new connection must first prove its
+    /// address with a QUIC Retry (one more round trip; spoofed sources cannot complete
+    /// it). Beyond twice this number new connections are refused. Default 128 (0: every
+    /// new peer gets a Retry).
+    pub max_handshakes: usize,
     /// Frame and metadata size limits.
     pub wire: WireLimits,
     /// Nesting depth, size and decoded-size limits for [`crate::codec::Value`] messages.
@@ -47,6 +84,10 @@ impl TransportConfig {
     pub const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
     /// Default [`TransportConfig::connection_receive_window`].
     pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    /// Default [`TransportConfig::connection_buffer_budget`].
+    pub const DEFAULT_CONNECTION_BUFFER_BUDGET: usize = 32 * 1024 * 1024;
+    /// Default [`TransportConfig::server_buffer_budget`].
+    pub const DEFAULT_SERVER_BUFFER_BUDGET: usize = 256 * 1024 * 1024;
 
     pub(crate) fn to_quinn(&self) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
@@ -78,6 +119,13 @@ impl Default for TransportConfig {
             keep_alive_interval: Some(Duration::from_secs(5)),
             handshake_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_secs(1),
+            headers_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            response_write_timeout: Duration::from_secs(30),
+            connection_buffer_budget: Self::DEFAULT_CONNECTION_BUFFER_BUDGET,
+            server_buffer_budget: Self::DEFAULT_SERVER_BUFFER_BUDGET,
+            max_connections: 4096,
+            max_handshakes: 128,
             wire: WireLimits::default(),
             value: DecodeLimits::default(),
         }
