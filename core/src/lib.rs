@@ -68,7 +68,8 @@ pub use client::{
 };
 pub use codec::{Codec, Value};
 pub use server::{
-    CallContext, Method, RequestStream, ResponseSink, Server, ServerBuilder, UpstreamReport,
+    CallContext, MemoryReservation, Method, RequestStream, ResponseSink, Server, ServerBuilder,
+    UpstreamReport,
 };
 pub use status::{Error, Status};
 pub use transport::{ClientTls, DevCa, Identity, ServerTls, TransportConfig};

@@ -917,3 +917,72 @@ async fn streamed_request_messages_give_their_budget_back() {
         .await
     );
 }
+
+/// A catalog too big for one HELLO (a proxy announcing many upstream methods): the old
+/// server sent a HELLO every client refused, so clients knew nothing it served. Now the
+/// HELLO is trimmed to fit, the server's own methods first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_too_big_for_one_hello_is_trimmed_to_fit() {
+    let target = Target::start().await;
+    let many: Vec<wire::MethodInfo> = (0..3000)
+        .map(|i| wire::MethodInfo {
+            name: format!("upstream.service.with.a.long.name.method_{i:05}"),
+            kind: wire::MethodKind::Unary,
+            idempotent: false,
+        })
+        .collect();
+    assert!(target.server.catalog_handle().set(many));
+    let ch = target.channel().await;
+    let hello = ch
+        .wait_server_info(Duration::from_secs(5))
+        .await
+        .expect("a HELLO the client accepts");
+    let names: Vec<&str> = hello.methods.iter().map(|m| m.name.as_str()).collect();
+    assert!(
+        names.contains(&"add") && names.contains(&"echo"),
+        "own methods kept"
+    );
+    assert!(
+        names.len() > 1000 && names.len() < 3000,
+        "{} methods",
+        names.len()
+    );
+    target.assert_serves_a_good_client().await;
+}
+
+/// A Value body's decoded size counts against the connection's budget while its handler
+/// holds it: 200,000 nulls are 200 KB on the wire but 6.4 MB decoded, past a 2 MiB
+/// budget (the old server decoded it regardless, up to 32 MiB a call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_body_s_decoded_size_counts_against_the_budget() {
+    let target = Target::start_with(TransportConfig {
+        connection_buffer_budget: 2 * MIB,
+        ..TransportConfig::default()
+    })
+    .await;
+    let ch = target.channel().await;
+    let call = |n: usize| {
+        let body = Value::List(vec![Value::Null; n]).to_bytes();
+        let ch = ch.clone();
+        async move {
+            ch.call("value_len")
+                .raw()
+                .codec(Codec::Value)
+                .unary(&Bytes::from(body))
+                .await
+        }
+    };
+    let err = call(200_000).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("connection buffer budget"), "{err}");
+    // 20,000 nulls (640 KB decoded) fit.
+    assert!(call(20_000).await.is_ok());
+    assert!(
+        eventually(Duration::from_secs(2), || target
+            .server
+            .stats()
+            .buffered_bytes
+            == 0)
+        .await
+    );
+}

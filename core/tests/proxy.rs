@@ -1081,3 +1081,42 @@ async fn the_proxy_hedges_like_a_region_client() {
         "a 300 ms call was not hedged: {slowest:?}"
     );
 }
+
+/// One caller cannot take every upstream stream: its calls beyond the proxy's per-client
+/// limit wait for stream credit, and another caller is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_take_every_upstream_stream() {
+    let rig = Rig::start(&[("eu", "eu-1", 0)]).await;
+    let limit = Proxy::DEFAULT_MAX_CALLS_PER_CLIENT as usize;
+    let greedy = rig.channel().await;
+    let mut calls = Vec::new();
+    for _ in 0..limit + 50 {
+        let ch = greedy.clone();
+        calls.push(tokio::spawn(async move {
+            ch.call("slow")
+                .timeout(Duration::from_secs(3))
+                .unary::<_, ()>(&())
+                .await
+        }));
+    }
+    wait_for("the greedy caller's calls to start", || {
+        rig.seen.slow_started.load(Ordering::SeqCst) >= limit
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rig.seen.slow_started.load(Ordering::SeqCst),
+        limit,
+        "calls past the per-client limit reached the server"
+    );
+    let other = rig.channel().await;
+    let t0 = Instant::now();
+    assert_eq!(
+        other.unary::<_, i64>("add", &(1i64, 2i64)).await.unwrap(),
+        3
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    for c in calls {
+        let _ = c.await;
+    }
+}

@@ -385,8 +385,10 @@ async fn hedging_cuts_the_tail() {
         b.unary(Method::new("maybe_slow").idempotent(), move |(): (), _| {
             let n = n.clone();
             async move {
+                // 1 s: long enough that a loaded machine's scheduling noise (tens of ms)
+                // cannot hide a tenfold cut.
                 if flaky && n.fetch_add(1, Ordering::Relaxed) % slow_every == slow_every - 1 {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Ok(())
             }

@@ -348,6 +348,9 @@ fn check_codec(ctx: &CallContext) -> Result<(), Status> {
 /// Runs a unary Python handler on a blocking thread.
 async fn run_unary(func: Arc<Py<PyAny>>, body: Bytes, ctx: CallContext) -> Result<Bytes, Status> {
     check_codec(&ctx)?;
+    // The decoded arguments and their Python copies are held while the handler runs:
+    // count both against the connection's memory budget.
+    let _held = ctx.reserve_memory(meridian::Value::decoded_size_hint(&body).saturating_mul(2))?;
     let args = decode(&body)?;
     let out = tokio::task::spawn_blocking(move || {
         Python::attach(|py| {
@@ -377,6 +380,7 @@ async fn run_streaming(
     sink: ResponseSink<Bytes>,
 ) -> Result<(), Status> {
     check_codec(&ctx)?;
+    let _held = ctx.reserve_memory(meridian::Value::decoded_size_hint(&body).saturating_mul(2))?;
     let args = decode(&body)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(STREAM_AHEAD);
     tokio::task::spawn_blocking(move || {

@@ -18,11 +18,16 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 /// One pool of bytes with a limit.
 #[derive(Debug)]
 pub(crate) struct Pool {
     used: AtomicUsize,
     limit: usize,
+    /// Tasks waiting for bytes to be given back ([`Charge::take_wait`]), and their wake-up.
+    waiters: AtomicUsize,
+    freed: Notify,
     /// What the pool is, for error messages ("connection", "server").
     name: &'static str,
 }
@@ -32,6 +37,8 @@ impl Pool {
         Arc::new(Pool {
             used: AtomicUsize::new(0),
             limit,
+            waiters: AtomicUsize::new(0),
+            freed: Notify::new(),
             name,
         })
     }
@@ -51,6 +58,30 @@ impl Pool {
 
     fn give(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Takes `n` bytes (at most the whole pool), waiting until they are free.
+    async fn take_wait(&self, n: usize) -> usize {
+        let n = n.min(self.limit);
+        loop {
+            if self.try_take(n) {
+                return n;
+            }
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            self.waiters.fetch_add(1, Ordering::AcqRel);
+            // Given back between the first try and `enable`: no wake-up would come.
+            if self.try_take(n) {
+                self.waiters.fetch_sub(1, Ordering::AcqRel);
+                return n;
+            }
+            freed.await;
+            self.waiters.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -105,6 +136,21 @@ impl Charge {
         }
         self.held += n;
         Ok(())
+    }
+
+    /// Takes `n` more bytes from both pools, waiting while either is spent (for bytes the
+    /// server produces itself, such as queued responses: they are given back as the peer
+    /// reads them or when the call's write bound passes, so waiting cannot deadlock).
+    /// More than a pool's whole limit is charged as the whole limit.
+    pub(crate) async fn take_wait(&mut self, n: usize) {
+        let [conn, server] = &self.pools;
+        let from_conn = conn.take_wait(n).await;
+        let from_server = server.take_wait(n).await;
+        // Charged evenly to both; the difference (only past a limit) is given back.
+        let held = from_conn.min(from_server);
+        conn.give(from_conn - held);
+        server.give(from_server - held);
+        self.held += held;
     }
 
     /// Gives back all but `keep` bytes (nothing if it holds `keep` or less).

@@ -97,6 +97,41 @@ impl Value {
         }
     }
 
+    /// The memory (as [`DecodeLimits::max_decoded_size`] counts it) that decoding `bytes`
+    /// would take, found by walking the tags without building anything: for charging a
+    /// body to a memory budget before decoding it. Malformed input gets an estimate (the
+    /// decode itself then fails), never more than [`VALUE_NODE_COST`] per input byte.
+    pub fn decoded_size_hint(bytes: &[u8]) -> usize {
+        let mut input = bytes;
+        let mut size = 0usize;
+        while let Some((&tag, rest)) = input.split_first() {
+            input = rest;
+            size = size.saturating_add(VALUE_NODE_COST);
+            let skip = match tag {
+                TAG_INT => {
+                    let _ = read_varint(&mut input);
+                    0
+                }
+                TAG_FLOAT => 8,
+                TAG_STR | TAG_BYTES => match read_varint(&mut input) {
+                    Ok(n) => {
+                        let n = usize::try_from(n).unwrap_or(usize::MAX).min(input.len());
+                        size = size.saturating_add(n);
+                        n
+                    }
+                    Err(_) => 0,
+                },
+                TAG_LIST | TAG_MAP => {
+                    let _ = read_varint(&mut input);
+                    0
+                }
+                _ => 0,
+            };
+            input = &input[skip.min(input.len())..];
+        }
+        size
+    }
+
     /// Decodes exactly one value from `bytes`, enforcing `limits`.
     ///
     /// Errors: [`CodecError::TooLarge`] if `bytes` is longer than
@@ -323,6 +358,40 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Result<Value, CodecError> {
         Value::decode(bytes, &DecodeLimits::default())
+    }
+
+    #[test]
+    fn the_size_hint_is_what_decoding_charges() {
+        let values = [
+            Value::Null,
+            Value::Str("hello".into()),
+            Value::List(vec![Value::Null; 1000]),
+            Value::Map(vec![
+                (Value::Str("k".into()), Value::Bytes(vec![1; 300])),
+                (Value::Int(-5), Value::Float(1.5)),
+                (Value::Bool(true), Value::List(vec![Value::Int(1 << 40)])),
+            ]),
+        ];
+        for v in values {
+            let mut bytes = Vec::new();
+            v.encode(&mut bytes);
+            let hint = Value::decoded_size_hint(&bytes);
+            let exact = DecodeLimits {
+                max_decoded_size: hint,
+                ..DecodeLimits::default()
+            };
+            assert_eq!(Value::decode(&bytes, &exact).ok().as_ref(), Some(&v));
+            let short = DecodeLimits {
+                max_decoded_size: hint - 1,
+                ..DecodeLimits::default()
+            };
+            assert!(Value::decode(&bytes, &short).is_err(), "{v:?}");
+        }
+        // Four million nulls: 4 MB on the wire, 128 MB decoded.
+        assert_eq!(
+            Value::decoded_size_hint(&[0u8; 1000]),
+            1000 * VALUE_NODE_COST
+        );
     }
 
     #[test]

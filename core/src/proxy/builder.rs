@@ -23,6 +23,7 @@ pub struct ProxyBuilder {
     pub(super) region: String,
     pub(super) server_id: Option<String>,
     pub(super) transport: TransportConfig,
+    pub(super) max_calls_per_client: u32,
 }
 
 impl ProxyBuilder {
@@ -44,8 +45,22 @@ impl ProxyBuilder {
         self
     }
 
+    /// Calls one downstream connection may have in flight through the proxy at once
+    /// (default [`Proxy::DEFAULT_MAX_CALLS_PER_CLIENT`], 256). It caps the proxy
+    /// endpoint's stream credit ([`TransportConfig::max_concurrent_streams`] is lowered to
+    /// it), so a caller beyond it waits for credit, within its deadline, and cannot take
+    /// every stream of the upstream connections the proxy shares between its callers.
+    pub fn max_calls_per_client(mut self, calls: u32) -> Self {
+        self.max_calls_per_client = calls;
+        self
+    }
+
     /// Binds `addr` and starts forwarding on the current tokio runtime.
-    pub async fn bind(self, addr: SocketAddr, tls: ServerTls) -> Result<Proxy, Error> {
+    pub async fn bind(mut self, addr: SocketAddr, tls: ServerTls) -> Result<Proxy, Error> {
+        self.transport.max_concurrent_streams = self
+            .transport
+            .max_concurrent_streams
+            .min(self.max_calls_per_client.max(1));
         let up = Arc::new(Upstream {
             client: self.upstream,
             calls: AtomicU64::new(0),

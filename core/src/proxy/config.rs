@@ -15,6 +15,7 @@ use crate::status::Error;
 /// proxy_region = "edge"        # where the proxy runs, announced in its HELLO
 /// home_region = "eu-west"      # optional: preferred upstream region
 /// hedge = ["lookup"]           # optional: idempotent methods to hedge
+/// max_calls_per_client = 256   # optional: calls one client connection may have open
 ///
 /// [tls]
 /// cert = "proxy.pem"           # the proxy's certificate chain, shown to clients
@@ -47,6 +48,11 @@ pub struct ProxyConfig {
     /// Methods whose calls are hedged upstream.
     #[serde(default)]
     pub hedge: Vec<String>,
+    /// Calls one client connection may have in flight (see
+    /// [`ProxyBuilder::max_calls_per_client`](super::ProxyBuilder::max_calls_per_client);
+    /// default 256).
+    #[serde(default)]
+    pub max_calls_per_client: Option<u32>,
     /// Certificates.
     pub tls: ProxyTlsConfig,
     /// The upstream regions and their servers.

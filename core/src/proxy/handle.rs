@@ -40,8 +40,15 @@ impl Proxy {
             region: "proxy".into(),
             server_id: None,
             transport: TransportConfig::default(),
+            max_calls_per_client: Self::DEFAULT_MAX_CALLS_PER_CLIENT,
         }
     }
+
+    /// Default [`ProxyBuilder::max_calls_per_client`]: a quarter of the streams an
+    /// upstream server grants one connection by default, so one caller cannot take every
+    /// upstream stream the proxy shares between its callers.
+    pub const DEFAULT_MAX_CALLS_PER_CLIENT: u32 =
+        TransportConfig::DEFAULT_MAX_CONCURRENT_STREAMS / 4;
 
     /// Starts a proxy from a parsed configuration.
     pub async fn from_config(config: ProxyConfig) -> Result<Proxy, Error> {
@@ -85,6 +92,9 @@ impl Proxy {
         let mut builder = Proxy::builder(upstream).region(config.proxy_region);
         if let Some(id) = config.server_id {
             builder = builder.server_id(id);
+        }
+        if let Some(n) = config.max_calls_per_client {
+            builder = builder.max_calls_per_client(n);
         }
         builder.bind(config.listen, ServerTls::new(identity)).await
     }

@@ -20,6 +20,7 @@ use super::streams::{RequestStream, ResponseSink};
 use super::{BoxFuture, Handler};
 use crate::call::budget::Pool;
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
+use crate::codec::Codec;
 use crate::status::{Error, Status};
 use crate::transport::{ServerTls, TransportConfig};
 use crate::wire::{MethodInfo, MethodKind};
@@ -157,7 +158,8 @@ impl<P: PayloadStyle> ServerBuilder<P> {
     {
         let handler = erase(f, |f, mut call: ServerCall| async move {
             let codec = call.ctx.codec;
-            let req = P::decode(codec, call.take_single_request(), &call.limits)?;
+            let typed = P::DEFAULT_CODEC != Codec::Raw;
+            let (req, _held) = call.decode_single(P::decode, typed)?;
             let resp = f(req, call.ctx).await?;
             P::encode(codec, &resp, call.max_message).map(Some)
         });
@@ -174,7 +176,8 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         Fut: Future<Output = Result<(), Status>> + Send + 'static,
     {
         let handler = erase(f, |f, mut call: ServerCall| async move {
-            let req = P::decode(call.ctx.codec, call.take_single_request(), &call.limits)?;
+            let typed = P::DEFAULT_CODEC != Codec::Raw;
+            let (req, _held) = call.decode_single(P::decode, typed)?;
             let sink = call.sink(P::encode)?;
             f(req, call.ctx, sink).await.map(|()| None)
         });

@@ -14,6 +14,7 @@ use tracing::{field, Instrument};
 use super::context::{CallContext, CancelState};
 use super::handler::{RequestBody, ServerCall};
 use super::shared::{OpenCall, ServedConnection, Shared};
+use super::streams::Queued;
 use super::{BoxFuture, RESPONSE_QUEUE};
 use crate::call::budget::Charge;
 use crate::call::{data_chunks, CatchUnwind, FramedRecv, RecvError};
@@ -435,6 +436,7 @@ async fn run_call(
         early_data: early.early,
         confirmed: early.confirmed,
         state: Arc::new(CancelState::default()),
+        budgets: Some([conn.buffers.clone(), shared.buffers.clone()]),
     };
     let call = ServerCall {
         ctx: ctx.clone(),
@@ -526,7 +528,7 @@ async fn run_call(
 async fn watch_call(
     handler: &mut CatchUnwind<BoxFuture<Result<Option<Bytes>, Status>>>,
     send: &mut quinn::SendStream,
-    sink_rx: &mut Option<mpsc::Receiver<Bytes>>,
+    sink_rx: &mut Option<mpsc::Receiver<Queued>>,
     deadline: Option<Instant>,
     write_timeout: Duration,
     ctx: &CallContext,
@@ -555,7 +557,7 @@ async fn watch_call(
                 break Outcome::Reply(Err(Status::deadline_exceeded("deadline exceeded")));
             }
             msg = next_response(sink_rx) => match msg {
-                Some(bytes) => {
+                Some((bytes, _charge)) => {
                     // A write waits while the client's flow control is spent; it still ends
                     // at the deadline or the client's STOP_SENDING. A write cut off there
                     // leaves half a frame, so the stream is reset, not finished.
@@ -608,7 +610,7 @@ async fn watch_call(
     }
 }
 
-async fn next_response(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+async fn next_response(rx: &mut Option<mpsc::Receiver<Queued>>) -> Option<Queued> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

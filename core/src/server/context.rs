@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
+use crate::call::budget::{Charge, Pool};
 use crate::codec::Codec;
 use crate::wire::Metadata;
 
@@ -62,9 +63,33 @@ pub struct CallContext {
     pub(super) early_data: bool,
     pub(super) confirmed: watch::Receiver<bool>,
     pub(super) state: Arc<CancelState>,
+    /// The connection's and the server's buffer budgets.
+    pub(super) budgets: Option<[Arc<Pool>; 2]>,
 }
 
+/// Memory a handler holds on behalf of its call, counted against the connection's and the
+/// server's buffer budgets until dropped ([`CallContext::reserve_memory`]).
+#[derive(Debug)]
+pub struct MemoryReservation(#[allow(dead_code)] Option<Charge>);
+
 impl CallContext {
+    /// Counts `bytes` of memory the handler holds for this call (a decoded request, say)
+    /// against the connection's and the server's buffer budgets
+    /// ([`TransportConfig::connection_buffer_budget`](crate::TransportConfig)), until the
+    /// returned reservation is dropped. Fails with `RESOURCE_EXHAUSTED` when a budget
+    /// cannot cover it. Typed handlers of [`Codec::Value`] requests reserve their decoded
+    /// size this way before decoding.
+    pub fn reserve_memory(&self, bytes: usize) -> Result<MemoryReservation, crate::Status> {
+        let Some([conn, server]) = &self.budgets else {
+            return Ok(MemoryReservation(None));
+        };
+        let mut charge = Charge::new(conn.clone(), server.clone());
+        charge.take(bytes).map_err(|e| {
+            crate::Status::resource_exhausted(format!("cannot hold {bytes} more bytes: {e}"))
+        })?;
+        Ok(MemoryReservation(Some(charge)))
+    }
+
     /// The method name.
     pub fn method(&self) -> &str {
         &self.method

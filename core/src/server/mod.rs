@@ -37,7 +37,7 @@ use std::pin::Pin;
 
 pub use builder::ServerBuilder;
 use bytes::Bytes;
-pub use context::{CallContext, UpstreamReport};
+pub use context::{CallContext, MemoryReservation, UpstreamReport};
 pub use lifecycle::{Server, ServerStats};
 pub use method::Method;
 pub use shared::CatalogHandle;

@@ -185,6 +185,44 @@ impl Shared {
     }
 
     /// Rebuilds the catalog from the method table and tells every connection.
+    /// Trims `catalog` so the HELLO stays within what receivers accept (the control frame
+    /// limit, [`wire::MAX_CATALOG_ENTRIES`]): a HELLO past them would be refused by every
+    /// client, which would then know nothing the server serves. The server's own methods
+    /// (the first `own` names it registered) are kept first; what is left out is logged.
+    fn fit_hello(&self, catalog: &mut Vec<MethodInfo>, own: usize) {
+        let limit = self.transport.wire.max_control_frame_size;
+        // version, two strings of up to 256 bytes with their lengths, load, count.
+        let mut size = 1 + 2 * (2 + 256) + 8 + 8;
+        let entry = |m: &MethodInfo| 2 + m.name.len() + 2 + 2;
+        if catalog.len() <= wire::MAX_CATALOG_ENTRIES
+            && size + catalog.iter().map(entry).sum::<usize>() <= limit
+        {
+            return;
+        }
+        if let Ok(methods) = self.methods.read() {
+            // Stable: own methods first, each group in catalog order.
+            catalog.sort_by_key(|m| !methods.contains_key(&m.name));
+        }
+        let total = catalog.len();
+        let mut kept = 0;
+        for m in catalog.iter() {
+            if kept == wire::MAX_CATALOG_ENTRIES || size + entry(m) > limit {
+                break;
+            }
+            size += entry(m);
+            kept += 1;
+        }
+        catalog.truncate(kept);
+        tracing::error!(
+            announced = kept,
+            left_out = total - kept,
+            own,
+            limit,
+            "the method catalog does not fit in one HELLO; methods left out are not \
+             announced (raise wire.max_control_frame_size on both sides)"
+        );
+    }
+
     pub(super) fn publish_catalog(&self) {
         // The server's own handlers first, so they win over announced names (a proxy's own
         // methods over its upstream's).
@@ -195,7 +233,12 @@ impl Shared {
         if let Ok(extra) = self.extra_catalog.lock() {
             all.extend(extra.iter().cloned());
         }
-        let catalog = Catalog::new(all).methods().to_vec();
+        let own = match self.methods.read() {
+            Ok(m) => m.len(),
+            Err(_) => return,
+        };
+        let mut catalog = Catalog::new(all).methods().to_vec();
+        self.fit_hello(&mut catalog, own);
         if **self.catalog.borrow() != catalog {
             self.catalog.send_replace(Arc::new(catalog));
         }

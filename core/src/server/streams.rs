@@ -3,10 +3,16 @@
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
+use crate::call::budget::{Charge, Pool};
 use crate::call::{DecodeFn, EncodeFn, FramedRecv};
 use crate::codec::{Codec, DecodeLimits};
 use crate::status::Status;
 use crate::wire::FrameKind;
+
+/// A response message queued for writing, with the budget it holds until written.
+pub(super) type Queued = (Bytes, Option<Charge>);
 
 /// Messages a client streams to a handler (client-streaming and bidirectional calls).
 pub struct RequestStream<T> {
@@ -57,7 +63,9 @@ impl<T> RequestStream<T> {
 /// Where a streaming handler sends its responses. Sending waits while the client is slow
 /// to read (backpressure); it fails once the call has ended.
 pub struct ResponseSink<T> {
-    pub(super) tx: mpsc::Sender<Bytes>,
+    pub(super) tx: mpsc::Sender<Queued>,
+    /// The connection's and the server's buffer budgets, charged for queued messages.
+    pub(super) budgets: Option<[Arc<Pool>; 2]>,
     pub(super) codec: Codec,
     pub(super) max: usize,
     pub(super) encode: EncodeFn<T>,
@@ -70,11 +78,28 @@ impl<T> std::fmt::Debug for ResponseSink<T> {
 }
 
 impl<T> ResponseSink<T> {
-    /// Sends one response message.
+    /// Sends one response message. It waits while the call's queue is full (the client
+    /// reads slowly) or while the connection's or server's buffer budget is spent by
+    /// responses waiting to be written.
     pub async fn send(&self, msg: &T) -> Result<(), Status> {
         let bytes = (self.encode)(self.codec, msg, self.max)?;
+        let charge = match &self.budgets {
+            Some([conn, server]) => {
+                let mut charge = Charge::new(conn.clone(), server.clone());
+                let taken = charge.take_wait(bytes.len());
+                tokio::select! {
+                    () = taken => {}
+                    // The call ended while waiting.
+                    () = self.tx.closed() => {
+                        return Err(Status::cancelled("the call has ended"));
+                    }
+                }
+                Some(charge)
+            }
+            None => None,
+        };
         self.tx
-            .send(bytes)
+            .send((bytes, charge))
             .await
             .map_err(|_| Status::cancelled("the call has ended"))
     }
