@@ -614,22 +614,36 @@ fn seeds() -> Vec<u64> {
 fn routing_keeps_its_promises_under_seeded_chaos() {
     let mut failures = Vec::new();
     for seed in seeds() {
-        // A runtime per seed: nothing of one run leaks into the next.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let run = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(60), run_seed(seed))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "seed {seed} hung (a call, a shutdown or a restart did not end); \
-                         schedule: {:#?}",
-                        schedule(seed)
-                    ))
-                })
+        // A runtime per seed, on a thread of its own: nothing of one run leaks into the
+        // next, and a runtime whose threads are all held (its own timers cannot fire) is
+        // caught by this thread's clock.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let run = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(60), run_seed(seed))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "seed {seed} hung (a call, a shutdown or a restart did not end); \
+                             schedule: {:#?}",
+                            schedule(seed)
+                        ))
+                    })
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+            let _ = tx.send(run);
+        });
+        let run = rx.recv_timeout(Duration::from_secs(90)).unwrap_or_else(|_| {
+            panic!(
+                "seed {seed}: the runtime stopped making progress (its threads are held); \
+                 schedule: {:#?}",
+                schedule(seed)
+            )
         });
         match run {
             Ok(summary) => eprintln!("{summary}"),
@@ -638,7 +652,6 @@ fn routing_keeps_its_promises_under_seeded_chaos() {
                 failures.push(seed);
             }
         }
-        rt.shutdown_timeout(Duration::from_secs(1));
     }
     assert!(
         failures.is_empty(),

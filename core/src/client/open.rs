@@ -53,6 +53,11 @@ pub(super) async fn open_call(
     wait_for_ready: bool,
     reach: Option<&Reach>,
 ) -> Result<OpenCall, Failure> {
+    // A call may fail without waiting for anything (a connection known to be down): it
+    // still counts against the task's cooperative budget, so a caller looping on such
+    // calls yields to the runtime now and then instead of holding its thread (and the
+    // runtime's timers) forever.
+    tokio::task::coop::consume_budget().await;
     inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
     let (size, limit) = (headers.metadata.byte_size(), inner.wire.max_metadata_size);
     if size > limit {

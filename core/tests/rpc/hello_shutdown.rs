@@ -241,6 +241,53 @@ async fn calls_to_a_server_that_is_gone_fail_fast_unless_they_wait_for_ready() {
     );
 }
 
+/// A caller that loops on calls failing at once (its server is gone) must not hold its
+/// thread: on a one-thread runtime the loop would otherwise never let a timer fire. The
+/// seeded chaos test found this as a hang of both worker threads (fail-fast calls that
+/// never returned `Pending`).
+#[test]
+fn a_caller_looping_on_failing_calls_does_not_starve_the_runtime() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let looped = rt.block_on(async {
+            let fx = Fixture::start().await;
+            let channel = fx.channel().await;
+            let _: i64 = channel.unary("add", &(1i64, 2i64)).await.unwrap();
+            let Fixture { server, .. } = fx;
+            server.shutdown(Duration::from_millis(10)).await;
+            // Until a reconnection has failed; from then on calls fail at once.
+            for _ in 0..3 {
+                let _ = channel.call("add").unary::<_, i64>(&(1i64, 2i64)).await;
+            }
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let looping = {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let r = channel.call("add").unary::<_, i64>(&(1i64, 2i64)).await;
+                        assert!(r.is_err());
+                        n += 1;
+                    }
+                    n
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            looping.await.unwrap()
+        });
+        let _ = tx.send(looped);
+    });
+    let looped = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the looping caller starved the runtime: a 200 ms timer never fired");
+    assert!(looped > 0);
+}
+
 /// A dropped channel whose server is gone stops dialling at once: no socket, no
 /// handshake packets left behind.
 #[tokio::test]
