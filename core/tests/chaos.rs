@@ -638,13 +638,15 @@ fn routing_keeps_its_promises_under_seeded_chaos() {
             rt.shutdown_timeout(Duration::from_secs(1));
             let _ = tx.send(run);
         });
-        let run = rx.recv_timeout(Duration::from_secs(90)).unwrap_or_else(|_| {
-            panic!(
-                "seed {seed}: the runtime stopped making progress (its threads are held); \
+        let run = rx
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "seed {seed}: the runtime stopped making progress (its threads are held); \
                  schedule: {:#?}",
-                schedule(seed)
-            )
-        });
+                    schedule(seed)
+                )
+            });
         match run {
             Ok(summary) => eprintln!("{summary}"),
             Err(report) => {

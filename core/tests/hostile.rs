@@ -986,3 +986,72 @@ async fn a_value_body_s_decoded_size_counts_against_the_budget() {
         .await
     );
 }
+
+/// How the server answers streams that end or are stopped early: never a bare FIN (a
+/// malformed response), never an echoed REFUSED once the handler ran, and STOP_SENDING with
+/// the reason when a request breaks the framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_ends_and_stops_get_the_documented_codes() {
+    let target = Target::start().await;
+    let conn = target.raw().await;
+    let reset_code = |r: Result<Vec<u8>, quinn::ReadToEndError>| match r {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c))) => Some(c.into_inner()),
+        _ => None,
+    };
+
+    // FIN before any HEADERS: RESET_STREAM(PROTOCOL_ERROR), not a bare FIN.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[]).await.unwrap();
+    send.finish().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 16))
+        .await
+        .unwrap();
+    assert_eq!(reset_code(end), Some(u64::from(reset::PROTOCOL_ERROR)));
+
+    // Half a HEADERS frame, then a reset: RESET_STREAM(CANCELLED).
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let h = headers("echo", Codec::Raw, Metadata::new()).to_frame();
+    send.write_all(&h[..h.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send.reset(reset::CANCELLED.into()).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 16))
+        .await
+        .unwrap();
+    assert_eq!(reset_code(end), Some(u64::from(reset::CANCELLED)));
+
+    // A running handler stopped with REFUSED, or with a code past 32 bits, is released
+    // (the code the server resets with is checked by a unit test of `echoed_reset`: a
+    // stopped receive side cannot read it).
+    for code in [u64::from(reset::REFUSED), 1 << 40] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&headers("sum", Codec::Postcard, Metadata::new()).to_frame())
+            .await
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || target.server.stats().in_flight
+                == 1)
+            .await
+        );
+        recv.stop(quinn::VarInt::from_u64(code).unwrap()).unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || target.server.stats().in_flight
+                == 0)
+            .await
+        );
+        drop(send);
+    }
+
+    // An unknown frame kind after HEADERS: STOP_SENDING(PROTOCOL_ERROR) and TRAILERS.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut bytes = headers("echo", Codec::Raw, Metadata::new()).to_frame();
+    bytes.extend_from_slice(&[0x7e, 0x01, 0x00]);
+    send.write_all(&bytes).await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), send.stopped())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped, Some(reset::PROTOCOL_ERROR.into()));
+    let t = trailers_of(&mut recv).await;
+    assert_ne!(t.code, Code::Ok);
+    target.assert_serves_a_good_client().await;
+}

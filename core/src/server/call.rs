@@ -215,7 +215,12 @@ async fn answer_call(
             let trailers = trailers_for(status, started.elapsed());
             return finish_call(send, None, trailers, bound).await;
         }
-        Ok(Ok(None)) => return false,
+        // FIN before any HEADERS: the response side is reset, never finished bare (a FIN
+        // without TRAILERS would be a malformed response).
+        Ok(Ok(None)) => {
+            let _ = send.reset(reset::PROTOCOL_ERROR.into());
+            return false;
+        }
         Ok(Err(e)) => {
             let status = e.to_status();
             rx.stop(match e {
@@ -226,6 +231,8 @@ async fn answer_call(
                 e,
                 RecvError::Lost(_) | RecvError::Reset(_) | RecvError::ClosedBeforeRun
             ) {
+                // The client gave up before its HEADERS arrived: answer its reset with one.
+                let _ = send.reset(reset::CANCELLED.into());
                 return false;
             }
             let mut trailers = trailers_for(status, started.elapsed());
@@ -386,7 +393,11 @@ async fn run_call(
                 // No handler has run: a request refused for want of buffer space or cut
                 // off by the request timeout may go to another server.
                 let not_run = status.is_known_not_run();
-                rx.stop(crate::call::reset_for_status(&status));
+                // Before the handler, INTERNAL only comes of broken framing.
+                rx.stop(match status.code() {
+                    Code::Internal => reset::PROTOCOL_ERROR,
+                    _ => crate::call::reset_for_status(&status),
+                });
                 let mut trailers = trailers_for(status, started.elapsed());
                 trailers.not_run = not_run;
                 return (code, finish_call(send, None, trailers, bound).await);
@@ -516,7 +527,10 @@ async fn run_call(
             (code, finish_call(send, reply, trailers, bound).await)
         }
         Outcome::Reset(code) => {
-            let _ = send.reset(code.try_into().unwrap_or(reset::CANCELLED).into());
+            // The client's STOP_SENDING code is echoed, except REFUSED ("nothing ran"),
+            // which would be a lie once the handler has started, and codes past 32 bits,
+            // which no Meridian code uses: both become CANCELLED.
+            let _ = send.reset(echoed_reset(code).into());
             (crate::call::status_for_reset(code).code(), false)
         }
         Outcome::Lost => (Code::Unavailable, false),
@@ -645,5 +659,31 @@ fn single_error(e: RecvError) -> Status {
     match e {
         RecvError::Budget(_) => e.to_status().mark_not_run(),
         e => e.to_status(),
+    }
+}
+
+/// The code a server resets its response with when the client stopped it with `code`
+/// while the handler ran: the same, except REFUSED ("nothing ran", a lie by now) and codes
+/// past 32 bits (no Meridian code), which become CANCELLED.
+fn echoed_reset(code: u64) -> u32 {
+    u32::try_from(code)
+        .ok()
+        .filter(|&c| c != reset::REFUSED)
+        .unwrap_or(reset::CANCELLED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_is_echoed_but_never_as_refused_or_past_32_bits() {
+        assert_eq!(
+            echoed_reset(u64::from(reset::DEADLINE_EXCEEDED)),
+            reset::DEADLINE_EXCEEDED
+        );
+        assert_eq!(echoed_reset(u64::from(reset::REFUSED)), reset::CANCELLED);
+        assert_eq!(echoed_reset(1 << 40), reset::CANCELLED);
+        assert_eq!(echoed_reset(0x1234), 0x1234);
     }
 }

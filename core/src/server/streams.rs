@@ -6,10 +6,10 @@ use tokio::sync::mpsc;
 use std::sync::Arc;
 
 use crate::call::budget::{Charge, Pool};
-use crate::call::{DecodeFn, EncodeFn, FramedRecv};
+use crate::call::{DecodeFn, EncodeFn, FramedRecv, RecvError};
 use crate::codec::{Codec, DecodeLimits};
 use crate::status::Status;
-use crate::wire::FrameKind;
+use crate::wire::{reset, FrameKind, WireError};
 
 /// A response message queued for writing, with the budget it holds until written.
 pub(super) type Queued = (Bytes, Option<Charge>);
@@ -44,16 +44,28 @@ impl<T> RequestStream<T> {
             Ok(Some(f)) if f.kind == FrameKind::Data => {
                 (self.decode)(self.codec, f.payload, &self.limits).map(Some)
             }
-            Ok(Some(f)) => Err(Status::invalid_argument(format!(
-                "unexpected {} frame in a request",
-                f.kind
-            ))),
+            Ok(Some(f)) => {
+                self.done = true;
+                self.recv.stop(reset::PROTOCOL_ERROR);
+                Err(Status::invalid_argument(format!(
+                    "unexpected {} frame in a request",
+                    f.kind
+                )))
+            }
             Ok(None) => {
                 self.done = true;
                 Ok(None)
             }
             Err(e) => {
                 self.done = true;
+                // The client is told why its request stream was stopped.
+                match &e {
+                    RecvError::Wire(WireError::TooLarge { .. }) | RecvError::Budget(_) => {
+                        self.recv.stop(reset::TOO_LARGE)
+                    }
+                    RecvError::Wire(_) => self.recv.stop(reset::PROTOCOL_ERROR),
+                    _ => {}
+                }
                 Err(e.to_status())
             }
         }
