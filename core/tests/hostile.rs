@@ -1055,3 +1055,56 @@ async fn early_ends_and_stops_get_the_documented_codes() {
     assert_ne!(t.code, Code::Ok);
     target.assert_serves_a_good_client().await;
 }
+
+/// `max_connection_idle`: a connection with no call is closed; the client reconnects on
+/// its next call, which succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_retired_and_the_client_reconnects() {
+    let target = Target::start_with(TransportConfig {
+        max_connection_idle: Some(Duration::from_millis(300)),
+        ..TransportConfig::default()
+    })
+    .await;
+    let ch = target.channel().await;
+    assert_eq!(ch.unary::<_, i64>("add", &(1i64, 2i64)).await.unwrap(), 3);
+    assert!(
+        eventually(Duration::from_secs(3), || target.server.stats().connections
+            == 0)
+        .await,
+        "the idle connection is still open"
+    );
+    assert_eq!(ch.unary::<_, i64>("add", &(2i64, 2i64)).await.unwrap(), 4);
+}
+
+/// `max_connection_age`: an old connection takes no new call but lets the one in flight
+/// finish, then closes; the client's next call goes over a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_connection_finishes_its_calls_then_closes() {
+    let target = Target::start_with(TransportConfig {
+        max_connection_age: Some(Duration::from_millis(300)),
+        max_connection_age_grace: Duration::from_secs(5),
+        ..TransportConfig::default()
+    })
+    .await;
+    let ch = target.channel().await;
+    let (mut sink, response) = ch
+        .call("sum")
+        .timeout(Duration::from_secs(5))
+        .client_streaming::<i64, i64>()
+        .await
+        .unwrap();
+    sink.send(&40).await.unwrap();
+    // Past the age: the call in flight is not cut.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(target.server.stats().connections, 1, "closed under a call");
+    sink.send(&2).await.unwrap();
+    sink.finish();
+    assert_eq!(response.response().await.unwrap().into_inner(), 42);
+    assert!(
+        eventually(Duration::from_secs(3), || target.server.stats().connections
+            == 0)
+        .await,
+        "the old connection is still open"
+    );
+    assert_eq!(ch.unary::<_, i64>("add", &(2i64, 2i64)).await.unwrap(), 4);
+}

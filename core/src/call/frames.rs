@@ -141,7 +141,9 @@ impl FramedRecv {
 pub(crate) fn closed_before_run(e: &quinn::ConnectionError, stream: quinn::StreamId) -> bool {
     match e {
         quinn::ConnectionError::ApplicationClosed(close)
-            if close.error_code.into_inner() == u64::from(wire::reset::SHUTDOWN) =>
+            if [wire::reset::SHUTDOWN, wire::reset::RETIRED]
+                .map(u64::from)
+                .contains(&close.error_code.into_inner()) =>
         {
             wire::shutdown_not_run_from(&close.reason).is_some_and(|n| u64::from(stream) >= n)
         }

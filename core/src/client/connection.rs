@@ -393,8 +393,11 @@ async fn drive(inner: std::sync::Weak<ChannelInner>, mut closed: watch::Receiver
             } else {
                 failures + 1
             };
-            if matches!(reason, quinn::ConnectionError::LocallyClosed) {
-                // Closed by this client: the next call asks for a new one.
+            let retired = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
+                if c.error_code.into_inner() == u64::from(reset::RETIRED));
+            if matches!(reason, quinn::ConnectionError::LocallyClosed) || retired {
+                // Closed by this client, or retired by the server (idle or too old): the
+                // next call asks for a new one.
                 let Some(strong) = inner.upgrade() else {
                     return;
                 };

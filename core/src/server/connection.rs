@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::call::serve_call;
-use super::shared::{OpenCall, Shared};
+use super::shared::{OpenCall, ServedConnection, Shared};
 use crate::transport::zero_rtt;
 use crate::wire::reset;
 
@@ -61,6 +61,14 @@ async fn serve_connection(
     let Some(served) = shared.serve(&conn) else {
         return;
     };
+    let t = &shared.transport;
+    if t.max_connection_idle.is_some() || t.max_connection_age.is_some() {
+        tokio::spawn(retire_when_due(
+            shared.clone(),
+            served.clone(),
+            conn.clone(),
+        ));
+    }
     let (confirmed_tx, confirmed) = watch::channel(false);
     {
         let conn = conn.clone();
@@ -125,8 +133,10 @@ async fn serve_connection(
             Ok((mut send, mut recv)) => {
                 // Counted before the check, so a shutdown either waits for this call or
                 // finds it refused here.
-                let open = OpenCall::new(&shared);
-                if shared.shutting_down.load(Ordering::SeqCst) {
+                let open = OpenCall::new(&shared, &served);
+                if shared.shutting_down.load(Ordering::SeqCst)
+                    || served.retiring.load(Ordering::SeqCst)
+                {
                     // Every stream accepted from now on has a higher ID than any call that
                     // may have run, so even if this reset is lost in the final close, the
                     // close tells the client that this call did not run.
@@ -151,6 +161,49 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Retires a connection once it has had no call for `max_connection_idle`, or once it is
+/// `max_connection_age` old: no handler starts on it any more, new streams are refused,
+/// and it closes (naming the first stream that did not run) once its calls
+/// are settled, or after `max_connection_age_grace` (`CONNECTION_CLOSE(RETIRED)`). Clients
+/// reconnect on their next call.
+async fn retire_when_due(
+    shared: Arc<Shared>,
+    served: Arc<ServedConnection>,
+    conn: quinn::Connection,
+) {
+    let t = &shared.transport;
+    let too_old = async {
+        match t.max_connection_age {
+            Some(age) => tokio::time::sleep(age).await,
+            None => std::future::pending().await,
+        }
+    };
+    let idle = async {
+        let Some(limit) = t.max_connection_idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            served.wait_quiet().await;
+            let seen = served.accepted.load(Ordering::SeqCst);
+            tokio::time::sleep(limit).await;
+            if served.calls.load(Ordering::SeqCst) == 0
+                && served.accepted.load(Ordering::SeqCst) == seen
+            {
+                return;
+            }
+        }
+    };
+    let why = tokio::select! {
+        () = too_old => "connection reached its maximum age",
+        () = idle => "connection idle",
+        _ = conn.closed() => return,
+    };
+    debug!(remote = %conn.remote_address(), why, "retiring the connection");
+    served.retiring.store(true, Ordering::SeqCst);
+    let _ = tokio::time::timeout(t.max_connection_age_grace, served.wait_quiet()).await;
+    served.close_retired(why);
 }
 
 /// Counts something in one of [`Shared`]'s counters for as long as it lives: a

@@ -62,6 +62,14 @@ pub(super) struct ServedConnection {
     /// Received bytes held by this connection's calls
     /// ([`TransportConfig::connection_buffer_budget`]).
     pub(super) buffers: Arc<Pool>,
+    /// Call streams of this connection not settled yet, and how many were ever accepted.
+    pub(super) calls: AtomicUsize,
+    pub(super) accepted: AtomicU64,
+    /// Notified when `calls` drops to 0.
+    pub(super) quiet: Notify,
+    /// Set when the connection is being retired (idle or too old): no handler starts on
+    /// it any more, new streams are refused, and it closes once its calls are settled.
+    pub(super) retiring: AtomicBool,
     /// One more than the highest stream ID whose handler may have started: no handler ran,
     /// or will run, for any call stream from it on (0: none ran). The server sends it when
     /// it closes the connection (see [`wire::shutdown_reason`]).
@@ -69,12 +77,15 @@ pub(super) struct ServedConnection {
 }
 
 /// Counts one accepted call stream in [`Shared::open_calls`] until dropped.
-pub(super) struct OpenCall(Arc<Shared>);
+/// Also counted in its connection's [`ServedConnection::calls`].
+pub(super) struct OpenCall(Arc<Shared>, Arc<ServedConnection>);
 
 impl OpenCall {
-    pub(super) fn new(shared: &Arc<Shared>) -> OpenCall {
+    pub(super) fn new(shared: &Arc<Shared>, conn: &Arc<ServedConnection>) -> OpenCall {
         shared.open_calls.fetch_add(1, Ordering::SeqCst);
-        OpenCall(shared.clone())
+        conn.calls.fetch_add(1, Ordering::SeqCst);
+        conn.accepted.fetch_add(1, Ordering::SeqCst);
+        OpenCall(shared.clone(), conn.clone())
     }
 }
 
@@ -83,6 +94,33 @@ impl Drop for OpenCall {
         if self.0.open_calls.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
+        if self.1.calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.1.quiet.notify_waiters();
+        }
+    }
+}
+
+impl ServedConnection {
+    /// Completes once no call stream of the connection is open.
+    pub(super) async fn wait_quiet(&self) {
+        loop {
+            let quiet = self.quiet.notified();
+            tokio::pin!(quiet);
+            quiet.as_mut().enable();
+            if self.calls.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            quiet.await;
+        }
+    }
+
+    /// Closes the connection with `RETIRED`, saying from which stream on nothing ran.
+    pub(super) fn close_retired(&self, text: &str) {
+        let first_not_run = self.first_not_run.load(Ordering::SeqCst);
+        self.conn.close(
+            reset::RETIRED.into(),
+            &wire::shutdown_reason(text, first_not_run),
+        );
     }
 }
 
@@ -104,7 +142,7 @@ impl Shared {
     pub(super) fn may_start(&self, conn: &ServedConnection, stream: quinn::StreamId) -> bool {
         conn.first_not_run
             .fetch_max(u64::from(stream) + 1, Ordering::SeqCst);
-        !self.shutting_down.load(Ordering::SeqCst)
+        !self.shutting_down.load(Ordering::SeqCst) && !conn.retiring.load(Ordering::SeqCst)
     }
 
     /// Completes once the server begins to stop.
@@ -125,6 +163,10 @@ impl Shared {
         let served = Arc::new(ServedConnection {
             conn: conn.clone(),
             buffers: Pool::new("connection", self.transport.connection_buffer_budget),
+            calls: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            quiet: Notify::new(),
+            retiring: AtomicBool::new(false),
             first_not_run: AtomicU64::new(0),
         });
         let mut connections = match self.connections.lock() {

@@ -71,6 +71,18 @@ pub struct TransportConfig {
     /// it). Beyond twice this number new connections are refused. Default 128 (0: every
     /// new peer gets a Retry).
     pub max_handshakes: usize,
+    /// Server: a connection with no call for this long is closed gracefully (`RETIRED`,
+    /// nothing lost: clients reconnect on their next call). Default `None` (never), as in
+    /// gRPC: region clients keep idle connections open on purpose, to measure RTT.
+    pub max_connection_idle: Option<Duration>,
+    /// Server: a connection this old stops taking calls and closes gracefully once its
+    /// calls are settled (or after [`TransportConfig::max_connection_age_grace`]), so
+    /// clients spread over new servers and rotated certificates take effect. Default
+    /// `None` (never).
+    pub max_connection_age: Option<Duration>,
+    /// Server: how long calls in flight on a connection being retired (idle or too old)
+    /// get to finish before it closes. Default 30 s.
+    pub max_connection_age_grace: Duration,
     /// Frame and metadata size limits.
     pub wire: WireLimits,
     /// Nesting depth, size and decoded-size limits for [`crate::codec::Value`] messages.
@@ -126,6 +138,9 @@ impl Default for TransportConfig {
             server_buffer_budget: Self::DEFAULT_SERVER_BUFFER_BUDGET,
             max_connections: 4096,
             max_handshakes: 128,
+            max_connection_idle: None,
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
             wire: WireLimits::default(),
             value: DecodeLimits::default(),
         }

@@ -116,4 +116,8 @@ pub mod reset {
     pub const TOO_LARGE: u32 = 0x05;
     /// Connection close: the server is shutting down.
     pub const SHUTDOWN: u32 = 0x10;
+    /// Connection close: the server retired this connection (idle or too old) and still
+    /// serves; reconnect when a call needs it. Its reason phrase names the first stream
+    /// that did not run, as [`SHUTDOWN`]'s does.
+    pub const RETIRED: u32 = 0x11;
 }
