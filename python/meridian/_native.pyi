@@ -72,6 +72,7 @@ class NativeClient:
         roots: Optional[str] = None,
         etcd: Optional[Sequence[str]] = None,
         etcd_prefix: Optional[str] = None,
+        wait_for_ready: bool = False,
     ) -> "NativeClient": ...
     def call(
         self,

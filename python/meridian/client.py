@@ -73,6 +73,7 @@ class _Base:
         timeout: Optional[float] = None,
         etcd: Optional[Endpoints] = None,
         etcd_prefix: Optional[str] = None,
+        wait_for_ready: bool = False,
     ) -> None:
         self._native = NativeClient(
             home=region,
@@ -81,6 +82,7 @@ class _Base:
             roots=None if roots is None else str(roots),
             etcd=etcd_endpoints(etcd),
             etcd_prefix=etcd_prefix,
+            wait_for_ready=bool(wait_for_ready),
         )
         self.region = region
         self.timeout = timeout
@@ -104,6 +106,10 @@ class RPCClient(_Base):
     seconds (``None``: no deadline). ``etcd="http://127.0.0.1:2379"`` (or a list of URLs)
     follows the servers registered in etcd (see ``RPCServer(..., etcd=...)``) as they come
     and go; a region file with an ``[etcd]`` table does the same.
+
+    When no server that could take a call is reachable, the call fails at once with
+    ``UNAVAILABLE`` (gRPC's default); with ``wait_for_ready=True`` every call of this client
+    waits for one instead, within its timeout (a server restarting, say).
 
     Attribute calls pass every keyword argument to the remote function. Use :meth:`call`
     and :meth:`stream` for per-call options. Calls release the GIL while they wait, honour

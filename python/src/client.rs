@@ -77,6 +77,9 @@ struct CallSpec {
     timeout: Option<Duration>,
     metadata: Vec<(String, Bytes)>,
     key: Option<Bytes>,
+    /// Wait (within the timeout) for a server to become reachable instead of failing at
+    /// once with UNAVAILABLE.
+    wait_for_ready: bool,
 }
 
 impl CallSpec {
@@ -86,6 +89,7 @@ impl CallSpec {
         timeout: Option<f64>,
         metadata: Option<&Bound<'_, PyDict>>,
         key: Option<&Bound<'_, PyAny>>,
+        wait_for_ready: bool,
     ) -> PyResult<CallSpec> {
         let args = to_value(args)?;
         let timeout = timeout_arg(timeout)?;
@@ -105,11 +109,15 @@ impl CallSpec {
             timeout,
             metadata: md,
             key,
+            wait_for_ready,
         })
     }
 
     fn builder(&self, client: &RegionClient) -> meridian::region::RegionCallBuilder {
-        let mut call = client.call(self.method.clone()).codec(Codec::Value);
+        let mut call = client
+            .call(self.method.clone())
+            .codec(Codec::Value)
+            .wait_for_ready(self.wait_for_ready);
         if let Some(t) = self.timeout {
             call = call.timeout(t);
         }
@@ -169,6 +177,7 @@ pub(crate) struct NativeClient {
     source: Source,
     roots_file: Option<String>,
     client: Mutex<Option<RegionClient>>,
+    wait_for_ready: bool,
 }
 
 impl NativeClient {
@@ -182,7 +191,7 @@ impl NativeClient {
         metadata: Option<&Bound<'_, PyDict>>,
         key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<meridian::Response<Value>> {
-        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
+        let spec = CallSpec::new(method, args, timeout, metadata, key, self.wait_for_ready)?;
         let client = self.region_client()?;
         wait(py, spec.unary_response(client))?.map_err(|status| status_to_pyerr(py, &status))
     }
@@ -238,9 +247,12 @@ impl NativeClient {
     /// server_name)`), or else from this process's registry. `roots` is a PEM file of
     /// the certificates to trust; without it the client trusts this process's servers.
     /// With `etcd` (client URLs), or a region file with an `[etcd]` table, the servers
-    /// registered in etcd under `etcd_prefix` are followed as they come and go.
+    /// registered in etcd under `etcd_prefix` are followed as they come and go. With
+    /// `wait_for_ready`, a call that finds no reachable server waits for one within its
+    /// timeout instead of failing at once with UNAVAILABLE.
     #[new]
-    #[pyo3(signature = (home=None, config=None, regions=None, roots=None, etcd=None, etcd_prefix=None))]
+    #[pyo3(signature = (home=None, config=None, regions=None, roots=None, etcd=None, etcd_prefix=None, wait_for_ready=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         home: Option<String>,
         config: Option<String>,
@@ -248,6 +260,7 @@ impl NativeClient {
         roots: Option<String>,
         etcd: Option<Vec<String>>,
         etcd_prefix: Option<String>,
+        wait_for_ready: bool,
     ) -> PyResult<NativeClient> {
         let file_etcd = match &config {
             Some(path) => EtcdConfig::from_toml_file(path)
@@ -302,6 +315,7 @@ impl NativeClient {
             source,
             roots_file: roots,
             client: Mutex::new(None),
+            wait_for_ready,
         })
     }
 
@@ -362,7 +376,7 @@ impl NativeClient {
         metadata: Option<&Bound<'py, PyDict>>,
         key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<CallHandle> {
-        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
+        let spec = CallSpec::new(method, args, timeout, metadata, key, self.wait_for_ready)?;
         let client = self.region_client()?;
         let task = runtime()?.spawn(async move {
             let result = spec.unary(client).await.map(Some);
@@ -384,7 +398,7 @@ impl NativeClient {
         metadata: Option<&Bound<'py, PyDict>>,
         key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<NativeStream> {
-        let spec = CallSpec::new(method, args, timeout, metadata, key)?;
+        let spec = CallSpec::new(method, args, timeout, metadata, key, self.wait_for_ready)?;
         let client = self.region_client()?;
         let inner = Arc::new(tokio::sync::Mutex::new(None));
         let slot = inner.clone();

@@ -1,5 +1,6 @@
 """Errors: exceptions and statuses from handlers, unknown methods, timeouts."""
 
+import threading
 import time
 
 import pytest
@@ -141,3 +142,37 @@ def test_error_classes():
     assert meridian.DeadlineExceeded("late").code == StatusCode.DEADLINE_EXCEEDED
     assert issubclass(meridian.Unavailable, RpcError)
     assert repr(meridian.Aborted("x")) == "Aborted(ABORTED, 'x')"
+
+
+def test_calls_fail_fast_when_no_server_is_up_unless_they_wait_for_ready(make_server, region):
+    def serve() -> meridian.RPCServer:
+        server = make_server(region)
+
+        @server.rpc
+        def add(a, b):
+            return a + b
+
+        return server.start()
+
+    first = serve()
+    quick = RPCClient(region, timeout=5.0)
+    patient = RPCClient(region, timeout=5.0, wait_for_ready=True)
+    assert quick.add(1, 2) == 3
+    assert patient.add(1, 2) == 3
+    first.stop(grace=0.5)
+
+    # Fails at once (gRPC's default), not after the 5 s timeout.
+    started = time.monotonic()
+    with pytest.raises(meridian.Unavailable):
+        quick.add(1, 2)
+    assert time.monotonic() - started < 2.5
+
+    # Waits for the server that comes back, within its timeout.
+    restart = threading.Timer(1.0, serve)
+    restart.start()
+    try:
+        started = time.monotonic()
+        assert patient.add(2, 3) == 5
+        assert time.monotonic() - started >= 0.8
+    finally:
+        restart.join()
