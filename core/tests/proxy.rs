@@ -1082,19 +1082,23 @@ async fn the_proxy_hedges_like_a_region_client() {
     );
 }
 
-/// One caller cannot take every upstream stream: its calls beyond the proxy's per-client
-/// limit wait for stream credit, and another caller is served at once.
+/// One caller cannot take every upstream stream. The proxy gives each client connection
+/// 256 calls at once; the greedy caller's channel opens its 3 extra connections (1,024
+/// calls) and its other calls wait for credit. Those 1,024 calls fill the one upstream
+/// connection's stream limit (1,024), so another caller's call goes up an extra upstream
+/// connection and is answered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_caller_cannot_take_every_upstream_stream() {
     let rig = Rig::start(&[("eu", "eu-1", 0)]).await;
-    let limit = Proxy::DEFAULT_MAX_CALLS_PER_CLIENT as usize;
+    let per_connection = Proxy::DEFAULT_MAX_CALLS_PER_CLIENT as usize;
+    let limit = per_connection * (1 + TransportConfig::default().extra_connections);
     let greedy = rig.channel().await;
     let mut calls = Vec::new();
-    for _ in 0..limit + 50 {
+    for _ in 0..limit + 100 {
         let ch = greedy.clone();
         calls.push(tokio::spawn(async move {
             ch.call("slow")
-                .timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(4))
                 .unary::<_, ()>(&())
                 .await
         }));
@@ -1107,14 +1111,11 @@ async fn one_caller_cannot_take_every_upstream_stream() {
     assert_eq!(
         rig.seen.slow_started.load(Ordering::SeqCst),
         limit,
-        "calls past the per-client limit reached the server"
+        "calls past the per-connection limit reached the server"
     );
     let other = rig.channel().await;
     let t0 = Instant::now();
-    assert_eq!(
-        other.unary::<_, i64>("add", &(1i64, 2i64)).await.unwrap(),
-        3
-    );
+    assert_eq!(other.unary::<_, i64>("add", &(1i64, 2i64)).await.unwrap(), 3);
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     for c in calls {
         let _ = c.await;

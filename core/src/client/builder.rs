@@ -75,6 +75,8 @@ impl ChannelBuilder {
             catalog: Default::default(),
             hello_seq: Default::default(),
             stats: Counters::default(),
+            extra: Default::default(),
+            max_extra: self.transport.extra_connections,
         });
         inner.establish().await.map_err(|reason| Error::Connect {
             addr: self.addr,

@@ -146,6 +146,9 @@ impl Channel {
     /// handshake completes, so a connection younger than that is kept open until then
     /// (at most one second): closing at once would leave the client without tickets.
     pub async fn close(&self) {
+        for extra in self.inner.extra.lock().await.drain(..) {
+            extra.close(reset::NO_ERROR.into(), b"client closed");
+        }
         let Some(c) = self.inner.current() else {
             return;
         };

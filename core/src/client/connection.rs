@@ -43,6 +43,10 @@ pub(super) struct ChannelInner {
     /// channel's catalog shows as a new number.
     pub(super) hello_seq: std::sync::atomic::AtomicU64,
     pub(super) stats: Counters,
+    /// Extra connections opened while the main one has no stream credit left
+    /// ([`TransportConfig::extra_connections`](crate::TransportConfig)), and how many may be.
+    pub(super) extra: tokio::sync::Mutex<Vec<quinn::Connection>>,
+    pub(super) max_extra: usize,
 }
 
 /// One QUIC connection and the state of its handshake.
@@ -127,6 +131,9 @@ enum Dialing {
 /// can still resume with 0-RTT.
 impl Drop for ChannelInner {
     fn drop(&mut self) {
+        for extra in self.extra.get_mut().drain(..) {
+            extra.close(reset::NO_ERROR.into(), b"channel dropped");
+        }
         let conn = match self.conn.get_mut() {
             Ok(c) => c.take(),
             Err(poisoned) => poisoned.into_inner().take(),
@@ -182,6 +189,39 @@ impl ChannelInner {
     }
 
     /// Starts a connection attempt (0-RTT when a session ticket is held).
+    /// A stream on an extra connection, for a call the main connection has no stream
+    /// credit for: on the first extra connection with credit, or on a new one while fewer
+    /// than `max_extra` are open. `None` when every extra connection is saturated too (or
+    /// none may be opened): the caller waits for credit on the main connection.
+    pub(super) async fn extra_stream(&self) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+        if self.max_extra == 0 {
+            return None;
+        }
+        // Held across a dial: calls that find no credit meanwhile wait for that one.
+        let mut extra = self.extra.lock().await;
+        extra.retain(|c| c.close_reason().is_none());
+        for c in extra.iter() {
+            if let Some(Ok(pair)) = open_now(c) {
+                return Some(pair);
+            }
+        }
+        if extra.len() >= self.max_extra {
+            return None;
+        }
+        let endpoint = self.endpoint.read().ok()?.clone();
+        let connecting = endpoint
+            .connect_with(self.config.clone(), self.addr, &self.server_name)
+            .ok()?;
+        let conn = full_handshake(connecting, self.handshake_timeout)
+            .await
+            .ok()?;
+        debug!(addr = %self.addr, extra = extra.len() + 1, "opened an extra connection: stream credit ran out");
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let pair = open_now(&conn).and_then(Result::ok);
+        extra.push(conn);
+        pair
+    }
+
     fn begin_dial(&self) -> Result<Dialing, String> {
         let endpoint = self.endpoint.read().map_err(|e| e.to_string())?.clone();
         let connecting =
@@ -349,6 +389,23 @@ impl ChannelInner {
             *self.link.borrow(),
             Link::Failing { .. } | Link::Connecting { retrying: true, .. }
         )
+    }
+}
+
+/// A bidirectional stream on `conn` if it has stream credit now (`None` if it would wait).
+fn open_now(
+    conn: &quinn::Connection,
+) -> Option<Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>> {
+    use std::future::Future;
+    let open = conn.open_bi();
+    tokio::pin!(open);
+    let waker = std::task::Waker::noop();
+    match open
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+    {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => None,
     }
 }
 

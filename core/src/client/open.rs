@@ -253,6 +253,11 @@ async fn open_stream(
     let result = match first {
         Poll::Ready(r) => r,
         Poll::Pending => {
+            // The server's concurrent stream limit is reached on this connection: use (or
+            // open) an extra one if allowed, rather than wait behind the calls in flight.
+            if let Some(pair) = inner.extra_stream().await {
+                return Ok(pair);
+            }
             inner
                 .stats
                 .stream_credit_waits

@@ -83,6 +83,13 @@ pub struct TransportConfig {
     /// Server: how long calls in flight on a connection being retired (idle or too old)
     /// get to finish before it closes. Default 30 s.
     pub max_connection_age_grace: Duration,
+    /// Client: extra connections a channel may open to its server while every stream the
+    /// server allows on the main connection is in use
+    /// ([`TransportConfig::max_concurrent_streams`] on the server's side), so calls beyond
+    /// that limit do not queue behind the ones in flight. They use full handshakes and
+    /// close with the channel. Default 3 (a channel then carries up to 4 times the
+    /// server's stream limit); 0 makes such calls wait for stream credit.
+    pub extra_connections: usize,
     /// Frame and metadata size limits.
     pub wire: WireLimits,
     /// Nesting depth, size and decoded-size limits for [`crate::codec::Value`] messages.
@@ -141,6 +148,7 @@ impl Default for TransportConfig {
             max_connection_idle: None,
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
+            extra_connections: 3,
             wire: WireLimits::default(),
             value: DecodeLimits::default(),
         }

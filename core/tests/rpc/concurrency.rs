@@ -66,7 +66,15 @@ async fn waiting_for_stream_credit_is_counted_and_honours_the_deadline() {
         })
     })
     .await;
-    let ch = fx.channel().await;
+    // No extra connections: calls past the limit wait for credit.
+    let ch = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
+        .transport(meridian::TransportConfig {
+            extra_connections: 0,
+            ..Default::default()
+        })
+        .connect()
+        .await
+        .unwrap();
     let mut slow = Vec::new();
     for _ in 0..2 {
         let ch = ch.clone();
@@ -88,5 +96,69 @@ async fn waiting_for_stream_credit_is_counted_and_honours_the_deadline() {
     assert_eq!(v, 3);
     for s in slow {
         assert_eq!(s.await.unwrap().unwrap(), 400);
+    }
+}
+
+/// A server allows 4 calls at once per connection: a channel whose calls need more opens
+/// extra connections (up to `extra_connections`) instead of queueing them behind the
+/// calls in flight; with none allowed they wait for stream credit, and all finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_stream_limit_get_extra_connections() {
+    use std::sync::Arc;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let fx = Fixture::start_with(move |b| {
+        b.transport(meridian::TransportConfig {
+            max_concurrent_streams: 4,
+            ..Default::default()
+        })
+        .unary("hold", move |(): (), _| {
+            let g = g.clone();
+            async move {
+                g.acquire()
+                    .await
+                    .map_err(|_| meridian::Status::internal("closed"))?
+                    .forget();
+                Ok(())
+            }
+        })
+    })
+    .await;
+    for (extra, started) in [(3usize, 10usize), (0, 4)] {
+        let ch = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
+            .transport(meridian::TransportConfig {
+                extra_connections: extra,
+                ..Default::default()
+            })
+            .connect()
+            .await
+            .unwrap();
+        let before = fx.server.stats().in_flight;
+        assert_eq!(before, 0);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let ch = ch.clone();
+            calls.spawn(async move {
+                ch.call("hold")
+                    .timeout(Duration::from_secs(10))
+                    .unary::<_, ()>(&())
+                    .await
+            });
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        while fx.server.stats().in_flight < started && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            fx.server.stats().in_flight,
+            started,
+            "extra_connections {extra}"
+        );
+        assert_eq!(ch.stats().connections as usize, 1 + extra.min(2));
+        gate.add_permits(10);
+        while let Some(r) = calls.join_next().await {
+            r.unwrap().unwrap();
+        }
     }
 }
