@@ -1115,7 +1115,10 @@ async fn one_caller_cannot_take_every_upstream_stream() {
     );
     let other = rig.channel().await;
     let t0 = Instant::now();
-    assert_eq!(other.unary::<_, i64>("add", &(1i64, 2i64)).await.unwrap(), 3);
+    assert_eq!(
+        other.unary::<_, i64>("add", &(1i64, 2i64)).await.unwrap(),
+        3
+    );
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     for c in calls {
         let _ = c.await;

@@ -106,7 +106,9 @@ impl std::fmt::Display for Exhausted {
 #[derive(Debug)]
 pub(crate) struct Charge {
     pools: [Arc<Pool>; 2],
-    held: usize,
+    /// Bytes held in each pool: the same, except while [`Charge::take_wait`] has taken
+    /// from the first and waits for the second (a wait that may be abandoned).
+    held: [usize; 2],
 }
 
 impl Charge {
@@ -114,7 +116,7 @@ impl Charge {
     pub(crate) fn new(connection: Arc<Pool>, server: Arc<Pool>) -> Charge {
         Charge {
             pools: [connection, server],
-            held: 0,
+            held: [0, 0],
         }
     }
 
@@ -134,31 +136,34 @@ impl Charge {
                 limit: server.limit,
             });
         }
-        self.held += n;
+        self.held[0] += n;
+        self.held[1] += n;
         Ok(())
     }
 
     /// Takes `n` more bytes from both pools, waiting while either is spent (for bytes the
     /// server produces itself, such as queued responses: they are given back as the peer
     /// reads them or when the call's write bound passes, so waiting cannot deadlock).
-    /// More than a pool's whole limit is charged as the whole limit.
+    /// More than a pool's whole limit is charged as the whole limit. Dropped while it
+    /// waits, it takes nothing in the end (what it took is given back with the charge).
     pub(crate) async fn take_wait(&mut self, n: usize) {
-        let [conn, server] = &self.pools;
-        let from_conn = conn.take_wait(n).await;
-        let from_server = server.take_wait(n).await;
+        let from_conn = self.pools[0].take_wait(n).await;
+        self.held[0] += from_conn;
+        let from_server = self.pools[1].take_wait(n).await;
+        self.held[1] += from_server;
         // Charged evenly to both; the difference (only past a limit) is given back.
-        let held = from_conn.min(from_server);
-        conn.give(from_conn - held);
-        server.give(from_server - held);
-        self.held += held;
+        let even = self.held[0].min(self.held[1]);
+        self.shrink_to(even);
     }
 
-    /// Gives back all but `keep` bytes (nothing if it holds `keep` or less).
+    /// Gives back all but `keep` bytes of each pool (nothing where it holds `keep` or
+    /// less).
     pub(crate) fn shrink_to(&mut self, keep: usize) {
-        if self.held > keep {
-            let n = self.held - keep;
-            self.pools.iter().for_each(|p| p.give(n));
-            self.held = keep;
+        for (pool, held) in self.pools.iter().zip(self.held.iter_mut()) {
+            if *held > keep {
+                pool.give(*held - keep);
+                *held = keep;
+            }
         }
     }
 }
@@ -193,5 +198,41 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!((conn.used(), server.used()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_charge_is_woken_when_bytes_come_back_and_an_abandoned_one_takes_nothing() {
+        let conn = Pool::new("connection", 100);
+        let server = Pool::new("server", 100);
+        let mut full = Charge::new(conn.clone(), server.clone());
+        full.take(100).unwrap();
+        // Waits for the connection pool, then gets its bytes when `full` gives them back.
+        let mut waiting = Charge::new(conn.clone(), server.clone());
+        let wait = tokio::spawn(async move {
+            waiting.take_wait(40).await;
+            waiting
+        });
+        tokio::task::yield_now().await;
+        assert!(!wait.is_finished());
+        drop(full);
+        let waiting = tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!((conn.used(), server.used()), (40, 40));
+        drop(waiting);
+        // The server pool is spent by another connection: a wait abandoned there gives
+        // back what it took from its own connection's pool.
+        let mut other = Charge::new(Pool::new("connection", 100), server.clone());
+        other.take(100).unwrap();
+        let mut abandoned = Charge::new(conn.clone(), server.clone());
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            abandoned.take_wait(30),
+        )
+        .await;
+        assert!(waited.is_err());
+        drop(abandoned);
+        assert_eq!(conn.used(), 0);
     }
 }
