@@ -23,8 +23,10 @@ pub struct ServerStats {
     pub calls_failed: u64,
     /// Calls running now.
     pub in_flight: usize,
-    /// Connections open now.
+    /// Connections open now (handshakes included).
     pub connections: usize,
+    /// Connections whose handshake is under way now.
+    pub handshakes: usize,
     /// Bytes of received frames the server's calls hold now, counted against
     /// [`TransportConfig::server_buffer_budget`].
     pub buffered_bytes: usize,
@@ -144,6 +146,7 @@ impl Server {
             calls_failed: self.shared.calls_failed.load(Ordering::Relaxed),
             in_flight: self.shared.inflight.load(Ordering::Relaxed),
             connections: self.shared.open_connections.load(Ordering::Relaxed),
+            handshakes: self.shared.handshakes.load(Ordering::Relaxed),
             buffered_bytes: self.shared.buffers.used(),
             connections_refused: self.shared.connections_refused.load(Ordering::Relaxed),
             retries_sent: self.shared.retries_sent.load(Ordering::Relaxed),
