@@ -294,6 +294,20 @@ impl World {
             })
     }
 
+    /// The sum of one figure of the running servers' stats.
+    fn servers_sum(&self, figure: impl Fn(&meridian::server::ServerStats) -> usize) -> usize {
+        self.sites
+            .iter()
+            .filter_map(|s| {
+                s.server
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map(|s| figure(&s.stats()))
+            })
+            .sum()
+    }
+
     fn region_links(&self, region: usize) -> impl Iterator<Item = &Site> {
         self.sites.iter().filter(move |s| s.region == region)
     }
@@ -525,19 +539,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A dropped client leaves no connection open.
-    let open = || -> usize {
-        world
-            .sites
-            .iter()
-            .filter_map(|s| {
-                s.server
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .map(|s| s.stats().connections)
-            })
-            .sum()
-    };
+    let open = || world.servers_sum(|s| s.connections);
     // A connection the client closed during a loss burst may not have heard the close
     // (QUIC does not retransmit it); the server's next keep-alive (5 s) then meets the
     // client endpoint's stateless reset. Only the client's own connections are at stake.
@@ -562,19 +564,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     }
     drop(client);
     let gone = Instant::now();
-    let handshaking = || -> usize {
-        world
-            .sites
-            .iter()
-            .filter_map(|s| {
-                s.server
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .map(|s| s.stats().handshakes)
-            })
-            .sum()
-    };
+    let handshaking = || world.servers_sum(|s| s.handshakes);
     // Established connections close at once. One whose handshake the client abandoned
     // (a redial under way when it was dropped) may not hear the close, and then ends at
     // the server's handshake timeout (10 s).

@@ -109,6 +109,15 @@ impl Target {
             .unwrap()
     }
 
+    /// Every byte the server's calls held is given back within `limit`.
+    async fn assert_buffers_given_back(&self, limit: Duration) {
+        assert!(
+            eventually(limit, || self.server.stats().buffered_bytes == 0).await,
+            "{} bytes still held",
+            self.server.stats().buffered_bytes
+        );
+    }
+
     /// A good client's calls still succeed.
     async fn assert_serves_a_good_client(&self) {
         let ch = self.channel().await;
@@ -144,19 +153,7 @@ async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Trailers {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let _ = send.write_all(bytes).await;
     let _ = send.finish();
-    let answer = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 20))
-        .await
-        .expect("an answer within 15 s")
-        .expect("a response stream");
-    let mut dec = wire::FrameDecoder::new(WireLimits::default());
-    dec.extend(&answer);
-    let mut last = None;
-    while let Some(f) = dec.next_frame().unwrap() {
-        last = Some(f);
-    }
-    let f = last.expect("a frame");
-    assert_eq!(f.kind, FrameKind::Trailers);
-    Trailers::decode(&f.payload, &WireLimits::default()).unwrap()
+    trailers_of(&mut recv).await
 }
 
 /// The process's virtual memory size in bytes (Linux), which counts reservations whose
@@ -687,11 +684,11 @@ async fn partial_request(
     (send, recv)
 }
 
-/// The TRAILERS at the end of a response stream (within 10 s).
+/// The TRAILERS at the end of a response stream (within 15 s).
 async fn trailers_of(recv: &mut quinn::RecvStream) -> Trailers {
-    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+    let answer = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 20))
         .await
-        .expect("an answer within 10 s")
+        .expect("an answer within 15 s")
         .expect("a response stream");
     let mut dec = wire::FrameDecoder::new(WireLimits::default());
     dec.extend(&answer);
@@ -751,16 +748,9 @@ async fn unfinished_requests_cannot_hold_more_than_the_connection_budget() {
     target.assert_serves_a_good_client().await;
     conn.close(0u32.into(), b"");
     drop(held);
-    assert!(
-        eventually(Duration::from_secs(5), || target
-            .server
-            .stats()
-            .buffered_bytes
-            == 0)
-        .await,
-        "{} bytes still held after the connection closed",
-        target.server.stats().buffered_bytes
-    );
+    target
+        .assert_buffers_given_back(Duration::from_secs(5))
+        .await;
 }
 
 /// Many connections each within their own budget still cannot pass the server's: calls
@@ -791,16 +781,9 @@ async fn connections_together_cannot_hold_more_than_the_server_budget() {
     target.assert_serves_a_good_client().await;
     drop(held);
     drop(conns);
-    assert!(
-        eventually(Duration::from_secs(5), || target
-            .server
-            .stats()
-            .buffered_bytes
-            == 0)
-        .await,
-        "{} bytes still held",
-        target.server.stats().buffered_bytes
-    );
+    target
+        .assert_buffers_given_back(Duration::from_secs(5))
+        .await;
 }
 
 /// A request sent slowly (or never finished) on a call without a deadline: the old server
@@ -826,14 +809,9 @@ async fn a_request_that_never_completes_ends_at_the_request_timeout() {
         took >= limit && took < limit + Duration::from_secs(2),
         "{took:?}"
     );
-    assert!(
-        eventually(Duration::from_secs(2), || target
-            .server
-            .stats()
-            .buffered_bytes
-            == 0)
-        .await
-    );
+    target
+        .assert_buffers_given_back(Duration::from_secs(2))
+        .await;
     target.assert_serves_a_good_client().await;
 }
 
@@ -908,14 +886,9 @@ async fn streamed_request_messages_give_their_budget_back() {
     sink.finish();
     let total = response.response().await.unwrap().into_inner();
     assert_eq!(total, (0..30_000i64).sum::<i64>());
-    assert!(
-        eventually(Duration::from_secs(2), || target
-            .server
-            .stats()
-            .buffered_bytes
-            == 0)
-        .await
-    );
+    target
+        .assert_buffers_given_back(Duration::from_secs(2))
+        .await;
 }
 
 /// A catalog too big for one HELLO (a proxy announcing many upstream methods): the old
@@ -977,14 +950,9 @@ async fn a_value_body_s_decoded_size_counts_against_the_budget() {
     assert!(err.message().contains("connection buffer budget"), "{err}");
     // 20,000 nulls (640 KB decoded) fit.
     assert!(call(20_000).await.is_ok());
-    assert!(
-        eventually(Duration::from_secs(2), || target
-            .server
-            .stats()
-            .buffered_bytes
-            == 0)
-        .await
-    );
+    target
+        .assert_buffers_given_back(Duration::from_secs(2))
+        .await;
 }
 
 /// How the server answers streams that end or are stopped early: never a bare FIN (a

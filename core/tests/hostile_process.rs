@@ -236,18 +236,19 @@ type Held = Vec<Box<dyn std::any::Any + Send>>;
 
 /// Runs one attack: measures the server's RSS before, at peak (sampled while the attack
 /// holds its streams for `hold`) and after it is released, with a good client calling
-/// throughout. Asserts growth within `bound` and no failed good call.
+/// throughout. Asserts growth within `bound` and no failed good call. `run` gets the
+/// attacking connection, which is kept open until the attack is released.
 async fn attack<F, Fut>(target: &mut Target, name: &str, bound: u64, hold: Duration, run: F)
 where
-    F: FnOnce(Vec<quinn::Connection>) -> Fut,
+    F: FnOnce(quinn::Connection) -> Fut,
     Fut: std::future::Future<Output = Held>,
 {
     let stop = Arc::new(AtomicBool::new(false));
     let good = good_client(target.channel().await, stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = target.rss();
-    let conns = vec![target.raw().await];
-    let held = run(conns).await;
+    let conn = target.raw().await;
+    let held = run(conn.clone()).await;
     let mut peak = target.rss();
     let end = Instant::now() + hold;
     while Instant::now() < end {
@@ -255,6 +256,7 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(held);
+    drop(conn);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = target.rss();
     stop.store(true, Ordering::Relaxed);
@@ -327,9 +329,7 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
         |c| async move {
             let mut bytes = call_headers("echo", Codec::Raw, Metadata::new());
             wire::put_frame_header(&mut bytes, FrameKind::Data, max);
-            let mut held = streams(&c[0], 1024, &bytes, false).await;
-            held.push(Box::new(c));
-            held
+            streams(&c, 1024, &bytes, false).await
         },
     )
     .await;
@@ -344,9 +344,7 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
             let mut bytes = call_headers("echo", Codec::Raw, Metadata::new());
             wire::put_frame_header(&mut bytes, FrameKind::Data, max);
             bytes.extend_from_slice(&vec![1u8; max - 1]);
-            let mut held = streams(&c[0], 48, &bytes, false).await;
-            held.push(Box::new(c));
-            held
+            streams(&c, 48, &bytes, false).await
         },
     )
     .await;
@@ -363,9 +361,7 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
                 md.insert(format!("k{i}"), "");
             }
             let bytes = call_headers("echo", Codec::Raw, md);
-            let mut held = streams(&c[0], 1024, &bytes, false).await;
-            held.push(Box::new(c));
-            held
+            streams(&c, 1024, &bytes, false).await
         },
     )
     .await;
@@ -388,9 +384,7 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
             body.resize(body.len() + n, 0x00);
             let mut bytes = call_headers("value_len", Codec::Value, Metadata::new());
             wire::put_frame(&mut bytes, FrameKind::Data, &body);
-            let mut held = streams(&c[0], 64, &bytes, true).await;
-            held.push(Box::new(c));
-            held
+            streams(&c, 64, &bytes, true).await
         },
     )
     .await;
@@ -405,14 +399,13 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
             let mut held: Held = Vec::new();
             let junk = vec![0xeeu8; 3 << 20];
             for _ in 0..6 {
-                let open = tokio::time::timeout(Duration::from_millis(500), c[0].open_uni()).await;
+                let open = tokio::time::timeout(Duration::from_millis(500), c.open_uni()).await;
                 if let Ok(Ok(mut s)) = open {
                     let _ =
                         tokio::time::timeout(Duration::from_millis(500), s.write_all(&junk)).await;
                     held.push(Box::new(s));
                 }
             }
-            held.push(Box::new(c));
             held
         },
     )
@@ -427,9 +420,7 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
         |c| async move {
             let mut bytes = call_headers("flood", Codec::Raw, Metadata::new());
             wire::put_frame(&mut bytes, FrameKind::Data, b"");
-            let mut held = streams(&c[0], 64, &bytes, true).await;
-            held.push(Box::new(c));
-            held
+            streams(&c, 64, &bytes, true).await
         },
     )
     .await;
@@ -443,8 +434,8 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
         |c| async move {
             let mut bytes = call_headers("echo", Codec::Raw, Metadata::new());
             wire::put_frame_header(&mut bytes, FrameKind::Data, 1000);
-            let mut held = streams(&c[0], 256, &bytes, false).await;
-            let conn = c[0].clone();
+            let mut held = streams(&c, 256, &bytes, false).await;
+            let conn = c.clone();
             let trickle = tokio::spawn(async move {
                 for _ in 0..10 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -456,7 +447,6 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
                 }
             });
             held.push(Box::new(AbortOnDrop(trickle)));
-            held.push(Box::new(c));
             held
         },
     )
@@ -469,7 +459,7 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
         ONE_CONNECTION,
         hold,
         |c| async move {
-            let conn = &c[0];
+            let conn = &c;
             for i in 0..3000 {
                 let Ok((mut send, _recv)) = conn.open_bi().await else {
                     break;
@@ -493,7 +483,7 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
                     let _ = send.finish();
                 }
             }
-            vec![Box::new(c) as Box<dyn std::any::Any + Send>]
+            Held::new()
         },
     )
     .await;
@@ -505,8 +495,8 @@ async fn a_server_under_an_address_space_limit_survives_every_attack_within_budg
         "300 connections at once",
         256 * MIB,
         hold,
-        |c| async move {
-            let mut held: Held = vec![Box::new(c)];
+        |_| async move {
+            let mut held = Held::new();
             let cfg = tls.quinn_config(&TransportConfig::default()).unwrap();
             let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
             ep.set_default_client_config(cfg);

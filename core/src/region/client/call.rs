@@ -103,7 +103,6 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let mut last = None;
         let started = Instant::now();
         while tried.len() < 2 {
-            tokio::task::coop::consume_budget().await;
             let resend = !tried.is_empty() && !last.as_ref().is_some_and(Status::is_known_not_run);
             let key = self.options.routing_key.as_deref();
             let mut target = match inner.pick(&self.method, key, &tried, resend) {
@@ -283,9 +282,6 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             let mut attempts = 0u32;
             let mut last: Option<Status> = None;
             loop {
-                // Every attempt counts against the task's cooperative budget (see
-                // `open_call`): a failure may come without any waiting.
-                tokio::task::coop::consume_budget().await;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(
                         last.unwrap_or_else(|| Status::deadline_exceeded("deadline exceeded"))
