@@ -37,7 +37,7 @@ for needle in "Measured RTTs" "Where calls go" "goes dark" "failed calls: 0"; do
 done
 
 echo "== Rust: the meridian command-line tool (feature cli, no etcd, PROTOC=/bin/false), run as a binary"
-PROTOC=/bin/false cargo test --locked -p meridian --features cli --test cli
+PROTOC=/bin/false cargo test --locked -p meridian --features cli --test cli --test cli_ops
 
 echo "== etcd and protoc (etcd discovery: its build runs protoc, its tests start a real etcd)"
 bash scripts/etcd.sh install

@@ -10,6 +10,8 @@
 //!   raw bytes. Pure code.
 //! - [`wire`]: frames, varints, headers, trailers, HELLO, status codes. Pure code.
 //! - `status`: [`Status`] (a call's outcome) and [`Error`] (everything else).
+//! - [`telemetry`]: metrics (Prometheus text), the metrics and health endpoint, W3C trace
+//!   context.
 //! - [`discovery`] and [`transport`]: where servers are (region maps, the in-process
 //!   registry, etcd); QUIC endpoints, TLS identities and trust, limits, 0-RTT.
 //! - `call`: what one call needs on either side: frame I/O on its stream, messages, reset
@@ -56,6 +58,7 @@ pub mod proxy;
 pub mod region;
 pub mod server;
 mod status;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
@@ -69,7 +72,7 @@ pub use client::{
 pub use codec::{Codec, Value};
 pub use server::{
     CallContext, MemoryReservation, Method, RequestStream, ResponseSink, Server, ServerBuilder,
-    UpstreamReport,
+    UpstreamReport, HEALTH_METHOD,
 };
 pub use status::{Error, Status};
 pub use transport::{ClientTls, DevCa, Identity, ServerTls, TransportConfig};

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("codec", 0),     // message encodings: pure
     ("wire", 1),      // frames, headers, trailers, HELLO: pure
     ("status", 2),    // Status and Error
+    ("telemetry", 2), // metrics, the metrics endpoint, trace context
     ("discovery", 3), // region map, registries (in-process, etcd)
     ("transport", 3), // QUIC + TLS configuration, endpoints, 0-RTT
     ("call", 4),      // one call's stream I/O, messages, reset codes

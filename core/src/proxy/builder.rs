@@ -24,6 +24,7 @@ pub struct ProxyBuilder {
     pub(super) server_id: Option<String>,
     pub(super) transport: TransportConfig,
     pub(super) max_calls_per_client: u32,
+    pub(super) access_log: bool,
 }
 
 impl ProxyBuilder {
@@ -55,6 +56,15 @@ impl ProxyBuilder {
         self
     }
 
+    /// Logs one line per forwarded call at `info` under the target `meridian::access`:
+    /// method, status, caller, the time inside the proxy, upstream and on the server, and
+    /// the W3C trace ids (the proxy continues a caller's `traceparent`, or starts a trace
+    /// when the caller sent none). Off by default.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
     /// Binds `addr` and starts forwarding on the current tokio runtime.
     pub async fn bind(mut self, addr: SocketAddr, tls: ServerTls) -> Result<Proxy, Error> {
         self.transport.max_concurrent_streams = self
@@ -65,6 +75,7 @@ impl ProxyBuilder {
             client: self.upstream,
             calls: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            access_log: self.access_log,
             catalog: RwLock::new(Arc::new(Catalog::default())),
         });
         let templates = {

@@ -53,6 +53,10 @@ pub struct ProxyConfig {
     /// default 256).
     #[serde(default)]
     pub max_calls_per_client: Option<u32>,
+    /// Log one line per forwarded call (see
+    /// [`ProxyBuilder::access_log`](super::ProxyBuilder::access_log); default off).
+    #[serde(default)]
+    pub access_log: bool,
     /// Certificates.
     pub tls: ProxyTlsConfig,
     /// The upstream regions and their servers.

@@ -11,6 +11,7 @@ use super::upstream::Upstream;
 use crate::client::{RequestSink, Streaming};
 use crate::server::{CallContext, RequestStream, ResponseSink, UpstreamReport};
 use crate::status::Status;
+use crate::telemetry::TraceContext;
 use crate::wire::Metadata;
 
 /// One forwarded call's bookkeeping: when it reached the proxy, when the upstream call
@@ -21,25 +22,54 @@ struct Hop<'a> {
     span: tracing::Span,
     started: Instant,
     upstream_started: Instant,
+    /// The trace the caller sent, if any.
+    parent: Option<TraceContext>,
+    /// This hop's own position in the trace, sent upstream as its `traceparent`: the
+    /// caller's trace continued, or a new one when the caller sent none and the access
+    /// log is on (so the proxy's and the server's lines can be matched).
+    trace: Option<TraceContext>,
 }
 
 impl<'a> Hop<'a> {
     fn new(upstream: &'a Upstream, ctx: &'a CallContext, kind: &'static str) -> Hop<'a> {
         let now = Instant::now();
+        let parent = if ctx.metadata().is_empty() {
+            None
+        } else {
+            TraceContext::from_metadata(ctx.metadata())
+        };
+        let trace = match parent {
+            Some(p) => Some(p.child()),
+            None if upstream.access_log => Some(TraceContext::new_root()),
+            None => None,
+        };
+        let span = tracing::debug_span!(
+            "rpc.proxy",
+            method = %ctx.method(),
+            kind,
+            code = field::Empty,
+            proxy_us = field::Empty,
+            upstream_us = field::Empty,
+            server_us = field::Empty,
+            trace_id = field::Empty,
+            span_id = field::Empty,
+            parent_span = field::Empty
+        );
+        if let (Some(t), false) = (&trace, span.is_disabled()) {
+            span.record("trace_id", t.trace_id_hex());
+            span.record("span_id", t.span_id_hex());
+            if let Some(p) = &parent {
+                span.record("parent_span", p.span_id_hex());
+            }
+        }
         Hop {
             upstream,
             ctx,
-            span: tracing::debug_span!(
-                "rpc.proxy",
-                method = %ctx.method(),
-                kind,
-                code = field::Empty,
-                proxy_us = field::Empty,
-                upstream_us = field::Empty,
-                server_us = field::Empty
-            ),
+            span,
             started: now,
             upstream_started: now,
+            parent,
+            trace,
         }
     }
 
@@ -73,6 +103,9 @@ impl<'a> Hop<'a> {
         if let Some(t) = server_time {
             self.span.record("server_us", t.as_micros() as u64);
         }
+        if self.upstream.access_log {
+            self.access_line(code, inside, upstream, server_time);
+        }
         let mut report = UpstreamReport::new(upstream);
         report.server_time = server_time;
         report.metadata = metadata;
@@ -82,13 +115,41 @@ impl<'a> Hop<'a> {
     }
 }
 
+impl Hop<'_> {
+    /// The proxy's access-log line for one forwarded call (target `meridian::access`).
+    fn access_line(
+        &self,
+        code: crate::wire::Code,
+        inside: Duration,
+        upstream: Duration,
+        server_time: Option<Duration>,
+    ) {
+        let hex =
+            |t: Option<&TraceContext>, f: fn(&TraceContext) -> String| t.map(f).unwrap_or_default();
+        tracing::info!(
+            target: "meridian::access",
+            method = self.ctx.method(),
+            code = code.name(),
+            peer = %self.ctx.peer(),
+            duration_us = self.started.elapsed().as_micros() as u64,
+            proxy_us = inside.as_micros() as u64,
+            upstream_us = upstream.as_micros() as u64,
+            server_us = server_time.map_or(0, |t| t.as_micros() as u64),
+            trace_id = hex(self.trace.as_ref(), TraceContext::trace_id_hex),
+            span_id = hex(self.trace.as_ref(), TraceContext::span_id_hex),
+            parent_span = hex(self.parent.as_ref(), TraceContext::span_id_hex),
+            "forwarded"
+        );
+    }
+}
+
 pub(super) async fn forward_unary(
     upstream: Arc<Upstream>,
     request: Bytes,
     ctx: CallContext,
 ) -> Result<Bytes, Status> {
     let mut hop = Hop::new(&upstream, &ctx, "unary");
-    let call = upstream.call(&ctx);
+    let call = upstream.call(&ctx, hop.trace.as_ref());
     hop.upstream_starts();
     let result = call
         .raw()
@@ -110,7 +171,7 @@ pub(super) async fn forward_server_streaming(
     sink: ResponseSink<Bytes>,
 ) -> Result<(), Status> {
     let mut hop = Hop::new(&upstream, &ctx, "server_streaming");
-    let call = upstream.call(&ctx);
+    let call = upstream.call(&ctx, hop.trace.as_ref());
     hop.upstream_starts();
     let result = async {
         let mut responses = call.raw().server_streaming(&request).await?;
@@ -196,7 +257,7 @@ pub(super) async fn forward_client_streaming(
     ctx: CallContext,
 ) -> Result<Bytes, Status> {
     let mut hop = Hop::new(&upstream, &ctx, "client_streaming");
-    let call = upstream.call(&ctx);
+    let call = upstream.call(&ctx, hop.trace.as_ref());
     hop.upstream_starts();
     let result = async {
         let (sink, response) = call.raw().client_streaming().await?;
@@ -216,7 +277,7 @@ pub(super) async fn forward_bidi(
     out: ResponseSink<Bytes>,
 ) -> Result<(), Status> {
     let mut hop = Hop::new(&upstream, &ctx, "bidi");
-    let call = upstream.call(&ctx);
+    let call = upstream.call(&ctx, hop.trace.as_ref());
     hop.upstream_starts();
     let result = async {
         let (sink, mut responses) = call.raw().bidi().await?;

@@ -12,6 +12,7 @@ use super::upstream::Upstream;
 use crate::region::{RegionClient, RegionMap, StaticDiscovery};
 use crate::server::Server;
 use crate::status::Error;
+use crate::telemetry::{MetricsSource, MetricsWriter};
 use crate::transport::{ClientTls, Identity, ServerTls, TransportConfig};
 
 /// Counters of a running proxy.
@@ -32,7 +33,51 @@ pub struct Proxy {
     pub(super) refresher: AbortOnDrop,
 }
 
+/// A proxy's figures: its own server's, its region client's, and the forwarding counters.
+struct ProxyMetrics {
+    server: Arc<dyn MetricsSource>,
+    upstream_client: Arc<dyn MetricsSource>,
+    upstream: std::sync::Weak<Upstream>,
+}
+
+impl MetricsSource for ProxyMetrics {
+    fn encode(&self, w: &mut MetricsWriter<'_>) -> std::fmt::Result {
+        self.server.encode(w)?;
+        self.upstream_client.encode(w)?;
+        if let Some(u) = self.upstream.upgrade() {
+            w.counter(
+                "proxy_forwarded",
+                "Calls forwarded upstream.",
+                &[(Vec::new(), u.calls.load(Ordering::Relaxed))],
+            )?;
+            w.counter(
+                "proxy_forward_failed",
+                "Forwarded calls that ended with a status other than OK.",
+                &[(Vec::new(), u.failed.load(Ordering::Relaxed))],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.server.ready()?;
+        self.upstream_client.ready()
+    }
+}
+
 impl Proxy {
+    /// The proxy's figures for a [`Metrics`](crate::telemetry::Metrics) registry: its own
+    /// server's (calls by method and status, latency, connections...), its upstream region
+    /// client's (RTT, health, ejections, hedges, retries...) and the forwarding counters.
+    /// Ready while it serves and some upstream region is healthy.
+    pub fn metrics_source(&self) -> Arc<dyn MetricsSource> {
+        Arc::new(ProxyMetrics {
+            server: self.server.metrics_source(),
+            upstream_client: self.upstream.client.metrics_source(),
+            upstream: Arc::downgrade(&self.upstream),
+        })
+    }
+
     /// A proxy forwarding through `upstream`.
     pub fn builder(upstream: RegionClient) -> ProxyBuilder {
         ProxyBuilder {
@@ -41,6 +86,7 @@ impl Proxy {
             server_id: None,
             transport: TransportConfig::default(),
             max_calls_per_client: Self::DEFAULT_MAX_CALLS_PER_CLIENT,
+            access_log: false,
         }
     }
 
@@ -93,6 +139,7 @@ impl Proxy {
         if let Some(id) = config.server_id {
             builder = builder.server_id(id);
         }
+        builder = builder.access_log(config.access_log);
         if let Some(n) = config.max_calls_per_client {
             builder = builder.max_calls_per_client(n);
         }

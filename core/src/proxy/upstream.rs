@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use crate::discovery::Catalog;
 use crate::region::{RegionCallBuilder, RegionClient};
 use crate::server::CallContext;
+use crate::telemetry::trace::{TraceContext, TRACEPARENT};
 use crate::wire::{MethodInfo, MethodKind};
 
 /// What the forwarding handlers share: the region client, counters, and the upstream
@@ -16,6 +17,8 @@ pub(super) struct Upstream {
     pub(super) client: RegionClient,
     pub(super) calls: AtomicU64,
     pub(super) failed: AtomicU64,
+    /// Log one line per forwarded call (target `meridian::access`).
+    pub(super) access_log: bool,
     pub(super) catalog: RwLock<Arc<Catalog>>,
 }
 
@@ -55,12 +58,23 @@ impl Upstream {
     }
 
     /// The upstream call for `ctx`: same method, codec, metadata, routing key and
-    /// idempotency, and the time the caller has left.
-    pub(super) fn call(&self, ctx: &CallContext) -> RegionCallBuilder {
+    /// idempotency, and the time the caller has left; `trace` (this hop's position in the
+    /// caller's trace) replaces the caller's `traceparent`.
+    pub(super) fn call(
+        &self,
+        ctx: &CallContext,
+        trace: Option<&TraceContext>,
+    ) -> RegionCallBuilder {
         // The caller's codec byte goes on with its already-encoded messages.
         let mut call = self.client.call(ctx.method()).codec(ctx.codec());
         for (key, value) in ctx.metadata().iter() {
+            if trace.is_some() && key == TRACEPARENT {
+                continue;
+            }
             call = call.metadata(key, value.clone());
+        }
+        if let Some(t) = trace {
+            call = call.metadata(TRACEPARENT, t.to_string());
         }
         if let Some(left) = ctx.remaining() {
             call = call.timeout(left);

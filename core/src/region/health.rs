@@ -73,6 +73,7 @@ pub struct Health {
     config: HealthConfig,
     consecutive_failures: u32,
     times_ejected: u32,
+    ejections_total: u64,
     ejected_until: Option<Instant>,
 }
 
@@ -88,6 +89,7 @@ impl Health {
             config,
             consecutive_failures: 0,
             times_ejected: 0,
+            ejections_total: 0,
             ejected_until: None,
         }
     }
@@ -130,6 +132,7 @@ impl Health {
         }
         self.maybe_forgive(now);
         self.times_ejected = self.times_ejected.saturating_add(1);
+        self.ejections_total = self.ejections_total.saturating_add(1);
         self.consecutive_failures = 0;
         let length = self.ejection_length(self.times_ejected);
         // An absurd `max_ejection` could overflow the clock; a day is forever enough.
@@ -179,6 +182,11 @@ impl Health {
     /// How many times the server was ejected since it was last forgiven.
     pub fn times_ejected(&self) -> u32 {
         self.times_ejected
+    }
+
+    /// Every ejection since the server was added, forgiven or not (for metrics).
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total
     }
 
     /// When the latest ejection ends (or ended); `None` if the server was never ejected.

@@ -22,6 +22,7 @@ use crate::call::budget::Pool;
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 use crate::codec::Codec;
 use crate::status::{Error, Status};
+use crate::telemetry::MethodTable;
 use crate::transport::{ServerTls, TransportConfig};
 use crate::wire::{MethodInfo, MethodKind};
 
@@ -64,6 +65,7 @@ pub struct ServerBuilder<P = Typed> {
     pub(super) transport: TransportConfig,
     pub(super) advertise: Option<String>,
     pub(super) fallback: Option<Arc<Fallback>>,
+    pub(super) access_log: bool,
     pub(super) style: PhantomData<P>,
 }
 
@@ -111,6 +113,14 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         self
     }
 
+    /// Logs one line per call at `info` under the target `meridian::access`: method,
+    /// status, peer, duration, whether it came in 0-RTT data, and the W3C trace id and
+    /// parent span when the call carries a `traceparent`. Off by default.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
     /// Handlers registered next take and return raw [`Bytes`](bytes::Bytes).
     pub fn raw(self) -> ServerBuilder<Raw> {
         self.with_style()
@@ -129,6 +139,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             transport: self.transport,
             advertise: self.advertise,
             fallback: self.fallback,
+            access_log: self.access_log,
             style: PhantomData,
         }
     }
@@ -257,6 +268,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             .map(|(k, v)| (k, Arc::new(v)))
             .collect();
         let server_budget = self.transport.server_buffer_budget;
+        let metric_methods = self.transport.max_metric_methods;
         let shared = Arc::new(Shared {
             server_id: self.server_id.unwrap_or_else(|| local_addr.to_string()),
             region: self.region,
@@ -279,9 +291,22 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             handshakes: AtomicUsize::new(0),
             connections_refused: AtomicU64::new(0),
             retries_sent: AtomicU64::new(0),
+            early_calls: AtomicU64::new(0),
+            method_metrics: MethodTable::new(metric_methods),
+            access_log: self.access_log,
+            serving: AtomicBool::new(true),
         });
+        super::health::register(&shared);
         shared.publish_catalog();
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        tracing::info!(
+            addr = %local_addr,
+            region = %shared.region,
+            server = %shared.server_id,
+            methods = shared.catalog.borrow().len(),
+            client_auth = shared.client_auth,
+            "serving"
+        );
         let registration = self.advertise.map(|name| {
             let mut addr = local_addr;
             if addr.ip().is_unspecified() {

@@ -19,6 +19,8 @@ use super::{BoxFuture, RESPONSE_QUEUE};
 use crate::call::budget::Charge;
 use crate::call::{data_chunks, CatchUnwind, FramedRecv, RecvError};
 use crate::status::Status;
+use crate::telemetry::metrics::MethodMetrics;
+use crate::telemetry::TraceContext;
 use crate::transport::zero_rtt;
 use crate::wire::{
     reset, Code, FrameKind, MethodKind, ProxyTime, RequestHeaders, Trailers, WireError,
@@ -166,6 +168,62 @@ pub(super) async fn serve_call(
     drop(open);
 }
 
+/// Answers a call stream accepted while the server stops: the health check gets
+/// `"DRAINING"` (it changes nothing, so answering it vouches for nothing); any other call
+/// is refused at once, as before HEADERS: `REFUSED` both ways, and its stream ID is above
+/// every call that may have run, so the close also says it did not run.
+pub(super) async fn answer_while_stopping(
+    shared: Arc<Shared>,
+    open: OpenCall,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let limits = shared.transport.wire;
+    let mut rx = FramedRecv::new(recv, limits);
+    // The HEADERS of a call come in its first packet; a peer that holds them back only
+    // delays its own refusal, briefly.
+    let wait = shared.transport.headers_timeout.min(Duration::from_secs(1));
+    let health = match tokio::time::timeout(wait, rx.next_frame()).await {
+        Ok(Ok(Some(f))) if f.kind == FrameKind::Headers => {
+            RequestHeaders::decode(&f.payload, &limits)
+                .ok()
+                .filter(|h| h.method == super::HEALTH_METHOD)
+        }
+        _ => None,
+    };
+    let Some(headers) = health else {
+        let _ = send.reset(reset::REFUSED.into());
+        rx.stop(reset::REFUSED);
+        return;
+    };
+    rx.stop(reset::NO_ERROR);
+    let reply = <crate::call::Typed as crate::call::EncodeAs<String>>::encode(
+        headers.codec,
+        &"DRAINING".to_string(),
+        limits.max_message_size,
+    );
+    let bound = WriteBound {
+        deadline: None,
+        timeout: wait,
+    };
+    let (reply, status) = match reply {
+        Ok(r) => (Some(r), Status::new(Code::Ok, "")),
+        Err(s) => (None, s),
+    };
+    let started = Instant::now();
+    if finish_call(
+        &mut send,
+        reply,
+        trailers_for(status, started.elapsed()),
+        bound,
+    )
+    .await
+    {
+        let _ = tokio::time::timeout(wait, send.stopped()).await;
+    }
+    drop(open);
+}
+
 /// Reads the HEADERS and runs the call; returns whether the response stream was finished
 /// (false if it was reset or the connection is gone).
 async fn answer_call(
@@ -249,30 +307,78 @@ async fn answer_call(
 
     shared.inflight.fetch_add(1, Ordering::AcqRel);
     shared.calls_total.fetch_add(1, Ordering::Relaxed);
+    if early {
+        shared.early_calls.fetch_add(1, Ordering::Relaxed);
+    }
     let inflight = InflightGuard(shared.clone());
+    let trace = if headers.metadata.is_empty() {
+        None
+    } else {
+        TraceContext::from_metadata(&headers.metadata)
+    };
     let span = tracing::debug_span!(
         "rpc.server",
         method = %headers.method,
         code = field::Empty,
-        duration_us = field::Empty
+        duration_us = field::Empty,
+        trace_id = field::Empty,
+        parent_span = field::Empty
     );
-    let early = EarlyData { early, confirmed };
+    if let (Some(t), false) = (&trace, span.is_disabled()) {
+        span.record("trace_id", t.trace_id_hex());
+        span.record("parent_span", t.span_id_hex());
+    }
+    let access_method = shared.access_log.then(|| headers.method.clone());
+    let early_data = EarlyData { early, confirmed };
+    let mut row = None;
     let call = Call {
         shared,
         conn,
         peer,
-        early,
+        early: early_data,
         headers,
         started,
+        row: &mut row,
     };
     let (code, finished) = run_call(call, rx, send).instrument(span.clone()).await;
+    let took = started.elapsed();
     if code != Code::Ok {
         shared.calls_failed.fetch_add(1, Ordering::Relaxed);
     }
+    if let Some(row) = row {
+        row.finish(code, took);
+    }
     span.record("code", field::display(code));
-    span.record("duration_us", started.elapsed().as_micros() as u64);
+    span.record("duration_us", took.as_micros() as u64);
     drop(inflight);
+    if let Some(method) = access_method {
+        access_line(&method, code, peer, took, early, trace.as_ref());
+    }
     finished
+}
+
+/// The access-log line of one call (target `meridian::access`).
+fn access_line(
+    method: &str,
+    code: Code,
+    peer: SocketAddr,
+    took: Duration,
+    early: bool,
+    trace: Option<&TraceContext>,
+) {
+    let trace_id = trace.map(TraceContext::trace_id_hex);
+    let parent_span = trace.map(TraceContext::span_id_hex);
+    tracing::info!(
+        target: "meridian::access",
+        method,
+        code = code.name(),
+        %peer,
+        duration_us = took.as_micros() as u64,
+        early,
+        trace_id = trace_id.as_deref().unwrap_or(""),
+        parent_span = parent_span.as_deref().unwrap_or(""),
+        "call"
+    );
 }
 
 /// One call whose HEADERS were read.
@@ -283,6 +389,9 @@ struct Call<'a> {
     early: EarlyData,
     headers: RequestHeaders,
     started: Instant,
+    /// Set to the method's metrics row once the method is looked up (its in-flight gauge
+    /// counts the call from then on).
+    row: &'a mut Option<Arc<MethodMetrics>>,
 }
 
 /// Whether a call arrived in 0-RTT data, and the connection's handshake state.
@@ -305,6 +414,7 @@ async fn run_call(
         mut early,
         headers,
         started,
+        row,
     } = call;
     // A timeout too large to add to the clock (the wire allows ~146 000 years) is no
     // deadline.
@@ -313,7 +423,13 @@ async fn run_call(
         deadline,
         timeout: shared.transport.response_write_timeout,
     };
-    let Some(entry) = shared.method(&headers.method) else {
+    let entry = shared.method(&headers.method);
+    let metrics = shared
+        .method_metrics
+        .row(entry.as_ref().map(|e| e.info.name.as_str()));
+    metrics.start();
+    *row = Some(metrics);
+    let Some(entry) = entry else {
         rx.stop(reset::NO_ERROR);
         let status = Status::unimplemented(format!("unknown method {:?}", headers.method));
         // No handler ran: say so, so that any client may send the call elsewhere.
@@ -410,8 +526,9 @@ async fn run_call(
             }
         }
     };
-    // The last moment to refuse: from here on the call's own code runs.
-    if !shared.may_start(conn, send.id()) {
+    // The last moment to refuse: from here on the call's own code runs. The health check
+    // is answered while the server drains (it changes nothing, and says "DRAINING").
+    if !shared.may_start(conn, send.id()) && entry.info.name != super::HEALTH_METHOD {
         return (
             Code::Unavailable,
             refuse(send, &mut rx, started, bound).await,

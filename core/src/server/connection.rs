@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::call::serve_call;
+use super::call::{answer_while_stopping, serve_call};
 use super::shared::{OpenCall, ServedConnection, Shared};
 use crate::transport::zero_rtt;
 use crate::wire::reset;
@@ -140,8 +140,13 @@ async fn serve_connection(
                     // Every stream accepted from now on has a higher ID than any call that
                     // may have run, so even if this reset is lost in the final close, the
                     // close tells the client that this call did not run.
-                    let _ = send.reset(reset::REFUSED.into());
-                    let _ = recv.stop(reset::REFUSED.into());
+                    if shared.shutting_down.load(Ordering::SeqCst) {
+                        // Refused, unless it is the health check ("DRAINING").
+                        tokio::spawn(answer_while_stopping(shared.clone(), open, send, recv));
+                    } else {
+                        let _ = send.reset(reset::REFUSED.into());
+                        let _ = recv.stop(reset::REFUSED.into());
+                    }
                     continue;
                 }
                 tokio::spawn(serve_call(

@@ -6,8 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::debug;
-
 use super::builder::ServerBuilder;
 use super::shared::{CatalogHandle, Shared};
 use crate::call::PayloadStyle;
@@ -79,6 +77,7 @@ impl Server {
             transport: TransportConfig::default(),
             advertise: Some("localhost".into()),
             fallback: None,
+            access_log: false,
             style: std::marker::PhantomData,
         }
     }
@@ -139,6 +138,33 @@ impl Server {
         CatalogHandle(Arc::downgrade(&self.shared))
     }
 
+    /// The server's figures for a [`Metrics`](crate::telemetry::Metrics) registry: calls
+    /// by method and status, latency histograms, calls in flight, connections, streams,
+    /// buffered bytes, refusals, 0-RTT calls; ready while serving (`/readyz`). It holds no
+    /// strong reference: once the server is gone it reports nothing and is not ready.
+    pub fn metrics_source(&self) -> Arc<dyn crate::telemetry::MetricsSource> {
+        Arc::new(super::health::ServerMetrics(Arc::downgrade(&self.shared)))
+    }
+
+    /// The server's figures in the Prometheus text format (what a scrape of a
+    /// [`MetricsEndpoint`](crate::telemetry::MetricsEndpoint) serving only this server
+    /// returns).
+    pub fn metrics_text(&self) -> String {
+        let metrics = crate::telemetry::Metrics::new();
+        metrics.add(self.metrics_source());
+        metrics.render()
+    }
+
+    /// Marks the server serving or not: the health method ([`HEALTH_METHOD`]) answers
+    /// `NOT_SERVING` and `/readyz` fails while it is off, so load balancers send traffic
+    /// elsewhere; calls are still served. On by default.
+    ///
+    /// [`HEALTH_METHOD`]: super::HEALTH_METHOD
+    pub fn set_serving(&self, serving: bool) {
+        self.shared.serving.store(serving, Ordering::SeqCst);
+        tracing::info!(server = %self.shared.server_id, serving, "health changed");
+    }
+
     /// Current counters.
     pub fn stats(&self) -> ServerStats {
         ServerStats {
@@ -166,6 +192,12 @@ impl Server {
         // Leave the registry first so local region clients stop choosing this server.
         self.registration = None;
         self.shared.begin_stop();
+        tracing::info!(
+            server = %self.shared.server_id,
+            in_flight = self.shared.inflight.load(Ordering::Relaxed),
+            grace_ms = grace.as_millis() as u64,
+            "draining: new calls are refused, calls in flight may finish"
+        );
         // A grace too long to add to the clock means waiting for every call.
         let deadline = tokio::time::Instant::now().checked_add(grace);
         loop {
@@ -178,7 +210,7 @@ impl Server {
                 continue;
             };
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                debug!(
+                tracing::warn!(
                     in_flight = self.shared.inflight.load(Ordering::Relaxed),
                     open = self.shared.open_calls.load(Ordering::Relaxed),
                     "grace period over, closing with calls in flight"
@@ -191,6 +223,7 @@ impl Server {
         self.endpoint
             .close(reset::SHUTDOWN.into(), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        tracing::info!(server = %self.shared.server_id, "stopped");
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::{watch, Notify};
 use super::builder::{Fallback, MethodEntry};
 use crate::call::budget::Pool;
 use crate::discovery::Catalog;
+use crate::telemetry::MethodTable;
 use crate::transport::TransportConfig;
 use crate::wire::{self, reset, Hello, MethodInfo, PROTOCOL_VERSION};
 
@@ -54,6 +55,15 @@ pub(super) struct Shared {
     pub(super) connections_refused: AtomicU64,
     /// QUIC Retry packets sent (address validation under a handshake flood).
     pub(super) retries_sent: AtomicU64,
+    /// Calls that arrived in 0-RTT data.
+    pub(super) early_calls: AtomicU64,
+    /// Per-method call counters, in-flight gauges and latency histograms.
+    pub(super) method_metrics: MethodTable,
+    /// Log one line per call (target `meridian::access`).
+    pub(super) access_log: bool,
+    /// What the health method and `/readyz` say while the server is not stopping
+    /// ([`Server::set_serving`](super::Server::set_serving)).
+    pub(super) serving: AtomicBool,
 }
 
 /// A connection being served, and which of its calls may have run.
@@ -268,8 +278,13 @@ impl Shared {
     pub(super) fn publish_catalog(&self) {
         // The server's own handlers first, so they win over announced names (a proxy's own
         // methods over its upstream's).
+        // The health method is served by every server and announced by none.
         let mut all: Vec<MethodInfo> = match self.methods.read() {
-            Ok(m) => m.values().map(|e| e.info.clone()).collect(),
+            Ok(m) => m
+                .values()
+                .filter(|e| e.info.name != super::HEALTH_METHOD)
+                .map(|e| e.info.clone())
+                .collect(),
             Err(_) => return,
         };
         if let Ok(extra) = self.extra_catalog.lock() {

@@ -90,6 +90,10 @@ pub struct TransportConfig {
     /// close with the channel. Default 3 (a channel then carries up to 4 times the
     /// server's stream limit); 0 makes such calls wait for stream credit.
     pub extra_connections: usize,
+    /// Server: distinct method names its metrics keep a row for (a proxy forwards any
+    /// name a caller sends, so names beyond it share one `<other>` row, and calls to
+    /// methods it does not serve share `<unknown>`). Default 512.
+    pub max_metric_methods: usize,
     /// Frame and metadata size limits.
     pub wire: WireLimits,
     /// Nesting depth, size and decoded-size limits for [`crate::codec::Value`] messages.
@@ -149,6 +153,7 @@ impl Default for TransportConfig {
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
             extra_connections: 3,
+            max_metric_methods: 512,
             wire: WireLimits::default(),
             value: DecodeLimits::default(),
         }

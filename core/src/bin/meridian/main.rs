@@ -24,6 +24,10 @@ use common::{CliError, CliResult, EXIT_CODES};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines (on stderr) as text or JSON objects. RUST_LOG filters them (default:
+    /// info for serve and proxy, error for the other commands).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    log_format: common::LogFormat,
 }
 
 const MAIN_HELP: &str = "\
@@ -65,6 +69,8 @@ struct ProxyArgs {
     /// Print the start-up lines as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    ops: common::OpsArgs,
 }
 
 const PROXY_HELP: &str = "\
@@ -73,6 +79,7 @@ Configuration (relative file names are read from the file's directory):
   proxy_region = \"edge\"         # announced in the proxy's HELLO
   home_region = \"eu\"            # optional: preferred upstream region
   hedge = [\"get\"]               # optional: idempotent methods to hedge
+  access_log = true             # optional: one log line per forwarded call
   [tls]
   cert = \"proxy.pem\"            # shown to clients
   key = \"proxy.key\"
@@ -97,26 +104,34 @@ struct DemoArgs {
 
 /// `meridian proxy --config FILE`: the region proxy until Ctrl-C or SIGTERM.
 async fn proxy(args: ProxyArgs) -> CliResult<()> {
-    let config = meridian::proxy::ProxyConfig::from_toml_file(&args.config)
+    let mut config = meridian::proxy::ProxyConfig::from_toml_file(&args.config)
         .map_err(|e| CliError::from_meridian(&e))?;
+    config.access_log |= args.ops.access_log;
     let regions: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
     let region = config.proxy_region.clone();
     let proxy = meridian::proxy::Proxy::from_config(config)
         .await
         .map_err(|e| CliError::from_meridian(&e))?;
+    let endpoint = args.ops.start_metrics(vec![proxy.metrics_source()]).await?;
+    let metrics_addr = endpoint.as_ref().map(|e| e.local_addr().to_string());
     let text = if args.json {
         serde_json::json!({
             "address": proxy.local_addr().to_string(),
             "region": region,
             "upstream_regions": regions,
+            "metrics": metrics_addr,
         })
         .to_string()
     } else {
-        format!(
+        let mut text = format!(
             "address: {}\nregion: {region}\nupstream regions: {}",
             proxy.local_addr(),
             regions.join(", ")
-        )
+        );
+        if let Some(m) = &metrics_addr {
+            text.push_str(&format!("\nmetrics: {m}"));
+        }
+        text
     };
     {
         use std::io::Write as _;
@@ -130,6 +145,7 @@ async fn proxy(args: ProxyArgs) -> CliResult<()> {
         stats.calls, stats.failed
     );
     proxy.shutdown(args.grace).await;
+    drop(endpoint);
     Ok(())
 }
 
@@ -154,6 +170,12 @@ async fn dispatch(command: Command) -> CliResult<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Proxy(_) => "info",
+        // One-shot commands print their own error; library warnings would repeat it.
+        _ => "error",
+    };
+    common::init_logging(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

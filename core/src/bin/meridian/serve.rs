@@ -75,6 +75,8 @@ pub struct ServeArgs {
     /// With --etcd: the name clients check the certificate against.
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub server_name: String,
+    #[command(flatten)]
+    pub ops: crate::common::OpsArgs,
 }
 
 const SERVE_HELP: &str = "\
@@ -179,6 +181,7 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
             .map_err(|e| CliError::from_meridian(&e))?;
     }
     let server = builder(&args.region, args.id.as_deref())
+        .access_log(args.ops.access_log)
         .bind(args.listen, tls)
         .await
         .map_err(|e| CliError::from_meridian(&e))?;
@@ -215,6 +218,12 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
     });
     let addr = server.local_addr();
     let methods: Vec<String> = server.catalog().into_iter().map(|m| m.name).collect();
+    // Kept until the process ends: /readyz says "draining" during the grace period.
+    let endpoint = args
+        .ops
+        .start_metrics(vec![server.metrics_source()])
+        .await?;
+    let metrics_addr = endpoint.as_ref().map(|e| e.local_addr().to_string());
     let text = if args.json {
         serde_json::json!({
             "address": addr.to_string(),
@@ -222,14 +231,19 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
             "region": args.region,
             "server_id": id,
             "methods": methods,
+            "metrics": metrics_addr,
         })
         .to_string()
     } else {
-        format!(
+        let mut text = format!(
             "address: {addr}\nfingerprint: {print}\nregion: {}\nserver id: {id}\nmethods: {}",
             args.region,
             methods.join(", ")
-        )
+        );
+        if let Some(m) = &metrics_addr {
+            text.push_str(&format!("\nmetrics: {m}"));
+        }
+        text
     };
     #[cfg(feature = "etcd")]
     let registration = if args.etcd.is_empty() {
@@ -277,6 +291,7 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
     ));
     server.shutdown(args.grace).await;
     note("stopped");
+    drop(endpoint);
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::handle::RegionClient;
 use super::prober::probe_loop;
-use super::routing::Router;
+use super::routing::{Router, Seen};
 use super::table::State;
 use crate::call::RetryPolicy;
 use crate::discovery::{Discovery, LocalRegistry};
@@ -142,6 +142,8 @@ impl RegionClientBuilder {
             retries: AtomicU64::new(0),
             hedges_sent: AtomicU64::new(0),
             hedges_won: AtomicU64::new(0),
+            budget_exhausted: AtomicU64::new(0),
+            seen: Mutex::new(Seen::default()),
             closed,
         });
         inner.sync_membership(Instant::now());

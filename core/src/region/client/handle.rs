@@ -155,6 +155,14 @@ impl RegionClient {
             .collect()
     }
 
+    /// The client's figures for a [`Metrics`](crate::telemetry::Metrics) registry: per
+    /// region RTT, health and attempts; per server RTT, health, connection, attempts,
+    /// errors, ejections and 0-RTT outcomes; calls, retries, hedges sent and won, retry
+    /// budget exhaustion and region switches. It does not keep the client alive.
+    pub fn metrics_source(&self) -> Arc<dyn crate::telemetry::MetricsSource> {
+        Arc::new(super::metrics::RegionMetrics(Arc::downgrade(&self.inner)))
+    }
+
     /// Per-region and per-server figures.
     pub fn stats(&self) -> RegionStats {
         let now = Instant::now();
@@ -179,6 +187,7 @@ impl RegionClient {
             r.in_flight += s.load.in_flight;
             r.calls += s.calls;
             r.errors += s.errors;
+            let link_stats = s.link.as_ref().map(|l| l.stats());
             servers.push(ServerStat {
                 region: s.region.clone(),
                 addr: *addr,
@@ -188,6 +197,10 @@ impl RegionClient {
                 errors: s.errors,
                 ejected: !s.load.health.is_available(now) || s.silent,
                 connected: s.link.is_some(),
+                rtt: link_stats.as_ref().and_then(|l| l.rtt),
+                ejections: s.load.health.ejections_total(),
+                zero_rtt_accepted: link_stats.as_ref().map_or(0, |l| l.zero_rtt_accepted),
+                zero_rtt_rejected: link_stats.as_ref().map_or(0, |l| l.zero_rtt_rejected),
             });
         }
         let mut regions: Vec<RegionStat> = regions.into_values().collect();
@@ -202,6 +215,7 @@ impl RegionClient {
             retries: self.inner.retries.load(Ordering::Relaxed),
             hedges: self.inner.hedges_sent.load(Ordering::Relaxed),
             hedges_won: self.inner.hedges_won.load(Ordering::Relaxed),
+            retry_budget_exhausted: self.inner.budget_exhausted.load(Ordering::Relaxed),
         }
     }
 }

@@ -6,6 +6,7 @@ mod builder;
 mod call;
 mod handle;
 mod inspect;
+mod metrics;
 mod prober;
 mod routing;
 mod stats;

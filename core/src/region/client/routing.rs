@@ -1,9 +1,9 @@
 //! The shared routing state and the glue around its decisions: following discovery,
 //! dialling servers, and the attempt guard that gives every claim back exactly once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -34,9 +34,22 @@ pub(super) struct Router {
     pub(super) retries: AtomicU64,
     pub(super) hedges_sent: AtomicU64,
     pub(super) hedges_won: AtomicU64,
+    /// Re-sends refused by the retry budget.
+    pub(super) budget_exhausted: AtomicU64,
+    /// What the last probe tick saw, to log what changed since.
+    pub(super) seen: Mutex<Seen>,
     /// Dropped with the router: dials under way watch it and give up at once, so a freed
     /// client leaves no socket or handshake behind.
     pub(super) closed: watch::Sender<()>,
+}
+
+/// What the last probe tick saw: whether each server was in service, and the region
+/// calls went to.
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    usable: HashMap<SocketAddr, bool>,
+    regions: HashMap<String, bool>,
+    region: Option<String>,
 }
 
 /// Where one attempt goes.
@@ -128,9 +141,83 @@ impl Router {
     }
 
     /// One probe tick: follow the map, then the table's tick; dial who needs it.
+    /// Logs what changed since the last tick: servers leaving or rejoining service, and
+    /// the region calls go to.
+    fn log_changes(&self, now: Instant) {
+        let mut seen = match self.seen.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let st = self.lock();
+        for (addr, s) in st.servers.iter().filter(|(_, s)| s.ever_connected) {
+            let usable = s.usable(now);
+            let before = seen.usable.insert(*addr, usable);
+            if before == Some(usable) || (before.is_none() && usable) {
+                continue;
+            }
+            if usable {
+                tracing::info!(region = %s.region, server = %addr, "server back in service");
+            } else {
+                let why = if s.draining_since.is_some() {
+                    "left the map (draining)"
+                } else if s.silent {
+                    "not heard from (silent past the limit)"
+                } else if s.link.is_none() {
+                    "disconnected"
+                } else {
+                    "ejected after failed calls"
+                };
+                tracing::warn!(
+                    region = %s.region,
+                    server = %addr,
+                    why,
+                    ejections = s.load.health.ejections_total(),
+                    "server out of service"
+                );
+            }
+        }
+        seen.usable.retain(|a, _| st.servers.contains_key(a));
+        let mut regions: HashMap<&str, bool> = HashMap::new();
+        for s in st.servers.values().filter(|s| s.ever_connected) {
+            *regions.entry(s.region.as_str()).or_default() |= s.usable(now);
+        }
+        for (region, healthy) in regions {
+            let before = seen.regions.insert(region.to_string(), healthy);
+            match (before, healthy) {
+                (Some(true), false) => tracing::warn!(
+                    region = %region,
+                    "region unhealthy: none of its servers can take calls"
+                ),
+                (Some(false), true) => tracing::info!(region = %region, "region healthy again"),
+                _ => {}
+            }
+        }
+        let current = st.selector.current();
+        if current != seen.region.as_deref() {
+            match current {
+                Some(to) => tracing::info!(
+                    from = %seen.region.as_deref().unwrap_or("none"),
+                    to = %to,
+                    rtt_ms = st
+                        .region_rtt
+                        .get(to)
+                        .and_then(|e| e.get(now))
+                        .map_or(-1.0, |d| d.as_secs_f64() * 1e3),
+                    "calls now go to region"
+                ),
+                None => tracing::warn!(
+                    from = %seen.region.as_deref().unwrap_or("none"),
+                    "no region is healthy"
+                ),
+            }
+            seen.region = current.map(str::to_string);
+        }
+    }
+
     pub(super) fn tick(self: &Arc<Self>, now: Instant) {
         self.sync_membership(now);
         let to_connect = self.lock().tick(now);
+        self.log_changes(now);
         for (addr, ep) in to_connect {
             tokio::spawn(connect_server(Arc::downgrade(self), addr, ep));
         }
@@ -148,7 +235,14 @@ impl Router {
         resend: bool,
     ) -> Result<Target, NoPick> {
         let now = Instant::now();
-        let p = self.lock().pick(method, key, exclude, resend, now)?;
+        let p = self
+            .lock()
+            .pick(method, key, exclude, resend, now)
+            .inspect_err(|why| {
+                if *why == NoPick::NoBudget {
+                    self.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                }
+            })?;
         Ok(Target {
             addr: p.claim.addr,
             region: p.region,

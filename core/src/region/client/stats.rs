@@ -41,6 +41,14 @@ pub struct ServerStat {
     pub ejected: bool,
     /// A connection is established.
     pub connected: bool,
+    /// The connection's smoothed RTT (QUIC's estimate), when connected.
+    pub rtt: Option<Duration>,
+    /// Times the server was ejected since it joined.
+    pub ejections: u64,
+    /// 0-RTT handshakes the server accepted, on the current channel.
+    pub zero_rtt_accepted: u64,
+    /// 0-RTT handshakes the server rejected (calls sent again after the handshake).
+    pub zero_rtt_rejected: u64,
 }
 
 /// Everything [`RegionClient::stats`](crate::region::RegionClient::stats) reports.
@@ -62,4 +70,6 @@ pub struct RegionStats {
     pub hedges: u64,
     /// Hedge copies that answered first.
     pub hedges_won: u64,
+    /// Re-sends (retries and hedges) not made because the retry budget was spent.
+    pub retry_budget_exhausted: u64,
 }
