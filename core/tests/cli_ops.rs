@@ -448,3 +448,38 @@ fn one_call_is_followed_across_the_proxy_by_its_trace_id() {
     );
     assert_eq!(get(http, "/readyz").0, 200);
 }
+
+#[test]
+fn probe_shows_what_each_servers_health_method_answers() {
+    let dir = Scratch::new("probe");
+    let serve = Daemon::start(
+        &["serve", "--insecure-dev", "--region", "eu", "--id", "eu-1"],
+        &dir.0,
+        &[],
+        "methods: ",
+    );
+    let addr = serve.field("address: ");
+    let file = dir.0.join("regions.toml");
+    std::fs::write(
+        &file,
+        format!("[[region]]\nname = \"eu\"\nservers = [{{ addr = \"{addr}\" }}]\n"),
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "probe",
+            "--regions",
+            file.to_str().unwrap(),
+            "--insecure-dev",
+            "--json",
+            "--interval",
+            "300ms",
+        ],
+        &dir.0,
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).expect("JSON");
+    assert_eq!(v["servers"][0]["server"], "eu-1", "{v}");
+    assert_eq!(v["servers"][0]["health"], "SERVING", "{v}");
+}

@@ -101,8 +101,8 @@ enum meridian_status
   MERIDIAN_NOT_PRESENT = 7106,
   // `meridian_stream_next`: the server ended the stream successfully; no more messages.
   MERIDIAN_STREAM_END = 7107,
-  // The operation is not available for this client or this build (reserved; no
-  // function of this version returns it).
+  // The operation is not available for this client or this build (e.g.
+  // `meridian_client_metrics` on a direct client of one server).
   MERIDIAN_UNSUPPORTED = 7108,
 };
 #ifndef __cplusplus
@@ -336,6 +336,18 @@ meridian_status meridian_client_wait_ready(const struct meridian_client *client,
 // # Safety
 // `client` is NULL or a client not yet freed; it must not be used afterwards.
 void meridian_client_free(struct meridian_client *client);
+
+// A region client's metrics in the Prometheus text format (RTT, health, attempts,
+// errors and ejections per region and server; calls, retries, hedges, region switches),
+// copied as `meridian_server_metrics` does. `MERIDIAN_UNSUPPORTED` for a direct client
+// of one server (one endpoint and no region file).
+//
+// # Safety
+// `client` is live; `len_out` is writable; `buf` is NULL or writable for `cap` bytes.
+meridian_status meridian_client_metrics(const struct meridian_client *client,
+                                        char *buf,
+                                        size_t cap,
+                                        size_t *len_out);
 
 // Creates call options with no timeout, no metadata, default idempotency.
 //
@@ -599,6 +611,20 @@ meridian_status meridian_server_start(struct meridian_server *server,
 // # Safety
 // `server` is live; `port_out` is writable.
 meridian_status meridian_server_port(const struct meridian_server *server, uint16_t *port_out);
+
+// The running server's metrics in the Prometheus text format (calls by method and
+// status, latency histograms, calls in flight, connections, streams, buffered bytes),
+// copied with a NUL into `buf` (`cap` bytes); `*len_out` gets the text's length without
+// the NUL. Pass `buf` NULL and `cap` 0 to learn the length first; a buffer too small
+// gets nothing and `MERIDIAN_OUT_OF_RANGE` (the text may grow between two calls: leave
+// room). `MERIDIAN_INVALID_STATE` if the server is not running.
+//
+// # Safety
+// `server` is live; `len_out` is writable; `buf` is NULL or writable for `cap` bytes.
+meridian_status meridian_server_metrics(const struct meridian_server *server,
+                                        char *buf,
+                                        size_t cap,
+                                        size_t *len_out);
 
 // Stops the server gracefully: new calls are refused (they fail with
 // `MERIDIAN_UNAVAILABLE` and are known not to have run, so clients may retry elsewhere),

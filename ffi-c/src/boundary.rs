@@ -74,8 +74,8 @@ pub enum meridian_status {
     MERIDIAN_NOT_PRESENT = 7106,
     /// `meridian_stream_next`: the server ended the stream successfully; no more messages.
     MERIDIAN_STREAM_END = 7107,
-    /// The operation is not available for this client or this build (reserved; no
-    /// function of this version returns it).
+    /// The operation is not available for this client or this build (e.g.
+    /// `meridian_client_metrics` on a direct client of one server).
     MERIDIAN_UNSUPPORTED = 7108,
 }
 
@@ -290,6 +290,45 @@ pub(crate) fn out_ptr<T>(p: *mut T, what: &str) -> Result<(), Fail> {
     } else {
         Ok(())
     }
+}
+
+/// Copies `text` and a NUL into `buf` (`cap` bytes) and its length (without the NUL)
+/// into `*len_out`, as the `*_metrics` functions document: `buf` may be NULL with `cap`
+/// 0 to ask for the length; a buffer too small gets nothing and `MERIDIAN_OUT_OF_RANGE`.
+///
+/// # Safety
+/// `len_out` is writable; `buf` is NULL or writable for `cap` bytes.
+pub(crate) unsafe fn copy_text(
+    text: &str,
+    buf: *mut std::ffi::c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> Result<(), Fail> {
+    out_ptr(len_out, "len_out")?;
+    // SAFETY: checked non-NULL above; the caller guarantees it is writable.
+    unsafe { write_out(len_out, text.len()) };
+    if buf.is_null() {
+        if cap == 0 {
+            return Ok(());
+        }
+        return Err(Fail::null("buf"));
+    }
+    if cap <= text.len() {
+        return Err(Fail::new(
+            meridian_status::MERIDIAN_OUT_OF_RANGE,
+            format!(
+                "the buffer holds {cap} bytes; the text needs {} (and a NUL)",
+                text.len()
+            ),
+        ));
+    }
+    // SAFETY: `buf` is writable for `cap` > text.len() bytes (the caller's promise), and
+    // the source is a distinct Rust string.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+        buf.add(text.len()).write(0);
+    }
+    Ok(())
 }
 
 /// Writes through an out-pointer checked with [`out_ptr`].

@@ -94,6 +94,11 @@ class _Base:
         """Closes the connections (later calls open new ones)."""
         self._native.close()
 
+    def metrics_text(self) -> str:
+        """The client's metrics in the Prometheus text format: RTT, health and attempts per
+        region and server, retries, hedges, region switches."""
+        return self._native.metrics_text()
+
 
 class RPCClient(_Base):
     """A blocking client: ``client.add(10, 5)`` calls method ``add`` wherever it is served.

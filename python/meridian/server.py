@@ -300,5 +300,10 @@ class RPCServer:
         """Calls answered by the current server instance."""
         return self._native.calls_total
 
+    def metrics_text(self) -> str:
+        """The running server's metrics in the Prometheus text format ("" when stopped):
+        calls by method and status, latency histograms, calls in flight, connections."""
+        return self._native.metrics_text()
+
     def __repr__(self) -> str:
         return f"RPCServer({self.region!r}, address={self.address}, methods={self.methods})"

@@ -412,6 +412,15 @@ impl NativeClient {
     }
 
     /// Drops the connections; later calls reconnect.
+    /// The region client's metrics in the Prometheus text format (RTT, health and
+    /// attempts per region and server, retries, hedges); starts the client if needed.
+    fn metrics_text(&self) -> PyResult<String> {
+        let client = self.region_client()?;
+        let metrics = meridian::telemetry::Metrics::new();
+        metrics.add(client.metrics_source());
+        Ok(metrics.render())
+    }
+
     fn close(&self) {
         let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(client) = client {

@@ -277,6 +277,14 @@ impl NativeServer {
             .as_ref()
             .map_or(0, |s| s.stats().calls_total)
     }
+
+    /// The running server's metrics in the Prometheus text format ("" when stopped).
+    fn metrics_text(&self) -> String {
+        self.lock()
+            .running
+            .as_ref()
+            .map_or_else(String::new, |s| s.metrics_text())
+    }
 }
 
 impl NativeServer {

@@ -269,6 +269,38 @@ static void test_region_client(void) {
     EXPECT(len == 10 && memcmp(data, "via region", 10) == 0);
     meridian_response_free(resp);
 
+    /* Metrics: ask the length, then copy; a buffer too small gets nothing. The calls went
+       to one of the two servers (b unless it was not connected yet, as under valgrind). */
+    size_t need = 0;
+    MUST(meridian_server_metrics(b, NULL, 0, &need));
+    EXPECT(need > 0);
+    char small[8] = "unset";
+    EXPECT_STATUS(meridian_server_metrics(b, small, sizeof small, &need), MERIDIAN_OUT_OF_RANGE);
+    EXPECT(strcmp(small, "unset") == 0);
+    int served_add = 0, served_echo = 0;
+    meridian_server *both[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        MUST(meridian_server_metrics(both[i], NULL, 0, &need));
+        size_t cap = need + 4096;
+        char *text = malloc(cap);
+        EXPECT(text != NULL);
+        MUST(meridian_server_metrics(both[i], text, cap, &len));
+        EXPECT(strlen(text) == len);
+        served_add += strstr(text, "meridian_server_calls_total{method=\"add\",code=\"OK\"} 1\n") != NULL;
+        served_echo += strstr(text, "meridian_server_calls_total{method=\"echo\",code=\"OK\"} 1\n") != NULL;
+        free(text);
+    }
+    EXPECT(served_add == 1 && served_echo == 1);
+    MUST(meridian_client_metrics(rc, NULL, 0, &need));
+    size_t ccap = need + 4096;
+    char *ctext = malloc(ccap);
+    EXPECT(ctext != NULL);
+    MUST(meridian_client_metrics(rc, ctext, ccap, &len));
+    EXPECT(strstr(ctext, "\nmeridian_region_calls_total 2\n") != NULL);
+    EXPECT(strstr(ctext, "meridian_region_healthy{region=\"r-b\"}") != NULL);
+    free(ctext);
+    EXPECT_STATUS(meridian_server_metrics(b, NULL, 0, NULL), MERIDIAN_NULL_PARAMETER);
+
     /* With the preferred region gone, calls go to the other one. */
     MUST(meridian_server_stop(b, 500));
     meridian_call_options *opts = NULL;

@@ -284,3 +284,30 @@ def test_region_file(tmp_path, make_server, region):
     )
     client = RPCClient(config=str(config), timeout=10)
     assert client.from_file() == "configured"
+
+
+def test_metrics_text_counts_calls_by_method_and_status(make_server, region):
+    server = make_server(region)
+
+    @server.rpc(idempotent=True)
+    def half(x):
+        if x % 2:
+            raise ValueError("odd")
+        return x // 2
+
+    client = RPCClient(region, timeout=10)
+    assert client.half(4) == 2
+    assert client.half(8) == 4
+    with pytest.raises(meridian.RpcError):
+        client.half(3)
+    text = server.metrics_text()
+    lines = text.splitlines()
+    assert 'meridian_server_calls_total{method="half",code="OK"} 2' in lines, text
+    failed = [l for l in lines if l.startswith('meridian_server_calls_total{method="half"') and "OK" not in l]
+    assert len(failed) == 1 and failed[0].endswith(" 1"), text
+    assert 'meridian_server_call_duration_seconds_count{method="half"} 3' in lines, text
+    client_text = client.metrics_text()
+    assert "meridian_region_calls_total" in client_text, client_text
+    assert f'meridian_region_chosen{{region="{region}"}} 1' in client_text.splitlines(), client_text
+    server.stop()
+    assert server.metrics_text() == ""

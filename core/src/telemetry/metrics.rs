@@ -212,6 +212,10 @@ impl MetricsWriter<'_> {
             .enc
             .encode_descriptor(name, help, None, MetricType::Counter)?;
         for (labels, v) in rows {
+            if labels.is_empty() {
+                m.encode_counter::<NoLabelSet, u64, u64>(v, None)?;
+                continue;
+            }
             let labels = escaped(labels);
             m.encode_family(&labels.as_slice())?
                 .encode_counter::<NoLabelSet, u64, u64>(v, None)?;
@@ -225,6 +229,10 @@ impl MetricsWriter<'_> {
             .enc
             .encode_descriptor(name, help, None, MetricType::Gauge)?;
         for (labels, v) in rows {
+            if labels.is_empty() {
+                m.encode_gauge(v)?;
+                continue;
+            }
             let labels = escaped(labels);
             m.encode_family(&labels.as_slice())?.encode_gauge(v)?;
         }
@@ -237,6 +245,10 @@ impl MetricsWriter<'_> {
             .enc
             .encode_descriptor(name, help, None, MetricType::Gauge)?;
         for (labels, v) in rows {
+            if labels.is_empty() {
+                m.encode_gauge(v)?;
+                continue;
+            }
             let labels = escaped(labels);
             m.encode_family(&labels.as_slice())?.encode_gauge(v)?;
         }

@@ -159,3 +159,33 @@ pub unsafe extern "C" fn meridian_client_free(client: *mut meridian_client) {
         }
     })
 }
+
+/// A region client's metrics in the Prometheus text format (RTT, health, attempts,
+/// errors and ejections per region and server; calls, retries, hedges, region switches),
+/// copied as `meridian_server_metrics` does. `MERIDIAN_UNSUPPORTED` for a direct client
+/// of one server (one endpoint and no region file).
+///
+/// # Safety
+/// `client` is live; `len_out` is writable; `buf` is NULL or writable for `cap` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_client_metrics(
+    client: *const meridian_client,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let client = unsafe { borrow(client, "client") }?;
+        let Target::Region(region) = &client.target else {
+            return Err(Fail::new(
+                meridian_status::MERIDIAN_UNSUPPORTED,
+                "metrics are kept by region clients; this client talks to one server",
+            ));
+        };
+        let metrics = mcore::telemetry::Metrics::new();
+        metrics.add(region.metrics_source());
+        // SAFETY: as documented.
+        unsafe { crate::boundary::copy_text(&metrics.render(), buf, cap, len_out) }
+    })
+}

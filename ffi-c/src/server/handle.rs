@@ -10,8 +10,8 @@ use mcore::{Identity, Method, Server, ServerTls, Status, Value};
 
 use super::handler::{meridian_reply, meridian_request, Handler, Input, Sink};
 use crate::boundary::{
-    block_on, borrow, borrow_mut, boundary, boundary_void, c_str, c_str_opt, not_on_library_thread,
-    on_library_thread, out_ptr, write_out, Fail, UserPtr,
+    block_on, borrow, borrow_mut, boundary, boundary_void, c_str, c_str_opt, copy_text,
+    not_on_library_thread, on_library_thread, out_ptr, write_out, Fail, UserPtr,
 };
 use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
 
@@ -324,6 +324,36 @@ pub unsafe extern "C" fn meridian_server_port(
         // SAFETY: checked non-NULL above.
         unsafe { write_out(port_out, addr.port()) };
         Ok(())
+    })
+}
+
+/// The running server's metrics in the Prometheus text format (calls by method and
+/// status, latency histograms, calls in flight, connections, streams, buffered bytes),
+/// copied with a NUL into `buf` (`cap` bytes); `*len_out` gets the text's length without
+/// the NUL. Pass `buf` NULL and `cap` 0 to learn the length first; a buffer too small
+/// gets nothing and `MERIDIAN_OUT_OF_RANGE` (the text may grow between two calls: leave
+/// room). `MERIDIAN_INVALID_STATE` if the server is not running.
+///
+/// # Safety
+/// `server` is live; `len_out` is writable; `buf` is NULL or writable for `cap` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_metrics(
+    server: *const meridian_server,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let server = unsafe { borrow(server, "server") }?;
+        let running = server.running.as_ref().ok_or_else(|| {
+            Fail::new(
+                meridian_status::MERIDIAN_INVALID_STATE,
+                "the server is not running",
+            )
+        })?;
+        // SAFETY: as documented.
+        unsafe { copy_text(&running.metrics_text(), buf, cap, len_out) }
     })
 }
 

@@ -49,7 +49,8 @@ const PROBE_HELP: &str = "\
 Connects to every server of the region file (or registered in etcd) (QUIC keep-alives every 100 ms keep the RTT
 estimates fresh) and prints, per server: its region and id (from its HELLO), the RTT
 median (p50) of the samples of the last --interval and the minimum RTT QUIC has seen,
-whether it can take calls, and `<-` on the region a call would be sent to now.
+whether it can take calls, what its health method (`meridian.health`) answers
+(SERVING, NOT_SERVING, DRAINING), and `<-` on the region a call would be sent to now.
 
 Examples:
   meridian probe --regions regions.toml --insecure-dev
@@ -72,7 +73,43 @@ struct Row {
     p50: Option<Duration>,
     min: Option<Duration>,
     healthy: bool,
+    /// What the server's health method says: SERVING, NOT_SERVING, DRAINING, or why it
+    /// could not be asked.
+    health: String,
     chosen: bool,
+}
+
+/// Asks each server's health method (`meridian.health`) at once, within 1 s.
+async fn health_of(
+    client: &meridian::region::RegionClient,
+    addrs: &[SocketAddr],
+) -> HashMap<SocketAddr, String> {
+    let mut asks = tokio::task::JoinSet::new();
+    for addr in addrs {
+        let addr = *addr;
+        let Some(ch) = client.server_channel(addr) else {
+            continue;
+        };
+        asks.spawn(async move {
+            let answer = ch
+                .call(meridian::HEALTH_METHOD)
+                .timeout(Duration::from_secs(1))
+                .unary::<String, String>(&String::new())
+                .await;
+            let text = match answer {
+                Ok(r) => r.into_inner(),
+                Err(s) => s.code().name().to_string(),
+            };
+            (addr, text)
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(r) = asks.join_next().await {
+        if let Ok((addr, text)) = r {
+            out.insert(addr, text);
+        }
+    }
+    out
 }
 
 /// Runs `probe`.
@@ -125,6 +162,7 @@ pub async fn run(args: ProbeArgs) -> CliResult<()> {
             }
         }
         let chosen = client.preview_region(None);
+        let health = health_of(&client, &addrs).await;
         let stats = client.stats();
         let rows: Vec<Row> = stats
             .servers
@@ -143,6 +181,7 @@ pub async fn run(args: ProbeArgs) -> CliResult<()> {
                     p50: samples.get(&s.addr).and_then(p50),
                     min: ch.as_ref().and_then(|c| c.stats().min_rtt),
                     healthy: s.connected && !s.ejected,
+                    health: health.get(&s.addr).cloned().unwrap_or_else(|| "-".into()),
                     chosen: chosen.as_deref() == Some(s.region.as_str()),
                 }
             })
@@ -176,6 +215,7 @@ fn print_table(
                     "rtt_p50_ms": r.p50.map(ms_f64),
                     "rtt_min_ms": r.min.map(ms_f64),
                     "healthy": r.healthy,
+                    "health": r.health,
                     "chosen": r.chosen,
                 })
             })
@@ -193,19 +233,20 @@ fn print_table(
     }
     writeln!(
         out,
-        "{:<10} {:<14} {:<22} {:>12} {:>12} {:>8} {:>7}",
-        "region", "server", "address", "RTT p50", "RTT min", "healthy", "chosen"
+        "{:<10} {:<14} {:<22} {:>12} {:>12} {:>8} {:>12} {:>7}",
+        "region", "server", "address", "RTT p50", "RTT min", "healthy", "health", "chosen"
     )?;
     for r in rows {
         writeln!(
             out,
-            "{:<10} {:<14} {:<22} {:>12} {:>12} {:>8} {:>7}",
+            "{:<10} {:<14} {:<22} {:>12} {:>12} {:>8} {:>12} {:>7}",
             r.region,
             r.server,
             r.addr.to_string(),
             opt_ms(r.p50),
             opt_ms(r.min),
             if r.healthy { "yes" } else { "NO" },
+            r.health,
             if r.chosen { "<-" } else { "" }
         )?;
     }
