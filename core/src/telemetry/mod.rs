@@ -14,9 +14,13 @@
 
 mod http;
 pub(crate) mod metrics;
+#[cfg(feature = "otlp")]
+mod otlp;
 pub mod trace;
 
 pub use http::MetricsEndpoint;
 pub(crate) use metrics::MethodTable;
 pub use metrics::{Histogram, Labels, Metrics, MetricsSource, MetricsWriter};
+#[cfg(feature = "otlp")]
+pub use otlp::OtlpLayer;
 pub use trace::TraceContext;

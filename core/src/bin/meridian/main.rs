@@ -175,7 +175,15 @@ fn main() -> ExitCode {
         // One-shot commands print their own error; library warnings would repeat it.
         _ => "error",
     };
-    common::init_logging(cli.log_format, default_level);
+    let otlp = match &cli.command {
+        Command::Serve(a) => a.ops.otlp.as_deref().map(|u| (u, "meridian-serve")),
+        Command::Proxy(a) => a.ops.otlp.as_deref().map(|u| (u, "meridian-proxy")),
+        _ => None,
+    };
+    if let Err(e) = common::init_logging(cli.log_format, default_level, otlp) {
+        eprintln!("meridian: error: {e}");
+        return ExitCode::from(e.exit as u8);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

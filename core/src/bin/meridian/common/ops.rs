@@ -20,9 +20,12 @@ pub enum LogFormat {
 
 /// Installs the log subscriber: events on stderr, filtered by `RUST_LOG` when it is set
 /// (e.g. `RUST_LOG=meridian=debug`), else at `default` (`info` for the long-running
-/// commands, `error` for the others, which print their own failure).
-pub fn init_logging(format: LogFormat, default: &str) {
-    use tracing_subscriber::EnvFilter;
+/// commands, `error` for the others, which print their own failure). With `otlp`
+/// (`--otlp URL`, feature `otlp`), the spans of traced calls also go to that collector.
+pub fn init_logging(format: LogFormat, default: &str, otlp: Option<(&str, &str)>) -> CliResult<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
             eprintln!(
@@ -32,15 +35,35 @@ pub fn init_logging(format: LogFormat, default: &str) {
         }),
         _ => EnvFilter::new(default),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => lines.with_ansi(false).boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(lines.with_filter(filter));
     // Another subscriber already installed (never in the binary) is not an error worth
     // stopping for.
-    let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    match otlp {
+        #[cfg(feature = "otlp")]
+        Some((endpoint, service)) => {
+            let layer = meridian::telemetry::OtlpLayer::new(endpoint, service)
+                .map_err(|e| CliError::usage(format!("--otlp: {e}")))?;
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target("meridian", tracing::Level::DEBUG);
+            let _ = registry.with(layer.with_filter(spans)).try_init();
+        }
+        #[cfg(not(feature = "otlp"))]
+        Some(_) => {
+            let _ = registry.try_init();
+            return Err(CliError::config(
+                "--otlp needs a build with the `otlp` feature (--features cli,otlp)",
+            ));
+        }
+        None => {
+            let _ = registry.try_init();
+        }
+    }
+    Ok(())
 }
 
 /// Flags of `serve` and `proxy` for operating them.
@@ -54,6 +77,11 @@ pub struct OpsArgs {
     /// peer, duration and W3C trace ids.
     #[arg(long)]
     pub access_log: bool,
+    /// Send the spans of traced calls (those carrying W3C `traceparent` metadata) to an
+    /// OpenTelemetry collector over OTLP/HTTP JSON, e.g. http://127.0.0.1:4318 (builds
+    /// with the `otlp` feature).
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
 }
 
 impl OpsArgs {
