@@ -47,8 +47,14 @@ struct Serve {
 
 impl Serve {
     fn start(dev_dir: &Path, region: &str, id: &str) -> Serve {
+        Serve::start_with(dev_dir, region, id, &[])
+    }
+
+    /// A dev server with more flags (e.g. `--ca FILE` to require client certificates).
+    fn start_with(dev_dir: &Path, region: &str, id: &str, extra: &[&str]) -> Serve {
         let mut child = Command::new(BIN)
             .args(["serve", "--insecure-dev", "--region", region, "--id", id])
+            .args(extra)
             .env("MERIDIAN_DEV_DIR", dev_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -961,4 +967,193 @@ fn a_dead_server_in_the_region_file_does_not_hold_every_call() {
         "the call waited {:?} for a dead server (connect timeout 20 s)",
         started.elapsed()
     );
+}
+
+/// A process killed on drop.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `meridian proxy --config FILE` and waits for its address.
+fn start_proxy(config: &Path) -> (Kill, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian proxy");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let child = Kill(child);
+    let addr = loop {
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("meridian proxy printed no address");
+        if let Some(a) = line.strip_prefix("address: ") {
+            break a.parse().expect("address");
+        }
+    };
+    (child, addr)
+}
+
+/// Writes a client identity issued by `ca` as `NAME.pem` and `NAME.key`.
+fn client_identity(dir: &Scratch, ca: &meridian::DevCa, name: &str) -> (String, String) {
+    use meridian::transport::pem_encode;
+    let id = ca.issue_client(name).expect("client certificate");
+    let chain: String = id
+        .chain
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c))
+        .collect();
+    let (cert, key) = (
+        dir.path(&format!("{name}.pem")),
+        dir.path(&format!("{name}.key")),
+    );
+    std::fs::write(&cert, chain).expect("write cert");
+    std::fs::write(&key, pem_encode("PRIVATE KEY", id.key.secret_der())).expect("write key");
+    (
+        cert.to_str().expect("utf-8").to_string(),
+        key.to_str().expect("utf-8").to_string(),
+    )
+}
+
+/// A server that requires client certificates (`serve --ca`) refuses a client without
+/// one, or with one from another CA: exit code 5, and the message says the client
+/// certificate was refused and which flags give one (it used to be `UNAVAILABLE:
+/// connection lost: connection lost`, exit 1).
+#[test]
+fn a_refused_client_certificate_is_untrusted() {
+    let dir = Scratch::new("mtls");
+    // Certificate files live apart from the dev directory, which `serve` makes itself.
+    let files = Scratch::new("mtls-files");
+    let clients = meridian::DevCa::new().expect("ca");
+    let clients_ca = files.path("clients-ca.pem");
+    std::fs::write(&clients_ca, clients.certificate_pem()).expect("write");
+    let server = Serve::start_with(
+        &dir.0,
+        "eu",
+        "eu-1",
+        &["--ca", clients_ca.to_str().expect("utf-8")],
+    );
+    let addr = server.addr.to_string();
+    let base = ["call", "--connect", addr.as_str(), "--insecure-dev"];
+
+    // A certificate the server's client CA issued: accepted.
+    let (cert, key) = client_identity(&files, &clients, "good");
+    let o = run(
+        &[
+            &base[..],
+            &["--cert", &cert, "--key", &key, "add", "1", "2"],
+        ]
+        .concat(),
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o)), serde_json::json!(3));
+
+    // No certificate at all.
+    let o = run(&[&base[..], &["add", "1", "2"]].concat(), &dir.0);
+    assert_error(&o, 5, "the server refused the client certificate");
+    assert!(stderr(&o).contains("--cert"), "{}", stderr(&o));
+
+    // One from another CA.
+    let stranger = meridian::DevCa::new().expect("ca");
+    let (cert, key) = client_identity(&files, &stranger, "stranger");
+    let o = run(
+        &[
+            &base[..],
+            &["--cert", &cert, "--key", &key, "add", "1", "2"],
+        ]
+        .concat(),
+        &dir.0,
+    );
+    assert_error(&o, 5, "the server refused the client certificate");
+
+    // The same through a region file.
+    let regions = region_file(&files, &[("eu", server.addr)]);
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            regions.to_str().expect("utf-8"),
+            "--insecure-dev",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 5, "the server refused the client certificate");
+}
+
+/// A certificate for other names: the hint points at --server-name, not at --ca.
+#[test]
+fn a_wrong_server_name_points_at_the_server_name_flag() {
+    let dir = Scratch::new("server-name");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "--server-name",
+            "api.example.test",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 5, "see --server-name");
+    assert!(stderr(&o).contains("not valid for name"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("see --ca"), "{}", stderr(&o));
+}
+
+/// A proxy whose upstream CA is wrong: the call through it says why no region serves the
+/// method (the last connect error, with server and region) and exits with code 5.
+#[test]
+fn a_proxy_with_an_untrusted_upstream_says_why() {
+    let dir = Scratch::new("proxy-tls");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let other = meridian::DevCa::new().expect("ca");
+    std::fs::write(dir.path("other-ca.pem"), other.certificate_pem()).expect("write");
+    let config = dir.path("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nproxy_region = \"edge\"\n\
+             [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"other-ca.pem\"\n\
+             [[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\" }}]\n",
+            server.addr
+        ),
+    )
+    .expect("proxy config");
+    let (_proxy, addr) = start_proxy(&config);
+    let target = addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &target,
+            "--insecure-dev",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(
+        &o,
+        5,
+        &format!("no healthy region serves \"add\" (last connect error from {} in eu: TLS handshake failed", server.addr),
+    );
+    assert!(stderr(&o).contains("[tls] ca"), "{}", stderr(&o));
 }

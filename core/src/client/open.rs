@@ -18,6 +18,7 @@ use crate::call::{
 };
 use crate::codec::Codec;
 use crate::status::Status;
+use crate::transport::describe_connection_error;
 use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, WireLimits};
 
 /// What follows a call's HEADERS.
@@ -272,7 +273,12 @@ async fn open_stream(
             r
         }
     };
-    result.map_err(|e| Status::unavailable(format!("connection lost: {e}")))
+    result.map_err(|e| {
+        Status::unavailable(format!(
+            "connection lost: {}",
+            describe_connection_error(&e)
+        ))
+    })
 }
 
 /// Resets whatever is still open when a call is abandoned.
@@ -454,6 +460,10 @@ impl CallRecv {
         match (read, &e) {
             (Ok(Err(status)), _) => status,
             (_, quinn::WriteError::Stopped(code)) => status_for_reset(code.into_inner()),
+            (_, quinn::WriteError::ConnectionLost(lost)) => Status::unavailable(format!(
+                "cannot send the request: connection lost: {}",
+                describe_connection_error(lost)
+            )),
             _ => Status::unavailable(format!("cannot send the request: {e}")),
         }
     }

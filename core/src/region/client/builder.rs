@@ -143,6 +143,7 @@ impl RegionClientBuilder {
             hedges_sent: AtomicU64::new(0),
             hedges_won: AtomicU64::new(0),
             closed,
+            last_connect_error: Mutex::new(None),
         });
         inner.sync_membership(Instant::now());
         tokio::spawn(probe_loop(Arc::downgrade(&inner)));

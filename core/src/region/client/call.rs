@@ -78,7 +78,11 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         }
         last.unwrap_or_else(|| {
             let message = match why {
-                NoPick::NoServer => format!("no healthy region serves {:?}", self.method),
+                NoPick::NoServer => format!(
+                    "no healthy region serves {:?}{}",
+                    self.method,
+                    self.target.inner.last_connect_error()
+                ),
                 NoPick::NoBudget => "retry budget exhausted".to_string(),
             };
             Status::unavailable(message).mark_not_run()

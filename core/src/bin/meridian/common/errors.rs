@@ -15,7 +15,8 @@ Exit codes:
      no trust given (--ca or --insecure-dev), address already in use
   4  unreachable: no server answered within --connect-timeout
   5  untrusted: the TLS handshake failed (certificate not trusted, or client certificate refused)
-  6  anything else (an I/O error, or a subcommand that is not available yet)";
+  6  anything else: an I/O error (e.g. the dev directory cannot be written), no HELLO
+     in time for --describe, the demo failed";
 
 /// Why the command failed, which decides its exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +62,15 @@ impl CliError {
         CliError::new(Exit::Other, message)
     }
 
-    /// A call's status: `CODE: message`.
+    /// A call's status: `CODE: message`. A call that failed because a TLS handshake
+    /// failed (the client's certificate refused, the server's not trusted) is untrusted
+    /// (exit code 5) and says which flag to look at.
     pub fn status(status: &Status) -> CliError {
-        CliError::new(Exit::Status, status_line(status))
+        let line = status_line(status);
+        if status.code() == meridian::Code::Unavailable && line.contains(TLS_FAILED) {
+            return CliError::new(Exit::Untrusted, format!("{line} ({})", tls_hint(&line)));
+        }
+        CliError::new(Exit::Status, line)
     }
 
     /// A library error, classified by what it says.
@@ -100,6 +107,24 @@ pub fn status_line(status: &Status) -> String {
     }
 }
 
+/// How the library's descriptions of a failed TLS handshake begin.
+const TLS_FAILED: &str = "TLS handshake failed";
+
+/// What to do about a failed TLS handshake, from what failed.
+pub fn tls_hint(reason: &str) -> &'static str {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("last connect error from") {
+        "a server behind the region routing presents a certificate that is not trusted: \
+         see --ca, or the [tls] ca of the proxy's configuration"
+    } else if lower.contains("refused the client certificate") {
+        "the server requires a client certificate issued by a CA it trusts: see --cert and --key"
+    } else if lower.contains("not valid for name") {
+        "the certificate is valid for other names: see --server-name"
+    } else {
+        "is its certificate trusted? see --ca and --insecure-dev"
+    }
+}
+
 /// Sorts a failed connection attempt into untrusted (TLS) or unreachable.
 pub fn connect_failure(addr: SocketAddr, reason: &str) -> CliError {
     let lower = reason.to_ascii_lowercase();
@@ -109,7 +134,10 @@ pub fn connect_failure(addr: SocketAddr, reason: &str) -> CliError {
     {
         CliError::new(
             Exit::Untrusted,
-            format!("TLS handshake with {addr} failed (is its certificate trusted? see --ca and --insecure-dev): {reason}"),
+            format!(
+                "TLS handshake with {addr} failed ({}): {reason}",
+                tls_hint(reason)
+            ),
         )
     } else {
         CliError::new(Exit::Unreachable, format!("cannot reach {addr}: {reason}"))
