@@ -1157,3 +1157,95 @@ fn a_proxy_with_an_untrusted_upstream_says_why() {
     );
     assert!(stderr(&o).contains("[tls] ca"), "{}", stderr(&o));
 }
+
+/// Region files are strict: a misspelt key is an error naming it, with its line and
+/// column (`servername` used to be ignored, so `localhost` was used; `[[regions]]` and
+/// `server = [...]` used to give "lists no server"). A missing or malformed file is a
+/// region-file error.
+#[test]
+fn region_files_with_unknown_keys_or_bad_syntax_are_errors_with_positions() {
+    let dir = Scratch::new("strict-regions");
+    let ca = dir.path("ca.pem");
+    std::fs::write(&ca, meridian::DevCa::new().expect("ca").certificate_pem()).expect("write");
+    let ca = ca.to_str().expect("utf-8");
+    let cases = [
+        (
+            "[[region]]\nname = \"eu\"\nservers = [{ addr = \"127.0.0.1:7000\", servername = \"api.test\" }]\n",
+            "line 3, column 39: unknown field `servername`, expected `addr` or `server_name`",
+        ),
+        (
+            "[[regions]]\nname = \"eu\"\n",
+            "line 1, column 3: unknown field `regions`",
+        ),
+        (
+            "[[region]]\nname = \"eu\"\nserver = [{ addr = \"127.0.0.1:7000\" }]\n",
+            "line 3, column 1: unknown field `server`",
+        ),
+        (
+            "[[region]]\nname = \"eu\"\nservers = [{ addr = \"127.0.0.1:7000\" }\n",
+            "line 3, column",
+        ),
+    ];
+    for (text, needle) in cases {
+        let file = dir.path("regions.toml");
+        std::fs::write(&file, text).expect("write");
+        let o = run(
+            &[
+                "call",
+                "--regions",
+                file.to_str().expect("utf-8"),
+                "--ca",
+                ca,
+                "where",
+            ],
+            &dir.0,
+        );
+        assert_error(&o, 3, needle);
+        assert!(stderr(&o).contains("bad region file"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("etcd configuration"), "{}", stderr(&o));
+    }
+    let o = run(
+        &[
+            "probe",
+            "--regions",
+            dir.path("missing.toml").to_str().expect("utf-8"),
+            "--ca",
+            ca,
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "cannot read the region file");
+    assert!(!stderr(&o).contains("etcd configuration"), "{}", stderr(&o));
+}
+
+/// Proxy configurations are strict too: an unknown key in a `[[region]]` entry, and a
+/// `home_region` that is not one of its regions, are errors (exit code 3).
+#[test]
+fn proxy_configurations_with_unknown_keys_or_regions_are_errors() {
+    let dir = Scratch::new("strict-proxy");
+    let head = "listen = \"127.0.0.1:0\"\n";
+    let tls = "[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"ca.pem\"\n";
+    let cases = [
+        (
+            format!("{head}home_region = \"asia\"\n{tls}[[region]]\nname = \"eu\"\nservers = [{{ addr = \"127.0.0.1:7000\" }}]\n"),
+            "home_region \"asia\" is not a region of the configuration (its [[region]] tables name eu)",
+        ),
+        (
+            format!("{head}{tls}[[region]]\nname = \"eu\"\nservers = [{{ addr = \"127.0.0.1:7000\", servername = \"x\" }}]\n"),
+            "line 8, column 39: unknown field `servername`",
+        ),
+        (
+            format!("{head}hedgee = [\"echo\"]\n{tls}"),
+            "line 2, column 1: unknown field `hedgee`",
+        ),
+    ];
+    for (text, needle) in cases {
+        let file = dir.path("proxy.toml");
+        std::fs::write(&file, text).expect("write");
+        let o = run(
+            &["proxy", "--config", file.to_str().expect("utf-8")],
+            &dir.0,
+        );
+        assert_error(&o, 3, needle);
+    }
+}

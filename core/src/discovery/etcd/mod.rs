@@ -31,7 +31,7 @@
 //! ```
 //!
 //! From a region file, an `[etcd]` table next to (or instead of) the `[[region]]` lists
-//! (files without it keep working; [`RegionMap`](crate::discovery::RegionMap) ignores the table):
+//! (files without it keep working; [`RegionMap`](crate::discovery::RegionMap) leaves the table to this module):
 //!
 //! ```toml
 //! [etcd]

@@ -248,16 +248,18 @@ async fn etcd_discovery(
     only: Option<&str>,
     etcd: &EtcdArgs,
 ) -> CliResult<Option<(Arc<dyn Discovery>, RegionMap)>> {
+    // The region file first: a missing or malformed file is a region-file error, and
+    // only then is its [etcd] table read.
+    let base = match regions {
+        Some(path) => load_region_file(path, only)?,
+        None => RegionMap::new(),
+    };
     let from_file = match regions {
         Some(path) => EtcdConfig::from_toml_file(path).map_err(|e| etcd_error(&e))?,
         None => None,
     };
     let Some(config) = etcd.config().or(from_file) else {
         return Ok(None);
-    };
-    let base = match regions {
-        Some(path) => load_region_file(path, only)?,
-        None => RegionMap::new(),
     };
     let prefix = config.prefix.clone();
     let endpoints = config.endpoints.join(", ");
