@@ -845,7 +845,7 @@ fn servers_register_in_etcd_and_clients_find_them_there() {
     );
     assert_error(&o, 3, "no server is registered in etcd");
 
-    // An etcd nobody answers at: one line, exit code 4.
+    // An etcd nobody answers at: one line, exit code 4, the cause in words.
     let o = run(
         &[
             "call",
@@ -858,7 +858,11 @@ fn servers_register_in_etcd_and_clients_find_them_there() {
         ],
         &dir.0,
     );
-    assert_error(&o, 4, "etcd");
+    assert_error(
+        &o,
+        4,
+        "cannot reach etcd at http://127.0.0.1:9: connection refused; is etcd running?",
+    );
 }
 
 #[test]
@@ -1248,4 +1252,84 @@ fn proxy_configurations_with_unknown_keys_or_regions_are_errors() {
         );
         assert_error(&o, 3, needle);
     }
+}
+
+/// `serve --etcd` with etcd down at start keeps serving and retries the registration
+/// (a warning per attempt, naming etcd and the cause), and registers once etcd is back.
+#[cfg(feature = "etcd")]
+#[test]
+fn serve_retries_etcd_registration_while_etcd_is_down() {
+    use std::sync::mpsc;
+    let Some(mut etcd) = meridian::testing::etcd::EtcdProcess::start_or_skip() else {
+        return;
+    };
+    let url = etcd.endpoint();
+    etcd.stop();
+    let dir = Scratch::new("etcd-down");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--insecure-dev", "--region", "eu", "--id", "eu-1"])
+        .args(["--etcd", &url, "--etcd-ttl", "2s"])
+        .env("MERIDIAN_DEV_DIR", &dir.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian serve");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut server = Kill(child);
+    let (tx, rx) = mpsc::channel::<String>();
+    for lines in [
+        Box::new(stdout.lines()) as Box<dyn Iterator<Item = std::io::Result<String>> + Send>,
+        Box::new(stderr.lines()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    // Waits (bounded) for a line containing `needle`; returns every line seen.
+    let wait_for = |needle: &str, seen: &mut Vec<String>| {
+        if seen.iter().any(|l| l.contains(needle)) {
+            return;
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+        }
+        panic!("no line with {needle:?} within 20 s: {seen:#?}");
+    };
+    let mut seen = Vec::new();
+    wait_for("address: ", &mut seen);
+    wait_for("retrying in 1 s", &mut seen);
+    let warning = seen
+        .iter()
+        .find(|l| l.contains("warning"))
+        .expect("warning");
+    assert!(
+        warning.contains(&format!("cannot reach etcd at {url}: connection refused")),
+        "{warning}"
+    );
+    // A second failed attempt, with a longer pause.
+    wait_for("retrying in 2 s", &mut seen);
+    assert!(
+        server.0.try_wait().expect("wait").is_none(),
+        "serve exited: {seen:#?}"
+    );
+
+    etcd.restart().expect("etcd restart");
+    wait_for("registered in etcd under", &mut seen);
+    let o = run(
+        &["call", "--etcd", &url, "--insecure-dev", "where", "--json"],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", self::stderr(&o));
+    assert_eq!(json(&self::stdout(&o))["server"], "eu-1");
 }

@@ -255,17 +255,18 @@ async fn etcd_discovery(
         None => RegionMap::new(),
     };
     let from_file = match regions {
-        Some(path) => EtcdConfig::from_toml_file(path).map_err(|e| etcd_error(&e))?,
+        Some(path) => EtcdConfig::from_toml_file(path).map_err(|e| etcd_error(&e, &[]))?,
         None => None,
     };
     let Some(config) = etcd.config().or(from_file) else {
         return Ok(None);
     };
     let prefix = config.prefix.clone();
+    let urls = config.endpoints.clone();
     let endpoints = config.endpoints.join(", ");
     let d = EtcdDiscovery::connect_with_base(config, base)
         .await
-        .map_err(|e| etcd_error(&e))?;
+        .map_err(|e| etcd_error(&e, &urls))?;
     let map = d.snapshot();
     if map.regions.iter().all(|r| r.servers.is_empty()) {
         return Err(CliError::config(format!(
