@@ -97,7 +97,7 @@ impl Drop for Serve {
 
 /// Runs the binary to completion (bounded: a hung command fails the test).
 fn run(args: &[&str], dev_dir: &Path) -> Output {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(args)
         .env("MERIDIAN_DEV_DIR", dev_dir)
         .env_remove("RUST_BACKTRACE")
@@ -105,16 +105,38 @@ fn run(args: &[&str], dev_dir: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn meridian");
+    finish(child, args)
+}
+
+/// Waits (bounded: a hung command fails the test) for `child` to exit, reading its
+/// output meanwhile so a large one cannot fill the pipe and block it.
+fn finish(mut child: Child, args: &[&str]) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
         }
         if Instant::now() > end {
             let _ = child.kill();
             panic!("meridian {args:?} did not finish within 60 s");
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
     }
 }
 
@@ -151,18 +173,33 @@ fn region_file(dir: &Scratch, regions: &[(&str, SocketAddr)]) -> PathBuf {
     path
 }
 
+/// The top-level help lists the exit codes in full; each subcommand's help gives them in
+/// one line that points there.
 #[test]
 fn help_for_every_subcommand_lists_exit_codes() {
     let dir = Scratch::new("help");
     let o = run(&["--help"], &dir.0);
     assert!(o.status.success());
+    let top = stdout(&o);
+    assert!(top.contains("5  untrusted"), "{top}");
+    assert!(!top.contains("not available yet"), "{top}");
     for sub in ["serve", "call", "probe", "bench", "proxy", "demo"] {
-        assert!(stdout(&o).contains(sub), "{sub} missing from --help");
+        assert!(top.contains(sub), "{sub} missing from --help");
         let o = run(&[sub, "--help"], &dir.0);
         assert!(o.status.success(), "{sub} --help: {}", stderr(&o));
         let text = stdout(&o);
-        assert!(text.contains("Exit codes:"), "{sub} --help: {text}");
-        assert!(text.contains("untrusted"), "{sub} --help: {text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Exit codes:"))
+            .unwrap_or_else(|| panic!("{sub} --help: {text}"));
+        assert!(
+            line.contains("5 untrusted") && line.contains("meridian --help"),
+            "{line}"
+        );
+        assert!(
+            !text.contains("anything else"),
+            "{sub} --help repeats the block: {text}"
+        );
     }
     let o = run(&["serve", "--help"], &dir.0);
     assert!(stdout(&o).contains("--insecure-dev"));
@@ -1332,4 +1369,346 @@ fn serve_retries_etcd_registration_while_etcd_is_down() {
     );
     assert!(o.status.success(), "{}", self::stderr(&o));
     assert_eq!(json(&self::stdout(&o))["server"], "eu-1");
+}
+
+/// Runs the binary with `input` on its stdin (bounded like [`run`]).
+fn run_with_stdin(args: &[&str], dev_dir: &Path, input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("MERIDIAN_DEV_DIR", dev_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    finish(child, args)
+}
+
+/// A routed call says which server and region answered (in --timing, as text or as JSON
+/// with --json); --home-region decides the region; an unknown one is a configuration
+/// error; --hedge warns about methods that can never be hedged.
+#[test]
+fn routed_calls_report_who_answered_and_take_routing_flags() {
+    let dir = Scratch::new("routing-flags");
+    let eu = Serve::start(&dir.0, "eu", "eu-1");
+    let us = Serve::start(&dir.0, "us", "us-1");
+    let regions = region_file(&dir, &[("eu", eu.addr), ("us", us.addr)]);
+    let file = regions.to_str().expect("utf-8");
+    let base = ["call", "--regions", file, "--insecure-dev"];
+    for (home, id, addr) in [("eu", "eu-1", eu.addr), ("us", "us-1", us.addr)] {
+        let o = run(
+            &[
+                &base[..],
+                &["--home-region", home, "--timing", "add", "1", "2"],
+            ]
+            .concat(),
+            &dir.0,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), "3");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("served by {id} in {home} ({addr})")),
+            "{err}"
+        );
+        let o = run(
+            &[
+                &base[..],
+                &["--home-region", home, "--timing", "--json", "add", "1", "2"],
+            ]
+            .concat(),
+            &dir.0,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let timing = json(&stderr(&o));
+        assert_eq!(timing["served_by"]["server_id"], id, "{timing}");
+        assert_eq!(timing["served_by"]["region"], home, "{timing}");
+        assert_eq!(timing["served_by"]["address"], addr.to_string(), "{timing}");
+        assert!(
+            timing["total_ms"].as_f64().is_some_and(|t| t > 0.0),
+            "{timing}"
+        );
+        assert!(timing["network_ms"].as_f64().is_some(), "{timing}");
+    }
+    let o = run(
+        &[&base[..], &["--home-region", "mars", "add", "1", "2"]].concat(),
+        &dir.0,
+    );
+    assert_error(
+        &o,
+        3,
+        "--home-region \"mars\" is not a known region (known: eu, us)",
+    );
+    // --hedge: an idempotent method is fine; a method nobody serves and a method that is
+    // not idempotent are named in warnings, and the call still works.
+    let o = run(
+        &[
+            &base[..],
+            &[
+                "--hedge", "add", "--hedge", "nosuch", "--hedge", "sleep", "add", "1", "2",
+            ],
+        ]
+        .concat(),
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "3");
+    let err = stderr(&o);
+    assert!(
+        err.contains("\"nosuch\" is served by no connected server"),
+        "{err}"
+    );
+    assert!(err.contains("\"sleep\" is not idempotent"), "{err}");
+    assert!(!err.contains("\"add\""), "{err}");
+    // --home-region and friends need routing.
+    let direct = eu.addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &direct,
+            "--insecure-dev",
+            "--home-region",
+            "eu",
+            "where",
+        ],
+        &dir.0,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// `bench` through a region file breaks results down by region and server.
+#[test]
+fn bench_breaks_results_down_by_region_and_server() {
+    let dir = Scratch::new("bench-by-server");
+    let eu = Serve::start(&dir.0, "eu", "eu-1");
+    let us = Serve::start(&dir.0, "us", "us-1");
+    let regions = region_file(&dir, &[("eu", eu.addr), ("us", us.addr)]);
+    let file = regions.to_str().expect("utf-8");
+    let o = run(
+        &[
+            "bench",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--home-region",
+            "us",
+            "add",
+            "1",
+            "2",
+            "-n",
+            "60",
+            "-c",
+            "3",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = json(&stdout(&o));
+    let rows = report["by_server"].as_array().expect("by_server");
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["region"], "us", "{report}");
+    assert_eq!(rows[0]["server_id"], "us-1", "{report}");
+    assert_eq!(rows[0]["address"], us.addr.to_string(), "{report}");
+    assert_eq!(rows[0]["count"], 60, "{report}");
+    let (p50, p99) = (rows[0]["p50_ms"].as_f64(), rows[0]["p99_ms"].as_f64());
+    assert!(p50.is_some_and(|p| p > 0.0) && p99 >= p50, "{report}");
+    // The text report has the table too.
+    let o = run(
+        &[
+            "bench",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--home-region",
+            "eu",
+            "add",
+            "1",
+            "2",
+            "-n",
+            "20",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let table = text
+        .split("By region and server")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text}"));
+    let row = table
+        .lines()
+        .find(|l| l.contains("eu-1"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains(&eu.addr.to_string()) && row.contains(" 20 "),
+        "{row}"
+    );
+}
+
+/// The request can come from a file (`@FILE`) or stdin (`-`), beyond the kernel's limit
+/// on the size of arguments; integers beyond i64 are refused, as the help says.
+#[test]
+fn the_request_comes_from_a_file_or_stdin() {
+    let dir = Scratch::new("body");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    let base = [
+        "call",
+        "--connect",
+        addr.as_str(),
+        "--insecure-dev",
+        "--json",
+    ];
+    // 300 KiB: more than one argument may hold (128 KiB on Linux).
+    let big = "x".repeat(300 * 1024);
+    let body = serde_json::json!({ "big": big }).to_string();
+    let file = dir.path("request.json");
+    std::fs::write(&file, &body).expect("write");
+    let at = format!("@{}", file.display());
+    let o = run(&[&base[..], &["echo", &at]].concat(), &dir.0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        json(&stdout(&o))["big"].as_str().map(str::len),
+        Some(big.len())
+    );
+
+    let o = run_with_stdin(&[&base[..], &["add", "-"]].concat(), &dir.0, b"[40, 2]\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o)), serde_json::json!(42));
+
+    let o = run_with_stdin(&[&base[..], &["add", "-"]].concat(), &dir.0, b"[40, ");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the request on stdin"),
+        "{}",
+        stderr(&o)
+    );
+    let missing = format!("@{}", dir.path("missing.json").display());
+    let o = run(&[&base[..][..4], &["echo", &missing]].concat(), &dir.0);
+    assert_error(&o, 2, "cannot read the request file");
+
+    let o = run(
+        &[&base[..][..4], &["echo", "18446744073709551615"]].concat(),
+        &dir.0,
+    );
+    assert_error(&o, 2, "bad JSON argument");
+    let help = stdout(&run(&["call", "--help"], &dir.0));
+    assert!(
+        help.contains("a\nlarger integer is refused") || help.contains("larger integer is refused"),
+        "{help}"
+    );
+}
+
+/// Under --json, failures are one JSON object on stderr, with the status code, the
+/// message and the exit code.
+#[test]
+fn errors_are_json_under_json() {
+    let dir = Scratch::new("json-errors");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "--json",
+            "sleep",
+            "2000",
+            "--timeout",
+            "100ms",
+        ],
+        &dir.0,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let e = json(&stderr(&o));
+    assert_eq!(e["error"]["code"], "DEADLINE_EXCEEDED", "{e}");
+    assert_eq!(e["error"]["message"], "deadline exceeded", "{e}");
+    assert_eq!(e["error"]["exit"], 1, "{e}");
+    // Not a call status: the code is null, the exit code still the documented one.
+    let o = run(&["call", "--connect", &addr, "--json", "echo", "1"], &dir.0);
+    assert_eq!(o.status.code(), Some(3));
+    let e = json(&stderr(&o));
+    assert_eq!(e["error"]["code"], serde_json::Value::Null, "{e}");
+    assert_eq!(e["error"]["exit"], 3, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--insecure-dev")),
+        "{e}"
+    );
+}
+
+/// --via-proxies: a region that lists proxies is reached through them (here its only
+/// server cannot be reached directly), and --timing shows the proxy hop.
+#[test]
+fn via_proxies_reaches_a_region_through_its_proxy() {
+    let dir = Scratch::new("via-proxies");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let config = dir.path("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nproxy_region = \"edge\"\n\
+             [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"ca.pem\"\n\
+             [[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\" }}]\n",
+            server.addr
+        ),
+    )
+    .expect("proxy config");
+    let (_proxy, proxy_addr) = start_proxy(&config);
+    // The region's server as the client sees it: an address nobody answers at.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let file = dir.path("regions.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\" }}]\nproxies = [{{ addr = \"{proxy_addr}\" }}]\n",
+            silent.local_addr().expect("addr")
+        ),
+    )
+    .expect("region file");
+    let file = file.to_str().expect("utf-8");
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--via-proxies",
+            "--timing",
+            "where",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o))["server"], "eu-1");
+    let timing = json(&stderr(&o));
+    assert!(timing["proxy_ms"].as_f64().is_some(), "{timing}");
+    assert_eq!(
+        timing["served_by"]["address"],
+        proxy_addr.to_string(),
+        "{timing}"
+    );
+    // Without it, the server itself is dialled, and does not answer.
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--connect-timeout",
+            "500ms",
+            "where",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 4, "cannot reach");
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tracing::{debug, field};
 
 use super::connection::ChannelInner;
-use super::response::{CallTiming, Response};
+use super::response::{CallTiming, Response, ServedBy};
 use super::retry::{Failure, Reach, Retry};
 use super::streaming::Streaming;
 use crate::call::{
@@ -447,10 +447,19 @@ impl CallRecv {
         }
         let t = self.trailers.take().unwrap_or_else(ok_trailers);
         let total = self.ended.unwrap_or_else(Instant::now) - self.started;
+        let hello = self._channel.hello.borrow().clone();
         Ok(Response {
             message: msg,
             timing: CallTiming::new(total, &t),
             metadata: t.metadata,
+            served_by: Some(ServedBy {
+                addr: self._channel.addr,
+                server_id: hello
+                    .as_ref()
+                    .map(|h| h.server_id.clone())
+                    .unwrap_or_default(),
+                region: hello.map(|h| h.region.clone()).unwrap_or_default(),
+            }),
         })
     }
 

@@ -233,7 +233,13 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         match result {
             Some(r) => {
                 target.guard.settle(latency, timeout, outcome_of(&r));
-                Attempt::Done(r.map_err(|s| unknown_here(s, target, &self.method)))
+                Attempt::Done(
+                    r.map(|mut r| {
+                        r.set_served_region(&target.region);
+                        r
+                    })
+                    .map_err(|s| unknown_here(s, target, &self.method)),
+                )
             }
             None => {
                 target.guard.settle(latency, timeout, Outcome::NoAnswer);

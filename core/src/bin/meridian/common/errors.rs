@@ -5,8 +5,12 @@ use std::net::SocketAddr;
 
 use meridian::Status;
 
-/// The exit codes, as `--help` shows them.
-pub const EXIT_CODES: &str = "\
+/// The exit codes in one line, for the subcommands' help.
+pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 call failed, 2 usage, 3 config, 4 unreachable, \
+5 untrusted, 6 other (details: `meridian --help`)";
+
+/// The exit codes, as the top-level `meridian --help` shows them.
+pub const EXIT_CODES_FULL: &str = "\
 Exit codes:
   0  success
   1  a call failed: the status code name and message are printed (bench: some calls failed)
@@ -40,6 +44,8 @@ pub enum Exit {
 pub struct CliError {
     pub exit: Exit,
     pub message: String,
+    /// The status code name, when a call failed with a status (`UNAVAILABLE`).
+    pub code: Option<&'static str>,
 }
 
 impl CliError {
@@ -47,6 +53,34 @@ impl CliError {
         CliError {
             exit,
             message: message.into(),
+            code: None,
+        }
+    }
+
+    /// The error as `{"error": {"code": "UNAVAILABLE", "message": "...", "exit": 5}}`
+    /// (`code` is null when no call status is involved), for `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let text = self.to_string();
+        // The code has its own field; the message need not repeat it.
+        let message = match self.code {
+            Some(code) => text.strip_prefix(&format!("{code}: ")).unwrap_or(&text),
+            None => &text,
+        };
+        serde_json::json!({
+            "error": {
+                "code": self.code,
+                "message": message,
+                "exit": self.exit as u8,
+            }
+        })
+    }
+
+    /// Prints the error on stderr: one line, or one JSON object with `json`.
+    pub fn print(&self, json: bool) {
+        if json {
+            eprintln!("{}", self.to_json());
+        } else {
+            eprintln!("meridian: error: {self}");
         }
     }
 
@@ -67,10 +101,13 @@ impl CliError {
     /// (exit code 5) and says which flag to look at.
     pub fn status(status: &Status) -> CliError {
         let line = status_line(status);
-        if status.code() == meridian::Code::Unavailable && line.contains(TLS_FAILED) {
-            return CliError::new(Exit::Untrusted, format!("{line} ({})", tls_hint(&line)));
-        }
-        CliError::new(Exit::Status, line)
+        let mut e = if status.code() == meridian::Code::Unavailable && line.contains(TLS_FAILED) {
+            CliError::new(Exit::Untrusted, format!("{line} ({})", tls_hint(&line)))
+        } else {
+            CliError::new(Exit::Status, line)
+        };
+        e.code = Some(status.code().name());
+        e
     }
 
     /// A library error, classified by what it says.
