@@ -67,7 +67,7 @@ pub mod wire;
 pub use call::{DecodeAs, EncodeAs, PayloadStyle, Raw, RetryPolicy, Typed};
 pub use client::{
     CallBuilder, CallOptions, CallTiming, Channel, ChannelBuilder, ChannelStats, RequestSink,
-    Response, ResponseFuture, Streaming,
+    Response, ResponseFuture, ServedBy, Streaming,
 };
 pub use codec::{Codec, Value};
 pub use server::{

@@ -167,6 +167,27 @@ impl From<crate::codec::CodecError> for Status {
     }
 }
 
+/// A TOML error in `text` as one line, `line L, column C: message (at `that line`)`, the
+/// position being that of the error's first byte (the line and column an editor shows).
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            let source: String = if source.chars().count() > 80 {
+                source.chars().take(77).chain("...".chars()).collect()
+            } else {
+                source.to_string()
+            };
+            format!("line {line}, column {column}: {message} (at `{source}`)")
+        }
+        None => message.to_string(),
+    }
+}
+
 /// Failures outside a call: bad configuration, unreadable certificates, a server that
 /// cannot bind, a connection that cannot be established.
 #[derive(Debug, thiserror::Error)]

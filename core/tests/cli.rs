@@ -47,8 +47,14 @@ struct Serve {
 
 impl Serve {
     fn start(dev_dir: &Path, region: &str, id: &str) -> Serve {
+        Serve::start_with(dev_dir, region, id, &[])
+    }
+
+    /// A dev server with more flags (e.g. `--ca FILE` to require client certificates).
+    fn start_with(dev_dir: &Path, region: &str, id: &str, extra: &[&str]) -> Serve {
         let mut child = Command::new(BIN)
             .args(["serve", "--insecure-dev", "--region", region, "--id", id])
+            .args(extra)
             .env("MERIDIAN_DEV_DIR", dev_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -91,7 +97,7 @@ impl Drop for Serve {
 
 /// Runs the binary to completion (bounded: a hung command fails the test).
 fn run(args: &[&str], dev_dir: &Path) -> Output {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(args)
         .env("MERIDIAN_DEV_DIR", dev_dir)
         .env_remove("RUST_BACKTRACE")
@@ -99,16 +105,38 @@ fn run(args: &[&str], dev_dir: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn meridian");
+    finish(child, args)
+}
+
+/// Waits (bounded: a hung command fails the test) for `child` to exit, reading its
+/// output meanwhile so a large one cannot fill the pipe and block it.
+fn finish(mut child: Child, args: &[&str]) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
         }
         if Instant::now() > end {
             let _ = child.kill();
             panic!("meridian {args:?} did not finish within 60 s");
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
     }
 }
 
@@ -145,18 +173,33 @@ fn region_file(dir: &Scratch, regions: &[(&str, SocketAddr)]) -> PathBuf {
     path
 }
 
+/// The top-level help lists the exit codes in full; each subcommand's help gives them in
+/// one line that points there.
 #[test]
 fn help_for_every_subcommand_lists_exit_codes() {
     let dir = Scratch::new("help");
     let o = run(&["--help"], &dir.0);
     assert!(o.status.success());
+    let top = stdout(&o);
+    assert!(top.contains("5  untrusted"), "{top}");
+    assert!(!top.contains("not available yet"), "{top}");
     for sub in ["serve", "call", "probe", "bench", "proxy", "demo"] {
-        assert!(stdout(&o).contains(sub), "{sub} missing from --help");
+        assert!(top.contains(sub), "{sub} missing from --help");
         let o = run(&[sub, "--help"], &dir.0);
         assert!(o.status.success(), "{sub} --help: {}", stderr(&o));
         let text = stdout(&o);
-        assert!(text.contains("Exit codes:"), "{sub} --help: {text}");
-        assert!(text.contains("untrusted"), "{sub} --help: {text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Exit codes:"))
+            .unwrap_or_else(|| panic!("{sub} --help: {text}"));
+        assert!(
+            line.contains("5 untrusted") && line.contains("meridian --help"),
+            "{line}"
+        );
+        assert!(
+            !text.contains("anything else"),
+            "{sub} --help repeats the block: {text}"
+        );
     }
     let o = run(&["serve", "--help"], &dir.0);
     assert!(stdout(&o).contains("--insecure-dev"));
@@ -839,7 +882,7 @@ fn servers_register_in_etcd_and_clients_find_them_there() {
     );
     assert_error(&o, 3, "no server is registered in etcd");
 
-    // An etcd nobody answers at: one line, exit code 4.
+    // An etcd nobody answers at: one line, exit code 4, the cause in words.
     let o = run(
         &[
             "call",
@@ -852,7 +895,11 @@ fn servers_register_in_etcd_and_clients_find_them_there() {
         ],
         &dir.0,
     );
-    assert_error(&o, 4, "etcd");
+    assert_error(
+        &o,
+        4,
+        "cannot reach etcd at http://127.0.0.1:9: connection refused; is etcd running?",
+    );
 }
 
 #[test]
@@ -961,4 +1008,707 @@ fn a_dead_server_in_the_region_file_does_not_hold_every_call() {
         "the call waited {:?} for a dead server (connect timeout 20 s)",
         started.elapsed()
     );
+}
+
+/// A process killed on drop.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `meridian proxy --config FILE` and waits for its address.
+fn start_proxy(config: &Path) -> (Kill, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian proxy");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let child = Kill(child);
+    let addr = loop {
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("meridian proxy printed no address");
+        if let Some(a) = line.strip_prefix("address: ") {
+            break a.parse().expect("address");
+        }
+    };
+    (child, addr)
+}
+
+/// Writes a client identity issued by `ca` as `NAME.pem` and `NAME.key`.
+fn client_identity(dir: &Scratch, ca: &meridian::DevCa, name: &str) -> (String, String) {
+    use meridian::transport::pem_encode;
+    let id = ca.issue_client(name).expect("client certificate");
+    let chain: String = id
+        .chain
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c))
+        .collect();
+    let (cert, key) = (
+        dir.path(&format!("{name}.pem")),
+        dir.path(&format!("{name}.key")),
+    );
+    std::fs::write(&cert, chain).expect("write cert");
+    std::fs::write(&key, pem_encode("PRIVATE KEY", id.key.secret_der())).expect("write key");
+    (
+        cert.to_str().expect("utf-8").to_string(),
+        key.to_str().expect("utf-8").to_string(),
+    )
+}
+
+/// A server that requires client certificates (`serve --ca`) refuses a client without
+/// one, or with one from another CA: exit code 5, and the message says the client
+/// certificate was refused and which flags give one (it used to be `UNAVAILABLE:
+/// connection lost: connection lost`, exit 1).
+#[test]
+fn a_refused_client_certificate_is_untrusted() {
+    let dir = Scratch::new("mtls");
+    // Certificate files live apart from the dev directory, which `serve` makes itself.
+    let files = Scratch::new("mtls-files");
+    let clients = meridian::DevCa::new().expect("ca");
+    let clients_ca = files.path("clients-ca.pem");
+    std::fs::write(&clients_ca, clients.certificate_pem()).expect("write");
+    let server = Serve::start_with(
+        &dir.0,
+        "eu",
+        "eu-1",
+        &["--ca", clients_ca.to_str().expect("utf-8")],
+    );
+    let addr = server.addr.to_string();
+    let base = ["call", "--connect", addr.as_str(), "--insecure-dev"];
+
+    // A certificate the server's client CA issued: accepted.
+    let (cert, key) = client_identity(&files, &clients, "good");
+    let o = run(
+        &[
+            &base[..],
+            &["--cert", &cert, "--key", &key, "add", "1", "2"],
+        ]
+        .concat(),
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o)), serde_json::json!(3));
+
+    // No certificate at all.
+    let o = run(&[&base[..], &["add", "1", "2"]].concat(), &dir.0);
+    assert_error(&o, 5, "the server refused the client certificate");
+    assert!(stderr(&o).contains("--cert"), "{}", stderr(&o));
+
+    // One from another CA.
+    let stranger = meridian::DevCa::new().expect("ca");
+    let (cert, key) = client_identity(&files, &stranger, "stranger");
+    let o = run(
+        &[
+            &base[..],
+            &["--cert", &cert, "--key", &key, "add", "1", "2"],
+        ]
+        .concat(),
+        &dir.0,
+    );
+    assert_error(&o, 5, "the server refused the client certificate");
+
+    // The same through a region file.
+    let regions = region_file(&files, &[("eu", server.addr)]);
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            regions.to_str().expect("utf-8"),
+            "--insecure-dev",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 5, "the server refused the client certificate");
+}
+
+/// A certificate for other names: the hint points at --server-name, not at --ca.
+#[test]
+fn a_wrong_server_name_points_at_the_server_name_flag() {
+    let dir = Scratch::new("server-name");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "--server-name",
+            "api.example.test",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 5, "see --server-name");
+    assert!(stderr(&o).contains("not valid for name"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("see --ca"), "{}", stderr(&o));
+}
+
+/// A proxy whose upstream CA is wrong: the call through it says why no region serves the
+/// method (the last connect error, with server and region) and exits with code 5.
+#[test]
+fn a_proxy_with_an_untrusted_upstream_says_why() {
+    let dir = Scratch::new("proxy-tls");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let other = meridian::DevCa::new().expect("ca");
+    std::fs::write(dir.path("other-ca.pem"), other.certificate_pem()).expect("write");
+    let config = dir.path("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nproxy_region = \"edge\"\n\
+             [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"other-ca.pem\"\n\
+             [[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\" }}]\n",
+            server.addr
+        ),
+    )
+    .expect("proxy config");
+    let (_proxy, addr) = start_proxy(&config);
+    let target = addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &target,
+            "--insecure-dev",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(
+        &o,
+        5,
+        &format!("no healthy region serves \"add\" (last connect error from {} in eu: TLS handshake failed", server.addr),
+    );
+    assert!(stderr(&o).contains("[tls] ca"), "{}", stderr(&o));
+}
+
+/// Region files are strict: a misspelt key is an error naming it, with its line and
+/// column (`servername` used to be ignored, so `localhost` was used; `[[regions]]` and
+/// `server = [...]` used to give "lists no server"). A missing or malformed file is a
+/// region-file error.
+#[test]
+fn region_files_with_unknown_keys_or_bad_syntax_are_errors_with_positions() {
+    let dir = Scratch::new("strict-regions");
+    let ca = dir.path("ca.pem");
+    std::fs::write(&ca, meridian::DevCa::new().expect("ca").certificate_pem()).expect("write");
+    let ca = ca.to_str().expect("utf-8");
+    let cases = [
+        (
+            "[[region]]\nname = \"eu\"\nservers = [{ addr = \"127.0.0.1:7000\", servername = \"api.test\" }]\n",
+            "line 3, column 39: unknown field `servername`, expected `addr` or `server_name`",
+        ),
+        (
+            "[[regions]]\nname = \"eu\"\n",
+            "line 1, column 3: unknown field `regions`",
+        ),
+        (
+            "[[region]]\nname = \"eu\"\nserver = [{ addr = \"127.0.0.1:7000\" }]\n",
+            "line 3, column 1: unknown field `server`",
+        ),
+        (
+            "[[region]]\nname = \"eu\"\nservers = [{ addr = \"127.0.0.1:7000\" }\n",
+            "line 3, column",
+        ),
+    ];
+    for (text, needle) in cases {
+        let file = dir.path("regions.toml");
+        std::fs::write(&file, text).expect("write");
+        let o = run(
+            &[
+                "call",
+                "--regions",
+                file.to_str().expect("utf-8"),
+                "--ca",
+                ca,
+                "where",
+            ],
+            &dir.0,
+        );
+        assert_error(&o, 3, needle);
+        assert!(stderr(&o).contains("bad region file"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("etcd configuration"), "{}", stderr(&o));
+    }
+    let o = run(
+        &[
+            "probe",
+            "--regions",
+            dir.path("missing.toml").to_str().expect("utf-8"),
+            "--ca",
+            ca,
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "cannot read the region file");
+    assert!(!stderr(&o).contains("etcd configuration"), "{}", stderr(&o));
+}
+
+/// Proxy configurations are strict too: an unknown key in a `[[region]]` entry, and a
+/// `home_region` that is not one of its regions, are errors (exit code 3).
+#[test]
+fn proxy_configurations_with_unknown_keys_or_regions_are_errors() {
+    let dir = Scratch::new("strict-proxy");
+    let head = "listen = \"127.0.0.1:0\"\n";
+    let tls = "[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"ca.pem\"\n";
+    let cases = [
+        (
+            format!("{head}home_region = \"asia\"\n{tls}[[region]]\nname = \"eu\"\nservers = [{{ addr = \"127.0.0.1:7000\" }}]\n"),
+            "home_region \"asia\" is not a region of the configuration (its [[region]] tables name eu)",
+        ),
+        (
+            format!("{head}{tls}[[region]]\nname = \"eu\"\nservers = [{{ addr = \"127.0.0.1:7000\", servername = \"x\" }}]\n"),
+            "line 8, column 39: unknown field `servername`",
+        ),
+        (
+            format!("{head}hedgee = [\"echo\"]\n{tls}"),
+            "line 2, column 1: unknown field `hedgee`",
+        ),
+    ];
+    for (text, needle) in cases {
+        let file = dir.path("proxy.toml");
+        std::fs::write(&file, text).expect("write");
+        let o = run(
+            &["proxy", "--config", file.to_str().expect("utf-8")],
+            &dir.0,
+        );
+        assert_error(&o, 3, needle);
+    }
+}
+
+/// `serve --etcd` with etcd down at start keeps serving and retries the registration
+/// (a warning per attempt, naming etcd and the cause), and registers once etcd is back.
+#[cfg(feature = "etcd")]
+#[test]
+fn serve_retries_etcd_registration_while_etcd_is_down() {
+    use std::sync::mpsc;
+    let Some(mut etcd) = meridian::testing::etcd::EtcdProcess::start_or_skip() else {
+        return;
+    };
+    let url = etcd.endpoint();
+    etcd.stop();
+    let dir = Scratch::new("etcd-down");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--insecure-dev", "--region", "eu", "--id", "eu-1"])
+        .args(["--etcd", &url, "--etcd-ttl", "2s"])
+        .env("MERIDIAN_DEV_DIR", &dir.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian serve");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut server = Kill(child);
+    let (tx, rx) = mpsc::channel::<String>();
+    for lines in [
+        Box::new(stdout.lines()) as Box<dyn Iterator<Item = std::io::Result<String>> + Send>,
+        Box::new(stderr.lines()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    // Waits (bounded) for a line containing `needle`; returns every line seen.
+    let wait_for = |needle: &str, seen: &mut Vec<String>| {
+        if seen.iter().any(|l| l.contains(needle)) {
+            return;
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+        }
+        panic!("no line with {needle:?} within 20 s: {seen:#?}");
+    };
+    let mut seen = Vec::new();
+    wait_for("address: ", &mut seen);
+    wait_for("retrying in 1 s", &mut seen);
+    let warning = seen
+        .iter()
+        .find(|l| l.contains("warning"))
+        .expect("warning");
+    assert!(
+        warning.contains(&format!("cannot reach etcd at {url}: connection refused")),
+        "{warning}"
+    );
+    // A second failed attempt, with a longer pause.
+    wait_for("retrying in 2 s", &mut seen);
+    assert!(
+        server.0.try_wait().expect("wait").is_none(),
+        "serve exited: {seen:#?}"
+    );
+
+    etcd.restart().expect("etcd restart");
+    wait_for("registered in etcd under", &mut seen);
+    let o = run(
+        &["call", "--etcd", &url, "--insecure-dev", "where", "--json"],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", self::stderr(&o));
+    assert_eq!(json(&self::stdout(&o))["server"], "eu-1");
+}
+
+/// Runs the binary with `input` on its stdin (bounded like [`run`]).
+fn run_with_stdin(args: &[&str], dev_dir: &Path, input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("MERIDIAN_DEV_DIR", dev_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    finish(child, args)
+}
+
+/// A routed call says which server and region answered (in --timing, as text or as JSON
+/// with --json); --home-region decides the region; an unknown one is a configuration
+/// error; --hedge warns about methods that can never be hedged.
+#[test]
+fn routed_calls_report_who_answered_and_take_routing_flags() {
+    let dir = Scratch::new("routing-flags");
+    let eu = Serve::start(&dir.0, "eu", "eu-1");
+    let us = Serve::start(&dir.0, "us", "us-1");
+    let regions = region_file(&dir, &[("eu", eu.addr), ("us", us.addr)]);
+    let file = regions.to_str().expect("utf-8");
+    let base = ["call", "--regions", file, "--insecure-dev"];
+    for (home, id, addr) in [("eu", "eu-1", eu.addr), ("us", "us-1", us.addr)] {
+        let o = run(
+            &[
+                &base[..],
+                &["--home-region", home, "--timing", "add", "1", "2"],
+            ]
+            .concat(),
+            &dir.0,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), "3");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("served by {id} in {home} ({addr})")),
+            "{err}"
+        );
+        let o = run(
+            &[
+                &base[..],
+                &["--home-region", home, "--timing", "--json", "add", "1", "2"],
+            ]
+            .concat(),
+            &dir.0,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let timing = json(&stderr(&o));
+        assert_eq!(timing["served_by"]["server_id"], id, "{timing}");
+        assert_eq!(timing["served_by"]["region"], home, "{timing}");
+        assert_eq!(timing["served_by"]["address"], addr.to_string(), "{timing}");
+        assert!(
+            timing["total_ms"].as_f64().is_some_and(|t| t > 0.0),
+            "{timing}"
+        );
+        assert!(timing["network_ms"].as_f64().is_some(), "{timing}");
+    }
+    let o = run(
+        &[&base[..], &["--home-region", "mars", "add", "1", "2"]].concat(),
+        &dir.0,
+    );
+    assert_error(
+        &o,
+        3,
+        "--home-region \"mars\" is not a known region (known: eu, us)",
+    );
+    // --hedge: an idempotent method is fine; a method nobody serves and a method that is
+    // not idempotent are named in warnings, and the call still works.
+    let o = run(
+        &[
+            &base[..],
+            &[
+                "--hedge", "add", "--hedge", "nosuch", "--hedge", "sleep", "add", "1", "2",
+            ],
+        ]
+        .concat(),
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "3");
+    let err = stderr(&o);
+    assert!(
+        err.contains("\"nosuch\" is served by no connected server"),
+        "{err}"
+    );
+    assert!(err.contains("\"sleep\" is not idempotent"), "{err}");
+    assert!(!err.contains("\"add\""), "{err}");
+    // --home-region and friends need routing.
+    let direct = eu.addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &direct,
+            "--insecure-dev",
+            "--home-region",
+            "eu",
+            "where",
+        ],
+        &dir.0,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// `bench` through a region file breaks results down by region and server.
+#[test]
+fn bench_breaks_results_down_by_region_and_server() {
+    let dir = Scratch::new("bench-by-server");
+    let eu = Serve::start(&dir.0, "eu", "eu-1");
+    let us = Serve::start(&dir.0, "us", "us-1");
+    let regions = region_file(&dir, &[("eu", eu.addr), ("us", us.addr)]);
+    let file = regions.to_str().expect("utf-8");
+    let o = run(
+        &[
+            "bench",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--home-region",
+            "us",
+            "add",
+            "1",
+            "2",
+            "-n",
+            "60",
+            "-c",
+            "3",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = json(&stdout(&o));
+    let rows = report["by_server"].as_array().expect("by_server");
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["region"], "us", "{report}");
+    assert_eq!(rows[0]["server_id"], "us-1", "{report}");
+    assert_eq!(rows[0]["address"], us.addr.to_string(), "{report}");
+    assert_eq!(rows[0]["count"], 60, "{report}");
+    let (p50, p99) = (rows[0]["p50_ms"].as_f64(), rows[0]["p99_ms"].as_f64());
+    assert!(p50.is_some_and(|p| p > 0.0) && p99 >= p50, "{report}");
+    // The text report has the table too.
+    let o = run(
+        &[
+            "bench",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--home-region",
+            "eu",
+            "add",
+            "1",
+            "2",
+            "-n",
+            "20",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let table = text
+        .split("By region and server")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text}"));
+    let row = table
+        .lines()
+        .find(|l| l.contains("eu-1"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains(&eu.addr.to_string()) && row.contains(" 20 "),
+        "{row}"
+    );
+}
+
+/// The request can come from a file (`@FILE`) or stdin (`-`), beyond the kernel's limit
+/// on the size of arguments; integers beyond i64 are refused, as the help says.
+#[test]
+fn the_request_comes_from_a_file_or_stdin() {
+    let dir = Scratch::new("body");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    let base = [
+        "call",
+        "--connect",
+        addr.as_str(),
+        "--insecure-dev",
+        "--json",
+    ];
+    // 300 KiB: more than one argument may hold (128 KiB on Linux).
+    let big = "x".repeat(300 * 1024);
+    let body = serde_json::json!({ "big": big }).to_string();
+    let file = dir.path("request.json");
+    std::fs::write(&file, &body).expect("write");
+    let at = format!("@{}", file.display());
+    let o = run(&[&base[..], &["echo", &at]].concat(), &dir.0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        json(&stdout(&o))["big"].as_str().map(str::len),
+        Some(big.len())
+    );
+
+    let o = run_with_stdin(&[&base[..], &["add", "-"]].concat(), &dir.0, b"[40, 2]\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o)), serde_json::json!(42));
+
+    let o = run_with_stdin(&[&base[..], &["add", "-"]].concat(), &dir.0, b"[40, ");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the request on stdin"),
+        "{}",
+        stderr(&o)
+    );
+    let missing = format!("@{}", dir.path("missing.json").display());
+    let o = run(&[&base[..][..4], &["echo", &missing]].concat(), &dir.0);
+    assert_error(&o, 2, "cannot read the request file");
+
+    let o = run(
+        &[&base[..][..4], &["echo", "18446744073709551615"]].concat(),
+        &dir.0,
+    );
+    assert_error(&o, 2, "bad JSON argument");
+    let help = stdout(&run(&["call", "--help"], &dir.0));
+    assert!(
+        help.contains("a\nlarger integer is refused") || help.contains("larger integer is refused"),
+        "{help}"
+    );
+}
+
+/// Under --json, failures are one JSON object on stderr, with the status code, the
+/// message and the exit code.
+#[test]
+fn errors_are_json_under_json() {
+    let dir = Scratch::new("json-errors");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let addr = server.addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &addr,
+            "--insecure-dev",
+            "--json",
+            "sleep",
+            "2000",
+            "--timeout",
+            "100ms",
+        ],
+        &dir.0,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let e = json(&stderr(&o));
+    assert_eq!(e["error"]["code"], "DEADLINE_EXCEEDED", "{e}");
+    assert_eq!(e["error"]["message"], "deadline exceeded", "{e}");
+    assert_eq!(e["error"]["exit"], 1, "{e}");
+    // Not a call status: the code is null, the exit code still the documented one.
+    let o = run(&["call", "--connect", &addr, "--json", "echo", "1"], &dir.0);
+    assert_eq!(o.status.code(), Some(3));
+    let e = json(&stderr(&o));
+    assert_eq!(e["error"]["code"], serde_json::Value::Null, "{e}");
+    assert_eq!(e["error"]["exit"], 3, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--insecure-dev")),
+        "{e}"
+    );
+}
+
+/// --via-proxies: a region that lists proxies is reached through them (here its only
+/// server cannot be reached directly), and --timing shows the proxy hop.
+#[test]
+fn via_proxies_reaches_a_region_through_its_proxy() {
+    let dir = Scratch::new("via-proxies");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let config = dir.path("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nproxy_region = \"edge\"\n\
+             [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"ca.pem\"\n\
+             [[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\" }}]\n",
+            server.addr
+        ),
+    )
+    .expect("proxy config");
+    let (_proxy, proxy_addr) = start_proxy(&config);
+    // The region's server as the client sees it: an address nobody answers at.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let file = dir.path("regions.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\" }}]\nproxies = [{{ addr = \"{proxy_addr}\" }}]\n",
+            silent.local_addr().expect("addr")
+        ),
+    )
+    .expect("region file");
+    let file = file.to_str().expect("utf-8");
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--via-proxies",
+            "--timing",
+            "where",
+            "--json",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o))["server"], "eu-1");
+    let timing = json(&stderr(&o));
+    assert!(timing["proxy_ms"].as_f64().is_some(), "{timing}");
+    assert_eq!(
+        timing["served_by"]["address"],
+        proxy_addr.to_string(),
+        "{timing}"
+    );
+    // Without it, the server itself is dialled, and does not answer.
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            file,
+            "--insecure-dev",
+            "--connect-timeout",
+            "500ms",
+            "where",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 4, "cannot reach");
 }

@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 use super::budget::{Charge, Exhausted};
 use super::reset::status_for_reset;
 use crate::status::Status;
+use crate::transport::describe_connection_error;
 use crate::wire::{self, Frame, FrameDecoder, FrameKind, WireError, WireLimits};
 
 /// Largest chunk taken from quinn in one read.
@@ -123,6 +124,9 @@ impl FramedRecv {
                     if closed_before_run(&e, self.recv.id()) =>
                 {
                     return Err(RecvError::ClosedBeforeRun)
+                }
+                Err(quinn::ReadError::ConnectionLost(e)) => {
+                    return Err(RecvError::Lost(describe_connection_error(&e)))
                 }
                 Err(e) => return Err(RecvError::Lost(e.to_string())),
             }

@@ -67,6 +67,7 @@ impl ChannelBuilder {
             link: watch::channel(Link::Connecting {
                 since: std::time::Instant::now(),
                 retrying: false,
+                last_error: None,
             })
             .0,
             wake: Default::default(),

@@ -91,8 +91,13 @@ pub(super) enum Link {
     /// No connection and none being made: closed by this client. The next call starts one.
     Idle,
     /// A connection is being made. `retrying`: an earlier attempt since the loss failed,
-    /// so the server is likely gone and calls fail fast while this one runs.
-    Connecting { since: Instant, retrying: bool },
+    /// so the server is likely gone and calls fail fast while this one runs;
+    /// `last_error`: why the previous connection or attempt ended, for their status.
+    Connecting {
+        since: Instant,
+        retrying: bool,
+        last_error: Option<String>,
+    },
     /// The last attempt failed; the next one starts after a backoff.
     Failing { error: String },
 }
@@ -352,6 +357,7 @@ impl ChannelInner {
                 Link::Connecting {
                     since,
                     retrying: false,
+                    ..
                 } => {
                     let until = since + self.reconnect_wait;
                     if Instant::now() >= until {
@@ -362,8 +368,11 @@ impl ChannelInner {
                     }
                     Some(until)
                 }
-                Link::Connecting { .. } => {
-                    return Err(self.unreachable("reconnecting after a failed attempt".into()))
+                Link::Connecting { last_error, .. } => {
+                    return Err(self.unreachable(match last_error {
+                        Some(e) => format!("reconnecting after a failed attempt ({e})"),
+                        None => "reconnecting after a failed attempt".into(),
+                    }))
                 }
                 Link::Failing { error } => return Err(self.unreachable(error)),
             };
@@ -427,6 +436,10 @@ async fn full_handshake(
 /// channel ends it (and any handshake under way) at once, leaving no socket or traffic.
 async fn drive(inner: std::sync::Weak<ChannelInner>, mut closed: watch::Receiver<()>) {
     let mut failures = 0u32;
+    // Why the last connection or attempt ended, kept for the status of calls that fail
+    // fast while the next attempt runs (a refused client certificate ends a connection
+    // just after its handshake, and every redial the same way).
+    let mut last_error: Option<String> = None;
     loop {
         // Wait for the current connection to end.
         let (conn, wake) = {
@@ -467,6 +480,7 @@ async fn drive(inner: std::sync::Weak<ChannelInner>, mut closed: watch::Receiver
                 failures = 0;
             } else if let Some(strong) = inner.upgrade() {
                 debug!(addr = %strong.addr, %reason, "connection lost, reconnecting");
+                last_error = Some(describe_connection_error(&reason));
             }
         }
         if failures > 0 {
@@ -485,6 +499,7 @@ async fn drive(inner: std::sync::Weak<ChannelInner>, mut closed: watch::Receiver
                 strong.link.send_replace(Link::Connecting {
                     since: Instant::now(),
                     retrying: failures > 0,
+                    last_error: last_error.clone(),
                 });
                 strong.begin_dial()
             };
@@ -511,6 +526,7 @@ async fn drive(inner: std::sync::Weak<ChannelInner>, mut closed: watch::Receiver
                 }
                 Err(error) => {
                     debug!(addr = %strong.addr, %error, "reconnection failed");
+                    last_error = Some(error.clone());
                     strong.link.send_replace(Link::Failing { error });
                     drop(strong);
                     failures += 1;

@@ -37,7 +37,7 @@ pub use call::CallBuilder;
 pub use channel::Channel;
 pub(crate) use hold::Attach;
 pub use options::CallOptions;
-pub use response::{CallTiming, Response};
+pub use response::{CallTiming, Response, ServedBy};
 pub(crate) use retry::Reach;
 pub use stats::ChannelStats;
 pub use streaming::{RequestSink, ResponseFuture, Streaming};

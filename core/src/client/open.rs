@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tracing::{debug, field};
 
 use super::connection::ChannelInner;
-use super::response::{CallTiming, Response};
+use super::response::{CallTiming, Response, ServedBy};
 use super::retry::{Failure, Reach, Retry};
 use super::streaming::Streaming;
 use crate::call::{
@@ -18,6 +18,7 @@ use crate::call::{
 };
 use crate::codec::Codec;
 use crate::status::Status;
+use crate::transport::describe_connection_error;
 use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, WireLimits};
 
 /// What follows a call's HEADERS.
@@ -272,7 +273,12 @@ async fn open_stream(
             r
         }
     };
-    result.map_err(|e| Status::unavailable(format!("connection lost: {e}")))
+    result.map_err(|e| {
+        Status::unavailable(format!(
+            "connection lost: {}",
+            describe_connection_error(&e)
+        ))
+    })
 }
 
 /// Resets whatever is still open when a call is abandoned.
@@ -441,10 +447,19 @@ impl CallRecv {
         }
         let t = self.trailers.take().unwrap_or_else(ok_trailers);
         let total = self.ended.unwrap_or_else(Instant::now) - self.started;
+        let hello = self._channel.hello.borrow().clone();
         Ok(Response {
             message: msg,
             timing: CallTiming::new(total, &t),
             metadata: t.metadata,
+            served_by: Some(ServedBy {
+                addr: self._channel.addr,
+                server_id: hello
+                    .as_ref()
+                    .map(|h| h.server_id.clone())
+                    .unwrap_or_default(),
+                region: hello.map(|h| h.region.clone()).unwrap_or_default(),
+            }),
         })
     }
 
@@ -454,6 +469,10 @@ impl CallRecv {
         match (read, &e) {
             (Ok(Err(status)), _) => status,
             (_, quinn::WriteError::Stopped(code)) => status_for_reset(code.into_inner()),
+            (_, quinn::WriteError::ConnectionLost(lost)) => Status::unavailable(format!(
+                "cannot send the request: connection lost: {}",
+                describe_connection_error(lost)
+            )),
             _ => Status::unavailable(format!("cannot send the request: {e}")),
         }
     }

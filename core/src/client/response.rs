@@ -1,5 +1,6 @@
 //! What a unary call returns: [`Response`] and where its time went ([`CallTiming`]).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::wire::{Metadata, Trailers};
@@ -10,6 +11,20 @@ pub struct Response<T> {
     pub(super) message: T,
     pub(super) metadata: Metadata,
     pub(super) timing: CallTiming,
+    pub(super) served_by: Option<ServedBy>,
+}
+
+/// Which server answered a call (see [`Response::served_by`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedBy {
+    /// The address the answering attempt was sent to (through a proxy: the proxy's).
+    pub addr: SocketAddr,
+    /// The server id its HELLO announced (empty if no HELLO had arrived yet).
+    pub server_id: String,
+    /// The region: for a [`RegionClient`](crate::region::RegionClient)'s call, the region
+    /// of the map it was routed to; for a channel's, the one the HELLO announced (a
+    /// proxy announces its own).
+    pub region: String,
 }
 
 /// Where the time of one call went: the client's own measure of the whole call, and the
@@ -109,5 +124,18 @@ impl<T> Response<T> {
     /// Where the time of the call went (the last attempt, if it was sent again).
     pub fn timing(&self) -> CallTiming {
         self.timing
+    }
+
+    /// Which server answered (the attempt that won, if the call was sent again or
+    /// hedged).
+    pub fn served_by(&self) -> Option<&ServedBy> {
+        self.served_by.as_ref()
+    }
+
+    /// Sets the region of [`served_by`](Self::served_by) (a region client's routing region).
+    pub(crate) fn set_served_region(&mut self, region: &str) {
+        if let Some(s) = &mut self.served_by {
+            s.region = region.to_string();
+        }
     }
 }

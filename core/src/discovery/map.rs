@@ -6,14 +6,16 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::status::Error;
+use crate::status::{toml_error, Error};
 
 fn default_server_name() -> String {
     "localhost".into()
 }
 
 /// One server a client can call: its address and the name its certificate carries.
+/// Unknown keys are errors (a misspelt `servername` must not silently mean `localhost`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerEndpoint {
     /// UDP address of the server.
     pub addr: SocketAddr,
@@ -32,8 +34,9 @@ impl ServerEndpoint {
     }
 }
 
-/// A region: a name and the servers (and optional proxies) in it.
+/// A region: a name and the servers (and optional proxies) in it. Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Region {
     /// Region name, e.g. `eu-west`.
     pub name: String,
@@ -65,28 +68,53 @@ pub struct RegionMap {
     pub regions: Vec<Region>,
 }
 
+/// A region file as written: `[[region]]` tables and an optional `[etcd]` table (read by
+/// the etcd backend); any other key is an error naming it, so `[[regions]]` or a stray
+/// `server = [...]` is not taken for an empty file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionFile {
+    #[serde(default, rename = "region")]
+    regions: Vec<Region>,
+    #[serde(default)]
+    #[allow(dead_code)] // Checked by `EtcdConfig::from_toml_str`, with its own rules.
+    etcd: Option<toml::Table>,
+}
+
 impl RegionMap {
     /// An empty map.
     pub fn new() -> RegionMap {
         RegionMap::default()
     }
 
-    /// Parses a TOML region file (see the type docs for the format).
+    /// Parses a TOML region file (see the type docs for the format). Unknown keys are
+    /// errors; an `[etcd]` table is allowed (and read by the etcd backend). Errors give
+    /// the line and column.
     pub fn from_toml_str(text: &str) -> Result<RegionMap, Error> {
-        let map: RegionMap =
-            toml::from_str(text).map_err(|e| Error::Config(format!("bad region file: {e}")))?;
-        map.validate()?;
-        Ok(map)
+        Self::parse(text).map_err(|e| Error::Config(format!("bad region file: {e}")))
     }
 
-    /// Reads and parses a TOML region file.
+    /// Reads and parses a TOML region file; errors name the file.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<RegionMap, Error> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            context: format!("cannot read {}", path.display()),
+            context: format!("cannot read the region file {}", path.display()),
             source,
         })?;
-        Self::from_toml_str(&text)
+        Self::parse(&text)
+            .map_err(|e| Error::Config(format!("bad region file {}: {e}", path.display())))
+    }
+
+    fn parse(text: &str) -> Result<RegionMap, String> {
+        let file: RegionFile = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let map = RegionMap {
+            regions: file.regions,
+        };
+        map.validate().map_err(|e| match e {
+            Error::Config(why) => why,
+            other => other.to_string(),
+        })?;
+        Ok(map)
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -175,6 +203,28 @@ mod tests {
         let bad_addr = "[[region]]\nname = \"a\"\nservers = [{ addr = \"nowhere\" }]\n";
         assert!(RegionMap::from_toml_str(bad_addr).is_err());
         assert!(RegionMap::from_toml_str("region = 5").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line_and_column() {
+        let err = |text: &str| RegionMap::from_toml_str(text).unwrap_err().to_string();
+        let typo = "[[region]]\nname = \"a\"\nservers = [{ addr = \"127.0.0.1:1\", servername = \"x\" }]\n";
+        let e = err(typo);
+        assert!(e.contains("line 3, column"), "{e}");
+        assert!(e.contains("unknown field `servername`"), "{e}");
+        let e = err("[[regions]]\nname = \"a\"\n");
+        assert!(
+            e.contains("line 1, column 3") && e.contains("unknown field `regions`"),
+            "{e}"
+        );
+        let e = err("[[region]]\nname = \"a\"\nserver = []\n");
+        assert!(
+            e.contains("line 3, column 1") && e.contains("unknown field `server`"),
+            "{e}"
+        );
+        // The [etcd] table belongs to the etcd backend and is not an unknown key here.
+        let map = RegionMap::from_toml_str("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n");
+        assert!(map.unwrap().regions.is_empty());
     }
 
     #[test]

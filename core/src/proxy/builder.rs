@@ -109,11 +109,16 @@ impl ProxyBuilder {
         let refresher = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(CATALOG_REFRESH);
             let mut seen = None;
+            let started = std::time::Instant::now();
+            let mut hedges_checked = false;
             loop {
                 ticker.tick().await;
                 let Some(up) = refreshed.upgrade() else {
                     return;
                 };
+                if !hedges_checked {
+                    hedges_checked = warn_about_hedges(&up.client, started);
+                }
                 // Merge only when some upstream catalog changed: the check is a hash of a
                 // few numbers, the merge clones every catalog.
                 let version = up.client.catalog_version();
@@ -136,3 +141,33 @@ impl ProxyBuilder {
         })
     }
 }
+
+/// Logs a warning for each hedged method that can never be hedged (no upstream serves
+/// it, or it is not idempotent), once every upstream server is connected and has sent its
+/// catalog, or after
+/// [`HEDGE_CHECK_WAIT`] with those that are; returns whether the check was made.
+fn warn_about_hedges(client: &RegionClient, started: std::time::Instant) -> bool {
+    let stats = client.stats();
+    // Connected, with its catalog (HELLO) known.
+    let connected = stats
+        .servers
+        .iter()
+        .filter(|s| s.connected)
+        .filter(|s| {
+            client
+                .server_channel(s.addr)
+                .is_some_and(|c| c.server_info().is_some())
+        })
+        .count();
+    let all = connected == stats.servers.len();
+    if connected == 0 || (!all && started.elapsed() < HEDGE_CHECK_WAIT) {
+        return false;
+    }
+    for problem in client.hedge_problems() {
+        tracing::warn!("proxy configuration: {problem}");
+    }
+    true
+}
+
+/// How long the hedge check waits for every upstream server to connect.
+const HEDGE_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

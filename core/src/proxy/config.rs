@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::region::{Region, RegionMap};
-use crate::status::Error;
+use crate::status::{toml_error, Error};
 
 /// A proxy's configuration, usually read from TOML:
 ///
@@ -92,14 +92,35 @@ pub struct ProxyTlsConfig {
 
 impl ProxyConfig {
     /// Parses TOML; relative file names stay relative to the current directory.
+    ///
+    /// Unknown keys are errors with their line and column. So is a `home_region` that no
+    /// `[[region]]` names, unless an `[etcd]` table may bring more regions (then the proxy
+    /// warns at start if etcd does not list it either). Whether `hedge` names idempotent
+    /// methods that upstream servers serve is known only from their catalogs, after they
+    /// connect: the proxy then logs a warning for each one that can never be hedged.
     pub fn from_toml_str(text: &str) -> Result<ProxyConfig, Error> {
-        let cfg: ProxyConfig =
-            toml::from_str(text).map_err(|e| Error::Config(format!("proxy configuration: {e}")))?;
+        let cfg: ProxyConfig = toml::from_str(text)
+            .map_err(|e| Error::Config(format!("proxy configuration: {}", toml_error(text, &e))))?;
         // The region part follows the region file's rules (unique, non-empty names).
         RegionMap {
             regions: cfg.regions.clone(),
         }
         .validate()?;
+        if let Some(home) = &cfg.home_region {
+            let known = cfg.regions.iter().any(|r| &r.name == home);
+            if !known && cfg.etcd.is_none() {
+                let names: Vec<&str> = cfg.regions.iter().map(|r| r.name.as_str()).collect();
+                return Err(Error::Config(format!(
+                    "proxy configuration: home_region {home:?} is not a region of the \
+                     configuration (its [[region]] tables name {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+        }
         Ok(cfg)
     }
 

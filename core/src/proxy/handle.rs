@@ -127,6 +127,22 @@ impl Proxy {
             }
             None => static_upstream(map)?,
         };
+        if let Some(home) = &config.home_region {
+            // Checked at load against the [[region]] tables; etcd may list it instead.
+            if discovery
+                .watch()
+                .borrow()
+                .regions
+                .iter()
+                .all(|r| &r.name != home)
+            {
+                tracing::warn!(
+                    home_region = %home,
+                    "proxy: home_region {home:?} is neither a [[region]] of the configuration \
+                     nor registered in etcd (yet); calls go to the nearest region until it appears"
+                );
+            }
+        }
         let mut client = RegionClient::builder(discovery, upstream_tls);
         if let Some(home) = config.home_region {
             client = client.home_region(home);

@@ -54,8 +54,9 @@ const BENCH_HELP: &str = "\
 Runs --concurrency workers that call METHOD until --calls calls were made or --duration
 passed (Ctrl-C stops early and still reports), optionally capped at --rate calls per second.
 A progress bar shows on stderr when it is a terminal. The report gives a latency
-histogram, p50/p90/p99/p99.9, throughput and the count of each status code. Exit code 1
-when any call failed.
+histogram, p50/p90/p99/p99.9, throughput and the count of each status code, and for
+--regions/--etcd the calls and p50/p99 of each region and server. Exit code 1 when any
+call failed.
 
 Examples:
   meridian bench --connect 127.0.0.1:7000 --insecure-dev add 1 2 -c 20 -n 100000
@@ -70,7 +71,12 @@ struct Shared {
     latencies: Mutex<Vec<Duration>>,
     codes: Mutex<BTreeMap<&'static str, u64>>,
     first_error: Mutex<Option<Status>>,
+    /// Latencies of the answered unary calls by who answered.
+    by_server: Mutex<BTreeMap<Answerer, Vec<Duration>>>,
 }
+
+/// Who answered a call: region, server id, address.
+type Answerer = (String, String, String);
 
 /// The end of the run: a number of calls, or a moment.
 #[derive(Clone, Copy)]
@@ -85,13 +91,15 @@ async fn one_call(
     streaming: bool,
     options: &CallOptions,
     request: &Value,
-) -> Result<(), Status> {
+) -> Result<Option<Answerer>, Status> {
     if streaming {
         let mut s = target.server_streaming(method, options, request).await?;
         while s.message().await?.is_some() {}
-        Ok(())
+        Ok(None)
     } else {
-        target.unary(method, options, request).await.map(|_| ())
+        let r = target.unary_response(method, options, request).await?;
+        Ok(r.served_by()
+            .map(|by| (by.region.clone(), by.server_id.clone(), by.addr.to_string())))
     }
 }
 
@@ -108,6 +116,7 @@ async fn worker(
     rate: f64,
 ) {
     let mut latencies = Vec::new();
+    let mut by_server: BTreeMap<Answerer, Vec<Duration>> = BTreeMap::new();
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
@@ -129,9 +138,15 @@ async fn worker(
         }
         let t0 = Instant::now();
         let result = one_call(&target, &method, streaming, &options, &request).await;
-        latencies.push(t0.elapsed());
+        let took = t0.elapsed();
+        latencies.push(took);
         let name = match &result {
-            Ok(()) => "OK",
+            Ok(answerer) => {
+                if let Some(a) = answerer {
+                    by_server.entry(a.clone()).or_default().push(took);
+                }
+                "OK"
+            }
             Err(s) => s.code().name(),
         };
         if let Err(s) = result {
@@ -147,6 +162,11 @@ async fn worker(
     }
     if let Ok(mut all) = shared.latencies.lock() {
         all.extend(latencies);
+    }
+    if let Ok(mut all) = shared.by_server.lock() {
+        for (who, mut l) in by_server {
+            all.entry(who).or_default().append(&mut l);
+        }
     }
 }
 
@@ -257,6 +277,7 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
         latencies: Mutex::new(Vec::new()),
         codes: Mutex::new(BTreeMap::new()),
         first_error: Mutex::new(None),
+        by_server: Mutex::new(BTreeMap::new()),
     });
     let options = Arc::new(CallOptions {
         timeout: Some(args.timeout),
@@ -325,7 +346,19 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     let codes = shared.codes.lock().map(|c| c.clone()).unwrap_or_default();
     let failed = shared.failed.load(Ordering::Relaxed);
     let first_error = shared.first_error.lock().ok().and_then(|e| e.clone());
-    report(&args, &latencies, &codes, total, interrupted)?;
+    // Per region and server: routed runs only (a direct run has one server).
+    let mut by_server = match &target {
+        Target::Routed(..) => shared
+            .by_server
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default(),
+        Target::Direct(_) => BTreeMap::new(),
+    };
+    for l in by_server.values_mut() {
+        l.sort_unstable();
+    }
+    report(&args, &latencies, &codes, &by_server, total, interrupted)?;
     if failed > 0 {
         let detail = first_error
             .map(|s| format!("; first: {}", crate::common::status_line(&s)))
@@ -342,6 +375,7 @@ fn report(
     args: &BenchArgs,
     sorted: &[Duration],
     codes: &BTreeMap<&'static str, u64>,
+    by_server: &BTreeMap<Answerer, Vec<Duration>>,
     total: Duration,
     interrupted: bool,
 ) -> CliResult<()> {
@@ -379,6 +413,14 @@ fn report(
                 "upper_ms": ms_f64(*upper), "count": n,
             })).collect::<Vec<_>>(),
             "status_codes": codes,
+            "by_server": by_server.iter().map(|((region, id, addr), l)| serde_json::json!({
+                "region": region,
+                "server_id": id,
+                "address": addr,
+                "count": l.len(),
+                "p50_ms": ms_f64(percentile(l, 50.0)),
+                "p99_ms": ms_f64(percentile(l, 99.0)),
+            })).collect::<Vec<_>>(),
         });
         writeln!(out, "{line}")?;
         return Ok(());
@@ -412,6 +454,24 @@ fn report(
     writeln!(out, "Status code distribution:")?;
     for (code, n) in codes {
         writeln!(out, "  [{code}] {n} calls")?;
+    }
+    if !by_server.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "By region and server (answered unary calls):")?;
+        writeln!(
+            out,
+            "  {:<12} {:<16} {:<22} {:>8} {:>12} {:>12}",
+            "region", "server", "address", "calls", "p50", "p99"
+        )?;
+        for ((region, id, addr), l) in by_server {
+            writeln!(
+                out,
+                "  {region:<12} {id:<16} {addr:<22} {:>8} {:>12} {:>12}",
+                l.len(),
+                ms(percentile(l, 50.0)),
+                ms(percentile(l, 99.0))
+            )?;
+        }
     }
     Ok(())
 }

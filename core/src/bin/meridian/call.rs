@@ -8,8 +8,8 @@ use clap::Args;
 use meridian::wire::MethodKind;
 
 use crate::common::{
-    parse_duration, parse_metadata, request_value, to_json, CallOptions, CliError, CliResult,
-    Target, TargetArgs, EXIT_CODES,
+    ms_f64, parse_duration, parse_metadata, request_value, to_json, CallOptions, CliError,
+    CliResult, Target, TargetArgs, EXIT_CODES,
 };
 
 /// Flags of `call`.
@@ -19,7 +19,8 @@ pub struct CallArgs {
     /// The method to call.
     #[arg(value_name = "METHOD", required_unless_present = "describe")]
     pub method: Option<String>,
-    /// The request as JSON: none is null, one is that value, several are a list of them.
+    /// The request as JSON: none is null, one is that value, several are a list of them;
+    /// `@FILE` reads it from a file, `-` from stdin.
     #[arg(value_name = "JSON", allow_negative_numbers = true)]
     pub args: Vec<String>,
     /// List the methods the server(s) offer, from their HELLO, instead of calling.
@@ -39,7 +40,8 @@ pub struct CallArgs {
     #[arg(long)]
     pub json: bool,
     /// After a unary call, print on stderr where its time went: network and server, and
-    /// each hop through a proxy (from the times reported in the call's trailers).
+    /// each hop through a proxy (from the times reported in the call's trailers), and
+    /// which server (and region) answered; one JSON object with --json.
     #[arg(long)]
     pub timing: bool,
     #[command(flatten)]
@@ -54,9 +56,12 @@ const CALL_HELP: &str = "Examples:
   meridian call --connect 127.0.0.1:7400 --insecure-dev --timing add 1 2   (time per hop)
 
 Unary and server-streaming methods can be called (the kind comes from the server's HELLO).
-Requests and responses are Meridian Values: JSON objects are maps, integers that fit in
-i64 are ints, other numbers floats; byte strings print as arrays of numbers.
-On failure the status prints on stderr as `CODE: message` (exit code 1).";
+Requests and responses are Meridian Values: JSON objects are maps, integers are i64 (a
+larger integer is refused: write it as a float, e.g. 1.8e19), numbers with a fraction or
+exponent are floats; byte strings print as arrays of numbers.
+A large request: `call ... echo @request.json`, or from stdin: `... | call ... echo -`.
+On failure the status prints on stderr as `CODE: message` (exit code 1, or 5 when a TLS
+handshake failed); with --json as {\"error\": {\"code\", \"message\", \"exit\"}}.";
 
 fn print_json(v: &serde_json::Value, compact: bool) -> CliResult<()> {
     let text = if compact {
@@ -93,6 +98,40 @@ fn timing_line(t: &meridian::CallTiming) -> String {
             ms(t.server())
         )
     }
+}
+
+/// `served by eu-1 in eu (127.0.0.1:7001)`.
+fn served_by_text(by: &meridian::ServedBy) -> String {
+    let id = if by.server_id.is_empty() {
+        "?"
+    } else {
+        &by.server_id
+    };
+    format!("served by {id} in {} ({})", by.region, by.addr)
+}
+
+/// The `--timing` figures as one JSON object, in milliseconds, with who answered.
+fn timing_json(t: &meridian::CallTiming, by: Option<&meridian::ServedBy>) -> serde_json::Value {
+    let ms = |d: Option<Duration>| d.map(crate::common::ms_f64);
+    let mut v = serde_json::json!({
+        "total_ms": ms_f64(t.total()),
+        "server_ms": ms(t.server()),
+    });
+    if t.proxied() {
+        v["client_proxy_ms"] = ms(t.client_proxy_network()).into();
+        v["proxy_ms"] = ms(t.proxy()).into();
+        v["proxy_server_ms"] = ms(t.proxy_server_network()).into();
+    } else {
+        v["network_ms"] = ms(t.network()).into();
+    }
+    if let Some(by) = by {
+        v["served_by"] = serde_json::json!({
+            "server_id": by.server_id,
+            "region": by.region,
+            "address": by.addr.to_string(),
+        });
+    }
+    v
 }
 
 fn kind_name(k: MethodKind) -> &'static str {
@@ -187,6 +226,9 @@ pub async fn run(args: CallArgs) -> CliResult<()> {
     };
     match target.method_kind(method, wait).await {
         Some(MethodKind::ServerStreaming) => {
+            if args.timing {
+                eprintln!("meridian: note: --timing covers unary calls only");
+            }
             let mut stream = target
                 .server_streaming(method, &options, &request)
                 .await
@@ -213,7 +255,15 @@ pub async fn run(args: CallArgs) -> CliResult<()> {
                 .map_err(|s| CliError::status(&s))?;
             print_json(&to_json(r.get_ref()), args.json)?;
             if args.timing {
-                let line = timing_line(&r.timing());
+                let line = if args.json {
+                    timing_json(&r.timing(), r.served_by()).to_string()
+                } else {
+                    let mut line = timing_line(&r.timing());
+                    if let Some(by) = r.served_by() {
+                        line.push_str(&format!("; {}", served_by_text(by)));
+                    }
+                    line
+                };
                 let _ = writeln!(std::io::stderr().lock(), "{line}");
             }
             Ok(())

@@ -16,11 +16,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use common::{CliError, CliResult, EXIT_CODES};
+use common::{CliError, CliResult, EXIT_CODES, EXIT_CODES_FULL};
 
 /// Meridian: RPC over QUIC with multi-region routing.
 #[derive(Parser, Debug)]
-#[command(name = "meridian", version, after_help = format!("{MAIN_HELP}\n\n{EXIT_CODES}"))]
+#[command(name = "meridian", version, after_help = format!("{MAIN_HELP}\n\n{EXIT_CODES_FULL}"))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -157,6 +157,20 @@ async fn demo(args: DemoArgs) -> CliResult<()> {
         .map_err(|e| CliError::other(format!("demo failed: {e}")))
 }
 
+impl Command {
+    /// Whether `--json` was given: errors are then printed as JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Serve(a) => a.json,
+            Command::Call(a) => a.json,
+            Command::Probe(a) => a.json,
+            Command::Bench(a) => a.json,
+            Command::Proxy(a) => a.json,
+            Command::Demo(_) => false,
+        }
+    }
+}
+
 async fn dispatch(command: Command) -> CliResult<()> {
     match command {
         Command::Serve(a) => serve::run(a).await,
@@ -194,13 +208,14 @@ fn main() -> ExitCode {
             return ExitCode::from(common::Exit::Other as u8);
         }
     };
+    let json_errors = cli.command.json();
     let result = runtime.block_on(dispatch(cli.command));
     // Background tasks (connections, timers) must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("meridian: error: {e}");
+            e.print(json_errors);
             ExitCode::from(e.exit as u8)
         }
     }

@@ -9,10 +9,8 @@ use clap::Args;
 use meridian::{CallContext, Identity, Method, ResponseSink, Server, ServerTls, Status, Value};
 
 #[cfg(feature = "etcd")]
-use meridian::region::{EtcdConfig, EtcdRegistration, ServerRecord};
+use meridian::region::{EtcdConfig, ServerRecord};
 
-#[cfg(feature = "etcd")]
-use crate::common::etcd_error;
 use crate::common::{
     dev_dir, fingerprint, parse_duration, shutdown_signal, CliError, CliResult,
     ETCD_DEFAULT_PREFIX, EXIT_CODES,
@@ -60,7 +58,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub json: bool,
     /// Register in etcd at these client URLs (comma-separated or repeated), under a lease
-    /// kept alive while the server runs, so `--etcd` clients and proxies find it.
+    /// kept alive while the server runs, so `--etcd` clients and proxies find it. If etcd
+    /// cannot be reached at start, the server serves anyway and keeps trying (a warning on
+    /// stderr for each attempt).
     #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// The etcd key prefix to register under.
@@ -259,11 +259,7 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
         let record = ServerRecord::for_server(&server, advertised, args.server_name.clone())
             .server_id(id.clone())
             .certificate(&certificate);
-        Some(
-            EtcdRegistration::register(&config, record)
-                .await
-                .map_err(|e| etcd_error(&e))?,
-        )
+        Some(crate::common::register_in_etcd(config, record).await?)
     };
     // Whoever started us may stop reading once it has the address: a closed stdout is no
     // reason to stop serving.
@@ -271,10 +267,9 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
     drop(out);
     #[cfg(feature = "etcd")]
-    if let Some(r) = &registration {
+    if let Some(key) = registration.as_ref().and_then(|r| r.key()) {
         note(&format!(
-            "registered in etcd under {} (lease TTL {:.0} s)",
-            r.key(),
+            "registered in etcd under {key} (lease TTL {:.0} s)",
             args.etcd_ttl.as_secs_f64()
         ));
     }

@@ -31,7 +31,7 @@
 //! ```
 //!
 //! From a region file, an `[etcd]` table next to (or instead of) the `[[region]]` lists
-//! (files without it keep working; [`RegionMap`](crate::discovery::RegionMap) ignores the table):
+//! (files without it keep working; [`RegionMap`](crate::discovery::RegionMap) leaves the table to this module):
 //!
 //! ```toml
 //! [etcd]
@@ -66,8 +66,9 @@ pub enum EtcdError {
     /// The configuration is not usable (no endpoints, a bad TLS file, a bad TOML table).
     #[error("etcd configuration error: {0}")]
     Config(String),
-    /// etcd refused a request or could not be reached.
-    #[error("etcd: {context}: {source}")]
+    /// etcd refused a request or could not be reached. Displayed with the root cause in
+    /// a few words (`connection refused`), not the gRPC client's debug dump.
+    #[error("etcd: {context}: {}", root_cause(source))]
     Etcd {
         /// What was being done.
         context: String,
@@ -77,6 +78,75 @@ pub enum EtcdError {
     /// etcd did not answer within the connect timeout.
     #[error("etcd: {0}: no answer within the connect timeout")]
     Timeout(String),
+}
+
+impl EtcdError {
+    /// Whether etcd could not be reached at all (nothing listening, no route, no answer
+    /// in time), as opposed to a bad configuration or a request etcd refused.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            EtcdError::Timeout(_) => true,
+            EtcdError::Config(_) => false,
+            EtcdError::Etcd { source, .. } => match source {
+                etcd_client::Error::IoError(_) | etcd_client::Error::TransportError(_) => true,
+                // gRPC's UNAVAILABLE (14): what a failed connection becomes.
+                etcd_client::Error::GRpcStatus(s) => i32::from(s.code()) == 14,
+                _ => false,
+            },
+        }
+    }
+
+    /// Why, in a few words: `connection refused`, `no answer within the connect timeout`,
+    /// or etcd's own message.
+    pub fn cause(&self) -> String {
+        match self {
+            EtcdError::Config(why) => why.clone(),
+            EtcdError::Etcd { source, .. } => root_cause(source),
+            EtcdError::Timeout(_) => "no answer within the connect timeout".into(),
+        }
+    }
+}
+
+/// The root of an etcd client error, in a few words: the innermost error of its source
+/// chain (an I/O error named by its kind), or etcd's own message.
+pub(crate) fn root_cause(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => s.source(),
+        etcd_client::Error::TransportError(t) => t.source(),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    let mut innermost = None;
+    while let Some(err) = next {
+        innermost = Some(err);
+        next = err.source();
+    }
+    if let Some(err) = innermost {
+        return match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io_words(io),
+            None => err.to_string(),
+        };
+    }
+    match e {
+        etcd_client::Error::GRpcStatus(s) if !s.message().is_empty() => s.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// An I/O error in a few words: `connection refused` rather than `Connection refused (os
+/// error 111)`.
+fn io_words(io: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match io.kind() {
+        ConnectionRefused => "connection refused".into(),
+        ConnectionReset => "connection reset".into(),
+        TimedOut => "connection timed out".into(),
+        HostUnreachable => "host unreachable".into(),
+        NetworkUnreachable => "network unreachable".into(),
+        AddrNotAvailable => "address not available".into(),
+        _ => io.to_string(),
+    }
 }
 
 pub(super) fn etcd_err(context: &str) -> impl FnOnce(etcd_client::Error) -> EtcdError + '_ {

@@ -76,3 +76,25 @@ fn records_round_trip_and_bad_ones_are_refused() {
     assert!(min.check().is_ok());
     assert!(ServerRecord::new("a/b", addr, "x").check().is_err());
 }
+
+/// An etcd nobody listens at: the error says `connection refused` in one line, not the
+/// gRPC client's debug dump, and counts as unreachable.
+#[tokio::test]
+async fn an_unreachable_etcd_is_one_readable_line() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let config = EtcdConfig::new([format!("http://127.0.0.1:{port}")])
+        .connect_timeout(Duration::from_secs(2));
+    let e = match super::EtcdDiscovery::connect(config).await {
+        Ok(_) => panic!("connected to nothing"),
+        Err(e) => e,
+    };
+    assert!(e.is_unreachable(), "{e:?}");
+    let text = e.to_string();
+    assert!(text.ends_with(": connection refused"), "{text}");
+    assert!(!text.contains("tonic") && !text.contains('\n'), "{text}");
+    assert_eq!(e.cause(), "connection refused");
+}

@@ -145,6 +145,7 @@ impl RegionClientBuilder {
             budget_exhausted: AtomicU64::new(0),
             seen: Mutex::new(Seen::default()),
             closed,
+            last_connect_error: Mutex::new(None),
         });
         inner.sync_membership(Instant::now());
         tokio::spawn(probe_loop(Arc::downgrade(&inner)));

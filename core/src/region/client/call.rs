@@ -78,7 +78,11 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         }
         last.unwrap_or_else(|| {
             let message = match why {
-                NoPick::NoServer => format!("no healthy region serves {:?}", self.method),
+                NoPick::NoServer => format!(
+                    "no healthy region serves {:?}{}",
+                    self.method,
+                    self.target.inner.last_connect_error()
+                ),
                 NoPick::NoBudget => "retry budget exhausted".to_string(),
             };
             Status::unavailable(message).mark_not_run()
@@ -229,7 +233,13 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         match result {
             Some(r) => {
                 target.guard.settle(latency, timeout, outcome_of(&r));
-                Attempt::Done(r.map_err(|s| unknown_here(s, target, &self.method)))
+                Attempt::Done(
+                    r.map(|mut r| {
+                        r.set_served_region(&target.region);
+                        r
+                    })
+                    .map_err(|s| unknown_here(s, target, &self.method)),
+                )
             }
             None => {
                 target.guard.settle(latency, timeout, Outcome::NoAnswer);

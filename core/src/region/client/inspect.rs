@@ -1,10 +1,12 @@
 //! Read-only views for tools: a server's channel, the region a call would go to.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::handle::RegionClient;
 use crate::client::Channel;
+use crate::discovery::Catalog;
 
 /// Read-only views for tools such as the `meridian` command-line tool (`probe`,
 /// `call --describe`). Neither sends anything nor changes a routing decision.
@@ -38,5 +40,59 @@ impl RegionClient {
         regions.dedup();
         let mut selector = st.selector.clone();
         selector.choose(&regions, now, 0)
+    }
+
+    /// The hedged methods (see [`RegionClientBuilder::hedge`]) that can never be hedged,
+    /// by the catalogs of the servers connected now, each with why: no server lists it,
+    /// or it is not idempotent. Empty while no catalog is known.
+    ///
+    /// [`RegionClientBuilder::hedge`]: super::RegionClientBuilder::hedge
+    pub fn hedge_problems(&self) -> Vec<String> {
+        hedge_problems(&self.inner.hedged, &self.merged_catalog())
+    }
+}
+
+/// What [`RegionClient::hedge_problems`] says of `hedged` methods and a merged catalog.
+fn hedge_problems(hedged: &HashSet<String>, catalog: &Catalog) -> Vec<String> {
+    if catalog.is_empty() {
+        return Vec::new();
+    }
+    let mut problems: Vec<String> = hedged
+        .iter()
+        .filter_map(|m| match catalog.get(m) {
+            None => Some(format!(
+                "hedged method {m:?} is served by no connected server: it is never hedged"
+            )),
+            Some(info) if !info.idempotent => Some(format!(
+                "hedged method {m:?} is not idempotent: it is never hedged \
+                 (only idempotent calls may run twice)"
+            )),
+            Some(_) => None,
+        })
+        .collect();
+    problems.sort();
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{MethodInfo, MethodKind};
+
+    #[test]
+    fn hedging_a_missing_or_non_idempotent_method_is_a_problem() {
+        let method = |name: &str, idempotent| MethodInfo {
+            name: name.into(),
+            kind: MethodKind::Unary,
+            idempotent,
+        };
+        let catalog = Catalog::new([method("get", true), method("put", false)]);
+        let hedged: HashSet<String> = ["get", "put", "nosuch"].map(String::from).into();
+        let problems = hedge_problems(&hedged, &catalog);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("\"nosuch\" is served by no connected server"));
+        assert!(problems[1].contains("\"put\" is not idempotent"));
+        // Nothing is known before a catalog arrives.
+        assert!(hedge_problems(&hedged, &Catalog::default()).is_empty());
     }
 }

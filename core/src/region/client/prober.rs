@@ -32,6 +32,7 @@ pub(super) async fn connect_server(inner: Weak<Router>, addr: SocketAddr, ep: Se
         Err(e) => debug!(server = %addr, error = %e, "cannot connect"),
     }
     if let Some(router) = inner.upgrade() {
+        router.note_connect(addr, result.as_ref().err().map(ToString::to_string));
         router.lock().connected(addr, result.ok(), Instant::now());
     }
 }

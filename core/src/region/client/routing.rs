@@ -41,6 +41,9 @@ pub(super) struct Router {
     /// Dropped with the router: dials under way watch it and give up at once, so a freed
     /// client leaves no socket or handshake behind.
     pub(super) closed: watch::Sender<()>,
+    /// The most recent failed dial (server and why), so a call that finds no server can
+    /// say why rather than only that none is healthy.
+    pub(super) last_connect_error: Mutex<Option<(SocketAddr, String)>>,
 }
 
 /// What the last probe tick saw: whether each server was in service, and the region
@@ -262,6 +265,45 @@ impl Router {
         self.retry_policies
             .get(method)
             .unwrap_or(&self.default_retry)
+    }
+
+    /// Remembers why dialling `addr` failed; a later successful dial of it forgets it.
+    pub(super) fn note_connect(&self, addr: SocketAddr, error: Option<String>) {
+        let mut last = match self.last_connect_error.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match error {
+            Some(e) => *last = Some((addr, e)),
+            None if last.as_ref().is_some_and(|(a, _)| *a == addr) => *last = None,
+            None => {}
+        }
+    }
+
+    /// The most recent failed dial, as ` (last connect error from ADDR in REGION: why)`,
+    /// or an empty string.
+    pub(super) fn last_connect_error(&self) -> String {
+        let last = match self.last_connect_error.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some((addr, why)) = last else {
+            return String::new();
+        };
+        let region = self
+            .map
+            .borrow()
+            .regions
+            .iter()
+            .find(|r| {
+                r.servers.iter().any(|s| s.addr == addr) || r.proxies.iter().any(|p| p.addr == addr)
+            })
+            .map(|r| format!(" in {}", r.name))
+            .unwrap_or_default();
+        // The channel's error repeats the address; keep the cause only.
+        let prefix = format!("cannot connect to {addr}: ");
+        let why = why.strip_prefix(&prefix).unwrap_or(&why);
+        format!(" (last connect error from {addr}{region}: {why})")
     }
 
     /// Whether a call that finds no usable server should wait a little (start-up).

@@ -5,8 +5,12 @@ use std::net::SocketAddr;
 
 use meridian::Status;
 
-/// The exit codes, as `--help` shows them.
-pub const EXIT_CODES: &str = "\
+/// The exit codes in one line, for the subcommands' help.
+pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 call failed, 2 usage, 3 config, 4 unreachable, \
+5 untrusted, 6 other (details: `meridian --help`)";
+
+/// The exit codes, as the top-level `meridian --help` shows them.
+pub const EXIT_CODES_FULL: &str = "\
 Exit codes:
   0  success
   1  a call failed: the status code name and message are printed (bench: some calls failed)
@@ -15,7 +19,8 @@ Exit codes:
      no trust given (--ca or --insecure-dev), address already in use
   4  unreachable: no server answered within --connect-timeout
   5  untrusted: the TLS handshake failed (certificate not trusted, or client certificate refused)
-  6  anything else (an I/O error, or a subcommand that is not available yet)";
+  6  anything else: an I/O error (e.g. the dev directory cannot be written), no HELLO
+     in time for --describe, the demo failed";
 
 /// Why the command failed, which decides its exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +44,8 @@ pub enum Exit {
 pub struct CliError {
     pub exit: Exit,
     pub message: String,
+    /// The status code name, when a call failed with a status (`UNAVAILABLE`).
+    pub code: Option<&'static str>,
 }
 
 impl CliError {
@@ -46,6 +53,34 @@ impl CliError {
         CliError {
             exit,
             message: message.into(),
+            code: None,
+        }
+    }
+
+    /// The error as `{"error": {"code": "UNAVAILABLE", "message": "...", "exit": 5}}`
+    /// (`code` is null when no call status is involved), for `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let text = self.to_string();
+        // The code has its own field; the message need not repeat it.
+        let message = match self.code {
+            Some(code) => text.strip_prefix(&format!("{code}: ")).unwrap_or(&text),
+            None => &text,
+        };
+        serde_json::json!({
+            "error": {
+                "code": self.code,
+                "message": message,
+                "exit": self.exit as u8,
+            }
+        })
+    }
+
+    /// Prints the error on stderr: one line, or one JSON object with `json`.
+    pub fn print(&self, json: bool) {
+        if json {
+            eprintln!("{}", self.to_json());
+        } else {
+            eprintln!("meridian: error: {self}");
         }
     }
 
@@ -61,9 +96,18 @@ impl CliError {
         CliError::new(Exit::Other, message)
     }
 
-    /// A call's status: `CODE: message`.
+    /// A call's status: `CODE: message`. A call that failed because a TLS handshake
+    /// failed (the client's certificate refused, the server's not trusted) is untrusted
+    /// (exit code 5) and says which flag to look at.
     pub fn status(status: &Status) -> CliError {
-        CliError::new(Exit::Status, status_line(status))
+        let line = status_line(status);
+        let mut e = if status.code() == meridian::Code::Unavailable && line.contains(TLS_FAILED) {
+            CliError::new(Exit::Untrusted, format!("{line} ({})", tls_hint(&line)))
+        } else {
+            CliError::new(Exit::Status, line)
+        };
+        e.code = Some(status.code().name());
+        e
     }
 
     /// A library error, classified by what it says.
@@ -100,6 +144,24 @@ pub fn status_line(status: &Status) -> String {
     }
 }
 
+/// How the library's descriptions of a failed TLS handshake begin.
+const TLS_FAILED: &str = "TLS handshake failed";
+
+/// What to do about a failed TLS handshake, from what failed.
+pub fn tls_hint(reason: &str) -> &'static str {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("last connect error from") {
+        "a server behind the region routing presents a certificate that is not trusted: \
+         see --ca, or the [tls] ca of the proxy's configuration"
+    } else if lower.contains("refused the client certificate") {
+        "the server requires a client certificate issued by a CA it trusts: see --cert and --key"
+    } else if lower.contains("not valid for name") {
+        "the certificate is valid for other names: see --server-name"
+    } else {
+        "is its certificate trusted? see --ca and --insecure-dev"
+    }
+}
+
 /// Sorts a failed connection attempt into untrusted (TLS) or unreachable.
 pub fn connect_failure(addr: SocketAddr, reason: &str) -> CliError {
     let lower = reason.to_ascii_lowercase();
@@ -109,7 +171,10 @@ pub fn connect_failure(addr: SocketAddr, reason: &str) -> CliError {
     {
         CliError::new(
             Exit::Untrusted,
-            format!("TLS handshake with {addr} failed (is its certificate trusted? see --ca and --insecure-dev): {reason}"),
+            format!(
+                "TLS handshake with {addr} failed ({}): {reason}",
+                tls_hint(reason)
+            ),
         )
     } else {
         CliError::new(Exit::Unreachable, format!("cannot reach {addr}: {reason}"))

@@ -7,7 +7,8 @@ use meridian::Value;
 use super::errors::{CliError, CliResult};
 
 /// The request of `call`/`bench`: no argument is `null`, one is that JSON value, several
-/// are a list of them (`call add 10 5` is `call add '[10, 5]'`).
+/// are a list of them (`call add 10 5` is `call add '[10, 5]'`); `@FILE` alone reads the
+/// value from a file, `-` alone from stdin (beyond the kernel's limit on arguments).
 pub fn request_value(args: &[String]) -> CliResult<Value> {
     let parse = |text: &str| -> CliResult<Value> {
         let mut de = serde_json::Deserializer::from_str(text);
@@ -18,11 +19,32 @@ pub fn request_value(args: &[String]) -> CliResult<Value> {
     };
     match args {
         [] => Ok(Value::Null),
+        [one] if one == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+                .map_err(|e| CliError::usage(format!("cannot read the request from stdin: {e}")))?;
+            parse_whole(&text, "the request on stdin")
+        }
+        [one] if one.starts_with('@') => {
+            let path = &one[1..];
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::usage(format!("cannot read the request file {path}: {e}"))
+            })?;
+            parse_whole(&text, &format!("the request file {path}"))
+        }
         [one] => parse(one),
         many => Ok(Value::List(
             many.iter().map(|a| parse(a)).collect::<CliResult<_>>()?,
         )),
     }
+}
+
+/// One JSON value read from a file or stdin (`what` names it in errors).
+fn parse_whole(text: &str, what: &str) -> CliResult<Value> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserialize::deserialize(&mut de)
+        .and_then(|v: Value| de.end().map(|()| v))
+        .map_err(|e| CliError::usage(format!("bad JSON in {what}: {e}")))
 }
 
 /// A `Value` as JSON. Never fails: bytes become an array of numbers (as in the C ABI),

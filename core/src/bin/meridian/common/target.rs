@@ -38,9 +38,22 @@ pub struct TargetArgs {
     /// With --regions: use only this region of the file.
     #[arg(long, value_name = "NAME", requires = "regions")]
     pub region: Option<String>,
-    /// With --connect: the name the server's certificate must carry.
-    #[arg(long, value_name = "NAME", default_value = "localhost")]
-    pub server_name: String,
+    /// With --connect: the name the server's certificate must carry (default: the host of
+    /// --connect when it is a DNS name, else localhost).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// With --regions or --etcd: prefer this region whenever it is healthy, whatever the
+    /// RTTs say.
+    #[arg(long, value_name = "NAME", conflicts_with = "connect")]
+    pub home_region: Option<String>,
+    /// With --regions or --etcd: hedge calls to this idempotent method (repeatable): when
+    /// the first copy is slower than the method's p95, a second goes to the next choice.
+    #[arg(long, value_name = "METHOD", conflicts_with = "connect")]
+    pub hedge: Vec<String>,
+    /// With --regions or --etcd: reach each region through the proxies the region file
+    /// lists for it (`proxies = [...]`), nearest first; regions without one directly.
+    #[arg(long, conflicts_with = "connect")]
+    pub via_proxies: bool,
     /// Give up connecting after this long (e.g. 500ms, 3s).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -84,13 +97,6 @@ macro_rules! with_options {
 }
 
 impl Target {
-    /// A unary call with `Value` messages.
-    pub async fn unary(&self, method: &str, o: &CallOptions, req: &Value) -> Result<Value, Status> {
-        self.unary_response(method, o, req)
-            .await
-            .map(meridian::Response::into_inner)
-    }
-
     /// A unary call with `Value` messages, with its trailing metadata and timing.
     pub async fn unary_response(
         &self,
@@ -248,22 +254,25 @@ async fn etcd_discovery(
     only: Option<&str>,
     etcd: &EtcdArgs,
 ) -> CliResult<Option<(Arc<dyn Discovery>, RegionMap)>> {
+    // The region file first: a missing or malformed file is a region-file error, and
+    // only then is its [etcd] table read.
+    let base = match regions {
+        Some(path) => load_region_file(path, only)?,
+        None => RegionMap::new(),
+    };
     let from_file = match regions {
-        Some(path) => EtcdConfig::from_toml_file(path).map_err(|e| etcd_error(&e))?,
+        Some(path) => EtcdConfig::from_toml_file(path).map_err(|e| etcd_error(&e, &[]))?,
         None => None,
     };
     let Some(config) = etcd.config().or(from_file) else {
         return Ok(None);
     };
-    let base = match regions {
-        Some(path) => load_region_file(path, only)?,
-        None => RegionMap::new(),
-    };
     let prefix = config.prefix.clone();
+    let urls = config.endpoints.clone();
     let endpoints = config.endpoints.join(", ");
     let d = EtcdDiscovery::connect_with_base(config, base)
         .await
-        .map_err(|e| etcd_error(&e))?;
+        .map_err(|e| etcd_error(&e, &urls))?;
     let map = d.snapshot();
     if map.regions.iter().all(|r| r.servers.is_empty()) {
         return Err(CliError::config(format!(
@@ -318,20 +327,50 @@ impl TargetArgs {
         refuse_etcd(self.regions.as_deref(), &self.etcd)?;
         let tls = self.tls.client_tls()?;
         if let Some(addr) = &self.connect {
+            let name = self
+                .server_name
+                .clone()
+                .unwrap_or_else(|| default_server_name(addr));
             let addr = resolve(addr)?;
-            let ch = connect_channel(addr, &self.server_name, tls, self.connect_timeout).await?;
+            let ch = connect_channel(addr, &name, tls, self.connect_timeout).await?;
             return Ok(Target::Direct(ch));
         }
         let (discovery, map) =
             discovery(self.regions.as_deref(), self.region.as_deref(), &self.etcd).await?;
+        if let Some(home) = &self.home_region {
+            if map.regions.iter().all(|r| &r.name != home) {
+                let known: Vec<&str> = map.regions.iter().map(|r| r.name.as_str()).collect();
+                return Err(CliError::config(format!(
+                    "--home-region {home:?} is not a known region (known: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        // With --via-proxies a region that lists proxies is reached through them.
         let endpoints: Vec<(SocketAddr, String)> = map
             .regions
             .iter()
-            .flat_map(|r| r.servers.iter().map(|s| (s.addr, s.server_name.clone())))
+            .flat_map(|r| {
+                let through = if self.via_proxies && !r.proxies.is_empty() {
+                    &r.proxies
+                } else {
+                    &r.servers
+                };
+                through.iter().map(|s| (s.addr, s.server_name.clone()))
+            })
             .collect();
         let mut builder = RegionClient::builder(discovery, tls.clone());
         if let Some(p) = probe_interval {
             builder = builder.probe_interval(p);
+        }
+        if let Some(home) = &self.home_region {
+            builder = builder.home_region(home.clone());
+        }
+        for m in &self.hedge {
+            builder = builder.hedge(m.clone());
+        }
+        if self.via_proxies {
+            builder = builder.via_proxies();
         }
         let client = builder.build().map_err(|e| CliError::from_meridian(&e))?;
         let addrs: Vec<SocketAddr> = endpoints.iter().map(|(a, _)| *a).collect();
@@ -360,7 +399,32 @@ impl TargetArgs {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if !self.hedge.is_empty() {
+            // Say now, rather than never hedge silently.
+            let _ = Target::Routed(client.clone(), addrs.clone())
+                .catalogs(Duration::from_millis(500))
+                .await;
+            for problem in client.hedge_problems() {
+                eprintln!("meridian: warning: --hedge: {problem}");
+            }
+        }
         Ok(Target::Routed(client, addrs))
+    }
+}
+
+/// The certificate name to expect from `--connect ADDR`: its host when that is a DNS
+/// name (as gRPC takes the authority from the target), else `localhost` (an IP literal:
+/// the dev certificates are for localhost).
+pub fn default_server_name(addr: &str) -> String {
+    let host = match addr.rsplit_once(':') {
+        Some((host, _port)) => host,
+        None => addr,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        "localhost".to_string()
+    } else {
+        host.to_string()
     }
 }
 
@@ -401,3 +465,20 @@ async fn diagnose(
 // ---------------------------------------------------------------------------------------
 // The dev directory behind --insecure-dev
 // ---------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::default_server_name;
+
+    #[test]
+    fn the_server_name_defaults_to_a_dns_host_and_localhost_for_ip_literals() {
+        assert_eq!(
+            default_server_name("api.example.com:7000"),
+            "api.example.com"
+        );
+        assert_eq!(default_server_name("localhost:7000"), "localhost");
+        assert_eq!(default_server_name("127.0.0.1:7000"), "localhost");
+        assert_eq!(default_server_name("[::1]:7000"), "localhost");
+        assert_eq!(default_server_name("[2001:db8::1]:443"), "localhost");
+    }
+}
