@@ -423,6 +423,10 @@ fn one_call_is_followed_across_the_proxy_by_its_trace_id() {
     }
     let hop = proxy.wait_log(&["meridian::access", trace, "code=\"OK\""]);
     assert!(hop.contains("parent_span=\"00f067aa0ba902b7\""), "{hop}");
+    assert!(
+        hop.contains(&format!("upstream=\"eu/{server}@{server}\"")),
+        "{hop}"
+    );
     let span = hop
         .split("span_id=\"")
         .nth(1)

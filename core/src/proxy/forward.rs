@@ -24,6 +24,8 @@ struct Hop<'a> {
     upstream_started: Instant,
     /// The trace the caller sent, if any.
     parent: Option<TraceContext>,
+    /// The upstream server that answered (`region/server-id@addr`), when known.
+    served_by: Option<String>,
     /// This hop's own position in the trace, sent upstream as its `traceparent`: the
     /// caller's trace continued, or a new one when the caller sent none and the access
     /// log is on (so the proxy's and the server's lines can be matched).
@@ -70,6 +72,7 @@ impl<'a> Hop<'a> {
             upstream_started: now,
             parent,
             trace,
+            served_by: None,
         }
     }
 
@@ -138,6 +141,7 @@ impl Hop<'_> {
             trace_id = hex(self.trace.as_ref(), TraceContext::trace_id_hex),
             span_id = hex(self.trace.as_ref(), TraceContext::span_id_hex),
             parent_span = hex(self.parent.as_ref(), TraceContext::span_id_hex),
+            upstream = self.served_by.as_deref().unwrap_or(""),
             "forwarded"
         );
     }
@@ -156,6 +160,9 @@ pub(super) async fn forward_unary(
         .unary(&request)
         .instrument(hop.span.clone())
         .await;
+    if let Some(s) = result.as_ref().ok().and_then(|r| r.served_by()) {
+        hop.served_by = Some(format!("{}/{}@{}", s.region, s.server_id, s.addr));
+    }
     hop.settle(result.map(unpack))
 }
 

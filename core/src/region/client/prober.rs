@@ -29,7 +29,9 @@ pub(super) async fn connect_server(inner: Weak<Router>, addr: SocketAddr, ep: Se
     };
     match &result {
         Ok(_) => debug!(server = %addr, "connected"),
-        Err(e) => debug!(server = %addr, error = %e, "cannot connect"),
+        // Logged at every failed dial; dials of a failing server back off with its
+        // ejection (1 s doubling to 30 s), so this cannot flood.
+        Err(e) => tracing::warn!(server = %addr, error = %e, "cannot connect"),
     }
     if let Some(router) = inner.upgrade() {
         router.note_connect(addr, result.as_ref().err().map(ToString::to_string));
