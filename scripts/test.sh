@@ -39,6 +39,9 @@ done
 echo "== Rust: the meridian command-line tool (feature cli, no etcd, PROTOC=/bin/false), run as a binary"
 PROTOC=/bin/false cargo test --locked -p meridian --features cli --test cli --test cli_ops
 
+echo "== Rust: OpenTelemetry export (feature otlp) to a fake OTLP/HTTP collector"
+PROTOC=/bin/false cargo test --locked -p meridian --features otlp --test otlp
+
 echo "== etcd and protoc (etcd discovery: its build runs protoc, its tests start a real etcd)"
 bash scripts/etcd.sh install
 
