@@ -487,3 +487,39 @@ fn probe_shows_what_each_servers_health_method_answers() {
     assert_eq!(v["servers"][0]["server"], "eu-1", "{v}");
     assert_eq!(v["servers"][0]["health"], "SERVING", "{v}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_dev_directory_open_to_other_users_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("devperm");
+    let dev = dir.0.join("dev");
+    // Made by a first serve, then opened up as another user could have left it.
+    let first = Daemon::start(&["serve", "--insecure-dev"], &dev, &[], "methods: ");
+    let addr = first.field("address: ");
+    let ok = run(
+        &["call", "--connect", &addr, "--insecure-dev", "echo", "1"],
+        &dev,
+    );
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = run(
+        &["call", "--connect", &addr, "--insecure-dev", "echo", "1"],
+        &dev,
+    );
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("refusing the dev directory") && err.contains("777"),
+        "{err}"
+    );
+    std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let key = dev.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["serve", "--insecure-dev"], &dev);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("server.key has mode 644"),
+        "{o:?}"
+    );
+}

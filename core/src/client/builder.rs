@@ -52,7 +52,7 @@ impl ChannelBuilder {
                 Some(self.tls.clone()),
             ),
         };
-        let config = self.tls.quinn_config(&self.transport)?;
+        let config = self.tls.quinn_config_for(&self.transport, self.addr)?;
         let inner = Arc::new(ChannelInner {
             addr: self.addr,
             server_name: self.server_name,

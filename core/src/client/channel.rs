@@ -108,6 +108,25 @@ impl Channel {
         }
     }
 
+    /// Why the channel's current connection ended (closed but not yet replaced), or else
+    /// why its last connection or attempt did (`None` while connected, or before any
+    /// failure).
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        let closed = self.inner.conn.read().ok().and_then(|c| {
+            c.as_ref()
+                .and_then(|c| c.quic.close_reason())
+                .map(|e| crate::transport::describe_connection_error(&e))
+        });
+        if closed.is_some() {
+            return closed;
+        }
+        match &*self.inner.link.borrow() {
+            super::connection::Link::Connecting { last_error, .. } => last_error.clone(),
+            super::connection::Link::Failing { error } => Some(error.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether a connection is open now (the next call would not have to reconnect).
     pub fn is_connected(&self) -> bool {
         self.inner.current().is_some()

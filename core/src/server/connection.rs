@@ -93,7 +93,17 @@ async fn serve_connection(
     {
         let conn = conn.clone();
         let shared = shared.clone();
+        let mut verified = confirmed.clone();
         tokio::spawn(async move {
+            // With client certificates required, the HELLO (server id, region, catalog)
+            // is for verified clients only: it waits for the end of the handshake, where
+            // the client's certificate is checked, instead of going out in 0.5-RTT data.
+            if shared.client_auth {
+                tokio::select! {
+                    ok = verified.wait_for(|c| *c) => if ok.is_err() { return },
+                    _ = conn.closed() => return,
+                }
+            }
             let mut catalog = shared.catalog.subscribe();
             let Ok(mut s) = conn.open_uni().await else {
                 return;

@@ -33,18 +33,36 @@ enum Trust {
 
 /// TLS settings of a client: whom it trusts and, for mutual TLS, its own identity.
 ///
-/// The rustls configuration built from it is made once and shared by every clone and
-/// every connection: rustls keeps session tickets inside it, so sharing it is what lets a
-/// reconnect (on any channel made from these settings) resume with 0-RTT.
+/// The rustls configurations built from it are shared by every clone and every
+/// connection: rustls keeps session tickets inside them, so sharing them is what lets a
+/// reconnect (on any channel made from these settings) resume with 0-RTT. Tickets are
+/// kept per server address and name: servers that share a name (every dev server is
+/// `localhost`, a fleet shares one certificate) do not, by default, share ticket keys, and
+/// a ticket offered to the wrong one only gets its early data rejected. Fleets whose
+/// servers do share ticket keys ([`ServerTls::with_session_store`](super::ServerTls))
+/// can pool tickets by name with [`share_tickets_by_name`](Self::share_tickets_by_name).
 ///
 /// There is deliberately no "accept any certificate" mode.
 #[derive(Clone)]
 pub struct ClientTls {
     trust: Trust,
     identity: Option<Identity>,
-    built: Arc<std::sync::OnceLock<Arc<quinn::crypto::rustls::QuicClientConfig>>>,
+    share_tickets: bool,
+    built: Arc<std::sync::Mutex<Built>>,
     sockets: Arc<std::sync::Mutex<SharedSockets>>,
 }
+
+/// The QUIC client configurations made so far: one whose tickets are pooled by server
+/// name, and one per server address (each with its own ticket store).
+#[derive(Default)]
+struct Built {
+    by_name: Option<Arc<quinn::crypto::rustls::QuicClientConfig>>,
+    by_peer: std::collections::HashMap<SocketAddr, Arc<quinn::crypto::rustls::QuicClientConfig>>,
+}
+
+/// Server addresses whose tickets are kept apart, at most; past it the stores start over
+/// (the next connection to each server is a full handshake again).
+const MAX_TICKET_STORES: usize = 4096;
 
 /// Client UDP sockets (quinn endpoints) shared by the channels made from one
 /// [`ClientTls`], one per address family. Opening a socket per connection costs more CPU
@@ -67,6 +85,7 @@ impl ClientTls {
         Ok(ClientTls {
             trust: Trust::Roots(store),
             identity: None,
+            share_tickets: false,
             built: Default::default(),
             sockets: Default::default(),
         })
@@ -86,6 +105,7 @@ impl ClientTls {
         ClientTls {
             trust: Trust::Pinned(cert),
             identity: None,
+            share_tickets: false,
             built: Default::default(),
             sockets: Default::default(),
         }
@@ -94,6 +114,16 @@ impl ClientTls {
     /// Presents `identity` to servers that require client certificates.
     pub fn with_identity(mut self, identity: Identity) -> ClientTls {
         self.identity = Some(identity);
+        self.built = Default::default();
+        self
+    }
+
+    /// Pools session tickets by server name, across addresses: for fleets whose servers
+    /// share their ticket keys, so a client that talked to one resumes with 0-RTT at any
+    /// other. Without shared keys this costs each first connection to another server its
+    /// early data (rejected, sent again after the handshake).
+    pub fn share_tickets_by_name(mut self) -> ClientTls {
+        self.share_tickets = true;
         self.built = Default::default();
         self
     }
@@ -152,21 +182,62 @@ impl ClientTls {
 
     /// The quinn client configuration these settings produce (TLS 1.3, ALPN `meridian/1`,
     /// the transport limits), for tools that speak to a Meridian server at the QUIC level.
+    /// Its session tickets are pooled by server name.
     pub fn quinn_config(&self, transport: &TransportConfig) -> Result<quinn::ClientConfig, Error> {
-        let crypto = match self.built.get() {
-            Some(c) => c.clone(),
-            None => {
-                let c = Arc::new(
-                    quinn::crypto::rustls::QuicClientConfig::try_from(self.to_rustls()?)
-                        .map_err(|e| Error::Config(format!("TLS config unusable for QUIC: {e}")))?,
-                );
-                // Another thread may have won the race; use whichever is stored.
-                self.built.get_or_init(|| c).clone()
-            }
-        };
+        let crypto = self.crypto(None)?;
         let mut cfg = quinn::ClientConfig::new(crypto);
         cfg.transport_config(transport.to_quinn());
         Ok(cfg)
+    }
+
+    /// The configuration for connections to `peer`: its tickets kept for that address
+    /// (unless [`share_tickets_by_name`](Self::share_tickets_by_name)).
+    pub(crate) fn quinn_config_for(
+        &self,
+        transport: &TransportConfig,
+        peer: SocketAddr,
+    ) -> Result<quinn::ClientConfig, Error> {
+        let crypto = self.crypto((!self.share_tickets).then_some(peer))?;
+        let mut cfg = quinn::ClientConfig::new(crypto);
+        cfg.transport_config(transport.to_quinn());
+        Ok(cfg)
+    }
+
+    /// The rustls side of a configuration, made once per ticket store and shared.
+    fn crypto(
+        &self,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>, Error> {
+        let mut built = self
+            .built
+            .lock()
+            .map_err(|_| Error::Config("client TLS cache poisoned".into()))?;
+        let cached = match peer {
+            Some(p) => built.by_peer.get(&p),
+            None => built.by_name.as_ref(),
+        };
+        if let Some(c) = cached {
+            return Ok(c.clone());
+        }
+        let mut rustls = self.to_rustls()?;
+        if peer.is_some() {
+            // A few tickets per server: enough for reconnects in a row.
+            rustls.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        }
+        let c = Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(rustls)
+                .map_err(|e| Error::Config(format!("TLS config unusable for QUIC: {e}")))?,
+        );
+        match peer {
+            Some(p) => {
+                if built.by_peer.len() >= MAX_TICKET_STORES {
+                    built.by_peer.clear();
+                }
+                built.by_peer.insert(p, c.clone());
+            }
+            None => built.by_name = Some(c.clone()),
+        }
+        Ok(c)
     }
 }
 

@@ -78,6 +78,54 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
 }
 
 #[tokio::test]
+async fn with_client_auth_no_hello_reaches_a_client_without_a_certificate() {
+    let ca = DevCa::new().unwrap();
+    let tls = ServerTls::new(ca.issue_server(&["localhost"]).unwrap())
+        .require_client_certs([ca.certificate().clone()])
+        .unwrap();
+    let s = server(tls).await;
+    let roots = ClientTls::with_roots([ca.certificate().clone()]).unwrap();
+    // A raw QUIC client without a certificate: its handshake completes on its side, and
+    // whatever the server sends before refusing it is readable.
+    let hello_bytes = |tls: ClientTls| {
+        let addr = s.local_addr();
+        async move {
+            let cfg = tls
+                .quinn_config(&meridian::TransportConfig::default())
+                .unwrap();
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            ep.set_default_client_config(cfg);
+            let Ok(conn) = ep.connect(addr, "localhost").unwrap().await else {
+                return Vec::new();
+            };
+            let read = async {
+                let mut uni = conn.accept_uni().await.ok()?;
+                let mut buf = vec![0u8; 4096];
+                let n = uni.read(&mut buf).await.ok()??;
+                buf.truncate(n);
+                Some(buf)
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(3), read)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        }
+    };
+    for _ in 0..3 {
+        let leaked = hello_bytes(roots.clone()).await;
+        assert!(
+            !leaked.windows(3).any(|w| w == b"add"),
+            "the catalog reached an unverified client: {leaked:?}"
+        );
+    }
+    // A client with a certificate gets it.
+    let with_cert = roots.with_identity(ca.issue_client("client-1").unwrap());
+    let hello = hello_bytes(with_cert).await;
+    assert!(hello.windows(3).any(|w| w == b"add"), "{hello:?}");
+}
+
+#[tokio::test]
 async fn a_pinned_certificate_is_trusted_and_only_it() {
     let ca = DevCa::new().unwrap();
     let id = ca.issue_server(&["localhost"]).unwrap();

@@ -276,7 +276,10 @@ async fn servers_sharing_a_session_store_resume_each_others_clients() {
     let link_b = LinkEmulator::start(b.local_addr(), LinkSettings::with_rtt(RTT))
         .await
         .unwrap();
-    let tls = ClientTls::with_roots([ca.certificate().clone()]).unwrap();
+    // The servers share ticket keys, and the client is told so.
+    let tls = ClientTls::with_roots([ca.certificate().clone()])
+        .unwrap()
+        .share_tickets_by_name();
 
     let to_a = Channel::builder(link_a.addr(), tls.clone())
         .connect()
@@ -308,6 +311,72 @@ async fn servers_sharing_a_session_store_resume_each_others_clients() {
         eventually(Duration::from_secs(2), || to_b.stats().zero_rtt_accepted
             == 1)
         .await
+    );
+}
+
+#[tokio::test]
+async fn servers_of_one_name_keep_their_own_tickets() {
+    // Two servers with one certificate name and their own ticket keys (the default), one
+    // client: each reconnect resumes with its own server's ticket, whichever server issued
+    // the last one.
+    let ca = DevCa::new().unwrap();
+    let runs = Arc::new(Runs::default());
+    let mut links = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let s = server_on(
+            "127.0.0.1:0".parse().unwrap(),
+            ca.issue_server(&["localhost"]).unwrap(),
+            memory_session_store(64),
+            runs.clone(),
+        )
+        .await;
+        links.push(
+            LinkEmulator::start(s.local_addr(), LinkSettings::with_rtt(RTT))
+                .await
+                .unwrap(),
+        );
+        servers.push(s);
+    }
+    let tls = ClientTls::with_roots([ca.certificate().clone()]).unwrap();
+    let to_a = Channel::builder(links[0].addr(), tls.clone())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(probe(&to_a, 1).await, (false, true));
+    let to_b = Channel::builder(links[1].addr(), tls.clone())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(probe(&to_b, 2).await, (false, true));
+    for i in 0..3u64 {
+        to_a.close().await;
+        let (early, _) = probe(&to_a, 10 + i).await;
+        assert!(
+            early,
+            "A resumed with its own ticket (round {i}): {:?}",
+            to_a.stats()
+        );
+        to_b.close().await;
+        let (early, _) = probe(&to_b, 20 + i).await;
+        assert!(
+            early,
+            "B resumed with its own ticket (round {i}): {:?}",
+            to_b.stats()
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || to_a.stats().zero_rtt_accepted
+            == 3
+            && to_b.stats().zero_rtt_accepted == 3)
+        .await,
+        "{:?} {:?}",
+        to_a.stats(),
+        to_b.stats()
+    );
+    assert_eq!(
+        to_a.stats().zero_rtt_rejected + to_b.stats().zero_rtt_rejected,
+        0
     );
 }
 

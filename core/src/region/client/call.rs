@@ -248,9 +248,16 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                 } else {
                     // Between attempts on that server (say, refused by it, or its close
                     // said the call did not run, and waiting to reconnect): nothing ran.
-                    Attempt::Done(Err(Status::unavailable(
-                        "the server stopped answering before the call reached it",
-                    )
+                    // Why the connection went, when the channel knows (a refused client
+                    // certificate ends it just after the handshake).
+                    let why = target
+                        .channel
+                        .last_failure()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default();
+                    Attempt::Done(Err(Status::unavailable(format!(
+                        "the server stopped answering before the call reached it{why}"
+                    ))
                     .mark_not_run()))
                 }
             }

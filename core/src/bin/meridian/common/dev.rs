@@ -35,7 +35,62 @@ pub fn dev_identity(dir: &Path) -> CliResult<Identity> {
     if !cert.exists() || !key.exists() {
         create_dev_dir(dir)?;
     }
+    check_dev_dir(dir)?;
     Identity::from_pem_files(&cert, &key).map_err(|e| CliError::from_meridian(&e))
+}
+
+/// Refuses a dev directory someone else could have planted or changed: it must belong to
+/// this user and be writable by nobody else, and its key readable by nobody else (a
+/// shared temp folder, when `HOME` is unset, is exactly where another user could put a
+/// CA of their own for `--insecure-dev` clients to trust).
+#[cfg(unix)]
+pub fn check_dev_dir(dir: &Path) -> CliResult<()> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = |why: String| {
+        CliError::config(format!(
+            "--insecure-dev: refusing the dev directory {}: {why} (remove it, or pass a \
+             --dev-dir of your own)",
+            dir.display()
+        ))
+    };
+    // On Linux /proc/self belongs to the process's user; elsewhere the owner is not
+    // checked.
+    let me = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    for (path, private) in [
+        (dir.to_path_buf(), false),
+        (dir.join(DEV_CA_FILE), false),
+        (dir.join(DEV_KEY_FILE), true),
+    ] {
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if m.file_type().is_symlink() {
+            return Err(bad(format!("{} is a symbolic link", path.display())));
+        }
+        if let Some(me) = me {
+            if m.uid() != me {
+                return Err(bad(format!(
+                    "{} belongs to user {}, not to this user ({me})",
+                    path.display(),
+                    m.uid()
+                )));
+            }
+        }
+        let open = if private { 0o077 } else { 0o022 };
+        if m.mode() & open != 0 {
+            return Err(bad(format!(
+                "{} has mode {:o}, open to other users",
+                path.display(),
+                m.mode() & 0o777
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn check_dev_dir(_dir: &Path) -> CliResult<()> {
+    Ok(())
 }
 
 fn create_dev_dir(dir: &Path) -> CliResult<()> {
@@ -56,7 +111,7 @@ fn create_dev_dir(dir: &Path) -> CliResult<()> {
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     ));
-    std::fs::create_dir(&staging)
+    make_private_dir(&staging)
         .map_err(|e| CliError::other(format!("cannot create {}: {e}", staging.display())))?;
     let chain: String = id
         .chain
@@ -88,6 +143,17 @@ fn create_dev_dir(dir: &Path) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(unix)]
+fn make_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
+
+#[cfg(not(unix))]
+fn make_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(path)
 }
 
 #[cfg(unix)]

@@ -45,6 +45,7 @@ impl TlsArgs {
                     ca.display()
                 )));
             }
+            super::dev::check_dev_dir(&dir)?;
             ClientTls::with_roots_pem_file(&ca).map_err(|e| CliError::from_meridian(&e))?
         } else {
             return Err(CliError::config(
