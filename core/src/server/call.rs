@@ -553,7 +553,14 @@ async fn run_call(
     } else {
         (None, None)
     };
+    // Mutual TLS only: the client's verified names, read once per connection.
+    let identity = if shared.client_auth {
+        conn.peer_identity()
+    } else {
+        None
+    };
     let ctx = CallContext {
+        identity,
         method: Arc::from(headers.method.as_str()),
         metadata: Arc::new(headers.metadata),
         deadline,

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::call::budget::{Charge, Pool};
 use crate::codec::Codec;
+use crate::transport::PeerIdentity;
 use crate::wire::Metadata;
 
 #[derive(Debug, Default)]
@@ -53,6 +54,7 @@ impl UpstreamReport {
 /// What a handler knows about its call: method, metadata, deadline, peer, cancellation.
 #[derive(Debug, Clone)]
 pub struct CallContext {
+    pub(super) identity: Option<Arc<PeerIdentity>>,
     pub(super) method: Arc<str>,
     pub(super) metadata: Arc<Metadata>,
     pub(super) deadline: Option<Instant>,
@@ -114,6 +116,24 @@ impl CallContext {
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Who the client is, from the certificate chain the handshake verified: its DNS and
+    /// URI (SPIFFE) names and common name. `None` unless the server requires client
+    /// certificates ([`ServerTls::require_client_certs`](crate::ServerTls::require_client_certs)).
+    ///
+    /// ```
+    /// # fn check(ctx: &meridian::CallContext) -> Result<(), meridian::Status> {
+    /// let allowed = ctx
+    ///     .peer_identity()
+    ///     .is_some_and(|p| p.spiffe_id() == Some("spiffe://example.org/ns/prod/sa/billing"));
+    /// if !allowed {
+    ///     return Err(meridian::Status::permission_denied("billing only"));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_deref()
     }
 
     /// The codec of this call's messages.

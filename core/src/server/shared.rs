@@ -10,7 +10,7 @@ use super::builder::{Fallback, MethodEntry};
 use crate::call::budget::Pool;
 use crate::discovery::Catalog;
 use crate::telemetry::MethodTable;
-use crate::transport::TransportConfig;
+use crate::transport::{PeerIdentity, TransportConfig};
 use crate::wire::{self, reset, Hello, MethodInfo, PROTOCOL_VERSION};
 
 pub(super) struct Shared {
@@ -80,6 +80,8 @@ pub(super) struct ServedConnection {
     /// Set when the connection is being retired (idle or too old): no handler starts on
     /// it any more, new streams are refused, and it closes once its calls are settled.
     pub(super) retiring: AtomicBool,
+    /// The client's verified certificate chain and names (mutual TLS), once read.
+    peer: std::sync::OnceLock<Arc<PeerIdentity>>,
     /// One more than the highest stream ID whose handler may have started: no handler ran,
     /// or will run, for any call stream from it on (0: none ran). The server sends it when
     /// it closes the connection (see [`wire::shutdown_reason`]).
@@ -111,6 +113,22 @@ impl Drop for OpenCall {
 }
 
 impl ServedConnection {
+    /// The client's verified certificate identity (mutual TLS), read from the handshake
+    /// once and shared by the connection's calls; `None` without a client certificate or
+    /// before the handshake completes.
+    pub(super) fn peer_identity(&self) -> Option<Arc<PeerIdentity>> {
+        if let Some(p) = self.peer.get() {
+            return Some(p.clone());
+        }
+        let chain = self
+            .conn
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()?;
+        let peer = Arc::new(PeerIdentity::from_chain(*chain)?);
+        Some(self.peer.get_or_init(|| peer).clone())
+    }
+
     /// Completes once no call stream of the connection is open.
     pub(super) async fn wait_quiet(&self) {
         loop {
@@ -178,6 +196,7 @@ impl Shared {
             quiet: Notify::new(),
             retiring: AtomicBool::new(false),
             first_not_run: AtomicU64::new(0),
+            peer: std::sync::OnceLock::new(),
         });
         let mut connections = match self.connections.lock() {
             Ok(c) => c,

@@ -60,6 +60,21 @@ impl DevCa {
         self.issue(&[name], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// Issues a client certificate with the DNS name and common name `name` and the URI
+    /// subject alternative name `uri` (a SPIFFE ID such as
+    /// `spiffe://example.org/ns/prod/sa/api`).
+    pub fn issue_client_with_uri(&self, name: &str, uri: &str) -> Result<Identity, Error> {
+        let mut params =
+            rcgen::CertificateParams::new(vec![name.to_string()]).map_err(rcgen_err)?;
+        let uri = rcgen::string::Ia5String::try_from(uri).map_err(rcgen_err)?;
+        params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
     fn issue(
         &self,
         names: &[&str],
@@ -68,6 +83,10 @@ impl DevCa {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names).map_err(rcgen_err)?;
         params.extended_key_usages = vec![usage];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: rcgen::CertificateParams) -> Result<Identity, Error> {
         let key = rcgen::KeyPair::generate().map_err(rcgen_err)?;
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer).map_err(rcgen_err)?;

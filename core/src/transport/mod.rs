@@ -20,6 +20,7 @@ mod config;
 mod dev;
 mod endpoint;
 mod identity;
+mod peer;
 mod pem_text;
 mod server_tls;
 mod session;
@@ -31,6 +32,7 @@ pub use config::{crypto_provider, TransportConfig};
 pub use dev::DevCa;
 pub(crate) use endpoint::describe_connection_error;
 pub use identity::Identity;
+pub use peer::PeerIdentity;
 pub use pem_text::pem_encode;
 pub use server_tls::ServerTls;
 pub use session::{

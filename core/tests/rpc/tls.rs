@@ -126,6 +126,75 @@ async fn with_client_auth_no_hello_reaches_a_client_without_a_certificate() {
 }
 
 #[tokio::test]
+async fn a_handler_learns_who_called_from_the_verified_certificate() {
+    let ca = DevCa::new().unwrap();
+    let tls = ServerTls::new(ca.issue_server(&["localhost"]).unwrap())
+        .require_client_certs([ca.certificate().clone()])
+        .unwrap();
+    // Who called, and an allow-list by SPIFFE ID for one method.
+    let s = meridian::Server::builder()
+        .no_local_registry()
+        .unary("whoami", |(): (), ctx: meridian::CallContext| async move {
+            let p = ctx
+                .peer_identity()
+                .ok_or_else(|| meridian::Status::unauthenticated("no identity"))?;
+            Ok((
+                p.dns_names().to_vec(),
+                p.spiffe_id().unwrap_or("").to_string(),
+                p.common_name().unwrap_or("").to_string(),
+            ))
+        })
+        .unary(
+            "billing_only",
+            |(): (), ctx: meridian::CallContext| async move {
+                let allowed = ctx
+                    .peer_identity()
+                    .is_some_and(|p| p.spiffe_id() == Some("spiffe://example.org/sa/billing"));
+                if allowed {
+                    Ok(1u8)
+                } else {
+                    Err(meridian::Status::permission_denied("billing only"))
+                }
+            },
+        )
+        .bind("127.0.0.1:0".parse().unwrap(), tls)
+        .await
+        .unwrap();
+    let roots = ClientTls::with_roots([ca.certificate().clone()]).unwrap();
+    let billing = Channel::builder(
+        s.local_addr(),
+        roots.clone().with_identity(
+            ca.issue_client_with_uri("billing-7", "spiffe://example.org/sa/billing")
+                .unwrap(),
+        ),
+    )
+    .connect()
+    .await
+    .unwrap();
+    let (dns, spiffe, cn): (Vec<String>, String, String) =
+        billing.unary("whoami", &()).await.unwrap();
+    assert_eq!(dns, ["billing-7"]);
+    assert_eq!(spiffe, "spiffe://example.org/sa/billing");
+    assert_eq!(cn, "billing-7");
+    assert_eq!(
+        billing.unary::<_, u8>("billing_only", &()).await.unwrap(),
+        1
+    );
+
+    let other = Channel::builder(
+        s.local_addr(),
+        roots.with_identity(ca.issue_client("web-1").unwrap()),
+    )
+    .connect()
+    .await
+    .unwrap();
+    let (dns, spiffe, _): (Vec<String>, String, String) = other.unary("whoami", &()).await.unwrap();
+    assert_eq!((dns, spiffe), (vec!["web-1".to_string()], String::new()));
+    let denied = other.unary::<_, u8>("billing_only", &()).await.unwrap_err();
+    assert_eq!(denied.code(), meridian::Code::PermissionDenied);
+}
+
+#[tokio::test]
 async fn a_pinned_certificate_is_trusted_and_only_it() {
     let ca = DevCa::new().unwrap();
     let id = ca.issue_server(&["localhost"]).unwrap();
