@@ -523,3 +523,83 @@ fn a_dev_directory_open_to_other_users_is_refused() {
         "{o:?}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_the_server_certificate() {
+    let dir = Scratch::new("sighup");
+    let write_identity = |ca: &meridian::DevCa, tag: &str| {
+        let id = ca.issue_server(&["localhost"]).expect("issue");
+        let chain: String = id
+            .chain
+            .iter()
+            .map(|c| meridian::transport::pem_encode("CERTIFICATE", c))
+            .collect();
+        std::fs::write(dir.0.join("server.pem"), chain).unwrap();
+        std::fs::write(
+            dir.0.join("server.key"),
+            meridian::transport::pem_encode("PRIVATE KEY", id.key.secret_der()),
+        )
+        .unwrap();
+        let ca_file = dir.0.join(format!("{tag}-ca.pem"));
+        std::fs::write(&ca_file, ca.certificate_pem()).unwrap();
+        ca_file.to_str().unwrap().to_string()
+    };
+    let (old, new) = (
+        meridian::DevCa::new().unwrap(),
+        meridian::DevCa::new().unwrap(),
+    );
+    let old_ca = write_identity(&old, "old");
+    let cert = dir.0.join("server.pem");
+    let key = dir.0.join("server.key");
+    let mut serve = Daemon::start(
+        &[
+            "serve",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        &dir.0,
+        &[],
+        "methods: ",
+    );
+    let addr = serve.field("address: ");
+    let call = |ca: &str| {
+        run(
+            &["call", "--connect", &addr, "--ca", ca, "add", "1", "2"],
+            &dir.0,
+        )
+    };
+    assert_eq!(call(&old_ca).status.code(), Some(0));
+    let new_ca = write_identity(&new, "new");
+    let hup = Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    serve.wait_log(&["certificate reloaded"]);
+    let o = call(&new_ca);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = call(&old_ca);
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "the old CA no longer verifies it: {o:?}"
+    );
+    // A key that does not match is refused, and the current certificate stays.
+    std::fs::write(
+        &key,
+        meridian::transport::pem_encode(
+            "PRIVATE KEY",
+            old.issue_server(&["localhost"]).unwrap().key.secret_der(),
+        ),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    serve.wait_log(&["certificate reload failed"]);
+    assert_eq!(call(&new_ca).status.code(), Some(0));
+}

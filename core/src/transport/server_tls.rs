@@ -22,6 +22,42 @@ pub struct ServerTls {
     identity: Identity,
     client_roots: Option<RootCertStore>,
     sessions: Arc<dyn SessionStore>,
+    /// The certificate new handshakes present, shared by every clone (and the servers
+    /// bound with them), so [`set_identity`](ServerTls::set_identity) rotates it live.
+    current: Arc<CurrentCert>,
+}
+
+/// Resolves every handshake to the identity set last.
+#[derive(Debug)]
+struct CurrentCert(std::sync::RwLock<Option<Arc<rustls::sign::CertifiedKey>>>);
+
+impl rustls::server::ResolvesServerCert for CurrentCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// The signing form of an identity; fails for a key that does not fit (or match) the
+/// certificate.
+fn certified(identity: &Identity) -> Result<Arc<rustls::sign::CertifiedKey>, Error> {
+    let provider = crypto_provider();
+    let key = provider
+        .key_provider
+        .load_private_key(identity.key.clone_key())
+        .map_err(|e| Error::Config(format!("unusable private key: {e}")))?;
+    let certified = rustls::sign::CertifiedKey::new(identity.chain.clone(), key);
+    certified.keys_match().map_err(|e| {
+        Error::Config(format!(
+            "the private key does not match the certificate: {e}"
+        ))
+    })?;
+    Ok(Arc::new(certified))
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -40,6 +76,7 @@ impl ServerTls {
             identity,
             client_roots: None,
             sessions: memory_session_store(DEFAULT_SESSION_CAPACITY),
+            current: Arc::new(CurrentCert(std::sync::RwLock::new(None))),
         }
     }
 
@@ -52,6 +89,31 @@ impl ServerTls {
 
     /// The certificate a client should trust for this server: the last of its chain (the
     /// issuing CA for a chain from [`DevCa`], the certificate itself if self-signed).
+    /// Rotates the certificate: handshakes from now on present `identity` (servers bound
+    /// with this `ServerTls` or a clone of it); connections already open keep theirs and are
+    /// not dropped. Fails, changing nothing, when the key does not match the certificate.
+    /// Session tickets issued before stay valid (resumption does not resend certificates).
+    pub fn set_identity(&self, identity: Identity) -> Result<(), Error> {
+        let next = certified(&identity)?;
+        let mut current = self
+            .current
+            .0
+            .write()
+            .map_err(|_| Error::Config("server certificate lock poisoned".into()))?;
+        *current = Some(next);
+        Ok(())
+    }
+
+    /// Reloads the certificate chain and key from PEM files, as
+    /// [`set_identity`](Self::set_identity) (a `SIGHUP` handler, a file watcher).
+    pub fn reload_pem_files(
+        &self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<(), Error> {
+        self.set_identity(Identity::from_pem_files(cert, key)?)
+    }
+
     pub(crate) fn trust_anchor(&self) -> CertificateDer<'static> {
         self.identity
             .chain
@@ -94,8 +156,17 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut cfg =
-            builder.with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())?;
+        {
+            let mut current = self
+                .current
+                .0
+                .write()
+                .map_err(|_| Error::Config("server certificate lock poisoned".into()))?;
+            if current.is_none() {
+                *current = Some(certified(&self.identity)?);
+            }
+        }
+        let mut cfg = builder.with_cert_resolver(self.current.clone());
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         // QUIC allows only 0 or u32::MAX here; what may run early is decided per stream.
         cfg.max_early_data_size = u32::MAX;

@@ -195,6 +195,67 @@ async fn a_handler_learns_who_called_from_the_verified_certificate() {
 }
 
 #[tokio::test]
+async fn a_certificate_rotated_live_serves_new_handshakes_and_keeps_open_connections() {
+    let old_ca = DevCa::new().unwrap();
+    let new_ca = DevCa::new().unwrap();
+    let tls = ServerTls::new(old_ca.issue_server(&["localhost"]).unwrap());
+    // The server is bound with a clone; the handle kept here rotates it.
+    let s = server(tls.clone()).await;
+    let trusting = |ca: &DevCa| ClientTls::with_roots([ca.certificate().clone()]).unwrap();
+    let before = Channel::builder(s.local_addr(), trusting(&old_ca))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        before.unary::<_, i64>("add", &(1i64, 1i64)).await.unwrap(),
+        2
+    );
+
+    // A key that does not match its certificate is refused, and changes nothing.
+    let mismatched = meridian::Identity {
+        chain: new_ca.issue_server(&["localhost"]).unwrap().chain,
+        key: new_ca.issue_server(&["localhost"]).unwrap().key,
+    };
+    assert!(tls.set_identity(mismatched).is_err());
+    let still_old = Channel::builder(s.local_addr(), trusting(&old_ca))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        still_old
+            .unary::<_, i64>("add", &(2i64, 2i64))
+            .await
+            .unwrap(),
+        4
+    );
+
+    tls.set_identity(new_ca.issue_server(&["localhost"]).unwrap())
+        .unwrap();
+    // New handshakes present the new certificate...
+    let after = Channel::builder(s.local_addr(), trusting(&new_ca))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.unary::<_, i64>("add", &(3i64, 3i64)).await.unwrap(),
+        6
+    );
+    let stale = Channel::builder(s.local_addr(), trusting(&old_ca))
+        .connect()
+        .await;
+    assert!(
+        stale.is_err(),
+        "a client trusting only the old CA is refused now"
+    );
+    // ...and the connection made before the rotation still works.
+    assert_eq!(
+        before.unary::<_, i64>("add", &(5i64, 5i64)).await.unwrap(),
+        10
+    );
+    assert_eq!(before.stats().connections, 1, "not dropped");
+}
+
+#[tokio::test]
 async fn a_pinned_certificate_is_trusted_and_only_it() {
     let ca = DevCa::new().unwrap();
     let id = ca.issue_server(&["localhost"]).unwrap();

@@ -37,7 +37,8 @@ pub struct ServeArgs {
         conflicts_with = "insecure_dev"
     )]
     pub cert: Option<PathBuf>,
-    /// The private key (PEM) of --cert.
+    /// The private key (PEM) of --cert. Both files are read again on SIGHUP: new
+    /// handshakes present the new certificate, open connections stay.
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
     /// Require client certificates issued by the CAs in this PEM file (mutual TLS).
@@ -179,6 +180,9 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
         tls = tls
             .require_client_certs(read_certs(ca)?)
             .map_err(|e| CliError::from_meridian(&e))?;
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        crate::common::reload_on_sighup(tls.clone(), cert.clone(), key.clone());
     }
     let server = builder(&args.region, args.id.as_deref())
         .access_log(args.ops.access_log)
