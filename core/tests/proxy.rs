@@ -1124,3 +1124,102 @@ async fn one_caller_cannot_take_every_upstream_stream() {
         let _ = c.await;
     }
 }
+
+#[tokio::test]
+async fn mutual_tls_on_both_sides_of_the_proxy_from_its_toml() {
+    use meridian::transport::pem_encode;
+    let dir = std::env::temp_dir().join(format!(
+        "meridian-proxy-mtls-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let write_id = |stem: &str, id: &meridian::Identity| {
+        let chain: String = id
+            .chain
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c))
+            .collect();
+        (
+            write(&format!("{stem}.pem"), chain),
+            write(
+                &format!("{stem}.key"),
+                pem_encode("PRIVATE KEY", id.key.secret_der()),
+            ),
+        )
+    };
+    // Servers and the proxy share one CA; callers and the proxy's upstream identity come
+    // from two others.
+    let (servers, callers, proxies) = (
+        DevCa::new().unwrap(),
+        DevCa::new().unwrap(),
+        DevCa::new().unwrap(),
+    );
+    let backend = Server::builder()
+        .region("eu")
+        .no_local_registry()
+        .unary(Method::new("who").idempotent(), |(): (), ctx| async move {
+            Ok(ctx
+                .peer_identity()
+                .and_then(|p| p.common_name().map(str::to_string))
+                .unwrap_or_default())
+        })
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerTls::new(servers.issue_server(&["localhost"]).unwrap())
+                .require_client_certs([proxies.certificate().clone()])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (cert, key) = write_id("proxy", &servers.issue_server(&["localhost"]).unwrap());
+    let (up_cert, up_key) = write_id(
+        "upstream",
+        &proxies
+            .issue_client_with_uri("edge-proxy", "spiffe://t/proxy")
+            .unwrap(),
+    );
+    let ca = write("servers.pem", servers.certificate_pem());
+    let client_ca = write("callers.pem", callers.certificate_pem());
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n\
+         client_ca = {client_ca:?}\nupstream_cert = {up_cert:?}\nupstream_key = {up_key:?}\n\
+         [[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.local_addr()
+    );
+    let config = ProxyConfig::from_toml_str(&toml).unwrap();
+    let proxy = Proxy::from_config(config).await.unwrap();
+    assert!(proxy.upstream().ready("who", Duration::from_secs(5)).await);
+    let roots = ClientTls::with_roots([servers.certificate().clone()]).unwrap();
+    // A caller with a certificate from the callers' CA: served, and the backend sees the
+    // proxy's upstream identity.
+    let ch = Channel::builder(
+        proxy.local_addr(),
+        roots
+            .clone()
+            .with_identity(callers.issue_client("app-1").unwrap()),
+    )
+    .connect()
+    .await
+    .unwrap();
+    let who: String = ch.unary("who", &()).await.unwrap();
+    assert_eq!(who, "edge-proxy");
+    // A caller without one: refused.
+    let refused = match Channel::builder(proxy.local_addr(), roots).connect().await {
+        Err(_) => true,
+        Ok(ch) => ch.unary::<_, String>("who", &()).await.is_err(),
+    };
+    assert!(refused);
+    // upstream_cert without upstream_key is a configuration error.
+    let half = toml.replace(&format!("upstream_key = {up_key:?}\n"), "");
+    let err = Proxy::from_config(ProxyConfig::from_toml_str(&half).unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("go together"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -103,7 +103,7 @@ impl ProxyBuilder {
         if let Some(id) = self.server_id {
             builder = builder.server_id(id);
         }
-        let server = builder.bind(addr, tls).await?;
+        let server = builder.bind(addr, tls.clone()).await?;
         let announce = server.catalog_handle();
         let refreshed = Arc::downgrade(&up);
         let refresher = tokio::spawn(async move {
@@ -136,6 +136,7 @@ impl ProxyBuilder {
         });
         Ok(Proxy {
             server,
+            tls,
             upstream: up,
             refresher: AbortOnDrop(refresher),
         })

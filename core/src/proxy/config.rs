@@ -88,6 +88,17 @@ pub struct ProxyTlsConfig {
     /// PEM roots trusted for upstream servers.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Mutual TLS with callers: only clients whose certificates lead to these PEM roots
+    /// are served (and handlers upstream still see the proxy's identity, not theirs).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Mutual TLS upstream: the PEM certificate chain the proxy presents to upstream
+    /// servers that require client certificates (needs `upstream_key`).
+    #[serde(default)]
+    pub upstream_cert: Option<PathBuf>,
+    /// The private key of `upstream_cert`.
+    #[serde(default)]
+    pub upstream_key: Option<PathBuf>,
 }
 
 impl ProxyConfig {
@@ -140,8 +151,16 @@ impl ProxyConfig {
         };
         fix(&mut cfg.tls.cert);
         fix(&mut cfg.tls.key);
-        if let Some(ca) = &mut cfg.tls.ca {
-            fix(ca);
+        for p in [
+            &mut cfg.tls.ca,
+            &mut cfg.tls.client_ca,
+            &mut cfg.tls.upstream_cert,
+            &mut cfg.tls.upstream_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
         }
         Ok(cfg)
     }

@@ -29,6 +29,7 @@ pub struct ProxyStats {
 #[derive(Debug)]
 pub struct Proxy {
     pub(super) server: Server,
+    pub(super) tls: ServerTls,
     pub(super) upstream: Arc<Upstream>,
     pub(super) refresher: AbortOnDrop,
 }
@@ -99,13 +100,28 @@ impl Proxy {
     /// Starts a proxy from a parsed configuration.
     pub async fn from_config(config: ProxyConfig) -> Result<Proxy, Error> {
         let identity = Identity::from_pem_files(&config.tls.cert, &config.tls.key)?;
-        let upstream_tls = match &config.tls.ca {
+        let mut upstream_tls = match &config.tls.ca {
             Some(ca) => ClientTls::with_roots_pem_file(ca)?,
             None => return Err(Error::Config(
                 "proxy: [tls] needs `ca`, the roots that upstream servers' certificates lead to"
                     .into(),
             )),
         };
+        match (&config.tls.upstream_cert, &config.tls.upstream_key) {
+            (Some(cert), Some(key)) => {
+                upstream_tls = upstream_tls.with_identity(Identity::from_pem_files(cert, key)?);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Config(
+                    "proxy: [tls] upstream_cert and upstream_key go together".into(),
+                ))
+            }
+        }
+        let mut server_tls = ServerTls::new(identity);
+        if let Some(ca) = &config.tls.client_ca {
+            server_tls = server_tls.require_client_certs_pem_file(ca)?;
+        }
         let map = RegionMap {
             regions: config.regions,
         };
@@ -159,7 +175,7 @@ impl Proxy {
         if let Some(n) = config.max_calls_per_client {
             builder = builder.max_calls_per_client(n);
         }
-        builder.bind(config.listen, ServerTls::new(identity)).await
+        builder.bind(config.listen, server_tls).await
     }
 
     /// Reads a TOML configuration file (see [`ProxyConfig`]) and starts the proxy.
@@ -170,6 +186,12 @@ impl Proxy {
     /// The address the proxy listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The TLS settings the proxy serves with: [`ServerTls::set_identity`] rotates the
+    /// certificate it presents to callers (new handshakes; open connections stay).
+    pub fn server_tls(&self) -> &ServerTls {
+        &self.tls
     }
 
     /// The region client the proxy forwards through (its stats show the upstream side).

@@ -140,6 +140,20 @@ impl ServerTls {
         Ok(self)
     }
 
+    /// As [`require_client_certs`](Self::require_client_certs), with the CA certificates
+    /// of a PEM file.
+    pub fn require_client_certs_pem_file(
+        self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<ServerTls, Error> {
+        let path = path.as_ref();
+        let roots = super::pem_text::certs_from_pem(
+            &super::pem_text::read_file(path)?,
+            &path.display().to_string(),
+        )?;
+        self.require_client_certs(roots)
+    }
+
     pub(crate) fn to_rustls(&self) -> Result<rustls::ServerConfig, Error> {
         let provider = crypto_provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())

@@ -84,6 +84,9 @@ Configuration (relative file names are read from the file's directory):
   cert = \"proxy.pem\"            # shown to clients
   key = \"proxy.key\"
   ca = \"ca.pem\"                 # roots for upstream servers' certificates
+  client_ca = \"clients.pem\"     # optional: serve only callers with certificates from these
+  upstream_cert = \"up.pem\"      # optional: the certificate shown to upstream servers
+  upstream_key = \"up.key\"       #   requiring client certificates (mutual TLS)
   [[region]]
   name = \"eu\"
   servers = [{ addr = \"127.0.0.1:7000\", server_name = \"localhost\" }]
@@ -91,7 +94,8 @@ Configuration (relative file names are read from the file's directory):
   [etcd]                        # optional: upstream servers registered in etcd
   endpoints = [\"http://127.0.0.1:2379\"]
 
-Prints `address: ADDR`, then forwards calls until Ctrl-C or SIGTERM.";
+Prints `address: ADDR`, then forwards calls until Ctrl-C or SIGTERM; SIGHUP rereads
+cert and key (new handshakes present them).";
 
 /// Flags of `demo`.
 #[derive(Args, Debug)]
@@ -107,11 +111,13 @@ async fn proxy(args: ProxyArgs) -> CliResult<()> {
     let mut config = meridian::proxy::ProxyConfig::from_toml_file(&args.config)
         .map_err(|e| CliError::from_meridian(&e))?;
     config.access_log |= args.ops.access_log;
+    let (cert, key) = (config.tls.cert.clone(), config.tls.key.clone());
     let regions: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
     let region = config.proxy_region.clone();
     let proxy = meridian::proxy::Proxy::from_config(config)
         .await
         .map_err(|e| CliError::from_meridian(&e))?;
+    common::reload_on_sighup(proxy.server_tls().clone(), cert, key);
     let endpoint = args.ops.start_metrics(vec![proxy.metrics_source()]).await?;
     let metrics_addr = endpoint.as_ref().map(|e| e.local_addr().to_string());
     let text = if args.json {
