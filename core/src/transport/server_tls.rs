@@ -87,8 +87,6 @@ impl ServerTls {
         self
     }
 
-    /// The certificate a client should trust for this server: the last of its chain (the
-    /// issuing CA for a chain from [`DevCa`], the certificate itself if self-signed).
     /// Rotates the certificate: handshakes from now on present `identity` (servers bound
     /// with this `ServerTls` or a clone of it); connections already open keep theirs and are
     /// not dropped. Fails, changing nothing, when the key does not match the certificate.
@@ -114,6 +112,9 @@ impl ServerTls {
         self.set_identity(Identity::from_pem_files(cert, key)?)
     }
 
+    /// The certificate a client should trust for this server: the last of its chain (the
+    /// issuing CA for a chain from [`DevCa`](super::DevCa), the certificate itself if
+    /// self-signed).
     pub(crate) fn trust_anchor(&self) -> CertificateDer<'static> {
         self.identity
             .chain
