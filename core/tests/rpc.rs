@@ -18,6 +18,8 @@ mod extension;
 mod graceful_stop;
 #[path = "rpc/hello_shutdown.rs"]
 mod hello_shutdown;
+#[path = "rpc/intercept.rs"]
+mod intercept;
 #[path = "rpc/link_emulator.rs"]
 mod link_emulator;
 #[path = "rpc/tls.rs"]

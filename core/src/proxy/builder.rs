@@ -17,7 +17,6 @@ use crate::status::Error;
 use crate::transport::{ServerTls, TransportConfig};
 
 /// Builds a [`Proxy`] around a [`RegionClient`] that reaches the upstream servers.
-#[derive(Debug)]
 pub struct ProxyBuilder {
     pub(super) upstream: RegionClient,
     pub(super) region: String,
@@ -25,6 +24,16 @@ pub struct ProxyBuilder {
     pub(super) transport: TransportConfig,
     pub(super) max_calls_per_client: u32,
     pub(super) access_log: bool,
+    pub(super) interceptors: Vec<Arc<dyn crate::server::Interceptor>>,
+}
+
+impl std::fmt::Debug for ProxyBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBuilder")
+            .field("region", &self.region)
+            .field("interceptors", &self.interceptors.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProxyBuilder {
@@ -65,6 +74,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// Adds an interceptor the proxy's callers pass before their call is forwarded (see
+    /// [`Interceptor`](crate::server::Interceptor)): authorization by the caller's
+    /// certificate, per-caller limits, audit.
+    pub fn intercept(mut self, interceptor: impl crate::server::Interceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
     /// Binds `addr` and starts forwarding on the current tokio runtime.
     pub async fn bind(mut self, addr: SocketAddr, tls: ServerTls) -> Result<Proxy, Error> {
         self.transport.max_concurrent_streams = self
@@ -102,6 +119,9 @@ impl ProxyBuilder {
             .fallback(move |name| resolver.resolve(name), templates);
         if let Some(id) = self.server_id {
             builder = builder.server_id(id);
+        }
+        for i in self.interceptors {
+            builder = builder.intercept(i);
         }
         let server = builder.bind(addr, tls.clone()).await?;
         let announce = server.catalog_handle();

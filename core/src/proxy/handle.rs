@@ -88,6 +88,7 @@ impl Proxy {
             transport: TransportConfig::default(),
             max_calls_per_client: Self::DEFAULT_MAX_CALLS_PER_CLIENT,
             access_log: false,
+            interceptors: Vec::new(),
         }
     }
 

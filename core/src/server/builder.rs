@@ -66,6 +66,7 @@ pub struct ServerBuilder<P = Typed> {
     pub(super) advertise: Option<String>,
     pub(super) fallback: Option<Arc<Fallback>>,
     pub(super) access_log: bool,
+    pub(super) interceptors: Vec<Arc<dyn super::Interceptor>>,
     pub(super) style: PhantomData<P>,
 }
 
@@ -121,6 +122,15 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         self
     }
 
+    /// Adds an interceptor at the end of the chain every call passes before its handler
+    /// (see [`Interceptor`](super::Interceptor)): authorization
+    /// ([`AllowNames`](super::AllowNames)), limits ([`PerCallerLimit`](super::PerCallerLimit)),
+    /// audit, metadata added for handlers.
+    pub fn intercept(mut self, interceptor: impl super::Interceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
     /// Handlers registered next take and return raw [`Bytes`](bytes::Bytes).
     pub fn raw(self) -> ServerBuilder<Raw> {
         self.with_style()
@@ -140,6 +150,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             advertise: self.advertise,
             fallback: self.fallback,
             access_log: self.access_log,
+            interceptors: self.interceptors,
             style: PhantomData,
         }
     }
@@ -294,6 +305,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             early_calls: AtomicU64::new(0),
             method_metrics: MethodTable::new(metric_methods),
             access_log: self.access_log,
+            interceptors: self.interceptors.into(),
             serving: AtomicBool::new(true),
         });
         super::health::register(&shared);

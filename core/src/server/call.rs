@@ -13,6 +13,7 @@ use tracing::{field, Instrument};
 
 use super::context::{CallContext, CancelState};
 use super::handler::{RequestBody, ServerCall};
+use super::intercept::{CallEnd, CallHead, Hold};
 use super::shared::{OpenCall, ServedConnection, Shared};
 use super::streams::Queued;
 use super::{BoxFuture, RESPONSE_QUEUE};
@@ -328,9 +329,11 @@ async fn answer_call(
         span.record("trace_id", t.trace_id_hex());
         span.record("parent_span", t.span_id_hex());
     }
-    let access_method = shared.access_log.then(|| headers.method.clone());
+    let method_name =
+        (shared.access_log || !shared.interceptors.is_empty()).then(|| headers.method.clone());
     let early_data = EarlyData { early, confirmed };
     let mut row = None;
+    let mut passed = Passed::default();
     let call = Call {
         shared,
         conn,
@@ -339,9 +342,22 @@ async fn answer_call(
         headers,
         started,
         row: &mut row,
+        passed: &mut passed,
     };
     let (code, finished) = run_call(call, rx, send).instrument(span.clone()).await;
     let took = started.elapsed();
+    if passed.count > 0 {
+        let end = CallEnd {
+            method: method_name.as_deref().unwrap_or(""),
+            peer,
+            code,
+            duration: took,
+        };
+        for i in (0..passed.count).rev() {
+            shared.interceptors[i].after(&end);
+        }
+    }
+    drop(passed);
     if code != Code::Ok {
         shared.calls_failed.fetch_add(1, Ordering::Relaxed);
     }
@@ -351,8 +367,8 @@ async fn answer_call(
     span.record("code", field::display(code));
     span.record("duration_us", took.as_micros() as u64);
     drop(inflight);
-    if let Some(method) = access_method {
-        access_line(&method, code, peer, took, early, trace.as_ref());
+    if let (true, Some(method)) = (shared.access_log, &method_name) {
+        access_line(method, code, peer, took, early, trace.as_ref());
     }
     finished
 }
@@ -392,6 +408,17 @@ struct Call<'a> {
     /// Set to the method's metrics row once the method is looked up (its in-flight gauge
     /// counts the call from then on).
     row: &'a mut Option<Arc<MethodMetrics>>,
+    /// The interceptors that let the call through, and what they hold until it ends.
+    passed: &'a mut Passed,
+}
+
+/// How far a call got through the interceptor chain.
+#[derive(Default)]
+struct Passed {
+    /// The first `count` interceptors let it through (their `after` runs).
+    count: usize,
+    /// Dropped once the call is over.
+    holds: Vec<Hold>,
 }
 
 /// Whether a call arrived in 0-RTT data, and the connection's handshake state.
@@ -412,9 +439,10 @@ async fn run_call(
         conn,
         peer,
         mut early,
-        headers,
+        mut headers,
         started,
         row,
+        passed,
     } = call;
     // A timeout too large to add to the clock (the wire allows ~146 000 years) is no
     // deadline.
@@ -526,6 +554,37 @@ async fn run_call(
             }
         }
     };
+    // Mutual TLS only: the client's verified names, read once per connection.
+    let identity = if shared.client_auth {
+        conn.peer_identity()
+    } else {
+        None
+    };
+    // The interceptor chain, before anything of the call's own runs (the health check is
+    // not intercepted).
+    if !shared.interceptors.is_empty() && entry.info.name != super::HEALTH_METHOD {
+        let mut head = CallHead {
+            method: &headers.method,
+            metadata: &mut headers.metadata,
+            deadline,
+            peer,
+            identity: identity.as_deref(),
+        };
+        for interceptor in shared.interceptors.iter() {
+            match interceptor.before(&mut head) {
+                Ok(hold) => {
+                    passed.count += 1;
+                    passed.holds.extend(hold);
+                }
+                Err(status) => {
+                    let code = status.code();
+                    rx.stop(reset::NO_ERROR);
+                    let trailers = trailers_for(status, started.elapsed());
+                    return (code, finish_call(send, None, trailers, bound).await);
+                }
+            }
+        }
+    }
     // The last moment to refuse: from here on the call's own code runs. The health check
     // is answered while the server drains (it changes nothing, and says "DRAINING").
     if !shared.may_start(conn, send.id()) && entry.info.name != super::HEALTH_METHOD {
@@ -552,12 +611,6 @@ async fn run_call(
         (Some(tx), Some(rx))
     } else {
         (None, None)
-    };
-    // Mutual TLS only: the client's verified names, read once per connection.
-    let identity = if shared.client_auth {
-        conn.peer_identity()
-    } else {
-        None
     };
     let ctx = CallContext {
         identity,

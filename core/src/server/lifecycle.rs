@@ -78,6 +78,7 @@ impl Server {
             advertise: Some("localhost".into()),
             fallback: None,
             access_log: false,
+            interceptors: Vec::new(),
             style: std::marker::PhantomData,
         }
     }

@@ -61,6 +61,8 @@ pub(super) struct Shared {
     pub(super) method_metrics: MethodTable,
     /// Log one line per call (target `meridian::access`).
     pub(super) access_log: bool,
+    /// The interceptor chain every call passes before its handler.
+    pub(super) interceptors: super::intercept::Chain,
     /// What the health method and `/readyz` say while the server is not stopping
     /// ([`Server::set_serving`](super::Server::set_serving)).
     pub(super) serving: AtomicBool,
