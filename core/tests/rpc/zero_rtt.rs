@@ -454,8 +454,12 @@ async fn a_call_in_flight_when_its_connection_dies() {
     let idem = {
         let ch = ch.clone();
         tokio::spawn(async move {
+            // It rides out the restart: on a loaded machine the new server may bind after
+            // the reconnection's first flight, whose retransmission then comes after the
+            // 1 s a call waits for a reconnection by default (CI saw this).
             ch.call("slow_probe_idem")
                 .timeout(Duration::from_secs(5))
+                .wait_for_ready(true)
                 .unary::<_, u64>(&1u64)
                 .await
         })
