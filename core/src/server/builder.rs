@@ -29,6 +29,18 @@ use crate::wire::{MethodInfo, MethodKind};
 pub(super) struct MethodEntry {
     pub(super) info: MethodInfo,
     pub(super) handler: Arc<Handler>,
+    /// The method's metrics row, found on its first call (so later calls skip the lookup).
+    pub(super) metrics: std::sync::OnceLock<Arc<crate::telemetry::metrics::MethodMetrics>>,
+}
+
+impl MethodEntry {
+    pub(super) fn new(info: MethodInfo, handler: Arc<Handler>) -> MethodEntry {
+        MethodEntry {
+            info,
+            handler,
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// Serves methods the server has no handler of its own for (the proxy): `resolve` tells
@@ -162,7 +174,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             idempotent: method.idempotent,
         };
         self.methods
-            .insert(method.name, MethodEntry { info, handler });
+            .insert(method.name, MethodEntry::new(info, handler));
         self
     }
 

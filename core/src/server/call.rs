@@ -1,4 +1,9 @@
 //! One call from HEADERS to TRAILERS: reading requests, running the handler, writing responses, watching the deadline and the client.
+//!
+//! One concern, the flow of a call, in the order it happens. What it leans on lives beside
+//! it: how a call's stream is ended (TRAILERS within a bound, refusals) in `respond.rs`, the
+//! interceptor chain in `intercept.rs`, the access line and the health check while
+//! draining in `health.rs`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,13 +12,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{field, Instrument};
 
 use super::context::{CallContext, CancelState};
 use super::handler::{RequestBody, ServerCall};
-use super::intercept::{CallEnd, CallHead, Hold};
+use super::health::access_line;
+use super::intercept::{admit, ended, CallEnd, CallHead, Passed};
+use super::respond::{echoed_reset, finish_call, refuse, trailers_for, WriteBound};
 use super::shared::{OpenCall, ServedConnection, Shared};
 use super::streams::Queued;
 use super::{BoxFuture, RESPONSE_QUEUE};
@@ -23,9 +30,7 @@ use crate::status::Status;
 use crate::telemetry::metrics::MethodMetrics;
 use crate::telemetry::TraceContext;
 use crate::transport::zero_rtt;
-use crate::wire::{
-    reset, Code, FrameKind, MethodKind, ProxyTime, RequestHeaders, Trailers, WireError,
-};
+use crate::wire::{reset, Code, FrameKind, MethodKind, ProxyTime, RequestHeaders, WireError};
 
 /// Counts a call in [`Shared::inflight`] while its handler may run.
 struct InflightGuard(Arc<Shared>);
@@ -36,107 +41,12 @@ impl Drop for InflightGuard {
     }
 }
 
-/// What bounds a call's final write: its deadline when it has one, else
-/// [`TransportConfig::response_write_timeout`](crate::TransportConfig) from the start of
-/// the write.
-#[derive(Clone, Copy)]
-struct WriteBound {
-    deadline: Option<Instant>,
-    timeout: Duration,
-}
-
-impl WriteBound {
-    /// When a write starting now must have ended, and the reset code if it has not.
-    fn until(self) -> (Instant, u32) {
-        match self.deadline {
-            Some(d) => (d, reset::DEADLINE_EXCEEDED),
-            None => {
-                let now = Instant::now();
-                // A timeout too large for the clock: a year is as good as forever.
-                let until = now
-                    .checked_add(self.timeout)
-                    .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
-                (until, reset::CANCELLED)
-            }
-        }
-    }
-}
-
-/// Writes TRAILERS (after an optional response message) and finishes the stream; returns
-/// whether it did (not if the client stopped the stream, the write ran past its bound or
-/// the connection is gone).
-///
-/// A client that stops reading cannot hold the call: past the bound the stream is reset
-/// (`DEADLINE_EXCEEDED` at the deadline, `CANCELLED` after the write timeout) and the
-/// reply's bytes are freed; a `STOP_SENDING` ends the write at once.
-async fn finish_call(
-    send: &mut quinn::SendStream,
-    reply: Option<Bytes>,
-    trailers: Trailers,
-    bound: WriteBound,
-) -> bool {
-    let mut tail = BytesMut::with_capacity(32 + trailers.message.len());
-    trailers.put_frame(&mut tail);
-    let write = async {
-        match reply {
-            Some(msg) => {
-                let [hdr, payload] = data_chunks(msg);
-                send.write_all_chunks(&mut [hdr, payload, tail.freeze()])
-                    .await
-            }
-            None => send.write_all(&tail).await,
-        }
-    };
-    // The write is polled before the clock, so bytes that fit go out even when the bound
-    // has passed already (a DEADLINE_EXCEEDED answer, say).
-    let (until, code) = bound.until();
-    match tokio::time::timeout_at(until.into(), write).await {
-        Ok(Ok(())) => send.finish().is_ok(),
-        Ok(Err(_)) => false,
-        Err(_) => {
-            let _ = send.reset(code.into());
-            false
-        }
-    }
-}
-
-/// Refuses a call whose handler has not started because the server is stopping: TRAILERS
-/// UNAVAILABLE with NOT_RUN tell the client that nothing ran, so it may send the call
-/// elsewhere, and, unlike a reset, the server can tell when they were delivered. Returns
-/// whether the stream was finished.
-async fn refuse(
-    send: &mut quinn::SendStream,
-    rx: &mut FramedRecv,
-    started: Instant,
-    bound: WriteBound,
-) -> bool {
-    rx.stop(reset::REFUSED);
-    let status = Status::unavailable("the server is shutting down; the call did not run");
-    let mut trailers = trailers_for(status, started.elapsed());
-    trailers.not_run = true;
-    finish_call(send, None, trailers, bound).await
-}
-
 /// `fut`, unless the server begins to stop first (`None`).
 async fn unless_stopping<T>(shared: &Shared, fut: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
         r = fut => Some(r),
         () = shared.stop_requested() => None,
-    }
-}
-
-fn trailers_for(status: Status, server_time: Duration) -> Trailers {
-    // A handler's status never claims "not run": the handler did run, whatever the
-    // status it passes on says about some other call. Only a proxy can vouch for that.
-    let (code, message, metadata) = status.into_parts();
-    Trailers {
-        code,
-        message,
-        metadata,
-        server_time: Some(server_time),
-        proxy: None,
-        not_run: false,
     }
 }
 
@@ -165,62 +75,6 @@ pub(super) async fn serve_call(
         // Resolves once the client acknowledged every byte (or stopped the stream, or the
         // connection ended).
         let _ = send.stopped().await;
-    }
-    drop(open);
-}
-
-/// Answers a call stream accepted while the server stops: the health check gets
-/// `"DRAINING"` (it changes nothing, so answering it vouches for nothing); any other call
-/// is refused at once, as before HEADERS: `REFUSED` both ways, and its stream ID is above
-/// every call that may have run, so the close also says it did not run.
-pub(super) async fn answer_while_stopping(
-    shared: Arc<Shared>,
-    open: OpenCall,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
-) {
-    let limits = shared.transport.wire;
-    let mut rx = FramedRecv::new(recv, limits);
-    // The HEADERS of a call come in its first packet; a peer that holds them back only
-    // delays its own refusal, briefly.
-    let wait = shared.transport.headers_timeout.min(Duration::from_secs(1));
-    let health = match tokio::time::timeout(wait, rx.next_frame()).await {
-        Ok(Ok(Some(f))) if f.kind == FrameKind::Headers => {
-            RequestHeaders::decode(&f.payload, &limits)
-                .ok()
-                .filter(|h| h.method == super::HEALTH_METHOD)
-        }
-        _ => None,
-    };
-    let Some(headers) = health else {
-        let _ = send.reset(reset::REFUSED.into());
-        rx.stop(reset::REFUSED);
-        return;
-    };
-    rx.stop(reset::NO_ERROR);
-    let reply = <crate::call::Typed as crate::call::EncodeAs<String>>::encode(
-        headers.codec,
-        &"DRAINING".to_string(),
-        limits.max_message_size,
-    );
-    let bound = WriteBound {
-        deadline: None,
-        timeout: wait,
-    };
-    let (reply, status) = match reply {
-        Ok(r) => (Some(r), Status::new(Code::Ok, "")),
-        Err(s) => (None, s),
-    };
-    let started = Instant::now();
-    if finish_call(
-        &mut send,
-        reply,
-        trailers_for(status, started.elapsed()),
-        bound,
-    )
-    .await
-    {
-        let _ = tokio::time::timeout(wait, send.stopped()).await;
     }
     drop(open);
 }
@@ -312,11 +166,6 @@ async fn answer_call(
         shared.early_calls.fetch_add(1, Ordering::Relaxed);
     }
     let inflight = InflightGuard(shared.clone());
-    let trace = if headers.metadata.is_empty() {
-        None
-    } else {
-        TraceContext::from_metadata(&headers.metadata)
-    };
     let span = tracing::debug_span!(
         "rpc.server",
         method = %headers.method,
@@ -325,6 +174,12 @@ async fn answer_call(
         trace_id = field::Empty,
         parent_span = field::Empty
     );
+    // Looked for only when a span or the access log will record it.
+    let trace = if headers.metadata.is_empty() || (span.is_disabled() && !shared.access_log) {
+        None
+    } else {
+        TraceContext::from_metadata(&headers.metadata)
+    };
     if let (Some(t), false) = (&trace, span.is_disabled()) {
         span.record("trace_id", t.trace_id_hex());
         span.record("parent_span", t.span_id_hex());
@@ -346,17 +201,16 @@ async fn answer_call(
     };
     let (code, finished) = run_call(call, rx, send).instrument(span.clone()).await;
     let took = started.elapsed();
-    if passed.count > 0 {
-        let end = CallEnd {
+    ended(
+        &shared.interceptors,
+        &passed,
+        &CallEnd {
             method: method_name.as_deref().unwrap_or(""),
             peer,
             code,
             duration: took,
-        };
-        for i in (0..passed.count).rev() {
-            shared.interceptors[i].after(&end);
-        }
-    }
+        },
+    );
     drop(passed);
     if code != Code::Ok {
         shared.calls_failed.fetch_add(1, Ordering::Relaxed);
@@ -373,30 +227,6 @@ async fn answer_call(
     finished
 }
 
-/// The access-log line of one call (target `meridian::access`).
-fn access_line(
-    method: &str,
-    code: Code,
-    peer: SocketAddr,
-    took: Duration,
-    early: bool,
-    trace: Option<&TraceContext>,
-) {
-    let trace_id = trace.map(TraceContext::trace_id_hex);
-    let parent_span = trace.map(TraceContext::span_id_hex);
-    tracing::info!(
-        target: "meridian::access",
-        method,
-        code = code.name(),
-        %peer,
-        duration_us = took.as_micros() as u64,
-        early,
-        trace_id = trace_id.as_deref().unwrap_or(""),
-        parent_span = parent_span.as_deref().unwrap_or(""),
-        "call"
-    );
-}
-
 /// One call whose HEADERS were read.
 struct Call<'a> {
     shared: &'a Shared,
@@ -410,15 +240,6 @@ struct Call<'a> {
     row: &'a mut Option<Arc<MethodMetrics>>,
     /// The interceptors that let the call through, and what they hold until it ends.
     passed: &'a mut Passed,
-}
-
-/// How far a call got through the interceptor chain.
-#[derive(Default)]
-struct Passed {
-    /// The first `count` interceptors let it through (their `after` runs).
-    count: usize,
-    /// Dropped once the call is over.
-    holds: Vec<Hold>,
 }
 
 /// Whether a call arrived in 0-RTT data, and the connection's handshake state.
@@ -452,9 +273,13 @@ async fn run_call(
         timeout: shared.transport.response_write_timeout,
     };
     let entry = shared.method(&headers.method);
-    let metrics = shared
-        .method_metrics
-        .row(entry.as_ref().map(|e| e.info.name.as_str()));
+    let metrics = match &entry {
+        Some(e) => e
+            .metrics
+            .get_or_init(|| shared.method_metrics.row(Some(&e.info.name)))
+            .clone(),
+        None => shared.method_metrics.row(None),
+    };
     metrics.start();
     *row = Some(metrics);
     let Some(entry) = entry else {
@@ -562,7 +387,7 @@ async fn run_call(
     };
     // The interceptor chain, before anything of the call's own runs (the health check is
     // not intercepted).
-    if !shared.interceptors.is_empty() && entry.info.name != super::HEALTH_METHOD {
+    if entry.info.name != super::HEALTH_METHOD {
         let mut head = CallHead {
             method: &headers.method,
             metadata: &mut headers.metadata,
@@ -570,19 +395,11 @@ async fn run_call(
             peer,
             identity: identity.as_deref(),
         };
-        for interceptor in shared.interceptors.iter() {
-            match interceptor.before(&mut head) {
-                Ok(hold) => {
-                    passed.count += 1;
-                    passed.holds.extend(hold);
-                }
-                Err(status) => {
-                    let code = status.code();
-                    rx.stop(reset::NO_ERROR);
-                    let trailers = trailers_for(status, started.elapsed());
-                    return (code, finish_call(send, None, trailers, bound).await);
-                }
-            }
+        if let Err(status) = admit(&shared.interceptors, &mut head, passed) {
+            let code = status.code();
+            rx.stop(reset::NO_ERROR);
+            let trailers = trailers_for(status, started.elapsed());
+            return (code, finish_call(send, None, trailers, bound).await);
         }
     }
     // The last moment to refuse: from here on the call's own code runs. The health check
@@ -836,31 +653,5 @@ fn single_error(e: RecvError) -> Status {
     match e {
         RecvError::Budget(_) => e.to_status().mark_not_run(),
         e => e.to_status(),
-    }
-}
-
-/// The code a server resets its response with when the client stopped it with `code`
-/// while the handler ran: the same, except REFUSED ("nothing ran", a lie by now) and codes
-/// past 32 bits (no Meridian code), which become CANCELLED.
-fn echoed_reset(code: u64) -> u32 {
-    u32::try_from(code)
-        .ok()
-        .filter(|&c| c != reset::REFUSED)
-        .unwrap_or(reset::CANCELLED)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stop_is_echoed_but_never_as_refused_or_past_32_bits() {
-        assert_eq!(
-            echoed_reset(u64::from(reset::DEADLINE_EXCEEDED)),
-            reset::DEADLINE_EXCEEDED
-        );
-        assert_eq!(echoed_reset(u64::from(reset::REFUSED)), reset::CANCELLED);
-        assert_eq!(echoed_reset(1 << 40), reset::CANCELLED);
-        assert_eq!(echoed_reset(0x1234), 0x1234);
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::call::{answer_while_stopping, serve_call};
+use super::call::serve_call;
+use super::health::answer_while_stopping;
 use super::shared::{OpenCall, ServedConnection, Shared};
 use crate::transport::zero_rtt;
 use crate::wire::reset;

@@ -1,14 +1,19 @@
-//! What a server tells its operators: the health method every server answers, and its
-//! figures as a metrics source.
+//! What a server tells its operators: the health method every server answers (also while
+//! it drains), the access-log line of each call, and its figures as a metrics source.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use super::shared::Shared;
+use super::respond::{finish_call, trailers_for, WriteBound};
+use super::shared::{OpenCall, Shared};
 use super::Server;
+use crate::call::FramedRecv;
 use crate::status::Status;
-use crate::telemetry::{MetricsSource, MetricsWriter};
+use crate::telemetry::{MetricsSource, MetricsWriter, TraceContext};
+use crate::wire::{reset, Code, FrameKind, RequestHeaders};
 
 /// The health method every server serves (unary, idempotent; not announced in the HELLO
 /// catalog, since every server has it: call it on a [`Channel`](crate::Channel)). Its request is a method
@@ -62,6 +67,86 @@ pub(super) fn register(shared: &Arc<Shared>) {
             methods.insert(name, Arc::new(entry));
         }
     }
+}
+
+/// Answers a call stream accepted while the server stops: the health check gets
+/// `"DRAINING"` (it changes nothing, so answering it vouches for nothing); any other call
+/// is refused at once, as before HEADERS: `REFUSED` both ways, and its stream ID is above
+/// every call that may have run, so the close also says it did not run.
+pub(super) async fn answer_while_stopping(
+    shared: Arc<Shared>,
+    open: OpenCall,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let limits = shared.transport.wire;
+    let mut rx = FramedRecv::new(recv, limits);
+    // The HEADERS of a call come in its first packet; a peer that holds them back only
+    // delays its own refusal, briefly.
+    let wait = shared.transport.headers_timeout.min(Duration::from_secs(1));
+    let health = match tokio::time::timeout(wait, rx.next_frame()).await {
+        Ok(Ok(Some(f))) if f.kind == FrameKind::Headers => {
+            RequestHeaders::decode(&f.payload, &limits)
+                .ok()
+                .filter(|h| h.method == HEALTH_METHOD)
+        }
+        _ => None,
+    };
+    let Some(headers) = health else {
+        let _ = send.reset(reset::REFUSED.into());
+        rx.stop(reset::REFUSED);
+        return;
+    };
+    rx.stop(reset::NO_ERROR);
+    let reply = <crate::call::Typed as crate::call::EncodeAs<String>>::encode(
+        headers.codec,
+        &"DRAINING".to_string(),
+        limits.max_message_size,
+    );
+    let bound = WriteBound {
+        deadline: None,
+        timeout: wait,
+    };
+    let (reply, status) = match reply {
+        Ok(r) => (Some(r), Status::new(Code::Ok, "")),
+        Err(s) => (None, s),
+    };
+    let started = Instant::now();
+    if finish_call(
+        &mut send,
+        reply,
+        trailers_for(status, started.elapsed()),
+        bound,
+    )
+    .await
+    {
+        let _ = tokio::time::timeout(wait, send.stopped()).await;
+    }
+    drop(open);
+}
+
+/// The access-log line of one call (target `meridian::access`).
+pub(super) fn access_line(
+    method: &str,
+    code: Code,
+    peer: SocketAddr,
+    took: Duration,
+    early: bool,
+    trace: Option<&TraceContext>,
+) {
+    let trace_id = trace.map(TraceContext::trace_id_hex);
+    let parent_span = trace.map(TraceContext::span_id_hex);
+    tracing::info!(
+        target: "meridian::access",
+        method,
+        code = code.name(),
+        %peer,
+        duration_us = took.as_micros() as u64,
+        early,
+        trace_id = trace_id.as_deref().unwrap_or(""),
+        parent_span = parent_span.as_deref().unwrap_or(""),
+        "call"
+    );
 }
 
 /// A server's figures, read at each scrape; from [`Server::metrics_source`].

@@ -97,6 +97,36 @@ impl<T: Interceptor + ?Sized> Interceptor for Arc<T> {
 /// The chain, shared by every call of a server.
 pub(super) type Chain = Arc<[Arc<dyn Interceptor>]>;
 
+/// How far a call got through the interceptor chain.
+#[derive(Default)]
+pub(super) struct Passed {
+    /// The first `count` interceptors let it through (their `after` runs).
+    count: usize,
+    /// Dropped once the call is over.
+    holds: Vec<Hold>,
+}
+
+/// Runs the chain's `before`s in order until one refuses, recording in `passed` the ones
+/// that let the call through.
+pub(super) fn admit(
+    chain: &Chain,
+    head: &mut CallHead<'_>,
+    passed: &mut Passed,
+) -> Result<(), Status> {
+    for interceptor in chain.iter() {
+        passed.holds.extend(interceptor.before(head)?);
+        passed.count += 1;
+    }
+    Ok(())
+}
+
+/// Runs `after` for the interceptors that let the call through, last first.
+pub(super) fn ended(chain: &Chain, passed: &Passed, end: &CallEnd<'_>) {
+    for interceptor in chain[..passed.count].iter().rev() {
+        interceptor.after(end);
+    }
+}
+
 /// Refuses calls to some methods unless the caller's verified certificate carries one of
 /// the names allowed for that method (a DNS or URI SAN such as a SPIFFE ID, or the common
 /// name); other methods pass. Without a client certificate a guarded method is refused

@@ -31,6 +31,7 @@ mod health;
 mod intercept;
 mod lifecycle;
 mod method;
+mod respond;
 mod shared;
 mod streams;
 

@@ -254,7 +254,7 @@ impl Shared {
         let fallback = self.fallback.as_ref()?;
         let info = (fallback.resolve)(name);
         let handler = fallback.handlers.get(&info.kind)?.clone();
-        Some(Arc::new(MethodEntry { info, handler }))
+        Some(Arc::new(MethodEntry::new(info, handler)))
     }
 
     /// Rebuilds the catalog from the method table and tells every connection.

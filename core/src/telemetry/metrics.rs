@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -208,51 +208,23 @@ impl fmt::Debug for MetricsWriter<'_> {
 impl MetricsWriter<'_> {
     /// A counter family (`name` gets the `_total` suffix); rows with no labels are fine.
     pub fn counter(&mut self, name: &str, help: &str, rows: &[(Labels, u64)]) -> fmt::Result {
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                m.encode_counter::<NoLabelSet, u64, u64>(v, None)?;
-                continue;
-            }
-            let labels = escaped(labels);
-            m.encode_family(&labels.as_slice())?
-                .encode_counter::<NoLabelSet, u64, u64>(v, None)?;
-        }
-        Ok(())
+        self.family(name, help, MetricType::Counter, rows, |m, v| {
+            m.encode_counter::<NoLabelSet, u64, u64>(v, None)
+        })
     }
 
     /// A gauge family.
     pub fn gauge(&mut self, name: &str, help: &str, rows: &[(Labels, i64)]) -> fmt::Result {
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                m.encode_gauge(v)?;
-                continue;
-            }
-            let labels = escaped(labels);
-            m.encode_family(&labels.as_slice())?.encode_gauge(v)?;
-        }
-        Ok(())
+        self.family(name, help, MetricType::Gauge, rows, |m, v| {
+            m.encode_gauge(v)
+        })
     }
 
     /// A gauge family of floating-point values (seconds, ratios).
     pub fn gauge_f64(&mut self, name: &str, help: &str, rows: &[(Labels, f64)]) -> fmt::Result {
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                m.encode_gauge(v)?;
-                continue;
-            }
-            let labels = escaped(labels);
-            m.encode_family(&labels.as_slice())?.encode_gauge(v)?;
-        }
-        Ok(())
+        self.family(name, help, MetricType::Gauge, rows, |m, v| {
+            m.encode_gauge(v)
+        })
     }
 
     /// A histogram family.
@@ -262,13 +234,28 @@ impl MetricsWriter<'_> {
         help: &str,
         rows: &[(Labels, Histogram)],
     ) -> fmt::Result {
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, None, MetricType::Histogram)?;
-        for (labels, h) in rows {
-            let labels = escaped(labels);
-            m.encode_family(&labels.as_slice())?
-                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+        self.family(name, help, MetricType::Histogram, rows, |m, h| {
+            m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
+        })
+    }
+
+    /// One family: its descriptor, then each row under its labels (none: no braces).
+    fn family<V>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        rows: &[(Labels, V)],
+        mut encode: impl FnMut(&mut MetricEncoder<'_>, &V) -> fmt::Result,
+    ) -> fmt::Result {
+        let mut m = self.enc.encode_descriptor(name, help, None, kind)?;
+        for (labels, v) in rows {
+            if labels.is_empty() {
+                encode(&mut m, v)?;
+            } else {
+                let labels = escaped(labels);
+                encode(&mut m.encode_family(&labels.as_slice())?, v)?;
+            }
         }
         Ok(())
     }

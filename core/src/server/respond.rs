@@ -1,0 +1,133 @@
+//! Ending a call: TRAILERS (after an optional reply) written within a bound, refusals that
+//! say nothing ran, and the reset code echoed to a client that stopped the call. Kept apart
+//! from the call's flow (call.rs) because the health check during a drain (health.rs)
+//! ends its calls the same way.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::call::{data_chunks, FramedRecv};
+use crate::status::Status;
+use crate::wire::{reset, Trailers};
+
+/// What bounds a call's final write: its deadline when it has one, else
+/// [`TransportConfig::response_write_timeout`](crate::TransportConfig) from the start of
+/// the write.
+#[derive(Clone, Copy)]
+pub(super) struct WriteBound {
+    pub(super) deadline: Option<Instant>,
+    pub(super) timeout: Duration,
+}
+
+impl WriteBound {
+    /// When a write starting now must have ended, and the reset code if it has not.
+    fn until(self) -> (Instant, u32) {
+        match self.deadline {
+            Some(d) => (d, reset::DEADLINE_EXCEEDED),
+            None => {
+                let now = Instant::now();
+                // A timeout too large for the clock: a year is as good as forever.
+                let until = now
+                    .checked_add(self.timeout)
+                    .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+                (until, reset::CANCELLED)
+            }
+        }
+    }
+}
+
+/// Writes TRAILERS (after an optional response message) and finishes the stream; returns
+/// whether it did (not if the client stopped the stream, the write ran past its bound or
+/// the connection is gone).
+///
+/// A client that stops reading cannot hold the call: past the bound the stream is reset
+/// (`DEADLINE_EXCEEDED` at the deadline, `CANCELLED` after the write timeout) and the
+/// reply's bytes are freed; a `STOP_SENDING` ends the write at once.
+pub(super) async fn finish_call(
+    send: &mut quinn::SendStream,
+    reply: Option<Bytes>,
+    trailers: Trailers,
+    bound: WriteBound,
+) -> bool {
+    let mut tail = BytesMut::with_capacity(32 + trailers.message.len());
+    trailers.put_frame(&mut tail);
+    let write = async {
+        match reply {
+            Some(msg) => {
+                let [hdr, payload] = data_chunks(msg);
+                send.write_all_chunks(&mut [hdr, payload, tail.freeze()])
+                    .await
+            }
+            None => send.write_all(&tail).await,
+        }
+    };
+    // The write is polled before the clock, so bytes that fit go out even when the bound
+    // has passed already (a DEADLINE_EXCEEDED answer, say).
+    let (until, code) = bound.until();
+    match tokio::time::timeout_at(until.into(), write).await {
+        Ok(Ok(())) => send.finish().is_ok(),
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = send.reset(code.into());
+            false
+        }
+    }
+}
+
+/// Refuses a call whose handler has not started because the server is stopping: TRAILERS
+/// UNAVAILABLE with NOT_RUN tell the client that nothing ran, so it may send the call
+/// elsewhere, and, unlike a reset, the server can tell when they were delivered. Returns
+/// whether the stream was finished.
+pub(super) async fn refuse(
+    send: &mut quinn::SendStream,
+    rx: &mut FramedRecv,
+    started: Instant,
+    bound: WriteBound,
+) -> bool {
+    rx.stop(reset::REFUSED);
+    let status = Status::unavailable("the server is shutting down; the call did not run");
+    let mut trailers = trailers_for(status, started.elapsed());
+    trailers.not_run = true;
+    finish_call(send, None, trailers, bound).await
+}
+
+pub(super) fn trailers_for(status: Status, server_time: Duration) -> Trailers {
+    // A handler's status never claims "not run": the handler did run, whatever the
+    // status it passes on says about some other call. Only a proxy can vouch for that.
+    let (code, message, metadata) = status.into_parts();
+    Trailers {
+        code,
+        message,
+        metadata,
+        server_time: Some(server_time),
+        proxy: None,
+        not_run: false,
+    }
+}
+
+/// The code a server resets its response with when the client stopped it with `code`
+/// while the handler ran: the same, except REFUSED ("nothing ran", a lie by now) and codes
+/// past 32 bits (no Meridian code), which become CANCELLED.
+pub(super) fn echoed_reset(code: u64) -> u32 {
+    u32::try_from(code)
+        .ok()
+        .filter(|&c| c != reset::REFUSED)
+        .unwrap_or(reset::CANCELLED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_is_echoed_but_never_as_refused_or_past_32_bits() {
+        assert_eq!(
+            echoed_reset(u64::from(reset::DEADLINE_EXCEEDED)),
+            reset::DEADLINE_EXCEEDED
+        );
+        assert_eq!(echoed_reset(u64::from(reset::REFUSED)), reset::CANCELLED);
+        assert_eq!(echoed_reset(1 << 40), reset::CANCELLED);
+        assert_eq!(echoed_reset(0x1234), 0x1234);
+    }
+}
