@@ -22,6 +22,7 @@
 //! - [`proxy`]: a gateway that forwards calls through region routing and reports the time
 //!   of each hop.
 //! - `testing` (feature `testing`): the WAN link emulator used by tests and benchmarks.
+//! - `DevCa` (feature `dev`, off by default): a throwaway CA for development and tests.
 //!
 //! A server and a client in a few lines:
 //!
@@ -75,7 +76,9 @@ pub use server::{
     UpstreamReport, HEALTH_METHOD,
 };
 pub use status::{Error, Status};
-pub use transport::{ClientTls, DevCa, Identity, ServerTls, TransportConfig};
+#[cfg(feature = "dev")]
+pub use transport::DevCa;
+pub use transport::{ClientTls, Identity, ServerTls, TransportConfig};
 pub use wire::{Code, Metadata};
 
 /// The README's Rust tour, compiled and run as a doctest so it cannot rot.

@@ -578,7 +578,7 @@ fn sighup_reloads_the_server_certificate() {
         .status()
         .unwrap();
     assert!(hup.success());
-    serve.wait_log(&["certificate reloaded"]);
+    serve.wait_log(&["certificates reloaded"]);
     let o = call(&new_ca);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let o = call(&old_ca);

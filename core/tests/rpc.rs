@@ -10,6 +10,8 @@ mod bad_input;
 mod call_kinds;
 #[path = "rpc/cancellation.rs"]
 mod cancellation;
+#[path = "rpc/client_intercept.rs"]
+mod client_intercept;
 #[path = "rpc/concurrency.rs"]
 mod concurrency;
 #[path = "rpc/extension.rs"]

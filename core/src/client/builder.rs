@@ -7,18 +7,29 @@ use tokio::sync::watch;
 
 use super::channel::Channel;
 use super::connection::{ChannelInner, Link};
+use super::intercept::Interceptor;
 use super::stats::Counters;
 use crate::status::Error;
 use crate::transport::{ClientTls, TransportConfig};
 
 /// Builds a [`Channel`].
-#[derive(Debug)]
 pub struct ChannelBuilder {
     pub(super) addr: SocketAddr,
     pub(super) tls: ClientTls,
     pub(super) server_name: String,
     pub(super) transport: TransportConfig,
     pub(super) endpoint: Option<quinn::Endpoint>,
+    pub(super) interceptors: Vec<Arc<dyn Interceptor>>,
+}
+
+impl std::fmt::Debug for ChannelBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("addr", &self.addr)
+            .field("server_name", &self.server_name)
+            .field("interceptors", &self.interceptors.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChannelBuilder {
@@ -31,6 +42,13 @@ impl ChannelBuilder {
     /// Transport limits and timers.
     pub fn transport(mut self, transport: TransportConfig) -> Self {
         self.transport = transport;
+        self
+    }
+
+    /// Adds an interceptor to the channel's chain: it sees every call before it is sent
+    /// and how it ended (see [`Interceptor`]); interceptors run in the order added.
+    pub fn intercept(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
         self
     }
 
@@ -78,6 +96,7 @@ impl ChannelBuilder {
             stats: Counters::default(),
             extra: Default::default(),
             max_extra: self.transport.extra_connections,
+            interceptors: self.interceptors.into(),
         });
         inner.establish().await.map_err(|reason| Error::Connect {
             addr: self.addr,

@@ -12,6 +12,8 @@ use tracing::{debug, field, Instrument};
 
 use super::channel::Channel;
 use super::connection::ChannelInner;
+use super::hold::Attach;
+use super::intercept::{admit, settle, CallKind, Intercepted};
 use super::open::{finish_span, open_call, with_deadline, Early, Request};
 use super::options::CallOptions;
 use super::response::Response;
@@ -159,13 +161,28 @@ impl<T, P: PayloadStyle> CallBuilder<T, P> {
 /// The four call kinds on one server.
 impl<P: PayloadStyle> CallBuilder<Channel, P> {
     /// A unary call: one request, one response.
-    pub async fn unary<Req, Resp>(self, request: &Req) -> Result<Response<Resp>, Status>
+    pub async fn unary<Req, Resp>(mut self, request: &Req) -> Result<Response<Resp>, Status>
     where
         Req: ?Sized,
         P: EncodeAs<Req> + DecodeAs<Resp>,
     {
-        let msg = self.encode_request(request)?;
-        self.unary_bytes(msg).await
+        let passed = self.admit(CallKind::Unary)?;
+        let result = match self.encode_request(request) {
+            Ok(msg) => self.unary_bytes(msg).await,
+            Err(e) => Err(e),
+        };
+        settle(passed, &result);
+        result
+    }
+
+    /// Runs the channel's interceptors for this call.
+    fn admit(&mut self, kind: CallKind) -> Result<Option<Intercepted>, Status> {
+        admit(
+            &self.target.inner.interceptors,
+            &self.method,
+            kind,
+            &mut self.options,
+        )
     }
 
     /// Encodes the single request of a unary or server-streaming call.
@@ -310,7 +327,23 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
     }
 
     /// A server-streaming call: one request, a stream of responses.
-    pub async fn server_streaming<Req, Resp>(self, request: &Req) -> Result<Streaming<Resp>, Status>
+    pub async fn server_streaming<Req, Resp>(
+        mut self,
+        request: &Req,
+    ) -> Result<Streaming<Resp>, Status>
+    where
+        Req: ?Sized,
+        P: EncodeAs<Req> + DecodeAs<Resp>,
+    {
+        let passed = self.admit(CallKind::ServerStreaming)?;
+        let opened = self.open_server_streaming(request).await;
+        end_when_done(passed, opened)
+    }
+
+    async fn open_server_streaming<Req, Resp>(
+        self,
+        request: &Req,
+    ) -> Result<Streaming<Resp>, Status>
     where
         Req: ?Sized,
         P: EncodeAs<Req> + DecodeAs<Resp>,
@@ -343,29 +376,39 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
 
     /// A client-streaming call: send requests on the sink, then await the response.
     pub async fn client_streaming<Req, Resp>(
-        self,
+        mut self,
     ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status>
     where
         P: EncodeAs<Req> + DecodeAs<Resp>,
     {
-        let (sink, recv, deadline) = self.open_request_stream::<Req>().await?;
-        Ok((
-            sink,
-            ResponseFuture {
-                recv,
-                decode: P::decode,
-                deadline,
-            },
-        ))
+        let passed = self.admit(CallKind::ClientStreaming)?;
+        let opened = self
+            .open_request_stream::<Req>()
+            .await
+            .map(|(sink, recv, deadline)| {
+                (
+                    sink,
+                    ResponseFuture {
+                        recv,
+                        decode: P::decode,
+                        deadline,
+                    },
+                )
+            });
+        end_when_done(passed, opened)
     }
 
     /// A bidirectional call: send on the sink while reading the stream.
-    pub async fn bidi<Req, Resp>(self) -> Result<(RequestSink<Req>, Streaming<Resp>), Status>
+    pub async fn bidi<Req, Resp>(mut self) -> Result<(RequestSink<Req>, Streaming<Resp>), Status>
     where
         P: EncodeAs<Req> + DecodeAs<Resp>,
     {
-        let (sink, recv, deadline) = self.open_request_stream::<Req>().await?;
-        Ok((sink, recv.into_streaming(P::decode, deadline)))
+        let passed = self.admit(CallKind::Bidi)?;
+        let opened = self
+            .open_request_stream::<Req>()
+            .await
+            .map(|(sink, recv, deadline)| (sink, recv.into_streaming(P::decode, deadline)));
+        end_when_done(passed, opened)
     }
 
     /// Opens a call whose requests are streamed: HEADERS only, then a sink for requests.
@@ -427,6 +470,24 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             deadline,
             explicit_idempotent: o.idempotent,
             wait_for_ready: o.wait_for_ready,
+        }
+    }
+}
+
+/// An opened streaming call tells the interceptors how it ended when it ends; one that
+/// failed to open tells them now.
+pub(crate) fn end_when_done<T: Attach>(
+    passed: Option<Intercepted>,
+    opened: Result<T, Status>,
+) -> Result<T, Status> {
+    match (passed, opened) {
+        (Some(passed), Ok(mut call)) => {
+            call.attach_end(passed);
+            Ok(call)
+        }
+        (passed, opened) => {
+            settle(passed, &opened);
+            opened
         }
     }
 }

@@ -45,6 +45,7 @@ impl Channel {
             server_name: "localhost".into(),
             transport: TransportConfig::default(),
             endpoint: None,
+            interceptors: Vec::new(),
         }
     }
 

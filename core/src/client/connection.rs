@@ -47,6 +47,9 @@ pub(super) struct ChannelInner {
     /// ([`TransportConfig::extra_connections`](crate::TransportConfig)), and how many may be.
     pub(super) extra: tokio::sync::Mutex<Vec<quinn::Connection>>,
     pub(super) max_extra: usize,
+    /// The channel's interceptor chain (empty for a region client's channels: the region
+    /// client runs its own, once per call).
+    pub(super) interceptors: super::intercept::Chain,
 }
 
 /// One QUIC connection and the state of its handshake.

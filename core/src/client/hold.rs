@@ -2,6 +2,7 @@
 
 use std::any::Any;
 
+use super::intercept::Intercepted;
 use super::streaming::{RequestSink, ResponseFuture, Streaming};
 
 /// An opened streaming call that can keep a value until the call ends (its TRAILERS or
@@ -11,11 +12,18 @@ use super::streaming::{RequestSink, ResponseFuture, Streaming};
 pub(crate) trait Attach {
     /// Keeps `value` until the call ends.
     fn attach(&mut self, value: Box<dyn Any + Send + Sync>);
+
+    /// Tells the interceptors that let the call through how it ended, when it ends.
+    fn attach_end(&mut self, end: Intercepted);
 }
 
 impl<T> Attach for Streaming<T> {
     fn attach(&mut self, value: Box<dyn Any + Send + Sync>) {
         self.recv.hold = Some(value);
+    }
+
+    fn attach_end(&mut self, end: Intercepted) {
+        self.recv.end = Some(end);
     }
 }
 
@@ -23,10 +31,18 @@ impl<Req, Resp> Attach for (RequestSink<Req>, ResponseFuture<Resp>) {
     fn attach(&mut self, value: Box<dyn Any + Send + Sync>) {
         self.1.recv.hold = Some(value);
     }
+
+    fn attach_end(&mut self, end: Intercepted) {
+        self.1.recv.end = Some(end);
+    }
 }
 
 impl<Req, Resp> Attach for (RequestSink<Req>, Streaming<Resp>) {
     fn attach(&mut self, value: Box<dyn Any + Send + Sync>) {
         self.1.recv.hold = Some(value);
+    }
+
+    fn attach_end(&mut self, end: Intercepted) {
+        self.1.recv.end = Some(end);
     }
 }

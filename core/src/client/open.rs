@@ -163,6 +163,7 @@ pub(super) async fn open_call(
         started,
         ended: None,
         hold: None,
+        end: None,
         _channel: inner.clone(),
     };
     if let Err(e) = written {
@@ -350,6 +351,9 @@ pub(super) struct CallRecv {
     /// the server, so an open stream counts as load): dropped when the TRAILERS or a
     /// failure arrive, or with the call.
     pub(super) hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The interceptors that let a streaming call through: told how it ended when its
+    /// TRAILERS or a failure arrive, or when the caller drops it.
+    pub(super) end: Option<super::Intercepted>,
     /// Keeps the channel, and so its connection, alive while the response is read: a
     /// stream outlives the handle that opened it.
     _channel: Arc<ChannelInner>,
@@ -361,6 +365,7 @@ impl CallRecv {
         let result = self.next_message(decode).await;
         if self.finished {
             self.hold = None;
+            super::settle(self.end.take(), &result);
         }
         result
     }
@@ -494,6 +499,12 @@ impl Drop for CallRecv {
     fn drop(&mut self) {
         if !self.finished {
             self.recv.stop(abandon_code(self.deadline));
+        }
+        if let Some(end) = self.end.take() {
+            end.finish(match abandon_code(self.deadline) {
+                reset::DEADLINE_EXCEEDED => Code::DeadlineExceeded,
+                _ => Code::Cancelled,
+            });
         }
     }
 }

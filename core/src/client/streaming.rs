@@ -34,6 +34,9 @@ impl<T> Streaming<T> {
             if s.code() == Code::DeadlineExceeded && !self.recv.finished {
                 self.recv.finished = true;
                 self.recv.recv.stop(reset::DEADLINE_EXCEEDED);
+                if let Some(end) = self.recv.end.take() {
+                    end.finish(Code::DeadlineExceeded);
+                }
             }
         }
         r

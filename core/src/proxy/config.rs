@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::region::{Region, RegionMap};
 use crate::status::{toml_error, Error};
+use crate::transport::{ClientTls, ServerTls};
 
 /// A proxy's configuration, usually read from TOML:
 ///
@@ -99,6 +100,33 @@ pub struct ProxyTlsConfig {
     /// The private key of `upstream_cert`.
     #[serde(default)]
     pub upstream_key: Option<PathBuf>,
+}
+
+impl ProxyTlsConfig {
+    /// Rereads the files named here into a proxy's TLS settings (see
+    /// [`Proxy::reload_tls`](super::Proxy::reload_tls)): `server` (what callers see and
+    /// which client CAs it accepts) and `upstream` (whom it trusts upstream and the
+    /// certificate it presents there). Every file set is tried; the first failure is
+    /// returned and leaves its own setting as it was.
+    pub fn reload(&self, server: &ServerTls, upstream: &ClientTls) -> Result<(), Error> {
+        let mut first_error = None;
+        let mut note = |r: Result<(), Error>| {
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        };
+        note(server.reload_pem_files(&self.cert, &self.key));
+        if let Some(ca) = &self.client_ca {
+            note(server.reload_client_roots_pem_file(ca));
+        }
+        if let Some(ca) = &self.ca {
+            note(upstream.reload_roots_pem_file(ca));
+        }
+        if let (Some(cert), Some(key)) = (&self.upstream_cert, &self.upstream_key) {
+            note(upstream.reload_identity_pem_files(cert, key));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
 }
 
 impl ProxyConfig {

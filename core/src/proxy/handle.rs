@@ -195,6 +195,16 @@ impl Proxy {
         &self.tls
     }
 
+    /// Rereads every certificate file `files` names (a `SIGHUP` handler does this with the
+    /// proxy's `[tls]` table): the certificate presented to callers, the CAs callers'
+    /// certificates must lead to (`client_ca`), the roots trusted upstream (`ca`) and the
+    /// certificate presented upstream (`upstream_cert`, `upstream_key`). New handshakes use
+    /// them; open connections stay. Each file set is tried; the first failure is returned
+    /// and leaves its own setting as it was.
+    pub fn reload_tls(&self, files: &super::config::ProxyTlsConfig) -> Result<(), Error> {
+        files.reload(&self.tls, self.upstream().tls())
+    }
+
     /// The region client the proxy forwards through (its stats show the upstream side).
     pub fn upstream(&self) -> &RegionClient {
         &self.upstream.client

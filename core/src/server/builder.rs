@@ -50,6 +50,16 @@ pub(super) struct Fallback {
     pub(super) handlers: HashMap<MethodKind, Arc<Handler>>,
 }
 
+/// A unary call as a tower request ([`ServerBuilder::unary_service`]): the decoded
+/// request message and the call's context (method, metadata, deadline, peer identity).
+#[derive(Debug)]
+pub struct UnaryCall<Req> {
+    /// The request message.
+    pub message: Req,
+    /// The call's context.
+    pub context: CallContext,
+}
+
 /// Builds a [`Server`]: region, identity, limits and the handlers.
 ///
 /// Handlers take typed (serde) messages by default; after [`raw`](Self::raw) the ones
@@ -198,6 +208,47 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             P::encode(codec, &resp, call.max_message).map(Some)
         });
         self.add(method.into(), MethodKind::Unary, handler)
+    }
+
+    /// Registers a tower [`Service`](tower_service::Service) as a unary handler, so tower's
+    /// layers (concurrency limits, load shedding, rate limits, timeouts) wrap it unchanged.
+    /// Each call clones the service, waits until it is ready, then calls it with the
+    /// decoded request and the call's context; a service that is not ready holds the call
+    /// (within its deadline), and its error is the call's status.
+    ///
+    /// ```
+    /// use meridian::server::UnaryCall;
+    /// use meridian::{Method, Server, Status};
+    /// use tower::{service_fn, ServiceBuilder};
+    ///
+    /// let add = service_fn(|call: UnaryCall<(i64, i64)>| async move {
+    ///     let (a, b) = call.message;
+    ///     a.checked_add(b).ok_or_else(|| Status::out_of_range("overflow"))
+    /// });
+    /// // At most 4 additions at once across all callers; later calls wait their turn.
+    /// let service = ServiceBuilder::new().concurrency_limit(4).service(add);
+    /// let builder = Server::builder().unary_service(Method::new("add"), service);
+    /// # drop(builder);
+    /// ```
+    pub fn unary_service<Req, Resp, S>(self, method: impl Into<Method>, service: S) -> Self
+    where
+        P: DecodeAs<Req> + EncodeAs<Resp>,
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        S: tower_service::Service<UnaryCall<Req>, Response = Resp, Error = Status>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.unary(method, move |message: Req, context: CallContext| {
+            let mut service = service.clone();
+            async move {
+                std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                service.call(UnaryCall { message, context }).await
+            }
+        })
     }
 
     /// Registers a server-streaming handler: one request, responses sent on a sink.

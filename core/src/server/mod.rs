@@ -38,7 +38,7 @@ mod streams;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use builder::ServerBuilder;
+pub use builder::{ServerBuilder, UnaryCall};
 use bytes::Bytes;
 pub use context::{CallContext, MemoryReservation, UpstreamReport};
 pub use health::HEALTH_METHOD;

@@ -2,33 +2,169 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::config::{crypto_provider, TransportConfig};
 use super::endpoint::client_endpoint;
 use super::identity::Identity;
 use super::pem_text::{certs_from_pem, read_file};
+use super::server_tls::certified;
 use crate::status::Error;
 use crate::wire::ALPN;
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
-            .field("trust", &self.trust)
-            .field("client_cert", &self.identity.is_some())
-            .finish()
+            .field("client_cert", &self.live.has_identity())
+            .finish_non_exhaustive()
     }
 }
 
-#[derive(Debug, Clone)]
-enum Trust {
-    Roots(RootCertStore),
-    Pinned(CertificateDer<'static>),
+/// Whom a client trusts and which certificate it presents, shared by every clone of a
+/// [`ClientTls`] and by every rustls configuration made from them: a reload changes what
+/// the next handshake of any of their connections uses, and nothing else.
+struct Live {
+    verifier: RwLock<Arc<dyn ServerCertVerifier>>,
+    identity: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    fn new(verifier: Arc<dyn ServerCertVerifier>, identity: Option<Arc<CertifiedKey>>) -> Live {
+        Live {
+            verifier: RwLock::new(verifier),
+            identity: RwLock::new(identity),
+        }
+    }
+
+    fn verifier(&self) -> Arc<dyn ServerCertVerifier> {
+        match self.verifier.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn identity(&self) -> Option<Arc<CertifiedKey>> {
+        match self.identity.read() {
+            Ok(i) => i.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn has_identity(&self) -> bool {
+        self.identity().is_some()
+    }
+
+    fn set_verifier(&self, verifier: Arc<dyn ServerCertVerifier>) {
+        match self.verifier.write() {
+            Ok(mut v) => *v = verifier,
+            Err(poisoned) => *poisoned.into_inner() = verifier,
+        }
+    }
+
+    fn set_identity(&self, identity: Arc<CertifiedKey>) {
+        match self.identity.write() {
+            Ok(mut i) => *i = Some(identity),
+            Err(poisoned) => *poisoned.into_inner() = Some(identity),
+        }
+    }
+}
+
+/// The server verifier rustls sees: whatever [`Live`] holds at the time of the handshake.
+#[derive(Debug)]
+struct LiveVerifier(Arc<Live>);
+
+impl ServerCertVerifier for LiveVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.verifier().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.verifier().supported_verify_schemes()
+    }
+}
+
+/// The client certificate rustls sends: whatever [`Live`] holds at the time.
+#[derive(Debug)]
+struct LiveIdentity(Arc<Live>);
+
+impl ResolvesClientCert for LiveIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.identity()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.has_identity()
+    }
+}
+
+/// A verifier of server chains leading to one of `roots`, names checked.
+fn roots_verifier(
+    roots: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<Arc<dyn ServerCertVerifier>, Error> {
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store.add(r)?;
+    }
+    if store.is_empty() {
+        // Trusts nobody (a local registry's client made before any server registered):
+        // every handshake fails as with an unknown issuer.
+        return Ok(Arc::new(PinnedCertVerifier {
+            cert: CertificateDer::from(Vec::new()),
+            provider: crypto_provider(),
+        }));
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(store), crypto_provider())
+        .build()
+        .map_err(|e| Error::Config(format!("unusable root certificates: {e}")))?;
+    Ok(verifier)
 }
 
 /// TLS settings of a client: whom it trusts and, for mutual TLS, its own identity.
@@ -43,10 +179,22 @@ enum Trust {
 /// can pool tickets by name with [`share_tickets_by_name`](Self::share_tickets_by_name).
 ///
 /// There is deliberately no "accept any certificate" mode.
+///
+/// Trust roots and the client certificate can be replaced while the client runs
+/// ([`set_roots`](Self::set_roots), [`reload_roots_pem_file`](Self::reload_roots_pem_file),
+/// [`set_identity`](Self::set_identity),
+/// [`reload_identity_pem_files`](Self::reload_identity_pem_files)): every clone, and every
+/// channel or region client made from one, uses the new ones from its next handshake;
+/// connections already open are not touched. A reload also forgets the session tickets
+/// kept for new channels, so their first handshake is a full one under the new trust;
+/// a channel made before the reload may still resume its own earlier session when it
+/// reconnects (TLS 1.3 resumption sends no certificate).
 #[derive(Clone)]
 pub struct ClientTls {
-    trust: Trust,
-    identity: Option<Identity>,
+    live: Arc<Live>,
+    /// Why the identity given to [`with_identity`](Self::with_identity) is unusable, to
+    /// report when a configuration is made.
+    identity_error: Option<String>,
     share_tickets: bool,
     built: Arc<std::sync::Mutex<Built>>,
     sockets: Arc<std::sync::Mutex<SharedSockets>>,
@@ -78,44 +226,97 @@ impl ClientTls {
     pub fn with_roots(
         roots: impl IntoIterator<Item = CertificateDer<'static>>,
     ) -> Result<ClientTls, Error> {
-        let mut store = RootCertStore::empty();
-        for r in roots {
-            store.add(r)?;
-        }
-        Ok(ClientTls {
-            trust: Trust::Roots(store),
-            identity: None,
+        Ok(Self::trusting(roots_verifier(roots)?))
+    }
+
+    fn trusting(verifier: Arc<dyn ServerCertVerifier>) -> ClientTls {
+        ClientTls {
+            live: Arc::new(Live::new(verifier, None)),
+            identity_error: None,
             share_tickets: false,
             built: Default::default(),
             sockets: Default::default(),
-        })
+        }
     }
 
     /// Trusts the CA certificates in a PEM file.
     pub fn with_roots_pem_file(path: impl AsRef<Path>) -> Result<ClientTls, Error> {
-        let path = path.as_ref();
-        let certs = certs_from_pem(&read_file(path)?, &path.display().to_string())?;
-        Self::with_roots(certs)
+        Self::with_roots(roots_from_pem_file(path.as_ref())?)
     }
 
     /// Trusts exactly one server certificate, compared byte for byte (certificate pinning).
     /// The server's handshake signature is still verified against it; names and expiry are
     /// not checked.
     pub fn pinned(cert: CertificateDer<'static>) -> ClientTls {
-        ClientTls {
-            trust: Trust::Pinned(cert),
-            identity: None,
-            share_tickets: false,
-            built: Default::default(),
-            sockets: Default::default(),
+        Self::trusting(Arc::new(PinnedCertVerifier {
+            cert,
+            provider: crypto_provider(),
+        }))
+    }
+
+    /// Presents `identity` to servers that require client certificates. A key that does
+    /// not match the certificate makes connecting fail with a configuration error.
+    pub fn with_identity(mut self, identity: Identity) -> ClientTls {
+        // A new shared state: clones made before keep theirs.
+        let (key, error) = match certified(&identity) {
+            Ok(k) => (Some(k), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        self.live = Arc::new(Live::new(self.live.verifier(), key));
+        self.identity_error = error;
+        self.built = Default::default();
+        self
+    }
+
+    /// Replaces the trusted roots: from the next handshake on, servers must chain to one
+    /// of `roots` (this settings object, its clones, and the channels and region clients
+    /// made from them). Open connections are untouched. Fails, changing nothing, on an
+    /// empty or unusable set.
+    pub fn set_roots(
+        &self,
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<(), Error> {
+        let roots: Vec<_> = roots.into_iter().collect();
+        if roots.is_empty() {
+            return Err(Error::Config("no root certificate to trust".into()));
+        }
+        self.live.set_verifier(roots_verifier(roots)?);
+        self.forget_sessions();
+        Ok(())
+    }
+
+    /// Drops the session tickets kept for new channels, so their first connections are
+    /// full handshakes under the current trust and identity (a resumed session would skip
+    /// both). Channels already made keep theirs.
+    fn forget_sessions(&self) {
+        match self.built.lock() {
+            Ok(mut b) => *b = Built::default(),
+            Err(poisoned) => *poisoned.into_inner() = Built::default(),
         }
     }
 
-    /// Presents `identity` to servers that require client certificates.
-    pub fn with_identity(mut self, identity: Identity) -> ClientTls {
-        self.identity = Some(identity);
-        self.built = Default::default();
-        self
+    /// Reloads the trusted roots from a PEM file, as [`set_roots`](Self::set_roots) (a
+    /// `SIGHUP` handler, a file watcher, a CA bundle rotated by a sidecar).
+    pub fn reload_roots_pem_file(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        self.set_roots(roots_from_pem_file(path.as_ref())?)
+    }
+
+    /// Replaces the client certificate presented from the next handshake on (clones and
+    /// everything made from them). Fails, changing nothing, when the key does not match.
+    pub fn set_identity(&self, identity: Identity) -> Result<(), Error> {
+        self.live.set_identity(certified(&identity)?);
+        self.forget_sessions();
+        Ok(())
+    }
+
+    /// Reloads the client certificate chain and key from PEM files, as
+    /// [`set_identity`](Self::set_identity).
+    pub fn reload_identity_pem_files(
+        &self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<(), Error> {
+        self.set_identity(Identity::from_pem_files(cert, key)?)
     }
 
     /// Pools session tickets by server name, across addresses: for fleets whose servers
@@ -159,22 +360,15 @@ impl ClientTls {
     }
 
     pub(crate) fn to_rustls(&self) -> Result<rustls::ClientConfig, Error> {
+        if let Some(e) = &self.identity_error {
+            return Err(Error::Config(format!("unusable client certificate: {e}")));
+        }
         let provider = crypto_provider();
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?;
-        let builder = match &self.trust {
-            Trust::Roots(roots) => builder.with_root_certificates(roots.clone()),
-            Trust::Pinned(cert) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier {
-                    cert: cert.clone(),
-                    provider,
-                })),
-        };
-        let mut cfg = match &self.identity {
-            Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
-            None => builder.with_no_client_auth(),
-        };
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(LiveVerifier(self.live.clone())))
+            .with_client_cert_resolver(Arc::new(LiveIdentity(self.live.clone())));
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         cfg.enable_early_data = true;
         Ok(cfg)
@@ -299,4 +493,9 @@ impl ServerCertVerifier for PinnedCertVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// The certificates of a PEM file, for trust.
+fn roots_from_pem_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    certs_from_pem(&read_file(path)?, &path.display().to_string())
 }

@@ -17,6 +17,7 @@
 
 mod client_tls;
 mod config;
+#[cfg(feature = "dev")]
 mod dev;
 mod endpoint;
 mod identity;
@@ -29,6 +30,7 @@ pub(crate) mod zero_rtt;
 
 pub use client_tls::ClientTls;
 pub use config::{crypto_provider, TransportConfig};
+#[cfg(feature = "dev")]
 pub use dev::DevCa;
 pub(crate) use endpoint::describe_connection_error;
 pub use identity::Identity;

@@ -20,7 +20,12 @@ use crate::wire::ALPN;
 #[derive(Clone)]
 pub struct ServerTls {
     identity: Identity,
-    client_roots: Option<RootCertStore>,
+    /// Under mutual TLS, the verifier of client chains in use, shared by every clone so
+    /// [`set_client_roots`](ServerTls::set_client_roots) changes it live.
+    client_roots: Option<Arc<LiveClientVerifier>>,
+    /// Bumped when the client CAs change: sessions stored before are not resumed (a
+    /// resumption would skip the new check of the client's certificate).
+    epoch: Arc<std::sync::atomic::AtomicU32>,
     sessions: Arc<dyn SessionStore>,
     /// The certificate new handshakes present, shared by every clone (and the servers
     /// bound with them), so [`set_identity`](ServerTls::set_identity) rotates it live.
@@ -45,7 +50,7 @@ impl rustls::server::ResolvesServerCert for CurrentCert {
 
 /// The signing form of an identity; fails for a key that does not fit (or match) the
 /// certificate.
-fn certified(identity: &Identity) -> Result<Arc<rustls::sign::CertifiedKey>, Error> {
+pub(super) fn certified(identity: &Identity) -> Result<Arc<rustls::sign::CertifiedKey>, Error> {
     let provider = crypto_provider();
     let key = provider
         .key_provider
@@ -75,6 +80,7 @@ impl ServerTls {
         ServerTls {
             identity,
             client_roots: None,
+            epoch: Default::default(),
             sessions: memory_session_store(DEFAULT_SESSION_CAPACITY),
             current: Arc::new(CurrentCert(std::sync::RwLock::new(None))),
         }
@@ -113,7 +119,7 @@ impl ServerTls {
     }
 
     /// The certificate a client should trust for this server: the last of its chain (the
-    /// issuing CA for a chain from [`DevCa`](super::DevCa), the certificate itself if
+    /// issuing CA for a chain from `DevCa`, the certificate itself if
     /// self-signed).
     pub(crate) fn trust_anchor(&self) -> CertificateDer<'static> {
         self.identity
@@ -133,12 +139,49 @@ impl ServerTls {
         mut self,
         roots: impl IntoIterator<Item = CertificateDer<'static>>,
     ) -> Result<ServerTls, Error> {
-        let mut store = RootCertStore::empty();
-        for r in roots {
-            store.add(r)?;
-        }
-        self.client_roots = Some(store);
+        let verifier = client_verifier(roots)?;
+        self.client_roots = Some(Arc::new(LiveClientVerifier(std::sync::RwLock::new(
+            verifier,
+        ))));
         Ok(self)
+    }
+
+    /// Replaces the CAs client certificates must chain to, from the next handshake on
+    /// (servers bound with this `ServerTls` or a clone); connections already open keep
+    /// going. Sessions stored before are no longer resumed, so every client proves its
+    /// certificate against the new CAs on its next connection. Fails, changing nothing, on
+    /// an empty or unusable set, or when this server does not require client
+    /// certificates.
+    pub fn set_client_roots(
+        &self,
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<(), Error> {
+        let Some(live) = &self.client_roots else {
+            return Err(Error::Config(
+                "this server does not require client certificates: nothing to reload".into(),
+            ));
+        };
+        let verifier = client_verifier(roots)?;
+        match live.0.write() {
+            Ok(mut v) => *v = verifier,
+            Err(poisoned) => *poisoned.into_inner() = verifier,
+        }
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Reloads the client CAs from a PEM file, as
+    /// [`set_client_roots`](Self::set_client_roots).
+    pub fn reload_client_roots_pem_file(
+        &self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<(), Error> {
+        let path = path.as_ref();
+        let roots = super::pem_text::certs_from_pem(
+            &super::pem_text::read_file(path)?,
+            &path.display().to_string(),
+        )?;
+        self.set_client_roots(roots)
     }
 
     /// As [`require_client_certs`](Self::require_client_certs), with the CA certificates
@@ -160,15 +203,7 @@ impl ServerTls {
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
         let builder = match &self.client_roots {
-            Some(roots) => {
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots.clone()),
-                    provider,
-                )
-                .build()
-                .map_err(|e| Error::Config(format!("client certificate verifier: {e}")))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+            Some(live) => builder.with_client_cert_verifier(live.clone()),
             None => builder.with_no_client_auth(),
         };
         {
@@ -187,7 +222,10 @@ impl ServerTls {
         cfg.max_early_data_size = u32::MAX;
         // Stateful resumption: rustls accepts early data only with a session store, never
         // with a stateless ticketer.
-        cfg.session_storage = self.sessions.clone();
+        cfg.session_storage = Arc::new(EpochStore {
+            inner: self.sessions.clone(),
+            epoch: self.epoch.clone(),
+        });
         cfg.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
         Ok(cfg)
     }
@@ -201,5 +239,115 @@ impl ServerTls {
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         cfg.transport_config(transport.to_quinn());
         Ok(cfg)
+    }
+}
+
+/// A verifier of client chains leading to one of `roots` (at least one).
+fn client_verifier(
+    roots: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, Error> {
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store.add(r)?;
+    }
+    if store.is_empty() {
+        return Err(Error::Config(
+            "no CA certificate given for client certificates".into(),
+        ));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), crypto_provider())
+        .build()
+        .map_err(|e| Error::Config(format!("client certificate verifier: {e}")))
+}
+
+/// The client verifier rustls sees: whichever one is current at the handshake. It sends
+/// no CA names in its certificate request (they could change under a handshake); clients
+/// present the one certificate they have.
+#[derive(Debug)]
+pub(super) struct LiveClientVerifier(
+    std::sync::RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+);
+
+impl LiveClientVerifier {
+    fn current(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        match self.0.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for LiveClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// A session store seen through the current client-CA epoch: each key is prefixed with
+/// it, so sessions stored before a change of client CAs are never found again (and age
+/// out of the underlying store).
+#[derive(Debug)]
+struct EpochStore {
+    inner: Arc<dyn SessionStore>,
+    epoch: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl EpochStore {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        let mut k = Vec::with_capacity(4 + key.len());
+        k.extend_from_slice(&epoch.to_be_bytes());
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+impl SessionStore for EpochStore {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(self.key(&key), value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.get(&self.key(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.take(&self.key(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
     }
 }

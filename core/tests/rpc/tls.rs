@@ -278,3 +278,136 @@ async fn a_pinned_certificate_is_trusted_and_only_it() {
         .is_err());
     let _ = Probe::default();
 }
+
+/// A fresh directory for PEM files of one test.
+fn pem_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("meridian-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_client_reloads_its_trust_roots_without_dropping_connections() {
+    let old_ca = DevCa::new().unwrap();
+    let new_ca = DevCa::new().unwrap();
+    let server_tls = ServerTls::new(old_ca.issue_server(&["localhost"]).unwrap());
+    let s = server(server_tls.clone()).await;
+    let dir = pem_dir("client-roots");
+    let roots_file = dir.join("roots.pem");
+    std::fs::write(&roots_file, old_ca.certificate_pem()).unwrap();
+    let tls = ClientTls::with_roots_pem_file(&roots_file).unwrap();
+    let before = Channel::builder(s.local_addr(), tls.clone())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        before.unary::<_, i64>("add", &(1i64, 1i64)).await.unwrap(),
+        2
+    );
+
+    // The server moves to a certificate from the new CA: new handshakes are refused...
+    server_tls
+        .set_identity(new_ca.issue_server(&["localhost"]).unwrap())
+        .unwrap();
+    // (a reload that fails changes nothing)
+    std::fs::write(&roots_file, "not a certificate").unwrap();
+    assert!(tls.reload_roots_pem_file(&roots_file).is_err());
+    assert!(tls.reload_roots_pem_file(dir.join("missing.pem")).is_err());
+    // (a client that never connected, so it has no session to resume: one that has,
+    // resumes without seeing a certificate, as TLS 1.3 allows)
+    let refused = Channel::builder(
+        s.local_addr(),
+        ClientTls::with_roots([old_ca.certificate().clone()]).unwrap(),
+    )
+    .connect()
+    .await;
+    assert!(
+        refused.is_err(),
+        "the old roots do not trust the new certificate"
+    );
+
+    // ...until the client reloads its roots from the rotated file: then the same
+    // settings (a clone of them, as a region client holds) connect again.
+    std::fs::write(&roots_file, new_ca.certificate_pem()).unwrap();
+    tls.reload_roots_pem_file(&roots_file).unwrap();
+    let after = Channel::builder(s.local_addr(), tls.clone())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.unary::<_, i64>("add", &(2i64, 2i64)).await.unwrap(),
+        4
+    );
+    // The connection made before both changes is still up and serving.
+    assert_eq!(
+        before.unary::<_, i64>("add", &(3i64, 3i64)).await.unwrap(),
+        6
+    );
+    assert_eq!(before.stats().connections, 1, "not dropped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn client_cas_and_client_certificates_rotate_live() {
+    let old_ca = DevCa::new().unwrap();
+    let new_ca = DevCa::new().unwrap();
+    let server_tls = ServerTls::new(old_ca.issue_server(&["localhost"]).unwrap())
+        .require_client_certs([old_ca.certificate().clone()])
+        .unwrap();
+    let s = server(server_tls.clone()).await;
+    let tls = ClientTls::with_roots([old_ca.certificate().clone()])
+        .unwrap()
+        .with_identity(old_ca.issue_client("client-1").unwrap());
+    let before = Channel::builder(s.local_addr(), tls.clone())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        before.unary::<_, i64>("add", &(1i64, 1i64)).await.unwrap(),
+        2
+    );
+
+    // A server without mutual TLS has no client CAs to reload.
+    let plain = ServerTls::new(old_ca.issue_server(&["localhost"]).unwrap());
+    assert!(plain
+        .set_client_roots([new_ca.certificate().clone()])
+        .is_err());
+
+    // The server now accepts only client certificates from the new CA.
+    let dir = pem_dir("client-cas");
+    std::fs::write(dir.join("cas.pem"), new_ca.certificate_pem()).unwrap();
+    server_tls
+        .reload_client_roots_pem_file(dir.join("cas.pem"))
+        .unwrap();
+    let old_cert = match Channel::builder(s.local_addr(), tls.clone())
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(ch) => ch.unary::<_, i64>("add", &(1i64, 1i64)).await.is_err(),
+    };
+    assert!(
+        old_cert,
+        "a certificate from the old CA is refused by new handshakes"
+    );
+
+    // The client rotates its certificate: new connections are served again.
+    tls.set_identity(new_ca.issue_client("client-1").unwrap())
+        .unwrap();
+    let after = Channel::builder(s.local_addr(), tls.clone())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.unary::<_, i64>("add", &(2i64, 2i64)).await.unwrap(),
+        4
+    );
+    // The first connection, made with the old certificate, is untouched.
+    assert_eq!(
+        before.unary::<_, i64>("add", &(3i64, 3i64)).await.unwrap(),
+        6
+    );
+    assert_eq!(before.stats().connections, 1, "not dropped");
+    let _ = std::fs::remove_dir_all(&dir);
+}

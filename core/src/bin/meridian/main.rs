@@ -111,13 +111,16 @@ async fn proxy(args: ProxyArgs) -> CliResult<()> {
     let mut config = meridian::proxy::ProxyConfig::from_toml_file(&args.config)
         .map_err(|e| CliError::from_meridian(&e))?;
     config.access_log |= args.ops.access_log;
-    let (cert, key) = (config.tls.cert.clone(), config.tls.key.clone());
+    let tls_files = config.tls.clone();
     let regions: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
     let region = config.proxy_region.clone();
     let proxy = meridian::proxy::Proxy::from_config(config)
         .await
         .map_err(|e| CliError::from_meridian(&e))?;
-    common::reload_on_sighup(proxy.server_tls().clone(), cert, key);
+    let (server_tls, upstream_tls) = (proxy.server_tls().clone(), proxy.upstream().tls().clone());
+    common::reload_on_sighup(tls_files.cert.display().to_string(), move || {
+        tls_files.reload(&server_tls, &upstream_tls)
+    });
     let endpoint = args.ops.start_metrics(vec![proxy.metrics_source()]).await?;
     let metrics_addr = endpoint.as_ref().map(|e| e.local_addr().to_string());
     let text = if args.json {

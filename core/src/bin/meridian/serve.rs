@@ -182,7 +182,15 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
             .map_err(|e| CliError::from_meridian(&e))?;
     }
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-        crate::common::reload_on_sighup(tls.clone(), cert.clone(), key.clone());
+        let (cert, key, ca) = (cert.clone(), key.clone(), args.ca.clone());
+        let handle = tls.clone();
+        crate::common::reload_on_sighup(cert.display().to_string(), move || {
+            handle.reload_pem_files(&cert, &key)?;
+            match &ca {
+                Some(ca) => handle.reload_client_roots_pem_file(ca),
+                None => Ok(()),
+            }
+        });
     }
     let server = builder(&args.region, args.id.as_deref())
         .access_log(args.ops.access_log)

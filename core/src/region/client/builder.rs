@@ -12,6 +12,7 @@ use super::prober::probe_loop;
 use super::routing::{Router, Seen};
 use super::table::State;
 use crate::call::RetryPolicy;
+use crate::client::Interceptor;
 use crate::discovery::{Discovery, LocalRegistry};
 use crate::region::budget::RetryBudget;
 use crate::region::select::RegionSelector;
@@ -31,6 +32,7 @@ pub struct RegionClientBuilder {
     pub(super) retry_policies: HashMap<String, RetryPolicy>,
     pub(super) default_retry: RetryPolicy,
     pub(super) via_proxies: bool,
+    pub(super) interceptors: Vec<Arc<dyn Interceptor>>,
 }
 
 impl std::fmt::Debug for RegionClientBuilder {
@@ -101,6 +103,14 @@ impl RegionClientBuilder {
         self
     }
 
+    /// Adds an interceptor to the client's chain: it sees every call once (retries and
+    /// hedges included) before it is routed, and how it ended (see [`Interceptor`]);
+    /// interceptors run in the order added.
+    pub fn intercept(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
     /// Retries and hedges together may add at most this share of calls (default 0.1).
     pub fn retry_budget(mut self, ratio: f64) -> Self {
         self.retry_ratio = ratio.clamp(0.0, 1.0);
@@ -131,6 +141,7 @@ impl RegionClientBuilder {
             retry_policies: self.retry_policies,
             default_retry: self.default_retry,
             via_proxies: self.via_proxies,
+            interceptors: self.interceptors.into(),
             map,
             _discovery: self.discovery,
             state: Mutex::new(State::new(

@@ -12,7 +12,8 @@ use super::routing::{outcome_of, Target};
 use crate::call::may_send_again_before;
 use crate::call::{DecodeAs, EncodeAs, PayloadStyle, Typed};
 use crate::client::{
-    Attach, CallBuilder, Channel, Reach, RequestSink, Response, ResponseFuture, Streaming,
+    admit, end_when_done, settle, Attach, CallBuilder, CallKind, Channel, Intercepted, Reach,
+    RequestSink, Response, ResponseFuture, Streaming,
 };
 use crate::region::hedge::HedgePolicy;
 use crate::region::table::{NoPick, Outcome};
@@ -177,32 +178,53 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
     }
 
     /// A server-streaming call, opened on the chosen server.
-    pub async fn server_streaming<Req, Resp>(self, request: &Req) -> Result<Streaming<Resp>, Status>
+    pub async fn server_streaming<Req, Resp>(
+        mut self,
+        request: &Req,
+    ) -> Result<Streaming<Resp>, Status>
     where
         Req: ?Sized,
         P: EncodeAs<Req> + DecodeAs<Resp>,
     {
-        self.open_streaming(|call| call.server_streaming::<Req, Resp>(request))
-            .await
+        let passed = self.admit(CallKind::ServerStreaming)?;
+        let opened = self
+            .open_streaming(|call| call.server_streaming::<Req, Resp>(request))
+            .await;
+        end_when_done(passed, opened)
+    }
+
+    /// Runs the client's interceptors for this call.
+    fn admit(&mut self, kind: CallKind) -> Result<Option<Intercepted>, Status> {
+        admit(
+            &self.target.inner.interceptors,
+            &self.method,
+            kind,
+            &mut self.options,
+        )
     }
 
     /// A client-streaming call, opened on the chosen server.
     pub async fn client_streaming<Req, Resp>(
-        self,
+        mut self,
     ) -> Result<(RequestSink<Req>, ResponseFuture<Resp>), Status>
     where
         P: EncodeAs<Req> + DecodeAs<Resp>,
     {
-        self.open_streaming(|call| call.client_streaming::<Req, Resp>())
-            .await
+        let passed = self.admit(CallKind::ClientStreaming)?;
+        let opened = self
+            .open_streaming(|call| call.client_streaming::<Req, Resp>())
+            .await;
+        end_when_done(passed, opened)
     }
 
     /// A bidirectional call, opened on the chosen server.
-    pub async fn bidi<Req, Resp>(self) -> Result<(RequestSink<Req>, Streaming<Resp>), Status>
+    pub async fn bidi<Req, Resp>(mut self) -> Result<(RequestSink<Req>, Streaming<Resp>), Status>
     where
         P: EncodeAs<Req> + DecodeAs<Resp>,
     {
-        self.open_streaming(|call| call.bidi::<Req, Resp>()).await
+        let passed = self.admit(CallKind::Bidi)?;
+        let opened = self.open_streaming(|call| call.bidi::<Req, Resp>()).await;
+        end_when_done(passed, opened)
     }
 
     /// One attempt on `target`: `make` runs a unary call on its channel, which reports
@@ -265,13 +287,17 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
     }
 
     /// A unary call, routed, retried and hedged as configured.
-    pub async fn unary<Req, Resp>(self, request: &Req) -> Result<Response<Resp>, Status>
+    pub async fn unary<Req, Resp>(mut self, request: &Req) -> Result<Response<Resp>, Status>
     where
         Req: ?Sized,
         P: EncodeAs<Req> + DecodeAs<Resp>,
     {
-        self.unary_with(|call| call.unary::<Req, Resp>(request))
-            .await
+        let passed = self.admit(CallKind::Unary)?;
+        let result = self
+            .unary_with(|call| call.unary::<Req, Resp>(request))
+            .await;
+        settle(passed, &result);
+        result
     }
 
     async fn unary_with<T, F, Fut>(self, make: F) -> Result<Response<T>, Status>

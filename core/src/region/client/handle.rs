@@ -46,6 +46,7 @@ fn defaults(discovery: Arc<dyn Discovery>, tls: Option<ClientTls>) -> RegionClie
         retry_policies: Default::default(),
         default_retry: Default::default(),
         via_proxies: false,
+        interceptors: Vec::new(),
     }
 }
 
@@ -59,6 +60,13 @@ impl RegionClient {
     /// trusting their certificates.
     pub fn local() -> RegionClientBuilder {
         defaults(LocalRegistry::global(), None)
+    }
+
+    /// The TLS settings the client dials servers with; reloading their roots or client
+    /// certificate ([`ClientTls::reload_roots_pem_file`],
+    /// [`ClientTls::reload_identity_pem_files`]) applies to this client's next handshakes.
+    pub fn tls(&self) -> &ClientTls {
+        &self.inner.tls
     }
 
     /// Starts a call to `method`.
@@ -217,5 +225,33 @@ impl RegionClient {
             hedges_won: self.inner.hedges_won.load(Ordering::Relaxed),
             retry_budget_exhausted: self.inner.budget_exhausted.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A region client is a tower [`Service`](tower_service::Service) of unary calls, like a
+/// [`Channel`](crate::Channel): each call is routed, retried and hedged as configured.
+/// Always ready; put a tower limit in front to bound callers.
+impl tower_service::Service<crate::client::UnaryRequest> for RegionClient {
+    type Response = Response<bytes::Bytes>;
+    type Error = Status;
+    type Future = crate::client::CallFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: crate::client::UnaryRequest) -> crate::client::CallFuture {
+        let client = self.clone();
+        Box::pin(async move {
+            client
+                .call(request.method)
+                .options(request.options)
+                .raw()
+                .unary(&request.message)
+                .await
+        })
     }
 }

@@ -26,6 +26,8 @@ pub(super) struct Router {
     pub(super) retry_policies: std::collections::HashMap<String, crate::call::RetryPolicy>,
     pub(super) default_retry: crate::call::RetryPolicy,
     pub(super) via_proxies: bool,
+    /// The client's interceptor chain, run once per call.
+    pub(super) interceptors: crate::client::Chain,
     pub(super) map: watch::Receiver<RegionMap>,
     /// Held so the discovery source (and its updates) live as long as the client.
     pub(super) _discovery: Arc<dyn Discovery>,

@@ -23,13 +23,12 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// On Unix, reloads the server certificate from `cert` and `key` on every SIGHUP: new
-/// handshakes present the new one, open connections stay. A failed reload (a file being
-/// rewritten, a key that does not match) keeps the current certificate and is logged.
+/// On Unix, runs `reload` on every SIGHUP (rereading certificate files: new handshakes
+/// use them, open connections stay). A failed reload (a file being rewritten, a key that
+/// does not match) keeps what was in use and is logged.
 pub fn reload_on_sighup(
-    tls: meridian::ServerTls,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
+    what: String,
+    reload: impl Fn() -> Result<(), meridian::Error> + Send + 'static,
 ) {
     #[cfg(unix)]
     {
@@ -40,15 +39,15 @@ pub fn reload_on_sighup(
         };
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match tls.reload_pem_files(&cert, &key) {
+                match reload() {
                     Ok(()) => tracing::info!(
-                        cert = %cert.display(),
-                        "certificate reloaded: new handshakes present it"
+                        files = %what,
+                        "certificates reloaded: new handshakes use them"
                     ),
                     Err(e) => tracing::warn!(
-                        cert = %cert.display(),
+                        files = %what,
                         error = %e,
-                        "certificate reload failed; keeping the current one"
+                        "certificate reload failed; keeping what was in use"
                     ),
                 }
             }
@@ -56,6 +55,6 @@ pub fn reload_on_sighup(
     }
     #[cfg(not(unix))]
     {
-        let _ = (tls, cert, key);
+        let _ = (what, reload);
     }
 }
