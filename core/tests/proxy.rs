@@ -1193,6 +1193,7 @@ async fn mutual_tls_on_both_sides_of_the_proxy_from_its_toml() {
         backend.local_addr()
     );
     let config = ProxyConfig::from_toml_str(&toml).unwrap();
+    let files = config.tls.clone();
     let proxy = Proxy::from_config(config).await.unwrap();
     assert!(proxy.upstream().ready("who", Duration::from_secs(5)).await);
     let roots = ClientTls::with_roots([servers.certificate().clone()]).unwrap();
@@ -1215,6 +1216,40 @@ async fn mutual_tls_on_both_sides_of_the_proxy_from_its_toml() {
         Ok(ch) => ch.unary::<_, String>("who", &()).await.is_err(),
     };
     assert!(refused);
+
+    // Rotation: the callers' CA file is replaced and the proxy rereads its [tls] files
+    // (what `meridian proxy` does on SIGHUP). New callers need the new CA; the caller
+    // connected before keeps its connection.
+    let new_callers = DevCa::new().unwrap();
+    write("callers.pem", new_callers.certificate_pem());
+    proxy.reload_tls(&files).unwrap();
+    let served = |ca: &DevCa| {
+        let tls = ClientTls::with_roots([servers.certificate().clone()])
+            .unwrap()
+            .with_identity(ca.issue_client("app-2").unwrap());
+        let addr = proxy.local_addr();
+        async move {
+            match Channel::builder(addr, tls).connect().await {
+                Err(_) => false,
+                Ok(ch) => ch.unary::<_, String>("who", &()).await.is_ok(),
+            }
+        }
+    };
+    assert!(
+        served(&new_callers).await,
+        "a caller from the new CA is served"
+    );
+    assert!(
+        !served(&callers).await,
+        "a new caller from the old CA is refused"
+    );
+    let who: String = ch.unary("who", &()).await.unwrap();
+    assert_eq!(who, "edge-proxy", "the connection made before still works");
+    // A broken file: the reload fails and the CAs in use stay.
+    write("callers.pem", "garbage".to_string());
+    assert!(proxy.reload_tls(&files).is_err());
+    assert!(served(&new_callers).await);
+
     // upstream_cert without upstream_key is a configuration error.
     let half = toml.replace(&format!("upstream_key = {up_key:?}\n"), "");
     let err = Proxy::from_config(ProxyConfig::from_toml_str(&half).unwrap())
