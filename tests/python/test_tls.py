@@ -1,6 +1,7 @@
 """Certificates from files, mutual TLS, peer identity and certificate rotation, over QUIC on
 127.0.0.1 (ServerTLS, ClientTLS, RPCServer.reload_tls, meridian.testing)."""
 
+import asyncio
 import base64
 import os
 import shutil
@@ -9,7 +10,7 @@ import threading
 import pytest
 
 import meridian
-from meridian import ClientTLS, RPCClient, ServerTLS
+from meridian import AsyncRPCClient, ClientTLS, RPCClient, ServerTLS
 from meridian.testing import dev_certificates
 
 SPIFFE = "spiffe://meridian.test/py-client"
@@ -141,6 +142,17 @@ def test_the_handler_sees_the_client_certificate_names(mtls_server, region):
     # current_context() in an async handler, context= in a streaming one.
     assert client.whoami_async() == SPIFFE
     assert list(client.stream("whoami_stream", 3)) == [SPIFFE] * 3
+
+
+def test_the_async_client_presents_its_certificate_too(mtls_server, region):
+    server, pki, runs = mtls_server
+    tls = ClientTLS(pki.ca_file, pki.client_cert_file, pki.client_key_file)
+
+    async def main():
+        client = AsyncRPCClient(region, regions={region: [f"127.0.0.1:{server.port}"]}, tls=tls)
+        return await client.call("whoami_async", timeout=5)
+
+    assert asyncio.run(main()) == SPIFFE
 
 
 def test_reload_presents_the_new_certificate_to_new_clients_only(tmp_path, make_server, region):
