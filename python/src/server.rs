@@ -5,6 +5,13 @@
 //! as long as Python code runs. A slow handler therefore holds one blocking thread, never a
 //! transport thread, and other calls go on.
 //!
+//! Every handler call also gets a `CallContext` (see `context.rs`), which the Python
+//! adapter passes on to handlers that ask for it and makes `meridian.current_context()`.
+//!
+//! The server's `ServerTls` is kept across rebinds; `reload_tls` rotates its certificate
+//! through it (clones share the certificate in use), so connections already open keep
+//! theirs and new handshakes present the new one.
+//!
 //! Registering a method on a running server adds it in place (`Server::add_methods`):
 //! connected clients receive an updated HELLO, so region routing learns the new method
 //! without a restart or a new port.
