@@ -268,3 +268,11 @@ def test_reload_from_many_threads_while_calls_go_on(tmp_path, make_server, regio
     for t in threads:
         t.join(timeout=30)
     assert errors == []
+
+
+def test_client_tls_with_the_in_process_registry(mtls_server, region):
+    # No regions=: the client finds the server in this process's registry and presents
+    # its certificate to it.
+    server, pki, runs = mtls_server
+    tls = ClientTLS(pki.ca_file, pki.client_cert_file, pki.client_key_file)
+    assert RPCClient(region, tls=tls, timeout=5).whoami_async() == SPIFFE
