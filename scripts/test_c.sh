@@ -47,6 +47,7 @@ build_c() { cc "${CFLAGS[@]}" -o "$OUT/$1" "$2" "${LINK[@]}"; }
 
 echo "== compile the C tests, the examples and the bench with the system compilers"
 build_c test_ffi tests/c/test_ffi.c
+build_c test_tls tests/c/test_tls.c
 build_c c_server tests/c/c_server.c
 build_c c_client tests/c/c_client.c
 build_c example_server examples/c/server.c
@@ -90,6 +91,9 @@ VALGRIND=(env MERIDIAN_TEST_UNDER_VALGRIND=1 valgrind --error-exitcode=1 --leak-
 run_suite() { # run_suite PREFIX...: the three cross-language suites, under PREFIX
     echo "-- C client -> C server, every error path (one process)"
     timeout 300 "$@" "$OUT/test_ffi"
+
+    echo "-- mutual TLS, peer identity, certificate reload (C client -> C server, one process)"
+    timeout 300 "$@" "$OUT/test_tls"
 
     echo "-- C client -> Rust server"
     mkdir -p "$WORK/rust"

@@ -227,6 +227,20 @@ meridian_status meridian_last_error(char *buf, size_t len, size_t *out_n);
 // `dir` is a NUL-terminated string.
 meridian_status meridian_dev_certificates_write(const char *dir);
 
+// For development and tests only: as `meridian_dev_certificates_write`, plus a client
+// certificate for mutual TLS issued by the same throw-away CA: writes `ca.pem`,
+// `server.pem` and `server.key` (for `localhost`), and `client.pem` and `client.key`,
+// a certificate whose common name and DNS name are `client_name` and, unless
+// `client_uri` is NULL, whose URI name is `client_uri` (a SPIFFE ID such as
+// "spiffe://example.test/web"). Every call makes a new CA. `MERIDIAN_CONFIG_ERROR` if a
+// name is unusable or a file cannot be written. Never use these in production.
+//
+// # Safety
+// `dir` and `client_name` are NUL-terminated strings; `client_uri` is NULL or one.
+meridian_status meridian_dev_mtls_certificates_write(const char *dir,
+                                                     const char *client_name,
+                                                     const char *client_uri);
+
 // Creates an empty client configuration and stores it in `*config_out`.
 //
 // The caller owns the result and frees it with `meridian_client_config_free`.
@@ -278,6 +292,20 @@ meridian_status meridian_client_config_set_region_file(struct meridian_client_co
 // `config` is a live configuration; `path` is NUL-terminated.
 meridian_status meridian_client_config_set_roots_pem_file(struct meridian_client_config *config,
                                                           const char *path);
+
+// Presents the certificate chain in the PEM file `cert_path` (end-entity certificate
+// first) with the private key in the PEM file `key_path` to servers that require client
+// certificates (mutual TLS). The paths are copied; the files are read by
+// `meridian_client_new`, which returns `MERIDIAN_CONFIG_ERROR` if they cannot be read or
+// hold no certificate or key. Replaces a certificate set before. A server that requires
+// client certificates refuses a client without one during the handshake: its calls fail
+// with `MERIDIAN_UNAVAILABLE`.
+//
+// # Safety
+// `config` is a live configuration; `cert_path` and `key_path` are NUL-terminated.
+meridian_status meridian_client_config_set_identity_pem_files(struct meridian_client_config *config,
+                                                              const char *cert_path,
+                                                              const char *key_path);
 
 // Trusts exactly one server certificate (pinning), given as `cert_len` bytes of DER or
 // of PEM text (the first certificate is used). The bytes are copied. The server's
@@ -592,11 +620,41 @@ meridian_status meridian_server_add_server_streaming(struct meridian_server *ser
                                                      meridian_handler handler,
                                                      void *user);
 
+// Requires every client to present a certificate chaining to a CA in the PEM file at
+// `ca_path` (mutual TLS); a client without one is refused during the handshake, before
+// any handler runs, and handlers read who called with the `meridian_request_peer_*`
+// functions. The path is copied and the file read by `meridian_server_start`
+// (`MERIDIAN_CONFIG_ERROR` there if it holds no usable certificate); it is not read
+// again by `meridian_server_reload_tls`. `MERIDIAN_INVALID_STATE` once the server runs.
+//
+// # Safety
+// `server` is live; `ca_path` is NUL-terminated.
+meridian_status meridian_server_require_client_certs_pem_file(struct meridian_server *server,
+                                                              const char *ca_path);
+
+// Reads the certificate and key files given to `meridian_server_start` again and presents
+// the new certificate from the next TLS handshake on (certificate rotation). Connections
+// already open keep the certificate they were made with and stay up.
+//
+// Returns `MERIDIAN_CONFIG_ERROR` when a file cannot be read, holds no certificate or
+// key, or the key does not match the certificate; the certificate in use is then kept.
+// `MERIDIAN_INVALID_STATE` if the server is not running. Replace the files atomically
+// (write new files, then rename them over the old ones) so a reload never reads half a
+// file. Not blocking (file reads only); call it from one thread at a time, never
+// concurrently with `meridian_server_start`, `meridian_server_stop` or
+// `meridian_server_free` of the same server.
+//
+// # Safety
+// `server` is live.
+meridian_status meridian_server_reload_tls(struct meridian_server *server);
+
 // Starts serving on `addr` ("IP:port"; port 0 picks a free port, see
 // `meridian_server_port`) with the PEM certificate chain and private key at `cert_path`
-// and `key_path`. Returns when the server is listening. `MERIDIAN_CONFIG_ERROR` for
-// unreadable TLS files, `MERIDIAN_UNAVAILABLE` if the address cannot be bound,
-// `MERIDIAN_INVALID_STATE` if already started. Blocking (not from a handler).
+// and `key_path` (read again by `meridian_server_reload_tls`). Returns when the server
+// is listening. `MERIDIAN_CONFIG_ERROR` for unreadable or mismatched TLS files (and the
+// client CA file of `meridian_server_require_client_certs_pem_file`),
+// `MERIDIAN_UNAVAILABLE` if the address cannot be bound, `MERIDIAN_INVALID_STATE` if
+// already started. Blocking (not from a handler).
 //
 // # Safety
 // `server` is live; the strings are NUL-terminated.
@@ -643,6 +701,114 @@ meridian_status meridian_server_stop(struct meridian_server *server, uint32_t gr
 // # Safety
 // `server` is NULL or a server not yet freed.
 void meridian_server_free(struct meridian_server *server);
+
+// The client's address as text, "IP:port" ("[IPv6]:port" for IPv6), copied into `buf`
+// (see the module convention: `buf` NULL and `cap` 0 ask for the length; a short buffer
+// gets `MERIDIAN_OUT_OF_RANGE`). 64 bytes always suffice.
+//
+// # Safety
+// `request` is the handler's request; `len_out` is writable; `buf` is NULL or writable
+// for `cap` bytes.
+meridian_status meridian_request_peer_address(const struct meridian_request *request,
+                                              char *buf,
+                                              size_t cap,
+                                              size_t *len_out);
+
+// Whether the client presented a certificate the server verified: true only on a server
+// that requires client certificates (`meridian_server_require_client_certs_pem_file`).
+// Without one, the name counts below are 0 and the name getters give
+// `MERIDIAN_NOT_PRESENT`.
+//
+// # Safety
+// `request` is the handler's request; `verified_out` is writable.
+meridian_status meridian_request_peer_verified(const struct meridian_request *request,
+                                               bool *verified_out);
+
+// The number of DNS names among the subject alternative names of the client's verified
+// certificate (0 without mutual TLS).
+//
+// # Safety
+// `request` is the handler's request; `count_out` is writable.
+meridian_status meridian_request_peer_dns_name_count(const struct meridian_request *request,
+                                                     size_t *count_out);
+
+// The `index`th DNS name of the client's verified certificate (0-based, below
+// `meridian_request_peer_dns_name_count`), copied into `buf` as the module convention
+// says. `MERIDIAN_INVALID_PARAMETER` for an index out of range (always, without mutual
+// TLS).
+//
+// # Safety
+// `request` is the handler's request; `len_out` is writable; `buf` is NULL or writable
+// for `cap` bytes.
+meridian_status meridian_request_peer_dns_name(const struct meridian_request *request,
+                                               size_t index,
+                                               char *buf,
+                                               size_t cap,
+                                               size_t *len_out);
+
+// The number of URIs (such as a SPIFFE ID) among the subject alternative names of the
+// client's verified certificate (0 without mutual TLS).
+//
+// # Safety
+// `request` is the handler's request; `count_out` is writable.
+meridian_status meridian_request_peer_uri_count(const struct meridian_request *request,
+                                                size_t *count_out);
+
+// The `index`th URI subject alternative name of the client's verified certificate
+// (0-based, below `meridian_request_peer_uri_count`), copied into `buf` as the module
+// convention says. `MERIDIAN_INVALID_PARAMETER` for an index out of range.
+//
+// # Safety
+// `request` is the handler's request; `len_out` is writable; `buf` is NULL or writable
+// for `cap` bytes.
+meridian_status meridian_request_peer_uri(const struct meridian_request *request,
+                                          size_t index,
+                                          char *buf,
+                                          size_t cap,
+                                          size_t *len_out);
+
+// The subject common name (CN) of the client's verified certificate, copied into `buf`
+// as the module convention says. `MERIDIAN_NOT_PRESENT` without mutual TLS or when the
+// certificate has no common name.
+//
+// # Safety
+// `request` is the handler's request; `len_out` is writable; `buf` is NULL or writable
+// for `cap` bytes.
+meridian_status meridian_request_peer_common_name(const struct meridian_request *request,
+                                                  char *buf,
+                                                  size_t cap,
+                                                  size_t *len_out);
+
+// The SPIFFE ID of the client's verified certificate (its first `spiffe://` URI subject
+// alternative name), copied into `buf` as the module convention says.
+// `MERIDIAN_NOT_PRESENT` without mutual TLS or when the certificate has none.
+//
+// # Safety
+// `request` is the handler's request; `len_out` is writable; `buf` is NULL or writable
+// for `cap` bytes.
+meridian_status meridian_request_peer_spiffe_id(const struct meridian_request *request,
+                                                char *buf,
+                                                size_t cap,
+                                                size_t *len_out);
+
+// The number of certificates in the client's verified chain, end-entity first (0
+// without mutual TLS).
+//
+// # Safety
+// `request` is the handler's request; `count_out` is writable.
+meridian_status meridian_request_peer_certificate_count(const struct meridian_request *request,
+                                                        size_t *count_out);
+
+// The `index`th certificate of the client's verified chain (0: the client's own) as
+// DER: `*data_out` points to `*len_out` bytes, valid until the handler returns (not
+// NUL-terminated). `MERIDIAN_INVALID_PARAMETER` for an index out of range.
+//
+// # Safety
+// `request` is the handler's request; the out-pointers are writable.
+meridian_status meridian_request_peer_certificate(const struct meridian_request *request,
+                                                  size_t index,
+                                                  const uint8_t **data_out,
+                                                  size_t *len_out);
 
 // Sets a unary handler's response body (`len` bytes, copied; JSON text for a JSON
 // method, checked when the handler returns). `MERIDIAN_INVALID_STATE` in a streaming

@@ -143,28 +143,91 @@ pub unsafe extern "C" fn meridian_dev_certificates_write(dir: *const c_char) -> 
         let config =
             |e: mcore::Error| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string());
         let ca = mcore::DevCa::new().map_err(config)?;
-        let id = ca.issue_server(&["localhost"]).map_err(config)?;
-        let chain: String = id
-            .chain
-            .iter()
-            .map(|c| mcore::transport::pem_encode("CERTIFICATE", c))
-            .collect();
-        let key = mcore::transport::pem_encode("PRIVATE KEY", id.key.secret_der());
-        for (name, text) in [
-            ("ca.pem", ca.certificate_pem()),
-            ("server.pem", chain),
-            ("server.key", key),
-        ] {
-            let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|e| {
-                Fail::new(
-                    meridian_status::MERIDIAN_CONFIG_ERROR,
-                    format!("cannot write {}: {e}", path.display()),
-                )
-            })?;
-        }
-        Ok(())
+        let (chain, key) = identity_pem(&ca.issue_server(&["localhost"]).map_err(config)?);
+        write_files(
+            dir,
+            [
+                ("ca.pem", ca.certificate_pem()),
+                ("server.pem", chain),
+                ("server.key", key),
+            ],
+        )
     })
+}
+
+/// The PEM texts of an identity: its certificate chain, then its private key.
+fn identity_pem(id: &mcore::Identity) -> (String, String) {
+    let chain = id
+        .chain
+        .iter()
+        .map(|c| mcore::transport::pem_encode("CERTIFICATE", c))
+        .collect();
+    let key = mcore::transport::pem_encode("PRIVATE KEY", id.key.secret_der());
+    (chain, key)
+}
+
+/// For development and tests only: as `meridian_dev_certificates_write`, plus a client
+/// certificate for mutual TLS issued by the same throw-away CA: writes `ca.pem`,
+/// `server.pem` and `server.key` (for `localhost`), and `client.pem` and `client.key`,
+/// a certificate whose common name and DNS name are `client_name` and, unless
+/// `client_uri` is NULL, whose URI name is `client_uri` (a SPIFFE ID such as
+/// "spiffe://example.test/web"). Every call makes a new CA. `MERIDIAN_CONFIG_ERROR` if a
+/// name is unusable or a file cannot be written. Never use these in production.
+///
+/// # Safety
+/// `dir` and `client_name` are NUL-terminated strings; `client_uri` is NULL or one.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_dev_mtls_certificates_write(
+    dir: *const c_char,
+    client_name: *const c_char,
+    client_uri: *const c_char,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: the caller passes NUL-terminated strings (client_uri may be NULL).
+        let (dir, name, uri) = unsafe {
+            (
+                Path::new(c_str(dir, "dir")?),
+                c_str(client_name, "client_name")?,
+                boundary::c_str_opt(client_uri, "client_uri")?,
+            )
+        };
+        let config =
+            |e: mcore::Error| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string());
+        let ca = mcore::DevCa::new().map_err(config)?;
+        let (server_chain, server_key) =
+            identity_pem(&ca.issue_server(&["localhost"]).map_err(config)?);
+        let client = match uri {
+            Some(uri) => ca.issue_client_with_uri(name, uri),
+            None => ca.issue_client(name),
+        }
+        .map_err(config)?;
+        let (client_chain, client_key) = identity_pem(&client);
+        write_files(
+            dir,
+            [
+                ("ca.pem", ca.certificate_pem()),
+                ("server.pem", server_chain),
+                ("server.key", server_key),
+                ("client.pem", client_chain),
+                ("client.key", client_key),
+            ],
+        )
+    })
+}
+
+/// Writes `(file name, text)` pairs into `dir`; `MERIDIAN_CONFIG_ERROR` naming the file
+/// that could not be written.
+fn write_files<const N: usize>(dir: &Path, files: [(&str, String); N]) -> Result<(), Fail> {
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| {
+            Fail::new(
+                meridian_status::MERIDIAN_CONFIG_ERROR,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,11 @@ Every call travels over QUIC with TLS 1.3; arguments and results are Meridian va
 (``None``, ``bool``, 64-bit ``int``, ``float``, ``str``, ``bytes``, ``list``/``tuple``,
 ``dict``), never executable serializations. See ``meridian._args`` for how keyword
 arguments travel.
+
+Across machines, servers and clients use certificate files (:class:`ServerTLS`,
+:class:`ClientTLS`), optionally with mutual TLS; handlers learn who called, and more,
+from their :class:`CallContext` (see ``meridian.context``). ``meridian.testing`` writes
+development certificates.
 """
 
 from ._native import __version__, roundtrip
@@ -47,7 +52,9 @@ from .errors import (
     Unimplemented,
     Unknown,
 )
+from .context import CallContext, PeerIdentity, current_context
 from .server import RPCServer
+from .tls import ClientTLS, ServerTLS
 
 __all__ = [
     "__version__",
@@ -58,6 +65,11 @@ __all__ = [
     "ResponseIterator",
     "Reply",
     "CallTiming",
+    "ServerTLS",
+    "ClientTLS",
+    "CallContext",
+    "PeerIdentity",
+    "current_context",
     "StatusCode",
     "RpcError",
     "Cancelled",

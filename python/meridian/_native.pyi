@@ -8,11 +8,14 @@ __all__ = [
     "NativeClient",
     "NativeStream",
     "CallHandle",
+    "CallContext",
+    "PeerIdentity",
     "RustTestServer",
     "roundtrip",
     "_start_rust_test_server",
     "_rust_call",
     "_write_dev_certificates",
+    "_write_dev_pki",
     "__version__",
 ]
 
@@ -36,11 +39,17 @@ class NativeServer:
         etcd: Optional[Sequence[str]] = None,
         etcd_prefix: Optional[str] = None,
         etcd_ttl: float = 10.0,
+        client_ca_file: Optional[str] = None,
     ) -> "NativeServer": ...
     def add(
-        self, name: str, func: Callable[[Any], Any], streaming: bool = False, idempotent: bool = False
+        self,
+        name: str,
+        func: Callable[[Any, "CallContext"], Any],
+        streaming: bool = False,
+        idempotent: bool = False,
     ) -> None: ...
     def start(self) -> Tuple[str, int]: ...
+    def reload_tls(self) -> None: ...
     def stop(self, grace: Optional[float] = None) -> None: ...
     @property
     def address(self) -> Optional[Tuple[str, int]]: ...
@@ -55,6 +64,54 @@ class NativeServer:
 @final
 class CallHandle:
     def cancel(self) -> None: ...
+
+@final
+class PeerIdentity:
+    """Who the client is, from the certificate chain the server verified (mutual TLS)."""
+
+    @property
+    def dns_names(self) -> list[str]:
+        """DNS names among the certificate's subject alternative names."""
+    @property
+    def uris(self) -> list[str]:
+        """URIs among the certificate's subject alternative names."""
+    @property
+    def spiffe_id(self) -> Optional[str]:
+        """The first ``spiffe://`` URI name (the workload's SPIFFE ID), or ``None``."""
+    @property
+    def common_name(self) -> Optional[str]:
+        """The subject's common name, or ``None``."""
+    @property
+    def certificates(self) -> list[bytes]:
+        """The verified chain as DER, end-entity certificate first."""
+    def has_name(self, name: str) -> bool:
+        """Whether any DNS or URI name, or the common name, equals ``name``."""
+
+@final
+class CallContext:
+    """The call a handler is answering (see ``meridian.context``)."""
+
+    @property
+    def method(self) -> str:
+        """The method name the client called."""
+    @property
+    def peer(self) -> Tuple[str, int]:
+        """The client's address, ``(host, port)``."""
+    @property
+    def peer_identity(self) -> Optional[PeerIdentity]:
+        """The client's verified certificate identity; ``None`` without mutual TLS."""
+    @property
+    def metadata(self) -> dict[str, Union[str, bytes]]:
+        """The metadata the client sent (``bytes`` under keys ending in ``-bin``)."""
+    @property
+    def idempotent(self) -> bool:
+        """Whether the caller marked the call idempotent."""
+    def time_remaining(self) -> Optional[float]:
+        """Seconds left before the caller's deadline, ``None`` without one."""
+    def is_cancelled(self) -> bool:
+        """Whether the call was cancelled (by the client or its deadline)."""
+    def set_trailer(self, key: str, value: Union[str, bytes]) -> None:
+        """Adds an entry to the response's trailing metadata."""
 
 @final
 class NativeStream:
@@ -74,6 +131,8 @@ class NativeClient:
         etcd: Optional[Sequence[str]] = None,
         etcd_prefix: Optional[str] = None,
         wait_for_ready: bool = False,
+        client_cert_file: Optional[str] = None,
+        client_key_file: Optional[str] = None,
     ) -> "NativeClient": ...
     def call(
         self,
@@ -120,3 +179,6 @@ class RustTestServer:
 def _start_rust_test_server(region: str) -> RustTestServer: ...
 def _rust_call(method: str, a: int, b: int, named: bool = False, timeout: float = 5.0) -> int: ...
 def _write_dev_certificates(dir: str) -> Tuple[str, str, str]: ...
+def _write_dev_pki(
+    dir: str, server_names: Sequence[str], client_name: str, client_uri: Optional[str] = None
+) -> dict[str, str]: ...

@@ -24,6 +24,7 @@ from typing import (
 
 from . import _args
 from ._native import NativeClient, NativeStream
+from .tls import ClientTLS
 
 __all__ = ["RPCClient", "AsyncRPCClient", "Reply", "CallTiming"]
 
@@ -45,7 +46,7 @@ def etcd_endpoints(etcd: Optional[Endpoints]) -> Optional[List[str]]:
 
 
 def _region_list(
-    regions: Mapping[str, Any],
+    regions: Mapping[str, Any], default_name: str = "localhost"
 ) -> List[Tuple[str, List[Tuple[str, str]]]]:
     out = []
     for name, servers in regions.items():
@@ -54,7 +55,7 @@ def _region_list(
         eps = []
         for s in servers:
             if isinstance(s, str):
-                eps.append((s, "localhost"))
+                eps.append((s, default_name))
             else:
                 addr, server_name = s
                 eps.append((str(addr), str(server_name)))
@@ -74,15 +75,27 @@ class _Base:
         etcd: Optional[Endpoints] = None,
         etcd_prefix: Optional[str] = None,
         wait_for_ready: bool = False,
+        tls: Optional[ClientTLS] = None,
     ) -> None:
+        if tls is not None and not isinstance(tls, ClientTLS):
+            raise TypeError(f"tls must be a meridian.ClientTLS, got {type(tls).__name__}")
+        if tls is not None and roots is not None:
+            raise ValueError("give either tls= or roots=, not both (tls.ca_file is the roots)")
+        server_name = "localhost"
+        if tls is not None:
+            roots = tls.ca_file
+            if tls.server_name is not None:
+                server_name = tls.server_name
         self._native = NativeClient(
             home=region,
             config=None if config is None else str(config),
-            regions=None if regions is None else _region_list(regions),
+            regions=None if regions is None else _region_list(regions, server_name),
             roots=None if roots is None else str(roots),
             etcd=etcd_endpoints(etcd),
             etcd_prefix=etcd_prefix,
             wait_for_ready=bool(wait_for_ready),
+            client_cert_file=None if tls is None else tls.cert_file,
+            client_key_file=None if tls is None else tls.key_file,
         )
         self.region = region
         self.timeout = timeout
@@ -107,7 +120,10 @@ class RPCClient(_Base):
     of this process, with nothing to configure. ``config=`` (a TOML region file) or
     ``regions={"eu": ["10.0.0.1:7000", ("10.0.0.2:7000", "eu.example.com")]}`` name the
     servers instead, and ``roots=`` the PEM file of certificates to trust (by default, only
-    this process's servers are trusted). ``timeout`` is the default for every call, in
+    this process's servers are trusted). ``tls=ClientTLS(ca_file, cert_file=None,
+    key_file=None, server_name=None)`` (see :class:`meridian.ClientTLS`) sets the CAs to
+    trust, a client certificate for servers that require one (mutual TLS) and the name
+    expected from servers listed as plain ``"host:port"``; it replaces ``roots=``. ``timeout`` is the default for every call, in
     seconds (``None``: no deadline). ``etcd="http://127.0.0.1:2379"`` (or a list of URLs)
     follows the servers registered in etcd (see ``RPCServer(..., etcd=...)``) as they come
     and go; a region file with an ``[etcd]`` table does the same.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import inspect
 import threading
 import traceback
@@ -18,9 +19,11 @@ import weakref
 from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar, Union, overload
 
 from . import _args
-from ._native import NativeServer
+from ._native import CallContext, NativeServer
 from .client import Endpoints, etcd_endpoints
+from .context import _current
 from .errors import InvalidArgument, RpcError, StatusCode
+from .tls import ServerTLS
 
 __all__ = ["RPCServer"]
 
@@ -63,15 +66,45 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, cls.loop()).result()
 
     @classmethod
-    def iterate(cls, agen: Any) -> Iterator[Any]:
+    def iterate(cls, agen: Any, context: CallContext) -> Iterator[Any]:
+        # Each step runs as its own task on the loop: give each the call's context.
         try:
             while True:
                 try:
-                    yield cls.run(agen.__anext__())
+                    yield cls.run(_in_context(context, agen.__anext__()))
                 except StopAsyncIteration:
                     return
         finally:
-            cls.run(agen.aclose())
+            cls.run(_in_context(context, agen.aclose()))
+
+
+async def _in_context(context: CallContext, awaitable: Any) -> Any:
+    """Awaits ``awaitable`` with ``current_context()`` set to ``context`` (a task runs in
+    its own copy of the context variables, so nothing leaks to other calls)."""
+    _current.set(context)
+    return await awaitable
+
+
+def _wants_context(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` declares a parameter named ``context`` that can be given by
+    keyword (the server then passes the call's :class:`CallContext` there)."""
+    try:
+        parameter = inspect.signature(func).parameters.get("context")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+def _reset(token: "contextvars.Token[CallContext]") -> None:
+    try:
+        _current.reset(token)
+    except ValueError:
+        # Closed from another context (a generator finalised elsewhere): nothing to undo
+        # in this one.
+        pass
 
 
 def _bad_arguments(func: Callable[..., Any], args: Any, kwargs: Any) -> bool:
@@ -90,8 +123,18 @@ class RPCServer:
 
     ``RPCServer('Region1')`` listens on 127.0.0.1 on a free port with a certificate from
     the process's development CA, and lists itself in the in-process registry, so that an
-    ``RPCClient()`` of the same process finds it with no configuration. ``certs=(cert_file,
-    key_file)`` (PEM) sets the certificate, ``server_name`` the name it carries.
+    ``RPCClient()`` of the same process finds it with no configuration.
+    ``tls=ServerTLS(cert_file, key_file, client_ca_file=None)`` (see
+    :class:`meridian.ServerTLS`) serves with the certificate of those PEM files and, with
+    ``client_ca_file``, requires every client to present a certificate from one of its
+    CAs (mutual TLS); :meth:`reload_tls` rotates the certificate. ``certs=(cert_file,
+    key_file)`` is the older spelling of ``tls=ServerTLS(cert_file, key_file)``.
+    ``server_name`` is the name clients of this process expect in the certificate.
+
+    A handler that declares a parameter named ``context`` receives the call's
+    :class:`meridian.CallContext` there (peer address and certificate identity,
+    metadata, time remaining, cancellation); any handler can also call
+    :func:`meridian.current_context`.
 
     The server starts serving in the background on the first registration (or on
     :meth:`start`). Registering on a running server adds the method in place and
@@ -120,8 +163,21 @@ class RPCServer:
         etcd: Optional[Endpoints] = None,
         etcd_prefix: Optional[str] = None,
         etcd_ttl: float = 10.0,
+        tls: Optional[ServerTLS] = None,
     ) -> None:
-        cert_file, key_file = certs if certs is not None else (None, None)
+        if tls is not None and certs is not None:
+            raise ValueError("give either tls= or certs=, not both")
+        if tls is not None and not isinstance(tls, ServerTLS):
+            raise TypeError(f"tls must be a meridian.ServerTLS, got {type(tls).__name__}")
+        client_ca_file: Optional[str] = None
+        if tls is not None:
+            cert_file, key_file = tls.cert_file, tls.key_file
+            client_ca_file = tls.client_ca_file
+        elif certs is not None:
+            cert_file, key_file = certs
+        else:
+            cert_file, key_file = None, None
+        self._tls = tls
         self._native = NativeServer(
             region,
             host=host,
@@ -133,6 +189,7 @@ class RPCServer:
             etcd=etcd_endpoints(etcd),
             etcd_prefix=etcd_prefix,
             etcd_ttl=etcd_ttl,
+            client_ca_file=client_ca_file,
         )
         self._send_tracebacks = send_tracebacks
         self._started = False
@@ -205,11 +262,24 @@ class RPCServer:
                 self._started = True
                 _live_servers.add(self)
 
-    def _adapt(self, func: Callable[..., Any], streaming: bool, is_async_gen: bool) -> Callable[[Any], Any]:
-        """The callable the native server runs: unpacks the arguments, runs ``func``
-        (on the event loop if it is async) and turns exceptions into RpcErrors."""
+    def _adapt(
+        self, func: Callable[..., Any], streaming: bool, is_async_gen: bool
+    ) -> Callable[[Any, CallContext], Any]:
+        """The callable the native server runs: unpacks the arguments, makes the call's
+        context current (and passes it as ``context=`` if ``func`` declares that
+        parameter), runs ``func`` (on the event loop if it is async) and turns exceptions
+        into RpcErrors."""
         is_coro = inspect.iscoroutinefunction(func)
         tracebacks = self._send_tracebacks
+        wants_context = _wants_context(func)
+
+        def arguments(payload: Any, context: CallContext) -> Tuple[Any, Any]:
+            args, kwargs = _args.unpack(payload)
+            if wants_context:
+                if "context" in kwargs:
+                    raise InvalidArgument("'context' is given by the server and cannot be sent")
+                kwargs["context"] = context
+            return args, kwargs
 
         def failure(e: Exception, args: Any, kwargs: Any) -> RpcError:
             if isinstance(e, RpcError):
@@ -221,30 +291,54 @@ class RPCServer:
 
         if streaming:
 
-            def stream(payload: Any) -> Iterator[Any]:
-                args, kwargs = _args.unpack(payload)
+            def stream(payload: Any, context: CallContext) -> Iterator[Any]:
+                args, kwargs = arguments(payload, context)
+                # The native server drives this generator on one thread to its end.
+                token = _current.set(context)
                 try:
                     if is_async_gen:
-                        yield from _LoopThread.iterate(func(*args, **kwargs))
+                        yield from _LoopThread.iterate(func(*args, **kwargs), context)
                     else:
                         yield from func(*args, **kwargs)
                 except Exception as e:
                     raise failure(e, args, kwargs) from None
+                finally:
+                    _reset(token)
 
             return stream
 
-        def unary(payload: Any) -> Any:
-            args, kwargs = _args.unpack(payload)
+        def unary(payload: Any, context: CallContext) -> Any:
+            args, kwargs = arguments(payload, context)
+            token = _current.set(context)
             try:
                 if is_coro:
-                    return _LoopThread.run(func(*args, **kwargs))
+                    return _LoopThread.run(_in_context(context, func(*args, **kwargs)))
                 return func(*args, **kwargs)
             except Exception as e:
                 raise failure(e, args, kwargs) from None
+            finally:
+                _reset(token)
 
         return unary
 
     # -- lifecycle ----------------------------------------------------------------------
+
+    def reload_tls(self) -> None:
+        """Reads the certificate and key files of ``tls=`` (or ``certs=``) again and
+        presents the new certificate from the next TLS handshake on.
+
+        Connections already open keep the certificate they were made with and stay up,
+        so connected clients go on calling; clients connecting afterwards see the new
+        one. Files that cannot be read, hold no usable certificate or key, or whose key
+        does not match the certificate raise ``ValueError``, and the certificate in use
+        stays. ``client_ca_file`` is not read again. A server using a development
+        certificate (no files) raises ``RuntimeError``.
+
+        Typical use: a certificate renewal job replaces the files (write new files, then
+        rename them over the old ones, so the server never reads half a file) and then
+        asks the server to reload.
+        """
+        self._native.reload_tls()
 
     def start(self) -> "RPCServer":
         """Starts serving (a no-op if running). Returns the server."""
@@ -283,6 +377,11 @@ class RPCServer:
     def address(self) -> Optional[Tuple[str, int]]:
         """``(host, port)`` while serving, else ``None``."""
         return self._native.address
+
+    @property
+    def tls(self) -> Optional[ServerTLS]:
+        """The ``tls=`` settings the server was created with (``None`` without)."""
+        return self._tls
 
     @property
     def port(self) -> Optional[int]:

@@ -15,7 +15,7 @@ use meridian::region::{
     Discovery, EtcdConfig, EtcdDiscovery, LocalRegistry, RegionClient, RegionMap, ServerEndpoint,
     StaticDiscovery,
 };
-use meridian::{ClientTls, Codec, Status, Streaming, Value};
+use meridian::{ClientTls, Codec, Identity, Status, Streaming, Value};
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
@@ -176,6 +176,8 @@ pub(crate) struct NativeClient {
     home: Option<String>,
     source: Source,
     roots_file: Option<String>,
+    /// The client certificate presented to servers that require one (mutual TLS).
+    identity: Option<Identity>,
     client: Mutex<Option<RegionClient>>,
     wait_for_ready: bool,
 }
@@ -203,7 +205,7 @@ impl NativeClient {
         if let Some(c) = &*slot {
             return Ok(c.clone());
         }
-        let tls = match &self.roots_file {
+        let mut tls = match &self.roots_file {
             Some(path) => ClientTls::with_roots_pem_file(path)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?,
             None => {
@@ -217,6 +219,9 @@ impl NativeClient {
                 ClientTls::with_roots(roots).map_err(|e| PyRuntimeError::new_err(e.to_string()))?
             }
         };
+        if let Some(identity) = &self.identity {
+            tls = tls.with_identity(identity.clone());
+        }
         let discovery: Arc<dyn Discovery> = match &self.source {
             Source::Local => LocalRegistry::global(),
             Source::Map(map) => StaticDiscovery::new(map.clone()),
@@ -249,9 +254,11 @@ impl NativeClient {
     /// With `etcd` (client URLs), or a region file with an `[etcd]` table, the servers
     /// registered in etcd under `etcd_prefix` are followed as they come and go. With
     /// `wait_for_ready`, a call that finds no reachable server waits for one within its
-    /// timeout instead of failing at once with UNAVAILABLE.
+    /// timeout instead of failing at once with UNAVAILABLE. With `client_cert_file` and
+    /// `client_key_file` (PEM) it presents that certificate to servers requiring one
+    /// (mutual TLS); files that cannot be used raise `ValueError` here.
     #[new]
-    #[pyo3(signature = (home=None, config=None, regions=None, roots=None, etcd=None, etcd_prefix=None, wait_for_ready=false))]
+    #[pyo3(signature = (home=None, config=None, regions=None, roots=None, etcd=None, etcd_prefix=None, wait_for_ready=false, client_cert_file=None, client_key_file=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         home: Option<String>,
@@ -261,7 +268,26 @@ impl NativeClient {
         etcd: Option<Vec<String>>,
         etcd_prefix: Option<String>,
         wait_for_ready: bool,
+        client_cert_file: Option<String>,
+        client_key_file: Option<String>,
     ) -> PyResult<NativeClient> {
+        let identity = match (client_cert_file, client_key_file) {
+            (Some(cert), Some(key)) => Some(
+                Identity::from_pem_files(&cert, &key)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            ),
+            (None, None) => None,
+            _ => {
+                return Err(PyValueError::new_err(
+                    "a client certificate needs both its certificate file and its key file",
+                ))
+            }
+        };
+        if let Some(path) = &roots {
+            // Read now so a bad file fails here, not at the first call.
+            ClientTls::with_roots_pem_file(path)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        }
         let file_etcd = match &config {
             Some(path) => EtcdConfig::from_toml_file(path)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?,
@@ -314,6 +340,7 @@ impl NativeClient {
             home,
             source,
             roots_file: roots,
+            identity,
             client: Mutex::new(None),
             wait_for_ready,
         })

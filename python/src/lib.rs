@@ -22,6 +22,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 mod client;
+mod context;
 mod convert;
 mod errors;
 mod server;
@@ -113,11 +114,14 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
     m.add_class::<client::NativeStream>()?;
     m.add_class::<client::CallHandle>()?;
+    m.add_class::<context::PyCallContext>()?;
+    m.add_class::<context::PyPeerIdentity>()?;
     m.add_class::<testing::RustTestServer>()?;
     m.add_function(wrap_pyfunction!(convert::roundtrip, m)?)?;
     m.add_function(wrap_pyfunction!(testing::start_rust_test_server, m)?)?;
     m.add_function(wrap_pyfunction!(testing::rust_call, m)?)?;
     m.add_function(wrap_pyfunction!(testing::write_dev_certificates, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::write_dev_pki, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

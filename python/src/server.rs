@@ -5,6 +5,13 @@
 //! as long as Python code runs. A slow handler therefore holds one blocking thread, never a
 //! transport thread, and other calls go on.
 //!
+//! Every handler call also gets a `CallContext` (see `context.rs`), which the Python
+//! adapter passes on to handlers that ask for it and makes `meridian.current_context()`.
+//!
+//! The server's `ServerTls` is kept across rebinds; `reload_tls` rotates its certificate
+//! through it (clones share the certificate in use), so connections already open keep
+//! theirs and new handshakes present the new one.
+//!
 //! Registering a method on a running server adds it in place (`Server::add_methods`):
 //! connected clients receive an updated HELLO, so region routing learns the new method
 //! without a restart or a new port.
@@ -25,6 +32,7 @@ use meridian::{
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::context::PyCallContext;
 use crate::convert::{decode, to_python, to_value};
 use crate::errors::pyerr_to_status;
 use crate::{dev_ca, runtime, timeout_arg, wait};
@@ -47,6 +55,12 @@ struct State {
     /// Whether the port was chosen by the caller (kept across rebinds) or by the OS.
     fixed_port: bool,
     identity: Option<Identity>,
+    /// The TLS settings of every bind, created on the first start (or from `tls=` files
+    /// at construction). Clones share the certificate in use, so a reload through this
+    /// one rotates it on the running server.
+    tls: Option<ServerTls>,
+    /// The certificate and key files of `tls=`, which `reload_tls` reads again.
+    tls_files: Option<(String, String)>,
     server_name: String,
     advertise: bool,
     methods: Vec<PyMethod>,
@@ -72,11 +86,13 @@ impl NativeServer {
 impl NativeServer {
     /// A stopped server for `region` on `host:port` (port 0: any free port). With
     /// `cert_file` and `key_file` (PEM) it presents that certificate, else one issued for
-    /// `localhost` by the process's development CA.
-    #[new]
+    /// `localhost` by the process's development CA. With `client_ca_file` (PEM, only with
+    /// a certificate) every client must present a certificate issued by one of its CAs
+    /// (mutual TLS). Unreadable or unusable files raise `ValueError` here.
     /// With `etcd` (client URLs of an etcd cluster) it registers itself there under
     /// `etcd_prefix` with a lease of `etcd_ttl` seconds.
-    #[pyo3(signature = (region, host="127.0.0.1", port=0, cert_file=None, key_file=None, server_name="localhost", advertise=true, grace=5.0, etcd=None, etcd_prefix=None, etcd_ttl=10.0))]
+    #[new]
+    #[pyo3(signature = (region, host="127.0.0.1", port=0, cert_file=None, key_file=None, server_name="localhost", advertise=true, grace=5.0, etcd=None, etcd_prefix=None, etcd_ttl=10.0, client_ca_file=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         region: String,
@@ -90,15 +106,13 @@ impl NativeServer {
         etcd: Option<Vec<String>>,
         etcd_prefix: Option<String>,
         etcd_ttl: f64,
+        client_ca_file: Option<String>,
     ) -> PyResult<NativeServer> {
         let host: IpAddr = host.parse().map_err(|_| {
             PyValueError::new_err(format!("host must be an IP address, got {host:?}"))
         })?;
-        let identity = match (cert_file, key_file) {
-            (Some(c), Some(k)) => Some(
-                Identity::from_pem_files(&c, &k)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
-            ),
+        let tls_files = match (cert_file, key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             _ => {
                 return Err(PyValueError::new_err(
@@ -106,6 +120,26 @@ impl NativeServer {
                 ))
             }
         };
+        let (identity, tls) =
+            match &tls_files {
+                Some((c, k)) => {
+                    let identity = Identity::from_pem_files(c, k).map_err(config_error)?;
+                    let mut tls = ServerTls::new(identity.clone());
+                    // Fails now, not at the first bind, when the key does not fit the
+                    // certificate.
+                    tls.set_identity(identity.clone()).map_err(config_error)?;
+                    if let Some(ca) = &client_ca_file {
+                        tls = tls
+                            .require_client_certs_pem_file(ca)
+                            .map_err(config_error)?;
+                    }
+                    (Some(identity), Some(tls))
+                }
+                None if client_ca_file.is_some() => return Err(PyValueError::new_err(
+                    "client_ca_file (mutual TLS) needs the server's own certificate and key files",
+                )),
+                None => (None, None),
+            };
         let grace = timeout_arg(Some(grace))?.unwrap_or_default();
         let etcd = crate::client::etcd_config(etcd, etcd_prefix, Some(etcd_ttl))?;
         Ok(NativeServer {
@@ -115,6 +149,8 @@ impl NativeServer {
                 port,
                 fixed_port: port != 0,
                 identity,
+                tls,
+                tls_files,
                 server_name: server_name.to_string(),
                 advertise,
                 methods: Vec::new(),
@@ -165,14 +201,16 @@ impl NativeServer {
         }
         let (builder, addr, tls, old, grace) = {
             let mut st = self.lock();
-            let identity = match &st.identity {
-                Some(id) => id.clone(),
+            let tls = match &st.tls {
+                Some(tls) => tls.clone(),
                 None => {
                     let id = dev_ca()?
                         .issue_server(&["localhost"])
                         .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-                    st.identity = Some(id.clone());
-                    id
+                    let tls = ServerTls::new(id.clone());
+                    st.identity = Some(id);
+                    st.tls = Some(tls.clone());
+                    tls
                 }
             };
             let mut builder = Server::builder().region(st.region.clone());
@@ -191,7 +229,7 @@ impl NativeServer {
                 None
             };
             let addr = SocketAddr::new(st.host, st.port);
-            (builder, addr, ServerTls::new(identity), old, st.grace)
+            (builder, addr, tls, old, st.grace)
         };
         if let Some(old) = old {
             wait(py, retire(old, grace))?;
@@ -245,6 +283,31 @@ impl NativeServer {
         if let Some(server) = server {
             wait(py, retire(server, grace))?;
         }
+        Ok(())
+    }
+
+    /// Reads the certificate and key files given at construction again and presents the
+    /// new certificate from the next handshake on; open connections keep theirs and stay
+    /// up. Bad files raise `ValueError` and leave the certificate in use unchanged. A
+    /// server without certificate files (a development certificate) raises
+    /// `RuntimeError`. The client CA file is read at construction only.
+    fn reload_tls(&self, py: Python<'_>) -> PyResult<()> {
+        let (tls, files) = {
+            let st = self.lock();
+            (st.tls.clone(), st.tls_files.clone())
+        };
+        let (Some(tls), Some((cert, key))) = (tls, files) else {
+            return Err(PyRuntimeError::new_err(
+                "reload_tls needs a server configured with certificate files (tls=ServerTLS(...))",
+            ));
+        };
+        let identity = py.detach(|| {
+            let identity = Identity::from_pem_files(&cert, &key)?;
+            tls.set_identity(identity.clone())?;
+            Ok::<_, meridian::Error>(identity)
+        });
+        let identity = identity.map_err(config_error)?;
+        self.lock().identity = Some(identity);
         Ok(())
     }
 
@@ -308,6 +371,11 @@ impl NativeServer {
     }
 }
 
+/// A certificate, key or CA file that cannot be used, as Python's `ValueError`.
+fn config_error(e: meridian::Error) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
 /// Registers one Python method on a server builder.
 fn register(builder: ServerBuilder, m: &PyMethod) -> ServerBuilder {
     let mut method = Method::new(m.name.clone());
@@ -360,11 +428,12 @@ async fn run_unary(func: Arc<Py<PyAny>>, body: Bytes, ctx: CallContext) -> Resul
     // count both against the connection's memory budget.
     let _held = ctx.reserve_memory(meridian::Value::decoded_size_hint(&body).saturating_mul(2))?;
     let args = decode(&body)?;
+    let context = PyCallContext::new(ctx.clone());
     let out = tokio::task::spawn_blocking(move || {
         Python::attach(|py| {
             let arg = to_python(py, &args).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let ret = func
-                .call1(py, (arg,))
+                .call1(py, (arg, context))
                 .map_err(|e| pyerr_to_status(py, &e))?;
             to_value(ret.bind(py)).map_err(|e| {
                 Status::internal(format!(
@@ -391,8 +460,9 @@ async fn run_streaming(
     let _held = ctx.reserve_memory(meridian::Value::decoded_size_hint(&body).saturating_mul(2))?;
     let args = decode(&body)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(STREAM_AHEAD);
+    let context = PyCallContext::new(ctx.clone());
     tokio::task::spawn_blocking(move || {
-        Python::attach(|py| drive_iterator(py, &func, &args, &tx));
+        Python::attach(|py| drive_iterator(py, &func, &args, context, &tx));
     });
     while let Some(item) = rx.recv().await {
         sink.send(&item?).await?;
@@ -404,6 +474,7 @@ fn drive_iterator(
     py: Python<'_>,
     func: &Py<PyAny>,
     args: &meridian::Value,
+    context: PyCallContext,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, Status>>,
 ) {
     let fail = |status: Status| {
@@ -414,7 +485,7 @@ fn drive_iterator(
         Err(e) => return fail(Status::invalid_argument(e.to_string())),
     };
     let iter = match func
-        .call1(py, (arg,))
+        .call1(py, (arg, context))
         .and_then(|r| r.into_bound(py).try_iter())
     {
         Ok(it) => it,

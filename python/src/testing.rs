@@ -2,7 +2,8 @@
 //! a Rust client that calls Python handlers. Not part of the public API (leading `_` in
 //! Python).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -155,4 +156,60 @@ pub(crate) fn write_dev_certificates(dir: PathBuf) -> PyResult<(String, String, 
     write(&paths.2, &key)?;
     let s = |p: PathBuf| p.display().to_string();
     Ok((s(paths.0), s(paths.1), s(paths.2)))
+}
+
+/// The PEM texts of an identity: its chain, then its private key.
+fn identity_pem(id: &meridian::Identity) -> (String, String) {
+    let chain = id
+        .chain
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c))
+        .collect();
+    (chain, pem_encode("PRIVATE KEY", id.key.secret_der()))
+}
+
+/// Writes a fresh development CA (`ca.pem`), a server certificate for `server_names`
+/// (`server.pem`, `server.key`) and a client certificate named `client_name`, with the URI
+/// SAN `client_uri` if given (`client.pem`, `client.key`), all issued by that CA, into
+/// `dir`. Returns the paths by role: `ca`, `server_cert`, `server_key`, `client_cert`,
+/// `client_key`. Backs `meridian.testing.dev_certificates` (development only).
+#[pyfunction]
+#[pyo3(name = "_write_dev_pki", signature = (dir, server_names, client_name, client_uri=None))]
+pub(crate) fn write_dev_pki(
+    dir: PathBuf,
+    server_names: Vec<String>,
+    client_name: String,
+    client_uri: Option<String>,
+) -> PyResult<HashMap<String, String>> {
+    if server_names.is_empty() {
+        return Err(PyValueError::new_err(
+            "server_names must name at least one host",
+        ));
+    }
+    let fail = |e: meridian::Error| PyRuntimeError::new_err(e.to_string());
+    let ca = meridian::DevCa::new().map_err(fail)?;
+    let names: Vec<&str> = server_names.iter().map(String::as_str).collect();
+    let server = ca.issue_server(&names).map_err(fail)?;
+    let client = match &client_uri {
+        Some(uri) => ca.issue_client_with_uri(&client_name, uri),
+        None => ca.issue_client(&client_name),
+    }
+    .map_err(fail)?;
+    let (server_cert, server_key) = identity_pem(&server);
+    let (client_cert, client_key) = identity_pem(&client);
+    let files = [
+        ("ca", "ca.pem", ca.certificate_pem()),
+        ("server_cert", "server.pem", server_cert),
+        ("server_key", "server.key", server_key),
+        ("client_cert", "client.pem", client_cert),
+        ("client_key", "client.key", client_key),
+    ];
+    let mut out = HashMap::new();
+    for (role, name, text) in files {
+        let path = Path::new(&dir).join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| PyValueError::new_err(format!("{}: {e}", path.display())))?;
+        out.insert(role.to_string(), path.display().to_string());
+    }
+    Ok(out)
 }

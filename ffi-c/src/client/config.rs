@@ -33,6 +33,8 @@ pub struct meridian_client_config {
     pub(super) trust: Option<Trust>,
     pub(super) preferred_region: Option<String>,
     pub(super) connect_timeout: Option<Duration>,
+    /// The client certificate chain and key (PEM files) for mutual TLS.
+    pub(super) identity_files: Option<(PathBuf, PathBuf)>,
 }
 
 /// Creates an empty client configuration and stores it in `*config_out`.
@@ -146,6 +148,36 @@ pub unsafe extern "C" fn meridian_client_config_set_roots_pem_file(
         // SAFETY: as documented.
         let (config, path) = unsafe { (borrow_mut(config, "config")?, c_str(path, "path")?) };
         config.trust = Some(Trust::RootsPemFile(PathBuf::from(path)));
+        Ok(())
+    })
+}
+
+/// Presents the certificate chain in the PEM file `cert_path` (end-entity certificate
+/// first) with the private key in the PEM file `key_path` to servers that require client
+/// certificates (mutual TLS). The paths are copied; the files are read by
+/// `meridian_client_new`, which returns `MERIDIAN_CONFIG_ERROR` if they cannot be read or
+/// hold no certificate or key. Replaces a certificate set before. A server that requires
+/// client certificates refuses a client without one during the handshake: its calls fail
+/// with `MERIDIAN_UNAVAILABLE`.
+///
+/// # Safety
+/// `config` is a live configuration; `cert_path` and `key_path` are NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_client_config_set_identity_pem_files(
+    config: *mut meridian_client_config,
+    cert_path: *const c_char,
+    key_path: *const c_char,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let (config, cert, key) = unsafe {
+            (
+                borrow_mut(config, "config")?,
+                c_str(cert_path, "cert_path")?,
+                c_str(key_path, "key_path")?,
+            )
+        };
+        config.identity_files = Some((PathBuf::from(cert), PathBuf::from(key)));
         Ok(())
     })
 }

@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::time::Duration;
 
 use mcore::region::{RegionClient, RegionMap, ServerEndpoint, StaticDiscovery};
-use mcore::{Channel, ClientTls, TransportConfig};
+use mcore::{Channel, ClientTls, Identity, TransportConfig};
 
 use super::config::{meridian_client_config, Trust};
 use crate::boundary::{
@@ -64,6 +64,12 @@ pub unsafe extern "C" fn meridian_client_new(
                 ClientTls::with_roots_pem_file(p).map_err(config_err)?
             }
             Some(Trust::Pinned(der)) => ClientTls::pinned(der.clone()),
+        };
+        let tls = match &config.identity_files {
+            Some((cert, key)) => {
+                tls.with_identity(Identity::from_pem_files(cert, key).map_err(config_err)?)
+            }
+            None => tls,
         };
         let mut transport = TransportConfig::default();
         if let Some(t) = config.connect_timeout {

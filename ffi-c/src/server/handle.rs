@@ -2,6 +2,7 @@
 
 use std::ffi::{c_char, c_void};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -102,6 +103,11 @@ pub struct meridian_server {
     running: Option<Server>,
     local_addr: Option<SocketAddr>,
     handlers: Arc<Running>,
+    /// The CA file client certificates must chain to (mutual TLS), read at start.
+    client_ca: Option<PathBuf>,
+    /// The TLS settings the running server was bound with (clones share the certificate
+    /// in use, so a reload through this one rotates it) and the files it came from.
+    tls: Option<(ServerTls, PathBuf, PathBuf)>,
 }
 
 /// Creates a server that will announce `region` (NULL: "default"). The string is copied.
@@ -124,6 +130,8 @@ pub unsafe extern "C" fn meridian_server_new(
             running: None,
             local_addr: None,
             handlers: Arc::default(),
+            client_ca: None,
+            tls: None,
         }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(server_out, server) };
@@ -213,11 +221,76 @@ pub unsafe extern "C" fn meridian_server_add_server_streaming(
     unsafe { register(server, method, payload, idempotent, handler, user, true) }
 }
 
+/// Requires every client to present a certificate chaining to a CA in the PEM file at
+/// `ca_path` (mutual TLS); a client without one is refused during the handshake, before
+/// any handler runs, and handlers read who called with the `meridian_request_peer_*`
+/// functions. The path is copied and the file read by `meridian_server_start`
+/// (`MERIDIAN_CONFIG_ERROR` there if it holds no usable certificate); it is not read
+/// again by `meridian_server_reload_tls`. `MERIDIAN_INVALID_STATE` once the server runs.
+///
+/// # Safety
+/// `server` is live; `ca_path` is NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_require_client_certs_pem_file(
+    server: *mut meridian_server,
+    ca_path: *const c_char,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let (server, ca) = unsafe { (borrow_mut(server, "server")?, c_str(ca_path, "ca_path")?) };
+        if server.running.is_some() {
+            return Err(Fail::new(
+                meridian_status::MERIDIAN_INVALID_STATE,
+                "client certificates must be required before the server starts",
+            ));
+        }
+        server.client_ca = Some(PathBuf::from(ca));
+        Ok(())
+    })
+}
+
+/// Reads the certificate and key files given to `meridian_server_start` again and presents
+/// the new certificate from the next TLS handshake on (certificate rotation). Connections
+/// already open keep the certificate they were made with and stay up.
+///
+/// Returns `MERIDIAN_CONFIG_ERROR` when a file cannot be read, holds no certificate or
+/// key, or the key does not match the certificate; the certificate in use is then kept.
+/// `MERIDIAN_INVALID_STATE` if the server is not running. Replace the files atomically
+/// (write new files, then rename them over the old ones) so a reload never reads half a
+/// file. Not blocking (file reads only); call it from one thread at a time, never
+/// concurrently with `meridian_server_start`, `meridian_server_stop` or
+/// `meridian_server_free` of the same server.
+///
+/// # Safety
+/// `server` is live.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_reload_tls(
+    server: *mut meridian_server,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let server = unsafe { borrow_mut(server, "server") }?;
+        let (tls, cert, key) = match (&server.running, &server.tls) {
+            (Some(_), Some(t)) => t,
+            _ => {
+                return Err(Fail::new(
+                    meridian_status::MERIDIAN_INVALID_STATE,
+                    "the server is not running",
+                ))
+            }
+        };
+        tls.reload_pem_files(cert, key)
+            .map_err(|e| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string()))
+    })
+}
+
 /// Starts serving on `addr` ("IP:port"; port 0 picks a free port, see
 /// `meridian_server_port`) with the PEM certificate chain and private key at `cert_path`
-/// and `key_path`. Returns when the server is listening. `MERIDIAN_CONFIG_ERROR` for
-/// unreadable TLS files, `MERIDIAN_UNAVAILABLE` if the address cannot be bound,
-/// `MERIDIAN_INVALID_STATE` if already started. Blocking (not from a handler).
+/// and `key_path` (read again by `meridian_server_reload_tls`). Returns when the server
+/// is listening. `MERIDIAN_CONFIG_ERROR` for unreadable or mismatched TLS files (and the
+/// client CA file of `meridian_server_require_client_certs_pem_file`),
+/// `MERIDIAN_UNAVAILABLE` if the address cannot be bound, `MERIDIAN_INVALID_STATE` if
+/// already started. Blocking (not from a handler).
 ///
 /// # Safety
 /// `server` is live; the strings are NUL-terminated.
@@ -247,8 +320,15 @@ pub unsafe extern "C" fn meridian_server_start(
         let addr: SocketAddr = addr
             .parse()
             .map_err(|e| Fail::invalid(format!("bad address {addr:?}: {e}")))?;
-        let identity = Identity::from_pem_files(cert, key)
-            .map_err(|e| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string()))?;
+        let config_err =
+            |e: mcore::Error| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string());
+        let identity = Identity::from_pem_files(cert, key).map_err(config_err)?;
+        let mut tls = ServerTls::new(identity.clone());
+        // A key that does not fit the certificate is a CONFIG_ERROR here, not a failed bind.
+        tls.set_identity(identity).map_err(config_err)?;
+        if let Some(ca) = &server.client_ca {
+            tls = tls.require_client_certs_pem_file(ca).map_err(config_err)?;
+        }
         let mut builder = Server::builder()
             .region(server.region.clone())
             .no_local_registry();
@@ -292,11 +372,11 @@ pub unsafe extern "C" fn meridian_server_start(
                 }),
             };
         }
-        let tls = ServerTls::new(identity);
-        let running = block_on(builder.bind(addr, tls))?
+        let running = block_on(builder.bind(addr, tls.clone()))?
             .map_err(|e| Fail::new(meridian_status::MERIDIAN_UNAVAILABLE, e.to_string()))?;
         server.local_addr = Some(running.local_addr());
         server.running = Some(running);
+        server.tls = Some((tls, PathBuf::from(cert), PathBuf::from(key)));
         Ok(())
     })
 }
@@ -376,6 +456,7 @@ pub unsafe extern "C" fn meridian_server_stop(
         let server = unsafe { borrow_mut(server, "server") }?;
         not_on_library_thread()?;
         if let Some(running) = server.running.take() {
+            server.tls = None;
             block_on(running.shutdown(Duration::from_millis(u64::from(grace_ms))))?;
         }
         server.handlers.wait_idle();

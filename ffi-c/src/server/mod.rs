@@ -1,12 +1,15 @@
 //! The server side: a server handle, handler callbacks per method, the request a handler
-//! reads and the reply it fills, start and graceful stop.
+//! reads (and who sent it) and the reply it fills, start, certificate reload and graceful
+//! stop.
 
 mod handle;
 mod handler;
+mod peer;
 mod reply;
 mod request;
 
 pub use handle::*;
 pub use handler::*;
+pub use peer::*;
 pub use reply::*;
 pub use request::*;
