@@ -145,6 +145,39 @@ impl LargeResult {
     }
 }
 
+/// Allocations and CPU time of one side, as counted at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cost {
+    /// Allocations and reallocations so far.
+    pub allocations: u64,
+    /// CPU time of the thread running the runtime so far, in ns.
+    pub cpu_ns: u64,
+}
+
+impl Cost {
+    /// The client side: this process's allocations, this thread's CPU time.
+    fn client() -> Result<Cost> {
+        Ok(Cost {
+            allocations: crate::cost::allocations(),
+            cpu_ns: crate::cost::cpu_ns(std::process::id(), crate::cost::own_tid()?)?,
+        })
+    }
+}
+
+/// What one call cost on each side in the throughput phase (means over every call
+/// completed while counting).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PerCall {
+    /// Client allocations per call.
+    pub client_allocs: f64,
+    /// Server allocations per call.
+    pub server_allocs: f64,
+    /// Client CPU per call, µs.
+    pub client_cpu_us: f64,
+    /// Server CPU per call, µs.
+    pub server_cpu_us: f64,
+}
+
 /// Everything measured for one kind.
 #[derive(Clone, Debug)]
 pub struct KindResults {
@@ -152,6 +185,8 @@ pub struct KindResults {
     pub latency: Latency,
     /// Completed calls per second with [`Plan::in_flight`] calls in flight.
     pub calls_per_s: f64,
+    /// Allocations and CPU per call in the throughput phase.
+    pub per_call: PerCall,
     /// One entry per [`Plan::large`] phase.
     pub large: Vec<LargeResult>,
 }
@@ -159,12 +194,13 @@ pub struct KindResults {
 /// Connects a `T` client to `server` and runs every phase of `plan`.
 ///
 /// Must run inside a [`LocalSet`] (the throughput phase spawns local tasks).
-pub async fn measure<T: Transport>(server: &Listening, plan: &Plan) -> Result<KindResults> {
+pub async fn measure<T: Transport>(process: &ServerProcess, plan: &Plan) -> Result<KindResults> {
+    let server = &process.listening;
     let client = Rc::new(T::connect(server).await?);
     let small = payload(SMALL_PAYLOAD);
 
     let latency = sequential(&*client, &small, plan.warmup_calls, plan.latency_calls).await?;
-    let calls_per_s = throughput(&client, &small, plan).await?;
+    let (calls_per_s, per_call) = throughput(&client, &small, plan, process).await?;
 
     let mut large = Vec::with_capacity(plan.large.len());
     for phase in &plan.large {
@@ -183,6 +219,7 @@ pub async fn measure<T: Transport>(server: &Listening, plan: &Plan) -> Result<Ki
     Ok(KindResults {
         latency,
         calls_per_s,
+        per_call,
         large,
     })
 }
@@ -248,7 +285,12 @@ fn summarize(mut nanos: Vec<u64>) -> Latency {
 /// current-thread runtime) each loop sequential calls over the one shared
 /// client; completed calls are counted over `plan.throughput_time` after
 /// `plan.throughput_warmup`.
-async fn throughput<C: Client>(client: &Rc<C>, payload: &Bytes, plan: &Plan) -> Result<f64> {
+async fn throughput<C: Client>(
+    client: &Rc<C>,
+    payload: &Bytes,
+    plan: &Plan,
+    server: &ServerProcess,
+) -> Result<(f64, PerCall)> {
     let completed = Rc::new(Cell::new(0u64));
     let stop = Rc::new(Cell::new(false));
     let mut workers: JoinSet<Result<()>> = JoinSet::new();
@@ -270,9 +312,18 @@ async fn throughput<C: Client>(client: &Rc<C>, payload: &Bytes, plan: &Plan) -> 
     }
     tokio::time::sleep(plan.throughput_warmup).await;
     let (start_count, start) = (completed.get(), Instant::now());
+    let (client_before, server_before) = (Cost::client()?, server.cost()?);
     let dgrams_before = client.datagrams();
     tokio::time::sleep(plan.throughput_time).await;
     let (end_count, elapsed) = (completed.get(), start.elapsed());
+    let (client_after, server_after) = (Cost::client()?, server.cost()?);
+    let n = (end_count - start_count).max(1) as f64;
+    let per_call = PerCall {
+        client_allocs: (client_after.allocations - client_before.allocations) as f64 / n,
+        server_allocs: (server_after.allocations - server_before.allocations) as f64 / n,
+        client_cpu_us: (client_after.cpu_ns - client_before.cpu_ns) as f64 / n / 1e3,
+        server_cpu_us: (server_after.cpu_ns - server_before.cpu_ns) as f64 / n / 1e3,
+    };
     if std::env::var_os("BENCH_DEBUG").is_some() {
         if let (Some((tx0, rx0)), Some((tx1, rx1))) = (dgrams_before, client.datagrams()) {
             let calls = (end_count - start_count).max(1) as f64;
@@ -287,14 +338,18 @@ async fn throughput<C: Client>(client: &Rc<C>, payload: &Bytes, plan: &Plan) -> 
     while let Some(joined) = workers.join_next().await {
         joined??;
     }
-    Ok((end_count - start_count) as f64 / elapsed.as_secs_f64())
+    Ok((
+        (end_count - start_count) as f64 / elapsed.as_secs_f64(),
+        per_call,
+    ))
 }
 
 /// A `meridian-bench serve KIND` child process. Killed when dropped.
 pub struct ServerProcess {
     child: Child,
-    // Held so the server never writes into a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    /// The server's stdout after its LISTEN line: answers to `ALLOCS` requests (and held
+    /// so the server never writes into a closed pipe).
+    stdout: std::cell::RefCell<BufReader<ChildStdout>>,
     /// What the server announced on its LISTEN line.
     pub listening: Listening,
 }
@@ -326,7 +381,7 @@ impl ServerProcess {
         };
         Ok(Self {
             child,
-            _stdout: stdout,
+            stdout: std::cell::RefCell::new(stdout),
             listening,
         })
     }
@@ -336,6 +391,26 @@ impl ServerProcess {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The server's allocations so far (asked over its stdin) and the CPU time of its
+    /// main thread, which runs its single-threaded runtime.
+    pub fn cost(&self) -> Result<Cost> {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_ref().ok_or("no server stdin")?;
+        (&*stdin).write_all(b"ALLOCS\n")?;
+        let mut line = String::new();
+        self.stdout.borrow_mut().read_line(&mut line)?;
+        let allocations = line
+            .strip_prefix("ALLOCS ")
+            .ok_or_else(|| format!("server answered {:?} to ALLOCS", line.trim()))?
+            .trim()
+            .parse()?;
+        let pid = self.pid();
+        Ok(Cost {
+            allocations,
+            cpu_ns: crate::cost::cpu_ns(pid, pid)?,
+        })
     }
 }
 
@@ -372,7 +447,7 @@ pub fn run_kind(kind: Kind, plan: &Plan) -> Result<KindResults> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let results = LocalSet::new().block_on(&runtime, kind.bench(&server.listening, plan));
+    let results = LocalSet::new().block_on(&runtime, kind.bench(&server, plan));
     drop(runtime);
     drop(server);
     results

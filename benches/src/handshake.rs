@@ -17,6 +17,7 @@ use bytes::Bytes;
 use meridian::testing::{LinkEmulator, LinkSettings, TcpLinkEmulator};
 use meridian::{Channel, ClientTls};
 
+use crate::cost::{cpu_ns, own_tid};
 use crate::driver::ServerProcess;
 use crate::kinds::grpc::TonicClient;
 use crate::kinds::{Client, Kind, Listening};
@@ -83,25 +84,6 @@ async fn tonic_first_response(server: &Listening) -> Result<Duration> {
     let client = TonicClient::connect(server, true).await?;
     client.call(payload()).await?;
     Ok(t.elapsed())
-}
-
-/// CPU time the thread `tid` of process `pid` has used (from schedstat, in ns).
-fn cpu_ns(pid: u32, tid: u32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))?;
-    Ok(text
-        .split_whitespace()
-        .next()
-        .ok_or("empty schedstat")?
-        .parse()?)
-}
-
-fn own_tid() -> Result<u32> {
-    let link = std::fs::read_link("/proc/thread-self")?;
-    let tid = link
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("cannot read /proc/thread-self")?;
-    Ok(tid.parse()?)
 }
 
 /// Runs the whole plan and returns the markdown section.

@@ -12,6 +12,7 @@
 //! single-threaded runtime, then kills the server. See [`kinds`] for how to
 //! add a kind.
 
+mod cost;
 mod driver;
 mod handshake;
 mod kinds;
@@ -99,9 +100,18 @@ fn serve(args: &[String]) -> Result<()> {
     };
     let identity = tls::Identity::generate()?;
 
-    // The driver closes our stdin (or kills us) when it is done.
+    // The driver asks for our allocation count with `ALLOCS` lines, and closes our stdin
+    // (or kills us) when it is done.
     std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        use std::io::{BufRead as _, Write as _};
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if line.trim() == "ALLOCS" {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "ALLOCS {}", cost::allocations());
+                let _ = out.flush();
+            }
+        }
         std::process::exit(0);
     });
 
@@ -248,6 +258,7 @@ fn run(args: &[String]) -> Result<()> {
     }
 
     println!("{}", report::figures_table(&plan, &results));
+    println!("{}", report::cost_table(&results));
     print!("{}", report::ratios_table(&plan, &results));
     if let Some(path) = out {
         std::fs::write(&path, report::markdown(&plan, &machine, &results))?;

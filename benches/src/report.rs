@@ -98,6 +98,32 @@ fn ratio(value: Option<f64>, baseline: Option<f64>) -> String {
     }
 }
 
+/// What each call cost in the throughput phase, both sides: allocations (counted by the
+/// binaries' global allocator) and CPU time (schedstat of the runtime threads).
+pub fn cost_table(results: &[(Kind, Outcome)]) -> String {
+    let mut out = String::from(
+        "| kind | client allocs/call | server allocs/call | client CPU µs/call | server CPU µs/call | CPU µs/call, both |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for (kind, outcome) in results {
+        let Ok(r) = outcome else {
+            continue;
+        };
+        let c = r.per_call;
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            kind.name(),
+            c.client_allocs,
+            c.server_allocs,
+            c.client_cpu_us,
+            c.server_cpu_us,
+            c.client_cpu_us + c.server_cpu_us
+        );
+    }
+    out
+}
+
 /// Ratios of every kind against each baseline present in `results`:
 /// p50 latency (lower is better), calls/s and large-payload MB/s (higher is
 /// better). Empty when no baseline ran.
@@ -277,6 +303,7 @@ pub fn markdown(plan: &Plan, machine: &str, results: &[(Kind, Outcome)]) -> Stri
          runtime; loopback (127.0.0.1); {}\n\n\
          ## Method\n\n{}\n\
          ## Figures\n\n{}\n\
+         ## Cost per call (throughput phase)\n\n{}\n\
          ## Ratios (same run)\n{}",
         command_line(),
         utc_now(),
@@ -284,6 +311,7 @@ pub fn markdown(plan: &Plan, machine: &str, results: &[(Kind, Outcome)]) -> Stri
         placement(plan),
         method(plan),
         figures_table(plan, results),
+        cost_table(results),
         ratios_table(plan, results)
     )
 }

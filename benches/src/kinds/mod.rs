@@ -149,7 +149,7 @@ impl Kind {
     }
 
     /// Connects to `server` and runs the whole measurement plan against it.
-    pub async fn bench(self, server: &Listening, plan: &Plan) -> Result<KindResults> {
+    pub async fn bench(self, server: &driver::ServerProcess, plan: &Plan) -> Result<KindResults> {
         match self {
             Kind::Udp => driver::measure::<udp::Udp>(server, plan).await,
             Kind::Quinn => driver::measure::<quinn::BareQuinn>(server, plan).await,
