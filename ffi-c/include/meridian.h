@@ -349,6 +349,16 @@ meridian_status meridian_client_config_set_connect_timeout_ms(struct meridian_cl
 meridian_status meridian_client_new(const struct meridian_client_config *config,
                                     struct meridian_client **client_out);
 
+// Reads the client's TLS files again: the roots PEM file of
+// `meridian_client_config_set_roots_pem_file` and the certificate and key of
+// `meridian_client_config_set_identity_pem_files`. Handshakes from now on use them;
+// open connections stay and keep calling. `MERIDIAN_CONFIG_ERROR` for files that cannot
+// be used, keeping what was in use (a pinned certificate has no file and stays).
+//
+// # Safety
+// `client` is live.
+meridian_status meridian_client_reload_tls(const struct meridian_client *client);
+
 // Waits up to `timeout_ms` until the client can take calls to `method` (a region client:
 // some region's servers connected and serving it). A single-endpoint client is ready at
 // once. Returns `MERIDIAN_UNAVAILABLE` on timeout. Blocking.
@@ -624,8 +634,8 @@ meridian_status meridian_server_add_server_streaming(struct meridian_server *ser
 // `ca_path` (mutual TLS); a client without one is refused during the handshake, before
 // any handler runs, and handlers read who called with the `meridian_request_peer_*`
 // functions. The path is copied and the file read by `meridian_server_start`
-// (`MERIDIAN_CONFIG_ERROR` there if it holds no usable certificate); it is not read
-// again by `meridian_server_reload_tls`. `MERIDIAN_INVALID_STATE` once the server runs.
+// (`MERIDIAN_CONFIG_ERROR` there if it holds no usable certificate), and again by
+// `meridian_server_reload_tls`. `MERIDIAN_INVALID_STATE` once the server runs.
 //
 // # Safety
 // `server` is live; `ca_path` is NUL-terminated.
@@ -633,8 +643,9 @@ meridian_status meridian_server_require_client_certs_pem_file(struct meridian_se
                                                               const char *ca_path);
 
 // Reads the certificate and key files given to `meridian_server_start` again and presents
-// the new certificate from the next TLS handshake on (certificate rotation). Connections
-// already open keep the certificate they were made with and stay up.
+// the new certificate from the next TLS handshake on (certificate rotation); with mutual
+// TLS, the client CA file too (clients connecting afterwards need a certificate from the
+// CAs it now holds). Connections already open keep what they were made with and stay up.
 //
 // Returns `MERIDIAN_CONFIG_ERROR` when a file cannot be read, holds no certificate or
 // key, or the key does not match the certificate; the certificate in use is then kept.

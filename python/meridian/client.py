@@ -112,6 +112,13 @@ class _Base:
         region and server, retries, hedges, region switches."""
         return self._native.metrics_text()
 
+    def reload_tls(self) -> None:
+        """Reads the files of ``tls=`` (or ``roots=``) again: the CA file to trust and the
+        client certificate and key. Handshakes from now on use them; open connections
+        stay up and keep calling. Files that cannot be used raise ``ValueError`` and what
+        was in use stays."""
+        self._native.reload_tls()
+
 
 class RPCClient(_Base):
     """A blocking client: ``client.add(10, 5)`` calls method ``add`` wherever it is served.

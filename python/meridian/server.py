@@ -331,8 +331,10 @@ class RPCServer:
         so connected clients go on calling; clients connecting afterwards see the new
         one. Files that cannot be read, hold no usable certificate or key, or whose key
         does not match the certificate raise ``ValueError``, and the certificate in use
-        stays. ``client_ca_file`` is not read again. A server using a development
-        certificate (no files) raises ``RuntimeError``.
+        stays. With mutual TLS, ``client_ca_file`` is read again too: clients connecting
+        afterwards need a certificate from the CAs it now holds (sessions stored before
+        are not resumed). A server using a development certificate (no files) raises
+        ``RuntimeError``.
 
         Typical use: a certificate renewal job replaces the files (write new files, then
         rename them over the old ones, so the server never reads half a file) and then

@@ -178,6 +178,8 @@ pub(crate) struct NativeClient {
     roots_file: Option<String>,
     /// The client certificate presented to servers that require one (mutual TLS).
     identity: Option<Identity>,
+    /// Its certificate and key files, which `reload_tls` reads again.
+    identity_files: Option<(String, String)>,
     client: Mutex<Option<RegionClient>>,
     wait_for_ready: bool,
 }
@@ -219,8 +221,17 @@ impl NativeClient {
                 ClientTls::with_roots(roots).map_err(|e| PyRuntimeError::new_err(e.to_string()))?
             }
         };
-        if let Some(identity) = &self.identity {
-            tls = tls.with_identity(identity.clone());
+        // The certificate files as they are now (a client closed after `reload_tls`
+        // starts again with the rotated ones), else the identity read at construction.
+        let identity = match &self.identity_files {
+            Some((cert, key)) => Some(
+                Identity::from_pem_files(cert, key)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            ),
+            None => self.identity.clone(),
+        };
+        if let Some(identity) = identity {
+            tls = tls.with_identity(identity);
         }
         let discovery: Arc<dyn Discovery> = match &self.source {
             Source::Local => LocalRegistry::global(),
@@ -271,6 +282,10 @@ impl NativeClient {
         client_cert_file: Option<String>,
         client_key_file: Option<String>,
     ) -> PyResult<NativeClient> {
+        let identity_files = match (&client_cert_file, &client_key_file) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => None,
+        };
         let identity = match (client_cert_file, client_key_file) {
             (Some(cert), Some(key)) => Some(
                 Identity::from_pem_files(&cert, &key)
@@ -341,6 +356,7 @@ impl NativeClient {
             source,
             roots_file: roots,
             identity,
+            identity_files,
             client: Mutex::new(None),
             wait_for_ready,
         })
@@ -436,6 +452,27 @@ impl NativeClient {
         })?;
         opened.map_err(|s| status_to_pyerr(py, &s))?;
         Ok(NativeStream { inner })
+    }
+
+    /// Reads the trust roots file (`roots`) and the client certificate files again:
+    /// handshakes from now on use them; open connections stay. Files that cannot be used
+    /// raise `ValueError`, keeping what was in use. A client trusting this process's
+    /// servers (no roots file) keeps that trust.
+    fn reload_tls(&self, py: Python<'_>) -> PyResult<()> {
+        let client = self.region_client()?;
+        let roots = self.roots_file.clone();
+        let files = self.identity_files.clone();
+        py.detach(|| {
+            let tls = client.tls();
+            if let Some(path) = &roots {
+                tls.reload_roots_pem_file(path)?;
+            }
+            if let Some((cert, key)) = &files {
+                tls.reload_identity_pem_files(cert, key)?;
+            }
+            Ok::<_, meridian::Error>(())
+        })
+        .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
     /// Drops the connections; later calls reconnect.

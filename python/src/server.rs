@@ -61,6 +61,8 @@ struct State {
     tls: Option<ServerTls>,
     /// The certificate and key files of `tls=`, which `reload_tls` reads again.
     tls_files: Option<(String, String)>,
+    /// The client CA file of `tls=` (mutual TLS), which `reload_tls` reads again too.
+    client_ca_file: Option<String>,
     server_name: String,
     advertise: bool,
     methods: Vec<PyMethod>,
@@ -151,6 +153,7 @@ impl NativeServer {
                 identity,
                 tls,
                 tls_files,
+                client_ca_file,
                 server_name: server_name.to_string(),
                 advertise,
                 methods: Vec::new(),
@@ -292,9 +295,13 @@ impl NativeServer {
     /// server without certificate files (a development certificate) raises
     /// `RuntimeError`. The client CA file is read at construction only.
     fn reload_tls(&self, py: Python<'_>) -> PyResult<()> {
-        let (tls, files) = {
+        let (tls, files, client_ca) = {
             let st = self.lock();
-            (st.tls.clone(), st.tls_files.clone())
+            (
+                st.tls.clone(),
+                st.tls_files.clone(),
+                st.client_ca_file.clone(),
+            )
         };
         let (Some(tls), Some((cert, key))) = (tls, files) else {
             return Err(PyRuntimeError::new_err(
@@ -304,6 +311,9 @@ impl NativeServer {
         let identity = py.detach(|| {
             let identity = Identity::from_pem_files(&cert, &key)?;
             tls.set_identity(identity.clone())?;
+            if let Some(ca) = &client_ca {
+                tls.reload_client_roots_pem_file(ca)?;
+            }
             Ok::<_, meridian::Error>(identity)
         });
         let identity = identity.map_err(config_error)?;

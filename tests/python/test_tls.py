@@ -5,6 +5,7 @@ import asyncio
 import base64
 import os
 import shutil
+import socket
 import threading
 
 import pytest
@@ -276,3 +277,68 @@ def test_client_tls_with_the_in_process_registry(mtls_server, region):
     server, pki, runs = mtls_server
     tls = ClientTLS(pki.ca_file, pki.client_cert_file, pki.client_key_file)
     assert RPCClient(region, tls=tls, timeout=5).whoami_async() == SPIFFE
+
+
+def test_both_sides_rotate_to_a_new_ca_without_dropping_connections(tmp_path, make_server, region):
+    """Server certificate, the CA it accepts clients from, the client's trust roots and
+    its own certificate all move to a new CA: each side rereads its files, open
+    connections keep calling, and new handshakes need the new files on both sides."""
+    old = _pki(tmp_path, "old", client_uri=SPIFFE)
+    new = _pki(tmp_path, "new", client_uri=SPIFFE)
+    live = tmp_path / "live"
+    live.mkdir()
+    names = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+
+    def install(pki):
+        sources = (
+            pki.ca_file,
+            pki.server_cert_file,
+            pki.server_key_file,
+            pki.client_cert_file,
+            pki.client_key_file,
+        )
+        for src, name in zip(sources, names):
+            shutil.copy(src, live / (name + ".tmp"))
+            os.replace(live / (name + ".tmp"), live / name)
+
+    install(old)
+    ca, scert, skey, ccert, ckey = (str(live / n) for n in names)
+    # A fixed port, so the server can be restarted where the client looks for it.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = make_server(region, port=port, tls=ServerTLS(scert, skey, client_ca_file=ca))
+
+    @server.rpc
+    def whoami(context):
+        return context.peer_identity.spiffe_id
+
+    server.start()
+    client = RPCClient(
+        region,
+        regions={region: [f"127.0.0.1:{port}"]},
+        tls=ClientTLS(ca, ccert, ckey),
+        timeout=10.0,
+        wait_for_ready=True,
+    )
+    assert client.whoami() == SPIFFE
+
+    install(new)
+    server.reload_tls()
+    # The open connection keeps working.
+    assert client.whoami() == SPIFFE
+    # A client still holding the old files cannot make a new connection.
+    stale = RPCClient(
+        region,
+        regions={region: [f"127.0.0.1:{server.port}"]},
+        tls=ClientTLS(old.ca_file, old.client_cert_file, old.client_key_file),
+        timeout=3.0,
+    )
+    with pytest.raises(meridian.RpcError):
+        stale.whoami()
+    # The client rereads its files. Its next connection (the server restarts, so the
+    # client reconnects on its own) is made with the new ones.
+    client.reload_tls()
+    server.stop(grace=0.5)
+    server.start()
+    assert client.whoami() == SPIFFE

@@ -29,6 +29,11 @@ pub(super) enum Target {
 #[derive(Debug)]
 pub struct meridian_client {
     pub(super) target: Target,
+    /// The TLS settings the client was made with (shared with its channels), and the
+    /// files `meridian_client_reload_tls` reads again: roots, certificate and key.
+    pub(super) tls: ClientTls,
+    pub(super) roots_file: Option<std::path::PathBuf>,
+    pub(super) identity_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Makes a client from `config` and stores it in `*client_out`. A single-endpoint client
@@ -78,7 +83,7 @@ pub unsafe extern "C" fn meridian_client_new(
         let target = if config.region_file.is_none() && config.endpoints.len() == 1 {
             let (_, addr, name) = config.endpoints[0].clone();
             let channel = block_on(
-                Channel::builder(addr, tls)
+                Channel::builder(addr, tls.clone())
                     .server_name(name)
                     .transport(transport)
                     .connect(),
@@ -103,16 +108,59 @@ pub unsafe extern "C" fn meridian_client_new(
                 ));
             }
             let mut builder =
-                RegionClient::builder(StaticDiscovery::new(map), tls).transport(transport);
+                RegionClient::builder(StaticDiscovery::new(map), tls.clone()).transport(transport);
             if let Some(r) = &config.preferred_region {
                 builder = builder.home_region(r.clone());
             }
             let _entered = runtime()?.enter();
             Target::Region(builder.build().map_err(config_err)?)
         };
-        let client = Box::into_raw(Box::new(meridian_client { target }));
+        let roots_file = match &config.trust {
+            Some(Trust::RootsPemFile(p)) => Some(std::path::PathBuf::from(p)),
+            _ => None,
+        };
+        let identity_files = config
+            .identity_files
+            .as_ref()
+            .map(|(c, k)| (std::path::PathBuf::from(c), std::path::PathBuf::from(k)));
+        let client = Box::into_raw(Box::new(meridian_client {
+            target,
+            tls,
+            roots_file,
+            identity_files,
+        }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(client_out, client) };
+        Ok(())
+    })
+}
+
+/// Reads the client's TLS files again: the roots PEM file of
+/// `meridian_client_config_set_roots_pem_file` and the certificate and key of
+/// `meridian_client_config_set_identity_pem_files`. Handshakes from now on use them;
+/// open connections stay and keep calling. `MERIDIAN_CONFIG_ERROR` for files that cannot
+/// be used, keeping what was in use (a pinned certificate has no file and stays).
+///
+/// # Safety
+/// `client` is live.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_client_reload_tls(
+    client: *const meridian_client,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let client = unsafe { borrow(client, "client") }?;
+        let config_err =
+            |e: mcore::Error| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string());
+        if let Some(path) = &client.roots_file {
+            client.tls.reload_roots_pem_file(path).map_err(config_err)?;
+        }
+        if let Some((cert, key)) = &client.identity_files {
+            client
+                .tls
+                .reload_identity_pem_files(cert, key)
+                .map_err(config_err)?;
+        }
         Ok(())
     })
 }

@@ -225,8 +225,8 @@ pub unsafe extern "C" fn meridian_server_add_server_streaming(
 /// `ca_path` (mutual TLS); a client without one is refused during the handshake, before
 /// any handler runs, and handlers read who called with the `meridian_request_peer_*`
 /// functions. The path is copied and the file read by `meridian_server_start`
-/// (`MERIDIAN_CONFIG_ERROR` there if it holds no usable certificate); it is not read
-/// again by `meridian_server_reload_tls`. `MERIDIAN_INVALID_STATE` once the server runs.
+/// (`MERIDIAN_CONFIG_ERROR` there if it holds no usable certificate), and again by
+/// `meridian_server_reload_tls`. `MERIDIAN_INVALID_STATE` once the server runs.
 ///
 /// # Safety
 /// `server` is live; `ca_path` is NUL-terminated.
@@ -250,8 +250,9 @@ pub unsafe extern "C" fn meridian_server_require_client_certs_pem_file(
 }
 
 /// Reads the certificate and key files given to `meridian_server_start` again and presents
-/// the new certificate from the next TLS handshake on (certificate rotation). Connections
-/// already open keep the certificate they were made with and stay up.
+/// the new certificate from the next TLS handshake on (certificate rotation); with mutual
+/// TLS, the client CA file too (clients connecting afterwards need a certificate from the
+/// CAs it now holds). Connections already open keep what they were made with and stay up.
 ///
 /// Returns `MERIDIAN_CONFIG_ERROR` when a file cannot be read, holds no certificate or
 /// key, or the key does not match the certificate; the certificate in use is then kept.
@@ -279,8 +280,13 @@ pub unsafe extern "C" fn meridian_server_reload_tls(
                 ))
             }
         };
-        tls.reload_pem_files(cert, key)
-            .map_err(|e| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string()))
+        let config_err =
+            |e: mcore::Error| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string());
+        tls.reload_pem_files(cert, key).map_err(config_err)?;
+        match &server.client_ca {
+            Some(ca) => tls.reload_client_roots_pem_file(ca).map_err(config_err),
+            None => Ok(()),
+        }
     })
 }
 
