@@ -38,6 +38,6 @@ pub use crate::discovery::etcd::{
     CatalogEntry, EtcdConfig, EtcdDiscovery, EtcdError, EtcdRegistration, EtcdTls, ServerRecord,
 };
 pub use crate::discovery::{
-    Discovery, LocalRegistry, Region, RegionMap, Registrant, Registration, ServerEndpoint,
-    StaticDiscovery,
+    Discovery, LocalRegistry, Region, RegionMap, Registrant, Registration, ServerAddr,
+    ServerEndpoint, StaticDiscovery,
 };

@@ -9,15 +9,17 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+mod addr;
 mod catalog;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod local;
 mod map;
 
+pub use addr::ServerAddr;
 pub use catalog::Catalog;
 pub use local::{LocalRegistry, Registration};
-pub use map::{Region, RegionMap, ServerEndpoint};
+pub use map::{parse_sha256, sha256_hex, Region, RegionMap, ServerEndpoint};
 
 use crate::wire::MethodInfo;
 

@@ -158,6 +158,24 @@ impl ClientTls {
         Ok(e)
     }
 
+    /// The verifier of these settings' trust (roots or a pinned certificate), for a
+    /// wrapper that checks more ([`super::pin`]).
+    pub(crate) fn server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, Error> {
+        let provider = crypto_provider();
+        Ok(match &self.trust {
+            Trust::Roots(roots) => rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots.clone()),
+                provider,
+            )
+            .build()
+            .map_err(|e| Error::Config(format!("server certificate verifier: {e}")))?,
+            Trust::Pinned(cert) => Arc::new(PinnedCertVerifier {
+                cert: cert.clone(),
+                provider,
+            }),
+        })
+    }
+
     pub(crate) fn to_rustls(&self) -> Result<rustls::ClientConfig, Error> {
         let provider = crypto_provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

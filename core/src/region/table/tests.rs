@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::discovery::{RegionMap, ServerEndpoint};
+use std::net::SocketAddr;
+
+use crate::discovery::{RegionMap, ServerAddr, ServerEndpoint};
 
 /// A fake link: connected or not, a catalog (`None`: no HELLO yet), datagrams heard.
 #[derive(Clone, Debug)]
@@ -35,8 +37,8 @@ fn fake(methods: &[&str]) -> Fake {
     }
 }
 
-fn addr(n: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], n))
+fn addr(n: u16) -> ServerAddr {
+    ServerAddr::Ip(SocketAddr::from(([127, 0, 0, 1], n)))
 }
 
 fn map_of(servers: &[(&str, u16)]) -> RegionMap {
@@ -80,13 +82,13 @@ fn every_claim_is_given_back_once_whichever_way_the_attempt_ends() {
     // Finished, released as a hedge loser (with a sample), released on drop (none).
     let (a, rest) = claims.split_at(4);
     for c in a {
-        t.finish(*c, ms(5), None, Outcome::Answered, t0 + ms(5));
+        t.finish(c.clone(), ms(5), None, Outcome::Answered, t0 + ms(5));
     }
     for c in &rest[..3] {
-        t.release(*c, Some(ms(9)), t0 + ms(9));
+        t.release(c.clone(), Some(ms(9)), t0 + ms(9));
     }
     for c in &rest[3..] {
-        t.release(*c, None, t0 + ms(9));
+        t.release(c.clone(), None, t0 + ms(9));
     }
     assert_eq!(in_flight(&t), 0);
 }
