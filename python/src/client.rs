@@ -293,7 +293,7 @@ impl NativeClient {
                 let mut map = RegionMap::new();
                 for (region, servers) in regions {
                     for (addr, name) in servers {
-                        let addr = addr.parse().map_err(|_| {
+                        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
                             PyValueError::new_err(format!(
                                 "server address must be ip:port, got {addr:?}"
                             ))
