@@ -191,28 +191,35 @@ impl<L: Link> RoutingTable<L> {
             };
             for ep in endpoints {
                 present.insert(ep.addr.clone());
-                if !self.servers.contains_key(&ep.addr) {
-                    self.generations += 1;
-                    self.servers.insert(
-                        ep.addr.clone(),
-                        Row {
-                            endpoint: ep.clone(),
-                            region: region.name.clone(),
-                            link: None,
-                            connecting: false,
-                            load: ServerLoad::new(),
-                            calls: 0,
-                            errors: 0,
-                            rx_datagrams: 0,
-                            last_heard: now,
-                            silent: false,
-                            ever_connected: false,
-                            ejected: watch::channel(0).0,
-                            draining_since: None,
-                            generation: self.generations,
-                        },
-                    );
+                if let Some(row) = self.servers.get_mut(&ep.addr) {
+                    // A record rewritten in place (a new certificate hash or name) is what
+                    // the next dial uses; the open connection, verified when it was made,
+                    // stays.
+                    if row.endpoint != *ep {
+                        row.endpoint = ep.clone();
+                    }
+                    continue;
                 }
+                self.generations += 1;
+                self.servers.insert(
+                    ep.addr.clone(),
+                    Row {
+                        endpoint: ep.clone(),
+                        region: region.name.clone(),
+                        link: None,
+                        connecting: false,
+                        load: ServerLoad::new(),
+                        calls: 0,
+                        errors: 0,
+                        rx_datagrams: 0,
+                        last_heard: now,
+                        silent: false,
+                        ever_connected: false,
+                        ejected: watch::channel(0).0,
+                        draining_since: None,
+                        generation: self.generations,
+                    },
+                );
             }
         }
         self.servers.retain(|addr, s| {

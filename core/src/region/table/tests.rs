@@ -282,3 +282,22 @@ fn a_silent_server_is_ejected_and_returns_when_heard_again() {
     t.tick(t0 + ms(1600));
     assert!(!t.servers[&addr(1)].silent);
 }
+
+#[test]
+fn an_entry_rewritten_in_place_is_what_the_next_dial_uses() {
+    let t0 = Instant::now();
+    let mut t = table(&[("r", 1)], &["m"], t0);
+    let generation = t.servers[&addr(1)].generation;
+    // The registry publishes a new certificate hash (a rotation) at the same address.
+    let mut map = RegionMap::new();
+    map.add_server(
+        "r",
+        ServerEndpoint::new(addr(1), "localhost").with_cert_sha256([7; 32]),
+    );
+    t.sync_membership(&map, false, t0 + ms(1));
+    let row = &t.servers[&addr(1)];
+    assert_eq!(row.endpoint.cert_sha256, Some([7; 32]));
+    // The same server: its connection, samples and claims stay.
+    assert!(row.link.is_some());
+    assert_eq!(row.generation, generation);
+}
