@@ -204,7 +204,7 @@ impl Region {
 /// # And present the certificate whose SHA-256 its entry gives.
 /// pin_cert_sha256 = true
 /// servers = [
-///     { addr = "us-east-1.example.com:7000", cert_sha256 = "sha256:9f86d0..." },
+///     { addr = "us-east-1.example.com:7000", cert_sha256 = "sha256:<64 hex digits>" },
 /// ]
 /// ```
 ///
