@@ -17,6 +17,15 @@
 //! [`rendezvous`]), and the bookkeeping of every attempt in one routing [`table`]; all are
 //! tested in simulated time. This module's client only moves data between them and the
 //! network.
+//!
+//! Whom a region client trusts is decided per dial: its [`ClientTls`](crate::ClientTls)
+//! (or, for [`RegionClient::local`], each local server's own certificate), the name the
+//! client expects for the region if it set one
+//! ([`RegionClientBuilder::expect_server_name`]) or else the name the map gives, and,
+//! with [`RegionClientBuilder::pin_cert_sha256`], the certificate hash the map publishes.
+//! The registry that fills the map is part of the trust base: see the
+//! [`discovery`](crate::discovery) module for what these settings protect against and
+//! what they do not.
 
 pub mod balance;
 pub mod budget;
@@ -38,6 +47,6 @@ pub use crate::discovery::etcd::{
     CatalogEntry, EtcdConfig, EtcdDiscovery, EtcdError, EtcdRegistration, EtcdTls, ServerRecord,
 };
 pub use crate::discovery::{
-    Discovery, LocalRegistry, Region, RegionMap, Registrant, Registration, ServerEndpoint,
-    StaticDiscovery,
+    Discovery, LocalRegistry, Region, RegionMap, Registrant, Registration, ServerAddr,
+    ServerEndpoint, StaticDiscovery,
 };

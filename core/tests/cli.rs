@@ -1212,7 +1212,7 @@ fn region_files_with_unknown_keys_or_bad_syntax_are_errors_with_positions() {
     let cases = [
         (
             "[[region]]\nname = \"eu\"\nservers = [{ addr = \"127.0.0.1:7000\", servername = \"api.test\" }]\n",
-            "line 3, column 39: unknown field `servername`, expected `addr` or `server_name`",
+            "line 3, column 39: unknown field `servername`, expected one of `addr`, `server_name`, `cert_sha256`",
         ),
         (
             "[[regions]]\nname = \"eu\"\n",
@@ -1711,4 +1711,242 @@ fn via_proxies_reaches_a_region_through_its_proxy() {
         &dir.0,
     );
     assert_error(&o, 4, "cannot reach");
+}
+
+/// Starts `meridian serve ARGS` and waits for its address.
+fn start_serve(args: &[&str], dev_dir: &Path) -> (Kill, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .env("MERIDIAN_DEV_DIR", dev_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meridian serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let child = Kill(child);
+    let addr = loop {
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("meridian serve printed no address");
+        if let Some(a) = line.strip_prefix("address: ") {
+            break a.parse().expect("address");
+        }
+    };
+    (child, addr)
+}
+
+/// The name checked is the host dialled (as gRPC takes it from the target): a real
+/// certificate for `api.test` and the IP 127.0.0.1 verifies for `--connect
+/// 127.0.0.1:PORT` and for a region file entry without `server_name`, with no
+/// --server-name (it used to be checked against `localhost` and fail with exit 5). Dialled
+/// as `localhost:PORT` the name is `localhost`, which the certificate lacks: the hint then
+/// points at the name, not at --ca.
+#[test]
+fn the_server_name_defaults_to_the_host_dialled() {
+    use meridian::transport::pem_encode;
+    let dir = Scratch::new("name-default");
+    let ca = meridian::DevCa::new().expect("ca");
+    let id = ca.issue_server(&["api.test", "127.0.0.1"]).expect("cert");
+    let chain: String = id
+        .chain
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c))
+        .collect();
+    let (cert, key, ca_file) = (dir.path("api.pem"), dir.path("api.key"), dir.path("ca.pem"));
+    std::fs::write(&cert, chain).expect("write cert");
+    std::fs::write(&key, pem_encode("PRIVATE KEY", id.key.secret_der())).expect("write key");
+    std::fs::write(&ca_file, ca.certificate_pem()).expect("write ca");
+    let s = |p: &PathBuf| p.to_str().expect("utf-8").to_string();
+    let (_server, addr) = start_serve(
+        &[
+            "--cert",
+            &s(&cert),
+            "--key",
+            &s(&key),
+            "--region",
+            "eu",
+            "--id",
+            "eu-1",
+        ],
+        &dir.0,
+    );
+    let direct = addr.to_string();
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &direct,
+            "--ca",
+            &s(&ca_file),
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "3");
+
+    let regions = region_file(&dir, &[("eu", addr)]);
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            &s(&regions),
+            "--ca",
+            &s(&ca_file),
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "3");
+
+    let by_name = format!("localhost:{}", addr.port());
+    let o = run(
+        &[
+            "call",
+            "--connect",
+            &by_name,
+            "--ca",
+            &s(&ca_file),
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 5, "not valid for name");
+    assert!(stderr(&o).contains("--server-name"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("see --ca"), "{}", stderr(&o));
+}
+
+/// Host names are accepted wherever an address is: `serve --listen localhost:0` binds
+/// where localhost resolves, and a region file entry `addr = "localhost:PORT"` is
+/// resolved when dialled (it used to be "invalid socket address syntax" both times). A
+/// host that does not resolve, or an address without a port, is an error that says so.
+#[test]
+fn host_names_in_listen_addresses_and_region_files() {
+    let dir = Scratch::new("host-names");
+    let (_server, addr) = start_serve(
+        &[
+            "--insecure-dev",
+            "--listen",
+            "localhost:0",
+            "--region",
+            "eu",
+            "--id",
+            "eu-1",
+        ],
+        &dir.0,
+    );
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let regions = dir.path("regions.toml");
+    std::fs::write(
+        &regions,
+        format!(
+            "[[region]]\nname = \"eu\"\nservers = [{{ addr = \"localhost:{}\" }}]\n",
+            addr.port()
+        ),
+    )
+    .expect("region file");
+    let file = regions.to_str().expect("utf-8");
+    let o = run(
+        &["call", "--regions", file, "--insecure-dev", "add", "1", "2"],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "3");
+    let o = run(
+        &["probe", "--regions", file, "--insecure-dev", "--json"],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = json(stdout(&o).trim());
+    let rows = report["servers"].as_array().expect("servers").clone();
+    assert_eq!(
+        rows[0]["address"],
+        format!("localhost:{}", addr.port()),
+        "{report}"
+    );
+
+    let o = run(
+        &[
+            "serve",
+            "--insecure-dev",
+            "--listen",
+            "no-such-host.invalid:0",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 3, "no-such-host.invalid");
+    let o = run(
+        &["serve", "--insecure-dev", "--listen", "localhost"],
+        &dir.0,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no port"), "{}", stderr(&o));
+}
+
+/// `--pin-cert-sha256`: a region file entry whose `cert_sha256` is not the certificate the
+/// server presents is refused with exit 5 and a message naming the mismatch; the right
+/// hash (as `serve` prints it) works.
+#[test]
+fn pinned_region_files_refuse_a_server_whose_hash_does_not_match() {
+    let dir = Scratch::new("pin");
+    let server = Serve::start(&dir.0, "eu", "eu-1");
+    let write = |hash: &str| {
+        let path = dir.path("regions.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[region]]\nname = \"eu\"\nservers = [{{ addr = \"{}\", cert_sha256 = \"{hash}\" }}]\n",
+                server.addr
+            ),
+        )
+        .expect("region file");
+        path.to_str().expect("utf-8").to_string()
+    };
+    let good = write(&server.fingerprint);
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            &good,
+            "--insecure-dev",
+            "--pin-cert-sha256",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bad = write(&format!("sha256:{}", "00".repeat(32)));
+    let o = run(
+        &[
+            "call",
+            "--regions",
+            &bad,
+            "--insecure-dev",
+            "--pin-cert-sha256",
+            "--connect-timeout",
+            "1s",
+            "add",
+            "1",
+            "2",
+        ],
+        &dir.0,
+    );
+    assert_error(&o, 5, "certificate SHA-256 mismatch");
+    // Without the flag the hash is not looked at.
+    let o = run(
+        &["call", "--regions", &bad, "--insecure-dev", "add", "1", "2"],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
 }

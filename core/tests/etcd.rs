@@ -90,7 +90,7 @@ fn tls(ca: &DevCa) -> ClientTls {
 fn addrs(map: &RegionMap) -> BTreeSet<SocketAddr> {
     map.regions
         .iter()
-        .flat_map(|r| r.servers.iter().map(|s| s.addr))
+        .flat_map(|r| r.servers.iter().filter_map(|s| s.addr.socket_addr()))
         .collect()
 }
 
@@ -470,7 +470,7 @@ async fn two_clients_see_the_same_membership() {
             c.stats()
                 .servers
                 .iter()
-                .map(|s| s.addr)
+                .filter_map(|s| s.addr.socket_addr())
                 .collect::<BTreeSet<_>>()
         };
         addrs(&one.snapshot()) == want
@@ -569,4 +569,71 @@ async fn a_proxy_follows_etcd_membership() {
     assert_eq!(errors, 0, "idempotent calls through the proxy failed");
     assert_eq!(call().await.unwrap(), "eu-2");
     drop(etcd);
+}
+
+/// The `cert_sha256` a server publishes with its record pins it for pinning clients: a
+/// server that registers with the hash of its own certificate is called; one whose record
+/// carries another certificate's hash (a stale record, or someone else's) is refused
+/// while the first keeps serving; and a client that does not pin calls both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_cert_sha256_pins_the_server() {
+    let Some(etcd) = EtcdProcess::start_or_skip() else {
+        return;
+    };
+    let cfg = config(&etcd);
+    let ca = DevCa::new().unwrap();
+    let good = Site::start(&ca, &cfg, "eu", "eu-good", 1).await;
+    // A server whose record names another certificate than the one it presents.
+    let identity = ca.issue_server(&["localhost"]).unwrap();
+    let server = Server::builder()
+        .region("eu")
+        .server_id("eu-stale")
+        .no_local_registry()
+        .unary(Method::new("whoami").idempotent(), |(): (), _| async {
+            Ok("eu-stale".to_string())
+        })
+        .bind("127.0.0.1:0".parse().unwrap(), ServerTls::new(identity))
+        .await
+        .unwrap();
+    let other = ca.issue_server(&["localhost"]).unwrap();
+    let record = ServerRecord::for_server(&server, server.local_addr(), "localhost")
+        .server_id("eu-stale")
+        .certificate(other.certificate());
+    let _registration = EtcdRegistration::register(&cfg, record).await.unwrap();
+
+    let discovery = EtcdDiscovery::connect(cfg.clone()).await.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || addrs(&discovery.snapshot())
+            .len()
+            == 2)
+        .await
+        .is_some()
+    );
+    let open = RegionClient::builder(discovery.clone(), tls(&ca))
+        .build()
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..200 {
+        seen.insert(whoami(&open).await.unwrap());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "unpinned, both serve: {seen:?}");
+
+    let pinned = RegionClient::builder(discovery, tls(&ca))
+        .pin_cert_sha256()
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(whoami(&pinned).await.unwrap(), "eu-good");
+    }
+    let why = pinned
+        .last_connect_error()
+        .expect("the stale server was refused");
+    assert!(
+        why.contains(&server.local_addr().to_string()) && why.contains("SHA-256 mismatch"),
+        "{why}"
+    );
+    drop(good);
 }

@@ -720,7 +720,7 @@ async fn a_client_reaches_regions_through_their_proxies() {
     assert!(stats
         .servers
         .iter()
-        .all(|s| links.iter().any(|l| l.addr() == s.addr)));
+        .all(|s| links.iter().any(|l| s.addr == l.addr())));
     // `n` calls 10 ms apart: (failures, the last answer).
     let calls = |n: usize| {
         let client = client.clone();
@@ -1004,6 +1004,7 @@ async fn a_call_no_server_took_is_known_not_run_and_moves_to_another_proxy() {
             ServerEndpoint::new(rig.proxy.local_addr(), "proxy.local"),
             ServerEndpoint::new(broken.local_addr(), "proxy.local"),
         ],
+        ..meridian::region::Region::new("eu")
     });
     let client = RegionClient::builder(StaticDiscovery::new(client_map), rig.tls())
         .via_proxies()

@@ -22,12 +22,21 @@ fn the_readme_region_file_parses_with_every_field_it_shows() {
     let eu = &map.regions[0];
     assert_eq!(eu.servers.len(), 2);
     assert_eq!(eu.servers[1].server_name, "eu-west-2.example.com");
-    assert_eq!(eu.servers[0].addr, "10.0.0.1:7000".parse().unwrap());
+    let first: std::net::SocketAddr = "10.0.0.1:7000".parse().unwrap();
+    assert_eq!(eu.servers[0].addr, first);
     assert_eq!(eu.proxies.len(), 1);
     assert_eq!(eu.proxies[0].server_name, "proxy.eu-west.example.com");
-    // The README says server_name defaults to localhost.
-    assert_eq!(map.regions[1].servers[0].server_name, "localhost");
-    assert!(map.regions[1].proxies.is_empty());
+    // The README says a region's server_name is the name of every server in it, that
+    // pinning is a region setting, and that an address may be a host name.
+    let us = &map.regions[1];
+    assert!(us
+        .servers
+        .iter()
+        .all(|s| s.server_name == "us-east.example.com"));
+    assert!(us.pin_cert_sha256);
+    assert!(us.servers[0].cert_sha256.is_some());
+    assert_eq!(us.servers[1].addr.host(), "us-east-2.example.com");
+    assert!(us.proxies.is_empty());
 
     #[cfg(feature = "etcd")]
     {

@@ -898,11 +898,11 @@ async fn in_flight_returns_to_zero_and_a_huge_timeout_costs_little() {
     }
     let stats = client.stats();
     assert!(stats.hedges >= 5, "the slow calls were hedged: {stats:?}");
-    let leaked: Vec<(std::net::SocketAddr, u32)> = stats
+    let leaked: Vec<(meridian::region::ServerAddr, u32)> = stats
         .servers
         .iter()
         .filter(|s| s.in_flight != 0)
-        .map(|s| (s.addr, s.in_flight))
+        .map(|s| (s.addr.clone(), s.in_flight))
         .collect();
     assert!(leaked.is_empty(), "claims never given back: {leaked:?}");
 }

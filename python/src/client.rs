@@ -334,7 +334,7 @@ impl NativeClient {
                 let mut map = RegionMap::new();
                 for (region, servers) in regions {
                     for (addr, name) in servers {
-                        let addr = addr.parse().map_err(|_| {
+                        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
                             PyValueError::new_err(format!(
                                 "server address must be ip:port, got {addr:?}"
                             ))
@@ -463,7 +463,10 @@ impl NativeClient {
         let roots = self.roots_file.clone();
         let files = self.identity_files.clone();
         py.detach(|| {
-            let tls = client.tls();
+            let Some(tls) = client.tls() else {
+                // Trusting this process's servers: nothing read from files.
+                return Ok(());
+            };
             if let Some(path) = &roots {
                 tls.reload_roots_pem_file(path)?;
             }

@@ -10,7 +10,7 @@ use super::connection::{ChannelInner, Link};
 use super::intercept::Interceptor;
 use super::stats::Counters;
 use crate::status::Error;
-use crate::transport::{ClientTls, TransportConfig};
+use crate::transport::{pinned_quinn_config, ClientTls, TransportConfig};
 
 /// Builds a [`Channel`].
 pub struct ChannelBuilder {
@@ -20,6 +20,7 @@ pub struct ChannelBuilder {
     pub(super) transport: TransportConfig,
     pub(super) endpoint: Option<quinn::Endpoint>,
     pub(super) interceptors: Vec<Arc<dyn Interceptor>>,
+    pub(super) cert_sha256: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ChannelBuilder {
@@ -33,9 +34,21 @@ impl std::fmt::Debug for ChannelBuilder {
 }
 
 impl ChannelBuilder {
-    /// The name the server's certificate must carry. Default `"localhost"`.
+    /// The name the server's certificate must carry: a DNS name, or an IP address (checked
+    /// against the certificate's IP address entries). Default: the IP address dialled.
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = name.into();
+        self
+    }
+
+    /// Also requires the server's end-entity certificate to have this SHA-256 (of its
+    /// DER), on top of the normal verification: a server that presents another
+    /// certificate, even a valid one for the right name, is refused during the handshake
+    /// with a [`CertHashMismatch`](crate::transport::CertHashMismatch) in the error.
+    /// The channel then keeps its own session tickets (resumption only ever reaches a
+    /// server that passed the pin).
+    pub fn require_cert_sha256(mut self, hash: [u8; 32]) -> Self {
+        self.cert_sha256 = Some(hash);
         self
     }
 
@@ -70,7 +83,10 @@ impl ChannelBuilder {
                 Some(self.tls.clone()),
             ),
         };
-        let config = self.tls.quinn_config_for(&self.transport, self.addr)?;
+        let config = match self.cert_sha256 {
+            Some(hash) => pinned_quinn_config(&self.tls, &self.transport, hash)?,
+            None => self.tls.quinn_config_for(&self.transport, self.addr)?,
+        };
         let inner = Arc::new(ChannelInner {
             addr: self.addr,
             server_name: self.server_name,

@@ -37,15 +37,18 @@ impl std::fmt::Debug for Channel {
 }
 
 impl Channel {
-    /// Starts building a channel to `addr`, verifying the server with `tls`.
+    /// Starts building a channel to `addr`, verifying the server with `tls`. The server's
+    /// certificate must carry `addr`'s IP address unless another
+    /// [`server_name`](ChannelBuilder::server_name) is set.
     pub fn builder(addr: SocketAddr, tls: ClientTls) -> ChannelBuilder {
         ChannelBuilder {
             addr,
             tls,
-            server_name: "localhost".into(),
+            server_name: addr.ip().to_string(),
             transport: TransportConfig::default(),
             endpoint: None,
             interceptors: Vec::new(),
+            cert_sha256: None,
         }
     }
 

@@ -1,23 +1,25 @@
 //! The in-process registry: servers of this process, found with no configuration.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 
-use super::{Discovery, RegionMap, ServerEndpoint};
+use super::{Discovery, RegionMap, ServerAddr, ServerEndpoint};
 
 /// The in-process registry: servers started in this process register themselves here
-/// (with their region and the certificate to trust), and a client built with no
+/// (with their region and the certificate they present), and a client built with no
 /// configuration follows it. This is what lets a script start servers and a client in one
 /// process and call across them with nothing configured.
 ///
-/// Trusting the registry's certificates is safe only because they belong to servers of
-/// this very process.
+/// A local client ([`RegionClient::local`](crate::region::RegionClient::local)) pins, for
+/// each address, exactly the certificate registered for that address: it trusts no CA,
+/// so a server whose chain ends in an intermediate or a CA certificate does not make that
+/// CA trusted for other names. Trusting the registry is safe only because its entries
+/// belong to servers of this very process.
 pub struct LocalRegistry {
     map: watch::Sender<RegionMap>,
-    roots: Mutex<Vec<(SocketAddr, CertificateDer<'static>)>>,
+    certificates: Mutex<Vec<(ServerAddr, CertificateDer<'static>)>>,
 }
 
 impl std::fmt::Debug for LocalRegistry {
@@ -31,12 +33,12 @@ impl std::fmt::Debug for LocalRegistry {
 /// Removes a server from the [`LocalRegistry`] when dropped.
 #[derive(Debug)]
 pub struct Registration {
-    addr: SocketAddr,
+    addr: ServerAddr,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        LocalRegistry::global().unregister(self.addr);
+        LocalRegistry::global().unregister(&self.addr);
     }
 }
 
@@ -48,22 +50,24 @@ impl LocalRegistry {
             .get_or_init(|| {
                 Arc::new(LocalRegistry {
                     map: watch::channel(RegionMap::new()).0,
-                    roots: Mutex::new(Vec::new()),
+                    certificates: Mutex::new(Vec::new()),
                 })
             })
             .clone()
     }
 
-    /// Registers a server; it stays listed until the returned guard is dropped.
+    /// Registers a server presenting `certificate` (its end-entity certificate: local
+    /// clients pin it for the server's address); it stays listed until the returned guard
+    /// is dropped.
     pub fn register(
         &self,
         region: &str,
         server: ServerEndpoint,
-        trust: CertificateDer<'static>,
+        certificate: CertificateDer<'static>,
     ) -> Registration {
-        let addr = server.addr;
-        if let Ok(mut roots) = self.roots.lock() {
-            roots.push((addr, trust));
+        let addr = server.addr.clone();
+        if let Ok(mut certs) = self.certificates.lock() {
+            certs.push((addr.clone(), certificate));
         }
         self.map.send_modify(|m| {
             m.add_server(region, server);
@@ -71,21 +75,35 @@ impl LocalRegistry {
         Registration { addr }
     }
 
-    fn unregister(&self, addr: SocketAddr) {
-        if let Ok(mut roots) = self.roots.lock() {
-            roots.retain(|(a, _)| *a != addr);
+    fn unregister(&self, addr: &ServerAddr) {
+        if let Ok(mut certs) = self.certificates.lock() {
+            certs.retain(|(a, _)| a != addr);
         }
         self.map.send_modify(|m| {
             m.remove_server(addr);
         });
     }
 
-    /// Certificates of the servers registered now (trust anchors for a local client).
+    /// The certificates of the servers registered now. They are end-entity certificates:
+    /// as roots they make only self-signed ones trusted. To trust the servers of this
+    /// process, pin each per address ([`certificate_of`](Self::certificate_of)), as
+    /// [`RegionClient::local`](crate::region::RegionClient::local) does.
     pub fn roots(&self) -> Vec<CertificateDer<'static>> {
-        self.roots
+        self.certificates
             .lock()
             .map(|r| r.iter().map(|(_, c)| c.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The certificate the server at `addr` registered with, while it is registered.
+    pub fn certificate_of(&self, addr: &ServerAddr) -> Option<CertificateDer<'static>> {
+        self.certificates
+            .lock()
+            .ok()?
+            .iter()
+            .rev()
+            .find(|(a, _)| a == addr)
+            .map(|(_, c)| c.clone())
     }
 
     /// The current map.

@@ -176,7 +176,7 @@ fn warn_about_hedges(client: &RegionClient, started: std::time::Instant) -> bool
         .filter(|s| s.connected)
         .filter(|s| {
             client
-                .server_channel(s.addr)
+                .server_channel(&s.addr)
                 .is_some_and(|c| c.server_info().is_some())
         })
         .count();

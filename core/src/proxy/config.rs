@@ -106,9 +106,10 @@ impl ProxyTlsConfig {
     /// Rereads the files named here into a proxy's TLS settings (see
     /// [`Proxy::reload_tls`](super::Proxy::reload_tls)): `server` (what callers see and
     /// which client CAs it accepts) and `upstream` (whom it trusts upstream and the
-    /// certificate it presents there). Every file set is tried; the first failure is
+    /// certificate it presents there; `None` for a region client trusting this process's
+    /// servers, which has no files). Every file set is tried; the first failure is
     /// returned and leaves its own setting as it was.
-    pub fn reload(&self, server: &ServerTls, upstream: &ClientTls) -> Result<(), Error> {
+    pub fn reload(&self, server: &ServerTls, upstream: Option<&ClientTls>) -> Result<(), Error> {
         let mut first_error = None;
         let mut note = |r: Result<(), Error>| {
             if let Err(e) = r {
@@ -119,11 +120,13 @@ impl ProxyTlsConfig {
         if let Some(ca) = &self.client_ca {
             note(server.reload_client_roots_pem_file(ca));
         }
-        if let Some(ca) = &self.ca {
-            note(upstream.reload_roots_pem_file(ca));
-        }
-        if let (Some(cert), Some(key)) = (&self.upstream_cert, &self.upstream_key) {
-            note(upstream.reload_identity_pem_files(cert, key));
+        if let Some(upstream) = upstream {
+            if let Some(ca) = &self.ca {
+                note(upstream.reload_roots_pem_file(ca));
+            }
+            if let (Some(cert), Some(key)) = (&self.upstream_cert, &self.upstream_key) {
+                note(upstream.reload_identity_pem_files(cert, key));
+            }
         }
         first_error.map_or(Ok(()), Err)
     }

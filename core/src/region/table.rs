@@ -8,7 +8,6 @@
 //! tests); the table asks the link only what it knows now ([`Link`]).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -19,7 +18,7 @@ use super::estimate::RttEstimate;
 use super::hedge::HedgePolicy;
 use super::rendezvous;
 use super::select::RegionSelector;
-use crate::discovery::{RegionMap, ServerEndpoint};
+use crate::discovery::{RegionMap, ServerAddr, ServerEndpoint};
 
 /// What the table needs to know of a connected server.
 pub trait Link: Clone {
@@ -101,10 +100,10 @@ pub enum Outcome {
 
 /// A claim on a server taken by [`RoutingTable::pick`]: give it back exactly once, with
 /// [`RoutingTable::finish`] or [`RoutingTable::release`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// The server.
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     generation: u64,
 }
 
@@ -134,7 +133,7 @@ pub enum NoPick {
 #[derive(Debug)]
 pub struct RoutingTable<L> {
     /// Servers by address.
-    pub servers: HashMap<SocketAddr, Row<L>>,
+    pub servers: HashMap<ServerAddr, Row<L>>,
     /// Which region calls go to.
     pub selector: RegionSelector,
     /// Network RTT per region.
@@ -191,29 +190,36 @@ impl<L: Link> RoutingTable<L> {
                 &region.servers
             };
             for ep in endpoints {
-                present.insert(ep.addr);
-                if !self.servers.contains_key(&ep.addr) {
-                    self.generations += 1;
-                    self.servers.insert(
-                        ep.addr,
-                        Row {
-                            endpoint: ep.clone(),
-                            region: region.name.clone(),
-                            link: None,
-                            connecting: false,
-                            load: ServerLoad::new(),
-                            calls: 0,
-                            errors: 0,
-                            rx_datagrams: 0,
-                            last_heard: now,
-                            silent: false,
-                            ever_connected: false,
-                            ejected: watch::channel(0).0,
-                            draining_since: None,
-                            generation: self.generations,
-                        },
-                    );
+                present.insert(ep.addr.clone());
+                if let Some(row) = self.servers.get_mut(&ep.addr) {
+                    // A record rewritten in place (a new certificate hash or name) is what
+                    // the next dial uses; the open connection, verified when it was made,
+                    // stays.
+                    if row.endpoint != *ep {
+                        row.endpoint = ep.clone();
+                    }
+                    continue;
                 }
+                self.generations += 1;
+                self.servers.insert(
+                    ep.addr.clone(),
+                    Row {
+                        endpoint: ep.clone(),
+                        region: region.name.clone(),
+                        link: None,
+                        connecting: false,
+                        load: ServerLoad::new(),
+                        calls: 0,
+                        errors: 0,
+                        rx_datagrams: 0,
+                        last_heard: now,
+                        silent: false,
+                        ever_connected: false,
+                        ejected: watch::channel(0).0,
+                        draining_since: None,
+                        generation: self.generations,
+                    },
+                );
             }
         }
         self.servers.retain(|addr, s| {
@@ -231,7 +237,7 @@ impl<L: Link> RoutingTable<L> {
     /// One probe tick: notes who was heard from (and their RTT), ejects servers silent for
     /// longer than the silence limit, drops links that died, and tells the region selector
     /// each region's health. Returns the servers to dial.
-    pub fn tick(&mut self, now: Instant) -> Vec<(SocketAddr, ServerEndpoint)> {
+    pub fn tick(&mut self, now: Instant) -> Vec<(ServerAddr, ServerEndpoint)> {
         let mut to_connect = Vec::new();
         for (addr, s) in self.servers.iter_mut() {
             // A silent server whose connection is gone (it restarted, or the outage
@@ -245,7 +251,7 @@ impl<L: Link> RoutingTable<L> {
             let Some(link) = &s.link else {
                 if !s.connecting && s.draining_since.is_none() && s.load.health.is_available(now) {
                     s.connecting = true;
-                    to_connect.push((*addr, s.endpoint.clone()));
+                    to_connect.push((addr.clone(), s.endpoint.clone()));
                 }
                 continue;
             };
@@ -291,7 +297,8 @@ impl<L: Link> RoutingTable<L> {
     /// once so the first calls go to the nearest region rather than to whichever answered
     /// first (a 0-RTT connection that heard nothing yet has only QUIC's initial guess, and
     /// waits for the next tick). A failed dial ejects the server for a while.
-    pub fn connected(&mut self, addr: SocketAddr, link: Option<L>, now: Instant) {
+    pub fn connected(&mut self, addr: impl Into<ServerAddr>, link: Option<L>, now: Instant) {
+        let addr = addr.into();
         let Some(s) = self.servers.get_mut(&addr) else {
             return;
         };
@@ -333,7 +340,7 @@ impl<L: Link> RoutingTable<L> {
         &mut self,
         method: &str,
         key: Option<&[u8]>,
-        exclude: &[SocketAddr],
+        exclude: &[ServerAddr],
         resend: bool,
         now: Instant,
     ) -> Result<Pick<L>, NoPick> {
@@ -353,7 +360,7 @@ impl<L: Link> RoutingTable<L> {
         let region = self
             .choose_region(method, &candidates, now, rand)
             .ok_or(NoPick::NoServer)?;
-        let in_region: Vec<SocketAddr> = candidates
+        let in_region: Vec<ServerAddr> = candidates
             .into_iter()
             .filter(|a| self.servers.get(a).is_some_and(|s| s.region == region))
             .collect();
@@ -365,7 +372,7 @@ impl<L: Link> RoutingTable<L> {
                     .iter()
                     .position(|i| i == owner)
                     .ok_or(NoPick::NoServer)?;
-                in_region[i]
+                in_region[i].clone()
             }
             None => {
                 let loads: Vec<Balanced<'_>> = in_region
@@ -377,7 +384,7 @@ impl<L: Link> RoutingTable<L> {
                     })
                     .collect();
                 let i = balance::pick(&loads, now, rand.rotate_left(17)).ok_or(NoPick::NoServer)?;
-                in_region[i]
+                in_region[i].clone()
             }
         };
         if resend && !self.budget.try_spend(now) {
@@ -405,24 +412,24 @@ impl<L: Link> RoutingTable<L> {
     fn candidates(
         &self,
         method: &str,
-        exclude: &[SocketAddr],
+        exclude: &[ServerAddr],
         allowed: &dyn Fn(&Row<L>) -> bool,
-    ) -> Vec<SocketAddr> {
+    ) -> Vec<ServerAddr> {
         let pool = || {
             self.servers
                 .iter()
                 .filter(|(a, s)| !exclude.contains(a) && allowed(s))
         };
         for wanted in [Some(true), None] {
-            let found: Vec<SocketAddr> = pool()
+            let found: Vec<ServerAddr> = pool()
                 .filter(|(_, s)| s.serves(method) == wanted)
-                .map(|(a, _)| *a)
+                .map(|(a, _)| a.clone())
                 .collect();
             if !found.is_empty() {
                 return found;
             }
         }
-        pool().map(|(a, _)| *a).collect()
+        pool().map(|(a, _)| a.clone()).collect()
     }
 
     /// The region for an attempt. The selector sees every region that serves the method,
@@ -433,7 +440,7 @@ impl<L: Link> RoutingTable<L> {
     fn choose_region(
         &mut self,
         method: &str,
-        candidates: &[SocketAddr],
+        candidates: &[ServerAddr],
         now: Instant,
         rand: u64,
     ) -> Option<String> {
@@ -481,7 +488,7 @@ impl<L: Link> RoutingTable<L> {
     /// Gives back a claim without an outcome (the caller gave up); a known lower bound on
     /// the attempt's latency (a hedge that lost the race) is kept as a service-time sample.
     pub fn release(&mut self, claim: Claim, at_least: Option<Duration>, now: Instant) {
-        if let Some(s) = self.row_of(claim) {
+        if let Some(s) = self.row_of(&claim) {
             s.load.in_flight = s.load.in_flight.saturating_sub(1);
             if let Some(sample) = at_least {
                 s.load.service_time.observe(sample, now);
@@ -500,7 +507,7 @@ impl<L: Link> RoutingTable<L> {
         outcome: Outcome,
         now: Instant,
     ) {
-        let Some(s) = self.row_of(claim) else {
+        let Some(s) = self.row_of(&claim) else {
             return;
         };
         s.load.in_flight = s.load.in_flight.saturating_sub(1);
@@ -524,7 +531,7 @@ impl<L: Link> RoutingTable<L> {
     }
 
     /// The row a claim was taken on, if the server has not left (and come back) since.
-    fn row_of(&mut self, claim: Claim) -> Option<&mut Row<L>> {
+    fn row_of(&mut self, claim: &Claim) -> Option<&mut Row<L>> {
         self.servers
             .get_mut(&claim.addr)
             .filter(|s| s.generation == claim.generation)

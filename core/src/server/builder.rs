@@ -394,7 +394,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             crate::discovery::LocalRegistry::global().register(
                 &shared.region,
                 crate::discovery::ServerEndpoint::new(addr, name),
-                tls.trust_anchor(),
+                tls.end_entity(),
             )
         });
         Ok(Server {

@@ -359,6 +359,13 @@ impl ClientTls {
         Ok(e)
     }
 
+    /// The verifier of these settings' trust (roots or a pinned certificate) as it is at
+    /// each handshake, so reloads reach it, for a wrapper that checks more
+    /// ([`super::pin`]).
+    pub(crate) fn server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, Error> {
+        Ok(Arc::new(LiveVerifier(self.live.clone())))
+    }
+
     pub(crate) fn to_rustls(&self) -> Result<rustls::ClientConfig, Error> {
         if let Some(e) = &self.identity_error {
             return Err(Error::Config(format!("unusable client certificate: {e}")));

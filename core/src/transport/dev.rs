@@ -50,9 +50,22 @@ impl DevCa {
         pem_encode("CERTIFICATE", &self.cert)
     }
 
-    /// Issues a server certificate for the given DNS names or IP addresses.
+    /// Issues a server certificate for the given DNS names or IP addresses (an entry that
+    /// parses as an IP address becomes an IP address entry).
+    ///
+    /// `localhost` also brings the loopback addresses `127.0.0.1` and `::1`, which is
+    /// what it resolves to: a client that dials a dev server at `127.0.0.1:PORT` with no
+    /// explicit server name checks the certificate against `127.0.0.1`, and finds it.
     pub fn issue_server(&self, names: &[&str]) -> Result<Identity, Error> {
-        self.issue(names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+        let mut all: Vec<&str> = names.to_vec();
+        if names.contains(&"localhost") {
+            for ip in ["127.0.0.1", "::1"] {
+                if !all.contains(&ip) {
+                    all.push(ip);
+                }
+            }
+        }
+        self.issue(&all, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// Issues a client certificate (for mutual TLS) with the given name.

@@ -23,6 +23,7 @@ mod endpoint;
 mod identity;
 mod peer;
 mod pem_text;
+mod pin;
 mod server_tls;
 mod session;
 
@@ -36,6 +37,8 @@ pub(crate) use endpoint::describe_connection_error;
 pub use identity::Identity;
 pub use peer::PeerIdentity;
 pub use pem_text::pem_encode;
+pub(crate) use pin::pinned_quinn_config;
+pub use pin::{cert_sha256, CertHashMismatch};
 pub use server_tls::ServerTls;
 pub use session::{
     memory_session_store, SessionStore, DEFAULT_SESSION_CAPACITY, TICKETS_PER_HANDSHAKE,

@@ -118,13 +118,13 @@ impl ServerTls {
         self.set_identity(Identity::from_pem_files(cert, key)?)
     }
 
-    /// The certificate a client should trust for this server: the last of its chain (the
-    /// issuing CA for a chain from `DevCa`, the certificate itself if
-    /// self-signed).
-    pub(crate) fn trust_anchor(&self) -> CertificateDer<'static> {
+    /// The end-entity certificate the server presents (the first of its chain): what an
+    /// in-process client pins for this server's address. Never the chain's last
+    /// certificate, which for a real chain is a CA trusted for every name it issued.
+    pub(crate) fn end_entity(&self) -> CertificateDer<'static> {
         self.identity
             .chain
-            .last()
+            .first()
             .cloned()
             .unwrap_or_else(|| CertificateDer::from(Vec::new()))
     }

@@ -117,9 +117,10 @@ async fn proxy(args: ProxyArgs) -> CliResult<()> {
     let proxy = meridian::proxy::Proxy::from_config(config)
         .await
         .map_err(|e| CliError::from_meridian(&e))?;
-    let (server_tls, upstream_tls) = (proxy.server_tls().clone(), proxy.upstream().tls().clone());
+    let server_tls = proxy.server_tls().clone();
+    let upstream_tls = proxy.upstream().tls().cloned();
     common::reload_on_sighup(tls_files.cert.display().to_string(), move || {
-        tls_files.reload(&server_tls, &upstream_tls)
+        tls_files.reload(&server_tls, upstream_tls.as_ref())
     });
     let endpoint = args.ops.start_metrics(vec![proxy.metrics_source()]).await?;
     let metrics_addr = endpoint.as_ref().map(|e| e.local_addr().to_string());

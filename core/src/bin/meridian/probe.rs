@@ -2,11 +2,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use meridian::region::ServerAddr;
 
 use crate::common::{
     ms, ms_f64, parse_duration, shutdown_signal, CliResult, EtcdArgs, Target, TargetArgs, TlsArgs,
@@ -39,6 +39,10 @@ pub struct ProbeArgs {
     /// Machine-readable output: one JSON object per table.
     #[arg(long)]
     pub json: bool,
+    /// Every server must present the certificate whose SHA-256 its entry publishes
+    /// (`cert_sha256`), on top of the normal verification (see `call --help`).
+    #[arg(long)]
+    pub pin_cert_sha256: bool,
     #[command(flatten)]
     pub etcd: EtcdArgs,
     #[command(flatten)]
@@ -69,7 +73,7 @@ fn p50(samples: &VecDeque<Duration>) -> Option<Duration> {
 struct Row {
     region: String,
     server: String,
-    addr: SocketAddr,
+    addr: ServerAddr,
     p50: Option<Duration>,
     min: Option<Duration>,
     healthy: bool,
@@ -82,12 +86,12 @@ struct Row {
 /// Asks each server's health method (`meridian.health`) at once, within 1 s.
 async fn health_of(
     client: &meridian::region::RegionClient,
-    addrs: &[SocketAddr],
-) -> HashMap<SocketAddr, String> {
+    addrs: &[ServerAddr],
+) -> HashMap<ServerAddr, String> {
     let mut asks = tokio::task::JoinSet::new();
     for addr in addrs {
-        let addr = *addr;
-        let Some(ch) = client.server_channel(addr) else {
+        let addr = addr.clone();
+        let Some(ch) = client.server_channel(&addr) else {
             continue;
         };
         asks.spawn(async move {
@@ -119,6 +123,7 @@ pub async fn run(args: ProbeArgs) -> CliResult<()> {
         regions: args.regions.clone(),
         region: args.region.clone(),
         server_name: None,
+        pin_cert_sha256: args.pin_cert_sha256,
         home_region: None,
         hedge: Vec::new(),
         via_proxies: false,
@@ -136,20 +141,20 @@ pub async fn run(args: ProbeArgs) -> CliResult<()> {
     };
     let clear = tables > 1 && !args.json && std::io::stdout().is_terminal();
     let start = Instant::now();
-    let mut samples: HashMap<SocketAddr, VecDeque<Duration>> = HashMap::new();
+    let mut samples: HashMap<ServerAddr, VecDeque<Duration>> = HashMap::new();
     let stop = shutdown_signal();
     tokio::pin!(stop);
     let mut printed = 0u64;
     'outer: while printed < tables {
         // Gather one interval of samples.
         for addr in &addrs {
-            samples.entry(*addr).or_default().clear();
+            samples.entry(addr.clone()).or_default().clear();
         }
         let end = tokio::time::Instant::now() + args.interval;
         loop {
             for addr in &addrs {
-                if let Some(rtt) = client.server_channel(*addr).and_then(|c| c.stats().rtt) {
-                    let s = samples.entry(*addr).or_default();
+                if let Some(rtt) = client.server_channel(addr).and_then(|c| c.stats().rtt) {
+                    let s = samples.entry(addr.clone()).or_default();
                     if s.len() == KEEP_SAMPLES {
                         s.pop_front();
                     }
@@ -171,7 +176,7 @@ pub async fn run(args: ProbeArgs) -> CliResult<()> {
             .servers
             .iter()
             .map(|s| {
-                let ch = client.server_channel(s.addr);
+                let ch = client.server_channel(&s.addr);
                 let server = ch
                     .as_ref()
                     .and_then(|c| c.server_info())
@@ -180,7 +185,7 @@ pub async fn run(args: ProbeArgs) -> CliResult<()> {
                 Row {
                     region: s.region.clone(),
                     server,
-                    addr: s.addr,
+                    addr: s.addr.clone(),
                     p50: samples.get(&s.addr).and_then(p50),
                     min: ch.as_ref().and_then(|c| c.stats().min_rtt),
                     healthy: s.connected && !s.ejected,

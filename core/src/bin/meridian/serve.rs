@@ -2,6 +2,8 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+
+use meridian::region::ServerAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,9 +25,11 @@ pub struct ServeArgs {
     /// The region this server announces in its HELLO.
     #[arg(long, value_name = "NAME", default_value = "local")]
     pub region: String,
-    /// The UDP address to listen on (port 0 picks a free port).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
+    /// The UDP address to listen on, HOST:PORT: an IP literal or a host name (resolved
+    /// once, at start: the first of its addresses that can be bound). Port 0 picks a free
+    /// port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0", value_parser = parse_server_addr)]
+    pub listen: ServerAddr,
     /// The server id announced in the HELLO (default: the bound address).
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
@@ -70,12 +74,14 @@ pub struct ServeArgs {
     /// The etcd lease TTL: how long the registration outlives a server that died.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub etcd_ttl: Duration,
-    /// With --etcd: the address clients should dial (default: the bound address).
-    #[arg(long, value_name = "ADDR")]
-    pub advertise: Option<SocketAddr>,
-    /// With --etcd: the name clients check the certificate against.
-    #[arg(long, value_name = "NAME", default_value = "localhost")]
-    pub server_name: String,
+    /// With --etcd: the address clients should dial, HOST:PORT (an IP literal, or a host
+    /// name clients resolve when they dial; default: the bound address).
+    #[arg(long, value_name = "ADDR", value_parser = parse_server_addr)]
+    pub advertise: Option<ServerAddr>,
+    /// With --etcd: the name clients check the certificate against (default: the host of
+    /// the advertised address, a DNS name or an IP address).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
     #[command(flatten)]
     pub ops: crate::common::OpsArgs,
 }
@@ -192,9 +198,10 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
             }
         });
     }
+    let listen = bindable(&args.listen).await?;
     let server = builder(&args.region, args.id.as_deref())
         .access_log(args.ops.access_log)
-        .bind(args.listen, tls)
+        .bind(listen, tls)
         .await
         .map_err(|e| CliError::from_meridian(&e))?;
     let id = args
@@ -264,13 +271,26 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
         let config = EtcdConfig::new(args.etcd.clone())
             .prefix(args.etcd_prefix.clone())
             .lease_ttl(args.etcd_ttl);
-        let mut advertised = args.advertise.unwrap_or(addr);
-        if advertised.ip().is_unspecified() {
-            advertised.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        let advertised = match &args.advertise {
+            Some(a) => a.clone(),
+            None => {
+                let mut bound = addr;
+                if bound.ip().is_unspecified() {
+                    bound.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                ServerAddr::from(bound)
+            }
+        };
+        let record = ServerRecord::for_server(&server, advertised, String::new());
+        let record = match &args.server_name {
+            Some(name) => ServerRecord {
+                server_name: Some(name.clone()),
+                ..record
+            },
+            None => record.named_by_host(),
         }
-        let record = ServerRecord::for_server(&server, advertised, args.server_name.clone())
-            .server_id(id.clone())
-            .certificate(&certificate);
+        .server_id(id.clone())
+        .certificate(&certificate);
         Some(crate::common::register_in_etcd(config, record).await?)
     };
     // Whoever started us may stop reading once it has the address: a closed stdout is no
@@ -300,6 +320,43 @@ pub async fn run(args: ServeArgs) -> CliResult<()> {
     note("stopped");
     drop(endpoint);
     Ok(())
+}
+
+/// `--listen` and `--advertise`: HOST:PORT, an IP literal or a host name.
+fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
+    ServerAddr::parse(text).map_err(|e| match e {
+        meridian::Error::Config(why) => why,
+        other => other.to_string(),
+    })
+}
+
+/// The socket address to bind for `--listen`: an IP literal as is; a host name's first
+/// address that can be bound now (a name may resolve to an address family the machine
+/// lacks). Errors name the host.
+async fn bindable(listen: &ServerAddr) -> CliResult<SocketAddr> {
+    let candidates = listen.resolve_all().await.map_err(|e| {
+        CliError::config(format!(
+            "--listen {listen}: {}",
+            match e {
+                meridian::Error::Config(why) => why,
+                other => other.to_string(),
+            }
+        ))
+    })?;
+    if candidates.len() == 1 {
+        return Ok(candidates[0]);
+    }
+    let mut last = None;
+    for a in &candidates {
+        match std::net::UdpSocket::bind(a) {
+            Ok(_) => return Ok(*a),
+            Err(e) => last = Some(format!("{a}: {e}")),
+        }
+    }
+    Err(CliError::config(format!(
+        "--listen {listen}: none of its addresses can be bound (last: {})",
+        last.unwrap_or_default()
+    )))
 }
 
 fn read_certs(

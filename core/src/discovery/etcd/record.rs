@@ -1,11 +1,9 @@
 //! What a server writes under its key: a JSON record of its address, certificate and catalog.
 
-use std::net::SocketAddr;
-
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::{Registrant, ServerEndpoint};
+use crate::discovery::{parse_sha256, Registrant, ServerAddr, ServerEndpoint};
 use crate::wire::{MethodInfo, MethodKind};
 
 /// One method of a registered server's catalog.
@@ -36,10 +34,6 @@ impl From<&MethodInfo> for CatalogEntry {
     }
 }
 
-fn localhost() -> String {
-    "localhost".into()
-}
-
 /// What a server writes about itself in etcd (as JSON, one key per server).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerRecord {
@@ -47,12 +41,18 @@ pub struct ServerRecord {
     pub region: String,
     /// Unique id of the server (the last part of its key).
     pub server_id: String,
-    /// Address clients dial (UDP).
-    pub addr: SocketAddr,
-    /// Name the server's certificate carries. Default `localhost`.
-    #[serde(default = "localhost")]
-    pub server_name: String,
-    /// SHA-256 of the server's certificate (DER), lowercase hex, if known.
+    /// Address clients dial (UDP): an IP literal, or a host name resolved at each dial.
+    pub addr: ServerAddr,
+    /// Name the server's certificate carries. When absent, the host of `addr`.
+    ///
+    /// Written by whoever can write the etcd prefix: a client that must not let the
+    /// registry choose the verified name sets it per region on its side
+    /// ([`RegionClientBuilder::expect_server_name`](crate::region::RegionClientBuilder::expect_server_name)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// SHA-256 of the server's end-entity certificate (DER), lowercase hex, if known.
+    /// Pinning clients ([`RegionClientBuilder::pin_cert_sha256`](crate::region::RegionClientBuilder::pin_cert_sha256))
+    /// refuse a server that presents another certificate, or publishes none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_sha256: Option<String>,
     /// The methods the server serves.
@@ -67,14 +67,15 @@ impl ServerRecord {
     /// A record with no catalog; the id is the address.
     pub fn new(
         region: impl Into<String>,
-        addr: SocketAddr,
+        addr: impl Into<ServerAddr>,
         server_name: impl Into<String>,
     ) -> ServerRecord {
+        let addr = addr.into();
         ServerRecord {
             region: region.into(),
             server_id: addr.to_string(),
             addr,
-            server_name: server_name.into(),
+            server_name: Some(server_name.into()),
             cert_sha256: None,
             methods: Vec::new(),
             load: 0,
@@ -86,12 +87,19 @@ impl ServerRecord {
     /// NAT or a link emulator) under the certificate name `server_name`.
     pub fn for_server(
         server: &impl Registrant,
-        advertised: SocketAddr,
+        advertised: impl Into<ServerAddr>,
         server_name: impl Into<String>,
     ) -> ServerRecord {
         let mut r = ServerRecord::new(server.region(), advertised, server_name);
         r.refresh_from(server);
         r
+    }
+
+    /// Leaves the name out of the record: clients then check the certificate against the
+    /// host of the address (a DNS name, or an IP address).
+    pub fn named_by_host(mut self) -> Self {
+        self.server_name = None;
+        self
     }
 
     /// Sets the server id (default: the address).
@@ -112,9 +120,18 @@ impl ServerRecord {
         self.load = server.load();
     }
 
-    /// The endpoint a client dials.
+    /// The endpoint a client dials: the record's name (or the host of its address) and its
+    /// certificate hash, if it has one.
     pub fn endpoint(&self) -> ServerEndpoint {
-        ServerEndpoint::new(self.addr, self.server_name.clone())
+        let mut ep = match &self.server_name {
+            Some(name) => ServerEndpoint::new(self.addr.clone(), name.clone()),
+            None => ServerEndpoint::at(self.addr.clone()),
+        };
+        ep.cert_sha256 = self
+            .cert_sha256
+            .as_deref()
+            .and_then(|h| parse_sha256(h).ok());
+        ep
     }
 
     pub(super) fn check(&self) -> Result<(), String> {
@@ -123,6 +140,16 @@ impl ServerRecord {
         }
         if self.region.contains('/') || self.server_id.contains('/') {
             return Err("region and server id must not contain '/'".into());
+        }
+        if self
+            .server_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err("empty server_name".into());
+        }
+        if let Some(hash) = &self.cert_sha256 {
+            parse_sha256(hash).map_err(|why| format!("bad cert_sha256: {why}"))?;
         }
         Ok(())
     }

@@ -72,9 +72,24 @@ fn records_round_trip_and_bad_ones_are_refused() {
     // Minimal records from other tools parse, with defaults.
     let min: ServerRecord =
         serde_json::from_str(r#"{"region":"a","server_id":"b","addr":"127.0.0.1:1"}"#).unwrap();
-    assert_eq!(min.server_name, "localhost");
+    // No name: the host of the address is the name; no hash: nothing to pin.
+    assert_eq!(min.server_name, None);
+    assert_eq!(min.endpoint().server_name, "127.0.0.1");
+    assert_eq!(min.endpoint().cert_sha256, None);
     assert!(min.check().is_ok());
     assert!(ServerRecord::new("a/b", addr, "x").check().is_err());
+    // A record carries its hash to the endpoint; a malformed hash is a bad record.
+    assert_eq!(r.endpoint().server_name, "eu.example");
+    assert!(r.endpoint().cert_sha256.is_some());
+    let mut bad = r.clone();
+    bad.cert_sha256 = Some("xyz".into());
+    assert!(bad.check().unwrap_err().contains("cert_sha256"));
+    // A host name as the address is kept, and names the certificate.
+    let named: ServerRecord =
+        serde_json::from_str(r#"{"region":"a","server_id":"b","addr":"svc.example.com:7000"}"#)
+            .unwrap();
+    assert_eq!(named.endpoint().server_name, "svc.example.com");
+    assert_eq!(named.addr.to_string(), "svc.example.com:7000");
 }
 
 /// An etcd nobody listens at: the error says `connection refused` in one line, not the

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use super::dial::{DialTrust, ServerChecks};
 use super::handle::RegionClient;
 use super::prober::probe_loop;
 use super::routing::{Router, Seen};
 use super::table::State;
 use crate::call::RetryPolicy;
 use crate::client::Interceptor;
-use crate::discovery::{Discovery, LocalRegistry};
+use crate::discovery::Discovery;
 use crate::region::budget::RetryBudget;
 use crate::region::select::RegionSelector;
 use crate::status::Error;
@@ -33,6 +34,7 @@ pub struct RegionClientBuilder {
     pub(super) default_retry: RetryPolicy,
     pub(super) via_proxies: bool,
     pub(super) interceptors: Vec<Arc<dyn Interceptor>>,
+    pub(super) checks: ServerChecks,
 }
 
 impl std::fmt::Debug for RegionClientBuilder {
@@ -117,14 +119,43 @@ impl RegionClientBuilder {
         self
     }
 
+    /// Every server of `region` must prove `server_name` (a DNS name or an IP address),
+    /// whatever the region map or the registry record says. A registry (etcd, say) then
+    /// decides where servers are, but not which name their certificates are checked
+    /// against: a record pointing at a host that holds some other valid certificate from
+    /// the same CA is refused. Proxies of the region (with
+    /// [`via_proxies`](Self::via_proxies)) keep the names of their own entries.
+    pub fn expect_server_name(
+        mut self,
+        region: impl Into<String>,
+        server_name: impl Into<String>,
+    ) -> Self {
+        self.checks.names.insert(region.into(), server_name.into());
+        self
+    }
+
+    /// Pins every server to the certificate the map publishes for it: the SHA-256 of the
+    /// end-entity certificate a server presents must equal its entry's `cert_sha256`
+    /// (written by a server registering in etcd, or given in a region file), on top of
+    /// the normal verification. A server whose entry has no hash is not dialled; one that
+    /// presents another certificate is refused during the handshake. Either way it is
+    /// ejected like any server that cannot be reached, the reason shows in the error of
+    /// calls that find no other server, and the other servers keep serving. A region
+    /// file turns this on for one region with `pin_cert_sha256 = true`.
+    ///
+    /// This only helps when the hashes come from a source an attacker cannot write: see
+    /// the [`discovery`](crate::discovery) module on the registry as part of the trust
+    /// base.
+    pub fn pin_cert_sha256(mut self) -> Self {
+        self.checks.pin_all = true;
+        self
+    }
+
     /// Starts the client (its background prober runs on the current tokio runtime).
     pub fn build(self) -> Result<RegionClient, Error> {
-        let tls = match self.tls {
-            Some(tls) => tls,
-            None => {
-                let roots = LocalRegistry::global().roots();
-                ClientTls::with_roots(roots.into_iter().filter(|c| !c.is_empty()))?
-            }
+        let trust = match self.tls {
+            Some(tls) => DialTrust::Tls(tls),
+            None => DialTrust::Local(Default::default()),
         };
         let mut transport = self.transport;
         transport.keep_alive_interval = Some(self.probe_interval);
@@ -134,7 +165,8 @@ impl RegionClientBuilder {
         let map = self.discovery.watch();
         let (closed, _) = watch::channel(());
         let inner = Arc::new(Router {
-            tls,
+            trust,
+            checks: self.checks,
             transport,
             probe_interval: self.probe_interval,
             hedged: self.hedged,

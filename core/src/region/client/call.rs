@@ -1,7 +1,6 @@
 //! Routed calls: [`CallBuilder`] on a [`RegionClient`]: attempts, retries within the budget,
 //! hedging.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use crate::client::{
     admit, end_when_done, settle, Attach, CallBuilder, CallKind, Channel, Intercepted, Reach,
     RequestSink, Response, ResponseFuture, Streaming,
 };
+use crate::discovery::ServerAddr;
 use crate::region::hedge::HedgePolicy;
 use crate::region::table::{NoPick, Outcome};
 use crate::status::Status;
@@ -142,7 +142,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                     if !policy.may_send_again_before(&s, idempotent, deadline) {
                         return Err(s);
                     }
-                    tried.push(target.addr);
+                    tried.push(target.addr.clone());
                     last = Some(s);
                 }
             }
@@ -321,7 +321,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
             code = field::Empty
         );
         let fut = async {
-            let mut tried: Vec<SocketAddr> = Vec::new();
+            let mut tried: Vec<ServerAddr> = Vec::new();
             let mut attempts = 0u32;
             let mut last: Option<Status> = None;
             loop {
@@ -358,7 +358,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                 }
                 attempts += 1;
                 tracing::Span::current().record("region", target.region.as_str());
-                tracing::Span::current().record("server", field::display(target.addr));
+                tracing::Span::current().record("server", field::display(&target.addr));
                 tracing::Span::current().record("attempts", attempts);
                 let hedge_delay = if idempotent && inner.hedged.contains(&self.method) {
                     inner
@@ -412,7 +412,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         last = Some(Status::unavailable("the server stopped answering"));
                     }
                 }
-                tried.push(target.addr);
+                tried.push(target.addr.clone());
             }
         };
         let result = fut.instrument(span.clone()).await;
@@ -439,7 +439,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let inner = &self.target.inner;
-        let first_addr = first.addr;
+        let first_addr = first.addr.clone();
         // Boxed so that the loser can be dropped before its claim is settled as slow.
         let mut a = Box::pin(self.attempt(first, make, true, deadline));
         tokio::select! {

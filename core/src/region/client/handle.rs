@@ -47,6 +47,7 @@ fn defaults(discovery: Arc<dyn Discovery>, tls: Option<ClientTls>) -> RegionClie
         default_retry: Default::default(),
         via_proxies: false,
         interceptors: Vec::new(),
+        checks: Default::default(),
     }
 }
 
@@ -56,17 +57,24 @@ impl RegionClient {
         defaults(discovery, Some(tls))
     }
 
-    /// A client of the servers registered in this process (the zero-configuration case),
-    /// trusting their certificates.
+    /// A client of the servers registered in this process (the zero-configuration case).
+    /// Each server is trusted by the exact certificate it registered for its address,
+    /// looked up when it is dialled: no CA is trusted, so an intermediate or CA
+    /// certificate at the end of a server's chain vouches for nothing else.
     pub fn local() -> RegionClientBuilder {
         defaults(LocalRegistry::global(), None)
     }
 
-    /// The TLS settings the client dials servers with; reloading their roots or client
-    /// certificate ([`ClientTls::reload_roots_pem_file`],
-    /// [`ClientTls::reload_identity_pem_files`]) applies to this client's next handshakes.
-    pub fn tls(&self) -> &ClientTls {
-        &self.inner.tls
+    /// The TLS settings the client dials servers with, when it was given them
+    /// ([`RegionClient::builder`]; `None` for [`RegionClient::local`], which pins each
+    /// in-process server's own certificate). Reloading their roots or client certificate
+    /// ([`ClientTls::reload_roots_pem_file`], [`ClientTls::reload_identity_pem_files`])
+    /// applies to this client's next handshakes.
+    pub fn tls(&self) -> Option<&ClientTls> {
+        match &self.inner.trust {
+            super::dial::DialTrust::Tls(tls) => Some(tls),
+            super::dial::DialTrust::Local(_) => None,
+        }
     }
 
     /// Starts a call to `method`.
@@ -136,11 +144,11 @@ impl RegionClient {
     pub fn catalog_version(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let st = self.inner.lock();
-        let mut versions: Vec<(std::net::SocketAddr, u64)> = st
+        let mut versions: Vec<(crate::discovery::ServerAddr, u64)> = st
             .servers
             .iter()
             .filter(|(_, s)| s.draining_since.is_none())
-            .filter_map(|(a, s)| Some((*a, s.link.as_ref()?.catalog_version())))
+            .filter_map(|(a, s)| Some((a.clone(), s.link.as_ref()?.catalog_version())))
             .collect();
         drop(st);
         versions.sort_unstable();
@@ -198,7 +206,7 @@ impl RegionClient {
             let link_stats = s.link.as_ref().map(|l| l.stats());
             servers.push(ServerStat {
                 region: s.region.clone(),
-                addr: *addr,
+                addr: addr.clone(),
                 service_time: s.load.service_time.get(now),
                 in_flight: s.load.in_flight,
                 calls: s.calls,

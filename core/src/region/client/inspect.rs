@@ -1,12 +1,11 @@
 //! Read-only views for tools: a server's channel, the region a call would go to.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::handle::RegionClient;
 use crate::client::Channel;
-use crate::discovery::Catalog;
+use crate::discovery::{Catalog, ServerAddr};
 
 /// Read-only views for tools such as the `meridian` command-line tool (`probe`,
 /// `call --describe`). Neither sends anything nor changes a routing decision.
@@ -16,8 +15,18 @@ impl RegionClient {
     /// [`server_info`](Channel::server_info) the server's HELLO (region, method catalog).
     /// Send calls through [`RegionClient::call`], not through this channel, or the
     /// balancer will not see them.
-    pub fn server_channel(&self, addr: SocketAddr) -> Option<Channel> {
+    pub fn server_channel(&self, addr: impl Into<ServerAddr>) -> Option<Channel> {
+        let addr = addr.into();
         self.inner.lock().servers.get(&addr)?.link.clone()
+    }
+
+    /// The most recent failed dial of a server, as `ADDR in REGION: why` (an untrusted
+    /// certificate, a pinned hash that does not match, a host name that does not resolve,
+    /// ...), until that server is dialled successfully. `None` when no dial failed.
+    pub fn last_connect_error(&self) -> Option<String> {
+        let text = self.inner.last_connect_error();
+        let inner = text.strip_prefix(" (last connect error from ")?;
+        Some(inner.strip_suffix(')').unwrap_or(inner).to_string())
     }
 
     /// The region a call to `method` (any method, with `None`) would be sent to now: the

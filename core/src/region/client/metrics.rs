@@ -55,7 +55,7 @@ impl MetricsSource for RegionMetrics {
                 .map(|r| (region(&r.name), flag(r.chosen)))
                 .collect::<Vec<_>>(),
         )?;
-        let server = |r: &str, addr: &std::net::SocketAddr| -> Labels {
+        let server = |r: &str, addr: &crate::discovery::ServerAddr| -> Labels {
             vec![("region", r.to_string()), ("server", addr.to_string())]
         };
         let servers = &st.servers;

@@ -4,6 +4,7 @@
 
 mod builder;
 mod call;
+mod dial;
 mod handle;
 mod inspect;
 mod metrics;

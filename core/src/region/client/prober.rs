@@ -1,6 +1,5 @@
 //! Connecting to servers and keeping their RTT fresh.
 
-use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::Instant;
 
@@ -8,20 +7,34 @@ use tracing::debug;
 
 use super::routing::Router;
 use crate::client::Channel;
-use crate::discovery::ServerEndpoint;
+use crate::discovery::{ServerAddr, ServerEndpoint};
 
-pub(super) async fn connect_server(inner: Weak<Router>, addr: SocketAddr, ep: ServerEndpoint) {
+/// Dials one server: resolves its address (a host name is looked up at every dial, so a
+/// server dialled afresh follows DNS changes), then connects with the trust, name and pin
+/// [`Router::dial_plan`] decides.
+pub(super) async fn connect_server(inner: Weak<Router>, addr: ServerAddr, ep: ServerEndpoint) {
     // The dial holds no strong handle: a client freed meanwhile is not kept alive by it,
     // and its end (the router's `closed` sender dropping) cuts the handshake short.
-    let (dial, mut closed) = {
+    let (plan, transport, mut closed) = {
         let Some(router) = inner.upgrade() else {
             return;
         };
-        let dial = Channel::builder(addr, router.tls.clone())
-            .server_name(ep.server_name.clone())
-            .transport(router.transport.clone())
-            .connect();
-        (dial, router.closed.subscribe())
+        (
+            router.dial_plan(&addr, &ep),
+            router.transport.clone(),
+            router.closed.subscribe(),
+        )
+    };
+    let dial = async {
+        let plan = plan?;
+        let to = ep.addr.resolve().await.map_err(|e| e.to_string())?;
+        let mut builder = Channel::builder(to, plan.tls)
+            .server_name(plan.server_name)
+            .transport(transport);
+        if let Some(hash) = plan.cert_sha256 {
+            builder = builder.require_cert_sha256(hash);
+        }
+        builder.connect().await.map_err(|e| e.to_string())
     };
     let result = tokio::select! {
         r = dial => r,
@@ -34,7 +47,7 @@ pub(super) async fn connect_server(inner: Weak<Router>, addr: SocketAddr, ep: Se
         Err(e) => tracing::warn!(server = %addr, error = %e, "cannot connect"),
     }
     if let Some(router) = inner.upgrade() {
-        router.note_connect(addr, result.as_ref().err().map(ToString::to_string));
+        router.note_connect(addr.clone(), result.as_ref().err().cloned());
         router.lock().connected(addr, result.ok(), Instant::now());
     }
 }

@@ -2,24 +2,27 @@
 //! dialling servers, and the attempt guard that gives every claim back exactly once.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::dial::{DialTrust, ServerChecks};
 use super::prober::connect_server;
 use super::table::State;
 use crate::call::is_server_failure;
 use crate::client::Channel;
-use crate::discovery::{Discovery, RegionMap};
+use crate::discovery::{Discovery, RegionMap, ServerAddr};
 use crate::region::table::{Claim, NoPick, Outcome};
 use crate::status::Status;
-use crate::transport::{ClientTls, TransportConfig};
+use crate::transport::TransportConfig;
 
 pub(super) struct Router {
-    pub(super) tls: ClientTls,
+    /// Whom servers are verified against.
+    pub(super) trust: DialTrust,
+    /// Client-side names and pinning, which a map cannot override.
+    pub(super) checks: ServerChecks,
     pub(super) transport: TransportConfig,
     pub(super) probe_interval: Duration,
     pub(super) hedged: HashSet<String>,
@@ -45,21 +48,21 @@ pub(super) struct Router {
     pub(super) closed: watch::Sender<()>,
     /// The most recent failed dial (server and why), so a call that finds no server can
     /// say why rather than only that none is healthy.
-    pub(super) last_connect_error: Mutex<Option<(SocketAddr, String)>>,
+    pub(super) last_connect_error: Mutex<Option<(ServerAddr, String)>>,
 }
 
 /// What the last probe tick saw: whether each server was in service, and the region
 /// calls went to.
 #[derive(Debug, Default)]
 pub(super) struct Seen {
-    usable: HashMap<SocketAddr, bool>,
+    usable: HashMap<ServerAddr, bool>,
     regions: HashMap<String, bool>,
     region: Option<String>,
 }
 
 /// Where one attempt goes.
 pub(super) struct Target {
-    pub(super) addr: SocketAddr,
+    pub(super) addr: ServerAddr,
     pub(super) region: String,
     pub(super) channel: Channel,
     pub(super) ejected: watch::Receiver<u64>,
@@ -91,9 +94,13 @@ impl AttemptGuard {
             return;
         }
         if let Some(router) = self.router.upgrade() {
-            router
-                .lock()
-                .finish(self.claim, latency, timeout, outcome, Instant::now());
+            router.lock().finish(
+                self.claim.clone(),
+                latency,
+                timeout,
+                outcome,
+                Instant::now(),
+            );
         }
     }
 
@@ -108,7 +115,9 @@ impl AttemptGuard {
             return;
         }
         if let Some(router) = self.router.upgrade() {
-            router.lock().release(self.claim, at_least, Instant::now());
+            router
+                .lock()
+                .release(self.claim.clone(), at_least, Instant::now());
         }
     }
 }
@@ -156,7 +165,7 @@ impl Router {
         let st = self.lock();
         for (addr, s) in st.servers.iter().filter(|(_, s)| s.ever_connected) {
             let usable = s.usable(now);
-            let before = seen.usable.insert(*addr, usable);
+            let before = seen.usable.insert(addr.clone(), usable);
             if before == Some(usable) || (before.is_none() && usable) {
                 continue;
             }
@@ -236,7 +245,7 @@ impl Router {
         self: &Arc<Self>,
         method: &str,
         key: Option<&[u8]>,
-        exclude: &[SocketAddr],
+        exclude: &[ServerAddr],
         resend: bool,
     ) -> Result<Target, NoPick> {
         let now = Instant::now();
@@ -249,7 +258,7 @@ impl Router {
                 }
             })?;
         Ok(Target {
-            addr: p.claim.addr,
+            addr: p.claim.addr.clone(),
             region: p.region,
             channel: p.link,
             ejected: p.ejected,
@@ -270,7 +279,7 @@ impl Router {
     }
 
     /// Remembers why dialling `addr` failed; a later successful dial of it forgets it.
-    pub(super) fn note_connect(&self, addr: SocketAddr, error: Option<String>) {
+    pub(super) fn note_connect(&self, addr: ServerAddr, error: Option<String>) {
         let mut last = match self.last_connect_error.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

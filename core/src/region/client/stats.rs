@@ -1,6 +1,5 @@
 //! Snapshots of what the region client measured and decided.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Figures of one region.
@@ -27,8 +26,8 @@ pub struct RegionStat {
 pub struct ServerStat {
     /// Region of the server.
     pub region: String,
-    /// Server address.
-    pub addr: SocketAddr,
+    /// Server address, as the region map gives it.
+    pub addr: crate::discovery::ServerAddr,
     /// Smoothed service-time estimate (peak-EWMA of call latencies).
     pub service_time: Option<Duration>,
     /// Calls in flight.

@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::discovery::{RegionMap, ServerEndpoint};
+use std::net::SocketAddr;
+
+use crate::discovery::{RegionMap, ServerAddr, ServerEndpoint};
 
 /// A fake link: connected or not, a catalog (`None`: no HELLO yet), datagrams heard.
 #[derive(Clone, Debug)]
@@ -35,8 +37,8 @@ fn fake(methods: &[&str]) -> Fake {
     }
 }
 
-fn addr(n: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], n))
+fn addr(n: u16) -> ServerAddr {
+    ServerAddr::Ip(SocketAddr::from(([127, 0, 0, 1], n)))
 }
 
 fn map_of(servers: &[(&str, u16)]) -> RegionMap {
@@ -80,13 +82,13 @@ fn every_claim_is_given_back_once_whichever_way_the_attempt_ends() {
     // Finished, released as a hedge loser (with a sample), released on drop (none).
     let (a, rest) = claims.split_at(4);
     for c in a {
-        t.finish(*c, ms(5), None, Outcome::Answered, t0 + ms(5));
+        t.finish(c.clone(), ms(5), None, Outcome::Answered, t0 + ms(5));
     }
     for c in &rest[..3] {
-        t.release(*c, Some(ms(9)), t0 + ms(9));
+        t.release(c.clone(), Some(ms(9)), t0 + ms(9));
     }
     for c in &rest[3..] {
-        t.release(*c, None, t0 + ms(9));
+        t.release(c.clone(), None, t0 + ms(9));
     }
     assert_eq!(in_flight(&t), 0);
 }
@@ -279,4 +281,23 @@ fn a_silent_server_is_ejected_and_returns_when_heard_again() {
     }
     t.tick(t0 + ms(1600));
     assert!(!t.servers[&addr(1)].silent);
+}
+
+#[test]
+fn an_entry_rewritten_in_place_is_what_the_next_dial_uses() {
+    let t0 = Instant::now();
+    let mut t = table(&[("r", 1)], &["m"], t0);
+    let generation = t.servers[&addr(1)].generation;
+    // The registry publishes a new certificate hash (a rotation) at the same address.
+    let mut map = RegionMap::new();
+    map.add_server(
+        "r",
+        ServerEndpoint::new(addr(1), "localhost").with_cert_sha256([7; 32]),
+    );
+    t.sync_membership(&map, false, t0 + ms(1));
+    let row = &t.servers[&addr(1)];
+    assert_eq!(row.endpoint.cert_sha256, Some([7; 32]));
+    // The same server: its connection, samples and claims stay.
+    assert!(row.link.is_some());
+    assert_eq!(row.generation, generation);
 }

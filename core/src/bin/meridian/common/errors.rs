@@ -150,13 +150,20 @@ const TLS_FAILED: &str = "TLS handshake failed";
 /// What to do about a failed TLS handshake, from what failed.
 pub fn tls_hint(reason: &str) -> &'static str {
     let lower = reason.to_ascii_lowercase();
-    if lower.contains("last connect error from") {
+    // The name first: a certificate for other names is trusted, and --ca would not help.
+    if lower.contains("not valid for name") {
+        "the certificate is trusted but valid for other names: the name checked is the host \
+         dialled unless one is given: see --server-name, or server_name in the region file \
+         (per server or per region)"
+    } else if lower.contains("certificate sha-256 mismatch") {
+        "the server presents another certificate than the cert_sha256 published for it \
+         (--pin-cert-sha256 or pin_cert_sha256 in the region file): the registry entry is \
+         stale, or someone else answers at that address"
+    } else if lower.contains("last connect error from") {
         "a server behind the region routing presents a certificate that is not trusted: \
          see --ca, or the [tls] ca of the proxy's configuration"
     } else if lower.contains("refused the client certificate") {
         "the server requires a client certificate issued by a CA it trusts: see --cert and --key"
-    } else if lower.contains("not valid for name") {
-        "the certificate is valid for other names: see --server-name"
     } else {
         "is its certificate trusted? see --ca and --insecure-dev"
     }

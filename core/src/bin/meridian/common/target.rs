@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use meridian::region::{Discovery, RegionClient, RegionMap, StaticDiscovery};
+use meridian::region::{Discovery, RegionClient, RegionMap, ServerAddr, StaticDiscovery};
 #[cfg(feature = "etcd")]
 use meridian::region::{EtcdConfig, EtcdDiscovery};
 use meridian::wire::{Hello, MethodKind};
@@ -39,9 +39,16 @@ pub struct TargetArgs {
     #[arg(long, value_name = "NAME", requires = "regions")]
     pub region: Option<String>,
     /// With --connect: the name the server's certificate must carry (default: the host of
-    /// --connect when it is a DNS name, else localhost).
+    /// --connect, a DNS name or an IP address). Region files name servers with
+    /// `server_name` (per server, or per region for all its servers).
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
+    /// With --regions or --etcd: every server must present the certificate whose SHA-256
+    /// its entry publishes (`cert_sha256`, which `serve --etcd` records), on top of the
+    /// normal verification; a server with no published hash, or another certificate, is
+    /// refused. A region file can ask for it per region with `pin_cert_sha256 = true`.
+    #[arg(long, conflicts_with = "connect")]
+    pub pin_cert_sha256: bool,
     /// With --regions or --etcd: prefer this region whenever it is healthy, whatever the
     /// RTTs say.
     #[arg(long, value_name = "NAME", conflicts_with = "connect")]
@@ -67,7 +74,7 @@ pub struct TargetArgs {
 #[derive(Clone)]
 pub enum Target {
     Direct(Channel),
-    Routed(RegionClient, Vec<SocketAddr>),
+    Routed(RegionClient, Vec<ServerAddr>),
 }
 
 /// Per-call options of `call` and `bench`.
@@ -140,19 +147,20 @@ impl Target {
         }
     }
 
-    /// The HELLOs received so far, waiting up to `wait` for at least one.
-    pub async fn catalogs(&self, wait: Duration) -> Vec<(SocketAddr, Arc<Hello>)> {
+    /// The HELLOs received so far, waiting up to `wait` for at least one, with the
+    /// address of the server that sent each.
+    pub async fn catalogs(&self, wait: Duration) -> Vec<(ServerAddr, Arc<Hello>)> {
         let end = tokio::time::Instant::now() + wait;
         loop {
-            let got: Vec<(SocketAddr, Arc<Hello>)> = match self {
+            let got: Vec<(ServerAddr, Arc<Hello>)> = match self {
                 Target::Direct(ch) => ch
                     .server_info()
-                    .map(|h| (ch.addr(), h))
+                    .map(|h| (ServerAddr::from(ch.addr()), h))
                     .into_iter()
                     .collect(),
                 Target::Routed(client, addrs) => addrs
                     .iter()
-                    .filter_map(|a| Some((*a, client.server_channel(*a)?.server_info()?)))
+                    .filter_map(|a| Some((a.clone(), client.server_channel(a)?.server_info()?)))
                     .collect(),
             };
             if !got.is_empty() || tokio::time::Instant::now() >= end {
@@ -282,13 +290,24 @@ async fn etcd_discovery(
     Ok(Some((d, map)))
 }
 
-/// Resolves `host:port`.
-pub fn resolve(addr: &str) -> CliResult<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    addr.to_socket_addrs()
-        .map_err(|e| CliError::usage(format!("bad address {addr:?}: {e}")))?
-        .next()
-        .ok_or_else(|| CliError::usage(format!("bad address {addr:?}: it resolves to nothing")))
+/// Parses `host:port` (an IP literal or a DNS name), with a usage error that says what
+/// is wrong.
+pub fn parse_addr(addr: &str) -> CliResult<ServerAddr> {
+    ServerAddr::parse(addr).map_err(|e| CliError::usage(plain(&e)))
+}
+
+/// Resolves `host:port`: an IP literal as is, a DNS name with the system resolver (the
+/// first address it gives). The error names the host.
+pub async fn resolve(addr: &ServerAddr) -> CliResult<SocketAddr> {
+    addr.resolve().await.map_err(|e| CliError::usage(plain(&e)))
+}
+
+/// A library error without its `configuration error: ` prefix.
+fn plain(e: &meridian::Error) -> String {
+    match e {
+        meridian::Error::Config(why) => why.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Connects one channel within `timeout`.
@@ -327,11 +346,9 @@ impl TargetArgs {
         refuse_etcd(self.regions.as_deref(), &self.etcd)?;
         let tls = self.tls.client_tls()?;
         if let Some(addr) = &self.connect {
-            let name = self
-                .server_name
-                .clone()
-                .unwrap_or_else(|| default_server_name(addr));
-            let addr = resolve(addr)?;
+            let addr = parse_addr(addr)?;
+            let name = self.server_name.clone().unwrap_or_else(|| addr.host());
+            let addr = resolve(&addr).await?;
             let ch = connect_channel(addr, &name, tls, self.connect_timeout).await?;
             return Ok(Target::Direct(ch));
         }
@@ -347,7 +364,7 @@ impl TargetArgs {
             }
         }
         // With --via-proxies a region that lists proxies is reached through them.
-        let endpoints: Vec<(SocketAddr, String)> = map
+        let endpoints: Vec<(ServerAddr, String)> = map
             .regions
             .iter()
             .flat_map(|r| {
@@ -356,7 +373,9 @@ impl TargetArgs {
                 } else {
                     &r.servers
                 };
-                through.iter().map(|s| (s.addr, s.server_name.clone()))
+                through
+                    .iter()
+                    .map(|s| (s.addr.clone(), s.server_name.clone()))
             })
             .collect();
         let mut builder = RegionClient::builder(discovery, tls.clone());
@@ -372,8 +391,11 @@ impl TargetArgs {
         if self.via_proxies {
             builder = builder.via_proxies();
         }
+        if self.pin_cert_sha256 {
+            builder = builder.pin_cert_sha256();
+        }
         let client = builder.build().map_err(|e| CliError::from_meridian(&e))?;
-        let addrs: Vec<SocketAddr> = endpoints.iter().map(|(a, _)| *a).collect();
+        let addrs: Vec<ServerAddr> = endpoints.iter().map(|(a, _)| a.clone()).collect();
         // Routing needs one server; the others get a short grace to connect (so the
         // nearest can be measured) but a dead one never holds the call for the whole
         // connect timeout.
@@ -394,7 +416,11 @@ impl TargetArgs {
                 }
             }
             if now >= end {
-                // Nobody answered: dial the servers directly to say why.
+                // Nobody answered: the client's own reason when it refused every server
+                // (pinning), else dial the servers directly to say why.
+                if let Some(refused) = refused_by_checks(&client) {
+                    return Err(refused);
+                }
                 return Err(diagnose(&endpoints, &tls, self.connect_timeout).await);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -412,32 +438,41 @@ impl TargetArgs {
     }
 }
 
-/// The certificate name to expect from `--connect ADDR`: its host when that is a DNS
-/// name (as gRPC takes the authority from the target), else `localhost` (an IP literal:
-/// the dev certificates are for localhost).
-pub fn default_server_name(addr: &str) -> String {
-    let host = match addr.rsplit_once(':') {
-        Some((host, _port)) => host,
-        None => addr,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
-        "localhost".to_string()
-    } else {
-        host.to_string()
-    }
+/// When the region client refused every server on its own checks (certificate pinning),
+/// the reason it gave, as an untrusted-server error: dialling them again without those
+/// checks would only hide it.
+fn refused_by_checks(client: &RegionClient) -> Option<CliError> {
+    let status = client.last_connect_error()?;
+    let pinning = status.contains("certificate pinning is on")
+        || status.contains("certificate SHA-256 mismatch");
+    pinning.then(|| {
+        CliError::new(
+            Exit::Untrusted,
+            format!(
+                "no server could be verified: {status} (the published cert_sha256 does not \
+                 match, or is missing: see --pin-cert-sha256 and the region file's \
+                 pin_cert_sha256)"
+            ),
+        )
+    })
 }
 
 /// Why no server of a region file can be reached: the first TLS failure if any (the most
 /// useful to know), else unreachable.
 async fn diagnose(
-    endpoints: &[(SocketAddr, String)],
+    endpoints: &[(ServerAddr, String)],
     tls: &ClientTls,
     timeout: Duration,
 ) -> CliError {
     let attempts = endpoints.iter().map(|(addr, name)| {
         let tls = tls.clone();
-        async move { connect_channel(*addr, name, tls, timeout).await.err() }
+        async move {
+            let to = match resolve(addr).await {
+                Ok(to) => to,
+                Err(e) => return Some(e),
+            };
+            connect_channel(to, name, tls, timeout).await.err()
+        }
     });
     let mut errors = Vec::new();
     for a in attempts {
@@ -465,20 +500,3 @@ async fn diagnose(
 // ---------------------------------------------------------------------------------------
 // The dev directory behind --insecure-dev
 // ---------------------------------------------------------------------------------------
-
-#[cfg(test)]
-mod tests {
-    use super::default_server_name;
-
-    #[test]
-    fn the_server_name_defaults_to_a_dns_host_and_localhost_for_ip_literals() {
-        assert_eq!(
-            default_server_name("api.example.com:7000"),
-            "api.example.com"
-        );
-        assert_eq!(default_server_name("localhost:7000"), "localhost");
-        assert_eq!(default_server_name("127.0.0.1:7000"), "localhost");
-        assert_eq!(default_server_name("[::1]:7000"), "localhost");
-        assert_eq!(default_server_name("[2001:db8::1]:443"), "localhost");
-    }
-}
