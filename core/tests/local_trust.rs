@@ -109,11 +109,9 @@ async fn the_local_registry_pins_each_leaf_and_never_trusts_the_chain_s_ca() {
 
     // A server registered after the client was built is trusted (its leaf is looked up
     // when it is dialled), with a certificate from another CA altogether.
+    let c_tls = ServerTls::new(DevCa::new().unwrap().issue_server(&["localhost"]).unwrap());
     let c = server("c")
-        .bind(
-            "127.0.0.1:0".parse().unwrap(),
-            ServerTls::new(DevCa::new().unwrap().issue_server(&["localhost"]).unwrap()),
-        )
+        .bind("127.0.0.1:0".parse().unwrap(), c_tls.clone())
         .await
         .unwrap();
     loop {
@@ -132,5 +130,33 @@ async fn the_local_registry_pins_each_leaf_and_never_trusts_the_chain_s_ca() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop((a, b, c));
+
+    // C's certificate rotates live (another CA again): a local client dialling it now
+    // pins the certificate C presents now, not the one it registered with.
+    let rotated = DevCa::new().unwrap().issue_server(&["localhost"]).unwrap();
+    let rotated_leaf = rotated.certificate().clone();
+    c_tls.set_identity(rotated).unwrap();
+    assert_eq!(
+        LocalRegistry::global().certificate_of(&c.local_addr().into()),
+        Some(rotated_leaf)
+    );
+    drop((a, b));
+    let fresh = RegionClient::local().build().unwrap();
+    let who: String = tokio::time::timeout(WAIT, async {
+        loop {
+            match fresh.unary::<_, String>("whoami", &()).await {
+                Ok(who) => break who,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the rotated server is not trusted: {:?}",
+            fresh.last_connect_error()
+        )
+    });
+    assert_eq!(who, "c");
+    drop(c);
 }

@@ -293,7 +293,7 @@ impl NativeServer {
     /// new certificate from the next handshake on; open connections keep theirs and stay
     /// up. Bad files raise `ValueError` and leave the certificate in use unchanged. A
     /// server without certificate files (a development certificate) raises
-    /// `RuntimeError`. The client CA file is read at construction only.
+    /// `RuntimeError`. With mutual TLS the client CA file is read again too.
     fn reload_tls(&self, py: Python<'_>) -> PyResult<()> {
         let (tls, files, client_ca) = {
             let st = self.lock();

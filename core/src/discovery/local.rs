@@ -19,8 +19,12 @@ use super::{Discovery, RegionMap, ServerAddr, ServerEndpoint};
 /// belong to servers of this very process.
 pub struct LocalRegistry {
     map: watch::Sender<RegionMap>,
-    certificates: Mutex<Vec<(ServerAddr, CertificateDer<'static>)>>,
+    certificates: Mutex<Vec<(ServerAddr, CertSource)>>,
 }
+
+/// Where the registry reads a server's certificate: a fixed one, or the one its TLS
+/// settings present now (so a certificate rotated live stays trusted by local clients).
+type CertSource = Arc<dyn Fn() -> CertificateDer<'static> + Send + Sync>;
 
 impl std::fmt::Debug for LocalRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,9 +69,20 @@ impl LocalRegistry {
         server: ServerEndpoint,
         certificate: CertificateDer<'static>,
     ) -> Registration {
+        self.register_with(region, server, move || certificate.clone())
+    }
+
+    /// As [`register`](Self::register), with the certificate read from `current` whenever
+    /// a client dials: a server whose certificate rotates stays trusted with the new one.
+    pub fn register_with(
+        &self,
+        region: &str,
+        server: ServerEndpoint,
+        current: impl Fn() -> CertificateDer<'static> + Send + Sync + 'static,
+    ) -> Registration {
         let addr = server.addr.clone();
         if let Ok(mut certs) = self.certificates.lock() {
-            certs.push((addr.clone(), certificate));
+            certs.push((addr.clone(), Arc::new(current)));
         }
         self.map.send_modify(|m| {
             m.add_server(region, server);
@@ -91,7 +106,7 @@ impl LocalRegistry {
     pub fn roots(&self) -> Vec<CertificateDer<'static>> {
         self.certificates
             .lock()
-            .map(|r| r.iter().map(|(_, c)| c.clone()).collect())
+            .map(|r| r.iter().map(|(_, c)| c()).collect())
             .unwrap_or_default()
     }
 
@@ -103,7 +118,7 @@ impl LocalRegistry {
             .iter()
             .rev()
             .find(|(a, _)| a == addr)
-            .map(|(_, c)| c.clone())
+            .map(|(_, c)| c())
     }
 
     /// The current map.

@@ -391,10 +391,11 @@ impl<P: PayloadStyle> ServerBuilder<P> {
                     std::net::Ipv4Addr::LOCALHOST.into()
                 });
             }
-            crate::discovery::LocalRegistry::global().register(
+            let tls = tls.clone();
+            crate::discovery::LocalRegistry::global().register_with(
                 &shared.region,
                 crate::discovery::ServerEndpoint::new(addr, name),
-                tls.end_entity(),
+                move || tls.end_entity(),
             )
         });
         Ok(Server {

@@ -118,14 +118,18 @@ impl ServerTls {
         self.set_identity(Identity::from_pem_files(cert, key)?)
     }
 
-    /// The end-entity certificate the server presents (the first of its chain): what an
+    /// The end-entity certificate the server presents now (the first of its chain, after
+    /// any rotation): what an
     /// in-process client pins for this server's address. Never the chain's last
     /// certificate, which for a real chain is a CA trusted for every name it issued.
     pub(crate) fn end_entity(&self) -> CertificateDer<'static> {
-        self.identity
-            .chain
-            .first()
-            .cloned()
+        let current = match self.current.0.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        current
+            .and_then(|c| c.cert.first().cloned())
+            .or_else(|| self.identity.chain.first().cloned())
             .unwrap_or_else(|| CertificateDer::from(Vec::new()))
     }
 

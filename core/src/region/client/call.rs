@@ -337,8 +337,19 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                 let resend = attempts > 0 && !last.as_ref().is_some_and(Status::is_known_not_run);
                 let key = self.options.routing_key.as_deref();
                 let picked = match inner.pick(&self.method, key, &tried, resend) {
-                    // Every candidate tried: the ones tried before may take it again.
+                    // Every candidate tried: the ones tried before may take it again. A
+                    // call waiting for ready whose last try never ran (the server was
+                    // down) waits a step first, so it does not spend its attempts on the
+                    // same down server within microseconds while another may be coming.
                     Err(NoPick::NoServer) if !tried.is_empty() => {
+                        let never_ran = last.as_ref().is_some_and(Status::is_known_not_run);
+                        if never_ran
+                            && self.options.wait_for_ready
+                            && self.wait_for_server(&inner, started, false, deadline).await
+                        {
+                            tried.clear();
+                            continue;
+                        }
                         inner.pick(&self.method, key, &[], resend)
                     }
                     other => other,
@@ -398,7 +409,13 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                     }
                     Attempt::Done(Err(status)) => {
                         let retryable = policy.may_send_again_before(&status, idempotent, deadline);
-                        if !retryable || attempts >= policy.max_attempts {
+                        // A call waiting for ready, within a deadline, keeps trying while
+                        // its tries provably never run (no server was up to take it): the
+                        // deadline bounds it, and the waits between tries pace it.
+                        let waiting = self.options.wait_for_ready
+                            && deadline.is_some()
+                            && status.is_known_not_run();
+                        if !retryable || (attempts >= policy.max_attempts && !waiting) {
                             return Err(status);
                         }
                         last = Some(status);
