@@ -101,7 +101,12 @@ fn root_reexports() -> BTreeMap<String, String> {
     let lib = code_of(&std::fs::read_to_string(src_dir().join("lib.rs")).expect("lib.rs"));
     let mut map = BTreeMap::new();
     for stmt in lib.split(';') {
-        let Some(body) = stmt.trim().strip_prefix("pub use ") else {
+        // Attributes such as `#[cfg(feature = "dev")]` may precede a re-export.
+        let mut stmt = stmt.trim();
+        while let Some(rest) = stmt.strip_prefix("#[") {
+            stmt = rest.split_once(']').map_or("", |(_, after)| after).trim();
+        }
+        let Some(body) = stmt.strip_prefix("pub use ") else {
             continue;
         };
         let module = first_segment(body);

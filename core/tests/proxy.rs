@@ -1257,5 +1257,18 @@ async fn mutual_tls_on_both_sides_of_the_proxy_from_its_toml() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("go together"), "{err}");
+
+    // `listen` takes a host name too, resolved when the proxy binds.
+    write("callers.pem", new_callers.certificate_pem());
+    let named = toml.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost:0\"");
+    let by_name = Proxy::from_config(ProxyConfig::from_toml_str(&named).unwrap())
+        .await
+        .unwrap();
+    assert!(by_name.local_addr().ip().is_loopback());
+    let unknown = named.replace("localhost:0", "no-such-host.invalid:0");
+    let err = Proxy::from_config(ProxyConfig::from_toml_str(&unknown).unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

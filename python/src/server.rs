@@ -110,9 +110,19 @@ impl NativeServer {
         etcd_ttl: f64,
         client_ca_file: Option<String>,
     ) -> PyResult<NativeServer> {
-        let host: IpAddr = host.parse().map_err(|_| {
-            PyValueError::new_err(format!("host must be an IP address, got {host:?}"))
-        })?;
+        // An IP address, or a host name resolved now (its first address).
+        let host: IpAddr = match host.parse() {
+            Ok(ip) => ip,
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, 0u16))
+                .ok()
+                .and_then(|mut found| found.next())
+                .map(|a| a.ip())
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "host must be an IP address or a name that resolves, got {host:?}"
+                    ))
+                })?,
+        };
         let tls_files = match (cert_file, key_file) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,

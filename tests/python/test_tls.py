@@ -342,3 +342,18 @@ def test_both_sides_rotate_to_a_new_ca_without_dropping_connections(tmp_path, ma
     server.stop(grace=0.5)
     server.start()
     assert client.whoami() == SPIFFE
+
+
+def test_a_server_host_may_be_a_name(make_server, region):
+    server = make_server(region, host="localhost")
+
+    @server.rpc
+    def ping(n):
+        return n + 1
+
+    server.start()
+    host, port = server.address
+    assert host in ("127.0.0.1", "::1")
+    assert _client(region, port, None).ping(1) == 2
+    with pytest.raises(ValueError, match="no-such-host.invalid"):
+        meridian.RPCServer(region, host="no-such-host.invalid")

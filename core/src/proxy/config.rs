@@ -1,6 +1,5 @@
 //! [`ProxyConfig`]: the proxy's TOML configuration.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -35,8 +34,9 @@ use crate::transport::{ClientTls, ServerTls};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// Address the proxy listens on.
-    pub listen: SocketAddr,
+    /// Address the proxy listens on: `IP:port`, or `host:port` resolved when it binds
+    /// (the first address the name resolves to).
+    pub listen: crate::discovery::ServerAddr,
     /// Where the proxy runs, announced in its HELLO (default `proxy`).
     #[serde(default = "default_region")]
     pub proxy_region: String,

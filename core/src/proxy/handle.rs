@@ -176,7 +176,12 @@ impl Proxy {
         if let Some(n) = config.max_calls_per_client {
             builder = builder.max_calls_per_client(n);
         }
-        builder.bind(config.listen, server_tls).await
+        let listen = config
+            .listen
+            .resolve()
+            .await
+            .map_err(|e| Error::Config(format!("proxy: listen: {e}")))?;
+        builder.bind(listen, server_tls).await
     }
 
     /// Reads a TOML configuration file (see [`ProxyConfig`]) and starts the proxy.

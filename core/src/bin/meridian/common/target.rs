@@ -409,11 +409,25 @@ impl TargetArgs {
             if connected == addrs.len() {
                 break;
             }
-            if connected > 0 {
+            // With --home-region, a server of that region is what the call is for: wait
+            // for one (within the connect timeout) rather than go elsewhere at once.
+            // (Connected, and seen healthy by the client's region selector, which a probe
+            // tick updates just after.)
+            let home_waiting = self.home_region.as_ref().is_some_and(|home| {
+                !stats
+                    .servers
+                    .iter()
+                    .any(|s| s.connected && &s.region == home)
+                    || !stats.regions.iter().any(|r| &r.name == home && r.healthy)
+            });
+            if connected > 0 && !home_waiting {
                 let first = *first_at.get_or_insert(now);
                 if now >= first + GRACE_AFTER_FIRST || now >= end {
                     break;
                 }
+            }
+            if connected > 0 && home_waiting && now >= end {
+                break;
             }
             if now >= end {
                 // Nobody answered: the client's own reason when it refused every server
