@@ -603,3 +603,93 @@ fn sighup_reloads_the_server_certificate() {
     serve.wait_log(&["certificate reload failed"]);
     assert_eq!(call(&new_ca).status.code(), Some(0));
 }
+
+#[cfg(unix)]
+#[test]
+fn sighup_rereads_the_client_cas_of_a_mutual_tls_server() {
+    let dir = Scratch::new("sighup-mtls");
+    let pem = |der: &[rustls::pki_types::CertificateDer<'static>]| -> String {
+        der.iter()
+            .map(|c| meridian::transport::pem_encode("CERTIFICATE", c))
+            .collect()
+    };
+    let write = |name: &str, text: String| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let servers = meridian::DevCa::new().unwrap();
+    let (old_clients, new_clients) = (
+        meridian::DevCa::new().unwrap(),
+        meridian::DevCa::new().unwrap(),
+    );
+    let server_id = servers.issue_server(&["localhost"]).unwrap();
+    let cert = write("server.pem", pem(&server_id.chain));
+    let key = write(
+        "server.key",
+        meridian::transport::pem_encode("PRIVATE KEY", server_id.key.secret_der()),
+    );
+    let ca = write("servers-ca.pem", servers.certificate_pem());
+    let client_cas = write("client-cas.pem", old_clients.certificate_pem());
+    let client_files = |ca: &meridian::DevCa, tag: &str| {
+        let id = ca.issue_client(&format!("{tag}-client")).unwrap();
+        (
+            write(&format!("{tag}.pem"), pem(&id.chain)),
+            write(
+                &format!("{tag}.key"),
+                meridian::transport::pem_encode("PRIVATE KEY", id.key.secret_der()),
+            ),
+        )
+    };
+    let old_client = client_files(&old_clients, "old");
+    let new_client = client_files(&new_clients, "new");
+    let mut serve = Daemon::start(
+        &["serve", "--cert", &cert, "--key", &key, "--ca", &client_cas],
+        &dir.0,
+        &[],
+        "methods: ",
+    );
+    let addr = serve.field("address: ");
+    let call = |(c, k): &(String, String)| {
+        run(
+            &[
+                "call",
+                "--connect",
+                &addr,
+                "--server-name",
+                "localhost",
+                "--ca",
+                &ca,
+                "--cert",
+                c,
+                "--key",
+                k,
+                "add",
+                "1",
+                "2",
+            ],
+            &dir.0,
+        )
+    };
+    let o = call(&old_client);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = call(&new_client);
+    assert_ne!(o.status.code(), Some(0), "not yet trusted: {o:?}");
+
+    // The client CA file now names the new CA; SIGHUP rereads it with the certificate.
+    write("client-cas.pem", new_clients.certificate_pem());
+    let hup = Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    serve.wait_log(&["certificates reloaded"]);
+    let o = call(&new_client);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = call(&old_client);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "the old CA's clients are refused now: {o:?}"
+    );
+}
