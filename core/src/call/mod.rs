@@ -9,7 +9,9 @@ mod reset;
 mod retry;
 mod unwind;
 
-pub(crate) use frames::{closed_before_run, data_chunks, FramedRecv, RecvError};
+pub(crate) use frames::{
+    closed_before_run, data_chunks, inline_frames, FramedRecv, RecvError, INLINE_MESSAGE,
+};
 pub(crate) use messages::{decode_raw, DecodeFn, EncodeFn};
 pub use payload::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 pub(crate) use reset::{reset_for_status, status_for_reset};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tracing::{debug, field};
 
 use super::connection::ChannelInner;
@@ -14,12 +14,19 @@ use super::response::{CallTiming, Response, ServedBy};
 use super::retry::{Failure, Reach, Retry};
 use super::streaming::Streaming;
 use crate::call::{
-    closed_before_run, data_chunks, decode_raw, status_for_reset, DecodeFn, FramedRecv, RecvError,
+    closed_before_run, data_chunks, decode_raw, inline_frames, status_for_reset, DecodeFn,
+    FramedRecv, RecvError, INLINE_MESSAGE,
 };
 use crate::codec::Codec;
 use crate::status::Status;
 use crate::transport::describe_connection_error;
 use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, WireLimits};
+
+thread_local! {
+    /// A call's HEADERS frame before it is copied next to its request: kept per thread so
+    /// encoding it allocates nothing.
+    static HEAD: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
 
 /// What follows a call's HEADERS.
 pub(super) enum Request {
@@ -141,15 +148,31 @@ pub(super) async fn open_call(
     }
     // The time left now, after connecting and waiting for stream credit.
     headers.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    let head = headers.to_frame().freeze();
     let started = Instant::now();
     let finish = matches!(request, Request::Single(_));
     let written = match request {
+        // HEADERS and a small request's DATA leave together, as one buffer.
+        Request::Single(msg) if msg.len() <= INLINE_MESSAGE => {
+            let one = HEAD.with_borrow_mut(|scratch| {
+                scratch.clear();
+                let start = headers.frame_into(scratch);
+                let one = inline_frames(&scratch[start..], &msg, &[]);
+                if scratch.capacity() > 16 << 10 {
+                    *scratch = BytesMut::new();
+                }
+                one
+            });
+            send.write_all_chunks(&mut [one]).await
+        }
         Request::Single(msg) => {
+            let head = headers.to_frame().freeze();
             let [hdr, payload] = data_chunks(msg);
             send.write_all_chunks(&mut [head, hdr, payload]).await
         }
-        Request::Stream => send.write_all(&head).await,
+        Request::Stream => {
+            let head = headers.to_frame().freeze();
+            send.write_all_chunks(&mut [head]).await
+        }
     };
     let mut recv = CallRecv {
         recv: FramedRecv::new(recv, inner.wire),
@@ -459,11 +482,8 @@ impl CallRecv {
             metadata: t.metadata,
             served_by: Some(ServedBy {
                 addr: self._channel.addr,
-                server_id: hello
-                    .as_ref()
-                    .map(|h| h.server_id.clone())
-                    .unwrap_or_default(),
-                region: hello.map(|h| h.region.clone()).unwrap_or_default(),
+                hello,
+                routed_region: None,
             }),
         })
     }

@@ -15,16 +15,37 @@ pub struct Response<T> {
 }
 
 /// Which server answered a call (see [`Response::served_by`]).
+///
+/// Made without copying anything: it shares the server's HELLO, so knowing who answered
+/// costs a call no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedBy {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hello: Option<std::sync::Arc<crate::wire::Hello>>,
+    /// A region client's routing region, which wins over the HELLO's.
+    pub(crate) routed_region: Option<std::sync::Arc<str>>,
+}
+
+impl ServedBy {
     /// The address the answering attempt was sent to (through a proxy: the proxy's).
-    pub addr: SocketAddr,
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The server id its HELLO announced (empty if no HELLO had arrived yet).
-    pub server_id: String,
+    pub fn server_id(&self) -> &str {
+        self.hello.as_deref().map_or("", |h| h.server_id.as_str())
+    }
+
     /// The region: for a [`RegionClient`](crate::region::RegionClient)'s call, the region
     /// of the map it was routed to; for a channel's, the one the HELLO announced (a
     /// proxy announces its own).
-    pub region: String,
+    pub fn region(&self) -> &str {
+        match &self.routed_region {
+            Some(r) => r,
+            None => self.hello.as_deref().map_or("", |h| h.region.as_str()),
+        }
+    }
 }
 
 /// Where the time of one call went: the client's own measure of the whole call, and the
@@ -135,7 +156,10 @@ impl<T> Response<T> {
     /// Sets the region of [`served_by`](Self::served_by) (a region client's routing region).
     pub(crate) fn set_served_region(&mut self, region: &str) {
         if let Some(s) = &mut self.served_by {
-            s.region = region.to_string();
+            // Usually the server announces the region the map puts it in: nothing to keep.
+            if s.region() != region {
+                s.routed_region = Some(region.into());
+            }
         }
     }
 }

@@ -161,7 +161,7 @@ pub(super) async fn forward_unary(
         .instrument(hop.span.clone())
         .await;
     if let Some(s) = result.as_ref().ok().and_then(|r| r.served_by()) {
-        hop.served_by = Some(format!("{}/{}@{}", s.region, s.server_id, s.addr));
+        hop.served_by = Some(format!("{}/{}@{}", s.region(), s.server_id(), s.addr()));
     }
     hop.settle(result.map(unpack))
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::call::{data_chunks, FramedRecv};
+use crate::call::{data_chunks, inline_frames, FramedRecv, INLINE_MESSAGE};
 use crate::status::Status;
 use crate::wire::{reset, Trailers};
 
@@ -37,6 +37,12 @@ impl WriteBound {
     }
 }
 
+thread_local! {
+    /// The TRAILERS frame of the answer being written, before it is copied next to the
+    /// reply: kept per thread so framing it allocates nothing.
+    static TAIL: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
 /// Writes TRAILERS (after an optional response message) and finishes the stream; returns
 /// whether it did (not if the client stopped the stream, the write ran past its bound or
 /// the connection is gone).
@@ -50,17 +56,34 @@ pub(super) async fn finish_call(
     trailers: Trailers,
     bound: WriteBound,
 ) -> bool {
-    let mut tail = BytesMut::with_capacity(32 + trailers.message.len());
-    trailers.put_frame(&mut tail);
-    let write = async {
-        match reply {
+    // The common answer (a small reply, then the TRAILERS) goes out as one buffer: one
+    // allocation, one chunk. A large reply is not copied: its DATA header, the reply and
+    // the TRAILERS are three chunks.
+    let mut chunks = TAIL.with_borrow_mut(|tail| {
+        tail.clear();
+        trailers.put_frame(tail);
+        let framed = match reply {
+            Some(msg) if msg.len() <= INLINE_MESSAGE => (
+                [inline_frames(&[], &msg, tail), Bytes::new(), Bytes::new()],
+                1,
+            ),
             Some(msg) => {
                 let [hdr, payload] = data_chunks(msg);
-                send.write_all_chunks(&mut [hdr, payload, tail.freeze()])
-                    .await
+                ([hdr, payload, Bytes::copy_from_slice(tail)], 3)
             }
-            None => send.write_all(&tail).await,
+            None => (
+                [Bytes::copy_from_slice(tail), Bytes::new(), Bytes::new()],
+                1,
+            ),
+        };
+        if tail.capacity() > 16 << 10 {
+            *tail = BytesMut::new();
         }
+        framed
+    });
+    let write = async {
+        let (all, n) = &mut chunks;
+        send.write_all_chunks(&mut all[..*n]).await
     };
     // The write is polled before the clock, so bytes that fit go out even when the bound
     // has passed already (a DEADLINE_EXCEEDED answer, say).

@@ -13,6 +13,9 @@ use super::varint::{
 };
 use crate::codec::Codec;
 
+/// Room left before a frame's payload for its header: a kind byte and the longest varint.
+const FRAME_ROOM: usize = 9;
+
 const HF_IDEMPOTENT: u8 = 0x01;
 const HF_DEADLINE: u8 = 0x02;
 const HF_KEY: u8 = 0x04;
@@ -75,17 +78,26 @@ impl RequestHeaders {
     /// Encodes a complete HEADERS frame (one allocation: the payload is written after
     /// room for the largest frame header, which is then written just before it).
     pub fn to_frame(&self) -> BytesMut {
-        const ROOM: usize = 9;
-        let mut out =
-            BytesMut::with_capacity(ROOM + 64 + self.method.len() + self.metadata.byte_size());
-        out.resize(ROOM, 0);
-        self.encode(&mut out);
-        let len = out.len() - ROOM;
-        let start = ROOM - 1 - varint_len(len as u64);
-        let mut head = &mut out[start..ROOM];
-        put_frame_header(&mut head, FrameKind::Headers, len);
+        let mut out = BytesMut::with_capacity(
+            FRAME_ROOM + 64 + self.method.len() + self.metadata.byte_size(),
+        );
+        let start = self.frame_into(&mut out);
         out.advance(start);
         out
+    }
+
+    /// Encodes a complete HEADERS frame into `out`, which must be empty: the frame is
+    /// `out[start..]` for the returned `start` (the payload is written after room for the
+    /// largest frame header, which is then written just before it).
+    pub fn frame_into(&self, out: &mut BytesMut) -> usize {
+        debug_assert!(out.is_empty());
+        out.resize(FRAME_ROOM, 0);
+        self.encode(out);
+        let len = out.len() - FRAME_ROOM;
+        let start = FRAME_ROOM - 1 - varint_len(len as u64);
+        let mut head = &mut out[start..FRAME_ROOM];
+        put_frame_header(&mut head, FrameKind::Headers, len);
+        start
     }
 
     /// Decodes a HEADERS payload.

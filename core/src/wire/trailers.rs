@@ -76,11 +76,21 @@ impl Trailers {
         }
     }
 
-    /// Appends a complete TRAILERS frame to `out`.
+    /// Appends a complete TRAILERS frame to `out`. The payload is encoded first in a
+    /// buffer kept per thread, so framing it allocates nothing beyond `out`'s growth.
     pub fn put_frame(&self, out: &mut BytesMut) {
-        let mut payload = BytesMut::with_capacity(16 + self.message.len());
-        self.encode(&mut payload);
-        put_frame(out, FrameKind::Trailers, &payload);
+        thread_local! {
+            static PAYLOAD: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+        }
+        PAYLOAD.with_borrow_mut(|payload| {
+            payload.clear();
+            self.encode(payload);
+            put_frame(out, FrameKind::Trailers, payload);
+            // A huge message once does not pin its buffer for the thread's life.
+            if payload.capacity() > 16 << 10 {
+                *payload = BytesMut::new();
+            }
+        });
     }
 
     /// Decodes a TRAILERS payload.

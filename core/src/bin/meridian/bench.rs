@@ -98,8 +98,13 @@ async fn one_call(
         Ok(None)
     } else {
         let r = target.unary_response(method, options, request).await?;
-        Ok(r.served_by()
-            .map(|by| (by.region.clone(), by.server_id.clone(), by.addr.to_string())))
+        Ok(r.served_by().map(|by| {
+            (
+                by.region().to_string(),
+                by.server_id().to_string(),
+                by.addr().to_string(),
+            )
+        }))
     }
 }
 

@@ -102,12 +102,12 @@ fn timing_line(t: &meridian::CallTiming) -> String {
 
 /// `served by eu-1 in eu (127.0.0.1:7001)`.
 fn served_by_text(by: &meridian::ServedBy) -> String {
-    let id = if by.server_id.is_empty() {
+    let id = if by.server_id().is_empty() {
         "?"
     } else {
-        &by.server_id
+        by.server_id()
     };
-    format!("served by {id} in {} ({})", by.region, by.addr)
+    format!("served by {id} in {} ({})", by.region(), by.addr())
 }
 
 /// The `--timing` figures as one JSON object, in milliseconds, with who answered.
@@ -126,9 +126,9 @@ fn timing_json(t: &meridian::CallTiming, by: Option<&meridian::ServedBy>) -> ser
     }
     if let Some(by) = by {
         v["served_by"] = serde_json::json!({
-            "server_id": by.server_id,
-            "region": by.region,
-            "address": by.addr.to_string(),
+            "server_id": by.server_id(),
+            "region": by.region(),
+            "address": by.addr().to_string(),
         });
     }
     v
