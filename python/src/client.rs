@@ -176,9 +176,8 @@ pub(crate) struct NativeClient {
     home: Option<String>,
     source: Source,
     roots_file: Option<String>,
-    /// The client certificate presented to servers that require one (mutual TLS).
-    identity: Option<Identity>,
-    /// Its certificate and key files, which `reload_tls` reads again.
+    /// The certificate and key files presented to servers that require one (mutual
+    /// TLS): read when the region client is built, and again by `reload_tls`.
     identity_files: Option<(String, String)>,
     client: Mutex<Option<RegionClient>>,
     wait_for_ready: bool,
@@ -222,15 +221,10 @@ impl NativeClient {
             }
         };
         // The certificate files as they are now (a client closed after `reload_tls`
-        // starts again with the rotated ones), else the identity read at construction.
-        let identity = match &self.identity_files {
-            Some((cert, key)) => Some(
-                Identity::from_pem_files(cert, key)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
-            ),
-            None => self.identity.clone(),
-        };
-        if let Some(identity) = identity {
+        // starts again with the rotated ones).
+        if let Some((cert, key)) = &self.identity_files {
+            let identity = Identity::from_pem_files(cert, key)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
             tls = tls.with_identity(identity);
         }
         let discovery: Arc<dyn Discovery> = match &self.source {
@@ -282,15 +276,13 @@ impl NativeClient {
         client_cert_file: Option<String>,
         client_key_file: Option<String>,
     ) -> PyResult<NativeClient> {
-        let identity_files = match (&client_cert_file, &client_key_file) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            _ => None,
-        };
-        let identity = match (client_cert_file, client_key_file) {
-            (Some(cert), Some(key)) => Some(
+        let identity_files = match (client_cert_file, client_key_file) {
+            (Some(cert), Some(key)) => {
+                // Read now so bad files fail here, not at the first call.
                 Identity::from_pem_files(&cert, &key)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
-            ),
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                Some((cert, key))
+            }
             (None, None) => None,
             _ => {
                 return Err(PyValueError::new_err(
@@ -355,7 +347,6 @@ impl NativeClient {
             home,
             source,
             roots_file: roots,
-            identity,
             identity_files,
             client: Mutex::new(None),
             wait_for_ready,

@@ -32,6 +32,51 @@ fn not_present(what: &str) -> Fail {
     Fail::new(meridian_status::MERIDIAN_NOT_PRESENT, what.to_string())
 }
 
+/// Stores in `*out` what `value` reads from the request (the count and flag getters).
+///
+/// # Safety
+/// `request` is NULL or the handler's request; `out` is NULL or writable.
+unsafe fn store<T>(
+    request: *const meridian_request,
+    out: *mut T,
+    out_name: &str,
+    value: impl FnOnce(&meridian_request) -> T,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { borrow(request, "request") }?;
+        out_ptr(out, out_name)?;
+        let v = value(r);
+        // SAFETY: checked non-NULL above.
+        unsafe { write_out(out, v) };
+        Ok(())
+    })
+}
+
+/// Copies the `index`th of the names `list` gives (none without mutual TLS) into `buf`,
+/// as the module convention says (the indexed name getters).
+///
+/// # Safety
+/// `request` is NULL or the handler's request; `len_out` is NULL or writable; `buf` is
+/// NULL or writable for `cap` bytes.
+unsafe fn nth_name(
+    request: *const meridian_request,
+    index: usize,
+    what: &str,
+    list: fn(&PeerIdentity) -> &[String],
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { borrow(request, "request") }?;
+        let name = nth(identity(r).map_or(&[][..], list), index, what)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { copy_text(name, buf, cap, len_out) }
+    })
+}
+
 /// The client's address as text, "IP:port" ("[IPv6]:port" for IPv6), copied into `buf`
 /// (see the module convention: `buf` NULL and `cap` 0 ask for the length; a short buffer
 /// gets `MERIDIAN_OUT_OF_RANGE`). 64 bytes always suffice.
@@ -66,14 +111,12 @@ pub unsafe extern "C" fn meridian_request_peer_verified(
     request: *const meridian_request,
     verified_out: *mut bool,
 ) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        out_ptr(verified_out, "verified_out")?;
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(verified_out, identity(r).is_some()) };
-        Ok(())
-    })
+    // SAFETY: as documented.
+    unsafe {
+        store(request, verified_out, "verified_out", |r| {
+            identity(r).is_some()
+        })
+    }
 }
 
 /// The number of DNS names among the subject alternative names of the client's verified
@@ -86,15 +129,12 @@ pub unsafe extern "C" fn meridian_request_peer_dns_name_count(
     request: *const meridian_request,
     count_out: *mut usize,
 ) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        out_ptr(count_out, "count_out")?;
-        let n = identity(r).map_or(0, |p| p.dns_names().len());
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(count_out, n) };
-        Ok(())
-    })
+    // SAFETY: as documented.
+    unsafe {
+        store(request, count_out, "count_out", |r| {
+            identity(r).map_or(0, |p| p.dns_names().len())
+        })
+    }
 }
 
 /// The `index`th DNS name of the client's verified certificate (0-based, below
@@ -113,14 +153,18 @@ pub unsafe extern "C" fn meridian_request_peer_dns_name(
     cap: usize,
     len_out: *mut usize,
 ) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        let names = identity(r).map_or(&[][..], |p| p.dns_names());
-        let name = nth(names, index, "DNS name")?;
-        // SAFETY: as documented.
-        unsafe { copy_text(name, buf, cap, len_out) }
-    })
+    // SAFETY: as documented.
+    unsafe {
+        nth_name(
+            request,
+            index,
+            "DNS name",
+            PeerIdentity::dns_names,
+            buf,
+            cap,
+            len_out,
+        )
+    }
 }
 
 /// The number of URIs (such as a SPIFFE ID) among the subject alternative names of the
@@ -133,15 +177,12 @@ pub unsafe extern "C" fn meridian_request_peer_uri_count(
     request: *const meridian_request,
     count_out: *mut usize,
 ) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        out_ptr(count_out, "count_out")?;
-        let n = identity(r).map_or(0, |p| p.uris().len());
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(count_out, n) };
-        Ok(())
-    })
+    // SAFETY: as documented.
+    unsafe {
+        store(request, count_out, "count_out", |r| {
+            identity(r).map_or(0, |p| p.uris().len())
+        })
+    }
 }
 
 /// The `index`th URI subject alternative name of the client's verified certificate
@@ -159,14 +200,8 @@ pub unsafe extern "C" fn meridian_request_peer_uri(
     cap: usize,
     len_out: *mut usize,
 ) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        let uris = identity(r).map_or(&[][..], |p| p.uris());
-        let uri = nth(uris, index, "URI")?;
-        // SAFETY: as documented.
-        unsafe { copy_text(uri, buf, cap, len_out) }
-    })
+    // SAFETY: as documented.
+    unsafe { nth_name(request, index, "URI", PeerIdentity::uris, buf, cap, len_out) }
 }
 
 /// The subject common name (CN) of the client's verified certificate, copied into `buf`
@@ -229,15 +264,12 @@ pub unsafe extern "C" fn meridian_request_peer_certificate_count(
     request: *const meridian_request,
     count_out: *mut usize,
 ) -> meridian_status {
-    boundary(|| {
-        // SAFETY: as documented.
-        let r = unsafe { borrow(request, "request") }?;
-        out_ptr(count_out, "count_out")?;
-        let n = identity(r).map_or(0, |p| p.certificates().len());
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(count_out, n) };
-        Ok(())
-    })
+    // SAFETY: as documented.
+    unsafe {
+        store(request, count_out, "count_out", |r| {
+            identity(r).map_or(0, |p| p.certificates().len())
+        })
+    }
 }
 
 /// The `index`th certificate of the client's verified chain (0: the client's own) as
