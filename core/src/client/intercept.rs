@@ -94,8 +94,9 @@ pub struct CallEnd<'a> {
 /// One link of a client's interceptor chain ([`ChannelBuilder::intercept`],
 /// `RegionClientBuilder::intercept`).
 ///
-/// Interceptors run in the order they were added, once per call (a region client's
-/// retries and hedges are one call), before the request is encoded; the first refusal
+/// Interceptors run in the order they were added, once per call, before the request is
+/// encoded (on a region client, before the call is routed: its retries and hedges are
+/// made beneath the chain); the first refusal
 /// ends the call with its status and nothing is sent. [`after`](Self::after) runs for
 /// every interceptor whose [`before`](Self::before) let the call through, last first,
 /// whatever the outcome, including a call dropped by its caller.
