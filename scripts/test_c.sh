@@ -35,6 +35,11 @@ done
 echo "== libmeridian ($PROFILE): cargo build -p meridian-ffi"
 timeout 1800 cargo build "${CARGO_FLAGS[@]}" --lib --bins
 test -f "$LIBDIR/libmeridian.so" && test -f "$LIBDIR/libmeridian.a"
+# Programs linked with -lmeridian load the library by its SONAME (libmeridian.so.0.MINOR,
+# set by ffi-c/build.rs); in target/ that name is a link to the built file.
+SONAME=$(readelf -d "$LIBDIR/libmeridian.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+[ -n "$SONAME" ] || { echo "libmeridian.so has no SONAME"; exit 1; }
+ln -sfn libmeridian.so "$LIBDIR/$SONAME"
 
 echo "== the header is up to date (cbindgen drift check)"
 timeout 1200 cargo test --locked -p meridian-ffi --test header -q
@@ -54,6 +59,7 @@ build_c example_server examples/c/server.c
 build_c example_client examples/c/client.c
 build_c bench_unary ffi-c/bench/bench_unary.c
 c++ "${CXXFLAGS[@]}" -o "$OUT/example_client_cpp" examples/cpp/client.cpp "${LINK[@]}"
+c++ "${CXXFLAGS[@]}" -o "$OUT/example_server_cpp" examples/cpp/server.cpp "${LINK[@]}"
 # The static library links too (no run: the shared one is what the tests exercise).
 cc "${CFLAGS[@]}" -o "$OUT/test_ffi_static" tests/c/test_ffi.c "$LIBDIR/libmeridian.a" -lpthread -ldl -lm
 
@@ -132,6 +138,68 @@ start_server ex "$OUT/example_server" "$WORK/ex"
 timeout 60 "$OUT/example_client" "$PORT" "$WORK/ex/ca.pem"
 timeout 60 "$OUT/example_client_cpp" "$PORT" "$WORK/ex/ca.pem"
 stop_server ex
+echo "== examples: C++ server (RAII wrapper: handlers, trailers, streams, errors), C and C++ clients"
+start_server excpp "$OUT/example_server_cpp" "$WORK/ex"
+timeout 60 "$OUT/example_client" "$PORT" "$WORK/ex/ca.pem"
+timeout 60 "$OUT/example_client_cpp" "$PORT" "$WORK/ex/ca.pem" cpp
+stop_server excpp
+echo "== the C++ server and client again, built with AddressSanitizer and UBSan"
+for f in server client; do
+    c++ "${CXXFLAGS[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
+        -o "$OUT/example_${f}_cpp_asan" "examples/cpp/$f.cpp" "${LINK[@]}"
+done
+start_server excppasan "$OUT/example_server_cpp_asan" "$WORK/ex"
+timeout 120 "$OUT/example_client_cpp_asan" "$PORT" "$WORK/ex/ca.pem" cpp >/dev/null
+stop_server excppasan
+rm -rf "$WORK/ex"
+
+install_pkg() { # install_pkg TOOL PACKAGE: installs a Debian package when TOOL is missing
+    command -v "$1" >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "$2" >/dev/null
+    fi
+    command -v "$1" >/dev/null || { echo "$1 is missing (apt-get install -y $2)"; exit 1; }
+}
+
+echo "== installed library: scripts/install_c.sh, then builds through pkg-config and CMake"
+install_pkg pkg-config pkgconf
+install_pkg cmake cmake
+PREFIX_DIR="$WORK/prefix"
+install_flags=(--prefix "$PREFIX_DIR" --no-build)
+[ "$PROFILE" = debug ] && install_flags+=(--debug)
+bash scripts/install_c.sh "${install_flags[@]}"
+# The static archive exports the C interface and nothing else (no std/tokio/ring symbols).
+others=$(readelf -sW "$PREFIX_DIR/lib/libmeridian.a" | awk '($5 == "GLOBAL" || $5 == "WEAK") && $7 != "UND" && $8 !~ /^meridian_/' | wc -l)
+[ "$others" -eq 0 ] || { echo "libmeridian.a exports $others symbols besides meridian_*"; exit 1; }
+export PKG_CONFIG_PATH="$PREFIX_DIR/lib/pkgconfig"
+[ "$(pkg-config --modversion meridian)" = "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] \
+    || { echo "pkg-config reports version $(pkg-config --modversion meridian)"; exit 1; }
+INST="$WORK/installed"
+mkdir -p "$INST"
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Wextra -Werror -o "$INST/client_pc" examples/c/client.c \
+    $(pkg-config --cflags --libs meridian) -Wl,-rpath,"$PREFIX_DIR/lib"
+# shellcheck disable=SC2046
+c++ -std=c++17 -Wall -Wextra -Werror -o "$INST/client_cpp_pc" examples/cpp/client.cpp \
+    $(pkg-config --cflags --libs meridian) -Wl,-rpath,"$PREFIX_DIR/lib"
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Wextra -Werror -o "$INST/client_pc_static" examples/c/client.c \
+    $(pkg-config --cflags meridian) "$PREFIX_DIR/lib/libmeridian.a" $(pkg-config --libs-only-l --static meridian | sed 's/-lmeridian//')
+timeout 300 cmake -S tests/c/installed -B "$INST/cmake" -DCMAKE_PREFIX_PATH="$PREFIX_DIR" >/dev/null
+timeout 600 cmake --build "$INST/cmake" -j 2 >/dev/null
+readelf -d "$INST/client_pc" | grep -q "NEEDED.*\[$SONAME\]" || { echo "client_pc does not load $SONAME"; exit 1; }
+readelf -d "$INST/cmake/client_static" | grep -q "NEEDED.*libmeridian" && { echo "client_static loads libmeridian"; exit 1; }
+mkdir -p "$WORK/inst"
+start_server inst "$INST/cmake/server_cpp" "$WORK/inst"
+for client in "$INST/client_pc" "$INST/client_pc_static" "$INST/cmake/client_shared" "$INST/cmake/client_static"; do
+    echo "-- $(basename "$client") (installed library)"
+    timeout 60 "$client" "$PORT" "$WORK/inst/ca.pem" >/dev/null
+done
+echo "-- client_cpp_pc (installed library)"
+timeout 60 "$INST/client_cpp_pc" "$PORT" "$WORK/inst/ca.pem" cpp >/dev/null
+stop_server inst
+rm -rf "$WORK/inst" "$INST" "$PREFIX_DIR"
+unset PKG_CONFIG_PATH
 
 if ! command -v valgrind >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

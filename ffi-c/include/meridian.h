@@ -35,6 +35,21 @@
 // strings; integers must fit in 64 bits.
 #define MERIDIAN_PAYLOAD_JSON 1
 
+// The major version of the header (`0` while the interface may still change between minor
+// versions). The library's own is `meridian_version_number() >> 16`.
+#define MERIDIAN_VERSION_MAJOR 0
+
+// The minor version of the header. While the major version is 0, a new minor version may
+// change the interface, so the shared library's SONAME is `libmeridian.so.0.MINOR`.
+#define MERIDIAN_VERSION_MINOR 1
+
+// The patch version of the header.
+#define MERIDIAN_VERSION_PATCH 0
+
+// The header's version as one number, `(MAJOR << 16) | (MINOR << 8) | PATCH`, to compare
+// with `meridian_version_number()` (the library actually loaded) at run time.
+#define MERIDIAN_VERSION_NUMBER (((MERIDIAN_VERSION_MAJOR << 16) | (MERIDIAN_VERSION_MINOR << 8)) | MERIDIAN_VERSION_PATCH)
+
 // The result of every fallible function of the library.
 //
 // The numbers never change. `MERIDIAN_OK` is 7000; 7001 to 7016 are gRPC's status codes
@@ -195,8 +210,15 @@ typedef uint32_t (*meridian_handler)(void *user,
 extern "C" {
 #endif // __cplusplus
 
-// The library's version, a static NUL-terminated string (never freed).
+// The library's version, a static NUL-terminated string such as "meridian 0.1.0" (never
+// freed).
 const char *meridian_version(void);
+
+// The version of the library actually loaded, as `MERIDIAN_VERSION_NUMBER` encodes it:
+// `(major << 16) | (minor << 8) | patch`. A program built against one header and run with
+// another library can compare the two (while the major version is 0, the major and minor
+// parts must both match).
+uint32_t meridian_version_number(void);
 
 // The name of a status without its `MERIDIAN_` prefix ("OK", "DEADLINE_EXCEEDED",
 // "BAD_JSON", ...), or "UNRECOGNIZED" for a number that is not a status. The string is

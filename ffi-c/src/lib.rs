@@ -35,10 +35,35 @@ pub const MERIDIAN_PAYLOAD_RAW: u32 = 0;
 /// strings; integers must fit in 64 bits.
 pub const MERIDIAN_PAYLOAD_JSON: u32 = 1;
 
-/// The library's version, a static NUL-terminated string (never freed).
+/// The major version of the header (`0` while the interface may still change between minor
+/// versions). The library's own is `meridian_version_number() >> 16`.
+pub const MERIDIAN_VERSION_MAJOR: u32 = 0;
+/// The minor version of the header. While the major version is 0, a new minor version may
+/// change the interface, so the shared library's SONAME is `libmeridian.so.0.MINOR`.
+pub const MERIDIAN_VERSION_MINOR: u32 = 1;
+/// The patch version of the header.
+pub const MERIDIAN_VERSION_PATCH: u32 = 0;
+/// The header's version as one number, `(MAJOR << 16) | (MINOR << 8) | PATCH`, to compare
+/// with `meridian_version_number()` (the library actually loaded) at run time.
+pub const MERIDIAN_VERSION_NUMBER: u32 =
+    (MERIDIAN_VERSION_MAJOR << 16) | (MERIDIAN_VERSION_MINOR << 8) | MERIDIAN_VERSION_PATCH;
+
+/// The library's version, a static NUL-terminated string such as "meridian 0.1.0" (never
+/// freed).
 #[no_mangle]
 pub extern "C" fn meridian_version() -> *const c_char {
-    c"meridian 0.1.0".as_ptr()
+    concat!("meridian ", env!("CARGO_PKG_VERSION"), "\0")
+        .as_ptr()
+        .cast()
+}
+
+/// The version of the library actually loaded, as `MERIDIAN_VERSION_NUMBER` encodes it:
+/// `(major << 16) | (minor << 8) | patch`. A program built against one header and run with
+/// another library can compare the two (while the major version is 0, the major and minor
+/// parts must both match).
+#[no_mangle]
+pub extern "C" fn meridian_version_number() -> u32 {
+    MERIDIAN_VERSION_NUMBER
 }
 
 /// The name of a status without its `MERIDIAN_` prefix ("OK", "DEADLINE_EXCEEDED",

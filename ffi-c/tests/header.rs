@@ -28,3 +28,33 @@ fn committed_header_matches_a_fresh_generation() {
          run `MERIDIAN_BLESS=1 cargo test -p meridian-ffi --test header` and commit the result"
     );
 }
+
+/// The version macros in the header are literals (cbindgen cannot evaluate `env!`), so they
+/// are checked here against the crate's version: a release that bumps Cargo.toml and
+/// forgets the header fails this test.
+#[test]
+fn header_version_macros_match_the_crate_version() {
+    let header =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("include/meridian.h"))
+            .expect("read include/meridian.h");
+    let define = |name: &str| -> String {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+            .unwrap_or_else(|| panic!("the header defines no {name}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        define("MERIDIAN_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MAJOR")
+    );
+    assert_eq!(
+        define("MERIDIAN_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_MINOR")
+    );
+    assert_eq!(
+        define("MERIDIAN_VERSION_PATCH"),
+        env!("CARGO_PKG_VERSION_PATCH")
+    );
+}
