@@ -18,6 +18,7 @@ mod handshake;
 mod kinds;
 mod proxy_wan;
 mod report;
+mod scale;
 mod tls;
 
 use std::net::SocketAddr;
@@ -49,6 +50,11 @@ usage:
       a call through the region proxy against the same call made directly, over
       emulated WAN links, with the per-hop breakdown; with --append add the section
       to FILE
+  meridian-bench scale [--connections 2000] [--idle-calls 1000] [--burst 10000]
+                       [--stream-limit 1024] [--append FILE]
+      server memory per idle connection and per open idle call, many connections
+      to one server, a burst of calls over the stream limit on one connection, and
+      calls/s of a server with 1 and 2 worker threads against 2 load processes
   meridian-bench list
       print the known kinds";
 
@@ -60,6 +66,9 @@ fn main() -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("connect") => connect(&args[1..]),
         Some("proxy") => proxy(&args[1..]),
+        Some("scale") => scale(&args[1..]),
+        Some("scale-serve") => scale::serve(&args[1..]),
+        Some("scale-load") => scale::load_process(&args[1..]),
         Some("list") => {
             for kind in Kind::ALL {
                 println!("{}", kind.name());
@@ -174,6 +183,29 @@ fn connect(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     let section = tokio::task::LocalSet::new().block_on(&runtime, handshake::run(&plan))?;
+    print_and_append(&section, append.as_deref())
+}
+
+/// `scale [--connections N] [--idle-calls N] [--burst N] [--stream-limit N] [--append FILE]`.
+fn scale(args: &[String]) -> Result<()> {
+    let mut plan = scale::ScalePlan::default();
+    let mut append = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--connections" => plan.connections = value()?.parse()?,
+            "--idle-calls" => plan.idle_calls = value()?.parse()?,
+            "--burst" => plan.burst_calls = value()?.parse()?,
+            "--stream-limit" => plan.stream_limit = value()?.parse()?,
+            "--append" => append = Some(value()?.clone()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let section = tokio::task::LocalSet::new().block_on(&runtime, scale::run(&plan))?;
     print_and_append(&section, append.as_deref())
 }
 

@@ -36,7 +36,7 @@ fn transport_config() -> TransportConfig {
 }
 
 /// The bench's certificate as Meridian's identity type.
-fn meridian_identity(identity: &Identity) -> meridian::Identity {
+pub(crate) fn meridian_identity(identity: &Identity) -> meridian::Identity {
     meridian::Identity {
         chain: vec![identity.cert_der.clone()],
         key: PrivateKeyDer::Pkcs8(identity.key_der.clone_key()),
