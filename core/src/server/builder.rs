@@ -89,6 +89,7 @@ pub struct ServerBuilder<P = Typed> {
     pub(super) fallback: Option<Arc<Fallback>>,
     pub(super) access_log: bool,
     pub(super) interceptors: Vec<Arc<dyn super::Interceptor>>,
+    pub(super) task_per_call: bool,
     pub(super) style: PhantomData<P>,
 }
 
@@ -136,6 +137,21 @@ impl<P: PayloadStyle> ServerBuilder<P> {
         self
     }
 
+    /// Runs each call in a tokio task of its own instead of inside its connection's task
+    /// (the default).
+    ///
+    /// By default a connection's calls are polled together by the task serving that
+    /// connection: handlers still run concurrently, responses ready at the same moment
+    /// share packets, and no task is spawned per call. The price is that the calls of one
+    /// connection never run in parallel on a multi-threaded runtime, so a handler that
+    /// computes for long (without `.await`) holds up the others of its connection. Turn
+    /// this on for such handlers when one client sends most of the load, or move the work
+    /// to `tokio::task::spawn_blocking`.
+    pub fn task_per_call(mut self, on: bool) -> Self {
+        self.task_per_call = on;
+        self
+    }
+
     /// Logs one line per call at `info` under the target `meridian::access`: method,
     /// status, peer, duration, whether it came in 0-RTT data, and the W3C trace id and
     /// parent span when the call carries a `traceparent`. Off by default.
@@ -173,6 +189,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             fallback: self.fallback,
             access_log: self.access_log,
             interceptors: self.interceptors,
+            task_per_call: self.task_per_call,
             style: PhantomData,
         }
     }
@@ -352,6 +369,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             extra_catalog: Mutex::new(Vec::new()),
             transport: self.transport,
             client_auth: tls.requires_client_certs(),
+            task_per_call: self.task_per_call,
             shutting_down: AtomicBool::new(false),
             stopping: watch::channel(false).0,
             inflight: AtomicUsize::new(0),

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -126,8 +127,19 @@ async fn serve_connection(
             }
         });
     }
+    // The connection's calls run inside this task rather than one task each. A call's
+    // response write wakes quinn's connection driver; polled here, every call that is
+    // ready writes its response before the driver runs, so responses that are ready
+    // together leave in shared packets, on a multi-threaded runtime too (where a task
+    // per call let the woken driver run after each call and send one packet per
+    // response: 0.94 datagrams per call against 0.08). It also saves a task, its
+    // allocation and a cross-task wake-up per call. Handlers still run concurrently;
+    // one that computes for long should move that work to `spawn_blocking` (or the server
+    // can be built with `task_per_call`).
+    let mut calls = FuturesUnordered::new();
     loop {
         let accepted = tokio::select! {
+            Some(()) = calls.next(), if !calls.is_empty() => continue,
             bi = conn.accept_bi() => bi,
             uni = conn.accept_uni() => match uni {
                 // Clients have no unidirectional streams in this protocol: refuse each one
@@ -160,7 +172,7 @@ async fn serve_connection(
                     }
                     continue;
                 }
-                tokio::spawn(serve_call(
+                let call = serve_call(
                     shared.clone(),
                     open,
                     served.clone(),
@@ -168,11 +180,19 @@ async fn serve_connection(
                     confirmed.clone(),
                     send,
                     recv,
-                ));
+                );
+                if shared.task_per_call {
+                    tokio::spawn(call);
+                } else {
+                    calls.push(call);
+                }
             }
             Err(e) => {
                 debug!(%remote, reason = %e, "connection ended");
                 shared.forget(&conn);
+                // Calls still running end as they would have in tasks of their own
+                // (their handlers see the connection gone through their context).
+                while calls.next().await.is_some() {}
                 return;
             }
         }

@@ -79,6 +79,7 @@ impl Server {
             fallback: None,
             access_log: false,
             interceptors: Vec::new(),
+            task_per_call: false,
             style: std::marker::PhantomData,
         }
     }

@@ -25,6 +25,8 @@ pub(super) struct Shared {
     pub(super) extra_catalog: Mutex<Vec<MethodInfo>>,
     pub(super) transport: TransportConfig,
     pub(super) client_auth: bool,
+    /// [`ServerBuilder::task_per_call`](super::ServerBuilder::task_per_call).
+    pub(super) task_per_call: bool,
     /// Set when the server begins to stop: from then on no handler starts, and calls are
     /// refused with a status that says they did not run.
     pub(super) shutting_down: AtomicBool,

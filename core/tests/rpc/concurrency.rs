@@ -162,3 +162,54 @@ async fn calls_past_the_stream_limit_get_extra_connections() {
         }
     }
 }
+
+/// Two calls on one connection to a handler that blocks its thread until both are inside
+/// it (or 1 s passes). With `task_per_call` each call is a task of its own, so on a
+/// two-worker runtime both run in parallel and meet. By default a connection's calls are
+/// polled by its one task, so the first blocks the second until it gives up: the cost
+/// `ServerBuilder::task_per_call` documents, shown here so the two modes cannot silently
+/// swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_per_call_runs_one_connections_blocking_handlers_in_parallel() {
+    use std::sync::{Arc, Condvar, Mutex};
+    for per_call in [true, false] {
+        let arrived = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let a = arrived.clone();
+        let fx = Fixture::start_with(move |b| {
+            b.task_per_call(per_call).unary("meet", move |(): (), _| {
+                let a = a.clone();
+                async move {
+                    // Blocks the worker thread on purpose (no .await inside).
+                    let (count, cv) = &*a;
+                    let mut n = count.lock().unwrap();
+                    *n += 1;
+                    cv.notify_all();
+                    let (n, _) = cv
+                        .wait_timeout_while(n, Duration::from_secs(1), |n| *n < 2)
+                        .unwrap();
+                    Ok(*n >= 2)
+                }
+            })
+        })
+        .await;
+        let ch = fx.channel().await;
+        let (x, y) = tokio::join!(
+            ch.unary::<_, bool>("meet", &()),
+            ch.unary::<_, bool>("meet", &())
+        );
+        let met = [x.unwrap(), y.unwrap()];
+        assert_eq!(ch.stats().connections, 1);
+        if per_call {
+            assert_eq!(
+                met,
+                [true, true],
+                "with a task per call both handlers ran at once"
+            );
+        } else {
+            assert!(
+                met.contains(&false),
+                "one connection's task ran both blocking handlers at once: {met:?}"
+            );
+        }
+    }
+}
