@@ -167,7 +167,19 @@ struct ScaleServer {
 
 impl ScaleServer {
     fn spawn(threads: usize, streams: u32) -> Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
+        // MERIDIAN_BENCH_SERVER_WRAPPER runs the server under a tool, e.g.
+        // "valgrind --tool=dhat --dhat-out-file=/tmp/dhat.json" to see what its memory is.
+        let wrapper = std::env::var("MERIDIAN_BENCH_SERVER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(std::env::current_exe()?);
+                c
+            }
+            None => Command::new(std::env::current_exe()?),
+        };
+        let mut child = command
             .args(["scale-serve", "--threads", &threads.to_string()])
             .args(["--streams", &streams.to_string()])
             .stdin(Stdio::piped())
@@ -229,6 +241,15 @@ impl ScaleServer {
 
 impl Drop for ScaleServer {
     fn drop(&mut self) {
+        // Closing its stdin ends the server with exit(0), so a tool it runs under (see
+        // MERIDIAN_BENCH_SERVER_WRAPPER) writes its report; killed if it does not end.
+        drop(self.child.stdin.take());
+        for _ in 0..600 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -527,9 +548,17 @@ pub fn load_process(args: &[String]) -> Result<()> {
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let start = done.get();
+        let (start, before) = (done.get(), channel.stats());
         tokio::time::sleep(time).await;
-        let calls = done.get() - start;
+        let (calls, after) = (done.get() - start, channel.stats());
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            let n = calls.max(1) as f64;
+            eprintln!(
+                "  load process: datagrams per call sent {:.2}, received {:.2}",
+                (after.datagrams_sent - before.datagrams_sent) as f64 / n,
+                (after.datagrams_received - before.datagrams_received) as f64 / n
+            );
+        }
         stop.set(true);
         while let Some(joined) = workers.join_next().await {
             joined??;
