@@ -18,6 +18,16 @@
  * - The library owns one multi-threaded runtime, started on first use. Handlers and
  *   completion callbacks run concurrently on its threads; blocking functions called
  *   there return MERIDIAN_WOULD_DEADLOCK.
+ * - fork(): the parent is not affected. In the child, the first use starts a fresh
+ *   runtime of the child's own; the inherited one is never touched (its threads do not
+ *   exist there, and its epoll descriptor and sockets are shared with the parent).
+ *   Clients, streams and running servers made before the fork fail in the child with
+ *   MERIDIAN_FORKED at once (never a hang); make new ones in the child. Freeing such a
+ *   handle in the child leaks it on purpose (its destructor would close the parent's
+ *   sockets and deregister them from the parent's epoll). Configurations, call options,
+ *   responses and servers not yet started are plain data and work in the child; async
+ *   calls in flight at the fork complete in the parent only. Fork from an application
+ *   thread, not from a handler or callback.
  */
 
 #ifndef MERIDIAN_H
@@ -104,6 +114,10 @@ enum meridian_status
   // The operation is not available for this client or this build (e.g.
   // `meridian_client_metrics` on a direct client of one server).
   MERIDIAN_UNSUPPORTED = 7108,
+  // The handle was made in a parent process before `fork()` and cannot be used in the
+  // child (it shares the parent's sockets and runtime). Make a new one in the child;
+  // freeing the inherited one there leaks it on purpose.
+  MERIDIAN_FORKED = 7109,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -370,6 +384,8 @@ meridian_status meridian_client_wait_ready(const struct meridian_client *client,
                                            uint32_t timeout_ms);
 
 // Frees a client. NULL is harmless. Calls in flight on other threads must have returned.
+// In the child of a `fork()`, a client made before the fork is not closed but leaked on
+// purpose (its sockets are the parent's).
 //
 // # Safety
 // `client` is NULL or a client not yet freed; it must not be used afterwards.
@@ -707,7 +723,9 @@ meridian_status meridian_server_metrics(const struct meridian_server *server,
 meridian_status meridian_server_stop(struct meridian_server *server, uint32_t grace_ms);
 
 // Stops the server if it runs (no grace period), waits for running handlers to return,
-// and frees it. NULL is harmless. Must not be called from a handler.
+// and frees it. NULL is harmless. Must not be called from a handler. In the child of a
+// `fork()`, a server started before the fork is neither stopped nor waited for: it is
+// leaked on purpose (its socket and runtime are the parent's).
 //
 // # Safety
 // `server` is NULL or a server not yet freed.

@@ -63,7 +63,7 @@ pub extern "C" fn meridian_status_grpc_code(status: u32) -> i32 {
 
 fn status_from_u32(raw: u32) -> Option<meridian_status> {
     use meridian_status::*;
-    const ALL: [meridian_status; 26] = [
+    const ALL: [meridian_status; 27] = [
         MERIDIAN_OK,
         MERIDIAN_CANCELLED,
         MERIDIAN_UNKNOWN,
@@ -90,6 +90,7 @@ fn status_from_u32(raw: u32) -> Option<meridian_status> {
         MERIDIAN_NOT_PRESENT,
         MERIDIAN_STREAM_END,
         MERIDIAN_UNSUPPORTED,
+        MERIDIAN_FORKED,
     ];
     ALL.into_iter().find(|s| *s as u32 == raw)
 }

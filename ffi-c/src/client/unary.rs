@@ -9,8 +9,8 @@ use mcore::{Codec, Metadata, Value};
 use super::handle::{meridian_client, Target};
 use super::options::{apply_options, meridian_call_options};
 use crate::boundary::{
-    block_on, borrow, boundary, bytes, c_str, nul_terminated, out_ptr, panic_text, runtime,
-    set_last_error, write_out, Fail, UserPtr,
+    borrow, boundary, bytes, c_str, nul_terminated, out_ptr, panic_text, set_last_error, write_out,
+    Fail, Rt, UserPtr,
 };
 use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
 
@@ -118,6 +118,7 @@ async fn unary(
 /// The arguments every call function shares, read and copied before anything starts.
 pub(super) struct CallArgs {
     pub(super) target: Target,
+    pub(super) rt: Rt,
     pub(super) method: String,
     pub(super) request: Request,
     pub(super) options: meridian_call_options,
@@ -141,6 +142,7 @@ pub(super) unsafe fn call_args(
             bytes(request, request_len, "request")?,
         )
     };
+    client.rt.check("client")?;
     if method.is_empty() {
         return Err(Fail::invalid("the method name is empty"));
     }
@@ -152,6 +154,7 @@ pub(super) unsafe fn call_args(
     };
     Ok(CallArgs {
         target: client.target.clone(),
+        rt: client.rt.clone(),
         method: method.to_owned(),
         request: Request::parse(payload, body)?,
         options,
@@ -190,7 +193,8 @@ pub unsafe extern "C" fn meridian_client_unary(
         out_ptr(response_out, "response_out")?;
         // SAFETY: as documented.
         let a = unsafe { call_args(client, method, payload, request, request_len, options) }?;
-        let response = block_on(unary(a.target, a.method, a.request, a.options))??;
+        let response =
+            a.rt.block_on("client", unary(a.target, a.method, a.request, a.options))??;
         let response = Box::into_raw(Box::new(response));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(response_out, response) };
@@ -244,7 +248,7 @@ pub unsafe extern "C" fn meridian_client_unary_async(
         // SAFETY: as documented.
         let a = unsafe { call_args(client, method, payload, request, request_len, options) }?;
         let user = UserPtr(user);
-        runtime()?.spawn(async move {
+        a.rt.handle.spawn(async move {
             let result = unary(a.target, a.method, a.request, a.options).await;
             complete(callback, user, result);
         });

@@ -11,8 +11,8 @@ use mcore::{Identity, Method, Server, ServerTls, Status, Value};
 
 use super::handler::{meridian_reply, meridian_request, Handler, Input, Sink};
 use crate::boundary::{
-    block_on, borrow, borrow_mut, boundary, boundary_void, c_str, c_str_opt, copy_text,
-    not_on_library_thread, on_library_thread, out_ptr, write_out, Fail, UserPtr,
+    borrow, borrow_mut, boundary, boundary_void, c_str, c_str_opt, copy_text,
+    not_on_library_thread, on_library_thread, out_ptr, runtime, write_out, Fail, Rt, UserPtr,
 };
 use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
 
@@ -100,7 +100,8 @@ impl Drop for RunningGuard {
 pub struct meridian_server {
     region: String,
     methods: Vec<Registration>,
-    running: Option<Server>,
+    /// The running server and the runtime it runs on (checked before use: fork, shutdown).
+    running: Option<(Server, Rt)>,
     local_addr: Option<SocketAddr>,
     handlers: Arc<Running>,
     /// The CA file client certificates must chain to (mutual TLS), read at start.
@@ -272,7 +273,10 @@ pub unsafe extern "C" fn meridian_server_reload_tls(
         // SAFETY: as documented.
         let server = unsafe { borrow_mut(server, "server") }?;
         let (tls, cert, key) = match (&server.running, &server.tls) {
-            (Some(_), Some(t)) => t,
+            (Some((_, rt)), Some(t)) => {
+                rt.check("server")?;
+                t
+            }
             _ => {
                 return Err(Fail::new(
                     meridian_status::MERIDIAN_INVALID_STATE,
@@ -378,10 +382,12 @@ pub unsafe extern "C" fn meridian_server_start(
                 }),
             };
         }
-        let running = block_on(builder.bind(addr, tls.clone()))?
+        let rt = runtime()?;
+        let running = rt
+            .block_on("server", builder.bind(addr, tls.clone()))?
             .map_err(|e| Fail::new(meridian_status::MERIDIAN_UNAVAILABLE, e.to_string()))?;
         server.local_addr = Some(running.local_addr());
-        server.running = Some(running);
+        server.running = Some((running, rt));
         server.tls = Some((tls, PathBuf::from(cert), PathBuf::from(key)));
         Ok(())
     })
@@ -432,12 +438,13 @@ pub unsafe extern "C" fn meridian_server_metrics(
     boundary(|| {
         // SAFETY: as documented.
         let server = unsafe { borrow(server, "server") }?;
-        let running = server.running.as_ref().ok_or_else(|| {
+        let (running, rt) = server.running.as_ref().ok_or_else(|| {
             Fail::new(
                 meridian_status::MERIDIAN_INVALID_STATE,
                 "the server is not running",
             )
         })?;
+        rt.check("server")?;
         // SAFETY: as documented.
         unsafe { copy_text(&running.metrics_text(), buf, cap, len_out) }
     })
@@ -461,9 +468,15 @@ pub unsafe extern "C" fn meridian_server_stop(
         // SAFETY: as documented.
         let server = unsafe { borrow_mut(server, "server") }?;
         not_on_library_thread()?;
-        if let Some(running) = server.running.take() {
+        if let Some((_, rt)) = &server.running {
+            rt.check("running server")?;
+        }
+        if let Some((running, rt)) = server.running.take() {
             server.tls = None;
-            block_on(running.shutdown(Duration::from_millis(u64::from(grace_ms))))?;
+            rt.block_on(
+                "server",
+                running.shutdown(Duration::from_millis(u64::from(grace_ms))),
+            )?;
         }
         server.handlers.wait_idle();
         Ok(())
@@ -471,7 +484,9 @@ pub unsafe extern "C" fn meridian_server_stop(
 }
 
 /// Stops the server if it runs (no grace period), waits for running handlers to return,
-/// and frees it. NULL is harmless. Must not be called from a handler.
+/// and frees it. NULL is harmless. Must not be called from a handler. In the child of a
+/// `fork()`, a server started before the fork is neither stopped nor waited for: it is
+/// leaked on purpose (its socket and runtime are the parent's).
 ///
 /// # Safety
 /// `server` is NULL or a server not yet freed.
@@ -483,8 +498,17 @@ pub unsafe extern "C" fn meridian_server_free(server: *mut meridian_server) {
         }
         // SAFETY: made by Box::into_raw in meridian_server_new, freed once.
         let mut server = unsafe { Box::from_raw(server) };
-        if let Some(running) = server.running.take() {
-            if block_on(running.shutdown(Duration::ZERO)).is_err() {
+        if let Some((running, rt)) = server.running.take() {
+            if rt.check("server").is_err() {
+                // Forked (leaked) or after meridian_shutdown (dropped in its context); its
+                // handler count may be the parent's: do not wait on it.
+                rt.release((running, server));
+                return;
+            }
+            if rt
+                .block_on("server", running.shutdown(Duration::ZERO))
+                .is_err()
+            {
                 return; // on a library thread: the Server's own Drop closes it
             }
         }
