@@ -42,7 +42,12 @@
 
 // Payload kind: JSON text, converted to and from Meridian's `Value` encoding, so that C
 // can call Rust and Python handlers (and serve their clients). JSON object keys are
-// strings; integers must fit in 64 bits.
+// strings. Integers must fit in a signed 64-bit integer (-2^63 .. 2^63-1); a wider
+// integer literal is `MERIDIAN_BAD_JSON`, never rounded to a float. Arrays and objects
+// nest at most 64 deep (a top-level array is depth 1), the depth Meridian receivers
+// accept: deeper text is `MERIDIAN_BAD_JSON` before anything is sent. A JSON handler
+// that sets no body answers `null`. Sizes: see `meridian_client_config_set_max_message_bytes`
+// (4 MiB by default, applied to the encoded value).
 #define MERIDIAN_PAYLOAD_JSON 1
 
 // The result of every fallible function of the library.
@@ -222,7 +227,8 @@ int32_t meridian_status_grpc_code(uint32_t status);
 
 // Copies the text of this thread's last error into `buf` (`len` bytes), always
 // NUL-terminated and truncated to fit, and stores the number of bytes written (without
-// the NUL) in `*out_n`. Every function that returns something other than `MERIDIAN_OK`
+// the NUL) in `*out_n`. A server's error message reaches the caller cut to at most
+// 8192 bytes (8 KiB), so a buffer of 8193 bytes always holds it. Every function that returns something other than `MERIDIAN_OK`
 // sets the text first; a success leaves it as it was. Thread-safe (the text is per
 // thread).
 //
@@ -230,7 +236,9 @@ int32_t meridian_status_grpc_code(uint32_t status);
 //
 // # Safety
 // `buf` points to `len` writable bytes; `out_n` points to a writable `size_t`.
-meridian_status meridian_last_error(char *buf, size_t len, size_t *out_n);
+meridian_status meridian_last_error(char *buf,
+                                    size_t len,
+                                    size_t *out_n);
 
 // For development and tests only: makes a throw-away certificate authority and writes,
 // into the existing directory `dir`, `ca.pem` (the CA certificate clients trust),
@@ -325,7 +333,8 @@ meridian_status meridian_client_config_set_identity_pem_files(struct meridian_cl
 // of PEM text (the first certificate is used). The bytes are copied. The server's
 // signature is still verified; names and expiry are not. Replaces any trust set before.
 //
-// Returns `MERIDIAN_CONFIG_ERROR` when the bytes hold no certificate.
+// Returns `MERIDIAN_CONFIG_ERROR` when the bytes hold no certificate that parses as
+// X.509 (checked here, not at `meridian_client_new`); the trust set before is kept.
 //
 // # Safety
 // `config` is a live configuration; `cert` points to `cert_len` readable bytes.
@@ -334,12 +343,25 @@ meridian_status meridian_client_config_set_pinned_certificate(struct meridian_cl
                                                               size_t cert_len);
 
 // Prefers `region` whenever it is healthy, whatever the measured RTTs say (region
-// clients only). The string is copied.
+// clients only). The string is copied. `meridian_client_new` returns
+// `MERIDIAN_CONFIG_ERROR` if no endpoint or region-file entry belongs to that region.
 //
 // # Safety
 // `config` is a live configuration; `region` is NUL-terminated.
 meridian_status meridian_client_config_set_preferred_region(struct meridian_client_config *config,
                                                             const char *region);
+
+// Sets the largest message this client sends or accepts, in bytes: requests and
+// responses alike (raw bodies, or the encoded form of JSON values). 0 restores the
+// default, 4194304 (4 MiB). A larger request fails locally, a larger response with
+// `MERIDIAN_RESOURCE_EXHAUSTED`; the server has a limit of its own
+// (`meridian_server_set_max_message_bytes`), so raise both. At most 1 GiB
+// (`MERIDIAN_INVALID_PARAMETER` above).
+//
+// # Safety
+// `config` is a live configuration.
+meridian_status meridian_client_config_set_max_message_bytes(struct meridian_client_config *config,
+                                                             size_t bytes);
 
 // Gives up a connection attempt (QUIC and TLS handshake) after `timeout_ms` (0: the
 // default, 10 s). Applies to the first connection and to reconnections.
@@ -424,8 +446,9 @@ void meridian_call_options_free(struct meridian_call_options *options);
 meridian_status meridian_call_options_set_timeout_ms(struct meridian_call_options *options,
                                                      uint64_t timeout_ms);
 
-// Adds a metadata entry: `key` (NUL-terminated UTF-8) and `value_len` bytes of value.
-// Both are copied.
+// Adds a metadata entry: `key` (NUL-terminated) and `value_len` bytes of value. Both are
+// copied. Keys follow gRPC's rules: not empty, only lowercase ASCII letters, digits, `-`,
+// `_` and `.` (`MERIDIAN_INVALID_PARAMETER` otherwise).
 //
 // # Safety
 // `options` is live; `key` is NUL-terminated; `value` points to `value_len` bytes.
@@ -646,6 +669,18 @@ meridian_status meridian_server_add_server_streaming(struct meridian_server *ser
                                                      meridian_handler handler,
                                                      void *user);
 
+// Sets the largest message the server accepts or sends, in bytes: requests and
+// responses alike (raw bodies, or the encoded form of JSON values). 0 restores the
+// default, 4194304 (4 MiB). A larger request fails with `MERIDIAN_RESOURCE_EXHAUSTED`
+// at the caller, before any handler runs; a larger reply fails the call the same way.
+// Clients have a limit of their own (`meridian_client_config_set_max_message_bytes`).
+// At most 1 GiB (`MERIDIAN_INVALID_PARAMETER` above); `MERIDIAN_INVALID_STATE` once the
+// server runs.
+//
+// # Safety
+// `server` is live.
+meridian_status meridian_server_set_max_message_bytes(struct meridian_server *server, size_t bytes);
+
 // Requires every client to present a certificate chaining to a CA in the PEM file at
 // `ca_path` (mutual TLS); a client without one is refused during the handshake, before
 // any handler runs, and handlers read who called with the `meridian_request_peer_*`
@@ -840,8 +875,9 @@ meridian_status meridian_request_peer_certificate(const struct meridian_request 
                                                   size_t *len_out);
 
 // Sets a unary handler's response body (`len` bytes, copied; JSON text for a JSON
-// method, checked when the handler returns). `MERIDIAN_INVALID_STATE` in a streaming
-// handler.
+// method, checked when the handler returns). A handler that returns `MERIDIAN_OK`
+// without setting a body answers an empty body (raw) or JSON `null` (JSON).
+// `MERIDIAN_INVALID_STATE` in a streaming handler.
 //
 // # Safety
 // `reply` is the handler's reply; `data` points to `len` bytes.
@@ -858,14 +894,16 @@ meridian_status meridian_reply_set_body(struct meridian_reply *reply,
 // `reply` is the handler's reply; `data` points to `len` bytes.
 meridian_status meridian_reply_send(struct meridian_reply *reply, const uint8_t *data, size_t len);
 
-// Sets the error text sent with a failing status (copied).
+// Sets the error text sent with a failing status (copied). The caller receives at most
+// its first 8192 bytes (8 KiB).
 //
 // # Safety
 // `reply` is the handler's reply; `message` is NUL-terminated.
 meridian_status meridian_reply_set_error_message(struct meridian_reply *reply, const char *message);
 
 // Adds trailing metadata to the response (key and `value_len` bytes, copied); the client
-// reads it with `meridian_response_metadata_get`.
+// reads it with `meridian_response_metadata_get`. Keys follow the rules of
+// `meridian_call_options_add_metadata` (`MERIDIAN_INVALID_PARAMETER` otherwise).
 //
 // # Safety
 // `reply` is the handler's reply; `key` is NUL-terminated; `value` has `value_len` bytes.

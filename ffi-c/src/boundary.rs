@@ -288,6 +288,52 @@ pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+/// The largest `meridian_*_set_max_message_bytes` accepts: 1 GiB.
+pub(crate) const MAX_MESSAGE_BYTES_LIMIT: usize = 1 << 30;
+
+/// Reads a message size limit argument: 0 means the default (`None`).
+pub(crate) fn max_message_bytes(bytes: usize) -> Result<Option<usize>, Fail> {
+    if bytes > MAX_MESSAGE_BYTES_LIMIT {
+        return Err(Fail::invalid(format!(
+            "a message size limit of {bytes} bytes is over the maximum of {MAX_MESSAGE_BYTES_LIMIT}"
+        )));
+    }
+    Ok((bytes > 0).then_some(bytes))
+}
+
+/// Applies a message size limit to a transport configuration: the frame limit, the value
+/// codec's input limit (and its decoded-memory budget, kept at eight times the input), and
+/// a server's buffer budgets, which must hold at least one whole message.
+pub(crate) fn apply_max_message(transport: &mut mcore::TransportConfig, bytes: usize) {
+    transport.wire.max_message_size = bytes;
+    transport.value.max_size = bytes;
+    transport.value.max_decoded_size = transport
+        .value
+        .max_decoded_size
+        .max(bytes.saturating_mul(8));
+    let room = bytes.saturating_add(64 * 1024);
+    transport.connection_buffer_budget = transport.connection_buffer_budget.max(room);
+    transport.server_buffer_budget = transport.server_buffer_budget.max(room.saturating_mul(2));
+}
+
+/// Checks a metadata key (request metadata or a trailer) against gRPC's rules: not empty,
+/// and only lowercase ASCII letters, digits, `-`, `_` and `.`.
+pub(crate) fn metadata_key(key: &str) -> Result<(), Fail> {
+    if key.is_empty() {
+        return Err(Fail::invalid("the metadata key is empty"));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_' | '.'))
+    {
+        return Err(Fail::invalid(format!(
+            "metadata key {key:?} has the character {c:?}: keys are lowercase ASCII letters, \
+             digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that an out-pointer is not NULL (before any work is done).
 pub(crate) fn out_ptr<T>(p: *mut T, what: &str) -> Result<(), Fail> {
     if p.is_null() {

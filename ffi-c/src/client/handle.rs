@@ -82,6 +82,9 @@ pub unsafe extern "C" fn meridian_client_new(
         if let Some(t) = config.connect_timeout {
             transport.handshake_timeout = t;
         }
+        if let Some(bytes) = config.max_message_bytes {
+            crate::boundary::apply_max_message(&mut transport, bytes);
+        }
         let rt = runtime()?;
         let target = if config.region_file.is_none() && config.endpoints.len() == 1 {
             let (_, addr, name) = config.endpoints[0].clone();
@@ -111,6 +114,18 @@ pub unsafe extern "C" fn meridian_client_new(
                     meridian_status::MERIDIAN_CONFIG_ERROR,
                     "no server endpoint: add an endpoint or a region file",
                 ));
+            }
+            if let Some(preferred) = &config.preferred_region {
+                if !map.regions.iter().any(|r| &r.name == preferred) {
+                    let known: Vec<&str> = map.regions.iter().map(|r| r.name.as_str()).collect();
+                    return Err(Fail::new(
+                        meridian_status::MERIDIAN_CONFIG_ERROR,
+                        format!(
+                            "the preferred region {preferred:?} is not one of the regions ({})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
             }
             let mut builder =
                 RegionClient::builder(StaticDiscovery::new(map), tls.clone()).transport(transport);

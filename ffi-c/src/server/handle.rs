@@ -109,6 +109,8 @@ pub struct meridian_server {
     /// The TLS settings the running server was bound with (clones share the certificate
     /// in use, so a reload through this one rotates it) and the files it came from.
     tls: Option<(ServerTls, PathBuf, PathBuf)>,
+    /// The largest message received or sent, in bytes (`None`: the default, 4 MiB).
+    max_message_bytes: Option<usize>,
 }
 
 /// Creates a server that will announce `region` (NULL: "default"). The string is copied.
@@ -133,6 +135,7 @@ pub unsafe extern "C" fn meridian_server_new(
             handlers: Arc::default(),
             client_ca: None,
             tls: None,
+            max_message_bytes: None,
         }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(server_out, server) };
@@ -164,7 +167,8 @@ unsafe fn register(
         if server.running.is_some() {
             return Err(Fail::new(
                 meridian_status::MERIDIAN_INVALID_STATE,
-                "methods must be registered before the server starts",
+                "the server is running: register methods before meridian_server_start \
+                 (or after meridian_server_stop, for the next start)",
             ));
         }
         server.methods.retain(|m| m.name != name);
@@ -220,6 +224,36 @@ pub unsafe extern "C" fn meridian_server_add_server_streaming(
 ) -> meridian_status {
     // SAFETY: forwarded; same contract.
     unsafe { register(server, method, payload, idempotent, handler, user, true) }
+}
+
+/// Sets the largest message the server accepts or sends, in bytes: requests and
+/// responses alike (raw bodies, or the encoded form of JSON values). 0 restores the
+/// default, 4194304 (4 MiB). A larger request fails with `MERIDIAN_RESOURCE_EXHAUSTED`
+/// at the caller, before any handler runs; a larger reply fails the call the same way.
+/// Clients have a limit of their own (`meridian_client_config_set_max_message_bytes`).
+/// At most 1 GiB (`MERIDIAN_INVALID_PARAMETER` above); `MERIDIAN_INVALID_STATE` once the
+/// server runs.
+///
+/// # Safety
+/// `server` is live.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_set_max_message_bytes(
+    server: *mut meridian_server,
+    bytes: usize,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let server = unsafe { borrow_mut(server, "server") }?;
+        let limit = crate::boundary::max_message_bytes(bytes)?;
+        if server.running.is_some() {
+            return Err(Fail::new(
+                meridian_status::MERIDIAN_INVALID_STATE,
+                "the message size limit must be set before the server starts",
+            ));
+        }
+        server.max_message_bytes = limit;
+        Ok(())
+    })
 }
 
 /// Requires every client to present a certificate chaining to a CA in the PEM file at
@@ -342,6 +376,11 @@ pub unsafe extern "C" fn meridian_server_start(
         let mut builder = Server::builder()
             .region(server.region.clone())
             .no_local_registry();
+        if let Some(bytes) = server.max_message_bytes {
+            let mut transport = mcore::TransportConfig::default();
+            crate::boundary::apply_max_message(&mut transport, bytes);
+            builder = builder.transport(transport);
+        }
         for m in &server.methods {
             let mut method = Method::new(m.name.clone());
             if m.idempotent {

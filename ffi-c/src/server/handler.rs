@@ -140,7 +140,14 @@ impl Handler {
         .map_err(|p| Status::internal(panic_text(&*p)))?;
         let message = reply.message.take();
         match meridian_status::grpc_code(code) {
-            Some(Code::Ok) => Ok(reply.body.take().unwrap_or_default()),
+            // No body: empty bytes, or JSON null (a C function returning nothing).
+            Some(Code::Ok) => Ok(reply.body.take().unwrap_or_else(|| {
+                if reply.payload == MERIDIAN_PAYLOAD_JSON {
+                    b"null".to_vec()
+                } else {
+                    Vec::new()
+                }
+            })),
             Some(code) => Err(Status::new(
                 code,
                 message.unwrap_or_else(|| format!("the handler failed with {}", code.name())),
