@@ -154,13 +154,29 @@ typedef struct meridian_client meridian_client;
 // it may be freed right after.
 typedef struct meridian_client_config meridian_client_config;
 
+// A unary call's reply, taken out of the handler by `meridian_reply_defer` to be answered
+// later, from any thread, with `meridian_deferred_finish`.
+//
+// Owned by the application. Exactly one of `meridian_deferred_finish` (answers and frees)
+// or `meridian_deferred_free` (frees without answering: the caller gets
+// `MERIDIAN_INTERNAL` "... freed it without answering") releases it. Not thread-safe: one
+// thread at a time, but that thread may be any thread, including one of the library's.
+typedef struct meridian_deferred_reply meridian_deferred_reply;
+
+// An asynchronous call started by `meridian_client_unary_start`, for cancelling it.
+//
+// Owned by the application, freed with `meridian_pending_call_free` (which does not cancel
+// the call). Thread-safe: cancel from any thread, at any time, even after the callback ran.
+typedef struct meridian_pending_call meridian_pending_call;
+
 // Where a handler writes its answer. Borrowed: valid only during the handler call.
 typedef struct meridian_reply meridian_reply;
 
 // The request a handler reads. Borrowed: valid only during the handler call.
 typedef struct meridian_request meridian_request;
 
-// The result of a successful unary call.
+// The result of a unary call: a successful one, or (from `meridian_client_unary_ex` and
+// `meridian_client_unary_start`) a failed one, with its status, message and trailers.
 //
 // Made by the library (blocking calls store it in `*response_out`; asynchronous calls pass
 // it to the callback), owned by the application, freed with `meridian_response_free`.
@@ -631,6 +647,140 @@ meridian_status meridian_client_unary_async(const struct meridian_client *client
                                             const struct meridian_call_options *options,
                                             meridian_call_callback callback,
                                             void *user);
+
+// As `meridian_client_unary`, but a call that fails with a gRPC status (7001..7016) also
+// gives a response: `*response_out` receives one whenever the call was made, on success
+// as `meridian_client_unary` does, and on failure with an empty body, the status
+// (`meridian_response_status`), the server's message (`meridian_response_error_message`)
+// and the trailing metadata the server sent with the failure
+// (`meridian_response_metadata_get`). The function returns the same status as the
+// response holds. Interface errors that prevent the call (`MERIDIAN_NULL_PARAMETER`,
+// `MERIDIAN_BAD_JSON` for the request, `MERIDIAN_WOULD_DEADLOCK`, `MERIDIAN_FORKED`, ...)
+// write nothing. The caller frees the response with `meridian_response_free` in both
+// cases. Blocking, as `meridian_client_unary`.
+//
+// # Safety
+// As `meridian_client_unary`.
+meridian_status meridian_client_unary_ex(const struct meridian_client *client,
+                                         const char *method,
+                                         uint32_t payload,
+                                         const uint8_t *request,
+                                         size_t request_len,
+                                         const struct meridian_call_options *options,
+                                         struct meridian_response **response_out);
+
+// The status of the call a response belongs to: `MERIDIAN_OK`, or (from
+// `meridian_client_unary_ex` and `meridian_client_unary_start`) the gRPC status it failed
+// with. A response pointer that is NULL gives `MERIDIAN_NULL_PARAMETER`.
+//
+// # Safety
+// `response` is NULL or live.
+meridian_status meridian_response_status(const struct meridian_response *response);
+
+// The error message of a failed call's response (the server's text, at most 8 KiB):
+// `*data_out` points to `*len_out` bytes owned by the response, followed by a NUL (not
+// counted), valid until `meridian_response_free`. Empty for a successful call.
+//
+// # Safety
+// `response` is live; the out-pointers are writable.
+meridian_status meridian_response_error_message(const struct meridian_response *response,
+                                                const uint8_t **data_out,
+                                                size_t *len_out);
+
+// As `meridian_client_unary_async`, with two differences. The callback's `response` is
+// non-NULL also when the call failed with a gRPC status (read its status, message and
+// trailers as from `meridian_client_unary_ex`); it is NULL only for errors of the
+// interface and for a cancelled call (`error` has the text then). And `*pending_out`
+// receives a handle for `meridian_pending_call_cancel`, which the caller frees with
+// `meridian_pending_call_free` whenever it likes (before or after the callback). The
+// callback is still called exactly once. Nothing is written and no callback comes on a
+// status other than `MERIDIAN_OK`.
+//
+// # Safety
+// As `meridian_client_unary_async`; `pending_out` is writable.
+meridian_status meridian_client_unary_start(const struct meridian_client *client,
+                                            const char *method,
+                                            uint32_t payload,
+                                            const uint8_t *request,
+                                            size_t request_len,
+                                            const struct meridian_call_options *options,
+                                            meridian_call_callback callback,
+                                            void *user,
+                                            struct meridian_pending_call **pending_out);
+
+// Cancels a call started by `meridian_client_unary_start`: if its callback has not run
+// yet, the call is abandoned (the server's handler sees it cancelled) and the callback
+// runs with `MERIDIAN_CANCELLED`, possibly before this returns, possibly on this thread's
+// behalf on a library thread. If the callback already ran or is running, nothing happens.
+// Not blocking; callable from anywhere, including callbacks and handlers.
+//
+// # Safety
+// `pending` is live.
+meridian_status meridian_pending_call_cancel(const struct meridian_pending_call *pending);
+
+// Frees the handle of a call started by `meridian_client_unary_start`, without cancelling
+// it (its callback still runs). NULL is harmless.
+//
+// # Safety
+// `pending` is NULL or a handle not yet freed.
+void meridian_pending_call_free(struct meridian_pending_call *pending);
+
+// Defers a unary handler's reply: stores in `*deferred_out` a handle through which any
+// thread answers later (`meridian_deferred_finish`), so the handler can return at once
+// and free its pool thread while the work goes on elsewhere. Once deferred, the
+// handler's return value, body, error message and trailers set on `reply` are ignored.
+// The call's deadline and cancellation still apply: a call that ends first makes
+// `meridian_deferred_finish` return `MERIDIAN_CANCELLED` (and free the handle).
+// `MERIDIAN_INVALID_STATE` in a streaming handler or when deferred twice.
+//
+// # Safety
+// `reply` is the handler's reply (during the handler call); `deferred_out` is writable.
+meridian_status meridian_reply_defer(struct meridian_reply *reply,
+                                     struct meridian_deferred_reply **deferred_out);
+
+// Adds trailing metadata to a deferred reply (key and `value_len` bytes, copied; keys as
+// `meridian_reply_set_trailer`).
+//
+// # Safety
+// `deferred` is live; `key` is NUL-terminated; `value` has `value_len` bytes.
+meridian_status meridian_deferred_set_trailer(struct meridian_deferred_reply *deferred,
+                                              const char *key,
+                                              const uint8_t *value,
+                                              size_t value_len);
+
+// Whether the deferred call is over for the caller (cancelled, deadline passed, client
+// gone): then an answer would be dropped and the work may stop.
+//
+// # Safety
+// `deferred` is live; `out` is writable.
+meridian_status meridian_deferred_is_cancelled(const struct meridian_deferred_reply *deferred,
+                                               bool *out);
+
+// Answers a deferred call and frees the handle (in every case, also on failure: never use
+// it again). `status` is `MERIDIAN_OK` with the body `data` (`len` bytes, copied; JSON
+// text for a JSON method, NULL/0 for an empty body, JSON `null`), or a gRPC status
+// 7001..7016 failing the call with `error_message` (NULL: a default text; `data` is then
+// ignored). Returns `MERIDIAN_OK` when the answer was handed to the call,
+// `MERIDIAN_CANCELLED` if the call had already ended, `MERIDIAN_INVALID_PARAMETER` for a
+// status that is not OK or a gRPC status (the caller then gets `MERIDIAN_INTERNAL`). Not
+// blocking; callable from any thread.
+//
+// # Safety
+// `deferred` is NULL or live (and not used again); `data` has `len` bytes;
+// `error_message` is NULL or NUL-terminated.
+meridian_status meridian_deferred_finish(struct meridian_deferred_reply *deferred,
+                                         uint32_t status,
+                                         const uint8_t *data,
+                                         size_t len,
+                                         const char *error_message);
+
+// Frees a deferred reply without answering: the caller gets `MERIDIAN_INTERNAL` with the
+// text "the handler deferred its reply and freed it without answering". NULL is
+// harmless.
+//
+// # Safety
+// `deferred` is NULL or a handle not yet released.
+void meridian_deferred_free(struct meridian_deferred_reply *deferred);
 
 // Creates a server that will announce `region` (NULL: "default"). The string is copied.
 // The caller owns the server and frees it with `meridian_server_free`.

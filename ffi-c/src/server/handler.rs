@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mcore::{CallContext, Code, ResponseSink, Status, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::handle::{HandlerFn, Running};
 use crate::boundary::{panic_text, UserPtr};
@@ -29,6 +29,14 @@ pub struct meridian_reply {
     pub(super) ctx: CallContext,
     /// Streaming handlers only: the messages, on their way to the network.
     pub(super) sender: Option<mpsc::Sender<Out>>,
+    /// Set by `meridian_reply_defer`: where the deferred answer will arrive.
+    pub(super) deferred: Option<oneshot::Receiver<Result<Vec<u8>, Status>>>,
+}
+
+/// What a unary handler's call produced: its answer now, or a promise of one.
+enum Answer {
+    Now(Vec<u8>),
+    Later(oneshot::Receiver<Result<Vec<u8>, Status>>),
 }
 
 /// A message a streaming handler sent.
@@ -49,6 +57,16 @@ pub(super) enum Sink {
     Json(ResponseSink<Value>),
 }
 
+/// The body of an answer that set none: empty bytes, or JSON null (a C function
+/// returning nothing).
+pub(super) fn empty_body(payload: u32) -> Vec<u8> {
+    if payload == MERIDIAN_PAYLOAD_JSON {
+        b"null".to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 /// One method's C handler, as the Rust server calls it.
 #[derive(Clone)]
 pub(super) struct Handler {
@@ -62,8 +80,18 @@ impl Handler {
     pub(super) async fn unary(&self, input: Input, ctx: CallContext) -> Result<Vec<u8>, Status> {
         let h = self.clone();
         let task = tokio::task::spawn_blocking(move || h.invoke(input, ctx, None));
-        task.await
-            .map_err(|e| Status::internal(format!("the handler task failed: {e}")))?
+        let answer = task
+            .await
+            .map_err(|e| Status::internal(format!("the handler task failed: {e}")))??;
+        match answer {
+            Answer::Now(body) => Ok(body),
+            Answer::Later(rx) => rx.await.unwrap_or_else(|_| {
+                Err(Status::internal(
+                    "the handler deferred its reply and freed it without answering \
+                     (meridian_deferred_free)",
+                ))
+            }),
+        }
     }
 
     /// Runs a streaming handler on the blocking pool and forwards what it sends.
@@ -100,7 +128,7 @@ impl Handler {
         input: Input,
         ctx: CallContext,
         sender: Option<mpsc::Sender<Out>>,
-    ) -> Result<Vec<u8>, Status> {
+    ) -> Result<Answer, Status> {
         let _running = self.running.enter();
         let (payload, mut body) = match input {
             Input::Raw(b) => (MERIDIAN_PAYLOAD_RAW, b.to_vec()),
@@ -129,6 +157,7 @@ impl Handler {
             message: None,
             ctx,
             sender,
+            deferred: None,
         };
         let f = self.f;
         let user = self.user;
@@ -138,16 +167,18 @@ impl Handler {
             unsafe { f(user.0, &request, &mut reply) }
         }))
         .map_err(|p| Status::internal(panic_text(&*p)))?;
+        if let Some(rx) = reply.deferred.take() {
+            return Ok(Answer::Later(rx));
+        }
         let message = reply.message.take();
         match meridian_status::grpc_code(code) {
             // No body: empty bytes, or JSON null (a C function returning nothing).
-            Some(Code::Ok) => Ok(reply.body.take().unwrap_or_else(|| {
-                if reply.payload == MERIDIAN_PAYLOAD_JSON {
-                    b"null".to_vec()
-                } else {
-                    Vec::new()
-                }
-            })),
+            Some(Code::Ok) => Ok(Answer::Now(
+                reply
+                    .body
+                    .take()
+                    .unwrap_or_else(|| empty_body(reply.payload)),
+            )),
             Some(code) => Err(Status::new(
                 code,
                 message.unwrap_or_else(|| format!("the handler failed with {}", code.name())),
