@@ -50,6 +50,12 @@
 // (4 MiB by default, applied to the encoded value).
 #define MERIDIAN_PAYLOAD_JSON 1
 
+// `meridian_client_open_call` kind: a stream of requests, one response.
+#define MERIDIAN_CALL_CLIENT_STREAMING 2
+
+// `meridian_client_open_call` kind: streams both ways.
+#define MERIDIAN_CALL_BIDI 3
+
 // The result of every fallible function of the library.
 //
 // The numbers never change. `MERIDIAN_OK` is 7000; 7001 to 7016 are gRPC's status codes
@@ -131,6 +137,13 @@ typedef enum meridian_status meridian_status;
 typedef uint32_t meridian_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+// A client-streaming or bidirectional call in progress.
+//
+// Made by `meridian_client_open_call`, freed by `meridian_call_free` (which cancels the
+// call if it has not ended). Not thread-safe: one thread at a time (sending on one thread
+// while another receives is not supported; alternate, or use two calls).
+typedef struct meridian_call meridian_call;
 
 // Options of a call: timeout, metadata, idempotency, routing key.
 //
@@ -278,6 +291,64 @@ meridian_status meridian_dev_certificates_write(const char *dir);
 meridian_status meridian_dev_mtls_certificates_write(const char *dir,
                                                      const char *client_name,
                                                      const char *client_uri);
+
+// Opens a client-streaming (`kind` = `MERIDIAN_CALL_CLIENT_STREAMING`) or bidirectional
+// (`MERIDIAN_CALL_BIDI`) call of `method` and stores its handle in `*call_out` (caller
+// frees with `meridian_call_free`). `payload` is `MERIDIAN_PAYLOAD_RAW` or
+// `MERIDIAN_PAYLOAD_JSON` for every message both ways; `options` may be NULL, and the
+// call's timeout covers the whole call. Then: `meridian_call_send` any number of
+// messages, `meridian_call_close_send` when done, and `meridian_call_next` for the
+// response(s). Blocking until the call is open (`MERIDIAN_WOULD_DEADLOCK` on library
+// threads). Nothing is written on failure.
+//
+// # Safety
+// `client` is live; `method` is NUL-terminated; `options` is NULL or live; `call_out` is
+// writable.
+meridian_status meridian_client_open_call(const struct meridian_client *client,
+                                          const char *method,
+                                          uint32_t kind,
+                                          uint32_t payload,
+                                          const struct meridian_call_options *options,
+                                          struct meridian_call **call_out);
+
+// Sends one request message (`len` bytes, copied; JSON text for a JSON call, parsed here:
+// `MERIDIAN_BAD_JSON` if it does not parse, nothing sent). Waits while the server is slow
+// to read, up to the call's deadline. `MERIDIAN_INVALID_STATE` after
+// `meridian_call_close_send`; a failed send (the call ended: read its status with
+// `meridian_call_next`) returns the failure and closes the send side. Blocking.
+//
+// # Safety
+// `call` is live; `data` has `len` bytes.
+meridian_status meridian_call_send(struct meridian_call *call, const uint8_t *data, size_t len);
+
+// Closes the send side: the server sees the end of the requests. Harmless when already
+// closed. Not blocking.
+//
+// # Safety
+// `call` is live.
+meridian_status meridian_call_close_send(struct meridian_call *call);
+
+// Waits for the next response message. `MERIDIAN_OK`: `*data_out` points to `*len_out`
+// bytes (JSON text for a JSON call, followed by a NUL not counted), owned by the call and
+// valid until the next `meridian_call_next` or `meridian_call_free`.
+// `MERIDIAN_STREAM_END`: the call ended successfully, no more messages (a
+// client-streaming call gives its one response, then `MERIDIAN_STREAM_END`). Any other
+// status: the call failed (text in `meridian_last_error`). After the end or an error,
+// every further call returns the same status. A client-streaming call's response comes
+// only after `meridian_call_close_send` (unless the server answers early). Blocking.
+//
+// # Safety
+// `call` is live; the out-pointers are writable.
+meridian_status meridian_call_next(struct meridian_call *call,
+                                   const uint8_t **data_out,
+                                   size_t *len_out);
+
+// Frees a call, cancelling it on the server if it has not ended. NULL is harmless. In the
+// child of a `fork()`, a call opened before the fork is leaked instead.
+//
+// # Safety
+// `call` is NULL or a call not yet freed.
+void meridian_call_free(struct meridian_call *call);
 
 // Creates an empty client configuration and stores it in `*config_out`.
 //
@@ -819,6 +890,34 @@ meridian_status meridian_server_add_server_streaming(struct meridian_server *ser
                                                      meridian_handler handler,
                                                      void *user);
 
+// Registers a client-streaming handler for `method`: it reads the request messages with
+// `meridian_request_next` (blocking until the next one, `MERIDIAN_STREAM_END` when the
+// client closed its side) and answers once, as a unary handler does
+// (`meridian_reply_set_body`, or `meridian_reply_defer`). Otherwise as
+// `meridian_server_add_unary`; `meridian_request_body` is empty for such calls.
+//
+// # Safety
+// As `meridian_server_add_unary`.
+meridian_status meridian_server_add_client_streaming(struct meridian_server *server,
+                                                     const char *method,
+                                                     uint32_t payload,
+                                                     bool idempotent,
+                                                     meridian_handler handler,
+                                                     void *user);
+
+// Registers a bidirectional-streaming handler for `method`: it reads request messages
+// with `meridian_request_next` and sends messages with `meridian_reply_send`, in any
+// order, until it returns. Otherwise as `meridian_server_add_unary`.
+//
+// # Safety
+// As `meridian_server_add_unary`.
+meridian_status meridian_server_add_bidi(struct meridian_server *server,
+                                         const char *method,
+                                         uint32_t payload,
+                                         bool idempotent,
+                                         meridian_handler handler,
+                                         void *user);
+
 // Sets the largest message the server accepts or sends, in bytes: requests and
 // responses alike (raw bodies, or the encoded form of JSON values). 0 restores the
 // default, 4194304 (4 MiB). A larger request fails with `MERIDIAN_RESOURCE_EXHAUSTED`
@@ -1068,6 +1167,23 @@ meridian_status meridian_reply_set_trailer(struct meridian_reply *reply,
 // # Safety
 // `request` is the handler's request; the out-pointers are writable.
 meridian_status meridian_request_body(const struct meridian_request *request,
+                                      const uint8_t **data_out,
+                                      size_t *len_out);
+
+// The next request message of a client-streaming or bidi call, waiting for it (the
+// handler's thread blocks; the call's deadline and cancellation end the wait).
+// `MERIDIAN_OK`: `*data_out` points to `*len_out` bytes (JSON text for a JSON method,
+// followed by a NUL not counted), valid until the next `meridian_request_next` or until
+// the handler returns. `MERIDIAN_STREAM_END`: the client closed its side; no more
+// messages. Any other status: the request stream failed (the call was cancelled, a
+// message too large, JSON a C handler cannot take, ...). After the end or an error every
+// further call returns the same status. `MERIDIAN_INVALID_STATE` in unary and
+// server-streaming handlers (use `meridian_request_body`). Nothing is written unless
+// `MERIDIAN_OK`. Only on the handler's thread.
+//
+// # Safety
+// `request` is the handler's request; the out-pointers are writable.
+meridian_status meridian_request_next(const struct meridian_request *request,
                                       const uint8_t **data_out,
                                       size_t *len_out);
 

@@ -6,7 +6,10 @@
  *   failed response carries trailers;
  * - deferred replies: a handler returns at once and another thread answers later (a body,
  *   an error with trailers); a deferred reply freed without an answer gives the caller a
- *   clear status at once; an answer after the call ended is MERIDIAN_CANCELLED.
+ *   clear status at once; an answer after the call ended is MERIDIAN_CANCELLED;
+ * - client-streaming and bidirectional calls (meridian_client_open_call, C handlers that
+ *   read with meridian_request_next): ordered messages both ways, raw and JSON, the
+ *   sticky end, cancellation by meridian_call_free reaching the handler, a deadline.
  * Exit status 0 when every check passed. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -126,6 +129,178 @@ static uint32_t h_stream_defer(void *user, const meridian_request *req, meridian
     meridian_status st = meridian_reply_defer(reply, &d);
     const char *name = meridian_status_name(st);
     return meridian_reply_send(reply, (const uint8_t *)name, strlen(name));
+}
+
+/* raw client-streaming: messages are decimal numbers; answers their sum. */
+static uint32_t h_sum(void *user, const meridian_request *req, meridian_reply *reply) {
+    (void)user;
+    const uint8_t *data;
+    size_t len;
+    long long total = 0;
+    meridian_status st;
+    while ((st = meridian_request_next(req, &data, &len)) == MERIDIAN_OK) total += atoll((const char *)data);
+    if (st != MERIDIAN_STREAM_END) return st;
+    /* Sticky end. */
+    if (meridian_request_next(req, &data, &len) != MERIDIAN_STREAM_END) return MERIDIAN_INTERNAL;
+    char out[32];
+    snprintf(out, sizeof out, "%lld", total);
+    return meridian_reply_set_body(reply, (const uint8_t *)out, strlen(out));
+}
+
+/* JSON client-streaming: messages are {"n": N}; answers {"count": C, "total": T}. */
+static uint32_t h_sum_json(void *user, const meridian_request *req, meridian_reply *reply) {
+    (void)user;
+    const uint8_t *data;
+    size_t len;
+    long long total = 0, count = 0, n = 0;
+    meridian_status st;
+    while ((st = meridian_request_next(req, &data, &len)) == MERIDIAN_OK) {
+        if (sscanf((const char *)data, "{\"n\":%lld}", &n) != 1) return MERIDIAN_INVALID_ARGUMENT;
+        total += n;
+        count++;
+    }
+    if (st != MERIDIAN_STREAM_END) return st;
+    char out[64];
+    snprintf(out, sizeof out, "{\"count\":%lld,\"total\":%lld}", count, total);
+    return meridian_reply_set_body(reply, (const uint8_t *)out, strlen(out));
+}
+
+/* raw bidi: answers each number doubled, as it arrives; records how its input ended. */
+static _Atomic meridian_status bidi_end;
+static atomic_int bidi_ended;
+static uint32_t h_double(void *user, const meridian_request *req, meridian_reply *reply) {
+    (void)user;
+    const uint8_t *data;
+    size_t len;
+    meridian_status st;
+    while ((st = meridian_request_next(req, &data, &len)) == MERIDIAN_OK) {
+        char out[32];
+        snprintf(out, sizeof out, "%lld", 2 * atoll((const char *)data));
+        meridian_status sent = meridian_reply_send(reply, (const uint8_t *)out, strlen(out));
+        if (sent != MERIDIAN_OK) {
+            st = sent;
+            break;
+        }
+    }
+    atomic_store(&bidi_end, st);
+    atomic_fetch_add(&bidi_ended, 1);
+    return st == MERIDIAN_STREAM_END ? MERIDIAN_OK : st;
+}
+
+/* raw unary: meridian_request_next is for streamed requests only. */
+static uint32_t h_next_in_unary(void *user, const meridian_request *req, meridian_reply *reply) {
+    (void)user;
+    const uint8_t *data;
+    size_t len;
+    const char *name = meridian_status_name(meridian_request_next(req, &data, &len));
+    return meridian_reply_set_body(reply, (const uint8_t *)name, strlen(name));
+}
+
+static void test_client_streaming(meridian_client *c) {
+    meridian_call *call = NULL;
+    const uint8_t *data;
+    size_t len;
+    MUST(meridian_client_open_call(c, "sum", MERIDIAN_CALL_CLIENT_STREAMING, MERIDIAN_PAYLOAD_RAW,
+                                   NULL, &call));
+    for (int i = 1; i <= 100; i++) {
+        char msg[16];
+        snprintf(msg, sizeof msg, "%d", i);
+        EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)msg, strlen(msg)), MERIDIAN_OK);
+    }
+    MUST(meridian_call_close_send(call));
+    MUST(meridian_call_close_send(call)); /* harmless twice */
+    EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"1", 1), MERIDIAN_INVALID_STATE);
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
+    EXPECT(len == 4 && strcmp((const char *)data, "5050") == 0);
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_STREAM_END);
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_STREAM_END);
+    meridian_call_free(call);
+
+    /* JSON, and no message at all. */
+    call = NULL;
+    MUST(meridian_client_open_call(c, "sum_json", MERIDIAN_CALL_CLIENT_STREAMING,
+                                   MERIDIAN_PAYLOAD_JSON, NULL, &call));
+    EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"{\"n\": 40}", 9), MERIDIAN_OK);
+    EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"{\"n\": 2}", 8), MERIDIAN_OK);
+    EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"{oops", 5), MERIDIAN_BAD_JSON);
+    MUST(meridian_call_close_send(call));
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
+    EXPECT(strcmp((const char *)data, "{\"count\":2,\"total\":42}") == 0);
+    meridian_call_free(call);
+    call = NULL;
+    MUST(meridian_client_open_call(c, "sum", MERIDIAN_CALL_CLIENT_STREAMING, 0, NULL, &call));
+    MUST(meridian_call_close_send(call));
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
+    EXPECT(strcmp((const char *)data, "0") == 0);
+    meridian_call_free(call);
+
+    /* Errors: unknown method, bad kind, NULLs. */
+    call = NULL;
+    meridian_status st =
+        meridian_client_open_call(c, "nope", MERIDIAN_CALL_CLIENT_STREAMING, 0, NULL, &call);
+    if (st == MERIDIAN_OK) {
+        meridian_call_close_send(call);
+        EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_UNIMPLEMENTED);
+        meridian_call_free(call);
+    } else {
+        EXPECT(st == MERIDIAN_UNIMPLEMENTED);
+    }
+    call = NULL;
+    EXPECT_STATUS(meridian_client_open_call(c, "sum", 7, 0, NULL, &call), MERIDIAN_INVALID_PARAMETER);
+    EXPECT(call == NULL);
+    EXPECT_STATUS(meridian_call_send(NULL, NULL, 0), MERIDIAN_NULL_PARAMETER);
+    EXPECT_STATUS(meridian_call_next(NULL, &data, &len), MERIDIAN_NULL_PARAMETER);
+    meridian_call_free(NULL);
+    EXPECT_BODY(call_ok(c, "next_in_unary", 0, "", NULL), "INVALID_STATE");
+}
+
+static void test_bidi(meridian_client *c) {
+    meridian_call *call = NULL;
+    const uint8_t *data;
+    size_t len;
+    /* Interleaved: each answer arrives before the next request is sent. */
+    atomic_store(&bidi_ended, 0);
+    MUST(meridian_client_open_call(c, "double", MERIDIAN_CALL_BIDI, MERIDIAN_PAYLOAD_RAW, NULL,
+                                   &call));
+    for (int i = 0; i < 20; i++) {
+        char msg[16], want[16];
+        snprintf(msg, sizeof msg, "%d", i);
+        snprintf(want, sizeof want, "%d", 2 * i);
+        EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)msg, strlen(msg)), MERIDIAN_OK);
+        EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
+        EXPECT(len == strlen(want) && memcmp(data, want, len) == 0);
+    }
+    MUST(meridian_call_close_send(call));
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_STREAM_END);
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_STREAM_END);
+    meridian_call_free(call);
+    for (int i = 0; i < 300 && atomic_load(&bidi_ended) == 0; i++) sleep_ms(10);
+    EXPECT(atomic_load(&bidi_end) == MERIDIAN_STREAM_END);
+
+    /* Freeing an open call cancels it: the handler's wait for the next request ends. */
+    atomic_store(&bidi_ended, 0);
+    call = NULL;
+    MUST(meridian_client_open_call(c, "double", MERIDIAN_CALL_BIDI, 0, NULL, &call));
+    EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"21", 2), MERIDIAN_OK);
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
+    EXPECT(len == 2 && memcmp(data, "42", 2) == 0);
+    meridian_call_free(call);
+    for (int i = 0; i < 500 && atomic_load(&bidi_ended) == 0; i++) sleep_ms(10);
+    EXPECT(atomic_load(&bidi_ended) == 1);
+    EXPECT(atomic_load(&bidi_end) == MERIDIAN_CANCELLED);
+
+    /* A deadline over the whole call: the wait ends with DEADLINE_EXCEEDED, sticky. */
+    meridian_call_options *o = NULL;
+    MUST(meridian_call_options_new(&o));
+    MUST(meridian_call_options_set_timeout_ms(o, 200));
+    call = NULL;
+    MUST(meridian_client_open_call(c, "double", MERIDIAN_CALL_BIDI, 0, o, &call));
+    meridian_call_options_free(o);
+    double t0 = now_s();
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_DEADLINE_EXCEEDED);
+    EXPECT(now_s() - t0 < 2.0);
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_DEADLINE_EXCEEDED);
+    meridian_call_free(call);
 }
 
 static void test_unary_ex(meridian_client *c) {
@@ -363,6 +538,11 @@ int main(void) {
     MUST(meridian_server_add_unary(server, "deferred", 0, false, h_deferred, NULL));
     MUST(meridian_server_add_server_streaming(server, "stream_defer", 0, false, h_stream_defer,
                                               NULL));
+    MUST(meridian_server_add_client_streaming(server, "sum", 0, false, h_sum, NULL));
+    MUST(meridian_server_add_client_streaming(server, "sum_json", MERIDIAN_PAYLOAD_JSON, false,
+                                              h_sum_json, NULL));
+    MUST(meridian_server_add_bidi(server, "double", 0, false, h_double, NULL));
+    MUST(meridian_server_add_unary(server, "next_in_unary", 0, false, h_next_in_unary, NULL));
     MUST(meridian_server_start(server, "127.0.0.1:0", cert_path, key_path));
     MUST(meridian_server_port(server, &port));
     meridian_client *client = connect_client(port, ca_path);
@@ -370,6 +550,8 @@ int main(void) {
     test_unary_ex(client);
     test_cancel_async(client);
     test_deferred(client);
+    test_client_streaming(client);
+    test_bidi(client);
 
     meridian_client_free(client);
     meridian_server_free(server);

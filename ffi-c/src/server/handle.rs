@@ -7,9 +7,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mcore::{Identity, Method, Server, ServerTls, Status, Value};
+use mcore::{Identity, Method, RequestStream, Server, ServerTls, Status, Value};
 
-use super::handler::{meridian_reply, meridian_request, Handler, Input, Sink};
+use super::handler::{meridian_reply, meridian_request, Handler, Input, Requests, Sink};
 use crate::boundary::{
     borrow, borrow_mut, boundary, boundary_void, c_str, c_str_opt, copy_text,
     not_on_library_thread, on_library_thread, out_ptr, runtime, write_out, Fail, Rt, UserPtr,
@@ -45,7 +45,7 @@ pub(super) type HandlerFn =
 struct Registration {
     name: String,
     payload: u32,
-    streaming: bool,
+    kind: Kind,
     idempotent: bool,
     handler: HandlerFn,
     user: UserPtr,
@@ -143,8 +143,17 @@ pub unsafe extern "C" fn meridian_server_new(
     })
 }
 
+/// The shape of a registered method's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unary,
+    ServerStreaming,
+    ClientStreaming,
+    Bidi,
+}
+
 /// # Safety
-/// As the two registration functions.
+/// As the registration functions.
 unsafe fn register(
     server: *mut meridian_server,
     method: *const c_char,
@@ -152,7 +161,7 @@ unsafe fn register(
     idempotent: bool,
     handler: meridian_handler,
     user: *mut c_void,
-    streaming: bool,
+    kind: Kind,
 ) -> meridian_status {
     boundary(|| {
         // SAFETY: forwarded from the caller's contract.
@@ -175,7 +184,7 @@ unsafe fn register(
         server.methods.push(Registration {
             name: name.to_owned(),
             payload,
-            streaming,
+            kind,
             idempotent,
             handler,
             user: UserPtr(user),
@@ -204,7 +213,17 @@ pub unsafe extern "C" fn meridian_server_add_unary(
     user: *mut c_void,
 ) -> meridian_status {
     // SAFETY: forwarded; same contract.
-    unsafe { register(server, method, payload, idempotent, handler, user, false) }
+    unsafe {
+        register(
+            server,
+            method,
+            payload,
+            idempotent,
+            handler,
+            user,
+            Kind::Unary,
+        )
+    }
 }
 
 /// Registers a server-streaming handler for `method`: it receives one request and sends
@@ -223,7 +242,77 @@ pub unsafe extern "C" fn meridian_server_add_server_streaming(
     user: *mut c_void,
 ) -> meridian_status {
     // SAFETY: forwarded; same contract.
-    unsafe { register(server, method, payload, idempotent, handler, user, true) }
+    unsafe {
+        register(
+            server,
+            method,
+            payload,
+            idempotent,
+            handler,
+            user,
+            Kind::ServerStreaming,
+        )
+    }
+}
+
+/// Registers a client-streaming handler for `method`: it reads the request messages with
+/// `meridian_request_next` (blocking until the next one, `MERIDIAN_STREAM_END` when the
+/// client closed its side) and answers once, as a unary handler does
+/// (`meridian_reply_set_body`, or `meridian_reply_defer`). Otherwise as
+/// `meridian_server_add_unary`; `meridian_request_body` is empty for such calls.
+///
+/// # Safety
+/// As `meridian_server_add_unary`.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_add_client_streaming(
+    server: *mut meridian_server,
+    method: *const c_char,
+    payload: u32,
+    idempotent: bool,
+    handler: meridian_handler,
+    user: *mut c_void,
+) -> meridian_status {
+    // SAFETY: forwarded; same contract.
+    unsafe {
+        register(
+            server,
+            method,
+            payload,
+            idempotent,
+            handler,
+            user,
+            Kind::ClientStreaming,
+        )
+    }
+}
+
+/// Registers a bidirectional-streaming handler for `method`: it reads request messages
+/// with `meridian_request_next` and sends messages with `meridian_reply_send`, in any
+/// order, until it returns. Otherwise as `meridian_server_add_unary`.
+///
+/// # Safety
+/// As `meridian_server_add_unary`.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_add_bidi(
+    server: *mut meridian_server,
+    method: *const c_char,
+    payload: u32,
+    idempotent: bool,
+    handler: meridian_handler,
+    user: *mut c_void,
+) -> meridian_status {
+    // SAFETY: forwarded; same contract.
+    unsafe {
+        register(
+            server,
+            method,
+            payload,
+            idempotent,
+            handler,
+            user,
+            Kind::Bidi,
+        )
+    }
 }
 
 /// Sets the largest message the server accepts or sends, in bytes: requests and
@@ -391,15 +480,16 @@ pub unsafe extern "C" fn meridian_server_start(
                 user: m.user,
                 running: server.handlers.clone(),
             };
-            builder = match (m.streaming, m.payload == MERIDIAN_PAYLOAD_JSON) {
-                (false, false) => builder
+            let json = m.payload == MERIDIAN_PAYLOAD_JSON;
+            builder = match (m.kind, json) {
+                (Kind::Unary, false) => builder
                     .raw()
                     .unary(method, move |req: Bytes, ctx| {
                         let h = h.clone();
                         async move { h.unary(Input::Raw(req), ctx).await.map(Bytes::from) }
                     })
                     .typed(),
-                (false, true) => builder.unary(method, move |req: Value, ctx| {
+                (Kind::Unary, true) => builder.unary(method, move |req: Value, ctx| {
                     let h = h.clone();
                     async move {
                         let out = h.unary(Input::Json(req), ctx).await?;
@@ -408,17 +498,54 @@ pub unsafe extern "C" fn meridian_server_start(
                         })
                     }
                 }),
-                (true, false) => builder
+                (Kind::ServerStreaming, false) => builder
                     .raw()
                     .server_streaming(method, move |req: Bytes, ctx, sink| {
                         let h = h.clone();
                         async move { h.streaming(Input::Raw(req), ctx, Sink::Raw(sink)).await }
                     })
                     .typed(),
-                (true, true) => builder.server_streaming(method, move |req: Value, ctx, sink| {
-                    let h = h.clone();
-                    async move { h.streaming(Input::Json(req), ctx, Sink::Json(sink)).await }
-                }),
+                (Kind::ServerStreaming, true) => {
+                    builder.server_streaming(method, move |req: Value, ctx, sink| {
+                        let h = h.clone();
+                        async move { h.streaming(Input::Json(req), ctx, Sink::Json(sink)).await }
+                    })
+                }
+                (Kind::ClientStreaming, false) => builder
+                    .raw()
+                    .client_streaming(method, move |reqs: RequestStream<Bytes>, ctx| {
+                        let h = h.clone();
+                        let input = Input::Stream(MERIDIAN_PAYLOAD_RAW, Requests::Raw(reqs));
+                        async move { h.unary(input, ctx).await.map(Bytes::from) }
+                    })
+                    .typed(),
+                (Kind::ClientStreaming, true) => {
+                    builder.client_streaming(method, move |reqs: RequestStream<Value>, ctx| {
+                        let h = h.clone();
+                        let input = Input::Stream(MERIDIAN_PAYLOAD_JSON, Requests::Json(reqs));
+                        async move {
+                            let out = h.unary(input, ctx).await?;
+                            json::to_value(&out).map_err(|f| {
+                                Status::internal(format!("the handler answered {}", f.message))
+                            })
+                        }
+                    })
+                }
+                (Kind::Bidi, false) => builder
+                    .raw()
+                    .bidi(method, move |reqs: RequestStream<Bytes>, ctx, sink| {
+                        let h = h.clone();
+                        let input = Input::Stream(MERIDIAN_PAYLOAD_RAW, Requests::Raw(reqs));
+                        async move { h.streaming(input, ctx, Sink::Raw(sink)).await }
+                    })
+                    .typed(),
+                (Kind::Bidi, true) => {
+                    builder.bidi(method, move |reqs: RequestStream<Value>, ctx, sink| {
+                        let h = h.clone();
+                        let input = Input::Stream(MERIDIAN_PAYLOAD_JSON, Requests::Json(reqs));
+                        async move { h.streaming(input, ctx, Sink::Json(sink)).await }
+                    })
+                }
             };
         }
         let rt = runtime()?;

@@ -4,11 +4,11 @@ use std::ffi::CString;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mcore::{CallContext, Code, ResponseSink, Status, Value};
+use mcore::{CallContext, Code, RequestStream, ResponseSink, Status, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::handle::{HandlerFn, Running};
-use crate::boundary::{panic_text, UserPtr};
+use crate::boundary::{nul_terminated, panic_text, UserPtr};
 use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
 
 /// The request a handler reads. Borrowed: valid only during the handler call.
@@ -18,6 +18,69 @@ pub struct meridian_request {
     /// The body, with a NUL byte after it.
     pub(super) body: Vec<u8>,
     pub(super) ctx: CallContext,
+    /// Client-streaming and bidi handlers: the request messages, read with
+    /// `meridian_request_next`.
+    pub(super) incoming: Option<std::sync::Mutex<Incoming>>,
+}
+
+/// The request messages of a client-streaming or bidi call, as a handler reads them.
+pub(super) struct Incoming {
+    pub(super) rx: mpsc::Receiver<Result<Vec<u8>, Status>>,
+    /// The last message handed out, with a NUL after it.
+    pub(super) current: Vec<u8>,
+    /// Set once the requests ended: `MERIDIAN_STREAM_END` or the error, and its text.
+    pub(super) ended: Option<(meridian_status, String)>,
+}
+
+/// A stream of request messages as it arrived.
+pub(super) enum Requests {
+    Raw(RequestStream<Bytes>),
+    Json(RequestStream<Value>),
+}
+
+impl Requests {
+    /// Moves the messages, as NUL-terminated bodies, into a channel the handler reads;
+    /// stops when the handler is gone, and ends the handler's wait with CANCELLED when the
+    /// call is cancelled (deadline, client gone).
+    fn forward(self, ctx: CallContext) -> mpsc::Receiver<Result<Vec<u8>, Status>> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut requests = self;
+            loop {
+                let next = async {
+                    match &mut requests {
+                        Requests::Raw(r) => {
+                            r.message().await.map(|m| m.map(|b| nul_terminated(&b)))
+                        }
+                        Requests::Json(r) => match r.message().await {
+                            Ok(Some(v)) => json::from_value(&v).map(Some).map_err(|f| {
+                                Status::invalid_argument(format!(
+                                    "a JSON handler cannot take this request: {}",
+                                    f.message
+                                ))
+                            }),
+                            Ok(None) => Ok(None),
+                            Err(s) => Err(s),
+                        },
+                    }
+                };
+                let next = tokio::select! {
+                    next = next => next,
+                    () = ctx.cancelled() => Err(Status::cancelled("the call was cancelled")),
+                };
+                let item = match next {
+                    Ok(Some(body)) => Ok(body),
+                    Ok(None) => return,
+                    Err(s) => Err(s),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        rx
+    }
 }
 
 /// Where a handler writes its answer. Borrowed: valid only during the handler call.
@@ -49,6 +112,9 @@ pub(super) enum Out {
 pub(super) enum Input {
     Raw(Bytes),
     Json(Value),
+    /// A streamed request (client-streaming, bidi) of this payload kind: no body, the
+    /// messages come through [`Incoming`].
+    Stream(u32, Requests),
 }
 
 /// Where streaming messages go.
@@ -80,6 +146,13 @@ impl Handler {
     pub(super) async fn unary(&self, input: Input, ctx: CallContext) -> Result<Vec<u8>, Status> {
         let h = self.clone();
         let task = tokio::task::spawn_blocking(move || h.invoke(input, ctx, None));
+        Self::answer(task).await
+    }
+
+    /// Waits for a unary-style answer: now, or deferred.
+    async fn answer(
+        task: tokio::task::JoinHandle<Result<Answer, Status>>,
+    ) -> Result<Vec<u8>, Status> {
         let answer = task
             .await
             .map_err(|e| Status::internal(format!("the handler task failed: {e}")))??;
@@ -130,8 +203,8 @@ impl Handler {
         sender: Option<mpsc::Sender<Out>>,
     ) -> Result<Answer, Status> {
         let _running = self.running.enter();
-        let (payload, mut body) = match input {
-            Input::Raw(b) => (MERIDIAN_PAYLOAD_RAW, b.to_vec()),
+        let (payload, body, incoming) = match input {
+            Input::Raw(b) => (MERIDIAN_PAYLOAD_RAW, nul_terminated(&b), None),
             Input::Json(v) => (
                 MERIDIAN_PAYLOAD_JSON,
                 json::from_value(&v).map_err(|f| {
@@ -140,16 +213,24 @@ impl Handler {
                         f.message
                     ))
                 })?,
+                None,
+            ),
+            Input::Stream(payload, requests) => (
+                payload,
+                vec![0],
+                Some(std::sync::Mutex::new(Incoming {
+                    rx: requests.forward(ctx.clone()),
+                    current: Vec::new(),
+                    ended: None,
+                })),
             ),
         };
-        if payload == MERIDIAN_PAYLOAD_RAW {
-            body.push(0);
-        }
         let method = CString::new(ctx.method().replace('\0', " ")).unwrap_or_default();
         let request = meridian_request {
             method,
             body,
             ctx: ctx.clone(),
+            incoming,
         };
         let mut reply = meridian_reply {
             payload,
