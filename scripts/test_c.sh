@@ -51,6 +51,7 @@ build_c test_tls tests/c/test_tls.c
 build_c test_fork tests/c/test_fork.c
 build_c test_contracts tests/c/test_contracts.c
 build_c test_calls tests/c/test_calls.c
+build_c test_lifecycle tests/c/test_lifecycle.c
 build_c c_server tests/c/c_server.c
 build_c c_client tests/c/c_client.c
 build_c example_server examples/c/server.c
@@ -103,6 +104,9 @@ run_suite() { # run_suite PREFIX...: the three cross-language suites, under PREF
 
     echo "-- call shapes: failed calls' trailers, cancelling async calls, deferred replies (one process)"
     timeout 300 "$@" "$OUT/test_calls"
+
+    echo "-- meridian_init (threads, log callback) and meridian_shutdown (one process)"
+    timeout 300 "$@" "$OUT/test_lifecycle"
 
     echo "-- fork(): the child gets a fresh runtime, inherited handles fail with MERIDIAN_FORKED"
     if [ "$#" -gt 0 ]; then

@@ -15,9 +15,10 @@
  *   handle and live as long as the function's comment says.
  * - NULL where a pointer is required gives MERIDIAN_NULL_PARAMETER, never a crash.
  * - No Rust panic crosses this interface: it becomes MERIDIAN_INTERNAL.
- * - The library owns one multi-threaded runtime, started on first use. Handlers and
- *   completion callbacks run concurrently on its threads; blocking functions called
- *   there return MERIDIAN_WOULD_DEADLOCK.
+ * - The library owns one multi-threaded runtime, started on first use (or configured
+ *   first with meridian_init: worker threads, a log callback) and stopped by
+ *   meridian_shutdown. Handlers and completion callbacks run concurrently on its
+ *   threads; blocking functions called there return MERIDIAN_WOULD_DEADLOCK.
  * - fork(): the parent is not affected. In the child, the first use starts a fresh
  *   runtime of the child's own; the inherited one is never touched (its threads do not
  *   exist there, and its epoll descriptor and sockets are shared with the parent).
@@ -55,6 +56,21 @@
 
 // `meridian_client_open_call` kind: streams both ways.
 #define MERIDIAN_CALL_BIDI 3
+
+// Log level: errors only.
+#define MERIDIAN_LOG_ERROR 1
+
+// Log level: warnings and errors.
+#define MERIDIAN_LOG_WARN 2
+
+// Log level: information, warnings and errors.
+#define MERIDIAN_LOG_INFO 3
+
+// Log level: debugging detail and above.
+#define MERIDIAN_LOG_DEBUG 4
+
+// Log level: everything (very verbose: every QUIC packet).
+#define MERIDIAN_LOG_TRACE 5
 
 // The result of every fallible function of the library.
 //
@@ -221,6 +237,36 @@ typedef void (*meridian_call_callback)(void *user,
                                        meridian_status status,
                                        struct meridian_response *response,
                                        const char *error);
+
+// A log callback: `level` is `MERIDIAN_LOG_ERROR` .. `MERIDIAN_LOG_TRACE`, `target` the
+// module that logged ("meridian::client::call", "quinn_proto::connection", ...),
+// `message` the event's text with its fields ("sending the call again method=add"); both
+// strings are borrowed for the call only. Called on whichever thread logged, often a
+// library thread, possibly several at once: it must be thread-safe, quick, and must not
+// call blocking library functions (events it causes itself are dropped, not recursed).
+typedef void (*meridian_log_callback)(void *user,
+                                      uint32_t level,
+                                      const char *target,
+                                      const char *message);
+
+// Options of `meridian_init`. Zero-initialise it, set `struct_size` to
+// `sizeof(meridian_init_options)` (so later versions of the library can add fields
+// without breaking callers built against this one), then set what you need.
+typedef struct meridian_init_options {
+  // `sizeof(meridian_init_options)`; smaller values (an older header) are accepted,
+  // fields past it count as zero.
+  uint32_t struct_size;
+  // Worker threads of the runtime (they drive the network and run completion
+  // callbacks; handlers run on a separate pool). 0: one per CPU. At most 1024.
+  uint32_t worker_threads;
+  // Where the library's log goes; NULL: nowhere (the default).
+  meridian_log_callback log;
+  // Passed to `log` untouched.
+  void *log_user;
+  // The most verbose level passed to `log` (`MERIDIAN_LOG_ERROR` .. `MERIDIAN_LOG_TRACE`;
+  // 0 means `MERIDIAN_LOG_INFO`).
+  uint32_t log_max_level;
+} meridian_init_options;
 
 // A handler callback, registered per method with `meridian_server_add_unary` or
 // `meridian_server_add_server_streaming`.
@@ -795,6 +841,34 @@ meridian_status meridian_pending_call_cancel(const struct meridian_pending_call 
 // # Safety
 // `pending` is NULL or a handle not yet freed.
 void meridian_pending_call_free(struct meridian_pending_call *pending);
+
+// Configures the library before its runtime starts: worker threads and a log callback.
+// Optional: without it the first use starts the runtime with the defaults (one worker
+// per CPU, no log). `options` may be NULL (the defaults); it is only read.
+//
+// Returns `MERIDIAN_INVALID_STATE` once the runtime runs (after any client, server or
+// call was made and before `meridian_shutdown`): call it first, or after a shutdown,
+// which lets the next runtime start with new settings. `MERIDIAN_INVALID_PARAMETER` for
+// a `struct_size` under 8 or a level or thread count out of range; `MERIDIAN_CONFIG_ERROR`
+// if the log cannot be routed (another Rust library in the process already set the
+// global `tracing` subscriber). Call it from one thread, not concurrently with other
+// library functions; not from a handler or callback.
+//
+// # Safety
+// `options` is NULL or points to `options->struct_size` readable bytes of a
+// `meridian_init_options`.
+meridian_status meridian_init(const struct meridian_init_options *options);
+
+// Stops the library's runtime: its tasks end (connections close abruptly, calls in
+// flight fail, asynchronous calls that have not completed never call back), waiting at
+// most `timeout_ms` for its threads (a handler still running in C is left to finish on
+// its own). Afterwards every client, stream, call and running server made before fails
+// with `MERIDIAN_INVALID_STATE` ("created before meridian_shutdown()"); free them as
+// usual (no memory is lost). The log callback stays set until the next `meridian_init`.
+// The next use (or `meridian_init`) starts a new runtime. Harmless when no runtime runs.
+// Blocking (not from a handler or callback: `MERIDIAN_WOULD_DEADLOCK`). Stop servers
+// first (`meridian_server_stop`) for a graceful end.
+meridian_status meridian_shutdown(uint32_t timeout_ms);
 
 // Defers a unary handler's reply: stores in `*deferred_out` a handle through which any
 // thread answers later (`meridian_deferred_finish`), so the handler can return at once

@@ -541,8 +541,19 @@ impl Rt {
     }
 }
 
+/// Worker threads of the next runtime started (`meridian_init`); 0: one per CPU.
+pub(crate) static WORKER_THREADS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 fn build_runtime() -> Result<tokio::runtime::Runtime, Fail> {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match WORKER_THREADS.load(Ordering::SeqCst) {
+        0 => {}
+        n => {
+            builder.worker_threads(n);
+        }
+    }
+    builder
         .enable_all()
         .thread_name("meridian-worker")
         .build()
@@ -552,6 +563,35 @@ fn build_runtime() -> Result<tokio::runtime::Runtime, Fail> {
                 format!("cannot start the library's runtime: {e}"),
             )
         })
+}
+
+/// Whether a runtime of the current generation is running (started and not shut down).
+pub(crate) fn runtime_running() -> bool {
+    let current = SLOT.load(Ordering::SeqCst);
+    // SAFETY: slots are never freed once published.
+    unsafe { current.as_ref() }
+        .is_some_and(|slot| slot.generation == GENERATION.load(Ordering::SeqCst))
+}
+
+/// Stops the current runtime (if one runs), waiting up to `timeout` for its tasks and
+/// threads: handles made on it fail from now on ([`Rt::check`]), and the next use starts
+/// a new one. Must not run on a library thread.
+pub(crate) fn shutdown_runtime(timeout: std::time::Duration) -> Result<(), Fail> {
+    not_on_library_thread()?;
+    let current = SLOT.load(Ordering::SeqCst);
+    // SAFETY: slots are never freed once published.
+    let Some(slot) = (unsafe { current.as_ref() }) else {
+        return Ok(());
+    };
+    if slot.generation != GENERATION.load(Ordering::SeqCst) {
+        return Ok(()); // already stopped (or inherited across a fork: never touched)
+    }
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    let rt = slot.runtime.lock().ok().and_then(|mut r| r.take());
+    if let Some(rt) = rt {
+        rt.shutdown_timeout(timeout);
+    }
+    Ok(())
 }
 
 /// The library's runtime: one multi-threaded tokio runtime, started on first use and kept

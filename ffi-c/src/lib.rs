@@ -17,6 +17,7 @@
 mod boundary;
 mod client;
 mod json;
+mod lifecycle;
 mod server;
 
 use std::ffi::c_char;
@@ -24,6 +25,7 @@ use std::path::Path;
 
 pub use boundary::meridian_status;
 pub use client::*;
+pub use lifecycle::*;
 pub use server::*;
 
 use boundary::{boundary, c_str, write_out, Fail};
