@@ -230,9 +230,11 @@ typedef struct meridian_stream meridian_stream;
 // Called exactly once, on a library thread, with the `user` pointer given to the call.
 // On success `status` is `MERIDIAN_OK`, `response` is a response the callback now owns
 // (free it with `meridian_response_free`, at any time, on any thread) and `error` is
-// NULL. On failure `response` is NULL and `error` is the error text, borrowed until the
-// callback returns. The callback must not block for long, and blocking library functions
-// called from it fail with `MERIDIAN_WOULD_DEADLOCK`.
+// NULL. On failure `response` is NULL (from `meridian_client_unary_start`: a response
+// holding the failed call's status, message and trailers, when the call was made) and
+// `error` is the error text, borrowed until the callback returns. The callback must not
+// block for long, and blocking library functions called from it fail with
+// `MERIDIAN_WOULD_DEADLOCK`.
 typedef void (*meridian_call_callback)(void *user,
                                        meridian_status status,
                                        struct meridian_response *response,

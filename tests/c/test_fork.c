@@ -2,10 +2,11 @@
  * process forks several times, and in each child
  *   (a) a client made in the child calls the parent's server successfully (the child runs
  *       a fresh runtime of its own),
- *   (b) the client, the stream and the running server inherited from the parent fail at
- *       once with MERIDIAN_FORKED instead of hanging, and freeing them in the child leaks
- *       them rather than touching the parent's sockets;
- * while the parent keeps serving and calling after every fork (it used to crash when a
+ *   (b) the client, the stream, the bidi call and the running server inherited from the
+ *       parent fail at once with MERIDIAN_FORKED instead of hanging, and freeing them in
+ *       the child leaks them rather than touching the parent's sockets;
+ * while the parent keeps serving and calling after every fork (its own stream and bidi
+ * call go on where they were) (it used to crash when a
  * child registered a socket in the inherited epoll descriptor). Every child is bounded by
  * an alarm(); the parent reaps it and checks its exit status. Exit status 0 when every
  * check passed. */
@@ -20,6 +21,19 @@
 
 static char ca_path[256], cert_path[256], key_path[256];
 
+/* raw bidi: answers every request message unchanged. */
+static uint32_t h_bidi_echo(void *user, const meridian_request *req, meridian_reply *reply) {
+    (void)user;
+    const uint8_t *data;
+    size_t len;
+    meridian_status st;
+    while ((st = meridian_request_next(req, &data, &len)) == MERIDIAN_OK) {
+        st = meridian_reply_send(reply, data, len);
+        if (st != MERIDIAN_OK) return st;
+    }
+    return st == MERIDIAN_STREAM_END ? MERIDIAN_OK : st;
+}
+
 static double now_s(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -29,7 +43,7 @@ static double now_s(void) {
 /* What a child checks; its exit status is 0, or 10 plus the number of failed checks
    (capped), so it cannot be mistaken for valgrind's error exit code 1 (see main). */
 static int child_main(unsigned port, meridian_client *inherited, meridian_stream *stream,
-                      meridian_server *server) {
+                      meridian_call *call, meridian_server *server) {
     alarm(60); /* a hang is a failure, not a stuck test */
     meridian_response *resp = NULL;
     const uint8_t *data;
@@ -44,6 +58,8 @@ static int child_main(unsigned port, meridian_client *inherited, meridian_stream
     EXPECT(strstr(last_error(), "before fork()") != NULL);
     EXPECT(now_s() - t0 < 1.0);
     EXPECT_STATUS(meridian_stream_next(stream, &data, &len), MERIDIAN_FORKED);
+    EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"x", 1), MERIDIAN_FORKED);
+    EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_FORKED);
     EXPECT_STATUS(meridian_server_stop(server, 0), MERIDIAN_FORKED);
     EXPECT_STATUS(meridian_client_wait_ready(inherited, "echo", 100), MERIDIAN_FORKED);
     EXPECT(strcmp(meridian_status_name(MERIDIAN_FORKED), "FORKED") == 0);
@@ -65,6 +81,7 @@ static int child_main(unsigned port, meridian_client *inherited, meridian_stream
     /* Freeing inherited handles in the child leaks them (no destructor touches the parent's
        epoll or sockets); the parent must not notice. */
     meridian_stream_free(stream);
+    meridian_call_free(call);
     meridian_client_free(inherited);
     meridian_server_free(server);
     return failures == 0 ? 0 : 10 + (failures > 100 ? 100 : failures);
@@ -82,6 +99,8 @@ int main(void) {
     uint16_t port = 0;
     MUST(meridian_server_new("fork", &server));
     MUST(register_handlers(server));
+    MUST(meridian_server_add_bidi(server, "bidi_echo", MERIDIAN_PAYLOAD_RAW, false, h_bidi_echo,
+                                  NULL));
     MUST(meridian_server_start(server, "127.0.0.1:0", cert_path, key_path));
     MUST(meridian_server_port(server, &port));
     meridian_client *client = connect_client(port, ca_path);
@@ -94,13 +113,18 @@ int main(void) {
         meridian_stream *stream = NULL;
         MUST(meridian_client_server_streaming(client, "count", MERIDIAN_PAYLOAD_RAW,
                                               (const uint8_t *)"100", 3, NULL, &stream));
+        /* And an open bidirectional call. */
+        meridian_call *call = NULL;
+        MUST(meridian_client_open_call(client, "bidi_echo", MERIDIAN_CALL_BIDI,
+                                       MERIDIAN_PAYLOAD_RAW, NULL, &call));
+        MUST(meridian_call_send(call, (const uint8_t *)"ping", 4));
         fflush(NULL);
         pid_t pid = fork();
         if (pid < 0) {
             perror("fork");
             return 2;
         }
-        if (pid == 0) _exit(child_main(port, client, stream, server));
+        if (pid == 0) _exit(child_main(port, client, stream, call, server));
 
         /* The parent keeps calling while the child works, and after it ended. */
         for (int i = 0; i < 20; i++) {
@@ -138,6 +162,15 @@ int main(void) {
         }
         EXPECT_STATUS(meridian_stream_next(stream, &data, &len), MERIDIAN_STREAM_END);
         meridian_stream_free(stream);
+        /* The parent's bidi call goes on where it was. */
+        EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
+        EXPECT(len == 4 && memcmp(data, "ping", 4) == 0);
+        EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"pong", 4), MERIDIAN_OK);
+        EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
+        EXPECT(len == 4 && memcmp(data, "pong", 4) == 0);
+        MUST(meridian_call_close_send(call));
+        EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_STREAM_END);
+        meridian_call_free(call);
         EXPECT_BODY(call_ok(client, "add", MERIDIAN_PAYLOAD_JSON, "[1, 2]", NULL), "3");
         /* A client made after the fork in the parent works too. */
         meridian_client *more = connect_client(port, ca_path);
