@@ -15,9 +15,20 @@
  *   handle and live as long as the function's comment says.
  * - NULL where a pointer is required gives MERIDIAN_NULL_PARAMETER, never a crash.
  * - No Rust panic crosses this interface: it becomes MERIDIAN_INTERNAL.
- * - The library owns one multi-threaded runtime, started on first use. Handlers and
- *   completion callbacks run concurrently on its threads; blocking functions called
- *   there return MERIDIAN_WOULD_DEADLOCK.
+ * - The library owns one multi-threaded runtime, started on first use (or configured
+ *   first with meridian_init: worker threads, a log callback) and stopped by
+ *   meridian_shutdown. Handlers and completion callbacks run concurrently on its
+ *   threads; blocking functions called there return MERIDIAN_WOULD_DEADLOCK.
+ * - fork(): the parent is not affected. In the child, the first use starts a fresh
+ *   runtime of the child's own; the inherited one is never touched (its threads do not
+ *   exist there, and its epoll descriptor and sockets are shared with the parent).
+ *   Clients, streams and running servers made before the fork fail in the child with
+ *   MERIDIAN_FORKED at once (never a hang); make new ones in the child. Freeing such a
+ *   handle in the child leaks it on purpose (its destructor would close the parent's
+ *   sockets and deregister them from the parent's epoll). Configurations, call options,
+ *   responses and servers not yet started are plain data and work in the child; async
+ *   calls in flight at the fork complete in the parent only. Fork from an application
+ *   thread, not from a handler or callback.
  */
 
 #ifndef MERIDIAN_H
@@ -32,7 +43,12 @@
 
 // Payload kind: JSON text, converted to and from Meridian's `Value` encoding, so that C
 // can call Rust and Python handlers (and serve their clients). JSON object keys are
-// strings; integers must fit in 64 bits.
+// strings. Integers must fit in a signed 64-bit integer (-2^63 .. 2^63-1); a wider
+// integer literal is `MERIDIAN_BAD_JSON`, never rounded to a float. Arrays and objects
+// nest at most 64 deep (a top-level array is depth 1), the depth Meridian receivers
+// accept: deeper text is `MERIDIAN_BAD_JSON` before anything is sent. A JSON handler
+// that sets no body answers `null`. Sizes: see `meridian_client_config_set_max_message_bytes`
+// (4 MiB by default, applied to the encoded value).
 #define MERIDIAN_PAYLOAD_JSON 1
 
 // The major version of the header (`0` while the interface may still change between minor
@@ -49,6 +65,27 @@
 // The header's version as one number, `(MAJOR << 16) | (MINOR << 8) | PATCH`, to compare
 // with `meridian_version_number()` (the library actually loaded) at run time.
 #define MERIDIAN_VERSION_NUMBER (((MERIDIAN_VERSION_MAJOR << 16) | (MERIDIAN_VERSION_MINOR << 8)) | MERIDIAN_VERSION_PATCH)
+
+// `meridian_client_open_call` kind: a stream of requests, one response.
+#define MERIDIAN_CALL_CLIENT_STREAMING 2
+
+// `meridian_client_open_call` kind: streams both ways.
+#define MERIDIAN_CALL_BIDI 3
+
+// Log level: errors only.
+#define MERIDIAN_LOG_ERROR 1
+
+// Log level: warnings and errors.
+#define MERIDIAN_LOG_WARN 2
+
+// Log level: information, warnings and errors.
+#define MERIDIAN_LOG_INFO 3
+
+// Log level: debugging detail and above.
+#define MERIDIAN_LOG_DEBUG 4
+
+// Log level: everything (very verbose: every QUIC packet).
+#define MERIDIAN_LOG_TRACE 5
 
 // The result of every fallible function of the library.
 //
@@ -119,6 +156,10 @@ enum meridian_status
   // The operation is not available for this client or this build (e.g.
   // `meridian_client_metrics` on a direct client of one server).
   MERIDIAN_UNSUPPORTED = 7108,
+  // The handle was made in a parent process before `fork()` and cannot be used in the
+  // child (it shares the parent's sockets and runtime). Make a new one in the child;
+  // freeing the inherited one there leaks it on purpose.
+  MERIDIAN_FORKED = 7109,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -127,6 +168,13 @@ typedef enum meridian_status meridian_status;
 typedef uint32_t meridian_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+// A client-streaming or bidirectional call in progress.
+//
+// Made by `meridian_client_open_call`, freed by `meridian_call_free` (which cancels the
+// call if it has not ended). Not thread-safe: one thread at a time (sending on one thread
+// while another receives is not supported; alternate, or use two calls).
+typedef struct meridian_call meridian_call;
 
 // Options of a call: timeout, metadata, idempotency, routing key.
 //
@@ -150,13 +198,29 @@ typedef struct meridian_client meridian_client;
 // it may be freed right after.
 typedef struct meridian_client_config meridian_client_config;
 
+// A unary call's reply, taken out of the handler by `meridian_reply_defer` to be answered
+// later, from any thread, with `meridian_deferred_finish`.
+//
+// Owned by the application. Exactly one of `meridian_deferred_finish` (answers and frees)
+// or `meridian_deferred_free` (frees without answering: the caller gets
+// `MERIDIAN_INTERNAL` "... freed it without answering") releases it. Not thread-safe: one
+// thread at a time, but that thread may be any thread, including one of the library's.
+typedef struct meridian_deferred_reply meridian_deferred_reply;
+
+// An asynchronous call started by `meridian_client_unary_start`, for cancelling it.
+//
+// Owned by the application, freed with `meridian_pending_call_free` (which does not cancel
+// the call). Thread-safe: cancel from any thread, at any time, even after the callback ran.
+typedef struct meridian_pending_call meridian_pending_call;
+
 // Where a handler writes its answer. Borrowed: valid only during the handler call.
 typedef struct meridian_reply meridian_reply;
 
 // The request a handler reads. Borrowed: valid only during the handler call.
 typedef struct meridian_request meridian_request;
 
-// The result of a successful unary call.
+// The result of a unary call: a successful one, or (from `meridian_client_unary_ex` and
+// `meridian_client_unary_start`) a failed one, with its status, message and trailers.
 //
 // Made by the library (blocking calls store it in `*response_out`; asynchronous calls pass
 // it to the callback), owned by the application, freed with `meridian_response_free`.
@@ -181,13 +245,45 @@ typedef struct meridian_stream meridian_stream;
 // Called exactly once, on a library thread, with the `user` pointer given to the call.
 // On success `status` is `MERIDIAN_OK`, `response` is a response the callback now owns
 // (free it with `meridian_response_free`, at any time, on any thread) and `error` is
-// NULL. On failure `response` is NULL and `error` is the error text, borrowed until the
-// callback returns. The callback must not block for long, and blocking library functions
-// called from it fail with `MERIDIAN_WOULD_DEADLOCK`.
+// NULL. On failure `response` is NULL (from `meridian_client_unary_start`: a response
+// holding the failed call's status, message and trailers, when the call was made) and
+// `error` is the error text, borrowed until the callback returns. The callback must not
+// block for long, and blocking library functions called from it fail with
+// `MERIDIAN_WOULD_DEADLOCK`.
 typedef void (*meridian_call_callback)(void *user,
                                        meridian_status status,
                                        struct meridian_response *response,
                                        const char *error);
+
+// A log callback: `level` is `MERIDIAN_LOG_ERROR` .. `MERIDIAN_LOG_TRACE`, `target` the
+// module that logged ("meridian::client::call", "quinn_proto::connection", ...),
+// `message` the event's text with its fields ("sending the call again method=add"); both
+// strings are borrowed for the call only. Called on whichever thread logged, often a
+// library thread, possibly several at once: it must be thread-safe, quick, and must not
+// call blocking library functions (events it causes itself are dropped, not recursed).
+typedef void (*meridian_log_callback)(void *user,
+                                      uint32_t level,
+                                      const char *target,
+                                      const char *message);
+
+// Options of `meridian_init`. Zero-initialise it, set `struct_size` to
+// `sizeof(meridian_init_options)` (so later versions of the library can add fields
+// without breaking callers built against this one), then set what you need.
+typedef struct meridian_init_options {
+  // `sizeof(meridian_init_options)`; smaller values (an older header) are accepted,
+  // fields past it count as zero.
+  uint32_t struct_size;
+  // Worker threads of the runtime (they drive the network and run completion
+  // callbacks; handlers run on a separate pool). 0: one per CPU. At most 1024.
+  uint32_t worker_threads;
+  // Where the library's log goes; NULL: nowhere (the default).
+  meridian_log_callback log;
+  // Passed to `log` untouched.
+  void *log_user;
+  // The most verbose level passed to `log` (`MERIDIAN_LOG_ERROR` .. `MERIDIAN_LOG_TRACE`;
+  // 0 means `MERIDIAN_LOG_INFO`).
+  uint32_t log_max_level;
+} meridian_init_options;
 
 // A handler callback, registered per method with `meridian_server_add_unary` or
 // `meridian_server_add_server_streaming`.
@@ -230,7 +326,8 @@ int32_t meridian_status_grpc_code(uint32_t status);
 
 // Copies the text of this thread's last error into `buf` (`len` bytes), always
 // NUL-terminated and truncated to fit, and stores the number of bytes written (without
-// the NUL) in `*out_n`. Every function that returns something other than `MERIDIAN_OK`
+// the NUL) in `*out_n`. A server's error message reaches the caller cut to at most
+// 8192 bytes (8 KiB), so a buffer of 8193 bytes always holds it. Every function that returns something other than `MERIDIAN_OK`
 // sets the text first; a success leaves it as it was. Thread-safe (the text is per
 // thread).
 //
@@ -238,7 +335,9 @@ int32_t meridian_status_grpc_code(uint32_t status);
 //
 // # Safety
 // `buf` points to `len` writable bytes; `out_n` points to a writable `size_t`.
-meridian_status meridian_last_error(char *buf, size_t len, size_t *out_n);
+meridian_status meridian_last_error(char *buf,
+                                    size_t len,
+                                    size_t *out_n);
 
 // For development and tests only: makes a throw-away certificate authority and writes,
 // into the existing directory `dir`, `ca.pem` (the CA certificate clients trust),
@@ -262,6 +361,64 @@ meridian_status meridian_dev_certificates_write(const char *dir);
 meridian_status meridian_dev_mtls_certificates_write(const char *dir,
                                                      const char *client_name,
                                                      const char *client_uri);
+
+// Opens a client-streaming (`kind` = `MERIDIAN_CALL_CLIENT_STREAMING`) or bidirectional
+// (`MERIDIAN_CALL_BIDI`) call of `method` and stores its handle in `*call_out` (caller
+// frees with `meridian_call_free`). `payload` is `MERIDIAN_PAYLOAD_RAW` or
+// `MERIDIAN_PAYLOAD_JSON` for every message both ways; `options` may be NULL, and the
+// call's timeout covers the whole call. Then: `meridian_call_send` any number of
+// messages, `meridian_call_close_send` when done, and `meridian_call_next` for the
+// response(s). Blocking until the call is open (`MERIDIAN_WOULD_DEADLOCK` on library
+// threads). Nothing is written on failure.
+//
+// # Safety
+// `client` is live; `method` is NUL-terminated; `options` is NULL or live; `call_out` is
+// writable.
+meridian_status meridian_client_open_call(const struct meridian_client *client,
+                                          const char *method,
+                                          uint32_t kind,
+                                          uint32_t payload,
+                                          const struct meridian_call_options *options,
+                                          struct meridian_call **call_out);
+
+// Sends one request message (`len` bytes, copied; JSON text for a JSON call, parsed here:
+// `MERIDIAN_BAD_JSON` if it does not parse, nothing sent). Waits while the server is slow
+// to read, up to the call's deadline. `MERIDIAN_INVALID_STATE` after
+// `meridian_call_close_send`; a failed send (the call ended: read its status with
+// `meridian_call_next`) returns the failure and closes the send side. Blocking.
+//
+// # Safety
+// `call` is live; `data` has `len` bytes.
+meridian_status meridian_call_send(struct meridian_call *call, const uint8_t *data, size_t len);
+
+// Closes the send side: the server sees the end of the requests. Harmless when already
+// closed. Not blocking.
+//
+// # Safety
+// `call` is live.
+meridian_status meridian_call_close_send(struct meridian_call *call);
+
+// Waits for the next response message. `MERIDIAN_OK`: `*data_out` points to `*len_out`
+// bytes (JSON text for a JSON call, followed by a NUL not counted), owned by the call and
+// valid until the next `meridian_call_next` or `meridian_call_free`.
+// `MERIDIAN_STREAM_END`: the call ended successfully, no more messages (a
+// client-streaming call gives its one response, then `MERIDIAN_STREAM_END`). Any other
+// status: the call failed (text in `meridian_last_error`). After the end or an error,
+// every further call returns the same status. A client-streaming call's response comes
+// only after `meridian_call_close_send` (unless the server answers early). Blocking.
+//
+// # Safety
+// `call` is live; the out-pointers are writable.
+meridian_status meridian_call_next(struct meridian_call *call,
+                                   const uint8_t **data_out,
+                                   size_t *len_out);
+
+// Frees a call, cancelling it on the server if it has not ended. NULL is harmless. In the
+// child of a `fork()`, a call opened before the fork is leaked instead.
+//
+// # Safety
+// `call` is NULL or a call not yet freed.
+void meridian_call_free(struct meridian_call *call);
 
 // Creates an empty client configuration and stores it in `*config_out`.
 //
@@ -333,7 +490,8 @@ meridian_status meridian_client_config_set_identity_pem_files(struct meridian_cl
 // of PEM text (the first certificate is used). The bytes are copied. The server's
 // signature is still verified; names and expiry are not. Replaces any trust set before.
 //
-// Returns `MERIDIAN_CONFIG_ERROR` when the bytes hold no certificate.
+// Returns `MERIDIAN_CONFIG_ERROR` when the bytes hold no certificate that parses as
+// X.509 (checked here, not at `meridian_client_new`); the trust set before is kept.
 //
 // # Safety
 // `config` is a live configuration; `cert` points to `cert_len` readable bytes.
@@ -342,12 +500,25 @@ meridian_status meridian_client_config_set_pinned_certificate(struct meridian_cl
                                                               size_t cert_len);
 
 // Prefers `region` whenever it is healthy, whatever the measured RTTs say (region
-// clients only). The string is copied.
+// clients only). The string is copied. `meridian_client_new` returns
+// `MERIDIAN_CONFIG_ERROR` if no endpoint or region-file entry belongs to that region.
 //
 // # Safety
 // `config` is a live configuration; `region` is NUL-terminated.
 meridian_status meridian_client_config_set_preferred_region(struct meridian_client_config *config,
                                                             const char *region);
+
+// Sets the largest message this client sends or accepts, in bytes: requests and
+// responses alike (raw bodies, or the encoded form of JSON values). 0 restores the
+// default, 4194304 (4 MiB). A larger request fails locally, a larger response with
+// `MERIDIAN_RESOURCE_EXHAUSTED`; the server has a limit of its own
+// (`meridian_server_set_max_message_bytes`), so raise both. At most 1 GiB
+// (`MERIDIAN_INVALID_PARAMETER` above).
+//
+// # Safety
+// `config` is a live configuration.
+meridian_status meridian_client_config_set_max_message_bytes(struct meridian_client_config *config,
+                                                             size_t bytes);
 
 // Gives up a connection attempt (QUIC and TLS handshake) after `timeout_ms` (0: the
 // default, 10 s). Applies to the first connection and to reconnections.
@@ -392,6 +563,8 @@ meridian_status meridian_client_wait_ready(const struct meridian_client *client,
                                            uint32_t timeout_ms);
 
 // Frees a client. NULL is harmless. Calls in flight on other threads must have returned.
+// In the child of a `fork()`, a client made before the fork is not closed but leaked on
+// purpose (its sockets are the parent's).
 //
 // # Safety
 // `client` is NULL or a client not yet freed; it must not be used afterwards.
@@ -430,8 +603,9 @@ void meridian_call_options_free(struct meridian_call_options *options);
 meridian_status meridian_call_options_set_timeout_ms(struct meridian_call_options *options,
                                                      uint64_t timeout_ms);
 
-// Adds a metadata entry: `key` (NUL-terminated UTF-8) and `value_len` bytes of value.
-// Both are copied.
+// Adds a metadata entry: `key` (NUL-terminated) and `value_len` bytes of value. Both are
+// copied. Keys follow gRPC's rules: not empty, only lowercase ASCII letters, digits, `-`,
+// `_` and `.` (`MERIDIAN_INVALID_PARAMETER` otherwise).
 //
 // # Safety
 // `options` is live; `key` is NUL-terminated; `value` points to `value_len` bytes.
@@ -615,6 +789,168 @@ meridian_status meridian_client_unary_async(const struct meridian_client *client
                                             meridian_call_callback callback,
                                             void *user);
 
+// As `meridian_client_unary`, but a call that fails with a gRPC status (7001..7016) also
+// gives a response: `*response_out` receives one whenever the call was made, on success
+// as `meridian_client_unary` does, and on failure with an empty body, the status
+// (`meridian_response_status`), the server's message (`meridian_response_error_message`)
+// and the trailing metadata the server sent with the failure
+// (`meridian_response_metadata_get`). The function returns the same status as the
+// response holds. Interface errors that prevent the call (`MERIDIAN_NULL_PARAMETER`,
+// `MERIDIAN_BAD_JSON` for the request, `MERIDIAN_WOULD_DEADLOCK`, `MERIDIAN_FORKED`, ...)
+// write nothing. The caller frees the response with `meridian_response_free` in both
+// cases. Blocking, as `meridian_client_unary`.
+//
+// # Safety
+// As `meridian_client_unary`.
+meridian_status meridian_client_unary_ex(const struct meridian_client *client,
+                                         const char *method,
+                                         uint32_t payload,
+                                         const uint8_t *request,
+                                         size_t request_len,
+                                         const struct meridian_call_options *options,
+                                         struct meridian_response **response_out);
+
+// The status of the call a response belongs to: `MERIDIAN_OK`, or (from
+// `meridian_client_unary_ex` and `meridian_client_unary_start`) the gRPC status it failed
+// with. A response pointer that is NULL gives `MERIDIAN_NULL_PARAMETER`.
+//
+// # Safety
+// `response` is NULL or live.
+meridian_status meridian_response_status(const struct meridian_response *response);
+
+// The error message of a failed call's response (the server's text, at most 8 KiB):
+// `*data_out` points to `*len_out` bytes owned by the response, followed by a NUL (not
+// counted), valid until `meridian_response_free`. Empty for a successful call.
+//
+// # Safety
+// `response` is live; the out-pointers are writable.
+meridian_status meridian_response_error_message(const struct meridian_response *response,
+                                                const uint8_t **data_out,
+                                                size_t *len_out);
+
+// As `meridian_client_unary_async`, with two differences. The callback's `response` is
+// non-NULL also when the call failed with a gRPC status (read its status, message and
+// trailers as from `meridian_client_unary_ex`); it is NULL only for errors of the
+// interface and for a cancelled call (`error` has the text then). And `*pending_out`
+// receives a handle for `meridian_pending_call_cancel`, which the caller frees with
+// `meridian_pending_call_free` whenever it likes (before or after the callback). The
+// callback is still called exactly once. Nothing is written and no callback comes on a
+// status other than `MERIDIAN_OK`.
+//
+// # Safety
+// As `meridian_client_unary_async`; `pending_out` is writable.
+meridian_status meridian_client_unary_start(const struct meridian_client *client,
+                                            const char *method,
+                                            uint32_t payload,
+                                            const uint8_t *request,
+                                            size_t request_len,
+                                            const struct meridian_call_options *options,
+                                            meridian_call_callback callback,
+                                            void *user,
+                                            struct meridian_pending_call **pending_out);
+
+// Cancels a call started by `meridian_client_unary_start`: if its callback has not run
+// yet, the call is abandoned (the server's handler sees it cancelled) and the callback
+// runs with `MERIDIAN_CANCELLED`, possibly before this returns, possibly on this thread's
+// behalf on a library thread. If the callback already ran or is running, nothing happens.
+// Not blocking; callable from anywhere, including callbacks and handlers.
+//
+// # Safety
+// `pending` is live.
+meridian_status meridian_pending_call_cancel(const struct meridian_pending_call *pending);
+
+// Frees the handle of a call started by `meridian_client_unary_start`, without cancelling
+// it (its callback still runs). NULL is harmless.
+//
+// # Safety
+// `pending` is NULL or a handle not yet freed.
+void meridian_pending_call_free(struct meridian_pending_call *pending);
+
+// Configures the library before its runtime starts: worker threads and a log callback.
+// Optional: without it the first use starts the runtime with the defaults (one worker
+// per CPU, no log). `options` may be NULL (the defaults); it is only read.
+//
+// Returns `MERIDIAN_INVALID_STATE` once the runtime runs (after any client, server or
+// call was made and before `meridian_shutdown`): call it first, or after a shutdown,
+// which lets the next runtime start with new settings. `MERIDIAN_INVALID_PARAMETER` for
+// a `struct_size` under 8 or a level or thread count out of range; `MERIDIAN_CONFIG_ERROR`
+// if the log cannot be routed (another Rust library in the process already set the
+// global `tracing` subscriber). Call it from one thread, not concurrently with other
+// library functions; not from a handler or callback.
+//
+// # Safety
+// `options` is NULL or points to `options->struct_size` readable bytes of a
+// `meridian_init_options`.
+meridian_status meridian_init(const struct meridian_init_options *options);
+
+// Stops the library's runtime: its tasks end (connections close abruptly, calls in
+// flight fail, asynchronous calls that have not completed never call back), waiting at
+// most `timeout_ms` for its threads (a handler still running in C is left to finish on
+// its own). Afterwards every client, stream, call and running server made before fails
+// with `MERIDIAN_INVALID_STATE` ("created before meridian_shutdown()"); free them as
+// usual (no memory is lost). The log callback stays set until the next `meridian_init`.
+// The next use (or `meridian_init`) starts a new runtime. Harmless when no runtime runs.
+// Blocking (not from a handler or callback: `MERIDIAN_WOULD_DEADLOCK`). Stop servers
+// first (`meridian_server_stop`) for a graceful end.
+meridian_status meridian_shutdown(uint32_t timeout_ms);
+
+// Defers a unary handler's reply: stores in `*deferred_out` a handle through which any
+// thread answers later (`meridian_deferred_finish`), so the handler can return at once
+// and free its pool thread while the work goes on elsewhere. Once deferred, the
+// handler's return value, body, error message and trailers set on `reply` are ignored.
+// The call's deadline and cancellation still apply: a call that ends first makes
+// `meridian_deferred_finish` return `MERIDIAN_CANCELLED` (and free the handle).
+// `MERIDIAN_INVALID_STATE` in a streaming handler or when deferred twice.
+//
+// # Safety
+// `reply` is the handler's reply (during the handler call); `deferred_out` is writable.
+meridian_status meridian_reply_defer(struct meridian_reply *reply,
+                                     struct meridian_deferred_reply **deferred_out);
+
+// Adds trailing metadata to a deferred reply (key and `value_len` bytes, copied; keys as
+// `meridian_reply_set_trailer`).
+//
+// # Safety
+// `deferred` is live; `key` is NUL-terminated; `value` has `value_len` bytes.
+meridian_status meridian_deferred_set_trailer(struct meridian_deferred_reply *deferred,
+                                              const char *key,
+                                              const uint8_t *value,
+                                              size_t value_len);
+
+// Whether the deferred call is over for the caller (cancelled, deadline passed, client
+// gone): then an answer would be dropped and the work may stop.
+//
+// # Safety
+// `deferred` is live; `out` is writable.
+meridian_status meridian_deferred_is_cancelled(const struct meridian_deferred_reply *deferred,
+                                               bool *out);
+
+// Answers a deferred call and frees the handle (in every case, also on failure: never use
+// it again). `status` is `MERIDIAN_OK` with the body `data` (`len` bytes, copied; JSON
+// text for a JSON method, NULL/0 for an empty body, JSON `null`), or a gRPC status
+// 7001..7016 failing the call with `error_message` (NULL: a default text; `data` is then
+// ignored). Returns `MERIDIAN_OK` when the answer was handed to the call,
+// `MERIDIAN_CANCELLED` if the call had already ended, `MERIDIAN_INVALID_PARAMETER` for a
+// status that is not OK or a gRPC status (the caller then gets `MERIDIAN_INTERNAL`). Not
+// blocking; callable from any thread.
+//
+// # Safety
+// `deferred` is NULL or live (and not used again); `data` has `len` bytes;
+// `error_message` is NULL or NUL-terminated.
+meridian_status meridian_deferred_finish(struct meridian_deferred_reply *deferred,
+                                         uint32_t status,
+                                         const uint8_t *data,
+                                         size_t len,
+                                         const char *error_message);
+
+// Frees a deferred reply without answering: the caller gets `MERIDIAN_INTERNAL` with the
+// text "the handler deferred its reply and freed it without answering". NULL is
+// harmless.
+//
+// # Safety
+// `deferred` is NULL or a handle not yet released.
+void meridian_deferred_free(struct meridian_deferred_reply *deferred);
+
 // Creates a server that will announce `region` (NULL: "default"). The string is copied.
 // The caller owns the server and frees it with `meridian_server_free`.
 //
@@ -651,6 +987,46 @@ meridian_status meridian_server_add_server_streaming(struct meridian_server *ser
                                                      bool idempotent,
                                                      meridian_handler handler,
                                                      void *user);
+
+// Registers a client-streaming handler for `method`: it reads the request messages with
+// `meridian_request_next` (blocking until the next one, `MERIDIAN_STREAM_END` when the
+// client closed its side) and answers once, as a unary handler does
+// (`meridian_reply_set_body`, or `meridian_reply_defer`). Otherwise as
+// `meridian_server_add_unary`; `meridian_request_body` is empty for such calls.
+//
+// # Safety
+// As `meridian_server_add_unary`.
+meridian_status meridian_server_add_client_streaming(struct meridian_server *server,
+                                                     const char *method,
+                                                     uint32_t payload,
+                                                     bool idempotent,
+                                                     meridian_handler handler,
+                                                     void *user);
+
+// Registers a bidirectional-streaming handler for `method`: it reads request messages
+// with `meridian_request_next` and sends messages with `meridian_reply_send`, in any
+// order, until it returns. Otherwise as `meridian_server_add_unary`.
+//
+// # Safety
+// As `meridian_server_add_unary`.
+meridian_status meridian_server_add_bidi(struct meridian_server *server,
+                                         const char *method,
+                                         uint32_t payload,
+                                         bool idempotent,
+                                         meridian_handler handler,
+                                         void *user);
+
+// Sets the largest message the server accepts or sends, in bytes: requests and
+// responses alike (raw bodies, or the encoded form of JSON values). 0 restores the
+// default, 4194304 (4 MiB). A larger request fails with `MERIDIAN_RESOURCE_EXHAUSTED`
+// at the caller, before any handler runs; a larger reply fails the call the same way.
+// Clients have a limit of their own (`meridian_client_config_set_max_message_bytes`).
+// At most 1 GiB (`MERIDIAN_INVALID_PARAMETER` above); `MERIDIAN_INVALID_STATE` once the
+// server runs.
+//
+// # Safety
+// `server` is live.
+meridian_status meridian_server_set_max_message_bytes(struct meridian_server *server, size_t bytes);
 
 // Requires every client to present a certificate chaining to a CA in the PEM file at
 // `ca_path` (mutual TLS); a client without one is refused during the handshake, before
@@ -729,7 +1105,9 @@ meridian_status meridian_server_metrics(const struct meridian_server *server,
 meridian_status meridian_server_stop(struct meridian_server *server, uint32_t grace_ms);
 
 // Stops the server if it runs (no grace period), waits for running handlers to return,
-// and frees it. NULL is harmless. Must not be called from a handler.
+// and frees it. NULL is harmless. Must not be called from a handler. In the child of a
+// `fork()`, a server started before the fork is neither stopped nor waited for: it is
+// leaked on purpose (its socket and runtime are the parent's).
 //
 // # Safety
 // `server` is NULL or a server not yet freed.
@@ -844,8 +1222,9 @@ meridian_status meridian_request_peer_certificate(const struct meridian_request 
                                                   size_t *len_out);
 
 // Sets a unary handler's response body (`len` bytes, copied; JSON text for a JSON
-// method, checked when the handler returns). `MERIDIAN_INVALID_STATE` in a streaming
-// handler.
+// method, checked when the handler returns). A handler that returns `MERIDIAN_OK`
+// without setting a body answers an empty body (raw) or JSON `null` (JSON).
+// `MERIDIAN_INVALID_STATE` in a streaming handler.
 //
 // # Safety
 // `reply` is the handler's reply; `data` points to `len` bytes.
@@ -862,14 +1241,16 @@ meridian_status meridian_reply_set_body(struct meridian_reply *reply,
 // `reply` is the handler's reply; `data` points to `len` bytes.
 meridian_status meridian_reply_send(struct meridian_reply *reply, const uint8_t *data, size_t len);
 
-// Sets the error text sent with a failing status (copied).
+// Sets the error text sent with a failing status (copied). The caller receives at most
+// its first 8192 bytes (8 KiB).
 //
 // # Safety
 // `reply` is the handler's reply; `message` is NUL-terminated.
 meridian_status meridian_reply_set_error_message(struct meridian_reply *reply, const char *message);
 
 // Adds trailing metadata to the response (key and `value_len` bytes, copied); the client
-// reads it with `meridian_response_metadata_get`.
+// reads it with `meridian_response_metadata_get`. Keys follow the rules of
+// `meridian_call_options_add_metadata` (`MERIDIAN_INVALID_PARAMETER` otherwise).
 //
 // # Safety
 // `reply` is the handler's reply; `key` is NUL-terminated; `value` has `value_len` bytes.
@@ -884,6 +1265,23 @@ meridian_status meridian_reply_set_trailer(struct meridian_reply *reply,
 // # Safety
 // `request` is the handler's request; the out-pointers are writable.
 meridian_status meridian_request_body(const struct meridian_request *request,
+                                      const uint8_t **data_out,
+                                      size_t *len_out);
+
+// The next request message of a client-streaming or bidi call, waiting for it (the
+// handler's thread blocks; the call's deadline and cancellation end the wait).
+// `MERIDIAN_OK`: `*data_out` points to `*len_out` bytes (JSON text for a JSON method,
+// followed by a NUL not counted), valid until the next `meridian_request_next` or until
+// the handler returns. `MERIDIAN_STREAM_END`: the client closed its side; no more
+// messages. Any other status: the request stream failed (the call was cancelled, a
+// message too large, JSON a C handler cannot take, ...). After the end or an error every
+// further call returns the same status. `MERIDIAN_INVALID_STATE` in unary and
+// server-streaming handlers (use `meridian_request_body`). Nothing is written unless
+// `MERIDIAN_OK`. Only on the handler's thread.
+//
+// # Safety
+// `request` is the handler's request; the out-pointers are writable.
+meridian_status meridian_request_next(const struct meridian_request *request,
                                       const uint8_t **data_out,
                                       size_t *len_out);
 

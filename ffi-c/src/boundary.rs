@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use mcore::{Code, Status};
 
@@ -77,6 +77,10 @@ pub enum meridian_status {
     /// The operation is not available for this client or this build (e.g.
     /// `meridian_client_metrics` on a direct client of one server).
     MERIDIAN_UNSUPPORTED = 7108,
+    /// The handle was made in a parent process before `fork()` and cannot be used in the
+    /// child (it shares the parent's sockets and runtime). Make a new one in the child;
+    /// freeing the inherited one there leaks it on purpose.
+    MERIDIAN_FORKED = 7109,
 }
 
 impl meridian_status {
@@ -141,6 +145,7 @@ impl meridian_status {
             MERIDIAN_NOT_PRESENT => c"NOT_PRESENT",
             MERIDIAN_STREAM_END => c"STREAM_END",
             MERIDIAN_UNSUPPORTED => c"UNSUPPORTED",
+            MERIDIAN_FORKED => c"FORKED",
         }
     }
 }
@@ -283,6 +288,52 @@ pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+/// The largest `meridian_*_set_max_message_bytes` accepts: 1 GiB.
+pub(crate) const MAX_MESSAGE_BYTES_LIMIT: usize = 1 << 30;
+
+/// Reads a message size limit argument: 0 means the default (`None`).
+pub(crate) fn max_message_bytes(bytes: usize) -> Result<Option<usize>, Fail> {
+    if bytes > MAX_MESSAGE_BYTES_LIMIT {
+        return Err(Fail::invalid(format!(
+            "a message size limit of {bytes} bytes is over the maximum of {MAX_MESSAGE_BYTES_LIMIT}"
+        )));
+    }
+    Ok((bytes > 0).then_some(bytes))
+}
+
+/// Applies a message size limit to a transport configuration: the frame limit, the value
+/// codec's input limit (and its decoded-memory budget, kept at eight times the input), and
+/// a server's buffer budgets, which must hold at least one whole message.
+pub(crate) fn apply_max_message(transport: &mut mcore::TransportConfig, bytes: usize) {
+    transport.wire.max_message_size = bytes;
+    transport.value.max_size = bytes;
+    transport.value.max_decoded_size = transport
+        .value
+        .max_decoded_size
+        .max(bytes.saturating_mul(8));
+    let room = bytes.saturating_add(64 * 1024);
+    transport.connection_buffer_budget = transport.connection_buffer_budget.max(room);
+    transport.server_buffer_budget = transport.server_buffer_budget.max(room.saturating_mul(2));
+}
+
+/// Checks a metadata key (request metadata or a trailer) against gRPC's rules: not empty,
+/// and only lowercase ASCII letters, digits, `-`, `_` and `.`.
+pub(crate) fn metadata_key(key: &str) -> Result<(), Fail> {
+    if key.is_empty() {
+        return Err(Fail::invalid("the metadata key is empty"));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_' | '.'))
+    {
+        return Err(Fail::invalid(format!(
+            "metadata key {key:?} has the character {c:?}: keys are lowercase ASCII letters, \
+             digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that an out-pointer is not NULL (before any work is done).
 pub(crate) fn out_ptr<T>(p: *mut T, what: &str) -> Result<(), Fail> {
     if p.is_null() {
@@ -370,33 +421,222 @@ pub(crate) unsafe fn body_out(
     Ok(())
 }
 
-/// The library's runtime: one multi-threaded tokio runtime, created on first use and kept
-/// for the life of the process.
-pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, Fail> {
-    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("meridian-worker")
-                .build()
-                .map_err(|e| format!("cannot start the library's runtime: {e}"))
+/// One runtime the library started, with the generation it belongs to. Slots are never
+/// freed: after a `fork()` the child must not drop (or even touch) the runtime it inherited,
+/// whose epoll descriptor and sockets it shares with the parent, so a replaced slot stays
+/// where it is, reachable from its successor through `prev`.
+struct Slot {
+    generation: u64,
+    handle: tokio::runtime::Handle,
+    /// The runtime itself, taken out by `meridian_shutdown` to stop it.
+    runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
+    /// The slot this one replaced (never dropped, see above).
+    #[allow(dead_code)]
+    prev: *mut Slot,
+}
+
+/// The newest runtime slot (NULL before first use).
+static SLOT: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The runtime generation: a slot whose generation differs is no longer the library's.
+/// Bumped in a forked child (by the `pthread_atfork` child handler) and by
+/// `meridian_shutdown`; never in a parent by a fork.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Runs in the child of `fork()`, on the forking thread (the child's only thread), before
+/// `fork()` returns there. It retires the inherited runtime (an atomic increment) and
+/// reseeds this thread's `rand` generator: quinn draws connection IDs and reset tokens from
+/// it, and a copy of the parent's state would make the child's next connection IDs equal
+/// to the parent's, so the server would route the parent's new handshakes to the child's
+/// connection. Other threads of the child are new and seed themselves.
+extern "C" fn after_fork_in_child() {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    // A failed reseed (no entropy) leaves the copy; nothing may unwind out of here.
+    let _ = std::panic::catch_unwind(|| rand::rng().reseed());
+}
+
+/// Registers [`after_fork_in_child`] once, before the first runtime starts.
+fn watch_forks() {
+    static WATCH: std::sync::Once = std::sync::Once::new();
+    WATCH.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic; the function lives
+        // for the whole program (it is a plain function of this library, which is never
+        // unloaded while running since nothing here supports dlclose).
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        debug_assert_eq!(rc, 0);
+    });
+}
+
+/// The runtime a handle was made with: its tokio handle and the generation and process it
+/// belongs to. Every handle that holds connections, sockets or tasks keeps one, checks it
+/// before use ([`Rt::check`]) and releases its contents through it ([`Rt::release`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Rt {
+    pub(crate) handle: tokio::runtime::Handle,
+    generation: u64,
+    pid: u32,
+}
+
+/// Why a handle's runtime is no longer usable.
+enum Stale {
+    /// The handle was made in a parent process before `fork()`.
+    Forked,
+    /// The runtime was stopped by `meridian_shutdown`.
+    ShutDown,
+}
+
+impl Rt {
+    fn stale(&self) -> Option<Stale> {
+        if self.generation == GENERATION.load(Ordering::SeqCst) {
+            None
+        } else if self.pid != std::process::id() {
+            Some(Stale::Forked)
+        } else {
+            Some(Stale::ShutDown)
+        }
+    }
+
+    /// Fails when the handle's runtime is not the library's current one: made before a
+    /// `fork()` (`MERIDIAN_FORKED`) or before `meridian_shutdown`
+    /// (`MERIDIAN_INVALID_STATE`). `what` names the handle ("client", "stream", ...).
+    pub(crate) fn check(&self, what: &str) -> Result<(), Fail> {
+        match self.stale() {
+            None => Ok(()),
+            Some(Stale::Forked) => Err(Fail::new(
+                meridian_status::MERIDIAN_FORKED,
+                format!(
+                    "this {what} was created before fork(); make a new one in the child \
+                     (inherited handles only fail, and freeing them leaks them)"
+                ),
+            )),
+            Some(Stale::ShutDown) => Err(Fail::new(
+                meridian_status::MERIDIAN_INVALID_STATE,
+                format!("this {what} was created before meridian_shutdown(); make a new one"),
+            )),
+        }
+    }
+
+    /// Runs `f` to completion on the calling (application) thread, on this runtime;
+    /// refuses on the library's own threads and on a stale runtime.
+    pub(crate) fn block_on<F: Future>(&self, what: &str, f: F) -> Result<F::Output, Fail> {
+        not_on_library_thread()?;
+        self.check(what)?;
+        Ok(self.handle.block_on(f))
+    }
+
+    /// Drops `value` (a handle's contents) the safe way for its runtime: inside the
+    /// runtime when it is current (connections close on its I/O driver); inside the
+    /// stopped runtime's context after `meridian_shutdown` (its tasks are gone, drops only
+    /// free memory); never after a `fork()`: the value shares sockets and the epoll
+    /// descriptor with the parent, and its destructors would deregister them there, so it
+    /// is leaked on purpose.
+    pub(crate) fn release<T>(&self, value: T) {
+        match self.stale() {
+            Some(Stale::Forked) => std::mem::forget(value),
+            None | Some(Stale::ShutDown) => {
+                let _entered = self.handle.enter();
+                drop(value);
+            }
+        }
+    }
+}
+
+/// Worker threads of the next runtime started (`meridian_init`); 0: one per CPU.
+pub(crate) static WORKER_THREADS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+fn build_runtime() -> Result<tokio::runtime::Runtime, Fail> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match WORKER_THREADS.load(Ordering::SeqCst) {
+        0 => {}
+        n => {
+            builder.worker_threads(n);
+        }
+    }
+    builder
+        .enable_all()
+        .thread_name("meridian-worker")
+        .build()
+        .map_err(|e| {
+            Fail::new(
+                meridian_status::MERIDIAN_INTERNAL,
+                format!("cannot start the library's runtime: {e}"),
+            )
         })
-        .as_ref()
-        .map_err(|e| Fail::new(meridian_status::MERIDIAN_INTERNAL, e.clone()))
+}
+
+/// Whether a runtime of the current generation is running (started and not shut down).
+pub(crate) fn runtime_running() -> bool {
+    let current = SLOT.load(Ordering::SeqCst);
+    // SAFETY: slots are never freed once published.
+    unsafe { current.as_ref() }
+        .is_some_and(|slot| slot.generation == GENERATION.load(Ordering::SeqCst))
+}
+
+/// Stops the current runtime (if one runs), waiting up to `timeout` for its tasks and
+/// threads: handles made on it fail from now on ([`Rt::check`]), and the next use starts
+/// a new one. Must not run on a library thread.
+pub(crate) fn shutdown_runtime(timeout: std::time::Duration) -> Result<(), Fail> {
+    not_on_library_thread()?;
+    let current = SLOT.load(Ordering::SeqCst);
+    // SAFETY: slots are never freed once published.
+    let Some(slot) = (unsafe { current.as_ref() }) else {
+        return Ok(());
+    };
+    if slot.generation != GENERATION.load(Ordering::SeqCst) {
+        return Ok(()); // already stopped (or inherited across a fork: never touched)
+    }
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    let rt = slot.runtime.lock().ok().and_then(|mut r| r.take());
+    if let Some(rt) = rt {
+        rt.shutdown_timeout(timeout);
+    }
+    Ok(())
+}
+
+/// The library's runtime: one multi-threaded tokio runtime, started on first use and kept
+/// until `meridian_shutdown`. In the child of a `fork()` the first use starts a fresh one
+/// (the inherited one is left alone, see [`Slot`]).
+pub(crate) fn runtime() -> Result<Rt, Fail> {
+    watch_forks();
+    loop {
+        let generation = GENERATION.load(Ordering::SeqCst);
+        let current = SLOT.load(Ordering::SeqCst);
+        // SAFETY: slots are made by Box::into_raw below and never freed once published.
+        if let Some(slot) = unsafe { current.as_ref() } {
+            if slot.generation == generation {
+                return Ok(Rt {
+                    handle: slot.handle.clone(),
+                    generation,
+                    pid: std::process::id(),
+                });
+            }
+        }
+        let rt = build_runtime()?;
+        let slot = Box::into_raw(Box::new(Slot {
+            generation,
+            handle: rt.handle().clone(),
+            runtime: std::sync::Mutex::new(Some(rt)),
+            prev: current,
+        }));
+        if SLOT
+            .compare_exchange(current, slot, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            // Another thread started one first; ours was never used by anyone.
+            // SAFETY: `slot` was made just above and never published.
+            let lost = unsafe { Box::from_raw(slot) };
+            if let Some(rt) = lost.runtime.lock().ok().and_then(|mut r| r.take()) {
+                rt.shutdown_background();
+            }
+        }
+    }
 }
 
 /// Whether this thread belongs to the library (a runtime worker, or a blocking-pool
 /// thread running a handler), where blocking could deadlock.
 pub(crate) fn on_library_thread() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
-}
-
-/// Runs `f` to completion on the calling (application) thread, refusing on the library's
-/// own threads.
-pub(crate) fn block_on<F: Future>(f: F) -> Result<F::Output, Fail> {
-    not_on_library_thread()?;
-    Ok(runtime()?.block_on(f))
 }
 
 /// Refuses to go on when on one of the library's own threads.

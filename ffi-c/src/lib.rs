@@ -17,6 +17,7 @@
 mod boundary;
 mod client;
 mod json;
+mod lifecycle;
 mod server;
 
 use std::ffi::c_char;
@@ -24,6 +25,7 @@ use std::path::Path;
 
 pub use boundary::meridian_status;
 pub use client::*;
+pub use lifecycle::*;
 pub use server::*;
 
 use boundary::{boundary, c_str, write_out, Fail};
@@ -32,7 +34,12 @@ use boundary::{boundary, c_str, write_out, Fail};
 pub const MERIDIAN_PAYLOAD_RAW: u32 = 0;
 /// Payload kind: JSON text, converted to and from Meridian's `Value` encoding, so that C
 /// can call Rust and Python handlers (and serve their clients). JSON object keys are
-/// strings; integers must fit in 64 bits.
+/// strings. Integers must fit in a signed 64-bit integer (-2^63 .. 2^63-1); a wider
+/// integer literal is `MERIDIAN_BAD_JSON`, never rounded to a float. Arrays and objects
+/// nest at most 64 deep (a top-level array is depth 1), the depth Meridian receivers
+/// accept: deeper text is `MERIDIAN_BAD_JSON` before anything is sent. A JSON handler
+/// that sets no body answers `null`. Sizes: see `meridian_client_config_set_max_message_bytes`
+/// (4 MiB by default, applied to the encoded value).
 pub const MERIDIAN_PAYLOAD_JSON: u32 = 1;
 
 /// The major version of the header (`0` while the interface may still change between minor
@@ -88,7 +95,7 @@ pub extern "C" fn meridian_status_grpc_code(status: u32) -> i32 {
 
 fn status_from_u32(raw: u32) -> Option<meridian_status> {
     use meridian_status::*;
-    const ALL: [meridian_status; 26] = [
+    const ALL: [meridian_status; 27] = [
         MERIDIAN_OK,
         MERIDIAN_CANCELLED,
         MERIDIAN_UNKNOWN,
@@ -115,13 +122,15 @@ fn status_from_u32(raw: u32) -> Option<meridian_status> {
         MERIDIAN_NOT_PRESENT,
         MERIDIAN_STREAM_END,
         MERIDIAN_UNSUPPORTED,
+        MERIDIAN_FORKED,
     ];
     ALL.into_iter().find(|s| *s as u32 == raw)
 }
 
 /// Copies the text of this thread's last error into `buf` (`len` bytes), always
 /// NUL-terminated and truncated to fit, and stores the number of bytes written (without
-/// the NUL) in `*out_n`. Every function that returns something other than `MERIDIAN_OK`
+/// the NUL) in `*out_n`. A server's error message reaches the caller cut to at most
+/// 8192 bytes (8 KiB), so a buffer of 8193 bytes always holds it. Every function that returns something other than `MERIDIAN_OK`
 /// sets the text first; a success leaves it as it was. Thread-safe (the text is per
 /// thread).
 ///

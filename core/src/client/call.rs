@@ -255,7 +255,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                     tracing::Span::current().record("early", call.early);
                     let mut recv = call.take_recv();
                     let result = tokio::select! {
-                        r = recv.single_response(P::decode) => r,
+                        r = recv.single_response(P::decode, Some(&headers.method)) => r,
                         _ = call.handshake_overdue() => {
                             return Err(Failure {
                                 status: Status::unavailable(format!(

@@ -450,6 +450,27 @@ impl CallRecv {
         }
     }
 
+    /// The status of a unary call that did not get exactly one response: when the server's
+    /// HELLO lists `method` as a streaming method, FAILED_PRECONDITION saying so (the
+    /// caller used the wrong kind of call); otherwise INTERNAL with `what`.
+    fn not_one_response(&self, method: Option<&str>, what: &str) -> Status {
+        let kind = method.and_then(|m| {
+            let hello = self._channel.hello.borrow();
+            let info = hello.as_ref()?.methods.iter().find(|i| i.name == m)?;
+            Some(info.kind)
+        });
+        let kind = match kind {
+            Some(crate::wire::MethodKind::ServerStreaming) => "server-streaming",
+            Some(crate::wire::MethodKind::ClientStreaming) => "client-streaming",
+            Some(crate::wire::MethodKind::Bidi) => "bidirectional streaming",
+            Some(crate::wire::MethodKind::Unary) | None => return Status::internal(what),
+        };
+        Status::failed_precondition(format!(
+            "{:?} is a {kind} method and was called as unary ({what}); call it as a stream",
+            method.unwrap_or_default()
+        ))
+    }
+
     /// Reads the end of stream that follows TRAILERS if it has already arrived (it
     /// normally travels in the same packet). A receive stream dropped before its end sends
     /// the server a STOP_SENDING, an extra frame and extra work on every call.
@@ -461,17 +482,18 @@ impl CallRecv {
         let _ = next.as_mut().poll(&mut cx);
     }
 
-    /// Exactly one response message, then `OK` TRAILERS.
+    /// Exactly one response message, then `OK` TRAILERS. `method`, when given, names the
+    /// method called, so that a streaming method called as unary is reported as such.
     pub(super) async fn single_response<T>(
         &mut self,
         decode: DecodeFn<T>,
+        method: Option<&str>,
     ) -> Result<Response<T>, Status> {
-        let msg = self
-            .message(decode)
-            .await?
-            .ok_or_else(|| Status::internal("the server sent no response message"))?;
+        let Some(msg) = self.message(decode).await? else {
+            return Err(self.not_one_response(method, "the server sent no response message"));
+        };
         if self.message(decode).await?.is_some() {
-            return Err(Status::internal("the server sent more than one response"));
+            return Err(self.not_one_response(method, "the server sent more than one response"));
         }
         let t = self.trailers.take().unwrap_or_else(ok_trailers);
         let total = self.ended.unwrap_or_else(Instant::now) - self.started;

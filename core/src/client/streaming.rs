@@ -137,6 +137,6 @@ impl<T> std::fmt::Debug for ResponseFuture<T> {
 impl<T> ResponseFuture<T> {
     /// Waits for the response.
     pub async fn response(mut self) -> Result<Response<T>, Status> {
-        with_deadline(self.deadline, self.recv.single_response(self.decode)).await
+        with_deadline(self.deadline, self.recv.single_response(self.decode, None)).await
     }
 }

@@ -175,3 +175,21 @@ async fn raw_calls_announce_the_codec_they_are_given() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 }
+
+#[tokio::test]
+async fn unary_call_to_a_streaming_method_says_so() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    assert!(ch
+        .wait_server_info(std::time::Duration::from_secs(5))
+        .await
+        .is_some());
+    // Three responses, and none: both are the wrong kind of call, named as such.
+    for n in [3u32, 0] {
+        let err = ch.unary::<_, u32>("count", &n).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+        assert!(err.message().contains("server-streaming"), "{err}");
+    }
+    // The channel keeps working.
+    assert_eq!(ch.unary::<_, i64>("add", &(1i64, 2i64)).await.unwrap(), 3);
+}

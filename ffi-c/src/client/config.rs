@@ -35,6 +35,8 @@ pub struct meridian_client_config {
     pub(super) connect_timeout: Option<Duration>,
     /// The client certificate chain and key (PEM files) for mutual TLS.
     pub(super) identity_files: Option<(PathBuf, PathBuf)>,
+    /// The largest message sent or received, in bytes (`None`: the default, 4 MiB).
+    pub(super) max_message_bytes: Option<usize>,
 }
 
 /// Creates an empty client configuration and stores it in `*config_out`.
@@ -186,7 +188,8 @@ pub unsafe extern "C" fn meridian_client_config_set_identity_pem_files(
 /// of PEM text (the first certificate is used). The bytes are copied. The server's
 /// signature is still verified; names and expiry are not. Replaces any trust set before.
 ///
-/// Returns `MERIDIAN_CONFIG_ERROR` when the bytes hold no certificate.
+/// Returns `MERIDIAN_CONFIG_ERROR` when the bytes hold no certificate that parses as
+/// X.509 (checked here, not at `meridian_client_new`); the trust set before is kept.
 ///
 /// # Safety
 /// `config` is a live configuration; `cert` points to `cert_len` readable bytes.
@@ -219,13 +222,20 @@ pub unsafe extern "C" fn meridian_client_config_set_pinned_certificate(
         } else {
             CertificateDer::from(cert.to_vec())
         };
+        if let Err(e) = webpki::EndEntityCert::try_from(&der) {
+            return Err(Fail::new(
+                meridian_status::MERIDIAN_CONFIG_ERROR,
+                format!("the pinned certificate does not parse as X.509: {e:?}"),
+            ));
+        }
         config.trust = Some(Trust::Pinned(der));
         Ok(())
     })
 }
 
 /// Prefers `region` whenever it is healthy, whatever the measured RTTs say (region
-/// clients only). The string is copied.
+/// clients only). The string is copied. `meridian_client_new` returns
+/// `MERIDIAN_CONFIG_ERROR` if no endpoint or region-file entry belongs to that region.
 ///
 /// # Safety
 /// `config` is a live configuration; `region` is NUL-terminated.
@@ -238,6 +248,28 @@ pub unsafe extern "C" fn meridian_client_config_set_preferred_region(
         // SAFETY: as documented.
         let (config, region) = unsafe { (borrow_mut(config, "config")?, c_str(region, "region")?) };
         config.preferred_region = Some(region.to_owned());
+        Ok(())
+    })
+}
+
+/// Sets the largest message this client sends or accepts, in bytes: requests and
+/// responses alike (raw bodies, or the encoded form of JSON values). 0 restores the
+/// default, 4194304 (4 MiB). A larger request fails locally, a larger response with
+/// `MERIDIAN_RESOURCE_EXHAUSTED`; the server has a limit of its own
+/// (`meridian_server_set_max_message_bytes`), so raise both. At most 1 GiB
+/// (`MERIDIAN_INVALID_PARAMETER` above).
+///
+/// # Safety
+/// `config` is a live configuration.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_client_config_set_max_message_bytes(
+    config: *mut meridian_client_config,
+    bytes: usize,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let config = unsafe { borrow_mut(config, "config") }?;
+        config.max_message_bytes = crate::boundary::max_message_bytes(bytes)?;
         Ok(())
     })
 }

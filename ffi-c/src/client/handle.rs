@@ -8,7 +8,7 @@ use mcore::{Channel, ClientTls, Identity, TransportConfig};
 
 use super::config::{meridian_client_config, Trust};
 use crate::boundary::{
-    block_on, borrow, boundary, boundary_void, c_str, out_ptr, runtime, write_out, Fail,
+    borrow, boundary, boundary_void, c_str, out_ptr, runtime, write_out, Fail, Rt,
 };
 use crate::meridian_status;
 
@@ -29,6 +29,8 @@ pub(super) enum Target {
 #[derive(Debug)]
 pub struct meridian_client {
     pub(super) target: Target,
+    /// The runtime its connections live on (checked before every use: fork, shutdown).
+    pub(super) rt: Rt,
     /// The TLS settings the client was made with (shared with its channels), and the
     /// files `meridian_client_reload_tls` reads again: roots, certificate and key.
     pub(super) tls: ClientTls,
@@ -80,15 +82,21 @@ pub unsafe extern "C" fn meridian_client_new(
         if let Some(t) = config.connect_timeout {
             transport.handshake_timeout = t;
         }
+        if let Some(bytes) = config.max_message_bytes {
+            crate::boundary::apply_max_message(&mut transport, bytes);
+        }
+        let rt = runtime()?;
         let target = if config.region_file.is_none() && config.endpoints.len() == 1 {
             let (_, addr, name) = config.endpoints[0].clone();
-            let channel = block_on(
-                Channel::builder(addr, tls.clone())
-                    .server_name(name)
-                    .transport(transport)
-                    .connect(),
-            )?
-            .map_err(|e| Fail::new(meridian_status::MERIDIAN_UNAVAILABLE, e.to_string()))?;
+            let channel = rt
+                .block_on(
+                    "client",
+                    Channel::builder(addr, tls.clone())
+                        .server_name(name)
+                        .transport(transport)
+                        .connect(),
+                )?
+                .map_err(|e| Fail::new(meridian_status::MERIDIAN_UNAVAILABLE, e.to_string()))?;
             Target::Channel(channel)
         } else {
             let mut map = match &config.region_file {
@@ -107,12 +115,24 @@ pub unsafe extern "C" fn meridian_client_new(
                     "no server endpoint: add an endpoint or a region file",
                 ));
             }
+            if let Some(preferred) = &config.preferred_region {
+                if !map.regions.iter().any(|r| &r.name == preferred) {
+                    let known: Vec<&str> = map.regions.iter().map(|r| r.name.as_str()).collect();
+                    return Err(Fail::new(
+                        meridian_status::MERIDIAN_CONFIG_ERROR,
+                        format!(
+                            "the preferred region {preferred:?} is not one of the regions ({})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
             let mut builder =
                 RegionClient::builder(StaticDiscovery::new(map), tls.clone()).transport(transport);
             if let Some(r) = &config.preferred_region {
                 builder = builder.home_region(r.clone());
             }
-            let _entered = runtime()?.enter();
+            let _entered = rt.handle.enter();
             Target::Region(builder.build().map_err(config_err)?)
         };
         let roots_file = match &config.trust {
@@ -125,6 +145,7 @@ pub unsafe extern "C" fn meridian_client_new(
             .map(|(c, k)| (std::path::PathBuf::from(c), std::path::PathBuf::from(k)));
         let client = Box::into_raw(Box::new(meridian_client {
             target,
+            rt,
             tls,
             roots_file,
             identity_files,
@@ -150,6 +171,7 @@ pub unsafe extern "C" fn meridian_client_reload_tls(
     boundary(|| {
         // SAFETY: as documented.
         let client = unsafe { borrow(client, "client") }?;
+        client.rt.check("client")?;
         let config_err =
             |e: mcore::Error| Fail::new(meridian_status::MERIDIAN_CONFIG_ERROR, e.to_string());
         if let Some(path) = &client.roots_file {
@@ -180,11 +202,12 @@ pub unsafe extern "C" fn meridian_client_wait_ready(
     boundary(|| {
         // SAFETY: as documented.
         let (client, method) = unsafe { (borrow(client, "client")?, c_str(method, "method")?) };
+        client.rt.check("client")?;
         let Target::Region(rc) = &client.target else {
             return Ok(());
         };
         let timeout = Duration::from_millis(u64::from(timeout_ms));
-        if block_on(rc.ready(method, timeout))? {
+        if client.rt.block_on("client", rc.ready(method, timeout))? {
             Ok(())
         } else {
             Err(Fail::new(
@@ -196,6 +219,8 @@ pub unsafe extern "C" fn meridian_client_wait_ready(
 }
 
 /// Frees a client. NULL is harmless. Calls in flight on other threads must have returned.
+/// In the child of a `fork()`, a client made before the fork is not closed but leaked on
+/// purpose (its sockets are the parent's).
 ///
 /// # Safety
 /// `client` is NULL or a client not yet freed; it must not be used afterwards.
@@ -205,11 +230,8 @@ pub unsafe extern "C" fn meridian_client_free(client: *mut meridian_client) {
         if !client.is_null() {
             // SAFETY: made by Box::into_raw in meridian_client_new, freed once.
             let client = unsafe { Box::from_raw(client) };
-            // Connections close on the runtime's I/O driver.
-            if let Ok(rt) = runtime() {
-                let _entered = rt.enter();
-                drop(client);
-            }
+            // Connections close on the runtime's I/O driver (never after a fork).
+            client.rt.clone().release(client);
         }
     })
 }
@@ -231,6 +253,7 @@ pub unsafe extern "C" fn meridian_client_metrics(
     boundary(|| {
         // SAFETY: as documented.
         let client = unsafe { borrow(client, "client") }?;
+        client.rt.check("client")?;
         let Target::Region(region) = &client.target else {
             return Err(Fail::new(
                 meridian_status::MERIDIAN_UNSUPPORTED,

@@ -1,6 +1,8 @@
 //! The client side: configuration, the client handle, call options, unary calls
-//! (blocking and asynchronous), responses, and server-streaming results.
+//! (blocking and asynchronous), responses, server-streaming results, and client-streaming
+//! and bidirectional calls.
 
+mod call;
 mod config;
 mod handle;
 mod options;
@@ -8,6 +10,7 @@ mod response;
 mod stream;
 mod unary;
 
+pub use call::*;
 pub use config::*;
 pub use handle::*;
 pub use options::*;

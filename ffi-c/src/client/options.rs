@@ -74,8 +74,9 @@ pub unsafe extern "C" fn meridian_call_options_set_timeout_ms(
     })
 }
 
-/// Adds a metadata entry: `key` (NUL-terminated UTF-8) and `value_len` bytes of value.
-/// Both are copied.
+/// Adds a metadata entry: `key` (NUL-terminated) and `value_len` bytes of value. Both are
+/// copied. Keys follow gRPC's rules: not empty, only lowercase ASCII letters, digits, `-`,
+/// `_` and `.` (`MERIDIAN_INVALID_PARAMETER` otherwise).
 ///
 /// # Safety
 /// `options` is live; `key` is NUL-terminated; `value` points to `value_len` bytes.
@@ -95,6 +96,7 @@ pub unsafe extern "C" fn meridian_call_options_add_metadata(
                 bytes(value, value_len, "value")?,
             )
         };
+        crate::boundary::metadata_key(key)?;
         o.metadata
             .push((key.to_owned(), Bytes::copy_from_slice(value)));
         Ok(())

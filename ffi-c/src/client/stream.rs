@@ -9,8 +9,8 @@ use super::handle::{meridian_client, Target};
 use super::options::{apply_options, meridian_call_options};
 use super::unary::{call_args, Request};
 use crate::boundary::{
-    block_on, body_out, borrow, borrow_mut, boundary, boundary_void, nul_terminated, out_ptr,
-    runtime, write_out, Fail,
+    body_out, borrow, borrow_mut, boundary, boundary_void, nul_terminated, out_ptr, write_out,
+    Fail, Rt,
 };
 use crate::{json, meridian_status};
 
@@ -27,6 +27,8 @@ enum Messages {
 #[allow(non_camel_case_types)]
 pub struct meridian_stream {
     messages: Messages,
+    /// The runtime the call lives on (checked before every wait: fork, shutdown).
+    rt: Rt,
     /// The last message returned, with a NUL byte after it.
     current: Vec<u8>,
     /// Set once the stream ended: `MERIDIAN_STREAM_END` or the error, and its text.
@@ -56,7 +58,8 @@ pub unsafe extern "C" fn meridian_client_server_streaming(
         // SAFETY: as documented.
         let a = unsafe { call_args(client, method, payload, request, request_len, options) }?;
         let o = a.options;
-        let messages = block_on(async move {
+        let rt = a.rt.clone();
+        let messages = rt.block_on("client", async move {
             Ok::<_, Status>(match (a.target, a.request) {
                 (Target::Channel(ch), Request::Raw(req)) => Messages::Raw(
                     apply_options(ch.call(a.method), &o)
@@ -86,6 +89,7 @@ pub unsafe extern "C" fn meridian_client_server_streaming(
         })??;
         let stream = Box::into_raw(Box::new(meridian_stream {
             messages,
+            rt,
             current: Vec::new(),
             ended: None,
         }));
@@ -118,7 +122,8 @@ pub unsafe extern "C" fn meridian_stream_next(
         if let Some((status, text)) = &s.ended {
             return Err(Fail::new(*status, text.clone()));
         }
-        let next = block_on(async {
+        let rt = s.rt.clone();
+        let next = rt.block_on("stream", async {
             match &mut s.messages {
                 Messages::Raw(m) => m.message().await.map(|o| o.map(|b| Ok(nul_terminated(&b)))),
                 Messages::Json(m) => m.message().await.map(|o| o.map(|v| json::from_value(&v))),
@@ -181,10 +186,7 @@ pub unsafe extern "C" fn meridian_stream_free(stream: *mut meridian_stream) {
         if !stream.is_null() {
             // SAFETY: made by Box::into_raw in meridian_client_server_streaming, freed once.
             let stream = unsafe { Box::from_raw(stream) };
-            if let Ok(rt) = runtime() {
-                let _entered = rt.enter();
-                drop(stream);
-            }
+            stream.rt.clone().release(stream);
         }
     })
 }

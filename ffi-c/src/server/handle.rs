@@ -7,12 +7,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mcore::{Identity, Method, Server, ServerTls, Status, Value};
+use mcore::{Identity, Method, RequestStream, Server, ServerTls, Status, Value};
 
-use super::handler::{meridian_reply, meridian_request, Handler, Input, Sink};
+use super::handler::{meridian_reply, meridian_request, Handler, Input, Requests, Sink};
 use crate::boundary::{
-    block_on, borrow, borrow_mut, boundary, boundary_void, c_str, c_str_opt, copy_text,
-    not_on_library_thread, on_library_thread, out_ptr, write_out, Fail, UserPtr,
+    borrow, borrow_mut, boundary, boundary_void, c_str, c_str_opt, copy_text,
+    not_on_library_thread, on_library_thread, out_ptr, runtime, write_out, Fail, Rt, UserPtr,
 };
 use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
 
@@ -45,7 +45,7 @@ pub(super) type HandlerFn =
 struct Registration {
     name: String,
     payload: u32,
-    streaming: bool,
+    kind: Kind,
     idempotent: bool,
     handler: HandlerFn,
     user: UserPtr,
@@ -100,7 +100,8 @@ impl Drop for RunningGuard {
 pub struct meridian_server {
     region: String,
     methods: Vec<Registration>,
-    running: Option<Server>,
+    /// The running server and the runtime it runs on (checked before use: fork, shutdown).
+    running: Option<(Server, Rt)>,
     local_addr: Option<SocketAddr>,
     handlers: Arc<Running>,
     /// The CA file client certificates must chain to (mutual TLS), read at start.
@@ -108,6 +109,8 @@ pub struct meridian_server {
     /// The TLS settings the running server was bound with (clones share the certificate
     /// in use, so a reload through this one rotates it) and the files it came from.
     tls: Option<(ServerTls, PathBuf, PathBuf)>,
+    /// The largest message received or sent, in bytes (`None`: the default, 4 MiB).
+    max_message_bytes: Option<usize>,
 }
 
 /// Creates a server that will announce `region` (NULL: "default"). The string is copied.
@@ -132,6 +135,7 @@ pub unsafe extern "C" fn meridian_server_new(
             handlers: Arc::default(),
             client_ca: None,
             tls: None,
+            max_message_bytes: None,
         }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(server_out, server) };
@@ -139,8 +143,17 @@ pub unsafe extern "C" fn meridian_server_new(
     })
 }
 
+/// The shape of a registered method's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unary,
+    ServerStreaming,
+    ClientStreaming,
+    Bidi,
+}
+
 /// # Safety
-/// As the two registration functions.
+/// As the registration functions.
 unsafe fn register(
     server: *mut meridian_server,
     method: *const c_char,
@@ -148,7 +161,7 @@ unsafe fn register(
     idempotent: bool,
     handler: meridian_handler,
     user: *mut c_void,
-    streaming: bool,
+    kind: Kind,
 ) -> meridian_status {
     boundary(|| {
         // SAFETY: forwarded from the caller's contract.
@@ -163,14 +176,15 @@ unsafe fn register(
         if server.running.is_some() {
             return Err(Fail::new(
                 meridian_status::MERIDIAN_INVALID_STATE,
-                "methods must be registered before the server starts",
+                "the server is running: register methods before meridian_server_start \
+                 (or after meridian_server_stop, for the next start)",
             ));
         }
         server.methods.retain(|m| m.name != name);
         server.methods.push(Registration {
             name: name.to_owned(),
             payload,
-            streaming,
+            kind,
             idempotent,
             handler,
             user: UserPtr(user),
@@ -199,7 +213,17 @@ pub unsafe extern "C" fn meridian_server_add_unary(
     user: *mut c_void,
 ) -> meridian_status {
     // SAFETY: forwarded; same contract.
-    unsafe { register(server, method, payload, idempotent, handler, user, false) }
+    unsafe {
+        register(
+            server,
+            method,
+            payload,
+            idempotent,
+            handler,
+            user,
+            Kind::Unary,
+        )
+    }
 }
 
 /// Registers a server-streaming handler for `method`: it receives one request and sends
@@ -218,7 +242,107 @@ pub unsafe extern "C" fn meridian_server_add_server_streaming(
     user: *mut c_void,
 ) -> meridian_status {
     // SAFETY: forwarded; same contract.
-    unsafe { register(server, method, payload, idempotent, handler, user, true) }
+    unsafe {
+        register(
+            server,
+            method,
+            payload,
+            idempotent,
+            handler,
+            user,
+            Kind::ServerStreaming,
+        )
+    }
+}
+
+/// Registers a client-streaming handler for `method`: it reads the request messages with
+/// `meridian_request_next` (blocking until the next one, `MERIDIAN_STREAM_END` when the
+/// client closed its side) and answers once, as a unary handler does
+/// (`meridian_reply_set_body`, or `meridian_reply_defer`). Otherwise as
+/// `meridian_server_add_unary`; `meridian_request_body` is empty for such calls.
+///
+/// # Safety
+/// As `meridian_server_add_unary`.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_add_client_streaming(
+    server: *mut meridian_server,
+    method: *const c_char,
+    payload: u32,
+    idempotent: bool,
+    handler: meridian_handler,
+    user: *mut c_void,
+) -> meridian_status {
+    // SAFETY: forwarded; same contract.
+    unsafe {
+        register(
+            server,
+            method,
+            payload,
+            idempotent,
+            handler,
+            user,
+            Kind::ClientStreaming,
+        )
+    }
+}
+
+/// Registers a bidirectional-streaming handler for `method`: it reads request messages
+/// with `meridian_request_next` and sends messages with `meridian_reply_send`, in any
+/// order, until it returns. Otherwise as `meridian_server_add_unary`.
+///
+/// # Safety
+/// As `meridian_server_add_unary`.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_add_bidi(
+    server: *mut meridian_server,
+    method: *const c_char,
+    payload: u32,
+    idempotent: bool,
+    handler: meridian_handler,
+    user: *mut c_void,
+) -> meridian_status {
+    // SAFETY: forwarded; same contract.
+    unsafe {
+        register(
+            server,
+            method,
+            payload,
+            idempotent,
+            handler,
+            user,
+            Kind::Bidi,
+        )
+    }
+}
+
+/// Sets the largest message the server accepts or sends, in bytes: requests and
+/// responses alike (raw bodies, or the encoded form of JSON values). 0 restores the
+/// default, 4194304 (4 MiB). A larger request fails with `MERIDIAN_RESOURCE_EXHAUSTED`
+/// at the caller, before any handler runs; a larger reply fails the call the same way.
+/// Clients have a limit of their own (`meridian_client_config_set_max_message_bytes`).
+/// At most 1 GiB (`MERIDIAN_INVALID_PARAMETER` above); `MERIDIAN_INVALID_STATE` once the
+/// server runs.
+///
+/// # Safety
+/// `server` is live.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_server_set_max_message_bytes(
+    server: *mut meridian_server,
+    bytes: usize,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let server = unsafe { borrow_mut(server, "server") }?;
+        let limit = crate::boundary::max_message_bytes(bytes)?;
+        if server.running.is_some() {
+            return Err(Fail::new(
+                meridian_status::MERIDIAN_INVALID_STATE,
+                "the message size limit must be set before the server starts",
+            ));
+        }
+        server.max_message_bytes = limit;
+        Ok(())
+    })
 }
 
 /// Requires every client to present a certificate chaining to a CA in the PEM file at
@@ -272,7 +396,10 @@ pub unsafe extern "C" fn meridian_server_reload_tls(
         // SAFETY: as documented.
         let server = unsafe { borrow_mut(server, "server") }?;
         let (tls, cert, key) = match (&server.running, &server.tls) {
-            (Some(_), Some(t)) => t,
+            (Some((_, rt)), Some(t)) => {
+                rt.check("server")?;
+                t
+            }
             _ => {
                 return Err(Fail::new(
                     meridian_status::MERIDIAN_INVALID_STATE,
@@ -338,6 +465,11 @@ pub unsafe extern "C" fn meridian_server_start(
         let mut builder = Server::builder()
             .region(server.region.clone())
             .no_local_registry();
+        if let Some(bytes) = server.max_message_bytes {
+            let mut transport = mcore::TransportConfig::default();
+            crate::boundary::apply_max_message(&mut transport, bytes);
+            builder = builder.transport(transport);
+        }
         for m in &server.methods {
             let mut method = Method::new(m.name.clone());
             if m.idempotent {
@@ -348,15 +480,16 @@ pub unsafe extern "C" fn meridian_server_start(
                 user: m.user,
                 running: server.handlers.clone(),
             };
-            builder = match (m.streaming, m.payload == MERIDIAN_PAYLOAD_JSON) {
-                (false, false) => builder
+            let json = m.payload == MERIDIAN_PAYLOAD_JSON;
+            builder = match (m.kind, json) {
+                (Kind::Unary, false) => builder
                     .raw()
                     .unary(method, move |req: Bytes, ctx| {
                         let h = h.clone();
                         async move { h.unary(Input::Raw(req), ctx).await.map(Bytes::from) }
                     })
                     .typed(),
-                (false, true) => builder.unary(method, move |req: Value, ctx| {
+                (Kind::Unary, true) => builder.unary(method, move |req: Value, ctx| {
                     let h = h.clone();
                     async move {
                         let out = h.unary(Input::Json(req), ctx).await?;
@@ -365,23 +498,62 @@ pub unsafe extern "C" fn meridian_server_start(
                         })
                     }
                 }),
-                (true, false) => builder
+                (Kind::ServerStreaming, false) => builder
                     .raw()
                     .server_streaming(method, move |req: Bytes, ctx, sink| {
                         let h = h.clone();
                         async move { h.streaming(Input::Raw(req), ctx, Sink::Raw(sink)).await }
                     })
                     .typed(),
-                (true, true) => builder.server_streaming(method, move |req: Value, ctx, sink| {
-                    let h = h.clone();
-                    async move { h.streaming(Input::Json(req), ctx, Sink::Json(sink)).await }
-                }),
+                (Kind::ServerStreaming, true) => {
+                    builder.server_streaming(method, move |req: Value, ctx, sink| {
+                        let h = h.clone();
+                        async move { h.streaming(Input::Json(req), ctx, Sink::Json(sink)).await }
+                    })
+                }
+                (Kind::ClientStreaming, false) => builder
+                    .raw()
+                    .client_streaming(method, move |reqs: RequestStream<Bytes>, ctx| {
+                        let h = h.clone();
+                        let input = Input::Stream(MERIDIAN_PAYLOAD_RAW, Requests::Raw(reqs));
+                        async move { h.unary(input, ctx).await.map(Bytes::from) }
+                    })
+                    .typed(),
+                (Kind::ClientStreaming, true) => {
+                    builder.client_streaming(method, move |reqs: RequestStream<Value>, ctx| {
+                        let h = h.clone();
+                        let input = Input::Stream(MERIDIAN_PAYLOAD_JSON, Requests::Json(reqs));
+                        async move {
+                            let out = h.unary(input, ctx).await?;
+                            json::to_value(&out).map_err(|f| {
+                                Status::internal(format!("the handler answered {}", f.message))
+                            })
+                        }
+                    })
+                }
+                (Kind::Bidi, false) => builder
+                    .raw()
+                    .bidi(method, move |reqs: RequestStream<Bytes>, ctx, sink| {
+                        let h = h.clone();
+                        let input = Input::Stream(MERIDIAN_PAYLOAD_RAW, Requests::Raw(reqs));
+                        async move { h.streaming(input, ctx, Sink::Raw(sink)).await }
+                    })
+                    .typed(),
+                (Kind::Bidi, true) => {
+                    builder.bidi(method, move |reqs: RequestStream<Value>, ctx, sink| {
+                        let h = h.clone();
+                        let input = Input::Stream(MERIDIAN_PAYLOAD_JSON, Requests::Json(reqs));
+                        async move { h.streaming(input, ctx, Sink::Json(sink)).await }
+                    })
+                }
             };
         }
-        let running = block_on(builder.bind(addr, tls.clone()))?
+        let rt = runtime()?;
+        let running = rt
+            .block_on("server", builder.bind(addr, tls.clone()))?
             .map_err(|e| Fail::new(meridian_status::MERIDIAN_UNAVAILABLE, e.to_string()))?;
         server.local_addr = Some(running.local_addr());
-        server.running = Some(running);
+        server.running = Some((running, rt));
         server.tls = Some((tls, PathBuf::from(cert), PathBuf::from(key)));
         Ok(())
     })
@@ -432,12 +604,13 @@ pub unsafe extern "C" fn meridian_server_metrics(
     boundary(|| {
         // SAFETY: as documented.
         let server = unsafe { borrow(server, "server") }?;
-        let running = server.running.as_ref().ok_or_else(|| {
+        let (running, rt) = server.running.as_ref().ok_or_else(|| {
             Fail::new(
                 meridian_status::MERIDIAN_INVALID_STATE,
                 "the server is not running",
             )
         })?;
+        rt.check("server")?;
         // SAFETY: as documented.
         unsafe { copy_text(&running.metrics_text(), buf, cap, len_out) }
     })
@@ -461,9 +634,15 @@ pub unsafe extern "C" fn meridian_server_stop(
         // SAFETY: as documented.
         let server = unsafe { borrow_mut(server, "server") }?;
         not_on_library_thread()?;
-        if let Some(running) = server.running.take() {
+        if let Some((_, rt)) = &server.running {
+            rt.check("running server")?;
+        }
+        if let Some((running, rt)) = server.running.take() {
             server.tls = None;
-            block_on(running.shutdown(Duration::from_millis(u64::from(grace_ms))))?;
+            rt.block_on(
+                "server",
+                running.shutdown(Duration::from_millis(u64::from(grace_ms))),
+            )?;
         }
         server.handlers.wait_idle();
         Ok(())
@@ -471,7 +650,9 @@ pub unsafe extern "C" fn meridian_server_stop(
 }
 
 /// Stops the server if it runs (no grace period), waits for running handlers to return,
-/// and frees it. NULL is harmless. Must not be called from a handler.
+/// and frees it. NULL is harmless. Must not be called from a handler. In the child of a
+/// `fork()`, a server started before the fork is neither stopped nor waited for: it is
+/// leaked on purpose (its socket and runtime are the parent's).
 ///
 /// # Safety
 /// `server` is NULL or a server not yet freed.
@@ -483,8 +664,17 @@ pub unsafe extern "C" fn meridian_server_free(server: *mut meridian_server) {
         }
         // SAFETY: made by Box::into_raw in meridian_server_new, freed once.
         let mut server = unsafe { Box::from_raw(server) };
-        if let Some(running) = server.running.take() {
-            if block_on(running.shutdown(Duration::ZERO)).is_err() {
+        if let Some((running, rt)) = server.running.take() {
+            if rt.check("server").is_err() {
+                // Forked (leaked) or after meridian_shutdown (dropped in its context); its
+                // handler count may be the parent's: do not wait on it.
+                rt.release((running, server));
+                return;
+            }
+            if rt
+                .block_on("server", running.shutdown(Duration::ZERO))
+                .is_err()
+            {
                 return; // on a library thread: the Server's own Drop closes it
             }
         }

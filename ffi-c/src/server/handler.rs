@@ -4,11 +4,11 @@ use std::ffi::CString;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mcore::{CallContext, Code, ResponseSink, Status, Value};
-use tokio::sync::mpsc;
+use mcore::{CallContext, Code, RequestStream, ResponseSink, Status, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use super::handle::{HandlerFn, Running};
-use crate::boundary::{panic_text, UserPtr};
+use crate::boundary::{nul_terminated, panic_text, UserPtr};
 use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON, MERIDIAN_PAYLOAD_RAW};
 
 /// The request a handler reads. Borrowed: valid only during the handler call.
@@ -18,6 +18,69 @@ pub struct meridian_request {
     /// The body, with a NUL byte after it.
     pub(super) body: Vec<u8>,
     pub(super) ctx: CallContext,
+    /// Client-streaming and bidi handlers: the request messages, read with
+    /// `meridian_request_next`.
+    pub(super) incoming: Option<std::sync::Mutex<Incoming>>,
+}
+
+/// The request messages of a client-streaming or bidi call, as a handler reads them.
+pub(super) struct Incoming {
+    pub(super) rx: mpsc::Receiver<Result<Vec<u8>, Status>>,
+    /// The last message handed out, with a NUL after it.
+    pub(super) current: Vec<u8>,
+    /// Set once the requests ended: `MERIDIAN_STREAM_END` or the error, and its text.
+    pub(super) ended: Option<(meridian_status, String)>,
+}
+
+/// A stream of request messages as it arrived.
+pub(super) enum Requests {
+    Raw(RequestStream<Bytes>),
+    Json(RequestStream<Value>),
+}
+
+impl Requests {
+    /// Moves the messages, as NUL-terminated bodies, into a channel the handler reads;
+    /// stops when the handler is gone, and ends the handler's wait with CANCELLED when the
+    /// call is cancelled (deadline, client gone).
+    fn forward(self, ctx: CallContext) -> mpsc::Receiver<Result<Vec<u8>, Status>> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut requests = self;
+            loop {
+                let next = async {
+                    match &mut requests {
+                        Requests::Raw(r) => {
+                            r.message().await.map(|m| m.map(|b| nul_terminated(&b)))
+                        }
+                        Requests::Json(r) => match r.message().await {
+                            Ok(Some(v)) => json::from_value(&v).map(Some).map_err(|f| {
+                                Status::invalid_argument(format!(
+                                    "a JSON handler cannot take this request: {}",
+                                    f.message
+                                ))
+                            }),
+                            Ok(None) => Ok(None),
+                            Err(s) => Err(s),
+                        },
+                    }
+                };
+                let next = tokio::select! {
+                    next = next => next,
+                    () = ctx.cancelled() => Err(Status::cancelled("the call was cancelled")),
+                };
+                let item = match next {
+                    Ok(Some(body)) => Ok(body),
+                    Ok(None) => return,
+                    Err(s) => Err(s),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        rx
+    }
 }
 
 /// Where a handler writes its answer. Borrowed: valid only during the handler call.
@@ -29,6 +92,14 @@ pub struct meridian_reply {
     pub(super) ctx: CallContext,
     /// Streaming handlers only: the messages, on their way to the network.
     pub(super) sender: Option<mpsc::Sender<Out>>,
+    /// Set by `meridian_reply_defer`: where the deferred answer will arrive.
+    pub(super) deferred: Option<oneshot::Receiver<Result<Vec<u8>, Status>>>,
+}
+
+/// What a unary handler's call produced: its answer now, or a promise of one.
+enum Answer {
+    Now(Vec<u8>),
+    Later(oneshot::Receiver<Result<Vec<u8>, Status>>),
 }
 
 /// A message a streaming handler sent.
@@ -41,12 +112,25 @@ pub(super) enum Out {
 pub(super) enum Input {
     Raw(Bytes),
     Json(Value),
+    /// A streamed request (client-streaming, bidi) of this payload kind: no body, the
+    /// messages come through [`Incoming`].
+    Stream(u32, Requests),
 }
 
 /// Where streaming messages go.
 pub(super) enum Sink {
     Raw(ResponseSink<Bytes>),
     Json(ResponseSink<Value>),
+}
+
+/// The body of an answer that set none: empty bytes, or JSON null (a C function
+/// returning nothing).
+pub(super) fn empty_body(payload: u32) -> Vec<u8> {
+    if payload == MERIDIAN_PAYLOAD_JSON {
+        b"null".to_vec()
+    } else {
+        Vec::new()
+    }
 }
 
 /// One method's C handler, as the Rust server calls it.
@@ -62,8 +146,25 @@ impl Handler {
     pub(super) async fn unary(&self, input: Input, ctx: CallContext) -> Result<Vec<u8>, Status> {
         let h = self.clone();
         let task = tokio::task::spawn_blocking(move || h.invoke(input, ctx, None));
-        task.await
-            .map_err(|e| Status::internal(format!("the handler task failed: {e}")))?
+        Self::answer(task).await
+    }
+
+    /// Waits for a unary-style answer: now, or deferred.
+    async fn answer(
+        task: tokio::task::JoinHandle<Result<Answer, Status>>,
+    ) -> Result<Vec<u8>, Status> {
+        let answer = task
+            .await
+            .map_err(|e| Status::internal(format!("the handler task failed: {e}")))??;
+        match answer {
+            Answer::Now(body) => Ok(body),
+            Answer::Later(rx) => rx.await.unwrap_or_else(|_| {
+                Err(Status::internal(
+                    "the handler deferred its reply and freed it without answering \
+                     (meridian_deferred_free)",
+                ))
+            }),
+        }
     }
 
     /// Runs a streaming handler on the blocking pool and forwards what it sends.
@@ -100,10 +201,10 @@ impl Handler {
         input: Input,
         ctx: CallContext,
         sender: Option<mpsc::Sender<Out>>,
-    ) -> Result<Vec<u8>, Status> {
+    ) -> Result<Answer, Status> {
         let _running = self.running.enter();
-        let (payload, mut body) = match input {
-            Input::Raw(b) => (MERIDIAN_PAYLOAD_RAW, b.to_vec()),
+        let (payload, body, incoming) = match input {
+            Input::Raw(b) => (MERIDIAN_PAYLOAD_RAW, nul_terminated(&b), None),
             Input::Json(v) => (
                 MERIDIAN_PAYLOAD_JSON,
                 json::from_value(&v).map_err(|f| {
@@ -112,16 +213,24 @@ impl Handler {
                         f.message
                     ))
                 })?,
+                None,
+            ),
+            Input::Stream(payload, requests) => (
+                payload,
+                vec![0],
+                Some(std::sync::Mutex::new(Incoming {
+                    rx: requests.forward(ctx.clone()),
+                    current: Vec::new(),
+                    ended: None,
+                })),
             ),
         };
-        if payload == MERIDIAN_PAYLOAD_RAW {
-            body.push(0);
-        }
         let method = CString::new(ctx.method().replace('\0', " ")).unwrap_or_default();
         let request = meridian_request {
             method,
             body,
             ctx: ctx.clone(),
+            incoming,
         };
         let mut reply = meridian_reply {
             payload,
@@ -129,6 +238,7 @@ impl Handler {
             message: None,
             ctx,
             sender,
+            deferred: None,
         };
         let f = self.f;
         let user = self.user;
@@ -138,9 +248,18 @@ impl Handler {
             unsafe { f(user.0, &request, &mut reply) }
         }))
         .map_err(|p| Status::internal(panic_text(&*p)))?;
+        if let Some(rx) = reply.deferred.take() {
+            return Ok(Answer::Later(rx));
+        }
         let message = reply.message.take();
         match meridian_status::grpc_code(code) {
-            Some(Code::Ok) => Ok(reply.body.take().unwrap_or_default()),
+            // No body: empty bytes, or JSON null (a C function returning nothing).
+            Some(Code::Ok) => Ok(Answer::Now(
+                reply
+                    .body
+                    .take()
+                    .unwrap_or_else(|| empty_body(reply.payload)),
+            )),
             Some(code) => Err(Status::new(
                 code,
                 message.unwrap_or_else(|| format!("the handler failed with {}", code.name())),

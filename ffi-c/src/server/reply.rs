@@ -9,8 +9,9 @@ use crate::boundary::{borrow_mut, boundary, bytes, c_str, Fail};
 use crate::{json, meridian_status, MERIDIAN_PAYLOAD_JSON};
 
 /// Sets a unary handler's response body (`len` bytes, copied; JSON text for a JSON
-/// method, checked when the handler returns). `MERIDIAN_INVALID_STATE` in a streaming
-/// handler.
+/// method, checked when the handler returns). A handler that returns `MERIDIAN_OK`
+/// without setting a body answers an empty body (raw) or JSON `null` (JSON).
+/// `MERIDIAN_INVALID_STATE` in a streaming handler.
 ///
 /// # Safety
 /// `reply` is the handler's reply; `data` points to `len` bytes.
@@ -67,7 +68,8 @@ pub unsafe extern "C" fn meridian_reply_send(
     })
 }
 
-/// Sets the error text sent with a failing status (copied).
+/// Sets the error text sent with a failing status (copied). The caller receives at most
+/// its first 8192 bytes (8 KiB).
 ///
 /// # Safety
 /// `reply` is the handler's reply; `message` is NUL-terminated.
@@ -85,7 +87,8 @@ pub unsafe extern "C" fn meridian_reply_set_error_message(
 }
 
 /// Adds trailing metadata to the response (key and `value_len` bytes, copied); the client
-/// reads it with `meridian_response_metadata_get`.
+/// reads it with `meridian_response_metadata_get`. Keys follow the rules of
+/// `meridian_call_options_add_metadata` (`MERIDIAN_INVALID_PARAMETER` otherwise).
 ///
 /// # Safety
 /// `reply` is the handler's reply; `key` is NUL-terminated; `value` has `value_len` bytes.
@@ -105,6 +108,7 @@ pub unsafe extern "C" fn meridian_reply_set_trailer(
                 bytes(value, value_len, "value")?,
             )
         };
+        crate::boundary::metadata_key(key)?;
         r.ctx
             .set_trailer(key.to_owned(), Bytes::copy_from_slice(value));
         Ok(())

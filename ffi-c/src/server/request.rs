@@ -26,6 +26,61 @@ pub unsafe extern "C" fn meridian_request_body(
     })
 }
 
+/// The next request message of a client-streaming or bidi call, waiting for it (the
+/// handler's thread blocks; the call's deadline and cancellation end the wait).
+/// `MERIDIAN_OK`: `*data_out` points to `*len_out` bytes (JSON text for a JSON method,
+/// followed by a NUL not counted), valid until the next `meridian_request_next` or until
+/// the handler returns. `MERIDIAN_STREAM_END`: the client closed its side; no more
+/// messages. Any other status: the request stream failed (the call was cancelled, a
+/// message too large, JSON a C handler cannot take, ...). After the end or an error every
+/// further call returns the same status. `MERIDIAN_INVALID_STATE` in unary and
+/// server-streaming handlers (use `meridian_request_body`). Nothing is written unless
+/// `MERIDIAN_OK`. Only on the handler's thread.
+///
+/// # Safety
+/// `request` is the handler's request; the out-pointers are writable.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_request_next(
+    request: *const meridian_request,
+    data_out: *mut *const u8,
+    len_out: *mut usize,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let r = unsafe { borrow(request, "request") }?;
+        out_ptr(data_out, "data_out")?;
+        out_ptr(len_out, "len_out")?;
+        let incoming = r.incoming.as_ref().ok_or_else(|| {
+            Fail::new(
+                meridian_status::MERIDIAN_INVALID_STATE,
+                "only client-streaming and bidi handlers read request messages; \
+                 use meridian_request_body",
+            )
+        })?;
+        let mut state = incoming
+            .lock()
+            .map_err(|_| Fail::new(meridian_status::MERIDIAN_INTERNAL, "request state poisoned"))?;
+        if let Some((status, text)) = &state.ended {
+            return Err(Fail::new(*status, text.clone()));
+        }
+        let fail = match state.rx.blocking_recv() {
+            Some(Ok(body)) => {
+                state.current = body;
+                // SAFETY: checked non-NULL above; the message's heap buffer stays where it
+                // is until the next call replaces it or the request is dropped.
+                return unsafe { body_out(&state.current, data_out, len_out) };
+            }
+            None => Fail::new(
+                meridian_status::MERIDIAN_STREAM_END,
+                "the client closed its request stream",
+            ),
+            Some(Err(status)) => Fail::from(status),
+        };
+        state.ended = Some((fail.status, fail.message.clone()));
+        Err(fail)
+    })
+}
+
 /// The method name, a NUL-terminated string valid until the handler returns.
 ///
 /// # Safety
