@@ -203,22 +203,28 @@ pub unsafe extern "C" fn meridian_init(options: *const meridian_init_options) ->
                  client, server or call (or after meridian_shutdown)",
             ));
         }
-        // SAFETY: as documented; only the first struct_size bytes are read.
-        let (threads, log, user, level) = match unsafe { options.as_ref() } {
-            None => (0, None, std::ptr::null_mut(), 0),
-            Some(o) => {
-                let size = o.struct_size as usize;
-                if size < 8 {
-                    return Err(Fail::invalid(
-                        "struct_size is too small: set it to sizeof(meridian_init_options)",
-                    ));
-                }
-                let full = size >= std::mem::size_of::<meridian_init_options>();
-                if full {
-                    (o.worker_threads, o.log, o.log_user, o.log_max_level)
-                } else {
-                    (o.worker_threads, None, std::ptr::null_mut(), 0)
-                }
+        let (threads, log, user, level) = if options.is_null() {
+            (0, None, std::ptr::null_mut(), 0)
+        } else {
+            // Fields are read one by one through the raw pointer, never through a
+            // reference to the whole struct: a caller built against an older, shorter
+            // struct only vouches for its first `struct_size` bytes.
+            // SAFETY: `options` is non-NULL and, as documented, readable for at least the
+            // `struct_size` field (the first 4 bytes).
+            let size = unsafe { std::ptr::addr_of!((*options).struct_size).read_unaligned() };
+            if size < 8 {
+                return Err(Fail::invalid(
+                    "struct_size is too small: set it to sizeof(meridian_init_options)",
+                ));
+            }
+            // SAFETY: `struct_size` >= 8 vouches for the first two u32 fields.
+            let threads = unsafe { std::ptr::addr_of!((*options).worker_threads).read_unaligned() };
+            if size as usize >= std::mem::size_of::<meridian_init_options>() {
+                // SAFETY: `struct_size` covers the whole struct.
+                let o = unsafe { &*options };
+                (threads, o.log, o.log_user, o.log_max_level)
+            } else {
+                (threads, None, std::ptr::null_mut(), 0)
             }
         };
         if threads > 1024 {
