@@ -65,7 +65,28 @@ int main(int argc, char **argv) {
         } catch (const meridian::Error &e) {
             std::cout << "lookup -> " << e.what() << "\n";
             if (!expect(e.status() == MERIDIAN_NOT_FOUND && e.message() == "no such user", "NOT_FOUND")) return 1;
+            if (!expect(e.trailer("retry-in") == std::optional<std::string>("never"), "trailer on failure"))
+                return 1;
         }
+
+        auto sum = client.open_call("sum", meridian::CallKind::ClientStreaming, meridian::Payload::Json);
+        for (int i = 1; i <= 4; i++) sum.send(std::to_string(i));
+        sum.close_send();
+        auto total = sum.next();
+        std::cout << "sum(1..4) -> " << (total ? *total : "(none)") << "\n";
+        if (!expect(total && *total == "10" && !sum.next(), "client streaming sum 10")) return 1;
+
+        auto shout = client.open_call("shout", meridian::CallKind::Bidi, meridian::Payload::Raw);
+        std::string replies;
+        for (const char *word : {"hi", "there"}) {
+            shout.send(word);
+            auto back = shout.next();  // one answer per message, read before the next send
+            if (!expect(back.has_value(), "a bidi answer")) return 1;
+            replies += std::string(*back) + " ";
+        }
+        shout.close_send();
+        std::cout << "shout(hi, there) -> " << replies << "\n";
+        if (!expect(replies == "HI! THERE! " && !shout.next(), "bidi HI! THERE!")) return 1;
         try {
             client.call_json("greet", "42");
             return expect(false, "greet(42) succeeded"), 1;

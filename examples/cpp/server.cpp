@@ -1,7 +1,9 @@
 // A Meridian server in C++ through the RAII wrapper: `server_cpp DIR` writes development
 // certificates into DIR, serves `greet` (JSON "Ada" -> "Hello, Ada!", with a trailer naming
 // the caller's `caller` metadata), `upper` (raw bytes, upper-cased), `count` (JSON n ->
-// a stream 1..n) and `lookup` (always NOT_FOUND) on a free loopback port, prints
+// a stream 1..n), `lookup` (always NOT_FOUND, with a trailer), `sum` (client streaming:
+// JSON numbers in, their sum out) and `shout` (bidi: each word back upper-cased) on a free
+// loopback port, prints
 // "PORT <n>", and stops gracefully when stdin closes.
 #include <cctype>
 #include <iostream>
@@ -39,8 +41,23 @@ int main(int argc, char **argv) {
                                     int n = std::stoi(std::string(req.body()));
                                     for (int i = 1; i <= n; i++) reply.send(std::to_string(i));
                                 });
-        server.unary("lookup", meridian::Payload::Json, [](const meridian::Request &, meridian::Reply &) -> std::string {
-            throw meridian::Error(MERIDIAN_NOT_FOUND, "no such user");
+        server.unary("lookup", meridian::Payload::Json,
+                     [](const meridian::Request &, meridian::Reply &reply) -> std::string {
+                         reply.trailer("retry-in", "never");
+                         throw meridian::Error(MERIDIAN_NOT_FOUND, "no such user");
+                     });
+        server.client_streaming("sum", meridian::Payload::Json,
+                                [](const meridian::Request &req, meridian::Reply &) {
+                                    long total = 0;
+                                    while (auto n = req.next()) total += std::stol(std::string(*n));
+                                    return std::to_string(total);
+                                });
+        server.bidi("shout", meridian::Payload::Raw, [](const meridian::Request &req, meridian::Reply &reply) {
+            while (auto word = req.next()) {
+                std::string out(*word);
+                for (char &c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+                reply.send(out + "!");
+            }
         });
         server.start("127.0.0.1:0", dir + "/server.pem", dir + "/server.key");
         std::cout << "PORT " << server.port() << std::endl;

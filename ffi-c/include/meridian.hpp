@@ -7,6 +7,8 @@
 //   body, or fails the call by throwing meridian::Error with a gRPC status
 //   (MERIDIAN_NOT_FOUND, ...). Any other exception fails the call with UNKNOWN and the
 //   exception's what() as its message; no exception ever crosses into the library.
+// - A failed unary call throws meridian::Error carrying the server's message and the
+//   trailing metadata it sent (Error::trailer).
 // - Thread-safety is the C library's: a Client may be shared by threads, a Server is
 //   configured and stopped from one thread, handlers run concurrently on library threads.
 //
@@ -34,24 +36,37 @@
 
 namespace meridian {
 
-/// A failed library call or a failed RPC: the status, its name and the library's text.
+/// A failed library call or a failed RPC: the status, its name and the library's text,
+/// and for a failed unary call the trailing metadata the server sent with the failure.
 class Error : public std::runtime_error {
   public:
-    Error(meridian_status status, const std::string &message)
+    Error(meridian_status status, const std::string &message,
+          std::shared_ptr<const meridian_response> failed = nullptr)
         : std::runtime_error(std::string(meridian_status_name(static_cast<uint32_t>(status))) + ": " +
                              message),
           status_(status),
-          message_(message) {}
+          message_(message),
+          failed_(std::move(failed)) {}
     /// The library status (MERIDIAN_NOT_FOUND, MERIDIAN_UNAVAILABLE, ...).
     meridian_status status() const noexcept { return status_; }
     /// The gRPC code (0..16) of an RPC status, or -1 for the library's own codes.
     int grpc_code() const noexcept { return meridian_status_grpc_code(static_cast<uint32_t>(status_)); }
     /// The error text without the status name.
     const std::string &message() const noexcept { return message_; }
+    /// A trailing metadata value the server sent with a failed unary call, or nothing.
+    std::optional<std::string> trailer(const std::string &key) const {
+        if (!failed_) return std::nullopt;
+        const uint8_t *data = nullptr;
+        size_t len = 0;
+        if (meridian_response_metadata_get(failed_.get(), key.c_str(), &data, &len) != MERIDIAN_OK)
+            return std::nullopt;
+        return std::string(reinterpret_cast<const char *>(data), len);
+    }
 
   private:
     meridian_status status_;
     std::string message_;
+    std::shared_ptr<const meridian_response> failed_;
 };
 
 /// The library version loaded at run time ("meridian 0.1.0").
@@ -191,6 +206,35 @@ class Stream {
     detail::Owned<meridian_stream, meridian_stream_free> s_;
 };
 
+/// The kind of call `Client::open_call` opens.
+enum class CallKind : uint32_t {
+    ClientStreaming = MERIDIAN_CALL_CLIENT_STREAMING, ///< many requests, one response
+    Bidi = MERIDIAN_CALL_BIDI,                       ///< messages both ways
+};
+
+/// An open client-streaming or bidirectional call. Destroying it before its end cancels it.
+class Call {
+  public:
+    explicit Call(meridian_call *c) : c_(c) {}
+    /// Sends one request message.
+    void send(std::string_view message) { detail::check(meridian_call_send(c_.get(), detail::bytes(message), message.size())); }
+    /// Tells the server no more requests come.
+    void close_send() { detail::check(meridian_call_close_send(c_.get())); }
+    /// The next response (valid until the next call), nothing once the call ended well;
+    /// throws Error if it failed.
+    std::optional<std::string_view> next() {
+        const uint8_t *data = nullptr;
+        size_t len = 0;
+        meridian_status st = meridian_call_next(c_.get(), &data, &len);
+        if (st == MERIDIAN_STREAM_END) return std::nullopt;
+        detail::check(st);
+        return detail::view(data, len);
+    }
+
+  private:
+    detail::Owned<meridian_call, meridian_call_free> c_;
+};
+
 /// How a Client reaches its servers and whom it trusts.
 class ClientConfig {
   public:
@@ -269,10 +313,30 @@ class Client {
     Response call(const std::string &method, Payload payload, std::string_view request,
                   const CallOptions *options = nullptr) const {
         meridian_response *r = nullptr;
-        detail::check(meridian_client_unary(client_.get(), method.c_str(), static_cast<uint32_t>(payload),
-                                            detail::bytes(request), request.size(),
-                                            options ? options->get() : nullptr, &r));
-        return Response(r);
+        meridian_status st = meridian_client_unary_ex(client_.get(), method.c_str(), static_cast<uint32_t>(payload),
+                                                      detail::bytes(request), request.size(),
+                                                      options ? options->get() : nullptr, &r);
+        if (st == MERIDIAN_OK) return Response(r);
+        if (r == nullptr) throw Error(st, detail::last_error());
+        // A failed call with a response: keep it, for its message and trailers.
+        std::shared_ptr<const meridian_response> failed(r, [](const meridian_response *p) {
+            meridian_response_free(const_cast<meridian_response *>(p));
+        });
+        const uint8_t *text = nullptr;
+        size_t len = 0;
+        std::string message = meridian_response_error_message(r, &text, &len) == MERIDIAN_OK
+                                  ? std::string(detail::view(text, len))
+                                  : detail::last_error();
+        throw Error(st, message, std::move(failed));
+    }
+    /// Opens a client-streaming or bidirectional call.
+    Call open_call(const std::string &method, CallKind kind, Payload payload,
+                   const CallOptions *options = nullptr) const {
+        meridian_call *c = nullptr;
+        detail::check(meridian_client_open_call(client_.get(), method.c_str(), static_cast<uint32_t>(kind),
+                                                static_cast<uint32_t>(payload), options ? options->get() : nullptr,
+                                                &c));
+        return Call(c);
     }
     /// Opens a server-streaming call.
     Stream server_streaming(const std::string &method, Payload payload, std::string_view request,
@@ -341,6 +405,16 @@ class Request {
         detail::check(meridian_request_peer_address(r_, buf, sizeof buf, &n));
         return std::string(buf, n);
     }
+    /// The next request message of a client-streaming or bidi call, nothing once the
+    /// client closed its side; throws Error if the request stream failed.
+    std::optional<std::string_view> next() const {
+        const uint8_t *data = nullptr;
+        size_t len = 0;
+        meridian_status st = meridian_request_next(r_, &data, &len);
+        if (st == MERIDIAN_STREAM_END) return std::nullopt;
+        detail::check(st);
+        return detail::view(data, len);
+    }
     /// The raw request, for the C functions this wrapper does not cover.
     const meridian_request *get() const noexcept { return r_; }
 
@@ -401,6 +475,34 @@ class Server {
             detail::check(meridian_server_add_server_streaming(server_.get(), method.c_str(),
                                                                static_cast<uint32_t>(payload), idempotent,
                                                                &Server::call_streaming, &e));
+        } catch (...) {
+            handlers_->pop_back();
+            throw;
+        }
+        return *this;
+    }
+    /// Serves `method` with a client-streaming handler: it reads requests with
+    /// Request::next and returns the one response body.
+    Server &client_streaming(const std::string &method, Payload payload, UnaryHandler handler,
+                             bool idempotent = false) {
+        Entry &e = handlers_->emplace_back(Entry{std::move(handler), {}});
+        try {
+            detail::check(meridian_server_add_client_streaming(server_.get(), method.c_str(),
+                                                               static_cast<uint32_t>(payload), idempotent,
+                                                               &Server::call_unary, &e));
+        } catch (...) {
+            handlers_->pop_back();
+            throw;
+        }
+        return *this;
+    }
+    /// Serves `method` with a bidirectional handler: Request::next and Reply::send, in
+    /// any order.
+    Server &bidi(const std::string &method, Payload payload, StreamingHandler handler, bool idempotent = false) {
+        Entry &e = handlers_->emplace_back(Entry{{}, std::move(handler)});
+        try {
+            detail::check(meridian_server_add_bidi(server_.get(), method.c_str(), static_cast<uint32_t>(payload),
+                                                   idempotent, &Server::call_streaming, &e));
         } catch (...) {
             handlers_->pop_back();
             throw;
