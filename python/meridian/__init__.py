@@ -31,7 +31,16 @@ development certificates.
 """
 
 from ._native import __version__, roundtrip
-from .client import AsyncRPCClient, CallTiming, Reply, ResponseIterator, RPCClient
+from .client import (
+    DEFAULT,
+    AsyncRPCClient,
+    CallTiming,
+    DefaultType,
+    Reply,
+    ResponseIterator,
+    RPCClient,
+    Timeout,
+)
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -65,6 +74,9 @@ __all__ = [
     "ResponseIterator",
     "Reply",
     "CallTiming",
+    "DEFAULT",
+    "DefaultType",
+    "Timeout",
     "ServerTLS",
     "ClientTLS",
     "CallContext",

@@ -17,9 +17,11 @@ __all__ = [
     "_write_dev_certificates",
     "_write_dev_pki",
     "__version__",
+    "_has_etcd",
 ]
 
 __version__: str
+_has_etcd: bool
 
 def roundtrip(obj: Any) -> Any:
     """Converts ``obj`` to a Meridian value, encodes and decodes it, and converts it back."""
@@ -112,6 +114,8 @@ class CallContext:
         """Whether the call was cancelled (by the client or its deadline)."""
     def set_trailer(self, key: str, value: Union[str, bytes]) -> None:
         """Adds an entry to the response's trailing metadata."""
+    def _on_cancel(self, callback: Callable[[], object]) -> CallHandle:
+        """Calls ``callback()`` once the call is cancelled; ``cancel()`` the handle to stop."""
 
 @final
 class NativeStream:

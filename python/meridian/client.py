@@ -8,6 +8,7 @@ balanced inside the region, failing over when a region goes dark.
 from __future__ import annotations
 
 import asyncio
+import enum
 from dataclasses import dataclass
 from typing import (
     Any,
@@ -26,14 +27,31 @@ from . import _args
 from ._native import NativeClient, NativeStream
 from .tls import ClientTLS
 
-__all__ = ["RPCClient", "AsyncRPCClient", "Reply", "CallTiming"]
+__all__ = ["RPCClient", "AsyncRPCClient", "Reply", "CallTiming", "DEFAULT", "DefaultType", "Timeout"]
 
 Metadata = Mapping[str, Union[str, bytes]]
 Key = Union[str, bytes]
 #: etcd client URLs: one (``"http://127.0.0.1:2379"``) or several.
 Endpoints = Union[str, Sequence[str]]
 
-_UNSET: Any = object()
+
+
+class DefaultType(enum.Enum):
+    """The type of :data:`DEFAULT` (an enum of one member, so type checkers can tell it
+    apart from a number of seconds)."""
+
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "meridian.DEFAULT"
+
+
+DEFAULT = DefaultType.DEFAULT
+"""``timeout=DEFAULT`` (the default of every call): use the client's ``timeout``."""
+
+#: A call's timeout: seconds, ``None`` for no deadline, or :data:`DEFAULT` for the
+#: client's own.
+Timeout = Union[float, None, DefaultType]
 
 
 def etcd_endpoints(etcd: Optional[Endpoints]) -> Optional[List[str]]:
@@ -100,8 +118,8 @@ class _Base:
         self.region = region
         self.timeout = timeout
 
-    def _timeout(self, timeout: Any) -> Optional[float]:
-        return self.timeout if timeout is _UNSET else timeout
+    def _timeout(self, timeout: Timeout) -> Optional[float]:
+        return self.timeout if timeout is DEFAULT else timeout
 
     def close(self) -> None:
         """Closes the connections (later calls open new ones)."""
@@ -153,7 +171,7 @@ class RPCClient(_Base):
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -177,7 +195,7 @@ class RPCClient(_Base):
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -199,7 +217,7 @@ class RPCClient(_Base):
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -219,7 +237,7 @@ class RPCClient(_Base):
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -408,7 +426,7 @@ class AsyncRPCClient(_Base):
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -423,7 +441,7 @@ class AsyncRPCClient(_Base):
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,

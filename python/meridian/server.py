@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextvars
 import inspect
+import os
 import threading
 import traceback
 import weakref
@@ -22,7 +24,7 @@ from . import _args
 from ._native import CallContext, NativeServer
 from .client import Endpoints, etcd_endpoints
 from .context import _current
-from .errors import InvalidArgument, RpcError, StatusCode
+from .errors import Cancelled, InvalidArgument, RpcError, StatusCode
 from .tls import ServerTLS
 
 __all__ = ["RPCServer"]
@@ -48,6 +50,9 @@ class _LoopThread:
 
     _lock = threading.Lock()
     _loop: Optional[asyncio.AbstractEventLoop] = None
+    # Loops inherited through fork(): their thread is the parent's; kept (never closed or
+    # collected) so nothing in the child touches them.
+    _inherited: "list[asyncio.AbstractEventLoop]" = []
 
     @classmethod
     def loop(cls) -> asyncio.AbstractEventLoop:
@@ -62,8 +67,20 @@ class _LoopThread:
             return cls._loop
 
     @classmethod
-    def run(cls, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, cls.loop()).result()
+    def run(cls, awaitable: Any, context: CallContext, cancellable: bool = True) -> Any:
+        """Runs ``awaitable`` as a task on the loop, with ``current_context()`` set, and
+        waits for its result. When the call is cancelled (by the client or its deadline)
+        the task is cancelled: the handler gets ``asyncio.CancelledError`` at its current
+        ``await`` and its ``finally`` blocks run."""
+        fut = asyncio.run_coroutine_threadsafe(_in_context(context, awaitable), cls.loop())
+        watch = context._on_cancel(fut.cancel) if cancellable else None
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise Cancelled("the call was cancelled") from None
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     @classmethod
     def iterate(cls, agen: Any, context: CallContext) -> Iterator[Any]:
@@ -71,11 +88,36 @@ class _LoopThread:
         try:
             while True:
                 try:
-                    yield cls.run(_in_context(context, agen.__anext__()))
+                    yield cls.run(agen.__anext__(), context)
                 except StopAsyncIteration:
                     return
         finally:
-            cls.run(_in_context(context, agen.aclose()))
+            # Closing runs even after a cancellation (it is how the generator's own
+            # finally blocks run).
+            cls.run(agen.aclose(), context, cancellable=False)
+
+
+def _after_fork_in_child() -> None:
+    """Runs in a child made by ``os.fork()`` (``multiprocessing``'s "fork" start method).
+
+    Only the forking thread exists in the child: the handler event loop's thread and the
+    threads that might have held these locks are gone. The child starts a new loop when
+    it needs one; servers inherited from the parent are the parent's (the native side
+    leaves them alone), so here they read as not started: registering a method on one, or
+    :meth:`RPCServer.start`, serves it anew from the child on its own port.
+    """
+    _LoopThread._lock = threading.Lock()
+    if _LoopThread._loop is not None:
+        _LoopThread._inherited.append(_LoopThread._loop)
+        _LoopThread._loop = None
+    for server in list(_live_servers):
+        server._lock = threading.Lock()
+        server._started = False
+    _live_servers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _in_context(context: CallContext, awaitable: Any) -> Any:
@@ -312,7 +354,7 @@ class RPCServer:
             token = _current.set(context)
             try:
                 if is_coro:
-                    return _LoopThread.run(_in_context(context, func(*args, **kwargs)))
+                    return _LoopThread.run(func(*args, **kwargs), context)
                 return func(*args, **kwargs)
             except Exception as e:
                 raise failure(e, args, kwargs) from None

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian::region::{EtcdConfig, EtcdRegistration, ServerRecord};
 use meridian::{
     CallContext, Codec, Identity, Method, ResponseSink, Server, ServerBuilder, ServerTls, Status,
 };
@@ -35,6 +34,7 @@ use pyo3::prelude::*;
 use crate::context::PyCallContext;
 use crate::convert::{decode, to_python, to_value};
 use crate::errors::pyerr_to_status;
+use crate::etcd::{self, EtcdConfig, EtcdRegistration, ServerRecord};
 use crate::{dev_ca, runtime, timeout_arg, wait};
 
 /// Responses a streaming handler may run ahead of the network by.
@@ -49,6 +49,9 @@ struct PyMethod {
 }
 
 struct State {
+    /// The process the running server belongs to: in a child made by `fork()` the
+    /// parent's server (and etcd registration) is forgotten, never used or dropped.
+    pid: u32,
     region: String,
     host: IpAddr,
     port: u16,
@@ -79,8 +82,32 @@ pub(crate) struct NativeServer {
 }
 
 impl NativeServer {
+    /// The state, after forgetting (leaking) a server inherited through `fork()`: it is
+    /// the parent's, served by the parent's runtime, and dropping it in the child would
+    /// deregister the parent's socket from the epoll instance they share. The child sees
+    /// a stopped server it may start again (on a new port unless the port is fixed).
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if st.pid != pid {
+            st.pid = pid;
+            if let Some(server) = st.running.take() {
+                std::mem::forget(server);
+            }
+            if let Some(registration) = st.registration.take() {
+                // (Without etcd the type is an empty stand-in.)
+                #[cfg_attr(not(feature = "etcd"), allow(clippy::forget_non_drop))]
+                std::mem::forget(registration);
+            }
+        }
+        st
+    }
+}
+
+impl Drop for NativeServer {
+    fn drop(&mut self) {
+        // In a forked child, forgets the parent's server instead of dropping it.
+        drop(self.lock());
     }
 }
 
@@ -153,9 +180,10 @@ impl NativeServer {
                 None => (None, None),
             };
         let grace = timeout_arg(Some(grace))?.unwrap_or_default();
-        let etcd = crate::client::etcd_config(etcd, etcd_prefix, Some(etcd_ttl))?;
+        let etcd = etcd::config(etcd, etcd_prefix, Some(etcd_ttl))?;
         Ok(NativeServer {
             state: Mutex::new(State {
+                pid: std::process::id(),
                 region,
                 host,
                 port,
@@ -372,6 +400,7 @@ impl NativeServer {
 
 impl NativeServer {
     /// The etcd configuration and this server's record, if it registers in etcd.
+    #[cfg(feature = "etcd")]
     fn etcd_record(&self, server: &Server) -> Option<(EtcdConfig, ServerRecord)> {
         let st = self.lock();
         let config = st.etcd.clone()?;
@@ -388,6 +417,13 @@ impl NativeServer {
             record = record.certificate(id.certificate());
         }
         Some((config, record))
+    }
+
+    /// Without etcd support no server has an etcd configuration.
+    #[cfg(not(feature = "etcd"))]
+    fn etcd_record(&self, _server: &Server) -> Option<(EtcdConfig, ServerRecord)> {
+        let config = self.lock().etcd.clone()?;
+        match config {}
     }
 }
 

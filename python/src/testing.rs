@@ -15,12 +15,13 @@ use pyo3::prelude::*;
 use serde::Serialize;
 
 use crate::errors::status_to_pyerr;
+use crate::fork::ProcessBound;
 use crate::{dev_ca, runtime, timeout_arg, wait};
 
 /// A running typed Rust server (see [`start_rust_test_server`]).
 #[pyclass(module = "meridian._native", frozen)]
 pub(crate) struct RustTestServer {
-    server: Mutex<Option<Server>>,
+    server: Mutex<Option<ProcessBound<Server>>>,
     port: u16,
 }
 
@@ -34,7 +35,12 @@ impl RustTestServer {
 
     /// Stops the server.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .and_then(ProcessBound::into_inner);
         if let Some(server) = server {
             wait(py, server.shutdown(Duration::from_secs(1)))?;
         }
@@ -81,7 +87,7 @@ pub(crate) fn start_rust_test_server(py: Python<'_>, region: String) -> PyResult
     .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let port = server.local_addr().port();
     Ok(RustTestServer {
-        server: Mutex::new(Some(server)),
+        server: Mutex::new(Some(ProcessBound::new(server))),
         port,
     })
 }
