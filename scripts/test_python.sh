@@ -135,7 +135,7 @@ for version in $PYTHONS; do
     echo "== CPython $version ($interpreter): fresh venv $venv, the wheel, pytest"
     rm -rf "$venv"
     "$interpreter" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q pytest "$WHEEL"
+    "$venv/bin/python" -m pip install -q pytest mypy "$WHEEL"
     set +e
     # From inside the venv so `import meridian` finds the installed wheel, not python/.
     (cd "$venv" && "$ROOT/$venv/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/tests/python")

@@ -20,7 +20,11 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Type,
+    TypeVar,
     Union,
+    get_origin,
+    overload,
 )
 
 from . import _args
@@ -52,6 +56,25 @@ DEFAULT = DefaultType.DEFAULT
 #: A call's timeout: seconds, ``None`` for no deadline, or :data:`DEFAULT` for the
 #: client's own.
 Timeout = Union[float, None, DefaultType]
+
+
+T = TypeVar("T")
+
+
+def _checked(method: str, value: Any, result_type: Optional[Type[Any]]) -> Any:
+    """``value``, after checking it is a ``result_type`` (its outer type: ``List[int]``
+    checks for a list). An ``int`` passes for ``float``, as in Python's typing."""
+    if result_type is None:
+        return value
+    outer = get_origin(result_type) or result_type
+    if not isinstance(outer, type):
+        raise TypeError(f"result_type must be a class, got {result_type!r}")
+    if isinstance(value, outer) or (outer is float and type(value) is int):
+        return value
+    raise TypeError(
+        f"method {method!r} returned {type(value).__name__} {value!r:.80}, "
+        f"expected {outer.__name__} (result_type)"
+    )
 
 
 def etcd_endpoints(etcd: Optional[Endpoints]) -> Optional[List[str]]:
@@ -167,10 +190,35 @@ class RPCClient(_Base):
             raise AttributeError(name)
         return _Method(self, name)
 
+    @overload
     def call(
         self,
         method: str,
         *args: Any,
+        result_type: Type[T],
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        result_type: None = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> Any: ...
+
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        result_type: Optional[Type[Any]] = None,
         timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
@@ -179,17 +227,74 @@ class RPCClient(_Base):
         """Calls ``method(*args, **kwargs)`` and returns its result.
 
         ``timeout`` in seconds (default: the client's), ``metadata`` sent with the call,
-        ``key`` routes to the key's owner server inside the region. Raises ``TypeError``
-        (or ``OverflowError`` for ints beyond 64 bits) before sending anything if an
-        argument cannot be sent, and :class:`meridian.RpcError` if the call fails.
+        ``key`` routes to the key's owner server inside the region. With ``result_type``
+        (a class, such as ``int``) the result is checked to be one, raising ``TypeError``
+        otherwise, and type checkers see that type: ``client.call("add", 1, 2,
+        result_type=int)`` is an ``int``. Raises ``TypeError`` (or ``OverflowError`` for
+        ints beyond 64 bits) before sending anything if an argument cannot be sent, and
+        :class:`meridian.RpcError` if the call fails.
         """
-        return self._native.call(
+        value = self._native.call(
             method,
             _args.pack(args, kwargs),
             timeout=self._timeout(timeout),
             metadata=None if metadata is None else dict(metadata),
             key=key,
         )
+        return _checked(method, value, result_type)
+
+    @overload
+    def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: Type[T],
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> T: ...
+
+    @overload
+    def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: None = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any: ...
+
+    def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any:
+        """Calls ``method`` with ``value`` sent as it is, as the call's one request value,
+        not wrapped in an argument list as :meth:`call` does.
+
+        This is how to call a handler taking a bare scalar or unit, such as a Rust handler
+        ``|n: u64, ctx|`` (``client.call_value("sleep", 10)``) or ``|(): (), ctx|``
+        (``client.call_value("where")``: ``None``, the default, is unit). A Python handler
+        receives a list value as positional arguments, a dict with string keys as keyword
+        arguments, ``None`` as no argument, and anything else as its one argument (see
+        ``meridian._args``). Options as for :meth:`call`.
+        """
+        out = self._native.call(
+            method,
+            value,
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+        return _checked(method, out, result_type)
 
     def call_detailed(
         self,
@@ -243,7 +348,9 @@ class RPCClient(_Base):
         **kwargs: Any,
     ) -> Any:
         """:meth:`call` for asyncio: awaits the result without blocking the event loop."""
-        return await _acall(self._native, method, args, kwargs, self._timeout(timeout), metadata, key)
+        return await _acall(
+            self._native, method, _args.pack(args, kwargs), self._timeout(timeout), metadata, key
+        )
 
     def __enter__(self) -> "RPCClient":
         return self
@@ -354,8 +461,7 @@ def _bridge(loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[Any]") -> Any:
 async def _acall(
     native: NativeClient,
     method: str,
-    args: Tuple[Any, ...],
-    kwargs: Dict[str, Any],
+    payload: Any,
     timeout: Optional[float],
     metadata: Optional[Metadata],
     key: Optional[Key],
@@ -364,7 +470,7 @@ async def _acall(
     fut: "asyncio.Future[Any]" = loop.create_future()
     handle = native.call_async(
         method,
-        _args.pack(args, kwargs),
+        payload,
         _bridge(loop, fut),
         timeout=timeout,
         metadata=None if metadata is None else dict(metadata),
@@ -422,20 +528,87 @@ class AsyncRPCClient(_Base):
             raise AttributeError(name)
         return _AsyncMethod(self, name)
 
+    @overload
     async def call(
         self,
         method: str,
         *args: Any,
+        result_type: Type[T],
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        result_type: None = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> Any: ...
+
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        result_type: Optional[Type[Any]] = None,
         timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
     ) -> Any:
-        """Calls ``method(*args, **kwargs)`` and returns its result (see
-        :meth:`RPCClient.call`)."""
-        return await _acall(self._native, method, args, kwargs, self._timeout(timeout), metadata, key)
+        """Calls ``method(*args, **kwargs)`` and returns its result, checked against
+        ``result_type`` if given (see :meth:`RPCClient.call`)."""
+        value = await _acall(
+            self._native, method, _args.pack(args, kwargs), self._timeout(timeout), metadata, key
+        )
+        return _checked(method, value, result_type)
 
     acall = call
+
+    @overload
+    async def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: Type[T],
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> T: ...
+
+    @overload
+    async def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: None = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any: ...
+
+    async def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any:
+        """Calls ``method`` with ``value`` sent as it is, not wrapped in an argument list
+        (see :meth:`RPCClient.call_value`): ``await client.call_value("sleep", 10)``."""
+        out = await _acall(self._native, method, value, self._timeout(timeout), metadata, key)
+        return _checked(method, out, result_type)
 
     async def stream(
         self,
@@ -467,7 +640,9 @@ class _AsyncMethod:
         self._name = name
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return await _acall(self._client._native, self._name, args, kwargs, self._client.timeout, None, None)
+        return await _acall(
+            self._client._native, self._name, _args.pack(args, kwargs), self._client.timeout, None, None
+        )
 
     def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Calls the method as a server-streaming method (every keyword argument goes to
