@@ -33,7 +33,9 @@ development certificates.
 from ._native import __version__, roundtrip
 from .client import (
     DEFAULT,
+    AsyncBidiCall,
     AsyncRPCClient,
+    BidiCall,
     CallTiming,
     DefaultType,
     Reply,
@@ -74,6 +76,8 @@ __all__ = [
     "ResponseIterator",
     "Reply",
     "CallTiming",
+    "BidiCall",
+    "AsyncBidiCall",
     "DEFAULT",
     "DefaultType",
     "Timeout",

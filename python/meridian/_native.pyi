@@ -7,6 +7,9 @@ __all__ = [
     "NativeServer",
     "NativeClient",
     "NativeStream",
+    "NativeRequestSink",
+    "NativeResponse",
+    "RequestIterator",
     "CallHandle",
     "CallContext",
     "PeerIdentity",
@@ -49,6 +52,7 @@ class NativeServer:
         func: Callable[[Any, "CallContext"], Any],
         streaming: bool = False,
         idempotent: bool = False,
+        client_streaming: bool = False,
     ) -> None: ...
     def start(self) -> Tuple[str, int]: ...
     def reload_tls(self) -> None: ...
@@ -125,6 +129,28 @@ class NativeStream:
     def cancel(self) -> None: ...
 
 @final
+class RequestIterator:
+    """The request values of a client-streaming or bidirectional call."""
+
+    def __iter__(self) -> "RequestIterator": ...
+    def __next__(self) -> Any:
+        """The next request value; waits with the GIL released."""
+
+@final
+class NativeRequestSink:
+    def send(self, value: Any) -> None:
+        """Sends one request value; waits while the server is slow to read."""
+    def close(self) -> None:
+        """Ends the request stream."""
+    def cancel(self) -> None:
+        """Abandons the call."""
+
+@final
+class NativeResponse:
+    def wait(self) -> Any:
+        """Closes sending if still open, then waits for the response."""
+
+@final
 class NativeClient:
     def __new__(
         cls,
@@ -171,6 +197,20 @@ class NativeClient:
         metadata: Optional[dict[str, Union[str, bytes]]] = None,
         key: Optional[Union[str, bytes]] = None,
     ) -> NativeStream: ...
+    def open_client_stream(
+        self,
+        method: str,
+        timeout: Optional[float] = None,
+        metadata: Optional[dict[str, Union[str, bytes]]] = None,
+        key: Optional[Union[str, bytes]] = None,
+    ) -> Tuple[NativeRequestSink, NativeResponse]: ...
+    def open_bidi(
+        self,
+        method: str,
+        timeout: Optional[float] = None,
+        metadata: Optional[dict[str, Union[str, bytes]]] = None,
+        key: Optional[Union[str, bytes]] = None,
+    ) -> Tuple[NativeRequestSink, NativeStream]: ...
     def metrics_text(self) -> str: ...
     def reload_tls(self) -> None: ...
     def close(self) -> None: ...

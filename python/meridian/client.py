@@ -12,8 +12,10 @@ import enum
 from dataclasses import dataclass
 from typing import (
     Any,
+    AsyncIterable,
     AsyncIterator,
     Dict,
+    Iterable,
     Iterator,
     List,
     Mapping,
@@ -28,10 +30,10 @@ from typing import (
 )
 
 from . import _args
-from ._native import NativeClient, NativeStream
+from ._native import NativeClient, NativeRequestSink, NativeStream
 from .tls import ClientTLS
 
-__all__ = ["RPCClient", "AsyncRPCClient", "Reply", "CallTiming", "DEFAULT", "DefaultType", "Timeout"]
+__all__ = ["RPCClient", "AsyncRPCClient", "Reply", "CallTiming", "BidiCall", "AsyncBidiCall", "DEFAULT", "DefaultType", "Timeout"]
 
 Metadata = Mapping[str, Union[str, bytes]]
 Key = Union[str, bytes]
@@ -338,6 +340,61 @@ class RPCClient(_Base):
         )
         return ResponseIterator(native)
 
+    def client_stream(
+        self,
+        method: str,
+        requests: Iterable[Any],
+        *,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any:
+        """Calls a client-streaming method (``@server.rpc(client_streaming=True)``): sends
+        every value of ``requests`` (any iterable, consumed as it is sent), then returns
+        the method's one response (checked against ``result_type`` if given). The
+        timeout covers the whole call. An exception raised by the iterable cancels the
+        call and propagates."""
+        sink, response = self._native.open_client_stream(
+            method,
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+        try:
+            for item in requests:
+                sink.send(item)
+        except BaseException:
+            sink.cancel()
+            raise
+        return _checked(method, response.wait(), result_type)
+
+    def bidi(
+        self,
+        method: str,
+        *,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> "BidiCall":
+        """Opens a bidirectional call (a generator registered with
+        ``client_streaming=True``): :meth:`BidiCall.send` requests, iterate for the
+        responses, :meth:`BidiCall.done_sending` when there are no more requests::
+
+            with client.bidi("running_total") as call:
+                for n in (1, 2, 3):
+                    call.send(n)
+                    print(next(call))   # 1, 3, 6
+                call.done_sending()
+        """
+        sink, responses = self._native.open_bidi(
+            method,
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+        return BidiCall(sink, responses)
+
     async def acall(
         self,
         method: str,
@@ -436,6 +493,92 @@ class ResponseIterator:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.cancel()
+
+
+class BidiCall:
+    """A bidirectional call (:meth:`RPCClient.bidi`): send requests, iterate responses.
+
+    Sending and receiving are independent: a response may be read before or after the
+    request it answers, from the same thread or another. Closing (``close()``,
+    ``cancel()``, leaving a ``with`` block) cancels the call on the server if it is still
+    running.
+    """
+
+    def __init__(self, sink: NativeRequestSink, responses: NativeStream) -> None:
+        self._sink = sink
+        self._responses = responses
+
+    def send(self, value: Any) -> None:
+        """Sends one request; waits while the server is slow to read. Raises ``TypeError``
+        for a value that cannot be sent, ``ValueError`` after :meth:`done_sending`."""
+        self._sink.send(value)
+
+    def done_sending(self) -> None:
+        """Ends the requests: the server's request iterator ends (responses go on)."""
+        self._sink.close()
+
+    def __iter__(self) -> "BidiCall":
+        return self
+
+    def __next__(self) -> Any:
+        return self._responses.__next__()
+
+    def cancel(self) -> None:
+        """Cancels the call."""
+        self._sink.cancel()
+        self._responses.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> "BidiCall":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cancel()
+
+
+class AsyncBidiCall:
+    """A bidirectional call for asyncio (:meth:`AsyncRPCClient.bidi`): ``await
+    call.send(value)``, ``async for response in call``, ``await call.done_sending()``."""
+
+    def __init__(self, sink: NativeRequestSink, responses: NativeStream) -> None:
+        self._sink = sink
+        self._responses = responses
+
+    async def send(self, value: Any) -> None:
+        """Sends one request without blocking the event loop (see :meth:`BidiCall.send`)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._sink.send, value)
+
+    async def done_sending(self) -> None:
+        """Ends the requests."""
+        self._sink.close()
+
+    def __aiter__(self) -> "AsyncBidiCall":
+        return self
+
+    async def __anext__(self) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[Any]" = loop.create_future()
+        handle = self._responses.next_async(_bridge(loop, fut))
+        try:
+            item = await fut
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+        if isinstance(item, StopIteration):
+            raise StopAsyncIteration
+        return item
+
+    def cancel(self) -> None:
+        """Cancels the call."""
+        self._sink.cancel()
+        self._responses.cancel()
+
+    async def __aenter__(self) -> "AsyncBidiCall":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
         self.cancel()
 
 
@@ -609,6 +752,61 @@ class AsyncRPCClient(_Base):
         (see :meth:`RPCClient.call_value`): ``await client.call_value("sleep", 10)``."""
         out = await _acall(self._native, method, value, self._timeout(timeout), metadata, key)
         return _checked(method, out, result_type)
+
+    async def client_stream(
+        self,
+        method: str,
+        requests: Union[Iterable[Any], AsyncIterable[Any]],
+        *,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any:
+        """Calls a client-streaming method with the values of ``requests`` (an iterable or
+        an async iterable) and returns its response (see
+        :meth:`RPCClient.client_stream`). Never blocks the event loop; cancelling the
+        awaiting task cancels the call."""
+        loop = asyncio.get_running_loop()
+        md = None if metadata is None else dict(metadata)
+        t = self._timeout(timeout)
+        sink, response = await loop.run_in_executor(
+            None, lambda: self._native.open_client_stream(method, timeout=t, metadata=md, key=key)
+        )
+        try:
+            if isinstance(requests, AsyncIterable):
+                async for item in requests:
+                    await loop.run_in_executor(None, sink.send, item)
+            else:
+                for item in requests:
+                    await loop.run_in_executor(None, sink.send, item)
+            value = await loop.run_in_executor(None, response.wait)
+        except BaseException:
+            sink.cancel()
+            raise
+        return _checked(method, value, result_type)
+
+    async def bidi(
+        self,
+        method: str,
+        *,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> AsyncBidiCall:
+        """Opens a bidirectional call (see :meth:`RPCClient.bidi`)::
+
+            call = await client.bidi("running_total")
+            await call.send(1)
+            print(await call.__anext__())
+        """
+        loop = asyncio.get_running_loop()
+        md = None if metadata is None else dict(metadata)
+        t = self._timeout(timeout)
+        sink, responses = await loop.run_in_executor(
+            None, lambda: self._native.open_bidi(method, timeout=t, metadata=md, key=key)
+        )
+        return AsyncBidiCall(sink, responses)
 
     async def stream(
         self,

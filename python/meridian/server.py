@@ -97,6 +97,28 @@ class _LoopThread:
             cls.run(agen.aclose(), context, cancellable=False)
 
 
+class _AsyncRequests:
+    """The request values of a client-streaming call for an ``async def`` handler: an
+    async iterator whose every step waits for the next request on a worker thread, so
+    the handler event loop never blocks."""
+
+    def __init__(self, requests: Iterator[Any]) -> None:
+        self._requests = requests
+
+    def __aiter__(self) -> "_AsyncRequests":
+        return self
+
+    async def __anext__(self) -> Any:
+        loop = asyncio.get_running_loop()
+        item = await loop.run_in_executor(None, next, self._requests, _END)
+        if item is _END:
+            raise StopAsyncIteration
+        return item
+
+
+_END = object()
+
+
 def _after_fork_in_child() -> None:
     """Runs in a child made by ``os.fork()`` (``multiprocessing``'s "fork" start method).
 
@@ -250,6 +272,7 @@ class RPCServer:
         name: Optional[str] = None,
         idempotent: bool = False,
         streaming: Optional[bool] = None,
+        client_streaming: bool = False,
     ) -> Callable[[F], F]: ...
 
     def rpc(
@@ -259,6 +282,7 @@ class RPCServer:
         name: Optional[str] = None,
         idempotent: bool = False,
         streaming: Optional[bool] = None,
+        client_streaming: bool = False,
     ) -> Union[F, Callable[[F], F]]:
         """Registers a function as a method: ``@server.rpc`` or ``@server.rpc(name=...,
         idempotent=True)``.
@@ -268,10 +292,34 @@ class RPCServer:
         data). Generator functions (sync or async) become server-streaming methods
         (``streaming=True`` forces it for a function returning an iterator). ``async def``
         functions run on the handler event loop. Returns the function unchanged.
+
+        ``client_streaming=True`` makes a method the client sends a stream of requests to
+        (:meth:`RPCClient.client_stream`, :meth:`RPCClient.bidi`): the function's one
+        argument is an iterator of the request values (an async iterator for ``async
+        def`` functions and async generators), which ends when the client finishes
+        sending. It returns the one response, or, as a generator, yields responses while
+        it reads requests (a bidirectional method)::
+
+            @server.rpc(client_streaming=True)
+            def total(numbers):
+                return sum(numbers)
+
+            @server.rpc(client_streaming=True)
+            def running_total(numbers):
+                subtotal = 0
+                for n in numbers:
+                    subtotal += n
+                    yield subtotal
         """
 
         def register(f: F) -> F:
-            self.register(f, name=name, idempotent=idempotent, streaming=streaming)
+            self.register(
+                f,
+                name=name,
+                idempotent=idempotent,
+                streaming=streaming,
+                client_streaming=client_streaming,
+            )
             return f
 
         if func is not None:
@@ -288,6 +336,7 @@ class RPCServer:
         name: Optional[str] = None,
         idempotent: bool = False,
         streaming: Optional[bool] = None,
+        client_streaming: bool = False,
     ) -> None:
         """Registers ``func`` (see :meth:`rpc`) and starts the server if it is not yet."""
         method = name or getattr(func, "__name__", None)
@@ -296,16 +345,26 @@ class RPCServer:
         is_async_gen = inspect.isasyncgenfunction(func)
         if streaming is None:
             streaming = inspect.isgeneratorfunction(func) or is_async_gen
-        handler = self._adapt(func, streaming, is_async_gen)
+        handler = self._adapt(func, streaming, is_async_gen, client_streaming)
         with self._lock:
-            self._native.add(method, handler, streaming=streaming, idempotent=idempotent)
+            self._native.add(
+                method,
+                handler,
+                streaming=streaming,
+                idempotent=idempotent,
+                client_streaming=client_streaming,
+            )
             if not self._started:
                 self._native.start()
                 self._started = True
                 _live_servers.add(self)
 
     def _adapt(
-        self, func: Callable[..., Any], streaming: bool, is_async_gen: bool
+        self,
+        func: Callable[..., Any],
+        streaming: bool,
+        is_async_gen: bool,
+        client_streaming: bool = False,
     ) -> Callable[[Any, CallContext], Any]:
         """The callable the native server runs: unpacks the arguments, makes the call's
         context current (and passes it as ``context=`` if ``func`` declares that
@@ -316,7 +375,13 @@ class RPCServer:
         wants_context = _wants_context(func)
 
         def arguments(payload: Any, context: CallContext) -> Tuple[Any, Any]:
-            args, kwargs = _args.unpack(payload)
+            if client_streaming:
+                # The payload is the native RequestIterator.
+                requests = _AsyncRequests(payload) if is_coro or is_async_gen else payload
+                args: Any = [requests]
+                kwargs: Any = {}
+            else:
+                args, kwargs = _args.unpack(payload)
             if wants_context:
                 if "context" in kwargs:
                     raise InvalidArgument("'context' is given by the server and cannot be sent")

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use meridian::region::{
     Discovery, LocalRegistry, RegionClient, RegionMap, ServerEndpoint, StaticDiscovery,
 };
-use meridian::{ClientTls, Codec, Identity, Status, Streaming, Value};
+use meridian::{ClientTls, Codec, Identity, RequestSink, ResponseFuture, Status, Streaming, Value};
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
@@ -113,13 +113,43 @@ impl CallSpec {
     }
 
     async fn open_stream(self, client: RegionClient) -> Result<Streaming<Value>, Status> {
-        // Unlike unary calls, opening a stream does not wait for a first server: wait
-        // here (bounded by the timeout) so a call right after a server starts works.
-        let wait_for = self.timeout.unwrap_or(READY_WAIT).min(READY_WAIT);
-        client.ready(&self.method, wait_for).await;
+        self.ready(&client).await;
         let fut = self
             .builder(&client)
             .server_streaming::<Value, Value>(&self.args);
+        self.bounded(fut).await
+    }
+
+    async fn open_client_stream(
+        self,
+        client: RegionClient,
+    ) -> Result<(RequestSink<Value>, ResponseFuture<Value>), Status> {
+        self.ready(&client).await;
+        let fut = self.builder(&client).client_streaming::<Value, Value>();
+        self.bounded(fut).await
+    }
+
+    async fn open_bidi(
+        self,
+        client: RegionClient,
+    ) -> Result<(RequestSink<Value>, Streaming<Value>), Status> {
+        self.ready(&client).await;
+        let fut = self.builder(&client).bidi::<Value, Value>();
+        self.bounded(fut).await
+    }
+
+    /// Unlike unary calls, opening a stream does not wait for a first server: wait here
+    /// (bounded by the timeout) so a call right after a server starts works.
+    async fn ready(&self, client: &RegionClient) {
+        let wait_for = self.timeout.unwrap_or(READY_WAIT).min(READY_WAIT);
+        client.ready(&self.method, wait_for).await;
+    }
+
+    /// `fut` (opening a stream), bounded by the call's timeout.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
         match self.timeout {
             Some(t) => tokio::time::timeout(t, fut)
                 .await
@@ -410,6 +440,53 @@ impl NativeClient {
         })
     }
 
+    /// Opens a client-streaming call: `(sink, response)`; send the requests through the
+    /// sink, then `response.wait()` closes sending and waits for the one response.
+    #[pyo3(signature = (method, timeout=None, metadata=None, key=None))]
+    fn open_client_stream<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'py, PyDict>>,
+        key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(NativeRequestSink, NativeResponse)> {
+        let none = py.None().into_bound(py);
+        let spec = CallSpec::new(method, &none, timeout, metadata, key, self.wait_for_ready)?;
+        let client = self.region_client()?;
+        let (sink, response) =
+            wait(py, spec.open_client_stream(client))?.map_err(|s| status_to_pyerr(py, &s))?;
+        let sink = NativeRequestSink::new(sink);
+        let response = NativeResponse {
+            sink: ProcessBound::new(sink.slot()?),
+            response: ProcessBound::new(Arc::new(tokio::sync::Mutex::new(Some(response)))),
+        };
+        Ok((sink, response))
+    }
+
+    /// Opens a bidirectional call: `(sink, responses)`.
+    #[pyo3(signature = (method, timeout=None, metadata=None, key=None))]
+    fn open_bidi<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'py, PyDict>>,
+        key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(NativeRequestSink, NativeStream)> {
+        let none = py.None().into_bound(py);
+        let spec = CallSpec::new(method, &none, timeout, metadata, key, self.wait_for_ready)?;
+        let client = self.region_client()?;
+        let (sink, responses) =
+            wait(py, spec.open_bidi(client))?.map_err(|s| status_to_pyerr(py, &s))?;
+        Ok((
+            NativeRequestSink::new(sink),
+            NativeStream {
+                inner: ProcessBound::new(Arc::new(tokio::sync::Mutex::new(Some(responses)))),
+            },
+        ))
+    }
+
     /// Reads the trust roots file (`roots`) and the client certificate files again:
     /// handshakes from now on use them; open connections stay. Files that cannot be used
     /// raise `ValueError`, keeping what was in use. A client trusting this process's
@@ -574,5 +651,109 @@ impl NativeStream {
             inner.lock().await.take();
         });
         Ok(())
+    }
+}
+
+type SinkSlot = Arc<tokio::sync::Mutex<Option<RequestSink<Value>>>>;
+
+/// Where a client-streaming or bidirectional call's requests go.
+#[pyclass(module = "meridian._native", frozen)]
+pub(crate) struct NativeRequestSink {
+    inner: ProcessBound<SinkSlot>,
+}
+
+impl NativeRequestSink {
+    fn new(sink: RequestSink<Value>) -> NativeRequestSink {
+        NativeRequestSink {
+            inner: ProcessBound::new(Arc::new(tokio::sync::Mutex::new(Some(sink)))),
+        }
+    }
+
+    fn slot(&self) -> PyResult<SinkSlot> {
+        self.inner
+            .get()
+            .cloned()
+            .ok_or_else(|| fork::inherited("this call"))
+    }
+}
+
+#[pymethods]
+impl NativeRequestSink {
+    /// Sends one request value; waits (GIL released) while the server is slow to read.
+    /// Raises `TypeError` for a value that cannot be sent, `ValueError` once sending was
+    /// closed, and the call's `RpcError` if it failed.
+    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let value = to_value(value)?;
+        let slot = self.slot()?;
+        let sent = wait(py, async move {
+            let mut guard = slot.lock().await;
+            match guard.as_mut() {
+                Some(sink) => sink.send(&value).await.map(|()| true),
+                None => Ok(false),
+            }
+        })?;
+        match sent {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PyValueError::new_err(
+                "sending is closed on this call: no more requests can be sent",
+            )),
+            Err(status) => Err(status_to_pyerr(py, &status)),
+        }
+    }
+
+    /// Ends the request stream (the server's request iterator ends). Idempotent.
+    fn close(&self) -> PyResult<()> {
+        let slot = self.slot()?;
+        runtime()?.spawn(async move {
+            if let Some(sink) = slot.lock().await.take() {
+                sink.finish();
+            }
+        });
+        Ok(())
+    }
+
+    /// Abandons the call: the server's handler is cancelled.
+    fn cancel(&self) -> PyResult<()> {
+        let Some(slot) = self.inner.get().cloned() else {
+            return Ok(());
+        };
+        runtime()?.spawn(async move {
+            if let Some(sink) = slot.lock().await.take() {
+                sink.cancel(&Status::cancelled("cancelled by the client"));
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The one response of a client-streaming call.
+#[pyclass(module = "meridian._native", frozen)]
+pub(crate) struct NativeResponse {
+    sink: ProcessBound<SinkSlot>,
+    response: ProcessBound<Arc<tokio::sync::Mutex<Option<ResponseFuture<Value>>>>>,
+}
+
+#[pymethods]
+impl NativeResponse {
+    /// Closes sending if still open, then waits (GIL released) for the response.
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (Some(sink), Some(response)) = (self.sink.get().cloned(), self.response.get().cloned())
+        else {
+            return Err(fork::inherited("this call"));
+        };
+        let got = wait(py, async move {
+            if let Some(s) = sink.lock().await.take() {
+                s.finish();
+            }
+            match response.lock().await.take() {
+                Some(r) => r.response().await.map(|r| Some(r.into_inner())),
+                None => Ok(None),
+            }
+        })?;
+        match got {
+            Ok(Some(v)) => to_python(py, &v),
+            Ok(None) => Err(PyValueError::new_err("the response was already taken")),
+            Err(status) => Err(status_to_pyerr(py, &status)),
+        }
     }
 }

@@ -29,6 +29,7 @@ mod convert;
 mod errors;
 mod etcd;
 mod fork;
+mod requests;
 mod server;
 mod testing;
 
@@ -142,8 +143,11 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
     m.add_class::<client::NativeStream>()?;
     m.add_class::<client::CallHandle>()?;
+    m.add_class::<client::NativeRequestSink>()?;
+    m.add_class::<client::NativeResponse>()?;
     m.add_class::<context::PyCallContext>()?;
     m.add_class::<context::PyPeerIdentity>()?;
+    m.add_class::<requests::RequestIterator>()?;
     m.add_class::<testing::RustTestServer>()?;
     m.add_function(wrap_pyfunction!(convert::roundtrip, m)?)?;
     m.add_function(wrap_pyfunction!(testing::start_rust_test_server, m)?)?;

@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use meridian::{
-    CallContext, Codec, Identity, Method, ResponseSink, Server, ServerBuilder, ServerTls, Status,
+    CallContext, Codec, Identity, Method, RequestStream, ResponseSink, Server, ServerBuilder,
+    ServerTls, Status,
 };
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -35,6 +36,7 @@ use crate::context::PyCallContext;
 use crate::convert::{decode, to_python, to_value};
 use crate::errors::pyerr_to_status;
 use crate::etcd::{self, EtcdConfig, EtcdRegistration, ServerRecord};
+use crate::requests::RequestIterator;
 use crate::{dev_ca, runtime, timeout_arg, wait};
 
 /// Responses a streaming handler may run ahead of the network by.
@@ -45,6 +47,8 @@ struct PyMethod {
     name: String,
     func: Arc<Py<PyAny>>,
     streaming: bool,
+    /// Whether the client sends a stream of requests (with `streaming`: bidirectional).
+    client_streaming: bool,
     idempotent: bool,
 }
 
@@ -204,16 +208,19 @@ impl NativeServer {
     }
 
     /// Registers `func` as method `name` (a server-streaming method when `streaming`).
-    /// `func` takes the decoded argument value and returns the result value (or, when
-    /// streaming, an iterator of them). On a running server the method is added in place
-    /// and announced to connected clients.
-    #[pyo3(signature = (name, func, streaming=false, idempotent=false))]
+    /// `func(value, context)` takes the decoded argument value and returns the result
+    /// value (or, when streaming, an iterator of them). With `client_streaming` it takes a
+    /// `RequestIterator` of the request values instead (bidirectional with `streaming`).
+    /// On a running server the method is added in place and announced to connected
+    /// clients.
+    #[pyo3(signature = (name, func, streaming=false, idempotent=false, client_streaming=false))]
     fn add(
         &self,
         name: String,
         func: Py<PyAny>,
         streaming: bool,
         idempotent: bool,
+        client_streaming: bool,
     ) -> PyResult<()> {
         let mut st = self.lock();
         st.methods.retain(|m| m.name != name);
@@ -221,6 +228,7 @@ impl NativeServer {
             name,
             func: Arc::new(func),
             streaming,
+            client_streaming,
             idempotent,
         };
         if let Some(server) = &st.running {
@@ -439,7 +447,21 @@ fn register(builder: ServerBuilder, m: &PyMethod) -> ServerBuilder {
         method = method.idempotent();
     }
     let func = m.func.clone();
-    if m.streaming {
+    if m.client_streaming && m.streaming {
+        builder
+            .raw()
+            .bidi(method, move |requests, ctx, sink| {
+                run_bidi(func.clone(), requests, ctx, sink)
+            })
+            .typed()
+    } else if m.client_streaming {
+        builder
+            .raw()
+            .client_streaming(method, move |requests, ctx| {
+                run_client_streaming(func.clone(), requests, ctx)
+            })
+            .typed()
+    } else if m.streaming {
         builder
             .raw()
             .server_streaming(method, move |body, ctx, sink| {
@@ -515,10 +537,87 @@ async fn run_streaming(
     check_codec(&ctx)?;
     let _held = ctx.reserve_memory(meridian::Value::decoded_size_hint(&body).saturating_mul(2))?;
     let args = decode(&body)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(STREAM_AHEAD);
     let context = PyCallContext::new(ctx.clone());
+    respond_with_iterator(
+        sink,
+        move |py| {
+            to_python(py, &args)
+                .map(Bound::unbind)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        },
+        func,
+        context,
+    )
+    .await
+}
+
+/// Runs a client-streaming Python handler: it gets a `RequestIterator` over the request
+/// values (blocking, with the GIL released while it waits) and returns the response.
+async fn run_client_streaming(
+    func: Arc<Py<PyAny>>,
+    requests: RequestStream<Bytes>,
+    ctx: CallContext,
+) -> Result<Bytes, Status> {
+    check_codec(&ctx)?;
+    let requests = RequestIterator::new(requests)?;
+    let context = PyCallContext::new(ctx.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Python::attach(|py| {
+            let ret = func
+                .call1(py, (requests, context))
+                .map_err(|e| pyerr_to_status(py, &e))?;
+            to_value(ret.bind(py)).map_err(|e| {
+                Status::internal(format!(
+                    "the handler returned a value Meridian cannot send: {e}"
+                ))
+            })
+        })
+    })
+    .await
+    .map_err(|_| Status::internal("the handler's thread failed"))??;
+    Ok(Bytes::from(out.to_bytes()))
+}
+
+/// Runs a bidirectional Python handler: a `RequestIterator` in, an iterator of responses
+/// out (see [`run_streaming`]).
+async fn run_bidi(
+    func: Arc<Py<PyAny>>,
+    requests: RequestStream<Bytes>,
+    ctx: CallContext,
+    sink: ResponseSink<Bytes>,
+) -> Result<(), Status> {
+    check_codec(&ctx)?;
+    let requests = RequestIterator::new(requests)?;
+    let context = PyCallContext::new(ctx.clone());
+    respond_with_iterator(
+        sink,
+        move |py| {
+            Py::new(py, requests)
+                .map(Py::into_any)
+                .map_err(|e| Status::internal(e.to_string()))
+        },
+        func,
+        context,
+    )
+    .await
+}
+
+/// Calls `func(first(py), context)` on a blocking thread and sends the items of the
+/// iterator it returns.
+async fn respond_with_iterator(
+    sink: ResponseSink<Bytes>,
+    first: impl FnOnce(Python<'_>) -> Result<Py<PyAny>, Status> + Send + 'static,
+    func: Arc<Py<PyAny>>,
+    context: PyCallContext,
+) -> Result<(), Status> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(STREAM_AHEAD);
     tokio::task::spawn_blocking(move || {
-        Python::attach(|py| drive_iterator(py, &func, &args, context, &tx));
+        Python::attach(|py| match first(py) {
+            Ok(arg) => drive_iterator(py, &func, arg, context, &tx),
+            Err(status) => {
+                let _ = tx.blocking_send(Err(status));
+            }
+        });
     });
     while let Some(item) = rx.recv().await {
         sink.send(&item?).await?;
@@ -529,16 +628,12 @@ async fn run_streaming(
 fn drive_iterator(
     py: Python<'_>,
     func: &Py<PyAny>,
-    args: &meridian::Value,
+    arg: Py<PyAny>,
     context: PyCallContext,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, Status>>,
 ) {
     let fail = |status: Status| {
         let _ = tx.blocking_send(Err(status));
-    };
-    let arg = match to_python(py, args) {
-        Ok(a) => a,
-        Err(e) => return fail(Status::invalid_argument(e.to_string())),
     };
     let iter = match func
         .call1(py, (arg, context))
