@@ -138,7 +138,7 @@ for version in $PYTHONS; do
     "$venv/bin/python" -m pip install -q pytest mypy "$WHEEL"
     set +e
     # From inside the venv so `import meridian` finds the installed wheel, not python/.
-    (cd "$venv" && "$ROOT/$venv/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/tests/python")
+    (cd "$venv" && "$ROOT/$venv/bin/python" -m pytest -q -rfE -p no:cacheprovider "$ROOT/tests/python")
     status=$?
     set -e
     if [ "$status" -eq 5 ]; then

@@ -103,6 +103,12 @@ impl NativeServer {
                 #[cfg_attr(not(feature = "etcd"), allow(clippy::forget_non_drop))]
                 std::mem::forget(registration);
             }
+            // The TLS settings are shared with the parent's server (the certificate in
+            // use, session state), whose threads may have been inside them at the fork:
+            // a server started in the child gets fresh ones (see `fresh_tls`).
+            if let Some(tls) = st.tls.take() {
+                std::mem::forget(tls);
+            }
         }
         st
     }
@@ -253,11 +259,7 @@ impl NativeServer {
             let tls = match &st.tls {
                 Some(tls) => tls.clone(),
                 None => {
-                    let id = dev_ca()?
-                        .issue_server(&["localhost"])
-                        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-                    let tls = ServerTls::new(id.clone());
-                    st.identity = Some(id);
+                    let tls = fresh_tls(&mut st)?;
                     st.tls = Some(tls.clone());
                     tls
                 }
@@ -433,6 +435,31 @@ impl NativeServer {
         let config = self.lock().etcd.clone()?;
         match config {}
     }
+}
+
+/// New TLS settings for a server: from its certificate files (and client CA file) when
+/// it has them, else its development certificate, issued now by the process's
+/// development CA on the first start.
+fn fresh_tls(st: &mut State) -> PyResult<ServerTls> {
+    if let Some((cert, key)) = &st.tls_files {
+        let identity = Identity::from_pem_files(cert, key).map_err(config_error)?;
+        let mut tls = ServerTls::new(identity.clone());
+        if let Some(ca) = &st.client_ca_file {
+            tls = tls
+                .require_client_certs_pem_file(ca)
+                .map_err(config_error)?;
+        }
+        st.identity = Some(identity);
+        return Ok(tls);
+    }
+    let identity = match &st.identity {
+        Some(id) => id.clone(),
+        None => dev_ca()?
+            .issue_server(&["localhost"])
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
+    };
+    st.identity = Some(identity.clone());
+    Ok(ServerTls::new(identity))
 }
 
 /// A certificate, key or CA file that cannot be used, as Python's `ValueError`.

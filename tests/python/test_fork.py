@@ -42,10 +42,18 @@ def run_in_child(target, *args):
 
     child = FORK.Process(target=main, daemon=True)
     child.start()
+    # Only the child writes: a child that dies without answering then reads as EOF.
+    child_end.close()
     try:
         if not parent_end.poll(CHILD_LIMIT):
             raise AssertionError(f"the forked child gave no answer within {CHILD_LIMIT} s")
-        kind, value = parent_end.recv()
+        try:
+            kind, value = parent_end.recv()
+        except EOFError:
+            child.join(5)
+            raise AssertionError(
+                f"the forked child died without answering (exit code {child.exitcode})"
+            ) from None
     finally:
         child.join(5)
         if child.is_alive():
