@@ -12,7 +12,8 @@
 #   etcd-server                          the etcd suites start their own etcd
 #   valgrind                             the C suites run again under valgrind
 #   python3-venv                         only where python3 cannot make a venv
-# and, from PyPI into .venv: maturin, pytest, mypy, grpcio.
+# and, from PyPI into .venv: maturin, pytest, mypy (and pytest into a venv per CPython
+# tested: pyenv's 3.9 and 3.13, or python3.9/python3.13 on PATH; see test_python.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,10 +46,11 @@ PROTOC=/bin/false cargo test --locked -p meridian --features otlp --test otlp
 echo "== etcd and protoc (etcd discovery: its build runs protoc, its tests start a real etcd)"
 bash scripts/etcd.sh install
 
-# The workspace build turns on core's `etcd` feature (the Python module uses it), so this
-# also runs the etcd suites against the real etcd they start.
+# core's `etcd` feature is turned on here (nothing in the workspace turns it on by default:
+# the Python module's etcd is optional), so this also runs the etcd suites against the
+# real etcd they start.
 echo "== Rust: workspace tests (unit, property, end-to-end, etcd, doctests, header drift)"
-cargo test --workspace --locked --exclude meridian-bench
+cargo test --workspace --locked --exclude meridian-bench --features meridian/etcd
 
 echo "== Rust: the command-line tool's etcd flags (features cli + etcd)"
 cargo test --locked -p meridian --features cli,etcd --test cli etcd

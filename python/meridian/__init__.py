@@ -31,7 +31,18 @@ development certificates.
 """
 
 from ._native import __version__, roundtrip
-from .client import AsyncRPCClient, CallTiming, Reply, ResponseIterator, RPCClient
+from .client import (
+    DEFAULT,
+    AsyncBidiCall,
+    AsyncRPCClient,
+    BidiCall,
+    CallTiming,
+    DefaultType,
+    Reply,
+    ResponseIterator,
+    RPCClient,
+    Timeout,
+)
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -65,6 +76,11 @@ __all__ = [
     "ResponseIterator",
     "Reply",
     "CallTiming",
+    "BidiCall",
+    "AsyncBidiCall",
+    "DEFAULT",
+    "DefaultType",
+    "Timeout",
     "ServerTLS",
     "ClientTLS",
     "CallContext",

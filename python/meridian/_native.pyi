@@ -7,6 +7,9 @@ __all__ = [
     "NativeServer",
     "NativeClient",
     "NativeStream",
+    "NativeRequestSink",
+    "NativeResponse",
+    "RequestIterator",
     "CallHandle",
     "CallContext",
     "PeerIdentity",
@@ -17,9 +20,11 @@ __all__ = [
     "_write_dev_certificates",
     "_write_dev_pki",
     "__version__",
+    "_has_etcd",
 ]
 
 __version__: str
+_has_etcd: bool
 
 def roundtrip(obj: Any) -> Any:
     """Converts ``obj`` to a Meridian value, encodes and decodes it, and converts it back."""
@@ -47,6 +52,7 @@ class NativeServer:
         func: Callable[[Any, "CallContext"], Any],
         streaming: bool = False,
         idempotent: bool = False,
+        client_streaming: bool = False,
     ) -> None: ...
     def start(self) -> Tuple[str, int]: ...
     def reload_tls(self) -> None: ...
@@ -112,6 +118,8 @@ class CallContext:
         """Whether the call was cancelled (by the client or its deadline)."""
     def set_trailer(self, key: str, value: Union[str, bytes]) -> None:
         """Adds an entry to the response's trailing metadata."""
+    def _on_cancel(self, callback: Callable[[], object]) -> CallHandle:
+        """Calls ``callback()`` once the call is cancelled; ``cancel()`` the handle to stop."""
 
 @final
 class NativeStream:
@@ -119,6 +127,28 @@ class NativeStream:
     def __next__(self) -> Any: ...
     def next_async(self, done: Callable[[bool, Any], None]) -> CallHandle: ...
     def cancel(self) -> None: ...
+
+@final
+class RequestIterator:
+    """The request values of a client-streaming or bidirectional call."""
+
+    def __iter__(self) -> "RequestIterator": ...
+    def __next__(self) -> Any:
+        """The next request value; waits with the GIL released."""
+
+@final
+class NativeRequestSink:
+    def send(self, value: Any) -> None:
+        """Sends one request value; waits while the server is slow to read."""
+    def close(self) -> None:
+        """Ends the request stream."""
+    def cancel(self) -> None:
+        """Abandons the call."""
+
+@final
+class NativeResponse:
+    def wait(self) -> Any:
+        """Closes sending if still open, then waits for the response."""
 
 @final
 class NativeClient:
@@ -167,6 +197,20 @@ class NativeClient:
         metadata: Optional[dict[str, Union[str, bytes]]] = None,
         key: Optional[Union[str, bytes]] = None,
     ) -> NativeStream: ...
+    def open_client_stream(
+        self,
+        method: str,
+        timeout: Optional[float] = None,
+        metadata: Optional[dict[str, Union[str, bytes]]] = None,
+        key: Optional[Union[str, bytes]] = None,
+    ) -> Tuple[NativeRequestSink, NativeResponse]: ...
+    def open_bidi(
+        self,
+        method: str,
+        timeout: Optional[float] = None,
+        metadata: Optional[dict[str, Union[str, bytes]]] = None,
+        key: Optional[Union[str, bytes]] = None,
+    ) -> Tuple[NativeRequestSink, NativeStream]: ...
     def metrics_text(self) -> str: ...
     def reload_tls(self) -> None: ...
     def close(self) -> None: ...

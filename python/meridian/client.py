@@ -8,32 +8,75 @@ balanced inside the region, failing over when a region goes dark.
 from __future__ import annotations
 
 import asyncio
+import enum
 from dataclasses import dataclass
 from typing import (
     Any,
+    AsyncIterable,
     AsyncIterator,
     Dict,
+    Iterable,
     Iterator,
     List,
     Mapping,
     Optional,
     Sequence,
     Tuple,
+    Type,
+    TypeVar,
     Union,
+    get_origin,
+    overload,
 )
 
 from . import _args
-from ._native import NativeClient, NativeStream
+from ._native import NativeClient, NativeRequestSink, NativeStream
 from .tls import ClientTLS
 
-__all__ = ["RPCClient", "AsyncRPCClient", "Reply", "CallTiming"]
+__all__ = ["RPCClient", "AsyncRPCClient", "Reply", "CallTiming", "BidiCall", "AsyncBidiCall", "DEFAULT", "DefaultType", "Timeout"]
 
 Metadata = Mapping[str, Union[str, bytes]]
 Key = Union[str, bytes]
 #: etcd client URLs: one (``"http://127.0.0.1:2379"``) or several.
 Endpoints = Union[str, Sequence[str]]
 
-_UNSET: Any = object()
+
+
+class DefaultType(enum.Enum):
+    """The type of :data:`DEFAULT` (an enum of one member, so type checkers can tell it
+    apart from a number of seconds)."""
+
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "meridian.DEFAULT"
+
+
+DEFAULT = DefaultType.DEFAULT
+"""``timeout=DEFAULT`` (the default of every call): use the client's ``timeout``."""
+
+#: A call's timeout: seconds, ``None`` for no deadline, or :data:`DEFAULT` for the
+#: client's own.
+Timeout = Union[float, None, DefaultType]
+
+
+T = TypeVar("T")
+
+
+def _checked(method: str, value: Any, result_type: Optional[Type[Any]]) -> Any:
+    """``value``, after checking it is a ``result_type`` (its outer type: ``List[int]``
+    checks for a list). An ``int`` passes for ``float``, as in Python's typing."""
+    if result_type is None:
+        return value
+    outer = get_origin(result_type) or result_type
+    if not isinstance(outer, type):
+        raise TypeError(f"result_type must be a class, got {result_type!r}")
+    if isinstance(value, outer) or (outer is float and type(value) is int):
+        return value
+    raise TypeError(
+        f"method {method!r} returned {type(value).__name__} {value!r:.80}, "
+        f"expected {outer.__name__} (result_type)"
+    )
 
 
 def etcd_endpoints(etcd: Optional[Endpoints]) -> Optional[List[str]]:
@@ -100,8 +143,8 @@ class _Base:
         self.region = region
         self.timeout = timeout
 
-    def _timeout(self, timeout: Any) -> Optional[float]:
-        return self.timeout if timeout is _UNSET else timeout
+    def _timeout(self, timeout: Timeout) -> Optional[float]:
+        return self.timeout if timeout is DEFAULT else timeout
 
     def close(self) -> None:
         """Closes the connections (later calls open new ones)."""
@@ -149,11 +192,36 @@ class RPCClient(_Base):
             raise AttributeError(name)
         return _Method(self, name)
 
+    @overload
     def call(
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        result_type: Type[T],
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        result_type: None = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> Any: ...
+
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -161,23 +229,80 @@ class RPCClient(_Base):
         """Calls ``method(*args, **kwargs)`` and returns its result.
 
         ``timeout`` in seconds (default: the client's), ``metadata`` sent with the call,
-        ``key`` routes to the key's owner server inside the region. Raises ``TypeError``
-        (or ``OverflowError`` for ints beyond 64 bits) before sending anything if an
-        argument cannot be sent, and :class:`meridian.RpcError` if the call fails.
+        ``key`` routes to the key's owner server inside the region. With ``result_type``
+        (a class, such as ``int``) the result is checked to be one, raising ``TypeError``
+        otherwise, and type checkers see that type: ``client.call("add", 1, 2,
+        result_type=int)`` is an ``int``. Raises ``TypeError`` (or ``OverflowError`` for
+        ints beyond 64 bits) before sending anything if an argument cannot be sent, and
+        :class:`meridian.RpcError` if the call fails.
         """
-        return self._native.call(
+        value = self._native.call(
             method,
             _args.pack(args, kwargs),
             timeout=self._timeout(timeout),
             metadata=None if metadata is None else dict(metadata),
             key=key,
         )
+        return _checked(method, value, result_type)
+
+    @overload
+    def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: Type[T],
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> T: ...
+
+    @overload
+    def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: None = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any: ...
+
+    def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any:
+        """Calls ``method`` with ``value`` sent as it is, as the call's one request value,
+        not wrapped in an argument list as :meth:`call` does.
+
+        This is how to call a handler taking a bare scalar or unit, such as a Rust handler
+        ``|n: u64, ctx|`` (``client.call_value("sleep", 10)``) or ``|(): (), ctx|``
+        (``client.call_value("where")``: ``None``, the default, is unit). A Python handler
+        receives a list value as positional arguments, a dict with string keys as keyword
+        arguments, ``None`` as no argument, and anything else as its one argument (see
+        ``meridian._args``). Options as for :meth:`call`.
+        """
+        out = self._native.call(
+            method,
+            value,
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+        return _checked(method, out, result_type)
 
     def call_detailed(
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -199,7 +324,7 @@ class RPCClient(_Base):
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -215,17 +340,74 @@ class RPCClient(_Base):
         )
         return ResponseIterator(native)
 
+    def client_stream(
+        self,
+        method: str,
+        requests: Iterable[Any],
+        *,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any:
+        """Calls a client-streaming method (``@server.rpc(client_streaming=True)``): sends
+        every value of ``requests`` (any iterable, consumed as it is sent), then returns
+        the method's one response (checked against ``result_type`` if given). The
+        timeout covers the whole call. An exception raised by the iterable cancels the
+        call and propagates."""
+        sink, response = self._native.open_client_stream(
+            method,
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+        try:
+            for item in requests:
+                sink.send(item)
+        except BaseException:
+            sink.cancel()
+            raise
+        return _checked(method, response.wait(), result_type)
+
+    def bidi(
+        self,
+        method: str,
+        *,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> "BidiCall":
+        """Opens a bidirectional call (a generator registered with
+        ``client_streaming=True``): :meth:`BidiCall.send` requests, iterate for the
+        responses, :meth:`BidiCall.done_sending` when there are no more requests::
+
+            with client.bidi("running_total") as call:
+                for n in (1, 2, 3):
+                    call.send(n)
+                    print(next(call))   # 1, 3, 6
+                call.done_sending()
+        """
+        sink, responses = self._native.open_bidi(
+            method,
+            timeout=self._timeout(timeout),
+            metadata=None if metadata is None else dict(metadata),
+            key=key,
+        )
+        return BidiCall(sink, responses)
+
     async def acall(
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
     ) -> Any:
         """:meth:`call` for asyncio: awaits the result without blocking the event loop."""
-        return await _acall(self._native, method, args, kwargs, self._timeout(timeout), metadata, key)
+        return await _acall(
+            self._native, method, _args.pack(args, kwargs), self._timeout(timeout), metadata, key
+        )
 
     def __enter__(self) -> "RPCClient":
         return self
@@ -314,6 +496,92 @@ class ResponseIterator:
         self.cancel()
 
 
+class BidiCall:
+    """A bidirectional call (:meth:`RPCClient.bidi`): send requests, iterate responses.
+
+    Sending and receiving are independent: a response may be read before or after the
+    request it answers, from the same thread or another. Closing (``close()``,
+    ``cancel()``, leaving a ``with`` block) cancels the call on the server if it is still
+    running.
+    """
+
+    def __init__(self, sink: NativeRequestSink, responses: NativeStream) -> None:
+        self._sink = sink
+        self._responses = responses
+
+    def send(self, value: Any) -> None:
+        """Sends one request; waits while the server is slow to read. Raises ``TypeError``
+        for a value that cannot be sent, ``ValueError`` after :meth:`done_sending`."""
+        self._sink.send(value)
+
+    def done_sending(self) -> None:
+        """Ends the requests: the server's request iterator ends (responses go on)."""
+        self._sink.close()
+
+    def __iter__(self) -> "BidiCall":
+        return self
+
+    def __next__(self) -> Any:
+        return self._responses.__next__()
+
+    def cancel(self) -> None:
+        """Cancels the call."""
+        self._sink.cancel()
+        self._responses.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> "BidiCall":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cancel()
+
+
+class AsyncBidiCall:
+    """A bidirectional call for asyncio (:meth:`AsyncRPCClient.bidi`): ``await
+    call.send(value)``, ``async for response in call``, ``await call.done_sending()``."""
+
+    def __init__(self, sink: NativeRequestSink, responses: NativeStream) -> None:
+        self._sink = sink
+        self._responses = responses
+
+    async def send(self, value: Any) -> None:
+        """Sends one request without blocking the event loop (see :meth:`BidiCall.send`)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._sink.send, value)
+
+    async def done_sending(self) -> None:
+        """Ends the requests."""
+        self._sink.close()
+
+    def __aiter__(self) -> "AsyncBidiCall":
+        return self
+
+    async def __anext__(self) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[Any]" = loop.create_future()
+        handle = self._responses.next_async(_bridge(loop, fut))
+        try:
+            item = await fut
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+        if isinstance(item, StopIteration):
+            raise StopAsyncIteration
+        return item
+
+    def cancel(self) -> None:
+        """Cancels the call."""
+        self._sink.cancel()
+        self._responses.cancel()
+
+    async def __aenter__(self) -> "AsyncBidiCall":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.cancel()
+
+
 def _settle(fut: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
     if fut.done():
         return
@@ -336,8 +604,7 @@ def _bridge(loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[Any]") -> Any:
 async def _acall(
     native: NativeClient,
     method: str,
-    args: Tuple[Any, ...],
-    kwargs: Dict[str, Any],
+    payload: Any,
     timeout: Optional[float],
     metadata: Optional[Metadata],
     key: Optional[Key],
@@ -346,7 +613,7 @@ async def _acall(
     fut: "asyncio.Future[Any]" = loop.create_future()
     handle = native.call_async(
         method,
-        _args.pack(args, kwargs),
+        payload,
         _bridge(loop, fut),
         timeout=timeout,
         metadata=None if metadata is None else dict(metadata),
@@ -404,26 +671,148 @@ class AsyncRPCClient(_Base):
             raise AttributeError(name)
         return _AsyncMethod(self, name)
 
+    @overload
     async def call(
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        result_type: Type[T],
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        result_type: None = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+        **kwargs: Any,
+    ) -> Any: ...
+
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
     ) -> Any:
-        """Calls ``method(*args, **kwargs)`` and returns its result (see
-        :meth:`RPCClient.call`)."""
-        return await _acall(self._native, method, args, kwargs, self._timeout(timeout), metadata, key)
+        """Calls ``method(*args, **kwargs)`` and returns its result, checked against
+        ``result_type`` if given (see :meth:`RPCClient.call`)."""
+        value = await _acall(
+            self._native, method, _args.pack(args, kwargs), self._timeout(timeout), metadata, key
+        )
+        return _checked(method, value, result_type)
 
     acall = call
+
+    @overload
+    async def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: Type[T],
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> T: ...
+
+    @overload
+    async def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: None = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any: ...
+
+    async def call_value(
+        self,
+        method: str,
+        value: Any = None,
+        *,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any:
+        """Calls ``method`` with ``value`` sent as it is, not wrapped in an argument list
+        (see :meth:`RPCClient.call_value`): ``await client.call_value("sleep", 10)``."""
+        out = await _acall(self._native, method, value, self._timeout(timeout), metadata, key)
+        return _checked(method, out, result_type)
+
+    async def client_stream(
+        self,
+        method: str,
+        requests: Union[Iterable[Any], AsyncIterable[Any]],
+        *,
+        result_type: Optional[Type[Any]] = None,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> Any:
+        """Calls a client-streaming method with the values of ``requests`` (an iterable or
+        an async iterable) and returns its response (see
+        :meth:`RPCClient.client_stream`). Never blocks the event loop; cancelling the
+        awaiting task cancels the call."""
+        loop = asyncio.get_running_loop()
+        md = None if metadata is None else dict(metadata)
+        t = self._timeout(timeout)
+        sink, response = await loop.run_in_executor(
+            None, lambda: self._native.open_client_stream(method, timeout=t, metadata=md, key=key)
+        )
+        try:
+            if isinstance(requests, AsyncIterable):
+                async for item in requests:
+                    await loop.run_in_executor(None, sink.send, item)
+            else:
+                for item in requests:
+                    await loop.run_in_executor(None, sink.send, item)
+            value = await loop.run_in_executor(None, response.wait)
+        except BaseException:
+            sink.cancel()
+            raise
+        return _checked(method, value, result_type)
+
+    async def bidi(
+        self,
+        method: str,
+        *,
+        timeout: Timeout = DEFAULT,
+        metadata: Optional[Metadata] = None,
+        key: Optional[Key] = None,
+    ) -> AsyncBidiCall:
+        """Opens a bidirectional call (see :meth:`RPCClient.bidi`)::
+
+            call = await client.bidi("running_total")
+            await call.send(1)
+            print(await call.__anext__())
+        """
+        loop = asyncio.get_running_loop()
+        md = None if metadata is None else dict(metadata)
+        t = self._timeout(timeout)
+        sink, responses = await loop.run_in_executor(
+            None, lambda: self._native.open_bidi(method, timeout=t, metadata=md, key=key)
+        )
+        return AsyncBidiCall(sink, responses)
 
     async def stream(
         self,
         method: str,
         *args: Any,
-        timeout: Optional[float] = _UNSET,
+        timeout: Timeout = DEFAULT,
         metadata: Optional[Metadata] = None,
         key: Optional[Key] = None,
         **kwargs: Any,
@@ -449,7 +838,9 @@ class _AsyncMethod:
         self._name = name
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return await _acall(self._client._native, self._name, args, kwargs, self._client.timeout, None, None)
+        return await _acall(
+            self._client._native, self._name, _args.pack(args, kwargs), self._client.timeout, None, None
+        )
 
     def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Calls the method as a server-streaming method (every keyword argument goes to

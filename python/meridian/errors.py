@@ -7,12 +7,16 @@ them too, to end a call with a chosen code: ``raise NotFound("no such user")``.
 
 Metadata values are ``str``, except under keys ending in ``-bin`` (as in gRPC), whose
 values are ``bytes``.
+
+The exceptions pickle and copy with their class, code, message and metadata (and any
+attribute set on them), so they cross ``multiprocessing`` and
+``concurrent.futures.ProcessPoolExecutor`` intact.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Dict, Mapping, Optional, Type, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union
 
 __all__ = [
     "StatusCode",
@@ -95,6 +99,15 @@ class RpcError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Exception's own reduce calls ``type(self)(*self.args)``, which does not fit the
+        # subclasses' ``(message, metadata)`` signature; rebuild without calling theirs.
+        return (
+            _restore,
+            (type(self), int(self.code), self.message, dict(self.metadata)),
+            dict(self.__dict__),
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code.name}, {self.message!r})"
@@ -228,6 +241,15 @@ _BY_CODE: Dict[int, Type[_CodedError]] = {
         Unauthenticated,
     )
 }
+
+
+def _restore(
+    cls: Type[RpcError], code: int, message: str, metadata: Dict[str, MetadataValue]
+) -> RpcError:
+    """Rebuilds a pickled or copied :class:`RpcError` of class ``cls``."""
+    exc = cls.__new__(cls)
+    RpcError.__init__(exc, code, message, metadata)
+    return exc
 
 
 def _from_status(code: int, message: str, metadata: Mapping[str, bytes]) -> RpcError:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextvars
 import inspect
+import os
 import threading
 import traceback
 import weakref
@@ -22,7 +24,7 @@ from . import _args
 from ._native import CallContext, NativeServer
 from .client import Endpoints, etcd_endpoints
 from .context import _current
-from .errors import InvalidArgument, RpcError, StatusCode
+from .errors import Cancelled, InvalidArgument, RpcError, StatusCode
 from .tls import ServerTLS
 
 __all__ = ["RPCServer"]
@@ -48,6 +50,9 @@ class _LoopThread:
 
     _lock = threading.Lock()
     _loop: Optional[asyncio.AbstractEventLoop] = None
+    # Loops inherited through fork(): their thread is the parent's; kept (never closed or
+    # collected) so nothing in the child touches them.
+    _inherited: "list[asyncio.AbstractEventLoop]" = []
 
     @classmethod
     def loop(cls) -> asyncio.AbstractEventLoop:
@@ -62,8 +67,20 @@ class _LoopThread:
             return cls._loop
 
     @classmethod
-    def run(cls, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, cls.loop()).result()
+    def run(cls, awaitable: Any, context: CallContext, cancellable: bool = True) -> Any:
+        """Runs ``awaitable`` as a task on the loop, with ``current_context()`` set, and
+        waits for its result. When the call is cancelled (by the client or its deadline)
+        the task is cancelled: the handler gets ``asyncio.CancelledError`` at its current
+        ``await`` and its ``finally`` blocks run."""
+        fut = asyncio.run_coroutine_threadsafe(_in_context(context, awaitable), cls.loop())
+        watch = context._on_cancel(fut.cancel) if cancellable else None
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise Cancelled("the call was cancelled") from None
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     @classmethod
     def iterate(cls, agen: Any, context: CallContext) -> Iterator[Any]:
@@ -71,11 +88,58 @@ class _LoopThread:
         try:
             while True:
                 try:
-                    yield cls.run(_in_context(context, agen.__anext__()))
+                    yield cls.run(agen.__anext__(), context)
                 except StopAsyncIteration:
                     return
         finally:
-            cls.run(_in_context(context, agen.aclose()))
+            # Closing runs even after a cancellation (it is how the generator's own
+            # finally blocks run).
+            cls.run(agen.aclose(), context, cancellable=False)
+
+
+class _AsyncRequests:
+    """The request values of a client-streaming call for an ``async def`` handler: an
+    async iterator whose every step waits for the next request on a worker thread, so
+    the handler event loop never blocks."""
+
+    def __init__(self, requests: Iterator[Any]) -> None:
+        self._requests = requests
+
+    def __aiter__(self) -> "_AsyncRequests":
+        return self
+
+    async def __anext__(self) -> Any:
+        loop = asyncio.get_running_loop()
+        item = await loop.run_in_executor(None, next, self._requests, _END)
+        if item is _END:
+            raise StopAsyncIteration
+        return item
+
+
+_END = object()
+
+
+def _after_fork_in_child() -> None:
+    """Runs in a child made by ``os.fork()`` (``multiprocessing``'s "fork" start method).
+
+    Only the forking thread exists in the child: the handler event loop's thread and the
+    threads that might have held these locks are gone. The child starts a new loop when
+    it needs one; servers inherited from the parent are the parent's (the native side
+    leaves them alone), so here they read as not started: registering a method on one, or
+    :meth:`RPCServer.start`, serves it anew from the child on its own port.
+    """
+    _LoopThread._lock = threading.Lock()
+    if _LoopThread._loop is not None:
+        _LoopThread._inherited.append(_LoopThread._loop)
+        _LoopThread._loop = None
+    for server in list(_live_servers):
+        server._lock = threading.Lock()
+        server._started = False
+    _live_servers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _in_context(context: CallContext, awaitable: Any) -> Any:
@@ -208,6 +272,7 @@ class RPCServer:
         name: Optional[str] = None,
         idempotent: bool = False,
         streaming: Optional[bool] = None,
+        client_streaming: bool = False,
     ) -> Callable[[F], F]: ...
 
     def rpc(
@@ -217,6 +282,7 @@ class RPCServer:
         name: Optional[str] = None,
         idempotent: bool = False,
         streaming: Optional[bool] = None,
+        client_streaming: bool = False,
     ) -> Union[F, Callable[[F], F]]:
         """Registers a function as a method: ``@server.rpc`` or ``@server.rpc(name=...,
         idempotent=True)``.
@@ -226,10 +292,34 @@ class RPCServer:
         data). Generator functions (sync or async) become server-streaming methods
         (``streaming=True`` forces it for a function returning an iterator). ``async def``
         functions run on the handler event loop. Returns the function unchanged.
+
+        ``client_streaming=True`` makes a method the client sends a stream of requests to
+        (:meth:`RPCClient.client_stream`, :meth:`RPCClient.bidi`): the function's one
+        argument is an iterator of the request values (an async iterator for ``async
+        def`` functions and async generators), which ends when the client finishes
+        sending. It returns the one response, or, as a generator, yields responses while
+        it reads requests (a bidirectional method)::
+
+            @server.rpc(client_streaming=True)
+            def total(numbers):
+                return sum(numbers)
+
+            @server.rpc(client_streaming=True)
+            def running_total(numbers):
+                subtotal = 0
+                for n in numbers:
+                    subtotal += n
+                    yield subtotal
         """
 
         def register(f: F) -> F:
-            self.register(f, name=name, idempotent=idempotent, streaming=streaming)
+            self.register(
+                f,
+                name=name,
+                idempotent=idempotent,
+                streaming=streaming,
+                client_streaming=client_streaming,
+            )
             return f
 
         if func is not None:
@@ -246,6 +336,7 @@ class RPCServer:
         name: Optional[str] = None,
         idempotent: bool = False,
         streaming: Optional[bool] = None,
+        client_streaming: bool = False,
     ) -> None:
         """Registers ``func`` (see :meth:`rpc`) and starts the server if it is not yet."""
         method = name or getattr(func, "__name__", None)
@@ -254,16 +345,26 @@ class RPCServer:
         is_async_gen = inspect.isasyncgenfunction(func)
         if streaming is None:
             streaming = inspect.isgeneratorfunction(func) or is_async_gen
-        handler = self._adapt(func, streaming, is_async_gen)
+        handler = self._adapt(func, streaming, is_async_gen, client_streaming)
         with self._lock:
-            self._native.add(method, handler, streaming=streaming, idempotent=idempotent)
+            self._native.add(
+                method,
+                handler,
+                streaming=streaming,
+                idempotent=idempotent,
+                client_streaming=client_streaming,
+            )
             if not self._started:
                 self._native.start()
                 self._started = True
                 _live_servers.add(self)
 
     def _adapt(
-        self, func: Callable[..., Any], streaming: bool, is_async_gen: bool
+        self,
+        func: Callable[..., Any],
+        streaming: bool,
+        is_async_gen: bool,
+        client_streaming: bool = False,
     ) -> Callable[[Any, CallContext], Any]:
         """The callable the native server runs: unpacks the arguments, makes the call's
         context current (and passes it as ``context=`` if ``func`` declares that
@@ -274,7 +375,13 @@ class RPCServer:
         wants_context = _wants_context(func)
 
         def arguments(payload: Any, context: CallContext) -> Tuple[Any, Any]:
-            args, kwargs = _args.unpack(payload)
+            if client_streaming:
+                # The payload is the native RequestIterator.
+                requests = _AsyncRequests(payload) if is_coro or is_async_gen else payload
+                args: Any = [requests]
+                kwargs: Any = {}
+            else:
+                args, kwargs = _args.unpack(payload)
             if wants_context:
                 if "context" in kwargs:
                     raise InvalidArgument("'context' is given by the server and cannot be sent")
@@ -312,7 +419,7 @@ class RPCServer:
             token = _current.set(context)
             try:
                 if is_coro:
-                    return _LoopThread.run(_in_context(context, func(*args, **kwargs)))
+                    return _LoopThread.run(func(*args, **kwargs), context)
                 return func(*args, **kwargs)
             except Exception as e:
                 raise failure(e, args, kwargs) from None

@@ -12,16 +12,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use meridian::region::{
-    Discovery, EtcdConfig, EtcdDiscovery, LocalRegistry, RegionClient, RegionMap, ServerEndpoint,
-    StaticDiscovery,
+    Discovery, LocalRegistry, RegionClient, RegionMap, ServerEndpoint, StaticDiscovery,
 };
-use meridian::{ClientTls, Codec, Identity, Status, Streaming, Value};
+use meridian::{ClientTls, Codec, Identity, RequestSink, ResponseFuture, Status, Streaming, Value};
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::convert::{to_python, to_value};
 use crate::errors::status_to_pyerr;
+use crate::etcd::{self, EtcdConfig};
+use crate::fork::{self, ProcessBound};
 use crate::{dev_ca, runtime, timeout_arg, wait};
 
 /// How long a call without a timeout waits for a region that serves its method to appear
@@ -36,38 +37,6 @@ enum Source {
     Map(RegionMap),
     /// Servers registered in etcd, plus those of a region file.
     Etcd(EtcdConfig, RegionMap),
-}
-
-/// An etcd configuration from the Python arguments, `None` without endpoints.
-pub(crate) fn etcd_config(
-    endpoints: Option<Vec<String>>,
-    prefix: Option<String>,
-    ttl: Option<f64>,
-) -> PyResult<Option<EtcdConfig>> {
-    let Some(endpoints) = endpoints else {
-        return Ok(None);
-    };
-    if endpoints.is_empty() || endpoints.iter().any(|e| e.trim().is_empty()) {
-        return Err(PyValueError::new_err(
-            "etcd needs at least one endpoint URL",
-        ));
-    }
-    let mut config = EtcdConfig::new(endpoints);
-    if let Some(p) = prefix {
-        if p.is_empty() {
-            return Err(PyValueError::new_err("etcd_prefix must not be empty"));
-        }
-        config = config.prefix(p);
-    }
-    if let Some(ttl) = ttl {
-        if !(1.0..=86_400.0).contains(&ttl) {
-            return Err(PyValueError::new_err(
-                "etcd_ttl must be between 1 and 86400 seconds",
-            ));
-        }
-        config = config.lease_ttl(Duration::from_secs_f64(ttl));
-    }
-    Ok(Some(config))
 }
 
 /// The options of one call, checked and converted before anything is sent.
@@ -144,13 +113,43 @@ impl CallSpec {
     }
 
     async fn open_stream(self, client: RegionClient) -> Result<Streaming<Value>, Status> {
-        // Unlike unary calls, opening a stream does not wait for a first server: wait
-        // here (bounded by the timeout) so a call right after a server starts works.
-        let wait_for = self.timeout.unwrap_or(READY_WAIT).min(READY_WAIT);
-        client.ready(&self.method, wait_for).await;
+        self.ready(&client).await;
         let fut = self
             .builder(&client)
             .server_streaming::<Value, Value>(&self.args);
+        self.bounded(fut).await
+    }
+
+    async fn open_client_stream(
+        self,
+        client: RegionClient,
+    ) -> Result<(RequestSink<Value>, ResponseFuture<Value>), Status> {
+        self.ready(&client).await;
+        let fut = self.builder(&client).client_streaming::<Value, Value>();
+        self.bounded(fut).await
+    }
+
+    async fn open_bidi(
+        self,
+        client: RegionClient,
+    ) -> Result<(RequestSink<Value>, Streaming<Value>), Status> {
+        self.ready(&client).await;
+        let fut = self.builder(&client).bidi::<Value, Value>();
+        self.bounded(fut).await
+    }
+
+    /// Unlike unary calls, opening a stream does not wait for a first server: wait here
+    /// (bounded by the timeout) so a call right after a server starts works.
+    async fn ready(&self, client: &RegionClient) {
+        let wait_for = self.timeout.unwrap_or(READY_WAIT).min(READY_WAIT);
+        client.ready(&self.method, wait_for).await;
+    }
+
+    /// `fut` (opening a stream), bounded by the call's timeout.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
         match self.timeout {
             Some(t) => tokio::time::timeout(t, fut)
                 .await
@@ -162,11 +161,15 @@ impl CallSpec {
 
 fn bytes_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Bytes> {
     if let Ok(s) = v.cast::<PyString>() {
-        Ok(Bytes::copy_from_slice(s.to_str()?.as_bytes()))
+        Ok(Bytes::copy_from_slice(s.to_cow()?.as_bytes()))
     } else if let Ok(b) = v.cast::<PyBytes>() {
         Ok(Bytes::copy_from_slice(b.as_bytes()))
+    } else if let Some(b) = crate::convert::bytes_like(v)? {
+        Ok(Bytes::from(b))
     } else {
-        Err(PyTypeError::new_err(format!("{what} must be str or bytes")))
+        Err(PyTypeError::new_err(format!(
+            "{what} must be str or bytes (or bytearray, memoryview)"
+        )))
     }
 }
 
@@ -179,7 +182,9 @@ pub(crate) struct NativeClient {
     /// The certificate and key files presented to servers that require one (mutual
     /// TLS): read when the region client is built, and again by `reload_tls`.
     identity_files: Option<(String, String)>,
-    client: Mutex<Option<RegionClient>>,
+    /// The region client, started on first use. In a child made by `fork()` the
+    /// parent's is left alone (leaked) and a new one starts on the child's runtime.
+    client: Mutex<Option<ProcessBound<RegionClient>>>,
     wait_for_ready: bool,
 }
 
@@ -203,7 +208,7 @@ impl NativeClient {
     /// the script started have registered, and their certificates can be trusted.
     fn region_client(&self) -> PyResult<RegionClient> {
         let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = &*slot {
+        if let Some(c) = slot.as_ref().and_then(|c| c.get()) {
             return Ok(c.clone());
         }
         let mut tls = match &self.roots_file {
@@ -230,12 +235,7 @@ impl NativeClient {
         let discovery: Arc<dyn Discovery> = match &self.source {
             Source::Local => LocalRegistry::global(),
             Source::Map(map) => StaticDiscovery::new(map.clone()),
-            Source::Etcd(config, base) => runtime()?
-                .block_on(EtcdDiscovery::connect_with_base(
-                    config.clone(),
-                    base.clone(),
-                ))
-                .map_err(|e| PyRuntimeError::new_err(format!("cannot read etcd: {e}")))?,
+            Source::Etcd(config, base) => etcd::discovery(config, base.clone())?,
         };
         let mut builder = RegionClient::builder(discovery, tls);
         if let Some(home) = &self.home {
@@ -245,7 +245,7 @@ impl NativeClient {
         let client = builder
             .build()
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the client: {e}")))?;
-        *slot = Some(client.clone());
+        *slot = Some(ProcessBound::new(client.clone()));
         Ok(client)
     }
 }
@@ -295,17 +295,12 @@ impl NativeClient {
             ClientTls::with_roots_pem_file(path)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
         }
-        let file_etcd = match &config {
-            Some(path) => EtcdConfig::from_toml_file(path)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?,
-            None => None,
-        };
-        let etcd = match etcd_config(etcd, etcd_prefix.clone(), None)? {
+        let etcd = match etcd::config(etcd, etcd_prefix.clone(), None)? {
             Some(c) => Some(c),
-            None => file_etcd.map(|c| match etcd_prefix {
-                Some(p) => c.prefix(p),
-                None => c,
-            }),
+            None => match &config {
+                Some(path) => etcd::config_from_region_file(path, etcd_prefix)?,
+                None => None,
+            },
         };
         if etcd.is_some() && regions.is_some() {
             return Err(PyValueError::new_err(
@@ -416,9 +411,7 @@ impl NativeClient {
             let result = spec.unary(client).await.map(Some);
             deliver(done, result).await;
         });
-        Ok(CallHandle {
-            task: task.abort_handle(),
-        })
+        Ok(CallHandle::new(task.abort_handle()))
     }
 
     /// Opens a server-streaming call; the returned stream yields the responses.
@@ -442,7 +435,56 @@ impl NativeClient {
             Ok::<(), Status>(())
         })?;
         opened.map_err(|s| status_to_pyerr(py, &s))?;
-        Ok(NativeStream { inner })
+        Ok(NativeStream {
+            inner: ProcessBound::new(inner),
+        })
+    }
+
+    /// Opens a client-streaming call: `(sink, response)`; send the requests through the
+    /// sink, then `response.wait()` closes sending and waits for the one response.
+    #[pyo3(signature = (method, timeout=None, metadata=None, key=None))]
+    fn open_client_stream<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'py, PyDict>>,
+        key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(NativeRequestSink, NativeResponse)> {
+        let none = py.None().into_bound(py);
+        let spec = CallSpec::new(method, &none, timeout, metadata, key, self.wait_for_ready)?;
+        let client = self.region_client()?;
+        let (sink, response) =
+            wait(py, spec.open_client_stream(client))?.map_err(|s| status_to_pyerr(py, &s))?;
+        let sink = NativeRequestSink::new(sink);
+        let response = NativeResponse {
+            sink: ProcessBound::new(sink.slot()?),
+            response: ProcessBound::new(Arc::new(tokio::sync::Mutex::new(Some(response)))),
+        };
+        Ok((sink, response))
+    }
+
+    /// Opens a bidirectional call: `(sink, responses)`.
+    #[pyo3(signature = (method, timeout=None, metadata=None, key=None))]
+    fn open_bidi<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        timeout: Option<f64>,
+        metadata: Option<&Bound<'py, PyDict>>,
+        key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(NativeRequestSink, NativeStream)> {
+        let none = py.None().into_bound(py);
+        let spec = CallSpec::new(method, &none, timeout, metadata, key, self.wait_for_ready)?;
+        let client = self.region_client()?;
+        let (sink, responses) =
+            wait(py, spec.open_bidi(client))?.map_err(|s| status_to_pyerr(py, &s))?;
+        Ok((
+            NativeRequestSink::new(sink),
+            NativeStream {
+                inner: ProcessBound::new(Arc::new(tokio::sync::Mutex::new(Some(responses)))),
+            },
+        ))
     }
 
     /// Reads the trust roots file (`roots`) and the client certificate files again:
@@ -481,7 +523,8 @@ impl NativeClient {
 
     fn close(&self) {
         let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(client) = client {
+        // In a forked child the parent's client is only forgotten (`ProcessBound`).
+        if let Some(client) = client.and_then(ProcessBound::into_inner) {
             if let Ok(rt) = runtime() {
                 // Dropped inside the runtime, where its background tasks live.
                 rt.spawn(async move { drop(client) });
@@ -518,27 +561,46 @@ async fn deliver(done: Py<PyAny>, result: Result<Option<Value>, Status>) {
 /// cancellation) and its callback is then never called.
 #[pyclass(module = "meridian._native", frozen)]
 pub(crate) struct CallHandle {
-    task: tokio::task::AbortHandle,
+    task: ProcessBound<tokio::task::AbortHandle>,
+}
+
+impl CallHandle {
+    pub(crate) fn new(task: tokio::task::AbortHandle) -> CallHandle {
+        CallHandle {
+            task: ProcessBound::new(task),
+        }
+    }
 }
 
 #[pymethods]
 impl CallHandle {
-    /// Cancels the call if it is still running.
+    /// Cancels the call if it is still running (a call started before `fork()` is the
+    /// parent's: in the child this does nothing).
     fn cancel(&self) {
-        self.task.abort();
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
     }
 }
 
 /// The responses of a server-streaming call, as a blocking iterator.
 #[pyclass(module = "meridian._native", frozen)]
 pub(crate) struct NativeStream {
-    inner: Arc<tokio::sync::Mutex<Option<Streaming<Value>>>>,
+    inner: ProcessBound<StreamSlot>,
 }
 
+type StreamSlot = Arc<tokio::sync::Mutex<Option<Streaming<Value>>>>;
+
 impl NativeStream {
-    async fn next_message(
-        inner: Arc<tokio::sync::Mutex<Option<Streaming<Value>>>>,
-    ) -> Result<Option<Value>, Status> {
+    /// The stream, unless it was opened before `fork()` by the parent.
+    fn slot(&self) -> PyResult<StreamSlot> {
+        self.inner
+            .get()
+            .cloned()
+            .ok_or_else(|| fork::inherited("this stream"))
+    }
+
+    async fn next_message(inner: StreamSlot) -> Result<Option<Value>, Status> {
         let mut guard = inner.lock().await;
         let Some(stream) = guard.as_mut() else {
             return Ok(None);
@@ -560,7 +622,7 @@ impl NativeStream {
 
     /// The next response; blocks with the GIL released.
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match wait(py, Self::next_message(self.inner.clone()))? {
+        match wait(py, Self::next_message(self.slot()?))? {
             Ok(Some(v)) => to_python(py, &v),
             Ok(None) => Err(PyStopIteration::new_err(())),
             Err(status) => Err(status_to_pyerr(py, &status)),
@@ -571,22 +633,127 @@ impl NativeStream {
     /// called when it arrives (`result` is a `StopIteration` instance at the end). For
     /// asyncio.
     fn next_async(&self, done: Py<PyAny>) -> PyResult<CallHandle> {
-        let inner = self.inner.clone();
+        let inner = self.slot()?;
         let task = runtime()?.spawn(async move {
             let result = Self::next_message(inner).await;
             deliver(done, result).await;
         });
-        Ok(CallHandle {
-            task: task.abort_handle(),
-        })
+        Ok(CallHandle::new(task.abort_handle()))
     }
 
-    /// Cancels the call: the server's handler sees the cancellation.
+    /// Cancels the call: the server's handler sees the cancellation. (A stream opened
+    /// before `fork()` is the parent's: in the child this does nothing.)
     fn cancel(&self) -> PyResult<()> {
-        let inner = self.inner.clone();
+        let Some(inner) = self.inner.get().cloned() else {
+            return Ok(());
+        };
         runtime()?.spawn(async move {
             inner.lock().await.take();
         });
         Ok(())
+    }
+}
+
+type SinkSlot = Arc<tokio::sync::Mutex<Option<RequestSink<Value>>>>;
+
+/// Where a client-streaming or bidirectional call's requests go.
+#[pyclass(module = "meridian._native", frozen)]
+pub(crate) struct NativeRequestSink {
+    inner: ProcessBound<SinkSlot>,
+}
+
+impl NativeRequestSink {
+    fn new(sink: RequestSink<Value>) -> NativeRequestSink {
+        NativeRequestSink {
+            inner: ProcessBound::new(Arc::new(tokio::sync::Mutex::new(Some(sink)))),
+        }
+    }
+
+    fn slot(&self) -> PyResult<SinkSlot> {
+        self.inner
+            .get()
+            .cloned()
+            .ok_or_else(|| fork::inherited("this call"))
+    }
+}
+
+#[pymethods]
+impl NativeRequestSink {
+    /// Sends one request value; waits (GIL released) while the server is slow to read.
+    /// Raises `TypeError` for a value that cannot be sent, `ValueError` once sending was
+    /// closed, and the call's `RpcError` if it failed.
+    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let value = to_value(value)?;
+        let slot = self.slot()?;
+        let sent = wait(py, async move {
+            let mut guard = slot.lock().await;
+            match guard.as_mut() {
+                Some(sink) => sink.send(&value).await.map(|()| true),
+                None => Ok(false),
+            }
+        })?;
+        match sent {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PyValueError::new_err(
+                "sending is closed on this call: no more requests can be sent",
+            )),
+            Err(status) => Err(status_to_pyerr(py, &status)),
+        }
+    }
+
+    /// Ends the request stream (the server's request iterator ends). Idempotent.
+    fn close(&self) -> PyResult<()> {
+        let slot = self.slot()?;
+        runtime()?.spawn(async move {
+            if let Some(sink) = slot.lock().await.take() {
+                sink.finish();
+            }
+        });
+        Ok(())
+    }
+
+    /// Abandons the call: the server's handler is cancelled.
+    fn cancel(&self) -> PyResult<()> {
+        let Some(slot) = self.inner.get().cloned() else {
+            return Ok(());
+        };
+        runtime()?.spawn(async move {
+            if let Some(sink) = slot.lock().await.take() {
+                sink.cancel(&Status::cancelled("cancelled by the client"));
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The one response of a client-streaming call.
+#[pyclass(module = "meridian._native", frozen)]
+pub(crate) struct NativeResponse {
+    sink: ProcessBound<SinkSlot>,
+    response: ProcessBound<Arc<tokio::sync::Mutex<Option<ResponseFuture<Value>>>>>,
+}
+
+#[pymethods]
+impl NativeResponse {
+    /// Closes sending if still open, then waits (GIL released) for the response.
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (Some(sink), Some(response)) = (self.sink.get().cloned(), self.response.get().cloned())
+        else {
+            return Err(fork::inherited("this call"));
+        };
+        let got = wait(py, async move {
+            if let Some(s) = sink.lock().await.take() {
+                s.finish();
+            }
+            match response.lock().await.take() {
+                Some(r) => r.response().await.map(|r| Some(r.into_inner())),
+                None => Ok(None),
+            }
+        })?;
+        match got {
+            Ok(Some(v)) => to_python(py, &v),
+            Ok(None) => Err(PyValueError::new_err("the response was already taken")),
+            Err(status) => Err(status_to_pyerr(py, &status)),
+        }
     }
 }

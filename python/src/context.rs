@@ -12,6 +12,9 @@ use meridian::transport::PeerIdentity as CorePeerIdentity;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
+use crate::client::CallHandle;
+use crate::runtime;
+
 /// The call a handler is answering: method, caller address and identity, metadata,
 /// deadline and cancellation.
 #[pyclass(module = "meridian._native", name = "CallContext", frozen)]
@@ -76,6 +79,26 @@ impl PyCallContext {
         self.ctx.is_cancelled()
     }
 
+    /// Calls `callback()` (with no arguments, on a worker thread) once the call is
+    /// cancelled, by the client or its deadline; the returned handle's `cancel()` stops
+    /// waiting. The Python adapter uses it to cancel `async def` handlers.
+    #[pyo3(name = "_on_cancel")]
+    fn on_cancel(&self, callback: Py<PyAny>) -> PyResult<CallHandle> {
+        let ctx = self.ctx.clone();
+        let task = runtime()?.spawn(async move {
+            ctx.cancelled().await;
+            let _ = tokio::task::spawn_blocking(move || {
+                Python::attach(|py| {
+                    if let Err(e) = callback.call0(py) {
+                        e.write_unraisable(py, None);
+                    }
+                })
+            })
+            .await;
+        });
+        Ok(CallHandle::new(task.abort_handle()))
+    }
+
     /// Whether the caller marked the call idempotent.
     #[getter]
     fn idempotent(&self) -> bool {
@@ -85,7 +108,7 @@ impl PyCallContext {
     /// Adds an entry to the response's trailing metadata (`str` or `bytes` value).
     fn set_trailer(&self, key: String, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let value = if let Ok(s) = value.cast::<PyString>() {
-            s.to_str()?.as_bytes().to_vec()
+            s.to_cow()?.as_bytes().to_vec()
         } else if let Ok(b) = value.cast::<PyBytes>() {
             b.as_bytes().to_vec()
         } else {

@@ -1,7 +1,8 @@
 //! Python objects to and from Meridian [`Value`]s.
 //!
-//! `None`, `bool`, `int` (signed 64-bit), `float`, `str`, `bytes`, `list`/`tuple` and
-//! `dict` map to the matching `Value`; anything else is a `TypeError`, and an `int` that
+//! `None`, `bool`, `int` (signed 64-bit), `float`, `str`, `bytes` (also `bytearray` and
+//! `memoryview`, sent as their bytes), `list`/`tuple` and `dict` map to the matching
+//! `Value`; anything else is a `TypeError`, and an `int` that
 //! does not fit in 64 bits is an `OverflowError`, both raised before anything is sent.
 //! Nothing here ever runs code chosen by the peer: decoding only builds plain values.
 
@@ -9,7 +10,9 @@ use meridian::codec::{DecodeLimits, DEFAULT_MAX_DEPTH};
 use meridian::Value;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
+};
 
 /// Converts a Python object into a [`Value`], refusing unsupported types.
 pub(crate) fn to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
@@ -27,7 +30,7 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     // Checked in order of how common each type is in RPC arguments; `bool` before `int`
     // because Python's bool is a subclass of int.
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::Str(s.to_str()?.to_owned()));
+        return Ok(Value::Str(s.to_cow()?.into_owned()));
     }
     if obj.is_instance_of::<PyBool>() {
         return Ok(Value::Bool(obj.is_truthy()?));
@@ -49,6 +52,9 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     }
     if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(Value::Bytes(b.as_bytes().to_vec()));
+    }
+    if let Some(bytes) = bytes_like(obj)? {
+        return Ok(Value::Bytes(bytes));
     }
     if depth >= DEFAULT_MAX_DEPTH {
         return Err(PyValueError::new_err(format!(
@@ -78,9 +84,24 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     }
     Err(PyTypeError::new_err(format!(
         "cannot send a value of type {}: Meridian sends None, bool, int, float, str, \
-         bytes, list, tuple and dict",
+         bytes (or bytearray, memoryview), list, tuple and dict",
         type_name(obj)
     )))
+}
+
+/// The contents of a `bytearray` or `memoryview` (copied: the sender may change its buffer
+/// afterwards), `None` for anything else. A memoryview gives its bytes in C order whatever
+/// its format, as `memoryview.tobytes()` does.
+pub(crate) fn bytes_like(obj: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
+    if let Ok(b) = obj.cast::<PyByteArray>() {
+        return Ok(Some(b.to_vec()));
+    }
+    if obj.is_instance_of::<PyMemoryView>() {
+        // `bytes(view)`: the limited API has no buffer access before Python 3.11.
+        let copy = obj.py().get_type::<PyBytes>().call1((obj,))?;
+        return Ok(Some(copy.cast::<PyBytes>()?.as_bytes().to_vec()));
+    }
+    Ok(None)
 }
 
 /// Converts a [`Value`] into a Python object. Lists used as map keys become tuples (a

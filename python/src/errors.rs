@@ -81,7 +81,7 @@ fn rpc_error_status(value: &Bound<'_, pyo3::exceptions::PyBaseException>) -> PyR
         for (k, v) in dict.iter() {
             let key: String = k.extract()?;
             if let Ok(s) = v.cast::<PyString>() {
-                metadata.insert(key, s.to_str()?.as_bytes().to_vec());
+                metadata.insert(key, s.to_cow()?.as_bytes().to_vec());
             } else if let Ok(b) = v.cast::<PyBytes>() {
                 metadata.insert(key, b.as_bytes().to_vec());
             }

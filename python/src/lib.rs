@@ -4,7 +4,8 @@
 //! module gives it a few primitives and keeps every blocking wait off the interpreter:
 //!
 //! - one process-wide multi-threaded tokio runtime, created on first use, runs every
-//!   connection, server and call (`runtime`);
+//!   connection, server and call (`runtime`); a child made by `fork()` gets its own on
+//!   first use and leaves what it inherited alone (see `fork.rs`);
 //! - a blocking call releases the GIL while it waits, in slices of `WAIT_SLICE`, and
 //!   checks for signals between slices so Ctrl-C interrupts it (`wait`);
 //! - Python handlers run on tokio's blocking threads and attach to the interpreter only
@@ -13,8 +14,9 @@
 //!   converted before anything is sent (see `convert.rs`).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use meridian::DevCa;
@@ -25,6 +27,9 @@ mod client;
 mod context;
 mod convert;
 mod errors;
+mod etcd;
+mod fork;
+mod requests;
 mod server;
 mod testing;
 
@@ -32,20 +37,44 @@ mod testing;
 /// signals (Ctrl-C). Short enough to feel immediate, long enough to cost nothing.
 pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(50);
 
+/// The runtime of the current process (null before first use).
+static RUNTIME: AtomicPtr<tokio::runtime::Runtime> = AtomicPtr::new(std::ptr::null_mut());
+/// The process that made [`RUNTIME`]; a forked child sees its parent's pid here.
+static RUNTIME_PID: AtomicU32 = AtomicU32::new(0);
+
 /// The library's tokio runtime: multi-threaded, created on first use, shared by every
 /// server and client of the process and never shut down (its threads end with the process).
+///
+/// A child made by `fork()` has none of the parent's runtime threads, so on first use there
+/// it makes a runtime of its own. The inherited one is leaked, never dropped: dropping it
+/// would deregister the parent's sockets from the epoll instance both processes share.
 pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .thread_name("meridian-rt")
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the Meridian runtime: {e}"))
-        })
-        .as_ref()
-        .map_err(|e| PyRuntimeError::new_err(e.clone()))
+    let pid = std::process::id();
+    if RUNTIME_PID.load(Ordering::Acquire) == pid {
+        let rt = RUNTIME.load(Ordering::Acquire);
+        // SAFETY: a non-null RUNTIME comes from `Box::leak` below and is never freed; the
+        // pointer was stored (Release) before RUNTIME_PID, which we read with Acquire.
+        if let Some(rt) = unsafe { rt.as_ref() } {
+            return Ok(rt);
+        }
+    }
+    static CREATING: Mutex<()> = Mutex::new(());
+    let _creating = CREATING.lock().unwrap_or_else(|p| p.into_inner());
+    if RUNTIME_PID.load(Ordering::Acquire) == pid {
+        // SAFETY: as above; another thread made it while this one waited for the lock.
+        if let Some(rt) = unsafe { RUNTIME.load(Ordering::Acquire).as_ref() } {
+            return Ok(rt);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("meridian-rt")
+        .enable_all()
+        .build()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the Meridian runtime: {e}")))?;
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
+    RUNTIME.store(std::ptr::from_ref(rt).cast_mut(), Ordering::Release);
+    RUNTIME_PID.store(pid, Ordering::Release);
+    Ok(rt)
 }
 
 /// The process-wide development CA. Servers created without certificates get one issued
@@ -114,8 +143,11 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
     m.add_class::<client::NativeStream>()?;
     m.add_class::<client::CallHandle>()?;
+    m.add_class::<client::NativeRequestSink>()?;
+    m.add_class::<client::NativeResponse>()?;
     m.add_class::<context::PyCallContext>()?;
     m.add_class::<context::PyPeerIdentity>()?;
+    m.add_class::<requests::RequestIterator>()?;
     m.add_class::<testing::RustTestServer>()?;
     m.add_function(wrap_pyfunction!(convert::roundtrip, m)?)?;
     m.add_function(wrap_pyfunction!(testing::start_rust_test_server, m)?)?;
@@ -123,5 +155,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(testing::write_dev_certificates, m)?)?;
     m.add_function(wrap_pyfunction!(testing::write_dev_pki, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Whether this build has etcd discovery (the optional `etcd` feature).
+    m.add("_has_etcd", cfg!(feature = "etcd"))?;
     Ok(())
 }

@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian::region::{EtcdConfig, EtcdRegistration, ServerRecord};
 use meridian::{
-    CallContext, Codec, Identity, Method, ResponseSink, Server, ServerBuilder, ServerTls, Status,
+    CallContext, Codec, Identity, Method, RequestStream, ResponseSink, Server, ServerBuilder,
+    ServerTls, Status,
 };
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -35,6 +35,8 @@ use pyo3::prelude::*;
 use crate::context::PyCallContext;
 use crate::convert::{decode, to_python, to_value};
 use crate::errors::pyerr_to_status;
+use crate::etcd::{self, EtcdConfig, EtcdRegistration, ServerRecord};
+use crate::requests::RequestIterator;
 use crate::{dev_ca, runtime, timeout_arg, wait};
 
 /// Responses a streaming handler may run ahead of the network by.
@@ -45,10 +47,15 @@ struct PyMethod {
     name: String,
     func: Arc<Py<PyAny>>,
     streaming: bool,
+    /// Whether the client sends a stream of requests (with `streaming`: bidirectional).
+    client_streaming: bool,
     idempotent: bool,
 }
 
 struct State {
+    /// The process the running server belongs to: in a child made by `fork()` the
+    /// parent's server (and etcd registration) is forgotten, never used or dropped.
+    pid: u32,
     region: String,
     host: IpAddr,
     port: u16,
@@ -79,8 +86,38 @@ pub(crate) struct NativeServer {
 }
 
 impl NativeServer {
+    /// The state, after forgetting (leaking) a server inherited through `fork()`: it is
+    /// the parent's, served by the parent's runtime, and dropping it in the child would
+    /// deregister the parent's socket from the epoll instance they share. The child sees
+    /// a stopped server it may start again (on a new port unless the port is fixed).
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if st.pid != pid {
+            st.pid = pid;
+            if let Some(server) = st.running.take() {
+                std::mem::forget(server);
+            }
+            if let Some(registration) = st.registration.take() {
+                // (Without etcd the type is an empty stand-in.)
+                #[cfg_attr(not(feature = "etcd"), allow(clippy::forget_non_drop))]
+                std::mem::forget(registration);
+            }
+            // The TLS settings are shared with the parent's server (the certificate in
+            // use, session state), whose threads may have been inside them at the fork:
+            // a server started in the child gets fresh ones (see `fresh_tls`).
+            if let Some(tls) = st.tls.take() {
+                std::mem::forget(tls);
+            }
+        }
+        st
+    }
+}
+
+impl Drop for NativeServer {
+    fn drop(&mut self) {
+        // In a forked child, forgets the parent's server instead of dropping it.
+        drop(self.lock());
     }
 }
 
@@ -153,9 +190,10 @@ impl NativeServer {
                 None => (None, None),
             };
         let grace = timeout_arg(Some(grace))?.unwrap_or_default();
-        let etcd = crate::client::etcd_config(etcd, etcd_prefix, Some(etcd_ttl))?;
+        let etcd = etcd::config(etcd, etcd_prefix, Some(etcd_ttl))?;
         Ok(NativeServer {
             state: Mutex::new(State {
+                pid: std::process::id(),
                 region,
                 host,
                 port,
@@ -176,16 +214,19 @@ impl NativeServer {
     }
 
     /// Registers `func` as method `name` (a server-streaming method when `streaming`).
-    /// `func` takes the decoded argument value and returns the result value (or, when
-    /// streaming, an iterator of them). On a running server the method is added in place
-    /// and announced to connected clients.
-    #[pyo3(signature = (name, func, streaming=false, idempotent=false))]
+    /// `func(value, context)` takes the decoded argument value and returns the result
+    /// value (or, when streaming, an iterator of them). With `client_streaming` it takes a
+    /// `RequestIterator` of the request values instead (bidirectional with `streaming`).
+    /// On a running server the method is added in place and announced to connected
+    /// clients.
+    #[pyo3(signature = (name, func, streaming=false, idempotent=false, client_streaming=false))]
     fn add(
         &self,
         name: String,
         func: Py<PyAny>,
         streaming: bool,
         idempotent: bool,
+        client_streaming: bool,
     ) -> PyResult<()> {
         let mut st = self.lock();
         st.methods.retain(|m| m.name != name);
@@ -193,6 +234,7 @@ impl NativeServer {
             name,
             func: Arc::new(func),
             streaming,
+            client_streaming,
             idempotent,
         };
         if let Some(server) = &st.running {
@@ -217,11 +259,7 @@ impl NativeServer {
             let tls = match &st.tls {
                 Some(tls) => tls.clone(),
                 None => {
-                    let id = dev_ca()?
-                        .issue_server(&["localhost"])
-                        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-                    let tls = ServerTls::new(id.clone());
-                    st.identity = Some(id);
+                    let tls = fresh_tls(&mut st)?;
                     st.tls = Some(tls.clone());
                     tls
                 }
@@ -372,6 +410,7 @@ impl NativeServer {
 
 impl NativeServer {
     /// The etcd configuration and this server's record, if it registers in etcd.
+    #[cfg(feature = "etcd")]
     fn etcd_record(&self, server: &Server) -> Option<(EtcdConfig, ServerRecord)> {
         let st = self.lock();
         let config = st.etcd.clone()?;
@@ -389,6 +428,38 @@ impl NativeServer {
         }
         Some((config, record))
     }
+
+    /// Without etcd support no server has an etcd configuration.
+    #[cfg(not(feature = "etcd"))]
+    fn etcd_record(&self, _server: &Server) -> Option<(EtcdConfig, ServerRecord)> {
+        let config = self.lock().etcd.clone()?;
+        match config {}
+    }
+}
+
+/// New TLS settings for a server: from its certificate files (and client CA file) when
+/// it has them, else its development certificate, issued now by the process's
+/// development CA on the first start.
+fn fresh_tls(st: &mut State) -> PyResult<ServerTls> {
+    if let Some((cert, key)) = &st.tls_files {
+        let identity = Identity::from_pem_files(cert, key).map_err(config_error)?;
+        let mut tls = ServerTls::new(identity.clone());
+        if let Some(ca) = &st.client_ca_file {
+            tls = tls
+                .require_client_certs_pem_file(ca)
+                .map_err(config_error)?;
+        }
+        st.identity = Some(identity);
+        return Ok(tls);
+    }
+    let identity = match &st.identity {
+        Some(id) => id.clone(),
+        None => dev_ca()?
+            .issue_server(&["localhost"])
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
+    };
+    st.identity = Some(identity.clone());
+    Ok(ServerTls::new(identity))
 }
 
 /// A certificate, key or CA file that cannot be used, as Python's `ValueError`.
@@ -403,7 +474,21 @@ fn register(builder: ServerBuilder, m: &PyMethod) -> ServerBuilder {
         method = method.idempotent();
     }
     let func = m.func.clone();
-    if m.streaming {
+    if m.client_streaming && m.streaming {
+        builder
+            .raw()
+            .bidi(method, move |requests, ctx, sink| {
+                run_bidi(func.clone(), requests, ctx, sink)
+            })
+            .typed()
+    } else if m.client_streaming {
+        builder
+            .raw()
+            .client_streaming(method, move |requests, ctx| {
+                run_client_streaming(func.clone(), requests, ctx)
+            })
+            .typed()
+    } else if m.streaming {
         builder
             .raw()
             .server_streaming(method, move |body, ctx, sink| {
@@ -479,10 +564,87 @@ async fn run_streaming(
     check_codec(&ctx)?;
     let _held = ctx.reserve_memory(meridian::Value::decoded_size_hint(&body).saturating_mul(2))?;
     let args = decode(&body)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(STREAM_AHEAD);
     let context = PyCallContext::new(ctx.clone());
+    respond_with_iterator(
+        sink,
+        move |py| {
+            to_python(py, &args)
+                .map(Bound::unbind)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        },
+        func,
+        context,
+    )
+    .await
+}
+
+/// Runs a client-streaming Python handler: it gets a `RequestIterator` over the request
+/// values (blocking, with the GIL released while it waits) and returns the response.
+async fn run_client_streaming(
+    func: Arc<Py<PyAny>>,
+    requests: RequestStream<Bytes>,
+    ctx: CallContext,
+) -> Result<Bytes, Status> {
+    check_codec(&ctx)?;
+    let requests = RequestIterator::new(requests)?;
+    let context = PyCallContext::new(ctx.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Python::attach(|py| {
+            let ret = func
+                .call1(py, (requests, context))
+                .map_err(|e| pyerr_to_status(py, &e))?;
+            to_value(ret.bind(py)).map_err(|e| {
+                Status::internal(format!(
+                    "the handler returned a value Meridian cannot send: {e}"
+                ))
+            })
+        })
+    })
+    .await
+    .map_err(|_| Status::internal("the handler's thread failed"))??;
+    Ok(Bytes::from(out.to_bytes()))
+}
+
+/// Runs a bidirectional Python handler: a `RequestIterator` in, an iterator of responses
+/// out (see [`run_streaming`]).
+async fn run_bidi(
+    func: Arc<Py<PyAny>>,
+    requests: RequestStream<Bytes>,
+    ctx: CallContext,
+    sink: ResponseSink<Bytes>,
+) -> Result<(), Status> {
+    check_codec(&ctx)?;
+    let requests = RequestIterator::new(requests)?;
+    let context = PyCallContext::new(ctx.clone());
+    respond_with_iterator(
+        sink,
+        move |py| {
+            Py::new(py, requests)
+                .map(Py::into_any)
+                .map_err(|e| Status::internal(e.to_string()))
+        },
+        func,
+        context,
+    )
+    .await
+}
+
+/// Calls `func(first(py), context)` on a blocking thread and sends the items of the
+/// iterator it returns.
+async fn respond_with_iterator(
+    sink: ResponseSink<Bytes>,
+    first: impl FnOnce(Python<'_>) -> Result<Py<PyAny>, Status> + Send + 'static,
+    func: Arc<Py<PyAny>>,
+    context: PyCallContext,
+) -> Result<(), Status> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(STREAM_AHEAD);
     tokio::task::spawn_blocking(move || {
-        Python::attach(|py| drive_iterator(py, &func, &args, context, &tx));
+        Python::attach(|py| match first(py) {
+            Ok(arg) => drive_iterator(py, &func, arg, context, &tx),
+            Err(status) => {
+                let _ = tx.blocking_send(Err(status));
+            }
+        });
     });
     while let Some(item) = rx.recv().await {
         sink.send(&item?).await?;
@@ -493,16 +655,12 @@ async fn run_streaming(
 fn drive_iterator(
     py: Python<'_>,
     func: &Py<PyAny>,
-    args: &meridian::Value,
+    arg: Py<PyAny>,
     context: PyCallContext,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, Status>>,
 ) {
     let fail = |status: Status| {
         let _ = tx.blocking_send(Err(status));
-    };
-    let arg = match to_python(py, args) {
-        Ok(a) => a,
-        Err(e) => return fail(Status::invalid_argument(e.to_string())),
     };
     let iter = match func
         .call1(py, (arg, context))

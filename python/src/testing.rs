@@ -15,12 +15,13 @@ use pyo3::prelude::*;
 use serde::Serialize;
 
 use crate::errors::status_to_pyerr;
+use crate::fork::ProcessBound;
 use crate::{dev_ca, runtime, timeout_arg, wait};
 
 /// A running typed Rust server (see [`start_rust_test_server`]).
 #[pyclass(module = "meridian._native", frozen)]
 pub(crate) struct RustTestServer {
-    server: Mutex<Option<Server>>,
+    server: Mutex<Option<ProcessBound<Server>>>,
     port: u16,
 }
 
@@ -34,7 +35,12 @@ impl RustTestServer {
 
     /// Stops the server.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .and_then(ProcessBound::into_inner);
         if let Some(server) = server {
             wait(py, server.shutdown(Duration::from_secs(1)))?;
         }
@@ -44,8 +50,10 @@ impl RustTestServer {
 
 /// Starts a Rust server in `region` with typed handlers, registered in the in-process
 /// registry: `rust_add((i64, i64)) -> i64` (OUT_OF_RANGE on overflow),
-/// `rust_concat((String, Vec<u8>)) -> String` and `rust_metadata((String,)) -> String` (the
-/// value of the call's metadata entry of that name, NOT_FOUND if absent).
+/// `rust_concat((String, Vec<u8>)) -> String`, `rust_metadata((String,)) -> String` (the
+/// value of the call's metadata entry of that name, NOT_FOUND if absent), and handlers
+/// taking a bare value: `rust_double(i64) -> i64`, `rust_where(()) -> "rust"` and
+/// `rust_echo(Value) -> Value`.
 #[pyfunction]
 #[pyo3(name = "_start_rust_test_server")]
 pub(crate) fn start_rust_test_server(py: Python<'_>, region: String) -> PyResult<RustTestServer> {
@@ -65,6 +73,15 @@ pub(crate) fn start_rust_test_server(py: Python<'_>, region: String) -> PyResult
             "rust_concat",
             |(s, b): (String, Vec<u8>), _ctx| async move { Ok(format!("{s}:{}", b.len())) },
         )
+        // Handlers taking a bare scalar, unit and any value: what `call_value` is for.
+        .unary("rust_double", |n: i64, _ctx| async move {
+            n.checked_mul(2)
+                .ok_or_else(|| Status::out_of_range("double overflows"))
+        })
+        .unary("rust_where", |(): (), _ctx| async move {
+            Ok("rust".to_string())
+        })
+        .unary("rust_echo", |v: meridian::Value, _ctx| async move { Ok(v) })
         .unary("rust_metadata", |(name,): (String,), ctx| async move {
             ctx.metadata()
                 .get_str(&name)
@@ -81,7 +98,7 @@ pub(crate) fn start_rust_test_server(py: Python<'_>, region: String) -> PyResult
     .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let port = server.local_addr().port();
     Ok(RustTestServer {
-        server: Mutex::new(Some(server)),
+        server: Mutex::new(Some(ProcessBound::new(server))),
         port,
     })
 }

@@ -3,7 +3,8 @@
 The ``etcd`` fixture starts a private etcd (``$MERIDIAN_ETCD_BIN`` or ``etcd`` on PATH; ``bash
 scripts/etcd.sh install`` installs it) on free loopback ports with a temporary data
 directory, and stops it after the test. Without an etcd binary the tests fail under CI
-(``CI=true``) and are skipped elsewhere.
+(``CI=true``) and are skipped elsewhere. A build without the ``etcd`` feature skips them
+(``test_features.py`` checks that such a build refuses etcd clearly).
 """
 
 import base64
@@ -19,7 +20,13 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from meridian import RPCClient, RPCServer, Unimplemented
+from meridian import RPCClient, RPCServer, Unimplemented, _native
+
+# etcd discovery is an optional build feature; scripts/test_python.sh builds with it.
+pytestmark = pytest.mark.skipif(
+    not _native._has_etcd,
+    reason="this build of meridian has no etcd feature (MATURIN_PEP517_ARGS='--features etcd')",
+)
 
 
 def _free_ports(n: int) -> List[int]:

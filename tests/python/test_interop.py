@@ -61,3 +61,49 @@ def test_rust_client_sees_python_errors(make_server, region):
 
     with pytest.raises(meridian.FailedPrecondition, match="1 and 2 are not ready"):
         _native._rust_call("py_fail", 1, 2)
+
+
+def test_call_value_sends_a_bare_scalar_or_unit_to_rust_handlers(rust_server, region):
+    client = RPCClient(region, timeout=10)
+    assert client.call_value("rust_double", 21) == 42
+    assert client.call_value("rust_double", 21, result_type=int) == 42
+    assert client.call_value("rust_where") == "rust"  # None is unit, ()
+    assert client.call_value("rust_echo", {"k": [1, b"x"]}) == {"k": [1, b"x"]}
+    assert client.call_value("rust_echo", b"raw") == b"raw"
+    # The argument-list form is what a handler taking a scalar or unit cannot take.
+    with pytest.raises(meridian.InvalidArgument):
+        client.call("rust_double", 21)
+    with pytest.raises(meridian.InvalidArgument):
+        client.rust_where()
+    assert client.rust_echo(5) == [5]
+    with pytest.raises(meridian.OutOfRange, match="overflows"):
+        client.call_value("rust_double", 2**62)
+    with pytest.raises(TypeError, match="cannot send a value of type set"):
+        client.call_value("rust_echo", {1, 2})
+
+
+def test_async_call_value_reaches_rust_handlers(rust_server, region):
+    import asyncio
+
+    async def main():
+        client = meridian.AsyncRPCClient(region, timeout=10)
+        return (
+            await client.call_value("rust_double", 4),
+            await client.call_value("rust_where", result_type=str),
+        )
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == (8, "rust")
+
+
+def test_call_value_reaches_python_handlers(make_server, region):
+    server = make_server(region)
+
+    @server.rpc
+    def shape(*args, **kwargs):
+        return [list(args), kwargs]
+
+    client = RPCClient(region, timeout=10)
+    assert client.call_value("shape") == [[], {}]
+    assert client.call_value("shape", 7) == [[7], {}]
+    assert client.call_value("shape", [1, 2]) == [[1, 2], {}]
+    assert client.call_value("shape", {"a": 1}) == [[], {"a": 1}]

@@ -311,3 +311,32 @@ def test_metrics_text_counts_calls_by_method_and_status(make_server, region):
     assert f'meridian_region_chosen{{region="{region}"}} 1' in client_text.splitlines(), client_text
     server.stop()
     assert server.metrics_text() == ""
+
+
+def test_a_method_registered_on_a_server_that_just_started_is_callable_at_once(make_server, region):
+    # B4: a client already in use learns of a new server at once (not at its next probe
+    # tick, up to 250 ms later), and a call for a method no connected server serves waits
+    # for that server's connection instead of failing UNIMPLEMENTED.
+    home = make_server(region)
+
+    @home.rpc
+    def ping():
+        return "pong"
+
+    client = RPCClient(region, timeout=10)
+    assert client.ping() == "pong"
+    took = []
+    for i in range(5):
+        fresh = make_server(f"{region}-fresh-{i}").start()  # starts with no methods
+
+        @fresh.rpc(name=f"fresh_{i}")
+        def fresh_method(i=i):
+            return i
+
+        started = time.monotonic()
+        assert client.call(f"fresh_{i}") == i  # no Unimplemented
+        took.append(time.monotonic() - started)
+        fresh.stop(grace=0.5)
+    # Typically a few milliseconds (one handshake); an occasional dial takes longer.
+    assert sorted(took)[len(took) // 2] < 0.2, took
+    assert max(took) < 2.5, took

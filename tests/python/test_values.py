@@ -68,7 +68,6 @@ class Custom:
         {1, 2},
         Custom(),
         1 + 2j,
-        bytearray(b"x"),
         object(),
         [1, [2, {3}]],
         {"k": Custom()},
@@ -154,3 +153,31 @@ def test_huge_int_result_is_an_internal_error(make_server, region):
     assert client.square(3_000_000_000) == 9_000_000_000_000_000_000
     with pytest.raises(meridian.Internal, match="64 bits"):
         client.square(2**40)
+
+
+def test_bytearray_and_memoryview_are_sent_as_bytes():
+    assert roundtrip(bytearray(b"\x00ab")) == b"\x00ab"
+    assert roundtrip(memoryview(b"xyz")[1:]) == b"yz"
+    assert roundtrip(bytearray()) == b""
+    # A view of another format gives its raw bytes, in C order (memoryview.tobytes()).
+    ints = memoryview(bytearray(b"\x01\x00\x02\x00")).cast("H")
+    assert roundtrip(ints) == b"\x01\x00\x02\x00"
+    assert roundtrip({"k": [bytearray(b"v")]}) == {"k": [b"v"]}
+
+
+def test_bytearray_and_memoryview_cross_a_real_call(make_server, region):
+    server = make_server(region)
+
+    @server.rpc
+    def describe(blob, context):
+        return [type(blob).__name__, blob, context.metadata.get("tag-bin")]
+
+    client = RPCClient(region, timeout=10)
+    buf = bytearray(b"payload")
+    assert client.call("describe", buf, metadata={"tag-bin": memoryview(b"\x01\x02")}) == [
+        "bytes",
+        b"payload",
+        b"\x01\x02",
+    ]
+    assert client.describe(memoryview(buf)[:3]) == ["bytes", b"pay", None]
+    assert client.call("describe", b"k", key=bytearray(b"routing")) == ["bytes", b"k", None]

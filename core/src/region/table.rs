@@ -177,6 +177,20 @@ impl<L: Link> RoutingTable<L> {
         z ^ (z >> 31)
     }
 
+    /// Whether `map` lists a server this table does not know yet.
+    pub fn adds_servers(&self, map: &RegionMap, via_proxies: bool) -> bool {
+        map.regions.iter().any(|region| {
+            let endpoints = if via_proxies && !region.proxies.is_empty() {
+                &region.proxies
+            } else {
+                &region.servers
+            };
+            endpoints
+                .iter()
+                .any(|ep| !self.servers.contains_key(&ep.addr))
+        })
+    }
+
     /// Adds servers that appeared in `map` and starts draining those that left: a draining
     /// server gets no new calls and is forgotten once no attempt to it is in flight (a
     /// graceful shutdown deregisters first and then lets its calls finish), or after
@@ -472,6 +486,14 @@ impl<L: Link> RoutingTable<L> {
         self.selector
             .choose(&refs, now, rand)
             .or_else(|| self.selector.nearest_any(&refs, now))
+    }
+
+    /// Whether a server of the map has never connected and may now (it just appeared):
+    /// a call that no connected server serves may wait for it.
+    pub fn has_new_server(&self, now: Instant) -> bool {
+        self.servers.values().any(|s| {
+            !s.ever_connected && s.draining_since.is_none() && s.load.health.is_available(now)
+        })
     }
 
     /// Whether a call that finds no usable server should wait a little: while membership

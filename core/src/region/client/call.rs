@@ -152,8 +152,10 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
 
     /// No server can take the call now: whether to look again in 50 ms (`true`) or fail.
     ///
-    /// Waits while nothing has connected yet (start-up, first attempt, at most 5 s) and,
-    /// with wait-for-ready, for as long as the deadline allows. Failing involves no I/O,
+    /// Waits while nothing has connected yet or a discovered server has not connected yet
+    /// (start-up, or a server that just appeared; `first_attempt`: a first attempt, or a
+    /// retry whose try never ran while a new server may serve it; at most 5 s into the
+    /// call) and, with wait-for-ready, for as long as the deadline allows. Failing involves no I/O,
     /// so it yields once first: a caller that loops on failing calls cannot starve the
     /// runtime (its timers included).
     async fn wait_for_server(
@@ -338,14 +340,20 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                 let key = self.options.routing_key.as_deref();
                 let picked = match inner.pick(&self.method, key, &tried, resend) {
                     // Every candidate tried: the ones tried before may take it again. A
-                    // call waiting for ready whose last try never ran (the server was
-                    // down) waits a step first, so it does not spend its attempts on the
-                    // same down server within microseconds while another may be coming.
+                    // call whose last try never ran (the server was down, or did not
+                    // serve the method) waits a step first when it waits for ready, or
+                    // while a server that was discovered but has not connected yet may
+                    // serve it (a server that just started), as a first attempt does: it
+                    // does not spend its attempts on the same servers within microseconds
+                    // while another may be coming.
                     Err(NoPick::NoServer) if !tried.is_empty() => {
                         let never_ran = last.as_ref().is_some_and(Status::is_known_not_run);
+                        let new_server = inner.has_new_server();
                         if never_ran
-                            && self.options.wait_for_ready
-                            && self.wait_for_server(&inner, started, false, deadline).await
+                            && (self.options.wait_for_ready || new_server)
+                            && self
+                                .wait_for_server(&inner, started, new_server, deadline)
+                                .await
                         {
                             tried.clear();
                             continue;

@@ -52,15 +52,30 @@ pub(super) async fn connect_server(inner: Weak<Router>, addr: ServerAddr, ep: Se
     }
 }
 
+/// Ticks every probe interval, and at once when discovery adds a server to the map: a
+/// server that just appeared is dialled now, not up to a probe interval later (a method
+/// registered on a server that has just started is callable at once). Servers leaving the
+/// map are followed at the regular ticks.
 pub(super) async fn probe_loop(inner: Weak<Router>) {
-    let interval = match inner.upgrade() {
-        Some(i) => i.probe_interval,
+    let (interval, mut map) = match inner.upgrade() {
+        Some(i) => (i.probe_interval, i.map.clone()),
         None => return,
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut map_open = true;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = map.changed(), if map_open => {
+                // A discovery that ended leaves the ticks alone.
+                map_open = changed.is_ok();
+                let adds = inner.upgrade().is_some_and(|i| i.map_adds_servers());
+                if !adds {
+                    continue;
+                }
+            }
+        }
         let Some(inner) = inner.upgrade() else {
             return;
         };

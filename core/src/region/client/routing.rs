@@ -154,6 +154,13 @@ impl Router {
         self.lock().sync_membership(&map, self.via_proxies, now);
     }
 
+    /// Whether the map lists a server the table does not know yet.
+    pub(super) fn map_adds_servers(&self) -> bool {
+        // Cloned first: the map's read lock is never held while taking the table's lock.
+        let map = self.map.borrow().clone();
+        self.lock().adds_servers(&map, self.via_proxies)
+    }
+
     /// One probe tick: follow the map, then the table's tick; dial who needs it.
     /// Logs what changed since the last tick: servers leaving or rejoining service, and
     /// the region calls go to.
@@ -320,5 +327,10 @@ impl Router {
     /// Whether a call that finds no usable server should wait a little (start-up).
     pub(super) fn may_still_connect(&self) -> bool {
         self.lock().may_still_connect(Instant::now())
+    }
+
+    /// See [`RoutingTable::has_new_server`](crate::region::table::RoutingTable::has_new_server).
+    pub(super) fn has_new_server(&self) -> bool {
+        self.lock().has_new_server(Instant::now())
     }
 }
