@@ -88,8 +88,13 @@ fn server_transport(stream_limit: u32) -> TransportConfig {
 /// `scale-serve --threads N --streams S`: the server side (N = 0: current-thread runtime).
 pub fn serve(args: &[String]) -> Result<()> {
     let (mut threads, mut streams) = (0usize, TransportConfig::DEFAULT_MAX_CONCURRENT_STREAMS);
+    let mut task_per_call = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        if arg == "--task-per-call" {
+            task_per_call = true;
+            continue;
+        }
         let value = it.next().ok_or(format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--threads" => threads = value.parse()?,
@@ -121,6 +126,7 @@ pub fn serve(args: &[String]) -> Result<()> {
     runtime.block_on(async move {
         let server = Server::builder()
             .transport(server_transport(streams))
+            .task_per_call(task_per_call)
             .no_local_registry()
             .raw()
             .unary(
@@ -167,6 +173,10 @@ struct ScaleServer {
 
 impl ScaleServer {
     fn spawn(threads: usize, streams: u32) -> Result<Self> {
+        Self::spawn_with(threads, streams, false)
+    }
+
+    fn spawn_with(threads: usize, streams: u32, task_per_call: bool) -> Result<Self> {
         // MERIDIAN_BENCH_SERVER_WRAPPER runs the server under a tool, e.g.
         // "valgrind --tool=dhat --dhat-out-file=/tmp/dhat.json" to see what its memory is.
         let wrapper = std::env::var("MERIDIAN_BENCH_SERVER_WRAPPER").unwrap_or_default();
@@ -182,6 +192,7 @@ impl ScaleServer {
         let mut child = command
             .args(["scale-serve", "--threads", &threads.to_string()])
             .args(["--streams", &streams.to_string()])
+            .args(task_per_call.then_some("--task-per-call"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -352,8 +363,15 @@ pub async fn run(plan: &ScalePlan) -> Result<String> {
         ),
     ));
     drop(channels);
+    drop(first);
+    drop(server);
 
-    // 2. Open idle calls on one connection.
+    // 2. Open idle calls on one connection, on a fresh server: memory freed by the
+    // connections above would be reused by the allocator and hide what the calls take.
+    let server = ScaleServer::spawn(0, plan.stream_limit)?;
+    let tls = ClientTls::with_roots([server.listening.cert.clone()])?;
+    let first = connect(&server.listening, &tls).await?;
+    echo(&first, &payload).await?;
     let before_calls = server.stats()?;
     let holder = Rc::new(connect(&server.listening, &tls).await?);
     let mut holds = JoinSet::new();
@@ -461,15 +479,28 @@ pub async fn run(plan: &ScalePlan) -> Result<String> {
     drop(server);
 
     // 4. Multi-threaded servers against two load processes.
+    // Each runtime with the default (a connection's calls polled by its task) and with
+    // `task_per_call`, one after the other in the same run.
     for threads in [0usize, 1, 2] {
-        let server = ScaleServer::spawn(threads, TransportConfig::DEFAULT_MAX_CONCURRENT_STREAMS)?;
-        let total = load(&server.listening, 2, plan.load_time)?;
+        let mut figures = Vec::new();
+        for per_call in [false, true] {
+            let server = ScaleServer::spawn_with(
+                threads,
+                TransportConfig::DEFAULT_MAX_CONCURRENT_STREAMS,
+                per_call,
+            )?;
+            let total = load(&server.listening, 2, plan.load_time)?;
+            figures.push(total as f64 / plan.load_time.as_secs_f64());
+        }
         rows.push((
             match threads {
                 0 => "calls/s, server on a current-thread runtime, 2 load processes x 64 in flight".into(),
                 n => format!("calls/s, server on a multi-threaded runtime with {n} worker(s), 2 load processes x 64 in flight"),
             },
-            format!("{:.0}", total as f64 / plan.load_time.as_secs_f64()),
+            format!(
+                "{:.0} (with `task_per_call`: {:.0})",
+                figures[0], figures[1]
+            ),
         ));
     }
 
