@@ -344,7 +344,8 @@ async fn throughput<C: Client>(
     ))
 }
 
-/// A `meridian-bench serve KIND` child process. Killed when dropped.
+/// A server child process (`meridian-bench serve KIND`, or `scale-serve`). Ended when
+/// dropped.
 pub struct ServerProcess {
     child: Child,
     /// The server's stdout after its LISTEN line: answers to `ALLOCS` requests (and held
@@ -363,6 +364,12 @@ impl ServerProcess {
         if let Some(cpu) = cpu {
             command.args(["--cpu", &cpu.to_string()]);
         }
+        Self::start(command, kind.name())
+    }
+
+    /// Starts `command` (a server printing a LISTEN line first, then answering request
+    /// lines on its stdin) and waits for its LISTEN line; `what` names it in errors.
+    pub fn start(mut command: Command, what: &str) -> Result<Self> {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -376,7 +383,7 @@ impl ServerProcess {
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{} server: {e} (got {:?})", kind.name(), line.trim()).into());
+                return Err(format!("{what} server: {e} (got {:?})", line.trim()).into());
             }
         };
         Ok(Self {
@@ -385,27 +392,30 @@ impl ServerProcess {
             listening,
         })
     }
-}
 
-impl ServerProcess {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Sends `request` as a line on the server's stdin and returns its one-line answer
+    /// with the `REQUEST ` prefix removed.
+    pub fn ask(&self, request: &str) -> Result<String> {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_ref().ok_or("no server stdin")?;
+        (&*stdin).write_all(format!("{request}\n").as_bytes())?;
+        let mut line = String::new();
+        self.stdout.borrow_mut().read_line(&mut line)?;
+        line.strip_prefix(request)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .map(|rest| rest.trim().to_string())
+            .ok_or_else(|| format!("server answered {:?} to {request}", line.trim()).into())
+    }
+
     /// The server's allocations so far (asked over its stdin) and the CPU time of its
     /// main thread, which runs its single-threaded runtime.
     pub fn cost(&self) -> Result<Cost> {
-        use std::io::Write as _;
-        let stdin = self.child.stdin.as_ref().ok_or("no server stdin")?;
-        (&*stdin).write_all(b"ALLOCS\n")?;
-        let mut line = String::new();
-        self.stdout.borrow_mut().read_line(&mut line)?;
-        let allocations = line
-            .strip_prefix("ALLOCS ")
-            .ok_or_else(|| format!("server answered {:?} to ALLOCS", line.trim()))?
-            .trim()
-            .parse()?;
+        let allocations = self.ask("ALLOCS")?.parse()?;
         let pid = self.pid();
         Ok(Cost {
             allocations,
@@ -416,6 +426,16 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        // Closing its stdin ends the server with exit(0), so a tool it may run under
+        // (`MERIDIAN_BENCH_SERVER_WRAPPER` for `scale`) writes its report; killed if it
+        // has not ended within 30 s.
+        drop(self.child.stdin.take());
+        for _ in 0..600 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

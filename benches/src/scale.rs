@@ -14,10 +14,9 @@
 //!    current-thread runtime the main benchmark uses) against 2 load processes
 //!    (`scale-load`, 64 calls in flight each) and reports calls/s.
 
-use std::cell::RefCell;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::BufRead as _;
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use bytes::Bytes;
 use meridian::{Channel, ClientTls, Method, Server, ServerTls, TransportConfig};
 use tokio::task::JoinSet;
 
-use crate::driver::{listen_line, parse_listen_line};
+use crate::driver::{listen_line, parse_listen_line, ServerProcess};
 use crate::kinds::Listening;
 use crate::tls::{self, Identity};
 use crate::Result;
@@ -164,11 +163,14 @@ pub fn serve(args: &[String]) -> Result<()> {
     })
 }
 
-/// A `scale-serve` child, killed when dropped.
-struct ScaleServer {
-    child: Child,
-    stdout: RefCell<BufReader<ChildStdout>>,
-    listening: Listening,
+/// A `scale-serve` child, ended when dropped.
+struct ScaleServer(ServerProcess);
+
+impl std::ops::Deref for ScaleServer {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.0
+    }
 }
 
 impl ScaleServer {
@@ -189,45 +191,21 @@ impl ScaleServer {
             }
             None => Command::new(std::env::current_exe()?),
         };
-        let mut child = command
+        command
             .args(["scale-serve", "--threads", &threads.to_string()])
             .args(["--streams", &streams.to_string()])
-            .args(task_per_call.then_some("--task-per-call"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let mut stdout = BufReader::new(child.stdout.take().ok_or("no child stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        let listening = match parse_listen_line(&line) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("scale server: {e} (got {:?})", line.trim()).into());
-            }
-        };
-        Ok(Self {
-            child,
-            stdout: RefCell::new(stdout),
-            listening,
-        })
+            .args(task_per_call.then_some("--task-per-call"));
+        Ok(Self(ServerProcess::start(command, "scale")?))
     }
 
     fn stats(&self) -> Result<Stats> {
-        let stdin = self.child.stdin.as_ref().ok_or("no server stdin")?;
-        (&*stdin).write_all(b"STATS\n")?;
-        let mut line = String::new();
-        self.stdout.borrow_mut().read_line(&mut line)?;
-        let v: Vec<u64> = line
-            .strip_prefix("STATS ")
-            .ok_or_else(|| format!("server answered {:?} to STATS", line.trim()))?
+        let answer = self.ask("STATS")?;
+        let v: Vec<u64> = answer
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()?;
         let [in_flight, connections, refused, rss_kib] = v[..] else {
-            return Err(format!("bad STATS line {:?}", line.trim()).into());
+            return Err(format!("bad STATS answer {answer:?}").into());
         };
         Ok(Stats {
             in_flight: in_flight as usize,
@@ -247,22 +225,6 @@ impl ScaleServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-impl Drop for ScaleServer {
-    fn drop(&mut self) {
-        // Closing its stdin ends the server with exit(0), so a tool it runs under (see
-        // MERIDIAN_BENCH_SERVER_WRAPPER) writes its report; killed if it does not end.
-        drop(self.child.stdin.take());
-        for _ in 0..600 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

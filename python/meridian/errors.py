@@ -10,7 +10,9 @@ values are ``bytes``.
 
 The exceptions pickle and copy with their class, code, message and metadata (and any
 attribute set on them), so they cross ``multiprocessing`` and
-``concurrent.futures.ProcessPoolExecutor`` intact.
+``concurrent.futures.ProcessPoolExecutor`` intact. That is Python's own machinery between
+local processes; Meridian itself never pickles anything: values and error metadata cross
+the wire in Meridian's own encoding.
 """
 
 from __future__ import annotations

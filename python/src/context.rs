@@ -12,7 +12,7 @@ use meridian::transport::PeerIdentity as CorePeerIdentity;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-use crate::client::CallHandle;
+use crate::calls::CallHandle;
 use crate::runtime;
 
 /// The call a handler is answering: method, caller address and identity, metadata,

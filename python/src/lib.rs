@@ -23,6 +23,7 @@ use meridian::DevCa;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
+mod calls;
 mod client;
 mod context;
 mod convert;
@@ -141,10 +142,10 @@ pub(crate) fn timeout_arg(seconds: Option<f64>) -> PyResult<Option<Duration>> {
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::NativeServer>()?;
     m.add_class::<client::NativeClient>()?;
-    m.add_class::<client::NativeStream>()?;
-    m.add_class::<client::CallHandle>()?;
-    m.add_class::<client::NativeRequestSink>()?;
-    m.add_class::<client::NativeResponse>()?;
+    m.add_class::<calls::NativeStream>()?;
+    m.add_class::<calls::CallHandle>()?;
+    m.add_class::<calls::NativeRequestSink>()?;
+    m.add_class::<calls::NativeResponse>()?;
     m.add_class::<context::PyCallContext>()?;
     m.add_class::<context::PyPeerIdentity>()?;
     m.add_class::<requests::RequestIterator>()?;
