@@ -291,25 +291,11 @@ async fn throughput<C: Client>(
     plan: &Plan,
     server: &ServerProcess,
 ) -> Result<(f64, PerCall)> {
-    let completed = Rc::new(Cell::new(0u64));
-    let stop = Rc::new(Cell::new(false));
-    let mut workers: JoinSet<Result<()>> = JoinSet::new();
-    for _ in 0..plan.in_flight {
-        let (client, completed, stop) = (client.clone(), completed.clone(), stop.clone());
-        let payload = payload.clone();
-        workers.spawn_local(async move {
-            while !stop.get() {
-                let echo = client.call(payload.clone()).await?;
-                if echo.len() != payload.len() {
-                    return Err(
-                        format!("echo of {} bytes for {}", echo.len(), payload.len()).into(),
-                    );
-                }
-                completed.set(completed.get() + 1);
-            }
-            Ok(())
-        });
-    }
+    let Workers {
+        completed,
+        stop,
+        mut workers,
+    } = Workers::spawn(client, payload, plan.in_flight);
     tokio::time::sleep(plan.throughput_warmup).await;
     let (start_count, start) = (completed.get(), Instant::now());
     let (client_before, server_before) = (Cost::client()?, server.cost()?);
@@ -342,6 +328,65 @@ async fn throughput<C: Client>(
         (end_count - start_count) as f64 / elapsed.as_secs_f64(),
         per_call,
     ))
+}
+
+/// The throughput phase's callers: `in_flight` tasks, each making one call after another
+/// until `stop` is set, counting them in `completed`.
+struct Workers {
+    completed: Rc<Cell<u64>>,
+    stop: Rc<Cell<bool>>,
+    workers: JoinSet<Result<()>>,
+}
+
+impl Workers {
+    fn spawn<C: Client>(client: &Rc<C>, payload: &Bytes, in_flight: usize) -> Self {
+        let completed = Rc::new(Cell::new(0u64));
+        let stop = Rc::new(Cell::new(false));
+        let mut workers: JoinSet<Result<()>> = JoinSet::new();
+        for _ in 0..in_flight {
+            let (client, completed, stop) = (client.clone(), completed.clone(), stop.clone());
+            let payload = payload.clone();
+            workers.spawn_local(async move {
+                while !stop.get() {
+                    let echo = client.call(payload.clone()).await?;
+                    if echo.len() != payload.len() {
+                        return Err(
+                            format!("echo of {} bytes for {}", echo.len(), payload.len()).into(),
+                        );
+                    }
+                    completed.set(completed.get() + 1);
+                }
+                Ok(())
+            });
+        }
+        Workers {
+            completed,
+            stop,
+            workers,
+        }
+    }
+}
+
+/// `meridian-bench load`: the throughput phase of the full plan (64 calls in flight, 0.5 s
+/// warm-up) for `time`, against a server someone else started; returns the calls
+/// completed in `time`, and in all (warm-up included).
+pub async fn load<T: Transport>(server: &Listening, time: Duration) -> Result<(u64, u64)> {
+    let plan = Plan::new(false);
+    let client = Rc::new(T::connect(server).await?);
+    let Workers {
+        completed,
+        stop,
+        mut workers,
+    } = Workers::spawn(&client, &payload(SMALL_PAYLOAD), plan.in_flight);
+    tokio::time::sleep(plan.throughput_warmup).await;
+    let start = completed.get();
+    tokio::time::sleep(time).await;
+    let calls = completed.get() - start;
+    stop.set(true);
+    while let Some(joined) = workers.join_next().await {
+        joined??;
+    }
+    Ok((calls, completed.get()))
 }
 
 /// A server child process (`meridian-bench serve KIND`, or `scale-serve`). Ended when

@@ -55,6 +55,11 @@ usage:
       server memory per idle connection and per open idle call, many connections
       to one server, a burst of calls over the stream limit on one connection, and
       calls/s of a server with 1 and 2 worker threads against 2 load processes
+  meridian-bench load KIND ADDR CERT_HEX MILLIS
+      the throughput phase alone (64 calls in flight) against a running
+      `serve KIND`, on this thread; prints `CALLS n total`, the calls in
+      MILLIS and in all, warm-up included (for profiling with
+      `perf stat -p` / `perf record -p` on both processes)
   meridian-bench list
       print the known kinds";
 
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         Some("scale") => scale(&args[1..]),
         Some("scale-serve") => scale::serve(&args[1..]),
         Some("scale-load") => scale::load_process(&args[1..]),
+        Some("load") => load(&args[1..]),
         Some("list") => {
             for kind in Kind::ALL {
                 println!("{}", kind.name());
@@ -133,6 +139,24 @@ fn serve(args: &[String]) -> Result<()> {
         .build()?;
     let addr: SocketAddr = "127.0.0.1:0".parse()?;
     tokio::task::LocalSet::new().block_on(&runtime, kind.serve(addr, &identity, ready))
+}
+
+/// `load KIND ADDR CERT_HEX MILLIS`: the throughput phase alone, against a server already
+/// running, so a profiler can watch client and server over nothing else.
+fn load(args: &[String]) -> Result<()> {
+    let [kind, addr, cert, millis] = args else {
+        return Err("usage: meridian-bench load KIND ADDR CERT_HEX MILLIS".into());
+    };
+    let kind = parse_kind(kind)?;
+    let server = driver::parse_listen_line(&format!("LISTEN {addr} {cert}"))?;
+    let time = Duration::from_millis(millis.parse()?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (calls, total) =
+        tokio::task::LocalSet::new().block_on(&runtime, kind.load(&server, time))?;
+    println!("CALLS {calls} {total}");
+    Ok(())
 }
 
 /// `50,120` -> 50 ms and 120 ms.

@@ -149,6 +149,19 @@ impl Kind {
     }
 
     /// Connects to `server` and runs the whole measurement plan against it.
+    /// Only the throughput phase, for `time`; returns the calls completed in `time`, and
+    /// in all.
+    pub async fn load(self, server: &Listening, time: std::time::Duration) -> Result<(u64, u64)> {
+        match self {
+            Kind::Udp => driver::load::<udp::Udp>(server, time).await,
+            Kind::Quinn => driver::load::<quinn::BareQuinn>(server, time).await,
+            Kind::TonicH2c => driver::load::<grpc::TonicH2c>(server, time).await,
+            Kind::TonicTls => driver::load::<grpc::TonicTls>(server, time).await,
+            Kind::Meridian => driver::load::<meridian::Meridian>(server, time).await,
+            Kind::MeridianProxy => driver::load::<meridian::MeridianViaProxy>(server, time).await,
+        }
+    }
+
     pub async fn bench(self, server: &driver::ServerProcess, plan: &Plan) -> Result<KindResults> {
         match self {
             Kind::Udp => driver::measure::<udp::Udp>(server, plan).await,

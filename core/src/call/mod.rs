@@ -3,6 +3,7 @@
 
 pub(crate) mod budget;
 mod frames;
+mod lazy_timeout;
 mod messages;
 mod payload;
 mod reset;
@@ -12,6 +13,7 @@ mod unwind;
 pub(crate) use frames::{
     closed_before_run, data_chunks, inline_frames, FramedRecv, RecvError, INLINE_MESSAGE,
 };
+pub(crate) use lazy_timeout::ready_or_timeout;
 pub(crate) use messages::{decode_raw, DecodeFn, EncodeFn};
 pub use payload::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};
 pub(crate) use reset::{reset_for_status, status_for_reset};

@@ -252,7 +252,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         reach.as_ref(),
                     )
                     .await?;
-                    tracing::Span::current().record("early", call.early);
+                    span.record("early", call.early);
                     let mut recv = call.take_recv();
                     let result = tokio::select! {
                         r = recv.single_response(P::decode, Some(&headers.method)) => r,
@@ -281,7 +281,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                 }
                 let failure = match result {
                     Ok(r) => {
-                        tracing::Span::current().record("attempts", attempts);
+                        span.record("attempts", attempts);
                         return Ok(r);
                     }
                     Err(f) => f,
@@ -307,7 +307,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                     debug!(method = %headers.method, reason = %failure.status, "sending the call again");
                     continue;
                 }
-                tracing::Span::current().record("attempts", attempts);
+                span.record("attempts", attempts);
                 // An earlier attempt may have run: the call is not known not to have run,
                 // whatever the last attempt says.
                 let mut failure = failure;
@@ -318,7 +318,13 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                 return Err(failure.into_status(idempotent(&headers)));
             }
         };
-        let result = with_deadline(deadline, fut).instrument(span.clone()).await;
+        // Without a subscriber the span records nothing, and wrapping the call's future in
+        // it would only copy that future once more.
+        let result = if span.is_disabled() {
+            with_deadline(deadline, fut).await
+        } else {
+            with_deadline(deadline, fut).instrument(span.clone()).await
+        };
         if let Ok(r) = &result {
             r.timing.record(&span);
         }

@@ -343,6 +343,15 @@ impl ChannelInner {
     /// gRPC's calls do in transient failure. With `wait_for_ready` a call waits for the
     /// connection instead (its deadline bounds the wait).
     pub(super) async fn connection(&self, wait_for_ready: bool) -> Result<Conn, Status> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        // Waiting for a connection is rare and its future large: kept out of the common
+        // path's future (which every call moves), boxed.
+        Box::pin(self.wait_for_connection(wait_for_ready)).await
+    }
+
+    async fn wait_for_connection(&self, wait_for_ready: bool) -> Result<Conn, Status> {
         let mut link = self.link.subscribe();
         loop {
             if let Some(c) = self.current() {

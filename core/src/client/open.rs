@@ -115,21 +115,26 @@ pub(super) async fn open_call(
             // A resumed connection to a server that has gone never completes its
             // handshake: unless waiting for ready, wait only as long as for any
             // reconnection.
-            let handshake = conn.wait_handshake();
-            let bound = conn.reconnected_at.filter(|_| !wait_for_ready);
-            let waited = if let Some(since) = bound {
-                let until = since + inner.reconnect_wait;
-                tokio::time::timeout_at(until.into(), handshake)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status::unavailable(format!(
-                            "cannot connect to {}: no handshake after {:?}",
-                            inner.addr, inner.reconnect_wait
-                        )))
-                    })
-            } else {
-                handshake.await
-            };
+            // Rare (a resumed connection, a call that may not go early): boxed, so its
+            // timer does not enlarge the future of every call.
+            let waited = Box::pin(async {
+                let handshake = conn.wait_handshake();
+                let bound = conn.reconnected_at.filter(|_| !wait_for_ready);
+                if let Some(since) = bound {
+                    let until = since + inner.reconnect_wait;
+                    tokio::time::timeout_at(until.into(), handshake)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Status::unavailable(format!(
+                                "cannot connect to {}: no handshake after {:?}",
+                                inner.addr, inner.reconnect_wait
+                            )))
+                        })
+                } else {
+                    handshake.await
+                }
+            })
+            .await;
             waited.map_err(|status| Failure {
                 status,
                 retry: Retry::NotStarted,
@@ -203,7 +208,7 @@ pub(super) async fn open_call(
         };
         // The server may have refused the request (too large, unknown method) and said
         // why in its TRAILERS; prefer its status over the write error.
-        let status = recv.failure_after_write(e).await;
+        let status = Box::pin(recv.failure_after_write(e)).await;
         return Err(Failure { status, retry });
     }
     if finish {
@@ -280,7 +285,7 @@ async fn open_stream(
         Poll::Pending => {
             // The server's concurrent stream limit is reached on this connection: use (or
             // open) an extra one if allowed, rather than wait behind the calls in flight.
-            if let Some(pair) = inner.extra_stream().await {
+            if let Some(pair) = Box::pin(inner.extra_stream()).await {
                 return Ok(pair);
             }
             inner

@@ -28,6 +28,8 @@ use crate::wire::{MethodInfo, MethodKind};
 
 pub(super) struct MethodEntry {
     pub(super) info: MethodInfo,
+    /// `info.name`, shared: each call's context points at it instead of copying the name.
+    pub(super) name: Arc<str>,
     pub(super) handler: Arc<Handler>,
     /// The method's metrics row, found on its first call (so later calls skip the lookup).
     pub(super) metrics: std::sync::OnceLock<Arc<crate::telemetry::metrics::MethodMetrics>>,
@@ -36,6 +38,7 @@ pub(super) struct MethodEntry {
 impl MethodEntry {
     pub(super) fn new(info: MethodInfo, handler: Arc<Handler>) -> MethodEntry {
         MethodEntry {
+            name: Arc::from(info.name.as_str()),
             info,
             handler,
             metrics: std::sync::OnceLock::new(),

@@ -25,7 +25,7 @@ use super::shared::{OpenCall, ServedConnection, Shared};
 use super::streams::Queued;
 use super::{BoxFuture, RESPONSE_QUEUE};
 use crate::call::budget::Charge;
-use crate::call::{data_chunks, CatchUnwind, FramedRecv, RecvError};
+use crate::call::{data_chunks, ready_or_timeout, CatchUnwind, FramedRecv, RecvError};
 use crate::status::Status;
 use crate::telemetry::metrics::MethodMetrics;
 use crate::telemetry::TraceContext;
@@ -100,7 +100,10 @@ async fn answer_call(
         timeout: shared.transport.response_write_timeout,
     };
 
-    let first = tokio::time::timeout(shared.transport.headers_timeout, rx.next_frame());
+    let headers_timeout = shared.transport.headers_timeout;
+    let first = ready_or_timeout(rx.next_frame(), || {
+        Instant::now().checked_add(headers_timeout)
+    });
     let Some(first) = unless_stopping(shared, first).await else {
         return refuse(send, &mut rx, started, bound).await;
     };
@@ -199,7 +202,13 @@ async fn answer_call(
         row: &mut row,
         passed: &mut passed,
     };
-    let (code, finished) = run_call(call, rx, send).instrument(span.clone()).await;
+    // Without a subscriber the span records nothing, and wrapping the call's future in it
+    // would only copy that future once more.
+    let (code, finished) = if span.is_disabled() {
+        run_call(call, rx, send).await
+    } else {
+        run_call(call, rx, send).instrument(span.clone()).await
+    };
     let took = started.elapsed();
     ended(
         &shared.interceptors,
@@ -332,27 +341,27 @@ async fn run_call(
         // sending slowly (or never finishing) cannot hold its buffers.
         let limit = shared.transport.request_timeout;
         let read = async {
-            let read = read_single(&mut rx);
-            let by_timeout = Instant::now().checked_add(limit);
-            let (until, status) = match (deadline, by_timeout) {
-                (Some(d), t) if t.is_none_or(|t| d <= t) => {
-                    (Some(d), Status::deadline_exceeded("deadline exceeded"))
+            // Which bound comes first is settled only if the request is not there at once.
+            let mut by_deadline = true;
+            let until = || {
+                let by_timeout = Instant::now().checked_add(limit);
+                match (deadline, by_timeout) {
+                    (Some(d), t) if t.is_none_or(|t| d <= t) => Some(d),
+                    (_, Some(t)) => {
+                        by_deadline = false;
+                        Some(t)
+                    }
+                    (d, None) => d,
                 }
-                (_, Some(t)) => (
-                    Some(t),
-                    Status::deadline_exceeded(format!(
-                        "the request did not arrive within the server's request timeout \
-                         of {limit:?}"
-                    ))
-                    .mark_not_run(),
-                ),
-                (d, None) => (d, Status::deadline_exceeded("deadline exceeded")),
             };
-            match until {
-                Some(u) => tokio::time::timeout_at(u.into(), read)
-                    .await
-                    .unwrap_or(Err(status)),
-                None => read.await,
+            match ready_or_timeout(read_single(&mut rx), until).await {
+                Ok(read) => read,
+                Err(()) if by_deadline => Err(Status::deadline_exceeded("deadline exceeded")),
+                Err(()) => Err(Status::deadline_exceeded(format!(
+                    "the request did not arrive within the server's request timeout of \
+                     {limit:?}"
+                ))
+                .mark_not_run()),
             }
         };
         match unless_stopping(shared, read).await {
@@ -431,7 +440,7 @@ async fn run_call(
     };
     let ctx = CallContext {
         identity,
-        method: Arc::from(headers.method.as_str()),
+        method: entry.name.clone(),
         metadata: Arc::new(headers.metadata),
         deadline,
         peer,

@@ -1,7 +1,9 @@
 //! The accept loop and one connection: HELLO, admission, streams.
 
+use std::future::Future as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::watch;
@@ -137,21 +139,35 @@ async fn serve_connection(
     // one that computes for long should move that work to `spawn_blocking` (or the server
     // can be built with `task_per_call`).
     let mut calls = FuturesUnordered::new();
+    // The accept futures live across iterations: made anew for each event they would
+    // register with (and leave) quinn's stream notifiers each time, per call.
+    let mut accept_bi = std::pin::pin!(conn.accept_bi());
+    let mut accept_uni = std::pin::pin!(conn.accept_uni());
     loop {
-        let accepted = tokio::select! {
-            Some(()) = calls.next(), if !calls.is_empty() => continue,
-            bi = conn.accept_bi() => bi,
-            uni = conn.accept_uni() => match uni {
-                // Clients have no unidirectional streams in this protocol: refuse each one
-                // at once, so its bytes are dropped and its stream credit comes back
-                // rather than sitting in quinn's buffers for the life of the connection.
-                Ok(mut recv) => {
-                    let _ = recv.stop(reset::REFUSED.into());
-                    continue;
+        let accepted = std::future::poll_fn(|cx| {
+            // Finished calls need nothing more; all that are done are collected at once.
+            // (FuturesUnordered yields by itself after a bounded number of polls.)
+            while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {}
+            if let Poll::Ready(bi) = accept_bi.as_mut().poll(cx) {
+                accept_bi.set(conn.accept_bi());
+                return Poll::Ready(bi);
+            }
+            while let Poll::Ready(uni) = accept_uni.as_mut().poll(cx) {
+                accept_uni.set(conn.accept_uni());
+                match uni {
+                    // Clients have no unidirectional streams in this protocol: refuse each
+                    // one at once, so its bytes are dropped and its stream credit comes
+                    // back rather than sitting in quinn's buffers for the life of the
+                    // connection.
+                    Ok(mut recv) => {
+                        let _ = recv.stop(reset::REFUSED.into());
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                Err(e) => Err(e),
-            },
-        };
+            }
+            Poll::Pending
+        })
+        .await;
         match accepted {
             Ok((mut send, mut recv)) => {
                 // Counted before the check, so a shutdown either waits for this call or
@@ -184,7 +200,9 @@ async fn serve_connection(
                 if shared.task_per_call {
                     tokio::spawn(call);
                 } else {
-                    calls.push(call);
+                    // Boxed here, where it is made: the call's future is a few KB, and
+                    // `push` would otherwise copy it through several layers of its own.
+                    calls.push(Box::pin(call));
                 }
             }
             Err(e) => {

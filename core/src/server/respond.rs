@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::call::{data_chunks, inline_frames, FramedRecv, INLINE_MESSAGE};
+use crate::call::{data_chunks, inline_frames, ready_or_timeout, FramedRecv, INLINE_MESSAGE};
 use crate::status::Status;
 use crate::wire::{reset, Trailers};
 
@@ -86,12 +86,18 @@ pub(super) async fn finish_call(
         send.write_all_chunks(&mut all[..*n]).await
     };
     // The write is polled before the clock, so bytes that fit go out even when the bound
-    // has passed already (a DEADLINE_EXCEEDED answer, say).
-    let (until, code) = bound.until();
-    match tokio::time::timeout_at(until.into(), write).await {
+    // has passed already (a DEADLINE_EXCEEDED answer, say), and a write that completes at
+    // once (the common case) never reads the clock or makes a timer.
+    let mut code = reset::CANCELLED;
+    let until = || {
+        let (until, c) = bound.until();
+        code = c;
+        Some(until)
+    };
+    match ready_or_timeout(write, until).await {
         Ok(Ok(())) => send.finish().is_ok(),
         Ok(Err(_)) => false,
-        Err(_) => {
+        Err(()) => {
             let _ = send.reset(code.into());
             false
         }

@@ -1,0 +1,78 @@
+//! A timeout that costs nothing when the future is ready at once.
+//!
+//! Most of a call's reads and writes complete on their first poll (the request arrived in
+//! the packet that opened the stream, the reply fits the flow-control window). A
+//! `tokio::time::timeout` reads the clock and makes a timer entry before it polls anything;
+//! [`ready_or_timeout`] polls first and pays for the clock and the timer only when the
+//! future has to wait.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Instant;
+
+/// Runs `fut`, but gives up at the instant `until` names (asked only if `fut` is not ready
+/// on its first poll; `None` there means no bound). `Err(())` if the bound passed first.
+pub(crate) async fn ready_or_timeout<F: Future>(
+    fut: F,
+    until: impl FnOnce() -> Option<Instant>,
+) -> Result<F::Output, ()> {
+    let mut fut = pin!(fut);
+    if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Ok(out);
+    }
+    match until() {
+        Some(until) => tokio::time::timeout_at(until.into(), fut)
+            .await
+            .map_err(|_| ()),
+        None => Ok(fut.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_futures_never_ask_for_the_bound() {
+        let out = ready_or_timeout(async { 7 }, || -> Option<Instant> {
+            panic!("the bound was asked for a ready future")
+        })
+        .await;
+        assert_eq!(out, Ok(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_future_is_cut_off_at_the_bound() {
+        let started = tokio::time::Instant::now();
+        let out = ready_or_timeout(std::future::pending::<()>(), || {
+            Some(Instant::now() + Duration::from_secs(3))
+        })
+        .await;
+        assert_eq!(out, Err(()));
+        assert!(started.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_future_that_finishes_in_time_gives_its_output() {
+        let out = ready_or_timeout(
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                5
+            },
+            || Some(Instant::now() + Duration::from_secs(3)),
+        )
+        .await;
+        assert_eq!(out, Ok(5));
+        let unbounded = ready_or_timeout(
+            async {
+                tokio::time::sleep(Duration::from_secs(100)).await;
+                6
+            },
+            || None,
+        )
+        .await;
+        assert_eq!(unbounded, Ok(6));
+    }
+}
