@@ -7,17 +7,19 @@
 //! future has to wait.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Instant;
 
 /// Runs `fut`, but gives up at the instant `until` names (asked only if `fut` is not ready
 /// on its first poll; `None` there means no bound). `Err(())` if the bound passed first.
+///
+/// `fut` comes pinned by the caller (`std::pin::pin!(...)` where it is made): taken by
+/// value and pinned here, it would take room twice in this function's future.
 pub(crate) async fn ready_or_timeout<F: Future>(
-    fut: F,
+    mut fut: Pin<&mut F>,
     until: impl FnOnce() -> Option<Instant>,
 ) -> Result<F::Output, ()> {
-    let mut fut = pin!(fut);
     if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
         return Ok(out);
     }
@@ -32,11 +34,12 @@ pub(crate) async fn ready_or_timeout<F: Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::pin;
     use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn ready_futures_never_ask_for_the_bound() {
-        let out = ready_or_timeout(async { 7 }, || -> Option<Instant> {
+        let out = ready_or_timeout(pin!(async { 7 }), || -> Option<Instant> {
             panic!("the bound was asked for a ready future")
         })
         .await;
@@ -46,7 +49,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiting_future_is_cut_off_at_the_bound() {
         let started = tokio::time::Instant::now();
-        let out = ready_or_timeout(std::future::pending::<()>(), || {
+        let out = ready_or_timeout(pin!(std::future::pending::<()>()), || {
             Some(Instant::now() + Duration::from_secs(3))
         })
         .await;
@@ -57,19 +60,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiting_future_that_finishes_in_time_gives_its_output() {
         let out = ready_or_timeout(
-            async {
+            pin!(async {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 5
-            },
+            }),
             || Some(Instant::now() + Duration::from_secs(3)),
         )
         .await;
         assert_eq!(out, Ok(5));
         let unbounded = ready_or_timeout(
-            async {
+            pin!(async {
                 tokio::time::sleep(Duration::from_secs(100)).await;
                 6
-            },
+            }),
             || None,
         )
         .await;

@@ -233,7 +233,9 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             let mut lost_once = false;
             loop {
                 attempts += 1;
-                let attempt = async {
+                // Awaited where it is made: a future first bound to a local would take
+                // room in this future twice (the local and the awaited copy).
+                let result = async {
                     // Only a first attempt may go early: if 0-RTT was rejected, the
                     // handshake must be complete before the call is sent again.
                     let early = if attempts == 1 {
@@ -274,8 +276,8 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         status,
                         retry: recv.retry,
                     })
-                };
-                let result = attempt.await;
+                }
+                .await;
                 if let (Some(reach), Err(f)) = (&reach, &result) {
                     reach.ended(f.retry);
                 }

@@ -101,10 +101,12 @@ async fn answer_call(
     };
 
     let headers_timeout = shared.transport.headers_timeout;
-    let first = ready_or_timeout(rx.next_frame(), || {
-        Instant::now().checked_add(headers_timeout)
-    });
-    let Some(first) = unless_stopping(shared, first).await else {
+    let first = {
+        let next = std::pin::pin!(rx.next_frame());
+        let first = ready_or_timeout(next, || Instant::now().checked_add(headers_timeout));
+        unless_stopping(shared, first).await
+    };
+    let Some(first) = first else {
         return refuse(send, &mut rx, started, bound).await;
     };
     let headers = match first {
@@ -354,7 +356,7 @@ async fn run_call(
                     (d, None) => d,
                 }
             };
-            match ready_or_timeout(read_single(&mut rx), until).await {
+            match ready_or_timeout(std::pin::pin!(read_single(&mut rx)), until).await {
                 Ok(read) => read,
                 Err(()) if by_deadline => Err(Status::deadline_exceeded("deadline exceeded")),
                 Err(()) => Err(Status::deadline_exceeded(format!(

@@ -81,10 +81,6 @@ pub(super) async fn finish_call(
         }
         framed
     });
-    let write = async {
-        let (all, n) = &mut chunks;
-        send.write_all_chunks(&mut all[..*n]).await
-    };
     // The write is polled before the clock, so bytes that fit go out even when the bound
     // has passed already (a DEADLINE_EXCEEDED answer, say), and a write that completes at
     // once (the common case) never reads the clock or makes a timer.
@@ -94,7 +90,14 @@ pub(super) async fn finish_call(
         code = c;
         Some(until)
     };
-    match ready_or_timeout(write, until).await {
+    let written = {
+        let write = std::pin::pin!(async {
+            let (all, n) = &mut chunks;
+            send.write_all_chunks(&mut all[..*n]).await
+        });
+        ready_or_timeout(write, until).await
+    };
+    match written {
         Ok(Ok(())) => send.finish().is_ok(),
         Ok(Err(_)) => false,
         Err(()) => {

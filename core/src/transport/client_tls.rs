@@ -387,7 +387,7 @@ impl ClientTls {
     pub fn quinn_config(&self, transport: &TransportConfig) -> Result<quinn::ClientConfig, Error> {
         let crypto = self.crypto(None)?;
         let mut cfg = quinn::ClientConfig::new(crypto);
-        cfg.transport_config(transport.to_quinn());
+        cfg.transport_config(transport.to_quinn_client());
         Ok(cfg)
     }
 
@@ -400,7 +400,7 @@ impl ClientTls {
     ) -> Result<quinn::ClientConfig, Error> {
         let crypto = self.crypto((!self.share_tickets).then_some(peer))?;
         let mut cfg = quinn::ClientConfig::new(crypto);
-        cfg.transport_config(transport.to_quinn());
+        cfg.transport_config(transport.to_quinn_client());
         Ok(cfg)
     }
 

@@ -113,6 +113,20 @@ impl TransportConfig {
     pub const DEFAULT_SERVER_BUFFER_BUDGET: usize = 256 * 1024 * 1024;
 
     pub(crate) fn to_quinn(&self) -> Arc<quinn::TransportConfig> {
+        Arc::new(self.quinn_transport())
+    }
+
+    /// The quinn settings of a client. A server never opens a bidirectional stream to a
+    /// client, so a client allows none: quinn sets up the state of every stream the peer
+    /// may open when the connection starts (1,024 entries by default), work and memory
+    /// spent on each connection for nothing.
+    pub(crate) fn to_quinn_client(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = self.quinn_transport();
+        t.max_concurrent_bidi_streams(0u32.into());
+        Arc::new(t)
+    }
+
+    fn quinn_transport(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
         t.max_concurrent_bidi_streams(self.max_concurrent_streams.into())
             // The server's HELLO stream and a little slack. Any other unidirectional stream
@@ -127,7 +141,7 @@ impl TransportConfig {
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
             .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000)));
         t.max_idle_timeout(Some(idle));
-        Arc::new(t)
+        t
     }
 }
 

@@ -157,7 +157,7 @@ pub(crate) fn pinned_quinn_config(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls)
         .map_err(|e| Error::Config(format!("TLS config unusable for QUIC: {e}")))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport.to_quinn());
+    cfg.transport_config(transport.to_quinn_client());
     Ok(cfg)
 }
 
