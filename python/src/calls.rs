@@ -193,8 +193,21 @@ impl NativeRequestSink {
     }
 
     /// Ends the request stream (the server's request iterator ends). Idempotent.
+    ///
+    /// Done before it returns unless another thread is sending at that moment (then right
+    /// after that send), so a `send` that follows on this thread always finds sending
+    /// closed.
     fn close(&self) -> PyResult<()> {
         let slot = self.slot()?;
+        // Inside the runtime, as when this ran as a task (whatever ending the call drops
+        // may need it).
+        let _runtime = runtime()?.enter();
+        if let Ok(mut guard) = slot.try_lock() {
+            if let Some(sink) = guard.take() {
+                sink.finish();
+            }
+            return Ok(());
+        }
         runtime()?.spawn(async move {
             if let Some(sink) = slot.lock().await.take() {
                 sink.finish();
@@ -208,11 +221,18 @@ impl NativeRequestSink {
         let Some(slot) = self.inner.get().cloned() else {
             return Ok(());
         };
-        runtime()?.spawn(async move {
-            if let Some(sink) = slot.lock().await.take() {
+        let cancel = |sink: Option<RequestSink<Value>>| {
+            if let Some(sink) = sink {
                 sink.cancel(&Status::cancelled("cancelled by the client"));
             }
-        });
+        };
+        // As `close`: at once, unless a send holds the sink.
+        let _runtime = runtime()?.enter();
+        if let Ok(mut guard) = slot.try_lock() {
+            cancel(guard.take());
+            return Ok(());
+        }
+        runtime()?.spawn(async move { cancel(slot.lock().await.take()) });
         Ok(())
     }
 }
