@@ -127,6 +127,10 @@ fn backend(id: &str, region: &str, seen: Arc<Seen>) -> ServerBuilder {
             }
             Ok(total)
         })
+        .client_streaming("first_only", |mut reqs, _| async move {
+            let first: Option<i64> = reqs.message().await?;
+            Ok(first.unwrap_or(-1))
+        })
         .bidi("double", |mut reqs, _, sink| async move {
             while let Some(x) = reqs.message().await? {
                 let x: i64 = x;
@@ -354,6 +358,37 @@ async fn every_call_kind_goes_through_the_proxy() {
     assert!(add.idempotent);
     assert!(hello.methods.iter().any(|m| m.name == "double"));
     assert_eq!(rig.proxy.stats().calls, 6);
+}
+
+/// A server that answers a client-streaming call early, through the proxy: the proxy stops
+/// passing requests on (and reading them), the caller's later sends are discarded, and the
+/// answer reaches the caller before it finishes sending.
+#[tokio::test]
+async fn an_early_answer_through_the_proxy_ends_the_callers_sending() {
+    let rig = Rig::start(&[("eu", "eu-1", 0)]).await;
+    let ch = rig.channel().await;
+    let (mut sink, resp) = ch
+        .call("first_only")
+        .timeout(Duration::from_secs(10))
+        .client_streaming::<i64, i64>()
+        .await
+        .unwrap();
+    sink.send(&7).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), resp.response())
+        .await
+        .expect("the answer comes while the caller's request stream is still open")
+        .unwrap();
+    assert_eq!(*answer.get_ref(), 7);
+    let mut sends = 0;
+    while !sink.closed_by_server() {
+        assert!(
+            sends < 1_000,
+            "the proxy never stopped the caller's request stream"
+        );
+        sink.send(&8).await.unwrap();
+        sends += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]

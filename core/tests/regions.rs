@@ -723,6 +723,53 @@ async fn a_method_added_at_runtime_is_routed_to_its_region() {
     assert!(far_calls >= 1);
 }
 
+/// A call for a method that only a server still connecting serves waits for that server:
+/// the connected servers' "unknown method" answers do not use up its attempts while the
+/// new server's handshake is under way (here over a 300 ms link, longer than four
+/// attempts with their 50 ms waits between them).
+#[tokio::test]
+async fn a_method_only_a_connecting_server_serves_waits_for_its_handshake() {
+    let world = World::start(&[("near", "n1", 2)], |_, _, b| b).await;
+    let client = world.client().build().unwrap();
+    assert_eq!(whoami(&client).await.unwrap(), "n1");
+
+    let tls = meridian::ServerTls::new(world.ca.issue_server(&["localhost"]).unwrap());
+    let slow = base("s1", "slow")
+        .unary("only_here", |x: i64, _| async move { Ok(x * 2) })
+        .bind("127.0.0.1:0".parse().unwrap(), tls)
+        .await
+        .unwrap();
+    let link = LinkEmulator::start(
+        slow.local_addr(),
+        LinkSettings::with_rtt(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    world.discovery.modify(|m| {
+        m.add_server("slow", ServerEndpoint::new(link.addr(), "localhost"));
+    });
+    let start = Instant::now();
+    let got = client
+        .call("only_here")
+        .timeout(Duration::from_secs(10))
+        .unary::<_, i64>(&21i64)
+        .await;
+    eprintln!("answered after {:?}: {got:?}", start.elapsed());
+    assert_eq!(got.map(|r| r.into_inner()).unwrap(), 42);
+    // The near server was asked at most once per 50 ms wait, not in a tight loop.
+    let near_calls = client
+        .stats()
+        .regions
+        .into_iter()
+        .find(|r| r.name == "near")
+        .unwrap()
+        .calls;
+    assert!(
+        near_calls <= 2 + start.elapsed().as_millis() as u64 / 50,
+        "{near_calls} calls to the near region"
+    );
+}
+
 /// A handler that answers UNIMPLEMENTED did run: a call that is not idempotent must not be
 /// sent to another server for it (it used to run four times), while a server that does not
 /// know the method at all says the call never ran, so the call may go to one that does.

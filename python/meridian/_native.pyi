@@ -138,8 +138,9 @@ class RequestIterator:
 
 @final
 class NativeRequestSink:
-    def send(self, value: Any) -> None:
-        """Sends one request value; waits while the server is slow to read."""
+    def send(self, value: Any) -> bool:
+        """Sends one request value; waits while the server is slow to read. False once
+        the server has ended the call (the value was discarded)."""
     def close(self) -> None:
         """Ends the request stream."""
     def cancel(self) -> None:

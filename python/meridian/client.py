@@ -363,7 +363,8 @@ class RPCClient(_Base):
         )
         try:
             for item in requests:
-                sink.send(item)
+                if not sink.send(item):
+                    break  # the server has answered: its response says how the call went
         except BaseException:
             sink.cancel()
             raise
@@ -511,7 +512,8 @@ class BidiCall:
 
     def send(self, value: Any) -> None:
         """Sends one request; waits while the server is slow to read. Raises ``TypeError``
-        for a value that cannot be sent, ``ValueError`` after :meth:`done_sending`."""
+        for a value that cannot be sent, ``ValueError`` after :meth:`done_sending`. Once
+        the server has ended the call, requests are discarded: iterate for its status."""
         self._sink.send(value)
 
     def done_sending(self) -> None:
@@ -776,10 +778,12 @@ class AsyncRPCClient(_Base):
         try:
             if isinstance(requests, AsyncIterable):
                 async for item in requests:
-                    await loop.run_in_executor(None, sink.send, item)
+                    if not await loop.run_in_executor(None, sink.send, item):
+                        break  # the server has answered (see RPCClient.client_stream)
             else:
                 for item in requests:
-                    await loop.run_in_executor(None, sink.send, item)
+                    if not await loop.run_in_executor(None, sink.send, item):
+                        break
             value = await loop.run_in_executor(None, response.wait)
         except BaseException:
             sink.cancel()

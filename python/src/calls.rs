@@ -171,21 +171,26 @@ impl NativeRequestSink {
 #[pymethods]
 impl NativeRequestSink {
     /// Sends one request value; waits (GIL released) while the server is slow to read.
+    /// Returns `False` once the server has ended the call without reading every request
+    /// (the value was discarded; the call's status is its response's), else `True`.
     /// Raises `TypeError` for a value that cannot be sent, `ValueError` once sending was
     /// closed, and the call's `RpcError` if it failed.
-    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<bool> {
         let value = to_value(value)?;
         let slot = self.slot()?;
         let sent = wait(py, async move {
             let mut guard = slot.lock().await;
             match guard.as_mut() {
-                Some(sink) => sink.send(&value).await.map(|()| true),
-                None => Ok(false),
+                Some(sink) => sink
+                    .send(&value)
+                    .await
+                    .map(|()| Some(!sink.closed_by_server())),
+                None => Ok(None),
             }
         })?;
         match sent {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(PyValueError::new_err(
+            Ok(Some(open)) => Ok(open),
+            Ok(None) => Err(PyValueError::new_err(
                 "sending is closed on this call: no more requests can be sent",
             )),
             Err(status) => Err(status_to_pyerr(py, &status)),

@@ -165,6 +165,30 @@ static uint32_t h_sum_json(void *user, const meridian_request *req, meridian_rep
     return meridian_reply_set_body(reply, (const uint8_t *)out, strlen(out));
 }
 
+/* raw client-streaming: answers "first <message>" after reading one message; the others
+   are never read. */
+static uint32_t h_first_only(void *user, const meridian_request *req, meridian_reply *reply) {
+    (void)user;
+    const uint8_t *data;
+    size_t len;
+    meridian_status st = meridian_request_next(req, &data, &len);
+    if (st != MERIDIAN_OK) return st;
+    char out[64];
+    snprintf(out, sizeof out, "first %.*s", (int)(len < 32 ? len : 32), (const char *)data);
+    return meridian_reply_set_body(reply, (const uint8_t *)out, strlen(out));
+}
+
+/* raw client-streaming: refuses the call after its first message. */
+static uint32_t h_refuse_first(void *user, const meridian_request *req, meridian_reply *reply) {
+    (void)user;
+    const uint8_t *data;
+    size_t len;
+    meridian_status st = meridian_request_next(req, &data, &len);
+    if (st != MERIDIAN_OK) return st;
+    meridian_reply_set_error_message(reply, "one is enough");
+    return MERIDIAN_FAILED_PRECONDITION;
+}
+
 /* raw bidi: answers each number doubled, as it arrives; records how its input ended. */
 static _Atomic meridian_status bidi_end;
 static atomic_int bidi_ended;
@@ -233,6 +257,31 @@ static void test_client_streaming(meridian_client *c) {
     EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
     EXPECT(strcmp((const char *)data, "0") == 0);
     meridian_call_free(call);
+
+    /* The server answers after the first message: later sends are discarded, not errors
+       (the server's STOP_SENDING arrives while they go on), and the call's outcome is the
+       server's answer, success or failure. */
+    for (int refuse = 0; refuse < 2; refuse++) {
+        call = NULL;
+        MUST(meridian_client_open_call(c, refuse ? "refuse_first" : "first_only",
+                                       MERIDIAN_CALL_CLIENT_STREAMING, 0, NULL, &call));
+        EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"7", 1), MERIDIAN_OK);
+        if (refuse) {
+            EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_FAILED_PRECONDITION);
+            EXPECT(strstr(last_error(), "one is enough") != NULL);
+        } else {
+            EXPECT_STATUS(meridian_call_next(call, &data, &len), MERIDIAN_OK);
+            EXPECT(strcmp((const char *)data, "first 7") == 0);
+        }
+        for (int i = 0; i < 50; i++) {
+            EXPECT_STATUS(meridian_call_send(call, (const uint8_t *)"8", 1), MERIDIAN_OK);
+            sleep_ms(2);
+        }
+        MUST(meridian_call_close_send(call));
+        EXPECT_STATUS(meridian_call_next(call, &data, &len),
+                      refuse ? MERIDIAN_FAILED_PRECONDITION : MERIDIAN_STREAM_END);
+        meridian_call_free(call);
+    }
 
     /* Errors: unknown method, bad kind, NULLs. */
     call = NULL;
@@ -542,6 +591,10 @@ int main(void) {
     MUST(meridian_server_add_client_streaming(server, "sum_json", MERIDIAN_PAYLOAD_JSON, false,
                                               h_sum_json, NULL));
     MUST(meridian_server_add_bidi(server, "double", 0, false, h_double, NULL));
+    MUST(meridian_server_add_client_streaming(server, "first_only", 0, false, h_first_only,
+                                              NULL));
+    MUST(meridian_server_add_client_streaming(server, "refuse_first", 0, false, h_refuse_first,
+                                              NULL));
     MUST(meridian_server_add_unary(server, "next_in_unary", 0, false, h_next_in_unary, NULL));
     MUST(meridian_server_start(server, "127.0.0.1:0", cert_path, key_path));
     MUST(meridian_server_port(server, &port));

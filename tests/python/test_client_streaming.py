@@ -2,6 +2,7 @@
 against Python handlers (sync, async def, generators and async generators)."""
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -89,6 +90,28 @@ def test_an_iterable_that_raises_cancels_the_call(streams, region):
     with pytest.raises(KeyError, match="source failed"):
         client.client_stream("wait_forever", broken())
     assert streams["cancelled"].wait(5), "the handler never saw the cancellation"
+
+
+def test_a_server_that_answers_early_ends_the_sending(streams, region):
+    # Endless requests: sending stops once the server has answered (its STOP_SENDING
+    # arrives while the client is still sending), and the call's error is the handler's.
+    client = RPCClient(region, timeout=10)
+    with pytest.raises(meridian.FailedPrecondition, match="two is enough"):
+        client.client_stream("refuse_after_two", itertools.count())
+
+    async def endless():
+        for n in itertools.count():
+            await asyncio.sleep(0)
+            yield n
+
+    async def main():
+        client = AsyncRPCClient(region, timeout=10)
+        with pytest.raises(meridian.FailedPrecondition, match="two is enough"):
+            await client.client_stream("refuse_after_two", itertools.count())
+        with pytest.raises(meridian.FailedPrecondition, match="two is enough"):
+            await client.client_stream("refuse_after_two", endless())
+
+    asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def test_bidi_interleaves_requests_and_responses(streams, region):

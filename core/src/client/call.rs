@@ -453,6 +453,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             max,
             encode: P::encode,
             deadline,
+            closed_by_server: false,
             _channel: inner.clone(),
         };
         Ok((sink, call.take_recv(), deadline))

@@ -63,6 +63,12 @@ impl<T> Streaming<T> {
 /// Where a client-streaming or bidirectional call sends its requests.
 ///
 /// Call [`RequestSink::finish`] when done; dropping the sink also ends the request stream.
+///
+/// A server may end the call before it has read every request (it answered early, or
+/// refused with a status). From then on the server discards requests, and so does the
+/// sink: [`RequestSink::send`] returns `Ok` without sending and
+/// [`RequestSink::closed_by_server`] turns true. The call's outcome, success or error,
+/// is its response's, as in gRPC.
 pub struct RequestSink<T> {
     pub(super) send: quinn::SendStream,
     pub(super) codec: Codec,
@@ -70,6 +76,8 @@ pub struct RequestSink<T> {
     pub(super) encode: EncodeFn<T>,
     /// The call's deadline: a send blocked past it fails with DEADLINE_EXCEEDED.
     pub(super) deadline: Option<Instant>,
+    /// The server stopped reading requests without an error code: it has ended the call.
+    pub(super) closed_by_server: bool,
     /// Keeps the channel, and so its connection, alive while requests are sent.
     pub(super) _channel: std::sync::Arc<super::connection::ChannelInner>,
 }
@@ -84,23 +92,33 @@ impl<T> RequestSink<T> {
     /// Sends one request message; waits while the server is slow to read, but not past
     /// the call's deadline: then it fails with DEADLINE_EXCEEDED and the request stream is
     /// reset (a message cut short cannot be finished later).
+    ///
+    /// Once the server has ended the call (see [`RequestSink::closed_by_server`]) a
+    /// request is discarded and `Ok` returned: the call's status is its response's.
     pub async fn send(&mut self, msg: &T) -> Result<(), Status> {
+        if self.closed_by_server {
+            return Ok(());
+        }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             let _ = self.send.reset(reset::DEADLINE_EXCEEDED.into());
             return Err(Status::deadline_exceeded("deadline exceeded"));
         }
         let bytes = (self.encode)(self.codec, msg, self.max)?;
         let [hdr, payload] = data_chunks(bytes);
-        let write = async {
-            self.send
-                .write_all_chunks(&mut [hdr, payload])
-                .await
-                .map_err(|e| match e {
-                    quinn::WriteError::Stopped(code) => status_for_reset(code.into_inner()),
-                    other => Status::unavailable(format!("cannot send: {other}")),
-                })
+        let write = async { Ok(self.send.write_all_chunks(&mut [hdr, payload]).await) };
+        let result = match with_deadline(self.deadline, write).await {
+            Ok(Ok(())) => Ok(()),
+            // Stopped without an error: the server has its answer and reads no more.
+            Ok(Err(quinn::WriteError::Stopped(code)))
+                if code.into_inner() == u64::from(reset::NO_ERROR) =>
+            {
+                self.closed_by_server = true;
+                Ok(())
+            }
+            Ok(Err(quinn::WriteError::Stopped(code))) => Err(status_for_reset(code.into_inner())),
+            Ok(Err(other)) => Err(Status::unavailable(format!("cannot send: {other}"))),
+            Err(status) => Err(status),
         };
-        let result = with_deadline(self.deadline, write).await;
         if result
             .as_ref()
             .is_err_and(|s| s.code() == Code::DeadlineExceeded)
@@ -108,6 +126,12 @@ impl<T> RequestSink<T> {
             let _ = self.send.reset(reset::DEADLINE_EXCEEDED.into());
         }
         result
+    }
+
+    /// Whether the server has ended the call without reading every request: requests
+    /// sent from now on are discarded, and the response carries the call's status.
+    pub fn closed_by_server(&self) -> bool {
+        self.closed_by_server
     }
 
     /// Ends the request stream.

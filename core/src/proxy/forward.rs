@@ -213,6 +213,11 @@ impl UpstreamSink {
         }
     }
 
+    /// The upstream server ended the call without reading every request.
+    fn closed_by_server(&self) -> bool {
+        self.0.as_ref().is_some_and(RequestSink::closed_by_server)
+    }
+
     fn finish(&mut self) {
         if let Some(s) = self.0.take() {
             s.finish();
@@ -242,7 +247,7 @@ async fn pump_requests(
     loop {
         match requests.message().await {
             Ok(Some(msg)) => {
-                if sink.send(&msg).await.is_err() {
+                if sink.send(&msg).await.is_err() || sink.closed_by_server() {
                     return Ok(());
                 }
             }
@@ -269,8 +274,21 @@ pub(super) async fn forward_client_streaming(
     let result = async {
         let (sink, response) = call.raw().client_streaming().await?;
         let mut sink = UpstreamSink(Some(sink));
-        pump_requests(&mut requests, &mut sink).await?;
-        response.response().await
+        // The upstream may answer before the caller has sent everything: its answer goes
+        // back at once, and the caller's request stream is stopped (dropped) with it.
+        let pump = pump_requests(&mut requests, &mut sink);
+        let answer = response.response();
+        tokio::pin!(pump, answer);
+        let mut pumped = false;
+        loop {
+            tokio::select! {
+                r = &mut pump, if !pumped => {
+                    r?;
+                    pumped = true;
+                }
+                r = &mut answer => break r,
+            }
+        }
     }
     .instrument(hop.span.clone())
     .await;

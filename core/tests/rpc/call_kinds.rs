@@ -1,5 +1,7 @@
 //! Each call kind end to end, typed, `Value` and raw, with metadata.
 
+use std::time::Duration;
+
 use meridian::{Code, Codec, Value};
 
 use crate::common::{Add, Fixture};
@@ -115,6 +117,64 @@ async fn client_streaming_sums_requests() {
     }
     sink.finish();
     assert_eq!(resp.response().await.unwrap().into_inner(), 5050);
+}
+
+/// A server that answers a client-streaming call before reading every request: later
+/// sends are discarded (not errors), and the call's status is the server's answer.
+async fn answered_early(method: &'static str) -> Result<i64, meridian::Status> {
+    let fx = Fixture::start_with(|b| {
+        b.client_streaming(
+            "refuse_second",
+            |mut reqs: meridian::RequestStream<i64>, _| async move {
+                reqs.message().await?;
+                reqs.message().await?;
+                Err::<i64, _>(meridian::Status::failed_precondition("one is enough"))
+            },
+        )
+        .client_streaming(
+            "first_only",
+            |mut reqs: meridian::RequestStream<i64>, _| async move {
+                Ok(reqs.message().await?.unwrap_or(-1))
+            },
+        )
+    })
+    .await;
+    let ch = fx.channel().await;
+    let (mut sink, resp) = ch
+        .call(method)
+        .client_streaming::<i64, i64>()
+        .await
+        .unwrap();
+    sink.send(&7).await.unwrap();
+    sink.send(&8).await.unwrap();
+    let answer = tokio::spawn(resp.response());
+    // Go on sending until the server's STOP_SENDING arrives: every send succeeds.
+    let mut sends = 0;
+    while !sink.closed_by_server() {
+        assert!(sends < 2_000, "the server never stopped the request stream");
+        sink.send(&9)
+            .await
+            .expect("a send after the server answered is not an error");
+        sends += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Once closed, sends are discarded at once.
+    sink.send(&10).await.unwrap();
+    assert!(sink.closed_by_server());
+    sink.finish();
+    answer.await.unwrap().map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn client_streaming_answered_early_with_an_error_reports_that_error() {
+    let status = answered_early("refuse_second").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.message(), "one is enough");
+}
+
+#[tokio::test]
+async fn client_streaming_answered_early_with_a_value_returns_it() {
+    assert_eq!(answered_early("first_only").await.unwrap(), 7);
 }
 
 #[tokio::test]

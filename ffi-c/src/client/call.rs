@@ -150,7 +150,10 @@ pub unsafe extern "C" fn meridian_client_open_call(
 /// `MERIDIAN_BAD_JSON` if it does not parse, nothing sent). Waits while the server is slow
 /// to read, up to the call's deadline. `MERIDIAN_INVALID_STATE` after
 /// `meridian_call_close_send`; a failed send (the call ended: read its status with
-/// `meridian_call_next`) returns the failure and closes the send side. Blocking.
+/// `meridian_call_next`) returns the failure and closes the send side. Once the server has
+/// ended the call without reading every request (it answered early), a request is
+/// discarded and `MERIDIAN_OK` returned: the call's status comes with its response.
+/// Blocking.
 ///
 /// # Safety
 /// `call` is live; `data` has `len` bytes.

@@ -24,6 +24,10 @@ use crate::wire::Code;
 /// channel; each attempt is a channel call to the chosen server).
 pub type RegionCallBuilder<P = Typed> = CallBuilder<RegionClient, P>;
 
+/// How long into a call it still waits for servers that have not connected yet (start-up,
+/// or a server that just appeared and may serve the method).
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
+
 /// How one attempt ended.
 enum Attempt<T> {
     Done(Result<Response<T>, Status>),
@@ -167,9 +171,8 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
     ) -> bool {
         let step = Duration::from_millis(50);
         let time_left = deadline.is_none_or(|d| Instant::now() + step < d);
-        let starting = first_attempt
-            && started.elapsed() < Duration::from_secs(5)
-            && inner.may_still_connect();
+        let starting =
+            first_attempt && started.elapsed() < STARTUP_WAIT && inner.may_still_connect();
         if time_left && (starting || self.options.wait_for_ready) {
             tokio::time::sleep(step).await;
             true
@@ -416,6 +419,17 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
                         return Ok(r);
                     }
                     Attempt::Done(Err(status)) => {
+                        // An unknown method while a server that just appeared is still
+                        // connecting (it may serve the method) is not counted against the
+                        // attempts, for as long as a first attempt waits for servers: the
+                        // waits between such tries pace them, and this bounds them.
+                        if status.code() == Code::Unimplemented
+                            && status.is_known_not_run()
+                            && started.elapsed() < STARTUP_WAIT
+                            && inner.has_new_server()
+                        {
+                            attempts -= 1;
+                        }
                         let retryable = policy.may_send_again_before(&status, idempotent, deadline);
                         // A call waiting for ready, within a deadline, keeps trying while
                         // its tries provably never run (no server was up to take it): the
