@@ -184,7 +184,8 @@ for t in test_ffi test_tls test_contracts test_calls test_lifecycle test_fork; d
     cc "${CFLAGS[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
         -o "$OUT/asan/$t" "tests/c/$t.c" "${LINK[@]}"
     echo "-- $t (ASan+UBSan)"
-    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 timeout 300 "$OUT/asan/$t" >/dev/null
+    MERIDIAN_TEST_UNDER_ASAN=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+        timeout 300 "$OUT/asan/$t" >/dev/null
 done
 
 install_pkg() { # install_pkg TOOL PACKAGE: installs a Debian package when TOOL is missing
