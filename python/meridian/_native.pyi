@@ -15,6 +15,7 @@ __all__ = [
     "PeerIdentity",
     "RustTestServer",
     "roundtrip",
+    "_runtime_workers",
     "_start_rust_test_server",
     "_rust_call",
     "_write_dev_certificates",
@@ -28,6 +29,9 @@ _has_etcd: bool
 
 def roundtrip(obj: Any) -> Any:
     """Converts ``obj`` to a Meridian value, encodes and decodes it, and converts it back."""
+
+def _runtime_workers() -> int:
+    """The worker threads of this process's runtime (``MERIDIAN_WORKER_THREADS``, default 1)."""
 
 @final
 class NativeServer:

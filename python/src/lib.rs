@@ -20,7 +20,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use meridian::DevCa;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 mod calls;
@@ -68,6 +68,7 @@ pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads()?)
         .thread_name("meridian-rt")
         .enable_all()
         .build()
@@ -76,6 +77,38 @@ pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     RUNTIME.store(std::ptr::from_ref(rt).cast_mut(), Ordering::Release);
     RUNTIME_PID.store(pid, Ordering::Release);
     Ok(rt)
+}
+
+/// Worker threads of the runtime when `MERIDIAN_WORKER_THREADS` is not set.
+///
+/// One: Python code runs under one interpreter lock, so a second worker adds little
+/// parallelism, while on every call tokio wakes the idle worker to look for work to steal.
+/// Measured on 2 CPUs (`benches/RESULTS.md`, "Python: one runtime worker"), one worker
+/// halves the thread switches per call on each side.
+pub(crate) const DEFAULT_WORKER_THREADS: usize = 1;
+
+/// The runtime's worker threads: `MERIDIAN_WORKER_THREADS` (1 to 256), else
+/// [`DEFAULT_WORKER_THREADS`]. Read once, when the runtime starts.
+fn worker_threads() -> PyResult<usize> {
+    match std::env::var("MERIDIAN_WORKER_THREADS") {
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_WORKER_THREADS),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n @ 1..=256) => Ok(n),
+            _ => Err(PyValueError::new_err(format!(
+                "MERIDIAN_WORKER_THREADS must be a whole number from 1 to 256, got {v:?}"
+            ))),
+        },
+        Err(e) => Err(PyValueError::new_err(format!(
+            "MERIDIAN_WORKER_THREADS is not readable: {e}"
+        ))),
+    }
+}
+
+/// The number of worker threads of this process's runtime (starting it if needed).
+#[pyfunction]
+#[pyo3(name = "_runtime_workers")]
+fn runtime_workers() -> PyResult<usize> {
+    Ok(runtime()?.metrics().num_workers())
 }
 
 /// The process-wide development CA. Servers created without certificates get one issued
@@ -151,6 +184,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<requests::RequestIterator>()?;
     m.add_class::<testing::RustTestServer>()?;
     m.add_function(wrap_pyfunction!(convert::roundtrip, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_workers, m)?)?;
     m.add_function(wrap_pyfunction!(testing::start_rust_test_server, m)?)?;
     m.add_function(wrap_pyfunction!(testing::rust_call, m)?)?;
     m.add_function(wrap_pyfunction!(testing::write_dev_certificates, m)?)?;
