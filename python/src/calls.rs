@@ -19,7 +19,7 @@ use crate::{runtime, wait};
 /// transport thread).
 pub(crate) async fn deliver(done: Py<PyAny>, result: Result<Option<Value>, Status>) {
     let _ = tokio::task::spawn_blocking(move || {
-        Python::attach(|py| {
+        crate::attach::attach(|py| {
             let (ok, obj) = match result {
                 Ok(Some(v)) => match to_python(py, &v) {
                     Ok(o) => (true, o.unbind()),

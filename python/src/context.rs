@@ -88,7 +88,7 @@ impl PyCallContext {
         let task = runtime()?.spawn(async move {
             ctx.cancelled().await;
             let _ = tokio::task::spawn_blocking(move || {
-                Python::attach(|py| {
+                crate::attach::attach(|py| {
                     if let Err(e) = callback.call0(py) {
                         e.write_unraisable(py, None);
                     }

@@ -23,6 +23,7 @@ use meridian::DevCa;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
+mod attach;
 mod calls;
 mod client;
 mod context;
@@ -189,6 +190,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(testing::rust_call, m)?)?;
     m.add_function(wrap_pyfunction!(testing::write_dev_certificates, m)?)?;
     m.add_function(wrap_pyfunction!(testing::write_dev_pki, m)?)?;
+    attach::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Whether this build has etcd discovery (the optional `etcd` feature).
     m.add("_has_etcd", cfg!(feature = "etcd"))?;

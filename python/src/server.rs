@@ -535,7 +535,7 @@ async fn run_unary(func: Arc<Py<PyAny>>, body: Bytes, ctx: CallContext) -> Resul
     let args = decode(&body)?;
     let context = PyCallContext::new(ctx.clone());
     let out = tokio::task::spawn_blocking(move || {
-        Python::attach(|py| {
+        crate::attach::attach(|py| {
             let arg = to_python(py, &args).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let ret = func
                 .call1(py, (arg, context))
@@ -589,7 +589,7 @@ async fn run_client_streaming(
     let requests = RequestIterator::new(requests)?;
     let context = PyCallContext::new(ctx.clone());
     let out = tokio::task::spawn_blocking(move || {
-        Python::attach(|py| {
+        crate::attach::attach(|py| {
             let ret = func
                 .call1(py, (requests, context))
                 .map_err(|e| pyerr_to_status(py, &e))?;
@@ -639,7 +639,7 @@ async fn respond_with_iterator(
 ) -> Result<(), Status> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(STREAM_AHEAD);
     tokio::task::spawn_blocking(move || {
-        Python::attach(|py| match first(py) {
+        crate::attach::attach(|py| match first(py) {
             Ok(arg) => drive_iterator(py, &func, arg, context, &tx),
             Err(status) => {
                 let _ = tx.blocking_send(Err(status));

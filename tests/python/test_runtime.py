@@ -52,3 +52,36 @@ def test_a_bad_worker_count_is_a_clear_error():
         out = run(bad)
         assert out.startswith("ValueError: MERIDIAN_WORKER_THREADS must be a whole number"), out
         assert repr(bad) in out or f'"{bad}"' in out, out
+
+
+KEPT_STATE = """
+import threading, time
+from meridian import RPCClient, RPCServer
+server = RPCServer("kept-state").start()
+local = threading.local()
+
+@server.rpc
+def count():
+    local.n = getattr(local, "n", 0) + 1
+    return local.n
+
+client = RPCClient("kept-state", timeout=10)
+seen = [client.count() for _ in range(100)]
+# Handler threads keep their Python thread state between calls, as a thread pool's do.
+assert max(seen) >= 2, seen
+# Idle handler threads end after 10 s; ending gives their Python state back cleanly,
+# and calls go on on new threads.
+time.sleep(11)
+assert client.count() >= 1
+server.stop()
+print("ok")
+"""
+
+
+def test_handler_threads_keep_their_python_state_and_end_cleanly():
+    out = subprocess.run(
+        [sys.executable, "-c", KEPT_STATE], capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert "Fatal" not in out.stderr and "Error" not in out.stderr, out.stderr
