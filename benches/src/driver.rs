@@ -199,7 +199,18 @@ pub async fn measure<T: Transport>(process: &ServerProcess, plan: &Plan) -> Resu
     let client = Rc::new(T::connect(server).await?);
     let small = payload(SMALL_PAYLOAD);
 
+    let dgrams_before = client.datagrams();
     let latency = sequential(&*client, &small, plan.warmup_calls, plan.latency_calls).await?;
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        if let (Some((tx0, rx0)), Some((tx1, rx1))) = (dgrams_before, client.datagrams()) {
+            let calls = (plan.warmup_calls + plan.latency_calls).max(1) as f64;
+            eprintln!(
+                "  one call at a time, datagrams per call: sent {:.2}, received {:.2}",
+                (tx1 - tx0) as f64 / calls,
+                (rx1 - rx0) as f64 / calls
+            );
+        }
+    }
     let (calls_per_s, per_call) = throughput(&client, &small, plan, process).await?;
 
     let mut large = Vec::with_capacity(plan.large.len());
@@ -373,11 +384,16 @@ impl Workers {
 pub async fn load<T: Transport>(server: &Listening, time: Duration) -> Result<(u64, u64)> {
     let plan = Plan::new(false);
     let client = Rc::new(T::connect(server).await?);
+    // BENCH_IN_FLIGHT=1 profiles one call at a time (the latency phase's pattern).
+    let in_flight = std::env::var("BENCH_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(plan.in_flight);
     let Workers {
         completed,
         stop,
         mut workers,
-    } = Workers::spawn(&client, &payload(SMALL_PAYLOAD), plan.in_flight);
+    } = Workers::spawn(&client, &payload(SMALL_PAYLOAD), in_flight);
     tokio::time::sleep(plan.throughput_warmup).await;
     let start = completed.get();
     tokio::time::sleep(time).await;

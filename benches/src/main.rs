@@ -56,7 +56,7 @@ usage:
       to one server, a burst of calls over the stream limit on one connection, and
       calls/s of a server with 1 and 2 worker threads against 2 load processes
   meridian-bench load KIND ADDR CERT_HEX MILLIS
-      the throughput phase alone (64 calls in flight) against a running
+      the throughput phase alone (64 calls in flight, BENCH_IN_FLIGHT=N to change) against a running
       `serve KIND`, on this thread; prints `CALLS n total`, the calls in
       MILLIS and in all, warm-up included (for profiling with
       `perf stat -p` / `perf record -p` on both processes)
