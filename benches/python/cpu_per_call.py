@@ -1,11 +1,12 @@
 """CPU time and voluntary thread switches per `client.add(10, 5)`, in the client process and
-in the server process, for Meridian and grpcio, one calling thread.
+in the server process, for Meridian and grpcio, from one or more calling threads.
 
-Counts come from /proc (every thread's schedstat and status), before and after N calls,
+Counts come from /proc (every thread's schedstat and status), before and after the calls,
 so they include the runtime's threads. Thread switches are what dominates a Python
 call's cost on a small VM, so this is the figure to watch when changing threading.
 
-Usage: python benches/python/cpu_per_call.py [N]   (MERIDIAN_WORKER_THREADS applies)
+Usage: python benches/python/cpu_per_call.py [CALLS] [THREADS]   (default 4000 1;
+MERIDIAN_WORKER_THREADS applies)
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from typing import Callable, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -36,18 +36,16 @@ def proc_stat(pid: int) -> Tuple[int, int]:
     return cpu, switches
 
 
-def run(name: str, call: Callable[[], None], server_pid: int, n: int) -> None:
+def run(name: str, call: Callable[[], None], server_pid: int, calls: int, threads: int) -> None:
     for _ in range(300):
         call()
     c0, s0 = proc_stat(os.getpid()), proc_stat(server_pid)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        call()
-    wall = time.perf_counter() - t0
+    p50, _, rate = bp.measure(call, calls, threads)
     c1, s1 = proc_stat(os.getpid()), proc_stat(server_pid)
     print(
-        f"| {name} | {wall / n * 1e6:.0f} | {(c1[0] - c0[0]) / n / 1000:.0f} | "
-        f"{(c1[1] - c0[1]) / n:.1f} | {(s1[0] - s0[0]) / n / 1000:.0f} | {(s1[1] - s0[1]) / n:.1f} |"
+        f"| {name} | {p50:.0f} | {rate:,.0f} | {(c1[0] - c0[0]) / calls / 1000:.0f} | "
+        f"{(c1[1] - c0[1]) / calls:.1f} | {(s1[0] - s0[0]) / calls / 1000:.0f} | "
+        f"{(s1[1] - s0[1]) / calls:.1f} |"
     )
 
 
@@ -56,16 +54,20 @@ def main() -> None:
 
     from meridian import RPCClient, _native
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
-    print(f"{n} calls, one thread; runtime workers: {_native._runtime_workers()}")
-    print("| stack | wall µs/call | client CPU µs | client switches | server CPU µs | server switches |")
-    print("|---|---:|---:|---:|---:|---:|")
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
+    threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    print(f"{calls} calls from {threads} thread(s); runtime workers: {_native._runtime_workers()}")
+    print(
+        "| stack | p50 µs | calls/s | client CPU µs/call | client switches "
+        "| server CPU µs/call | server switches |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         ca, cert, key = _native._write_dev_certificates(tmp)
         child, port = bp.start_child(["--serve", "meridian", "--cert", cert, "--key", key])
         try:
             client = RPCClient(regions={"bench": [f"127.0.0.1:{port}"]}, roots=ca, timeout=10)
-            run("Meridian", lambda: client.add(10, 5), child.pid, n)
+            run("Meridian", lambda: client.add(10, 5), child.pid, calls, threads)
             client.close()
         finally:
             bp.stop_child(child)
@@ -74,7 +76,7 @@ def main() -> None:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             add = channel.unary_unary("/bench.Bench/add")
             request = bp.PAIR.pack(10, 5)
-            run("grpcio", lambda: bp.ONE.unpack(add(request, timeout=10)), child.pid, n)
+            run("grpcio", lambda: bp.ONE.unpack(add(request, timeout=10)), child.pid, calls, threads)
             channel.close()
         finally:
             bp.stop_child(child)

@@ -203,22 +203,7 @@ impl NativeRequestSink {
     /// after that send), so a `send` that follows on this thread always finds sending
     /// closed.
     fn close(&self) -> PyResult<()> {
-        let slot = self.slot()?;
-        // Inside the runtime, as when this ran as a task (whatever ending the call drops
-        // may need it).
-        let _runtime = runtime()?.enter();
-        if let Ok(mut guard) = slot.try_lock() {
-            if let Some(sink) = guard.take() {
-                sink.finish();
-            }
-            return Ok(());
-        }
-        runtime()?.spawn(async move {
-            if let Some(sink) = slot.lock().await.take() {
-                sink.finish();
-            }
-        });
-        Ok(())
+        take_sink(self.slot()?, RequestSink::finish)
     }
 
     /// Abandons the call: the server's handler is cancelled.
@@ -226,20 +211,30 @@ impl NativeRequestSink {
         let Some(slot) = self.inner.get().cloned() else {
             return Ok(());
         };
-        let cancel = |sink: Option<RequestSink<Value>>| {
-            if let Some(sink) = sink {
-                sink.cancel(&Status::cancelled("cancelled by the client"));
-            }
-        };
-        // As `close`: at once, unless a send holds the sink.
-        let _runtime = runtime()?.enter();
-        if let Ok(mut guard) = slot.try_lock() {
-            cancel(guard.take());
-            return Ok(());
-        }
-        runtime()?.spawn(async move { cancel(slot.lock().await.take()) });
-        Ok(())
+        take_sink(slot, |sink| {
+            sink.cancel(&Status::cancelled("cancelled by the client"))
+        })
     }
+}
+
+/// Takes the sink out of `slot` and ends it with `end`: before returning unless a send
+/// holds the sink at that moment (then right after that send), so a `send` that follows
+/// on this thread always finds sending closed. Runs inside the runtime, as a task would
+/// (whatever ending the call drops may need it). Nothing to do if already taken.
+fn take_sink(slot: SinkSlot, end: fn(RequestSink<Value>)) -> PyResult<()> {
+    let _runtime = runtime()?.enter();
+    if let Ok(mut guard) = slot.try_lock() {
+        if let Some(sink) = guard.take() {
+            end(sink);
+        }
+        return Ok(());
+    }
+    runtime()?.spawn(async move {
+        if let Some(sink) = slot.lock().await.take() {
+            end(sink);
+        }
+    });
+    Ok(())
 }
 
 /// The one response of a client-streaming call.

@@ -165,28 +165,20 @@ static uint32_t h_sum_json(void *user, const meridian_request *req, meridian_rep
     return meridian_reply_set_body(reply, (const uint8_t *)out, strlen(out));
 }
 
-/* raw client-streaming: answers "first <message>" after reading one message; the others
-   are never read. */
-static uint32_t h_first_only(void *user, const meridian_request *req, meridian_reply *reply) {
-    (void)user;
+/* raw client-streaming: reads one message and answers "first <message>", or with `user`
+   set refuses the call; the other messages are never read. */
+static uint32_t h_answer_first(void *user, const meridian_request *req, meridian_reply *reply) {
     const uint8_t *data;
     size_t len;
     meridian_status st = meridian_request_next(req, &data, &len);
     if (st != MERIDIAN_OK) return st;
+    if (user != NULL) {
+        meridian_reply_set_error_message(reply, "one is enough");
+        return MERIDIAN_FAILED_PRECONDITION;
+    }
     char out[64];
     snprintf(out, sizeof out, "first %.*s", (int)(len < 32 ? len : 32), (const char *)data);
     return meridian_reply_set_body(reply, (const uint8_t *)out, strlen(out));
-}
-
-/* raw client-streaming: refuses the call after its first message. */
-static uint32_t h_refuse_first(void *user, const meridian_request *req, meridian_reply *reply) {
-    (void)user;
-    const uint8_t *data;
-    size_t len;
-    meridian_status st = meridian_request_next(req, &data, &len);
-    if (st != MERIDIAN_OK) return st;
-    meridian_reply_set_error_message(reply, "one is enough");
-    return MERIDIAN_FAILED_PRECONDITION;
 }
 
 /* raw bidi: answers each number doubled, as it arrives; records how its input ended. */
@@ -591,10 +583,11 @@ int main(void) {
     MUST(meridian_server_add_client_streaming(server, "sum_json", MERIDIAN_PAYLOAD_JSON, false,
                                               h_sum_json, NULL));
     MUST(meridian_server_add_bidi(server, "double", 0, false, h_double, NULL));
-    MUST(meridian_server_add_client_streaming(server, "first_only", 0, false, h_first_only,
+    static int refuse = 1;
+    MUST(meridian_server_add_client_streaming(server, "first_only", 0, false, h_answer_first,
                                               NULL));
-    MUST(meridian_server_add_client_streaming(server, "refuse_first", 0, false, h_refuse_first,
-                                              NULL));
+    MUST(meridian_server_add_client_streaming(server, "refuse_first", 0, false, h_answer_first,
+                                              &refuse));
     MUST(meridian_server_add_unary(server, "next_in_unary", 0, false, h_next_in_unary, NULL));
     MUST(meridian_server_start(server, "127.0.0.1:0", cert_path, key_path));
     MUST(meridian_server_port(server, &port));

@@ -279,15 +279,12 @@ pub(super) async fn forward_client_streaming(
         let pump = pump_requests(&mut requests, &mut sink);
         let answer = response.response();
         tokio::pin!(pump, answer);
-        let mut pumped = false;
-        loop {
-            tokio::select! {
-                r = &mut pump, if !pumped => {
-                    r?;
-                    pumped = true;
-                }
-                r = &mut answer => break r,
+        tokio::select! {
+            r = &mut pump => {
+                r?;
+                answer.await
             }
+            r = &mut answer => r,
         }
     }
     .instrument(hop.span.clone())
