@@ -497,10 +497,12 @@ impl<L: Link> RoutingTable<L> {
     }
 
     /// Whether a call that finds no usable server should wait a little: while membership
-    /// is still empty, or some server has never connected but may still (its first dial is
-    /// under way). Once every server has been tried and ejected, calls fail at once.
+    /// has never listed a server (discovery has not answered yet), or some server has
+    /// never connected but may still (its first dial is under way). Once every server has
+    /// been tried and ejected, or every server has left the map, calls fail at once (as
+    /// gRPC's do when its resolver returns no address).
     pub fn may_still_connect(&self, now: Instant) -> bool {
-        self.servers.is_empty()
+        (self.servers.is_empty() && self.generations == 0)
             || self
                 .servers
                 .values()
