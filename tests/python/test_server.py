@@ -123,7 +123,7 @@ def test_async_handlers(make_server, region):
 
     @server.rpc
     async def slow_double(x):
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
         return 2 * x
 
     @server.rpc
@@ -135,7 +135,7 @@ def test_async_handlers(make_server, region):
     client = RPCClient(region, timeout=10)
     assert client.slow_double(21) == 42
     assert list(client.stream("ticks", 4)) == [0, 1, 2, 3]
-    # Ten async handlers waiting at once share the event loop: about 0.05 s, not 0.5 s.
+    # Ten async handlers waiting at once share the event loop: about 0.2 s, not 2 s.
     results = []
     threads = [
         threading.Thread(target=lambda i=i: results.append(client.slow_double(i)))
@@ -147,7 +147,7 @@ def test_async_handlers(make_server, region):
     for t in threads:
         t.join(10)
     assert sorted(results) == [2 * i for i in range(10)]
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 1.0
 
 
 def test_a_slow_handler_does_not_stall_other_calls(make_server, region):
