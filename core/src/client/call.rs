@@ -322,6 +322,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
         };
         // Without a subscriber the span records nothing, and wrapping the call's future in
         // it would only copy that future once more.
+        let fut = std::pin::pin!(fut);
         let result = if span.is_disabled() {
             with_deadline(deadline, fut).await
         } else {
@@ -373,9 +374,10 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             wait_for_ready,
             None,
         );
-        let mut call = with_deadline(deadline, async {
-            open.await.map_err(|f| f.into_status(true))
-        })
+        let mut call = with_deadline(
+            deadline,
+            std::pin::pin!(async { open.await.map_err(|f| f.into_status(true)) }),
+        )
         .await?;
         let recv = call.take_recv();
         call.done();
@@ -443,9 +445,10 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             wait_for_ready,
             None,
         );
-        let mut call = with_deadline(deadline, async {
-            open.await.map_err(|f| f.into_status(true))
-        })
+        let mut call = with_deadline(
+            deadline,
+            std::pin::pin!(async { open.await.map_err(|f| f.into_status(true)) }),
+        )
         .await?;
         let sink = RequestSink {
             send: call.take_send(),

@@ -1,6 +1,7 @@
 //! Opening a call's stream and reading its answer: HEADERS, the first flight, deadlines, TRAILERS.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -259,10 +260,16 @@ pub(super) fn finish_span<T>(
     span.record("duration_us", started.elapsed().as_micros() as u64);
 }
 
-pub(super) async fn with_deadline<T>(
+/// `fut`, cut off with DEADLINE_EXCEEDED at `deadline`. `fut` comes pinned by the caller
+/// (`std::pin::pin!(...)` where it is made): taken by value, a call's multi-KB future
+/// would take room twice in this one, and be copied whole at each move.
+pub(super) async fn with_deadline<T, F>(
     deadline: Option<Instant>,
-    fut: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
+    fut: Pin<&mut F>,
+) -> Result<T, Status>
+where
+    F: Future<Output = Result<T, Status>>,
+{
     match deadline {
         Some(d) => tokio::time::timeout_at(d.into(), fut)
             .await

@@ -29,7 +29,7 @@ impl<T> Streaming<T> {
     pub async fn message(&mut self) -> Result<Option<T>, Status> {
         let decode = self.decode;
         let deadline = self.deadline;
-        let r = with_deadline(deadline, self.recv.message(decode)).await;
+        let r = with_deadline(deadline, std::pin::pin!(self.recv.message(decode))).await;
         if let Err(s) = &r {
             if s.code() == Code::DeadlineExceeded && !self.recv.finished {
                 self.recv.finished = true;
@@ -106,7 +106,7 @@ impl<T> RequestSink<T> {
         let bytes = (self.encode)(self.codec, msg, self.max)?;
         let [hdr, payload] = data_chunks(bytes);
         let write = async { Ok(self.send.write_all_chunks(&mut [hdr, payload]).await) };
-        let result = match with_deadline(self.deadline, write).await {
+        let result = match with_deadline(self.deadline, std::pin::pin!(write)).await {
             Ok(Ok(())) => Ok(()),
             // Stopped without an error: the server has its answer and reads no more.
             Ok(Err(quinn::WriteError::Stopped(code)))
@@ -161,6 +161,7 @@ impl<T> std::fmt::Debug for ResponseFuture<T> {
 impl<T> ResponseFuture<T> {
     /// Waits for the response.
     pub async fn response(mut self) -> Result<Response<T>, Status> {
-        with_deadline(self.deadline, self.recv.single_response(self.decode, None)).await
+        let recv = std::pin::pin!(self.recv.single_response(self.decode, None));
+        with_deadline(self.deadline, recv).await
     }
 }
