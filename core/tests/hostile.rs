@@ -1076,3 +1076,55 @@ async fn an_old_connection_finishes_its_calls_then_closes() {
     );
     assert_eq!(ch.unary::<_, i64>("add", &(2i64, 2i64)).await.unwrap(), 4);
 }
+
+/// The server keeps each finished response's stream until the client acknowledges it (a
+/// graceful stop waits for those), and that list stays bounded however many calls a
+/// connection makes: at most 64 per connection with a stream limit of 16, where 3,000
+/// calls would leave 3,000 if it were never compacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_kept_for_their_acknowledgement_stay_bounded() {
+    use futures_util::stream::{self, StreamExt as _};
+    let target = Target::start_with(TransportConfig {
+        max_concurrent_streams: 16,
+        ..TransportConfig::default()
+    })
+    .await;
+    let ch = target.channel().await;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let sample = async {
+        let mut most = (0, 1);
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let s = target.server.stats();
+            if s.kept_responses > most.0 {
+                most = (s.kept_responses, s.connections.max(1));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        most
+    };
+    let calls = async {
+        let answered = stream::iter(0..3_000i64)
+            .map(|i| {
+                let ch = ch.clone();
+                async move { ch.unary::<_, i64>("add", &(i, 1i64)).await }
+            })
+            .buffer_unordered(32)
+            .filter(|r| std::future::ready(r.is_ok()))
+            .count()
+            .await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        answered
+    };
+    let (answered, (most, connections)) = tokio::join!(calls, sample);
+    assert_eq!(answered, 3_000);
+    let after = target.server.stats();
+    assert!(after.calls_total >= 3_000);
+    assert!(
+        most <= 64 * connections && after.kept_responses <= 64 * after.connections,
+        "kept {most} responses on {connections} connection(s) during the run, {} after",
+        after.kept_responses
+    );
+    // Without compaction the list would hold every response ever finished.
+    assert!(after.kept_responses < 3_000);
+    target.assert_serves_a_good_client().await;
+}

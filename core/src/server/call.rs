@@ -58,9 +58,10 @@ enum Outcome {
     Lost,
 }
 
-/// Serves one call stream, from reading its HEADERS until its response is settled: finished
-/// and acknowledged by the client, or reset. Until then `open` counts it, so that a
-/// graceful shutdown does not close the connection under a response still on its way.
+/// Serves one call stream, from reading its HEADERS until its response is finished or
+/// reset. Until then `open` counts it; a finished response's stream is then kept by the
+/// connection until the client acknowledges it, so that a graceful shutdown does not close
+/// the connection under a response still on its way.
 pub(super) async fn serve_call(
     shared: Arc<Shared>,
     open: OpenCall,
@@ -72,9 +73,7 @@ pub(super) async fn serve_call(
 ) {
     let finished = answer_call(&shared, &conn, peer, confirmed, &mut send, recv).await;
     if finished {
-        // Resolves once the client acknowledged every byte (or stopped the stream, or the
-        // connection ended).
-        let _ = send.stopped().await;
+        conn.keep_until_delivered(send);
     }
     drop(open);
 }

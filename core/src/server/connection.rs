@@ -219,9 +219,9 @@ async fn serve_connection(
 
 /// Retires a connection once it has had no call for `max_connection_idle`, or once it is
 /// `max_connection_age` old: no handler starts on it any more, new streams are refused,
-/// and it closes (naming the first stream that did not run) once its calls
-/// are settled, or after `max_connection_age_grace` (`CONNECTION_CLOSE(RETIRED)`). Clients
-/// reconnect on their next call.
+/// and it closes (naming the first stream that did not run) once its calls are answered and
+/// the answers acknowledged, or after `max_connection_age_grace`
+/// (`CONNECTION_CLOSE(RETIRED)`). Clients reconnect on their next call.
 async fn retire_when_due(
     shared: Arc<Shared>,
     served: Arc<ServedConnection>,
@@ -256,7 +256,11 @@ async fn retire_when_due(
     };
     debug!(remote = %conn.remote_address(), why, "retiring the connection");
     served.retiring.store(true, Ordering::SeqCst);
-    let _ = tokio::time::timeout(t.max_connection_age_grace, served.wait_quiet()).await;
+    let settled = async {
+        served.wait_quiet().await;
+        served.responses_delivered().await;
+    };
+    let _ = tokio::time::timeout(t.max_connection_age_grace, settled).await;
     served.close_retired(why);
 }
 

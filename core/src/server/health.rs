@@ -179,7 +179,7 @@ impl MetricsSource for ServerMetrics {
         )?;
         w.gauge(
             "server_streams",
-            "Call streams open now (accepted and not yet settled).",
+            "Call streams open now (accepted and not yet answered).",
             &gauge(s.open_calls.load(Ordering::Relaxed)),
         )?;
         w.gauge(

@@ -34,6 +34,10 @@ pub struct ServerStats {
     /// QUIC Retry packets sent since the server began: peers asked to prove their
     /// address because more than [`TransportConfig::max_handshakes`] were under way.
     pub retries_sent: u64,
+    /// Finished responses kept until their client acknowledges them (a graceful stop
+    /// waits for those): at most the larger of 64 and twice the stream limit
+    /// ([`TransportConfig::max_concurrent_streams`]) per connection.
+    pub kept_responses: usize,
 }
 
 /// A running server. Dropping it closes the endpoint at once; [`Server::shutdown`] lets
@@ -178,6 +182,7 @@ impl Server {
             buffered_bytes: self.shared.buffers.used(),
             connections_refused: self.shared.connections_refused.load(Ordering::Relaxed),
             retries_sent: self.shared.retries_sent.load(Ordering::Relaxed),
+            kept_responses: self.shared.kept_responses(),
         }
     }
 
@@ -219,6 +224,17 @@ impl Server {
                 );
                 break;
             }
+        }
+        // Every call is answered: wait (within the grace) for the answers to be
+        // acknowledged, as closing discards data still on its way.
+        let delivered = self.shared.responses_delivered();
+        match deadline {
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline, delivered).await.is_err() {
+                    tracing::warn!("grace period over, closing with responses unacknowledged");
+                }
+            }
+            None => delivered.await,
         }
         self.shared.close_connections("server shutting down");
         // Connections still in their handshake, which ran no call.
