@@ -391,6 +391,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             access_log: self.access_log,
             interceptors: self.interceptors.into(),
             serving: AtomicBool::new(true),
+            no_metadata: Arc::default(),
         });
         super::health::register(&shared);
         shared.publish_catalog();

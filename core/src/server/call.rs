@@ -442,7 +442,11 @@ async fn run_call(
     let ctx = CallContext {
         identity,
         method: entry.name.clone(),
-        metadata: Arc::new(headers.metadata),
+        metadata: if headers.metadata.is_empty() {
+            shared.no_metadata.clone()
+        } else {
+            Arc::new(headers.metadata)
+        },
         deadline,
         peer,
         codec: headers.codec,

@@ -68,6 +68,9 @@ pub(super) struct Shared {
     /// What the health method and `/readyz` say while the server is not stopping
     /// ([`Server::set_serving`](super::Server::set_serving)).
     pub(super) serving: AtomicBool,
+    /// Shared by the contexts of calls that came without metadata (most), so that those
+    /// allocate none.
+    pub(super) no_metadata: Arc<wire::Metadata>,
 }
 
 /// A connection being served, and which of its calls may have run.
