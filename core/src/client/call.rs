@@ -244,7 +244,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         Early::Never
                     };
                     let request = Request::Single(msg.clone());
-                    let mut call = open_call(
+                    let (mut call, mut recv) = open_call(
                         &inner,
                         &mut headers,
                         deadline,
@@ -255,7 +255,6 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                     )
                     .await?;
                     span.record("early", call.early);
-                    let mut recv = call.take_recv();
                     let result = tokio::select! {
                         r = recv.single_response(P::decode, Some(&headers.method)) => r,
                         _ = call.handshake_overdue() => {
@@ -374,12 +373,11 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             wait_for_ready,
             None,
         );
-        let mut call = with_deadline(
+        let (mut call, recv) = with_deadline(
             deadline,
             std::pin::pin!(async { open.await.map_err(|f| f.into_status(true)) }),
         )
         .await?;
-        let recv = call.take_recv();
         call.done();
         Ok(recv.into_streaming(P::decode, deadline))
     }
@@ -445,7 +443,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             wait_for_ready,
             None,
         );
-        let mut call = with_deadline(
+        let (mut call, recv) = with_deadline(
             deadline,
             std::pin::pin!(async { open.await.map_err(|f| f.into_status(true)) }),
         )
@@ -459,7 +457,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             closed_by_server: false,
             _channel: inner.clone(),
         };
-        Ok((sink, call.take_recv(), deadline))
+        Ok((sink, recv, deadline))
     }
 
     /// The call's HEADERS, deadline and the caller's idempotency flag.

@@ -53,6 +53,8 @@ pub(super) enum Early {
 /// While a resumed connection's handshake is still running, only an idempotent call with
 /// [`Early::IfIdempotent`] goes out in 0-RTT data; any other waits for the handshake.
 /// `reach` learns when the stream is open, from which moment the call may reach the server.
+/// Returns the call's sending side and its receiving half apart, so that no future holds
+/// room for the receiving half twice.
 pub(super) async fn open_call(
     inner: &Arc<ChannelInner>,
     headers: &mut RequestHeaders,
@@ -61,7 +63,7 @@ pub(super) async fn open_call(
     early: Early,
     wait_for_ready: bool,
     reach: Option<&Reach>,
-) -> Result<OpenCall, Failure> {
+) -> Result<(OpenCall, CallRecv), Failure> {
     // A call may fail without waiting for anything (a connection known to be down): it
     // still counts against the task's cooperative budget, so a caller looping on such
     // calls yields to the runtime now and then instead of holding its thread (and the
@@ -221,15 +223,15 @@ pub(super) async fn open_call(
         .reconnected_at
         .filter(|_| early && !wait_for_ready)
         .map(|since| (conn.handshake.clone(), since + inner.reconnect_wait));
-    Ok(OpenCall {
+    let call = OpenCall {
         send: Some(send),
-        recv: Some(recv),
         codec: headers.codec,
         deadline,
         early,
         overdue,
         completed: false,
-    })
+    };
+    Ok((call, recv))
 }
 
 fn ok_trailers() -> Trailers {
@@ -320,7 +322,6 @@ async fn open_stream(
 /// Resets whatever is still open when a call is abandoned.
 pub(super) struct OpenCall {
     send: Option<quinn::SendStream>,
-    recv: Option<CallRecv>,
     pub(super) codec: Codec,
     deadline: Option<Instant>,
     /// Sent in 0-RTT data.
@@ -332,12 +333,8 @@ pub(super) struct OpenCall {
 
 impl OpenCall {
     pub(super) fn take_send(&mut self) -> quinn::SendStream {
-        // Both halves are taken exactly once, right after `open` filled them.
+        // Taken at most once, right after `open_call` filled it.
         self.send.take().expect("send half taken once")
-    }
-
-    pub(super) fn take_recv(&mut self) -> CallRecv {
-        self.recv.take().expect("receive half taken once")
     }
 
     pub(super) fn done(&mut self) {
