@@ -225,8 +225,8 @@ impl Server {
                 break;
             }
         }
-        // Every call is answered: wait (within the grace) for the answers to be
-        // acknowledged, as closing discards data still on its way.
+        // Then, within the same grace period, wait for the finished answers to be
+        // acknowledged: closing discards data still on its way.
         let delivered = self.shared.responses_delivered();
         match deadline {
             Some(deadline) => {
