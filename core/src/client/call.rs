@@ -14,7 +14,7 @@ use super::channel::Channel;
 use super::connection::ChannelInner;
 use super::hold::Attach;
 use super::intercept::{admit, settle, CallKind, Intercepted};
-use super::open::{finish_span, open_call, with_deadline, Early, Request};
+use super::open::{finish_span, open_call, with_deadline, CallRecv, Early, Request};
 use super::options::CallOptions;
 use super::response::Response;
 use super::retry::{Failure, Reach, Retry, MAX_ATTEMPTS};
@@ -167,37 +167,16 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
         P: EncodeAs<Req> + DecodeAs<Resp>,
     {
         let passed = self.admit(CallKind::Unary)?;
-        let result = match self.encode_request(request) {
-            Ok(msg) => self.unary_bytes(msg).await,
-            Err(e) => Err(e),
+        let msg = match self.encode_request(request) {
+            Ok(msg) => msg,
+            Err(e) => {
+                let result = Err(e);
+                settle(passed, &result);
+                return result;
+            }
         };
-        settle(passed, &result);
-        result
-    }
-
-    /// Runs the channel's interceptors for this call.
-    fn admit(&mut self, kind: CallKind) -> Result<Option<Intercepted>, Status> {
-        admit(
-            &self.target.inner.interceptors,
-            &self.method,
-            kind,
-            &mut self.options,
-        )
-    }
-
-    /// Encodes the single request of a unary or server-streaming call.
-    fn encode_request<Req: ?Sized>(&self, request: &Req) -> Result<Bytes, Status>
-    where
-        P: EncodeAs<Req>,
-    {
-        let max = self.target.inner.wire.max_message_size;
-        P::encode(self.codec_or_default(), request, max)
-    }
-
-    async fn unary_bytes<Resp>(self, msg: Bytes) -> Result<Response<Resp>, Status>
-    where
-        P: DecodeAs<Resp>,
-    {
+        // The rest of the call is written here rather than in a helper future: awaiting a
+        // multi-KB future made elsewhere copies it into this one's state, on every call.
         let started = Instant::now();
         let span = tracing::debug_span!(
             "rpc.client",
@@ -244,7 +223,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         Early::Never
                     };
                     let request = Request::Single(msg.clone());
-                    let (mut call, mut recv) = open_call(
+                    let (mut call, opened) = open_call(
                         &inner,
                         &mut headers,
                         deadline,
@@ -254,8 +233,12 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         reach.as_ref(),
                     )
                     .await?;
+                    let mut recv = CallRecv::new(opened, &inner, headers.codec, deadline);
                     span.record("early", call.early);
                     let result = tokio::select! {
+                        // The answer first; and no random order, which costs a draw from
+                        // the thread's generator at each poll.
+                        biased;
                         r = recv.single_response(P::decode, Some(&headers.method)) => r,
                         _ = call.handshake_overdue() => {
                             return Err(Failure {
@@ -331,7 +314,27 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             r.timing.record(&span);
         }
         finish_span(&span, &inner, &result, started);
+        settle(passed, &result);
         result
+    }
+
+    /// Runs the channel's interceptors for this call.
+    fn admit(&mut self, kind: CallKind) -> Result<Option<Intercepted>, Status> {
+        admit(
+            &self.target.inner.interceptors,
+            &self.method,
+            kind,
+            &mut self.options,
+        )
+    }
+
+    /// Encodes the single request of a unary or server-streaming call.
+    fn encode_request<Req: ?Sized>(&self, request: &Req) -> Result<Bytes, Status>
+    where
+        P: EncodeAs<Req>,
+    {
+        let max = self.target.inner.wire.max_message_size;
+        P::encode(self.codec_or_default(), request, max)
     }
 
     /// A server-streaming call: one request, a stream of responses.
@@ -373,12 +376,13 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             wait_for_ready,
             None,
         );
-        let (mut call, recv) = with_deadline(
+        let (mut call, opened) = with_deadline(
             deadline,
             std::pin::pin!(async { open.await.map_err(|f| f.into_status(true)) }),
         )
         .await?;
         call.done();
+        let recv = CallRecv::new(opened, &inner, headers.codec, deadline);
         Ok(recv.into_streaming(P::decode, deadline))
     }
 
@@ -443,11 +447,12 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             wait_for_ready,
             None,
         );
-        let (mut call, recv) = with_deadline(
+        let (mut call, opened) = with_deadline(
             deadline,
             std::pin::pin!(async { open.await.map_err(|f| f.into_status(true)) }),
         )
         .await?;
+        let recv = CallRecv::new(opened, &inner, headers.codec, deadline);
         let sink = RequestSink {
             send: call.take_send(),
             codec: call.codec,

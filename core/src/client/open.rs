@@ -25,7 +25,8 @@ use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, Wi
 
 thread_local! {
     /// A call's HEADERS frame before it is copied next to its request: kept per thread so
-    /// encoding it allocates nothing.
+    /// encoding it allocates nothing (the request's one buffer is then made to its exact
+    /// size, which `Bytes` takes over without a second allocation).
     static HEAD: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
@@ -53,8 +54,9 @@ pub(super) enum Early {
 /// While a resumed connection's handshake is still running, only an idempotent call with
 /// [`Early::IfIdempotent`] goes out in 0-RTT data; any other waits for the handshake.
 /// `reach` learns when the stream is open, from which moment the call may reach the server.
-/// Returns the call's sending side and its receiving half apart, so that no future holds
-/// room for the receiving half twice.
+/// Returns the call's sending side and its receive stream, which the caller makes into a
+/// [`CallRecv`] where it keeps it ([`CallRecv::new`]): returned through this future and
+/// the caller's, the receiving half (some 500 bytes) would be copied at each step.
 pub(super) async fn open_call(
     inner: &Arc<ChannelInner>,
     headers: &mut RequestHeaders,
@@ -63,7 +65,7 @@ pub(super) async fn open_call(
     early: Early,
     wait_for_ready: bool,
     reach: Option<&Reach>,
-) -> Result<(OpenCall, CallRecv), Failure> {
+) -> Result<(OpenCall, Opened), Failure> {
     // A call may fail without waiting for anything (a connection known to be down): it
     // still counts against the task's cooperative budget, so a caller looping on such
     // calls yields to the runtime now and then instead of holding its thread (and the
@@ -182,21 +184,7 @@ pub(super) async fn open_call(
             send.write_all_chunks(&mut [head]).await
         }
     };
-    let mut recv = CallRecv {
-        recv: FramedRecv::new(recv, inner.wire),
-        trailers: None,
-        value: inner.value,
-        wire: inner.wire,
-        codec: headers.codec,
-        deadline,
-        finished: false,
-        retry: Retry::No,
-        started,
-        ended: None,
-        hold: None,
-        end: None,
-        _channel: inner.clone(),
-    };
+    let opened = Opened { recv, started };
     if let Err(e) = written {
         let retry = match &e {
             quinn::WriteError::ZeroRttRejected => Retry::EarlyRejected,
@@ -211,7 +199,11 @@ pub(super) async fn open_call(
         };
         // The server may have refused the request (too large, unknown method) and said
         // why in its TRAILERS; prefer its status over the write error.
-        let status = Box::pin(recv.failure_after_write(e)).await;
+        let status = Box::pin(async {
+            let mut recv = CallRecv::new(opened, inner, headers.codec, deadline);
+            recv.failure_after_write(e).await
+        })
+        .await;
         return Err(Failure { status, retry });
     }
     if finish {
@@ -231,7 +223,13 @@ pub(super) async fn open_call(
         overdue,
         completed: false,
     };
-    Ok((call, recv))
+    Ok((call, opened))
+}
+
+/// A call's receive stream, just opened, and when its HEADERS were written.
+pub(super) struct Opened {
+    recv: quinn::RecvStream,
+    started: Instant,
 }
 
 fn ok_trailers() -> Trailers {
@@ -258,6 +256,10 @@ pub(super) fn finish_span<T>(
             s.code()
         }
     };
+    if span.is_disabled() {
+        // No subscriber: nothing to record, and no clock to read for it.
+        return;
+    }
     span.record("code", field::display(code));
     span.record("duration_us", started.elapsed().as_micros() as u64);
 }
@@ -392,6 +394,30 @@ pub(super) struct CallRecv {
 }
 
 impl CallRecv {
+    /// The receiving half of a call that [`open_call`] opened on `inner`'s connection.
+    pub(super) fn new(
+        opened: Opened,
+        inner: &Arc<ChannelInner>,
+        codec: Codec,
+        deadline: Option<Instant>,
+    ) -> CallRecv {
+        CallRecv {
+            recv: FramedRecv::new(opened.recv, inner.wire),
+            trailers: None,
+            value: inner.value,
+            wire: inner.wire,
+            codec,
+            deadline,
+            finished: false,
+            retry: Retry::No,
+            started: opened.started,
+            ended: None,
+            hold: None,
+            end: None,
+            _channel: inner.clone(),
+        }
+    }
+
     /// The next response message; `Ok(None)` after an `OK` TRAILERS.
     pub(super) async fn message<T>(&mut self, decode: DecodeFn<T>) -> Result<Option<T>, Status> {
         let result = self.next_message(decode).await;

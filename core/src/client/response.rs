@@ -113,6 +113,9 @@ impl CallTiming {
     }
 
     pub(super) fn record(&self, span: &tracing::Span) {
+        if span.is_disabled() {
+            return;
+        }
         span.record("server_us", self.server.map_or(0, |t| t.as_micros() as u64));
         if let Some(p) = self.via_proxy {
             span.record("proxy_us", p.inside.as_micros() as u64);

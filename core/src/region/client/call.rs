@@ -252,6 +252,7 @@ impl<P: PayloadStyle> CallBuilder<RegionClient, P> {
         let started = Instant::now();
         let fut = make(call);
         let result = tokio::select! {
+            biased;
             r = fut => Some(r),
             _ = target.ejected.changed() => None,
         };
