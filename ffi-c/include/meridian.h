@@ -524,12 +524,23 @@ meridian_status meridian_client_config_set_max_message_bytes(struct meridian_cli
                                                              size_t bytes);
 
 // Gives up a connection attempt (QUIC and TLS handshake) after `timeout_ms` (0: the
-// default, 10 s). Applies to the first connection and to reconnections.
+// default: 10 s for a single-endpoint client, 3 s for a region client, which has other
+// servers to try). Applies to the first connection and to reconnections.
 //
 // # Safety
 // `config` is a live configuration.
 meridian_status meridian_client_config_set_connect_timeout_ms(struct meridian_client_config *config,
                                                               uint32_t timeout_ms);
+
+// A region client ejects a server that sends nothing for `limit_ms` while it is pinged
+// (0: the default, 1 s). This bounds how long an outage goes unnoticed; raise it where a
+// live server may pause longer than that (a loaded host, a debugger, valgrind). A
+// single-endpoint client has no other server to move to and ignores it.
+//
+// # Safety
+// `config` is a live configuration.
+meridian_status meridian_client_config_set_silence_limit_ms(struct meridian_client_config *config,
+                                                            uint32_t limit_ms);
 
 // Makes a client from `config` and stores it in `*client_out`. A single-endpoint client
 // connects here (QUIC and TLS handshake) and fails with `MERIDIAN_UNAVAILABLE` when the
@@ -557,7 +568,8 @@ meridian_status meridian_client_reload_tls(const struct meridian_client *client)
 
 // Waits up to `timeout_ms` until the client can take calls to `method` (a region client:
 // some region's servers connected and serving it). A single-endpoint client is ready at
-// once. Returns `MERIDIAN_UNAVAILABLE` on timeout. Blocking.
+// once. Returns `MERIDIAN_UNAVAILABLE` on timeout; its error text ends with the last failed
+// connection attempt's cause when there was one. Blocking.
 //
 // # Safety
 // `client` is a live client; `method` is NUL-terminated.

@@ -281,6 +281,11 @@ class ClientConfig {
         detail::check(meridian_client_config_set_connect_timeout_ms(c_.get(), detail::millis<uint32_t>(t)));
         return *this;
     }
+    /// A region client ejects a server silent for longer than `t` (default 1 s).
+    ClientConfig &silence_limit(std::chrono::milliseconds t) {
+        detail::check(meridian_client_config_set_silence_limit_ms(c_.get(), detail::millis<uint32_t>(t)));
+        return *this;
+    }
     const meridian_client_config *get() const noexcept { return c_.get(); }
 
   private:

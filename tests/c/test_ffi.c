@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "common.h"
 #include "handlers.h"
@@ -255,9 +258,14 @@ static void test_region_client(void) {
     MUST(meridian_client_config_add_endpoint(cfg, "r-b", addr_b, "localhost"));
     MUST(meridian_client_config_set_roots_pem_file(cfg, ca_path));
     MUST(meridian_client_config_set_preferred_region(cfg, "r-b"));
+    /* Generous: under valgrind on a loaded 2-CPU machine connecting took over 5 s once,
+       and a live server went quiet for over 1 s (the default silence limit), so the client
+       ejected it with a call in flight and could not reconnect within 3 s (the region
+       client's default connect timeout). This test is about routing, not outages. */
+    MUST(meridian_client_config_set_connect_timeout_ms(cfg, 20000));
+    MUST(meridian_client_config_set_silence_limit_ms(cfg, 20000));
     MUST(meridian_client_new(cfg, &rc));
     meridian_client_config_free(cfg);
-    /* Generous: under valgrind on a loaded 2-CPU machine connecting took over 5 s once. */
     MUST(meridian_client_wait_ready(rc, "echo", 20000));
 
     EXPECT_BODY(call_ok(rc, "add", MERIDIAN_PAYLOAD_JSON, "[2, 3]", NULL), "5");
@@ -453,6 +461,44 @@ static void stop_race(const int *offsets_ms, int n, int *ok_total, int *refused_
     meridian_server_free(server);
 }
 
+/* A region client's connect timeout is the one configured, not its 3 s default: two
+   regions whose "servers" are UDP sockets that read nothing, so every handshake times
+   out, and the error says after how long. */
+static void test_region_connect_timeout(void) {
+    int socks[2];
+    char addrs[2][32];
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t sl = sizeof sa;
+        socks[i] = socket(AF_INET, SOCK_DGRAM, 0);
+        EXPECT(socks[i] >= 0);
+        EXPECT(bind(socks[i], (struct sockaddr *)&sa, sizeof sa) == 0);
+        EXPECT(getsockname(socks[i], (struct sockaddr *)&sa, &sl) == 0);
+        snprintf(addrs[i], sizeof addrs[i], "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    }
+    meridian_client_config *cfg = NULL;
+    meridian_client *rc = NULL;
+    MUST(meridian_client_config_new(&cfg));
+    MUST(meridian_client_config_add_endpoint(cfg, "r-a", addrs[0], "localhost"));
+    MUST(meridian_client_config_add_endpoint(cfg, "r-b", addrs[1], "localhost"));
+    MUST(meridian_client_config_set_roots_pem_file(cfg, ca_path));
+    MUST(meridian_client_config_set_connect_timeout_ms(cfg, 250));
+    MUST(meridian_client_config_set_silence_limit_ms(cfg, 5000));
+    MUST(meridian_client_new(cfg, &rc));
+    meridian_client_config_free(cfg);
+    EXPECT_STATUS(meridian_client_wait_ready(rc, "echo", 3000), MERIDIAN_UNAVAILABLE);
+    char err[512];
+    size_t len = 0;
+    MUST(meridian_last_error(err, sizeof err, &len));
+    if (strstr(err, "handshake timed out after 250ms") == NULL) {
+        fprintf(stderr, "FAIL region connect timeout: error was \"%s\"\n", err);
+        failures++;
+    }
+    meridian_client_free(rc);
+    close(socks[0]);
+    close(socks[1]);
+}
+
 static void test_stop_race(void) {
     int ok = 0, refused = 0;
     if (getenv("MERIDIAN_TEST_UNDER_VALGRIND") != NULL) {
@@ -489,6 +535,7 @@ int main(void) {
 
     test_null_and_invalid_arguments();
     test_region_client();
+    test_region_connect_timeout();
     test_stop_race();
 
     meridian_server *server = NULL;

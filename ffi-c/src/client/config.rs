@@ -33,6 +33,8 @@ pub struct meridian_client_config {
     pub(super) trust: Option<Trust>,
     pub(super) preferred_region: Option<String>,
     pub(super) connect_timeout: Option<Duration>,
+    /// How long a region client's server may stay silent before it is ejected.
+    pub(super) silence_limit: Option<Duration>,
     /// The client certificate chain and key (PEM files) for mutual TLS.
     pub(super) identity_files: Option<(PathBuf, PathBuf)>,
     /// The largest message sent or received, in bytes (`None`: the default, 4 MiB).
@@ -275,7 +277,8 @@ pub unsafe extern "C" fn meridian_client_config_set_max_message_bytes(
 }
 
 /// Gives up a connection attempt (QUIC and TLS handshake) after `timeout_ms` (0: the
-/// default, 10 s). Applies to the first connection and to reconnections.
+/// default: 10 s for a single-endpoint client, 3 s for a region client, which has other
+/// servers to try). Applies to the first connection and to reconnections.
 ///
 /// # Safety
 /// `config` is a live configuration.
@@ -289,6 +292,26 @@ pub unsafe extern "C" fn meridian_client_config_set_connect_timeout_ms(
         let config = unsafe { borrow_mut(config, "config") }?;
         config.connect_timeout =
             (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
+        Ok(())
+    })
+}
+
+/// A region client ejects a server that sends nothing for `limit_ms` while it is pinged
+/// (0: the default, 1 s). This bounds how long an outage goes unnoticed; raise it where a
+/// live server may pause longer than that (a loaded host, a debugger, valgrind). A
+/// single-endpoint client has no other server to move to and ignores it.
+///
+/// # Safety
+/// `config` is a live configuration.
+#[no_mangle]
+pub unsafe extern "C" fn meridian_client_config_set_silence_limit_ms(
+    config: *mut meridian_client_config,
+    limit_ms: u32,
+) -> meridian_status {
+    boundary(|| {
+        // SAFETY: as documented.
+        let config = unsafe { borrow_mut(config, "config") }?;
+        config.silence_limit = (limit_ms > 0).then(|| Duration::from_millis(u64::from(limit_ms)));
         Ok(())
     })
 }

@@ -132,6 +132,12 @@ pub unsafe extern "C" fn meridian_client_new(
             if let Some(r) = &config.preferred_region {
                 builder = builder.home_region(r.clone());
             }
+            if let Some(t) = config.connect_timeout {
+                builder = builder.connect_timeout(t);
+            }
+            if let Some(limit) = config.silence_limit {
+                builder = builder.silence_limit(limit);
+            }
             let _entered = rt.handle.enter();
             Target::Region(builder.build().map_err(config_err)?)
         };
@@ -189,7 +195,8 @@ pub unsafe extern "C" fn meridian_client_reload_tls(
 
 /// Waits up to `timeout_ms` until the client can take calls to `method` (a region client:
 /// some region's servers connected and serving it). A single-endpoint client is ready at
-/// once. Returns `MERIDIAN_UNAVAILABLE` on timeout. Blocking.
+/// once. Returns `MERIDIAN_UNAVAILABLE` on timeout; its error text ends with the last failed
+/// connection attempt's cause when there was one. Blocking.
 ///
 /// # Safety
 /// `client` is a live client; `method` is NUL-terminated.
@@ -210,9 +217,14 @@ pub unsafe extern "C" fn meridian_client_wait_ready(
         if client.rt.block_on("client", rc.ready(method, timeout))? {
             Ok(())
         } else {
+            // Why, when a dial failed: an untrusted certificate, a handshake timeout, ...
+            let why = rc
+                .last_connect_error()
+                .map(|e| format!(" (last connect error from {e})"))
+                .unwrap_or_default();
             Err(Fail::new(
                 meridian_status::MERIDIAN_UNAVAILABLE,
-                format!("no region serves {method:?} after {timeout_ms} ms"),
+                format!("no region serves {method:?} after {timeout_ms} ms{why}"),
             ))
         }
     })

@@ -28,6 +28,7 @@ pub struct RegionClientBuilder {
     pub(super) transport: TransportConfig,
     pub(super) probe_interval: Duration,
     pub(super) silence_limit: Duration,
+    pub(super) connect_timeout: Option<Duration>,
     pub(super) hedged: HashSet<String>,
     pub(super) retry_ratio: f64,
     pub(super) retry_policies: HashMap<String, RetryPolicy>,
@@ -71,6 +72,15 @@ impl RegionClientBuilder {
     /// interval, is ejected (default 1 s): this bounds outage detection.
     pub fn silence_limit(mut self, limit: Duration) -> Self {
         self.silence_limit = limit;
+        self
+    }
+
+    /// Gives up a connection attempt (QUIC and TLS handshake) to one server after this
+    /// long. The default is the transport's handshake timeout, capped at 3 s: a region
+    /// client has other servers to try, so it should not wait long on one. Raise it for
+    /// links or hosts where a handshake takes longer than that.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
         self
     }
 
@@ -159,7 +169,9 @@ impl RegionClientBuilder {
         };
         let mut transport = self.transport;
         transport.keep_alive_interval = Some(self.probe_interval);
-        transport.handshake_timeout = transport.handshake_timeout.min(Duration::from_secs(3));
+        transport.handshake_timeout = self
+            .connect_timeout
+            .unwrap_or_else(|| transport.handshake_timeout.min(Duration::from_secs(3)));
         let mut selector = RegionSelector::new();
         selector.set_home(self.home.clone());
         let map = self.discovery.watch();

@@ -41,6 +41,7 @@ fn defaults(discovery: Arc<dyn Discovery>, tls: Option<ClientTls>) -> RegionClie
         transport: TransportConfig::default(),
         probe_interval: Duration::from_millis(250),
         silence_limit: Duration::from_secs(1),
+        connect_timeout: None,
         hedged: HashSet::new(),
         retry_ratio: 0.1,
         retry_policies: Default::default(),
