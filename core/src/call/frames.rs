@@ -1,6 +1,6 @@
 //! Frame I/O on one QUIC stream: reading frames with limits, framing DATA.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::budget::{Charge, Exhausted};
 use super::reset::status_for_reset;
@@ -169,15 +169,3 @@ pub(crate) fn data_chunks(payload: Bytes) -> [Bytes; 2] {
 /// next to the HEADERS or TRAILERS) into one buffer: one allocation and one chunk instead
 /// of three, which costs more than copying a small message.
 pub(crate) const INLINE_MESSAGE: usize = 4096;
-
-/// `prefix`, then `payload` framed as DATA, then `suffix`, in one buffer of exactly that
-/// size (so freezing it allocates nothing more).
-pub(crate) fn inline_frames(prefix: &[u8], payload: &[u8], suffix: &[u8]) -> Bytes {
-    let hdr = 1 + wire::varint_len(payload.len() as u64);
-    let mut out = BytesMut::with_capacity(prefix.len() + hdr + payload.len() + suffix.len());
-    out.extend_from_slice(prefix);
-    wire::put_frame_header(&mut out, FrameKind::Data, payload.len());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(suffix);
-    out.freeze()
-}

@@ -10,9 +10,7 @@ mod reset;
 mod retry;
 mod unwind;
 
-pub(crate) use frames::{
-    closed_before_run, data_chunks, inline_frames, FramedRecv, RecvError, INLINE_MESSAGE,
-};
+pub(crate) use frames::{closed_before_run, data_chunks, FramedRecv, RecvError, INLINE_MESSAGE};
 pub(crate) use lazy_timeout::ready_or_timeout;
 pub(crate) use messages::{decode_raw, DecodeFn, EncodeFn};
 pub use payload::{DecodeAs, EncodeAs, PayloadStyle, Raw, Typed};

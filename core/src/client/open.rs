@@ -15,20 +15,16 @@ use super::response::{CallTiming, Response, ServedBy};
 use super::retry::{Failure, Reach, Retry};
 use super::streaming::Streaming;
 use crate::call::{
-    closed_before_run, data_chunks, decode_raw, inline_frames, status_for_reset, DecodeFn,
-    FramedRecv, RecvError, INLINE_MESSAGE,
+    closed_before_run, data_chunks, decode_raw, status_for_reset, DecodeFn, FramedRecv, RecvError,
+    INLINE_MESSAGE,
 };
 use crate::codec::Codec;
 use crate::status::Status;
 use crate::transport::describe_connection_error;
-use crate::wire::{reset, Code, FrameKind, Metadata, RequestHeaders, Trailers, WireLimits};
-
-thread_local! {
-    /// A call's HEADERS frame before it is copied next to its request: kept per thread so
-    /// encoding it allocates nothing (the request's one buffer is then made to its exact
-    /// size, which `Bytes` takes over without a second allocation).
-    static HEAD: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-}
+use crate::wire::{
+    frame_len, put_frame_header, reset, Code, FrameKind, Metadata, RequestHeaders, Trailers,
+    WireLimits,
+};
 
 /// What follows a call's HEADERS.
 pub(super) enum Request {
@@ -163,16 +159,12 @@ pub(super) async fn open_call(
     let written = match request {
         // HEADERS and a small request's DATA leave together, as one buffer.
         Request::Single(msg) if msg.len() <= INLINE_MESSAGE => {
-            let one = HEAD.with_borrow_mut(|scratch| {
-                scratch.clear();
-                let start = headers.frame_into(scratch);
-                let one = inline_frames(&scratch[start..], &msg, &[]);
-                if scratch.capacity() > 16 << 10 {
-                    *scratch = BytesMut::new();
-                }
-                one
-            });
-            send.write_all_chunks(&mut [one]).await
+            // Both frames encoded in place, in a buffer of exactly their size.
+            let mut one = BytesMut::with_capacity(headers.frame_len() + frame_len(msg.len()));
+            headers.put_frame(&mut one);
+            put_frame_header(&mut one, FrameKind::Data, msg.len());
+            one.extend_from_slice(&msg);
+            send.write_all_chunks(&mut [one.freeze()]).await
         }
         Request::Single(msg) => {
             let head = headers.to_frame().freeze();

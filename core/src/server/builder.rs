@@ -14,7 +14,7 @@ use super::connection::accept_loop;
 use super::context::CallContext;
 use super::handler::ServerCall;
 use super::lifecycle::Server;
-use super::method::Method;
+use super::method::{Method, MethodMap};
 use super::shared::Shared;
 use super::streams::{RequestStream, ResponseSink};
 use super::{BoxFuture, Handler};
@@ -356,7 +356,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             context: "cannot read the bound address".into(),
             source,
         })?;
-        let methods: HashMap<String, Arc<MethodEntry>> = self
+        let methods: MethodMap = self
             .methods
             .into_iter()
             .map(|(k, v)| (k, Arc::new(v)))

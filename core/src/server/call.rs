@@ -42,11 +42,41 @@ impl Drop for InflightGuard {
 }
 
 /// `fut`, unless the server begins to stop first (`None`).
-async fn unless_stopping<T>(shared: &Shared, fut: impl Future<Output = T>) -> Option<T> {
-    tokio::select! {
-        biased;
-        r = fut => Some(r),
-        () = shared.stop_requested() => None,
+fn unless_stopping<'a, F: Future + 'a>(
+    shared: &'a Shared,
+    fut: F,
+) -> UnlessStopping<F, impl Future<Output = ()> + 'a> {
+    UnlessStopping {
+        fut,
+        stop: shared.stop_requested(),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`unless_stopping`]. A struct rather than an `async fn` with a
+    /// `select!`: that would hold `fut` twice (the argument, then its moved copy), and
+    /// this future is part of every call's state.
+    struct UnlessStopping<F, S> {
+        #[pin]
+        fut: F,
+        #[pin]
+        stop: S,
+    }
+}
+
+impl<F: Future, S: Future<Output = ()>> Future for UnlessStopping<F, S> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        // The call first: an answer that is ready wins over a stop that is too.
+        if let std::task::Poll::Ready(r) = this.fut.poll(cx) {
+            return std::task::Poll::Ready(Some(r));
+        }
+        this.stop.poll(cx).map(|()| None)
     }
 }
 
@@ -260,11 +290,11 @@ struct EarlyData {
 
 /// Runs a call whose HEADERS were read: returns its status code and whether the response
 /// stream was finished.
-async fn run_call(
-    call: Call<'_>,
+fn run_call<'a>(
+    call: Call<'a>,
     mut rx: FramedRecv,
-    send: &mut quinn::SendStream,
-) -> (Code, bool) {
+    send: &'a mut quinn::SendStream,
+) -> impl Future<Output = (Code, bool)> + 'a {
     let Call {
         shared,
         conn,
@@ -275,273 +305,278 @@ async fn run_call(
         row,
         passed,
     } = call;
-    // A timeout too large to add to the clock (the wire allows ~146 000 years) is no
-    // deadline.
-    let deadline = headers.timeout.and_then(|t| started.checked_add(t));
-    let bound = WriteBound {
-        deadline,
-        timeout: shared.transport.response_write_timeout,
-    };
-    let entry = shared.method(&headers.method);
-    let metrics = match &entry {
-        Some(e) => e
-            .metrics
-            .get_or_init(|| shared.method_metrics.row(Some(&e.info.name)))
-            .clone(),
-        None => shared.method_metrics.row(None),
-    };
-    metrics.start();
-    *row = Some(metrics);
-    let Some(entry) = entry else {
-        rx.stop(reset::NO_ERROR);
-        let status = Status::unimplemented(format!("unknown method {:?}", headers.method));
-        // No handler ran: say so, so that any client may send the call elsewhere.
-        let mut trailers = trailers_for(status, started.elapsed());
-        trailers.not_run = true;
-        let finished = finish_call(send, None, trailers, bound).await;
-        return (Code::Unimplemented, finished);
-    };
-    let wire_limits = shared.transport.wire;
-
-    // Replay safety: a call that came in 0-RTT data may be a replayed first flight. Only
-    // methods this server declares idempotent may run before the handshake completes
-    // (the client's own flag does not count: a replay could set it), and none at all when
-    // client certificates are required, since those are checked at handshake end.
-    if early.early && (!entry.info.idempotent || shared.client_auth) {
-        let wait = async {
-            let confirmed = early.confirmed.wait_for(|c| *c);
-            let limit = shared.transport.handshake_timeout;
-            matches!(tokio::time::timeout(limit, confirmed).await, Ok(Ok(_)))
+    // Taken apart here, outside the future: inside, the parts would be held twice (as the
+    // captured `call`, then as its moved-out fields), and this future is most of a call's
+    // state.
+    async move {
+        // A timeout too large to add to the clock (the wire allows ~146 000 years) is no
+        // deadline.
+        let deadline = headers.timeout.and_then(|t| started.checked_add(t));
+        let bound = WriteBound {
+            deadline,
+            timeout: shared.transport.response_write_timeout,
         };
-        match unless_stopping(shared, wait).await {
-            Some(true) => {}
-            None => {
-                return (
-                    Code::Unavailable,
-                    refuse(send, &mut rx, started, bound).await,
-                )
-            }
-            Some(false) => {
-                rx.stop(reset::REFUSED);
-                let _ = send.reset(reset::REFUSED.into());
-                return (Code::Unavailable, false);
+        let entry = shared.method(&headers.method);
+        let metrics = match &entry {
+            Some(e) => e
+                .metrics
+                .get_or_init(|| shared.method_metrics.row(Some(&e.info.name)))
+                .clone(),
+            None => shared.method_metrics.row(None),
+        };
+        metrics.start();
+        *row = Some(metrics);
+        let Some(entry) = entry else {
+            rx.stop(reset::NO_ERROR);
+            let status = Status::unimplemented(format!("unknown method {:?}", headers.method));
+            // No handler ran: say so, so that any client may send the call elsewhere.
+            let mut trailers = trailers_for(status, started.elapsed());
+            trailers.not_run = true;
+            let finished = finish_call(send, None, trailers, bound).await;
+            return (Code::Unimplemented, finished);
+        };
+        let wire_limits = shared.transport.wire;
+
+        // Replay safety: a call that came in 0-RTT data may be a replayed first flight. Only
+        // methods this server declares idempotent may run before the handshake completes
+        // (the client's own flag does not count: a replay could set it), and none at all when
+        // client certificates are required, since those are checked at handshake end.
+        if early.early && (!entry.info.idempotent || shared.client_auth) {
+            let wait = async {
+                let confirmed = early.confirmed.wait_for(|c| *c);
+                let limit = shared.transport.handshake_timeout;
+                matches!(tokio::time::timeout(limit, confirmed).await, Ok(Ok(_)))
+            };
+            match unless_stopping(shared, wait).await {
+                Some(true) => {}
+                None => {
+                    return (
+                        Code::Unavailable,
+                        refuse(send, &mut rx, started, bound).await,
+                    )
+                }
+                Some(false) => {
+                    rx.stop(reset::REFUSED);
+                    let _ = send.reset(reset::REFUSED.into());
+                    return (Code::Unavailable, false);
+                }
             }
         }
-    }
 
-    // Unary and server-streaming calls carry exactly one request message; read it here so
-    // the handler gets it whole.
-    let streaming_request = matches!(
-        entry.info.kind,
-        MethodKind::ClientStreaming | MethodKind::Bidi
-    );
-    let single = if streaming_request {
-        None
-    } else {
-        // The request must arrive within the deadline and the request timeout, so a peer
-        // sending slowly (or never finishing) cannot hold its buffers.
-        let limit = shared.transport.request_timeout;
-        let read = async {
-            // Which bound comes first is settled only if the request is not there at once.
-            let mut by_deadline = true;
-            let until = || {
-                let by_timeout = Instant::now().checked_add(limit);
-                match (deadline, by_timeout) {
-                    (Some(d), t) if t.is_none_or(|t| d <= t) => Some(d),
-                    (_, Some(t)) => {
-                        by_deadline = false;
-                        Some(t)
+        // Unary and server-streaming calls carry exactly one request message; read it here so
+        // the handler gets it whole.
+        let streaming_request = matches!(
+            entry.info.kind,
+            MethodKind::ClientStreaming | MethodKind::Bidi
+        );
+        let single = if streaming_request {
+            None
+        } else {
+            // The request must arrive within the deadline and the request timeout, so a peer
+            // sending slowly (or never finishing) cannot hold its buffers.
+            let limit = shared.transport.request_timeout;
+            let read = async {
+                // Which bound comes first is settled only if the request is not there at once.
+                let mut by_deadline = true;
+                let until = || {
+                    let by_timeout = Instant::now().checked_add(limit);
+                    match (deadline, by_timeout) {
+                        (Some(d), t) if t.is_none_or(|t| d <= t) => Some(d),
+                        (_, Some(t)) => {
+                            by_deadline = false;
+                            Some(t)
+                        }
+                        (d, None) => d,
                     }
-                    (d, None) => d,
+                };
+                match ready_or_timeout(std::pin::pin!(read_single(&mut rx)), until).await {
+                    Ok(read) => read,
+                    Err(()) if by_deadline => Err(Status::deadline_exceeded("deadline exceeded")),
+                    Err(()) => Err(Status::deadline_exceeded(format!(
+                        "the request did not arrive within the server's request timeout of \
+                     {limit:?}"
+                    ))
+                    .mark_not_run()),
                 }
             };
-            match ready_or_timeout(std::pin::pin!(read_single(&mut rx)), until).await {
-                Ok(read) => read,
-                Err(()) if by_deadline => Err(Status::deadline_exceeded("deadline exceeded")),
-                Err(()) => Err(Status::deadline_exceeded(format!(
-                    "the request did not arrive within the server's request timeout of \
-                     {limit:?}"
-                ))
-                .mark_not_run()),
+            match unless_stopping(shared, read).await {
+                Some(Ok(b)) => Some(b),
+                Some(Err(status)) => {
+                    let code = status.code();
+                    // No handler has run: a request refused for want of buffer space or cut
+                    // off by the request timeout may go to another server.
+                    let not_run = status.is_known_not_run();
+                    // Before the handler, INTERNAL only comes of broken framing.
+                    rx.stop(match status.code() {
+                        Code::Internal => reset::PROTOCOL_ERROR,
+                        _ => crate::call::reset_for_status(&status),
+                    });
+                    let mut trailers = trailers_for(status, started.elapsed());
+                    trailers.not_run = not_run;
+                    return (code, finish_call(send, None, trailers, bound).await);
+                }
+                None => {
+                    return (
+                        Code::Unavailable,
+                        refuse(send, &mut rx, started, bound).await,
+                    )
+                }
             }
         };
-        match unless_stopping(shared, read).await {
-            Some(Ok(b)) => Some(b),
-            Some(Err(status)) => {
+        // Mutual TLS only: the client's verified names, read once per connection.
+        let identity = if shared.client_auth {
+            conn.peer_identity()
+        } else {
+            None
+        };
+        // The interceptor chain, before anything of the call's own runs (the health check is
+        // not intercepted).
+        if entry.info.name != super::HEALTH_METHOD {
+            let mut head = CallHead {
+                method: &headers.method,
+                metadata: &mut headers.metadata,
+                deadline,
+                peer,
+                identity: identity.as_deref(),
+            };
+            if let Err(status) = admit(&shared.interceptors, &mut head, passed) {
                 let code = status.code();
-                // No handler has run: a request refused for want of buffer space or cut
-                // off by the request timeout may go to another server.
-                let not_run = status.is_known_not_run();
-                // Before the handler, INTERNAL only comes of broken framing.
-                rx.stop(match status.code() {
-                    Code::Internal => reset::PROTOCOL_ERROR,
-                    _ => crate::call::reset_for_status(&status),
-                });
-                let mut trailers = trailers_for(status, started.elapsed());
-                trailers.not_run = not_run;
+                rx.stop(reset::NO_ERROR);
+                let trailers = trailers_for(status, started.elapsed());
                 return (code, finish_call(send, None, trailers, bound).await);
             }
-            None => {
-                return (
-                    Code::Unavailable,
-                    refuse(send, &mut rx, started, bound).await,
-                )
-            }
         }
-    };
-    // Mutual TLS only: the client's verified names, read once per connection.
-    let identity = if shared.client_auth {
-        conn.peer_identity()
-    } else {
-        None
-    };
-    // The interceptor chain, before anything of the call's own runs (the health check is
-    // not intercepted).
-    if entry.info.name != super::HEALTH_METHOD {
-        let mut head = CallHead {
-            method: &headers.method,
-            metadata: &mut headers.metadata,
+        // The last moment to refuse: from here on the call's own code runs. The health check
+        // is answered while the server drains (it changes nothing, and says "DRAINING").
+        if !shared.may_start(conn, send.id()) && entry.info.name != super::HEALTH_METHOD {
+            return (
+                Code::Unavailable,
+                refuse(send, &mut rx, started, bound).await,
+            );
+        }
+        let body = match single {
+            Some(b) => RequestBody::One(b),
+            None => {
+                // Streamed request messages are the handler's once handed over.
+                rx.release_taken();
+                RequestBody::Stream(rx)
+            }
+        };
+
+        let streaming_response = matches!(
+            entry.info.kind,
+            MethodKind::ServerStreaming | MethodKind::Bidi
+        );
+        let (sink_tx, mut sink_rx) = if streaming_response {
+            let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let ctx = CallContext {
+            identity,
+            method: entry.name.clone(),
+            metadata: if headers.metadata.is_empty() {
+                shared.no_metadata.clone()
+            } else {
+                Arc::new(headers.metadata)
+            },
             deadline,
             peer,
-            identity: identity.as_deref(),
+            codec: headers.codec,
+            idempotent: headers.idempotent,
+            routing_key: headers.routing_key,
+            early_data: early.early,
+            confirmed: early.confirmed,
+            state: Arc::new(CancelState::default()),
+            budgets: Some([conn.buffers.clone(), shared.buffers.clone()]),
         };
-        if let Err(status) = admit(&shared.interceptors, &mut head, passed) {
-            let code = status.code();
-            rx.stop(reset::NO_ERROR);
-            let trailers = trailers_for(status, started.elapsed());
-            return (code, finish_call(send, None, trailers, bound).await);
-        }
-    }
-    // The last moment to refuse: from here on the call's own code runs. The health check
-    // is answered while the server drains (it changes nothing, and says "DRAINING").
-    if !shared.may_start(conn, send.id()) && entry.info.name != super::HEALTH_METHOD {
-        return (
-            Code::Unavailable,
-            refuse(send, &mut rx, started, bound).await,
-        );
-    }
-    let body = match single {
-        Some(b) => RequestBody::One(b),
-        None => {
-            // Streamed request messages are the handler's once handed over.
-            rx.release_taken();
-            RequestBody::Stream(rx)
-        }
-    };
-
-    let streaming_response = matches!(
-        entry.info.kind,
-        MethodKind::ServerStreaming | MethodKind::Bidi
-    );
-    let (sink_tx, mut sink_rx) = if streaming_response {
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
-    let ctx = CallContext {
-        identity,
-        method: entry.name.clone(),
-        metadata: if headers.metadata.is_empty() {
-            shared.no_metadata.clone()
+        let call = ServerCall {
+            ctx: ctx.clone(),
+            body,
+            sink: sink_tx,
+            limits: shared.transport.value,
+            max_message: wire_limits.max_message_size,
+        };
+        let mut handler = CatchUnwind((entry.handler)(call));
+        // Fast path: most unary handlers finish on their first poll, and then there is no
+        // cancellation or deadline to watch (watching costs a registration in the connection).
+        let first = if sink_rx.is_none() {
+            std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut handler).poll(cx))).await
         } else {
-            Arc::new(headers.metadata)
-        },
-        deadline,
-        peer,
-        codec: headers.codec,
-        idempotent: headers.idempotent,
-        routing_key: headers.routing_key,
-        early_data: early.early,
-        confirmed: early.confirmed,
-        state: Arc::new(CancelState::default()),
-        budgets: Some([conn.buffers.clone(), shared.buffers.clone()]),
-    };
-    let call = ServerCall {
-        ctx: ctx.clone(),
-        body,
-        sink: sink_tx,
-        limits: shared.transport.value,
-        max_message: wire_limits.max_message_size,
-    };
-    let mut handler = CatchUnwind((entry.handler)(call));
-    // Fast path: most unary handlers finish on their first poll, and then there is no
-    // cancellation or deadline to watch (watching costs a registration in the connection).
-    let first = if sink_rx.is_none() {
-        std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut handler).poll(cx))).await
-    } else {
-        std::task::Poll::Pending
-    };
-    let outcome = match first {
-        std::task::Poll::Ready(r) => Outcome::Reply(r.unwrap_or_else(|panic| {
-            tracing::error!(method = %ctx.method, %panic, "handler panicked");
-            Err(Status::internal("the handler panicked"))
-        })),
-        std::task::Poll::Pending => {
-            let write_timeout = shared.transport.response_write_timeout;
-            watch_call(
-                &mut handler,
-                send,
-                &mut sink_rx,
-                deadline,
-                write_timeout,
-                &ctx,
-            )
-            .await
-        }
-    };
-    // Anything still running for this call stops here.
-    if !matches!(outcome, Outcome::Reply(Ok(_))) {
-        ctx.cancel();
-    }
-    drop(handler);
-    match outcome {
-        Outcome::Reply(r) => {
-            let (reply, status) = match r {
-                Ok(reply) => (reply, Status::new(Code::Ok, "")),
-                Err(s) => (None, s),
-            };
-            let code = status.code();
-            let elapsed = started.elapsed();
-            let mut trailers = trailers_for(status, elapsed);
-            let extra = ctx.take_trailers();
-            if !extra.is_empty() && trailers.metadata.is_empty() {
-                trailers.metadata = extra;
+            std::task::Poll::Pending
+        };
+        let outcome = match first {
+            std::task::Poll::Ready(r) => Outcome::Reply(r.unwrap_or_else(|panic| {
+                tracing::error!(method = %ctx.method, %panic, "handler panicked");
+                Err(Status::internal("the handler panicked"))
+            })),
+            std::task::Poll::Pending => {
+                let write_timeout = shared.transport.response_write_timeout;
+                watch_call(
+                    &mut handler,
+                    send,
+                    &mut sink_rx,
+                    deadline,
+                    write_timeout,
+                    &ctx,
+                )
+                .await
             }
-            if let Some(f) = ctx.take_forwarded() {
-                if trailers.metadata.is_empty() {
-                    trailers.metadata = f.metadata;
+        };
+        // Anything still running for this call stops here.
+        if !matches!(outcome, Outcome::Reply(Ok(_))) {
+            ctx.cancel();
+        }
+        drop(handler);
+        match outcome {
+            Outcome::Reply(r) => {
+                let (reply, status) = match r {
+                    Ok(reply) => (reply, Status::new(Code::Ok, "")),
+                    Err(s) => (None, s),
+                };
+                let code = status.code();
+                let elapsed = started.elapsed();
+                let mut trailers = trailers_for(status, elapsed);
+                let extra = ctx.take_trailers();
+                if !extra.is_empty() && trailers.metadata.is_empty() {
+                    trailers.metadata = extra;
                 }
-                trailers.server_time = f.server_time;
-                trailers.not_run = f.not_run && code != Code::Ok;
-                trailers.proxy = Some(ProxyTime {
-                    inside: elapsed.saturating_sub(f.upstream),
-                    upstream: f.upstream,
-                });
+                if let Some(f) = ctx.take_forwarded() {
+                    if trailers.metadata.is_empty() {
+                        trailers.metadata = f.metadata;
+                    }
+                    trailers.server_time = f.server_time;
+                    trailers.not_run = f.not_run && code != Code::Ok;
+                    trailers.proxy = Some(ProxyTime {
+                        inside: elapsed.saturating_sub(f.upstream),
+                        upstream: f.upstream,
+                    });
+                }
+                // Senders check their own limits: trailing metadata the client would refuse
+                // becomes RESOURCE_EXHAUSTED, with no reply, rather than a bad TRAILERS.
+                let size = trailers.metadata.byte_size();
+                let limit = wire_limits.max_metadata_size;
+                let (reply, trailers) = if size > limit {
+                    let status = Status::resource_exhausted(format!(
+                        "trailing metadata of {size} bytes exceeds the limit of {limit} bytes"
+                    ));
+                    (None, trailers_for(status, elapsed))
+                } else {
+                    (reply, trailers)
+                };
+                let code = trailers.code;
+                (code, finish_call(send, reply, trailers, bound).await)
             }
-            // Senders check their own limits: trailing metadata the client would refuse
-            // becomes RESOURCE_EXHAUSTED, with no reply, rather than a bad TRAILERS.
-            let size = trailers.metadata.byte_size();
-            let limit = wire_limits.max_metadata_size;
-            let (reply, trailers) = if size > limit {
-                let status = Status::resource_exhausted(format!(
-                    "trailing metadata of {size} bytes exceeds the limit of {limit} bytes"
-                ));
-                (None, trailers_for(status, elapsed))
-            } else {
-                (reply, trailers)
-            };
-            let code = trailers.code;
-            (code, finish_call(send, reply, trailers, bound).await)
+            Outcome::Reset(code) => {
+                // The client's STOP_SENDING code is echoed, except REFUSED ("nothing ran"),
+                // which would be a lie once the handler has started, and codes past 32 bits,
+                // which no Meridian code uses: both become CANCELLED.
+                let _ = send.reset(echoed_reset(code).into());
+                (crate::call::status_for_reset(code).code(), false)
+            }
+            Outcome::Lost => (Code::Unavailable, false),
         }
-        Outcome::Reset(code) => {
-            // The client's STOP_SENDING code is echoed, except REFUSED ("nothing ran"),
-            // which would be a lie once the handler has started, and codes past 32 bits,
-            // which no Meridian code uses: both become CANCELLED.
-            let _ = send.reset(echoed_reset(code).into());
-            (crate::call::status_for_reset(code).code(), false)
-        }
-        Outcome::Lost => (Code::Unavailable, false),
     }
 }
 

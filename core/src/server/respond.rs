@@ -3,13 +3,14 @@
 //! from the call's flow (call.rs) because the health check during a drain (health.rs)
 //! ends its calls the same way.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::call::{data_chunks, inline_frames, ready_or_timeout, FramedRecv, INLINE_MESSAGE};
+use crate::call::{data_chunks, ready_or_timeout, FramedRecv, INLINE_MESSAGE};
 use crate::status::Status;
-use crate::wire::{reset, Trailers};
+use crate::wire::{frame_len, put_frame_header, reset, FrameKind, Trailers};
 
 /// What bounds a call's final write: its deadline when it has one, else
 /// [`TransportConfig::response_write_timeout`](crate::TransportConfig) from the start of
@@ -37,12 +38,6 @@ impl WriteBound {
     }
 }
 
-thread_local! {
-    /// The TRAILERS frame of the answer being written, before it is copied next to the
-    /// reply: kept per thread so framing it allocates nothing.
-    static TAIL: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-}
-
 /// Writes TRAILERS (after an optional response message) and finishes the stream; returns
 /// whether it did (not if the client stopped the stream, the write ran past its bound or
 /// the connection is gone).
@@ -50,78 +45,89 @@ thread_local! {
 /// A client that stops reading cannot hold the call: past the bound the stream is reset
 /// (`DEADLINE_EXCEEDED` at the deadline, `CANCELLED` after the write timeout) and the
 /// reply's bytes are freed; a `STOP_SENDING` ends the write at once.
-pub(super) async fn finish_call(
+pub(super) fn finish_call(
     send: &mut quinn::SendStream,
     reply: Option<Bytes>,
     trailers: Trailers,
     bound: WriteBound,
-) -> bool {
-    // The common answer (a small reply, then the TRAILERS) goes out as one buffer: one
-    // allocation, one chunk. A large reply is not copied: its DATA header, the reply and
-    // the TRAILERS are three chunks.
-    let mut chunks = TAIL.with_borrow_mut(|tail| {
-        tail.clear();
-        trailers.put_frame(tail);
-        let framed = match reply {
-            Some(msg) if msg.len() <= INLINE_MESSAGE => (
-                [inline_frames(&[], &msg, tail), Bytes::new(), Bytes::new()],
-                1,
-            ),
-            Some(msg) => {
-                let [hdr, payload] = data_chunks(msg);
-                ([hdr, payload, Bytes::copy_from_slice(tail)], 3)
-            }
-            None => (
-                [Bytes::copy_from_slice(tail), Bytes::new(), Bytes::new()],
-                1,
-            ),
+) -> impl Future<Output = bool> + '_ {
+    // The framing is done here, before the future is made: the future then holds the
+    // frames alone, not the reply and the TRAILERS as well (an `async fn` would keep its
+    // arguments beside their moved copies), which keeps every call's state smaller.
+    let (mut chunks, n) = answer_chunks(reply, &trailers);
+    drop(trailers);
+    async move {
+        // The write is polled before the clock, so bytes that fit go out even when the
+        // bound has passed already (a DEADLINE_EXCEEDED answer, say), and a write that
+        // completes at once (the common case) never reads the clock or makes a timer.
+        let mut code = reset::CANCELLED;
+        let until = || {
+            let (until, c) = bound.until();
+            code = c;
+            Some(until)
         };
-        if tail.capacity() > 16 << 10 {
-            *tail = BytesMut::new();
-        }
-        framed
-    });
-    // The write is polled before the clock, so bytes that fit go out even when the bound
-    // has passed already (a DEADLINE_EXCEEDED answer, say), and a write that completes at
-    // once (the common case) never reads the clock or makes a timer.
-    let mut code = reset::CANCELLED;
-    let until = || {
-        let (until, c) = bound.until();
-        code = c;
-        Some(until)
-    };
-    let written = {
-        let write = std::pin::pin!(async {
-            let (all, n) = &mut chunks;
-            send.write_all_chunks(&mut all[..*n]).await
-        });
-        ready_or_timeout(write, until).await
-    };
-    match written {
-        Ok(Ok(())) => send.finish().is_ok(),
-        Ok(Err(_)) => false,
-        Err(()) => {
-            let _ = send.reset(code.into());
-            false
+        let written = {
+            let write = std::pin::pin!(send.write_all_chunks(&mut chunks[..n]));
+            ready_or_timeout(write, until).await
+        };
+        match written {
+            Ok(Ok(())) => send.finish().is_ok(),
+            Ok(Err(_)) => false,
+            Err(()) => {
+                let _ = send.reset(code.into());
+                false
+            }
         }
     }
+}
+
+/// The frames that answer a call: the common answer (a small reply, then the TRAILERS)
+/// as one buffer of exactly its size, so one allocation and one chunk, the TRAILERS
+/// encoded in place. A large reply is not copied: its DATA header, the reply and the
+/// TRAILERS are three chunks.
+fn answer_chunks(reply: Option<Bytes>, trailers: &Trailers) -> ([Bytes; 3], usize) {
+    let tail = trailers.frame_len();
+    match reply {
+        Some(msg) if msg.len() <= INLINE_MESSAGE => {
+            let mut out = BytesMut::with_capacity(frame_len(msg.len()) + tail);
+            put_frame_header(&mut out, FrameKind::Data, msg.len());
+            out.extend_from_slice(&msg);
+            trailers.put_frame(&mut out);
+            ([out.freeze(), Bytes::new(), Bytes::new()], 1)
+        }
+        Some(msg) => {
+            let [hdr, payload] = data_chunks(msg);
+            ([hdr, payload, trailers_alone(trailers, tail)], 3)
+        }
+        None => (
+            [trailers_alone(trailers, tail), Bytes::new(), Bytes::new()],
+            1,
+        ),
+    }
+}
+
+/// The TRAILERS frame alone, in a buffer of exactly its size (`len`).
+fn trailers_alone(trailers: &Trailers, len: usize) -> Bytes {
+    let mut out = BytesMut::with_capacity(len);
+    trailers.put_frame(&mut out);
+    out.freeze()
 }
 
 /// Refuses a call whose handler has not started because the server is stopping: TRAILERS
 /// UNAVAILABLE with NOT_RUN tell the client that nothing ran, so it may send the call
 /// elsewhere, and, unlike a reset, the server can tell when they were delivered. Returns
 /// whether the stream was finished.
-pub(super) async fn refuse(
-    send: &mut quinn::SendStream,
+pub(super) fn refuse<'a>(
+    send: &'a mut quinn::SendStream,
     rx: &mut FramedRecv,
     started: Instant,
     bound: WriteBound,
-) -> bool {
+) -> impl Future<Output = bool> + 'a {
     rx.stop(reset::REFUSED);
     let status = Status::unavailable("the server is shutting down; the call did not run");
     let mut trailers = trailers_for(status, started.elapsed());
     trailers.not_run = true;
-    finish_call(send, None, trailers, bound).await
+    finish_call(send, None, trailers, bound)
 }
 
 pub(super) fn trailers_for(status: Status, server_time: Duration) -> Trailers {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
 use super::builder::{Fallback, MethodEntry};
+use super::method::MethodMap;
 use crate::call::budget::Pool;
 use crate::discovery::Catalog;
 use crate::telemetry::MethodTable;
@@ -19,7 +20,7 @@ pub(super) struct Shared {
     /// The catalog announced in HELLO frames; connections follow it and send an update
     /// when it changes.
     pub(super) catalog: watch::Sender<Arc<Vec<MethodInfo>>>,
-    pub(super) methods: std::sync::RwLock<HashMap<String, Arc<MethodEntry>>>,
+    pub(super) methods: std::sync::RwLock<MethodMap>,
     pub(super) fallback: Option<Arc<Fallback>>,
     /// Methods announced beside the server's own (the proxy's upstream catalog).
     pub(super) extra_catalog: Mutex<Vec<MethodInfo>>,

@@ -52,6 +52,26 @@ pub fn put_frame_header(out: &mut impl BufMut, kind: FrameKind, payload_len: usi
     put_varint(out, payload_len as u64);
 }
 
+/// The length of a whole frame whose payload is `payload_len` bytes.
+pub fn frame_len(payload_len: usize) -> usize {
+    1 + varint_len(payload_len as u64) + payload_len
+}
+
+/// Appends a whole frame to `out` whose payload `encode` writes in place, after its header:
+/// `payload_len` must be exactly what `encode` writes (checked in debug builds).
+pub(crate) fn put_frame_in_place(
+    out: &mut BytesMut,
+    kind: FrameKind,
+    payload_len: usize,
+    encode: impl FnOnce(&mut BytesMut),
+) {
+    out.reserve(frame_len(payload_len));
+    put_frame_header(out, kind, payload_len);
+    let start = out.len();
+    encode(out);
+    debug_assert_eq!(out.len() - start, payload_len, "{kind} payload length");
+}
+
 /// Appends a whole frame to `out`.
 pub fn put_frame(out: &mut BytesMut, kind: FrameKind, payload: &[u8]) {
     out.reserve(1 + varint_len(payload.len() as u64) + payload.len());

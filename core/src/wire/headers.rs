@@ -2,19 +2,16 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::WireError;
-use super::frame::{put_frame_header, FrameKind};
+use super::frame::{frame_len, put_frame_in_place, FrameKind};
 use super::limits::WireLimits;
 use super::metadata::Metadata;
 use super::varint::{
     get_bytes, get_str, get_u8, get_varint, put_bytes, put_varint, varint_len, VARINT_MAX,
 };
 use crate::codec::Codec;
-
-/// Room left before a frame's payload for its header: a kind byte and the longest varint.
-const FRAME_ROOM: usize = 9;
 
 const HF_IDEMPOTENT: u8 = 0x01;
 const HF_DEADLINE: u8 = 0x02;
@@ -75,29 +72,38 @@ impl RequestHeaders {
         self.metadata.encode(out);
     }
 
-    /// Encodes a complete HEADERS frame (one allocation: the payload is written after
-    /// room for the largest frame header, which is then written just before it).
-    pub fn to_frame(&self) -> BytesMut {
-        let mut out = BytesMut::with_capacity(
-            FRAME_ROOM + 64 + self.method.len() + self.metadata.byte_size(),
-        );
-        let start = self.frame_into(&mut out);
-        out.advance(start);
-        out
+    /// The number of bytes [`encode`](Self::encode) writes.
+    fn payload_len(&self) -> usize {
+        2 + varint_len(self.method.len() as u64)
+            + self.method.len()
+            + self.timeout.map_or(0, |t| varint_len(micros(t)))
+            + self
+                .routing_key
+                .as_ref()
+                .map_or(0, |k| varint_len(k.len() as u64) + k.len())
+            + self.metadata.encoded_len()
     }
 
-    /// Encodes a complete HEADERS frame into `out`, which must be empty: the frame is
-    /// `out[start..]` for the returned `start` (the payload is written after room for the
-    /// largest frame header, which is then written just before it).
-    pub fn frame_into(&self, out: &mut BytesMut) -> usize {
-        debug_assert!(out.is_empty());
-        out.resize(FRAME_ROOM, 0);
-        self.encode(out);
-        let len = out.len() - FRAME_ROOM;
-        let start = FRAME_ROOM - 1 - varint_len(len as u64);
-        let mut head = &mut out[start..FRAME_ROOM];
-        put_frame_header(&mut head, FrameKind::Headers, len);
-        start
+    /// The number of bytes [`put_frame`](Self::put_frame) appends: a buffer of exactly this
+    /// capacity (plus whatever else goes in it) holds the frame with no spare room, so
+    /// freezing it allocates nothing more.
+    pub fn frame_len(&self) -> usize {
+        frame_len(self.payload_len())
+    }
+
+    /// Appends a complete HEADERS frame to `out`, encoded in place: its length is worked
+    /// out first, so nothing is encoded twice or copied.
+    pub fn put_frame(&self, out: &mut BytesMut) {
+        put_frame_in_place(out, FrameKind::Headers, self.payload_len(), |out| {
+            self.encode(out)
+        });
+    }
+
+    /// Encodes a complete HEADERS frame, in a buffer of exactly its size.
+    pub fn to_frame(&self) -> BytesMut {
+        let mut out = BytesMut::with_capacity(self.frame_len());
+        self.put_frame(&mut out);
+        out
     }
 
     /// Decodes a HEADERS payload.

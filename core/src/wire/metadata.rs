@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::error::WireError;
-use super::varint::{get_bytes, get_varint, put_bytes, put_varint};
+use super::varint::{get_bytes, get_varint, put_bytes, put_varint, varint_len};
 
 /// What each metadata entry is charged against
 /// [`WireLimits::max_metadata_size`](super::WireLimits::max_metadata_size) on top of its key
@@ -66,6 +66,18 @@ impl Metadata {
             .iter()
             .map(|(k, v)| METADATA_ENTRY_OVERHEAD + k.len() + v.len())
             .sum()
+    }
+
+    /// The number of bytes [`encode`](Self::encode) writes.
+    pub(super) fn encoded_len(&self) -> usize {
+        let entries: usize = self
+            .entries
+            .iter()
+            .map(|(k, v)| {
+                varint_len(k.len() as u64) + k.len() + varint_len(v.len() as u64) + v.len()
+            })
+            .sum();
+        varint_len(self.entries.len() as u64) + entries
     }
 
     pub(super) fn encode(&self, out: &mut BytesMut) {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::*;
 
@@ -211,5 +211,104 @@ fn a_shutdown_reason_says_from_which_stream_no_call_ran() {
         b"\xff not-run-from=4\xff",
     ] {
         assert_eq!(shutdown_not_run_from(reason), None, "{reason:?}");
+    }
+}
+
+#[test]
+fn trailers_frame_len_is_exactly_what_put_frame_appends() {
+    let long = "é".repeat(MAX_STATUS_MESSAGE_LEN); // cut on a character boundary
+    let mut metadata = Metadata::new();
+    metadata.insert("retry-after-ms", Bytes::from_static(b"250"));
+    metadata.insert("k", Bytes::from(vec![7u8; 300]));
+    let times = [
+        None,
+        Some(Duration::ZERO),
+        Some(Duration::from_micros(VARINT_MAX + 5)),
+    ];
+    for message in [String::new(), "no".into(), "x".repeat(100), long] {
+        for server_time in times {
+            for proxy in [
+                None,
+                Some(ProxyTime {
+                    inside: Duration::from_micros(70),
+                    upstream: Duration::from_secs(9),
+                }),
+            ] {
+                for metadata in [Metadata::new(), metadata.clone()] {
+                    let t = Trailers {
+                        code: Code::Unavailable,
+                        message: message.clone(),
+                        metadata,
+                        server_time,
+                        proxy,
+                        not_run: true,
+                    };
+                    let mut b = BytesMut::from(&b"before"[..]);
+                    t.put_frame(&mut b);
+                    assert_eq!(b.len() - 6, t.frame_len());
+                    let header = parse_frame_header(&b[6..], &WireLimits::default())
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(header.kind, FrameKind::Trailers);
+                    assert_eq!(header.header_len + header.len, t.frame_len());
+                    let back =
+                        Trailers::decode(&b[6 + header.header_len..], &WireLimits::default())
+                            .unwrap();
+                    assert_eq!(back.metadata, t.metadata);
+                    assert_eq!(back.proxy.is_some(), t.proxy.is_some());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn headers_frame_len_is_exactly_what_put_frame_appends() {
+    let mut metadata = Metadata::new();
+    metadata.insert("authorization", Bytes::from(vec![b'x'; 200]));
+    for method in ["a", "kv.Get", &"m".repeat(MAX_METHOD_LEN)] {
+        for timeout in [
+            None,
+            Some(Duration::ZERO),
+            Some(Duration::from_secs(3600 * 24 * 365)),
+        ] {
+            for routing_key in [
+                None,
+                Some(Bytes::from_static(b"user-7")),
+                Some(Bytes::from(vec![1u8; 700])),
+            ] {
+                for metadata in [Metadata::new(), metadata.clone()] {
+                    let h = RequestHeaders {
+                        method: method.to_string(),
+                        codec: crate::codec::Codec::Raw,
+                        timeout,
+                        idempotent: true,
+                        routing_key: routing_key.clone(),
+                        metadata,
+                    };
+                    let mut b = BytesMut::from(&b"prefix"[..]);
+                    h.put_frame(&mut b);
+                    assert_eq!(b.len() - 6, h.frame_len());
+                    let frame = h.to_frame();
+                    assert_eq!(
+                        (frame.len(), frame.capacity()),
+                        (h.frame_len(), h.frame_len())
+                    );
+                    let header = parse_frame_header(&frame, &WireLimits::default())
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(
+                        (header.kind, header.header_len + header.len),
+                        (FrameKind::Headers, frame.len())
+                    );
+                    let back =
+                        RequestHeaders::decode(&frame[header.header_len..], &WireLimits::default())
+                            .unwrap();
+                    assert_eq!(back.method, h.method);
+                    assert_eq!(back.routing_key, h.routing_key);
+                    assert_eq!(back.metadata, h.metadata);
+                }
+            }
+        }
     }
 }

@@ -6,11 +6,11 @@ use bytes::{BufMut, BytesMut};
 
 use super::code::Code;
 use super::error::WireError;
-use super::frame::{put_frame, FrameKind};
+use super::frame::{frame_len, put_frame_in_place, FrameKind};
 use super::headers::micros;
 use super::limits::WireLimits;
 use super::metadata::Metadata;
-use super::varint::{get_str, get_u8, get_varint, put_bytes, put_varint};
+use super::varint::{get_str, get_u8, get_varint, put_bytes, put_varint, varint_len};
 
 const TF_SERVER_TIME: u8 = 0x01;
 const TF_PROXY_TIME: u8 = 0x02;
@@ -76,20 +76,31 @@ impl Trailers {
         }
     }
 
-    /// Appends a complete TRAILERS frame to `out`. The payload is encoded first in a
-    /// buffer kept per thread, so framing it allocates nothing beyond `out`'s growth.
+    /// The number of bytes [`encode`](Self::encode) writes.
+    fn payload_len(&self) -> usize {
+        let msg = truncate_utf8(&self.message, MAX_STATUS_MESSAGE_LEN).len();
+        let times = self.server_time.map_or(0, |t| varint_len(micros(t)))
+            + self.proxy.map_or(0, |p| {
+                varint_len(micros(p.inside)) + varint_len(micros(p.upstream))
+            });
+        1 + varint_len(self.code as u64)
+            + varint_len(msg as u64)
+            + msg
+            + self.metadata.encoded_len()
+            + times
+    }
+
+    /// The number of bytes [`put_frame`](Self::put_frame) appends: a buffer of exactly this
+    /// capacity holds the frame with no spare room (so freezing it allocates nothing).
+    pub fn frame_len(&self) -> usize {
+        frame_len(self.payload_len())
+    }
+
+    /// Appends a complete TRAILERS frame to `out`, encoded in place: its length is worked
+    /// out first, so nothing is encoded twice or copied.
     pub fn put_frame(&self, out: &mut BytesMut) {
-        thread_local! {
-            static PAYLOAD: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-        }
-        PAYLOAD.with_borrow_mut(|payload| {
-            payload.clear();
-            self.encode(payload);
-            put_frame(out, FrameKind::Trailers, payload);
-            // A huge message once does not pin its buffer for the thread's life.
-            if payload.capacity() > 16 << 10 {
-                *payload = BytesMut::new();
-            }
+        put_frame_in_place(out, FrameKind::Trailers, self.payload_len(), |out| {
+            self.encode(out)
         });
     }
 
