@@ -416,11 +416,27 @@ pub struct ServerProcess {
     pub listening: Listening,
 }
 
+/// A command running this executable, under the tool named in
+/// `MERIDIAN_BENCH_SERVER_WRAPPER` if set (for example
+/// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p`, to profile a server).
+pub fn own_command() -> Result<Command> {
+    let wrapper = std::env::var("MERIDIAN_BENCH_SERVER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    Ok(match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(std::env::current_exe()?);
+            c
+        }
+        None => Command::new(std::env::current_exe()?),
+    })
+}
+
 impl ServerProcess {
     /// Starts `current_exe() serve KIND [--cpu N]` and waits for its LISTEN
     /// line.
     pub fn spawn(kind: Kind, cpu: Option<usize>) -> Result<Self> {
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = own_command()?;
         command.args(["serve", kind.name()]);
         if let Some(cpu) = cpu {
             command.args(["--cpu", &cpu.to_string()]);

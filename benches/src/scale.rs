@@ -24,7 +24,7 @@ use bytes::Bytes;
 use meridian::{Channel, ClientTls, Method, Server, ServerTls, TransportConfig};
 use tokio::task::JoinSet;
 
-use crate::driver::{listen_line, parse_listen_line, ServerProcess};
+use crate::driver::{listen_line, own_command, parse_listen_line, ServerProcess};
 use crate::kinds::Listening;
 use crate::tls::{self, Identity};
 use crate::Result;
@@ -181,16 +181,7 @@ impl ScaleServer {
     fn spawn_with(threads: usize, streams: u32, task_per_call: bool) -> Result<Self> {
         // MERIDIAN_BENCH_SERVER_WRAPPER runs the server under a tool, e.g.
         // "valgrind --tool=dhat --dhat-out-file=/tmp/dhat.json" to see what its memory is.
-        let wrapper = std::env::var("MERIDIAN_BENCH_SERVER_WRAPPER").unwrap_or_default();
-        let mut words = wrapper.split_whitespace();
-        let mut command = match words.next() {
-            Some(tool) => {
-                let mut c = Command::new(tool);
-                c.args(words).arg(std::env::current_exe()?);
-                c
-            }
-            None => Command::new(std::env::current_exe()?),
-        };
+        let mut command = own_command()?;
         command
             .args(["scale-serve", "--threads", &threads.to_string()])
             .args(["--streams", &streams.to_string()])

@@ -3,8 +3,8 @@
 //! The kernels Meridian is tested on have no `netem`, so WAN conditions are made here: a
 //! [`LinkEmulator`] listens on a loopback UDP port and relays every datagram to a target,
 //! holding it for the configured one-way delay (plus jitter), dropping it with the
-//! configured loss probability, or dropping everything during an outage. All settings can
-//! change while traffic flows.
+//! configured loss probability, dropping datagrams over a size limit (a narrow path MTU),
+//! or dropping everything during an outage. All settings can change while traffic flows.
 //!
 //! Packets leave each direction in the order they arrived (jitter delays, never reorders),
 //! and tokio's timer rounds every delay up to the next millisecond. Queues are bounded:
@@ -40,6 +40,9 @@ pub struct LinkSettings {
     pub loss: f64,
     /// Drop every packet both ways (a region outage).
     pub outage: bool,
+    /// Drop every datagram larger than this many bytes, both ways: a path with a smaller
+    /// MTU than loopback's. `None` (the default) carries any size.
+    pub max_datagram: Option<usize>,
 }
 
 impl LinkSettings {
@@ -61,6 +64,7 @@ impl Default for LinkSettings {
             jitter: Duration::ZERO,
             loss: 0.0,
             outage: false,
+            max_datagram: None,
         }
     }
 }
@@ -70,7 +74,7 @@ impl Default for LinkSettings {
 pub struct LinkStats {
     /// Datagrams delivered, both directions.
     pub forwarded: u64,
-    /// Datagrams dropped by loss, outage or a full queue.
+    /// Datagrams dropped by loss, outage, size (`max_datagram`) or a full queue.
     pub dropped: u64,
 }
 
@@ -99,9 +103,12 @@ impl LinkState {
     }
 
     /// When a packet entering now should leave, or `None` if it is dropped.
-    fn schedule(&self, to_target: bool) -> Option<Duration> {
+    fn schedule(&self, to_target: bool, len: usize) -> Option<Duration> {
         let s = self.settings();
-        if s.outage || (s.loss > 0.0 && self.random() < s.loss) {
+        if s.outage
+            || s.max_datagram.is_some_and(|max| len > max)
+            || (s.loss > 0.0 && self.random() < s.loss)
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -275,7 +282,7 @@ fn enqueue(
     socket: &Arc<UdpSocket>,
     dest: SocketAddr,
 ) {
-    let Some(delay) = state.schedule(to_target) else {
+    let Some(delay) = state.schedule(to_target, data.len()) else {
         return;
     };
     let packet = Packet {

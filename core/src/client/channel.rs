@@ -160,6 +160,8 @@ impl Channel {
                 .as_ref()
                 .filter(|c| c.early)
                 .and_then(|c| *c.handshake.borrow()),
+            path_mtu: conn.map(|c| c.stats().path.current_mtu),
+            mtu_probes_sent: conn.map_or(0, |c| c.stats().path.sent_plpmtud_probes),
         }
     }
 

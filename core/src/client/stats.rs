@@ -52,4 +52,10 @@ pub struct ChannelStats {
     /// For the current connection: `None` while its handshake runs or when it did not try
     /// 0-RTT, else whether the server accepted the 0-RTT data.
     pub zero_rtt: Option<bool>,
+    /// The largest UDP payload the current connection's path is known to carry, in bytes:
+    /// 1,200 at first, raised by path MTU discovery up to 1,452 (probes in steps of at
+    /// least 64 bytes; see [`crate::TransportConfig`]).
+    pub path_mtu: Option<u16>,
+    /// Path MTU probes the current connection has sent.
+    pub mtu_probes_sent: u64,
 }

@@ -163,3 +163,64 @@ async fn the_tcp_relay_delays_each_way() {
         );
     }
 }
+
+/// Makes calls on `ch` until `done` holds of its stats (at most `limit`).
+async fn call_until(
+    ch: &Channel,
+    limit: Duration,
+    done: impl Fn(&meridian::ChannelStats) -> bool,
+) -> meridian::ChannelStats {
+    let end = Instant::now() + limit;
+    while Instant::now() < end && !done(&ch.stats()) {
+        let _: i64 = ch.unary("add", &(1i64, 1i64)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ch.stats()
+}
+
+#[tokio::test]
+async fn path_mtu_discovery_reaches_1452_in_two_probes() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    let s = call_until(&ch, Duration::from_secs(5), |s| s.path_mtu == Some(1452)).await;
+    assert_eq!(s.path_mtu, Some(1452), "{s:?}");
+    // Steps of at least 64 bytes: 1,326 then 1,452 (quinn's default of 20 takes four).
+    assert_eq!(s.mtu_probes_sent, 2, "{s:?}");
+}
+
+#[tokio::test]
+async fn a_narrow_path_settles_within_64_bytes_of_its_mtu_and_large_calls_still_pass() {
+    let fx = Fixture::start().await;
+    let link = LinkEmulator::start(
+        fx.server.local_addr(),
+        LinkSettings {
+            max_datagram: Some(1400),
+            ..LinkSettings::with_rtt(Duration::from_millis(2))
+        },
+    )
+    .await
+    .unwrap();
+    let ch = Channel::builder(link.addr(), fx.client_tls())
+        .connect()
+        .await
+        .unwrap();
+    // 1,326 passes, 1,452 is lost (and retried), then 1,388 passes and the search stops.
+    let s = call_until(&ch, Duration::from_secs(10), |s| {
+        s.path_mtu.is_some_and(|m| m > 1326)
+    })
+    .await;
+    let mtu = s.path_mtu.unwrap();
+    assert!((1400 - 64..=1400).contains(&mtu), "{s:?}");
+    assert!(link.stats().dropped > 0, "the 1,452-byte probe was dropped");
+    // Packets of the settled size cross the link: a message of many packets arrives whole.
+    let big = bytes::Bytes::from(vec![7u8; 256 * 1024]);
+    let back = ch
+        .call("raw_reverse")
+        .raw()
+        .unary(&big)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.len(), big.len());
+    assert_eq!(ch.stats().path_mtu, Some(mtu), "no black hole was detected");
+}
