@@ -131,6 +131,87 @@ proptest! {
         }
         prop_assert_eq!(got, payloads);
     }
+
+    #[test]
+    fn chunks_taken_over_whole_or_copied_reassemble_alike(payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..8), cut in 1usize..6000, owned in proptest::collection::vec(any::<bool>(), 1..16)) {
+        let mut stream = BytesMut::new();
+        for p in &payloads {
+            wire::put_frame(&mut stream, FrameKind::Data, p);
+        }
+        let stream = stream.freeze();
+        let mut dec = FrameDecoder::new(limits());
+        let mut got = Vec::new();
+        let mut at = 0;
+        for (i, chunk) in stream.chunks(cut).enumerate() {
+            if owned[i % owned.len()] {
+                dec.extend_bytes(stream.slice(at..at + chunk.len()));
+            } else {
+                dec.extend(chunk);
+            }
+            at += chunk.len();
+            while let Some(f) = dec.next_frame().unwrap() {
+                got.push(f.payload.to_vec());
+            }
+            prop_assert!(dec.capacity() <= 2 * stream.len().max(FrameDecoder::MAX_HELD_CHUNK));
+        }
+        prop_assert_eq!(dec.buffered(), 0);
+        prop_assert_eq!(got, payloads);
+    }
+}
+
+#[test]
+fn a_small_chunk_is_taken_over_without_a_copy_and_a_large_one_is_copied() {
+    let mut b = BytesMut::new();
+    wire::put_frame(&mut b, FrameKind::Data, b"hello");
+    wire::put_frame(&mut b, FrameKind::Trailers, b"t");
+    let chunk = b.freeze();
+    let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
+    let mut dec = FrameDecoder::new(limits());
+    dec.extend_bytes(chunk.clone());
+    let data = dec.next_frame().unwrap().unwrap();
+    let trailers = dec.next_frame().unwrap().unwrap();
+    assert_eq!(
+        (&data.payload[..], &trailers.payload[..]),
+        (&b"hello"[..], &b"t"[..])
+    );
+    assert!(
+        range.contains(&(data.payload.as_ptr() as usize)),
+        "a slice of the chunk"
+    );
+    assert!(range.contains(&(trailers.payload.as_ptr() as usize)));
+    assert_eq!(dec.buffered(), 0);
+
+    let mut b = BytesMut::new();
+    wire::put_frame(
+        &mut b,
+        FrameKind::Data,
+        &[7u8; FrameDecoder::MAX_HELD_CHUNK],
+    );
+    let chunk = b.freeze();
+    let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
+    dec.extend_bytes(chunk);
+    let big = dec.next_frame().unwrap().unwrap();
+    assert_eq!(big.payload.len(), FrameDecoder::MAX_HELD_CHUNK);
+    assert!(
+        !range.contains(&(big.payload.as_ptr() as usize)),
+        "copied into the buffer"
+    );
+}
+
+#[test]
+fn a_partial_frame_taken_over_moves_to_the_buffer_when_the_rest_arrives() {
+    let mut b = BytesMut::new();
+    wire::put_frame(&mut b, FrameKind::Data, &[1u8; 100]);
+    let whole = b.freeze();
+    let mut dec = FrameDecoder::new(limits());
+    dec.extend_bytes(whole.slice(..40));
+    assert_eq!(dec.next_frame(), Ok(None));
+    assert_eq!(dec.buffered(), 40);
+    assert_eq!(dec.wanted(), Ok(Some(whole.len() - 40)));
+    dec.extend_bytes(whole.slice(40..));
+    let f = dec.next_frame().unwrap().unwrap();
+    assert_eq!(&f.payload[..], &[1u8; 100][..]);
+    assert_eq!(dec.buffered(), 0);
 }
 
 #[test]

@@ -108,13 +108,22 @@ impl FramedRecv {
                     Err(RecvError::Wire(WireError::Truncated))
                 };
             }
+            // A partial frame does not keep its datagram alive while the rest is awaited.
+            self.dec.spill();
             match self.recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => {
-                    if let Some(c) = &mut self.charge {
+                Ok(Some(chunk)) => match &mut self.charge {
+                    Some(c) => {
                         c.take(chunk.bytes.len()).map_err(RecvError::Budget)?;
+                        // A server copies: it keeps a request for its whole call, and a
+                        // slice would keep the datagram (or the receive batch) it came in
+                        // alive while the budget counts only the request's bytes.
+                        self.dec.extend(&chunk.bytes)
                     }
-                    self.dec.extend(&chunk.bytes)
-                }
+                    // A client takes a small chunk over without a copy: its frames are
+                    // decoded and dropped (trailers, typed messages) or copied out at
+                    // their size (raw responses, `DecodeAs::decode_response`).
+                    None => self.dec.extend_bytes(chunk.bytes),
+                },
                 Ok(None) => self.eof = true,
                 Err(quinn::ReadError::Reset(code)) => {
                     return Err(RecvError::Reset(code.into_inner()))

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::messages::{check_size, decode_typed, encode_typed};
 use crate::codec::{Codec, DecodeLimits};
 use crate::status::Status;
+use crate::wire::FrameDecoder;
 
 /// A payload style: [`Typed`] (serde) or [`Raw`] (bytes already encoded).
 pub trait PayloadStyle: Send + Sync + 'static {
@@ -27,6 +28,17 @@ pub trait DecodeAs<T>: PayloadStyle {
     /// Decodes `bytes` sent with `codec`, within `limits`; bad input is
     /// `INVALID_ARGUMENT`.
     fn decode(codec: Codec, bytes: Bytes, limits: &DecodeLimits) -> Result<T, Status>;
+
+    /// [`DecodeAs::decode`] for a client's response, whose bytes may be a slice of the
+    /// datagram they arrived in ([`FrameDecoder::MAX_HELD_CHUNK`]): a style that hands
+    /// the bytes themselves to the caller copies such small ones, so keeping a response
+    /// does not keep a receive buffer. Typed messages are decoded into owned values and
+    /// need no copy.
+    ///
+    /// [`FrameDecoder::MAX_HELD_CHUNK`]: crate::wire::FrameDecoder::MAX_HELD_CHUNK
+    fn decode_response(codec: Codec, bytes: Bytes, limits: &DecodeLimits) -> Result<T, Status> {
+        Self::decode(codec, bytes, limits)
+    }
 }
 
 /// Typed messages through serde: postcard by default (Rust to Rust), or the
@@ -69,5 +81,39 @@ impl EncodeAs<Bytes> for Raw {
 impl DecodeAs<Bytes> for Raw {
     fn decode(_: Codec, bytes: Bytes, _: &DecodeLimits) -> Result<Bytes, Status> {
         Ok(bytes)
+    }
+
+    fn decode_response(_: Codec, bytes: Bytes, _: &DecodeLimits) -> Result<Bytes, Status> {
+        if bytes.len() <= FrameDecoder::MAX_HELD_CHUNK {
+            return Ok(Bytes::copy_from_slice(&bytes));
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_response_small_enough_to_be_a_datagram_slice_is_copied_out_of_it() {
+        let limits = DecodeLimits::default();
+        let small = Bytes::from(vec![1u8; FrameDecoder::MAX_HELD_CHUNK]);
+        let got =
+            <Raw as DecodeAs<Bytes>>::decode_response(Codec::Raw, small.clone(), &limits).unwrap();
+        assert_eq!(got, small);
+        assert_ne!(got.as_ptr(), small.as_ptr(), "copied");
+
+        let large = Bytes::from(vec![1u8; FrameDecoder::MAX_HELD_CHUNK + 1]);
+        let got =
+            <Raw as DecodeAs<Bytes>>::decode_response(Codec::Raw, large.clone(), &limits).unwrap();
+        assert_eq!(
+            got.as_ptr(),
+            large.as_ptr(),
+            "a large one was never a slice: kept"
+        );
+        // On the server, a raw request is handed over as it is.
+        let got = <Raw as DecodeAs<Bytes>>::decode(Codec::Raw, small.clone(), &limits).unwrap();
+        assert_eq!(got.as_ptr(), small.as_ptr());
     }
 }

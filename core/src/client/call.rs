@@ -239,7 +239,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         // The answer first; and no random order, which costs a draw from
                         // the thread's generator at each poll.
                         biased;
-                        r = recv.single_response(P::decode, Some(&headers.method)) => r,
+                        r = recv.single_response(P::decode_response, Some(&headers.method)) => r,
                         _ = call.handshake_overdue() => {
                             return Err(Failure {
                                 status: Status::unavailable(format!(
@@ -383,7 +383,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
         .await?;
         call.done();
         let recv = CallRecv::new(opened, &inner, headers.codec, deadline);
-        Ok(recv.into_streaming(P::decode, deadline))
+        Ok(recv.into_streaming(P::decode_response, deadline))
     }
 
     /// A client-streaming call: send requests on the sink, then await the response.
@@ -402,7 +402,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                     sink,
                     ResponseFuture {
                         recv,
-                        decode: P::decode,
+                        decode: P::decode_response,
                         deadline,
                     },
                 )
@@ -419,7 +419,9 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
         let opened = self
             .open_request_stream::<Req>()
             .await
-            .map(|(sink, recv, deadline)| (sink, recv.into_streaming(P::decode, deadline)));
+            .map(|(sink, recv, deadline)| {
+                (sink, recv.into_streaming(P::decode_response, deadline))
+            });
         end_when_done(passed, opened)
     }
 

@@ -134,12 +134,16 @@ pub struct Frame {
 
 /// Splits a byte stream into frames, enforcing [`WireLimits`].
 ///
-/// Feed it bytes as they arrive with [`FrameDecoder::extend`], then take frames with
-/// [`FrameDecoder::next_frame`]. It never buffers more than one frame plus one read, and
-/// its memory follows the bytes that arrived: a header declaring a 4 MiB frame costs
-/// nothing until the 4 MiB are there.
+/// Feed it bytes as they arrive with [`FrameDecoder::extend`] (or
+/// [`FrameDecoder::extend_bytes`]), then take frames with [`FrameDecoder::next_frame`]. It
+/// never buffers more than one frame plus one read, and its memory follows the bytes that
+/// arrived: a header declaring a 4 MiB frame costs nothing until the 4 MiB are there.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
+    /// A received chunk taken over whole, without a copy, because nothing was buffered
+    /// when it came: frames lying wholly inside it are handed out as slices of it. Bytes
+    /// that arrive after it are appended to `buf`, once it has moved there.
+    held: Bytes,
     buf: BytesMut,
     limits: WireLimits,
 }
@@ -148,8 +152,34 @@ impl FrameDecoder {
     /// A decoder with the given limits.
     pub fn new(limits: WireLimits) -> Self {
         FrameDecoder {
+            held: Bytes::new(),
             buf: BytesMut::new(),
             limits,
+        }
+    }
+
+    /// The largest chunk [`FrameDecoder::extend_bytes`] takes over without a copy.
+    /// Frames handed out of such a chunk are slices of the peer's datagram (or of the
+    /// receive batch it came in), so whoever keeps one long should copy it first; a
+    /// frame payload longer than this was never such a slice.
+    pub const MAX_HELD_CHUNK: usize = 4096;
+
+    /// Appends a chunk received from the peer, taking it over without a copy when nothing
+    /// is buffered and it is at most [`FrameDecoder::MAX_HELD_CHUNK`] bytes (the common
+    /// case: a small message and its trailers arriving in one chunk).
+    pub fn extend_bytes(&mut self, bytes: Bytes) {
+        if self.held.is_empty() && self.buf.is_empty() && bytes.len() <= Self::MAX_HELD_CHUNK {
+            self.held = bytes;
+        } else {
+            self.extend(&bytes);
+        }
+    }
+
+    /// Copies a chunk taken over whole into the decoder's own buffer, so the datagram it
+    /// was a slice of is no longer kept (before waiting for the rest of a partial frame).
+    pub fn spill(&mut self) {
+        if !self.held.is_empty() {
+            self.extend(&[]);
         }
     }
 
@@ -159,10 +189,18 @@ impl FrameDecoder {
     /// it must grow, it takes at most twice the bytes it then holds, and never more than
     /// the end of the frame being assembled (so a whole message is not doubled either).
     pub fn extend(&mut self, bytes: &[u8]) {
-        let needed = self.buf.len() + bytes.len();
-        if needed > self.buf.capacity() && !self.buf.try_reclaim(bytes.len()) {
-            let mut cap = needed.max(2 * self.buf.len());
-            if let Ok(Some(h)) = parse_frame_header(&self.buf, &self.limits) {
+        // A chunk taken over whole moves into the buffer first (the buffer is empty then).
+        let held = std::mem::take(&mut self.held);
+        let before = self.buf.len() + held.len();
+        let needed = before + bytes.len();
+        if needed > self.buf.capacity() && !self.buf.try_reclaim(needed - self.buf.len()) {
+            let pending = if held.is_empty() {
+                &self.buf[..]
+            } else {
+                &held[..]
+            };
+            let mut cap = needed.max(2 * before);
+            if let Ok(Some(h)) = parse_frame_header(pending, &self.limits) {
                 let frame_end = h.header_len + h.len;
                 if frame_end >= needed {
                     cap = cap.min(frame_end);
@@ -172,28 +210,52 @@ impl FrameDecoder {
             grown.extend_from_slice(&self.buf);
             self.buf = grown;
         }
+        self.buf.extend_from_slice(&held);
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.held.len() + self.buf.len()
     }
 
-    /// Bytes of memory the buffer holds (its capacity): it follows the bytes that arrived,
-    /// never a length a frame header declared.
+    /// Bytes of memory the buffer holds (its capacity, plus a chunk taken over whole): it
+    /// follows the bytes that arrived, never a length a frame header declared.
     pub fn capacity(&self) -> usize {
-        self.buf.capacity()
+        self.held.len() + self.buf.capacity()
+    }
+
+    /// The bytes not yet returned as frames, in one of the two places.
+    fn pending(&self) -> &[u8] {
+        if self.held.is_empty() {
+            &self.buf
+        } else {
+            &self.held
+        }
     }
 
     /// How many more bytes the next frame needs, if its header is known.
     pub fn wanted(&self) -> Result<Option<usize>, WireError> {
-        Ok(parse_frame_header(&self.buf, &self.limits)?
-            .map(|h| (h.header_len + h.len).saturating_sub(self.buf.len())))
+        let pending = self.pending();
+        Ok(parse_frame_header(pending, &self.limits)?
+            .map(|h| (h.header_len + h.len).saturating_sub(pending.len())))
     }
 
     /// Takes the next complete frame, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        if !self.held.is_empty() {
+            let Some(h) = parse_frame_header(&self.held, &self.limits)? else {
+                return Ok(None);
+            };
+            if self.held.len() < h.header_len + h.len {
+                return Ok(None);
+            }
+            self.held.advance(h.header_len);
+            return Ok(Some(Frame {
+                kind: h.kind,
+                payload: self.held.split_to(h.len),
+            }));
+        }
         let Some(h) = parse_frame_header(&self.buf, &self.limits)? else {
             return Ok(None);
         };
