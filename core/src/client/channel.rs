@@ -141,6 +141,8 @@ impl Channel {
         let s = &self.inner.stats;
         let current = self.inner.current();
         let conn = current.as_ref().map(|c| &c.quic);
+        // quinn's figures, read once (each read locks the connection and copies them).
+        let quic = conn.map(|c| c.stats());
         ChannelStats {
             calls_started: s.calls_started.load(Ordering::Relaxed),
             calls_failed: s.calls_failed.load(Ordering::Relaxed),
@@ -148,8 +150,8 @@ impl Channel {
             connections: s.connections.load(Ordering::Relaxed),
             rtt: conn.map(|c| c.rtt()),
             min_rtt: conn.map(|c| c.min_rtt()),
-            datagrams_sent: conn.map_or(0, |c| c.stats().udp_tx.datagrams),
-            datagrams_received: conn.map_or(0, |c| c.stats().udp_rx.datagrams),
+            datagrams_sent: quic.as_ref().map_or(0, |q| q.udp_tx.datagrams),
+            datagrams_received: quic.as_ref().map_or(0, |q| q.udp_rx.datagrams),
             retries: s.retries.load(Ordering::Relaxed),
             zero_rtt_attempted: s.zero_rtt_attempted.load(Ordering::Relaxed),
             zero_rtt_accepted: s.zero_rtt_accepted.load(Ordering::Relaxed),
@@ -160,8 +162,8 @@ impl Channel {
                 .as_ref()
                 .filter(|c| c.early)
                 .and_then(|c| *c.handshake.borrow()),
-            path_mtu: conn.map(|c| c.stats().path.current_mtu),
-            mtu_probes_sent: conn.map_or(0, |c| c.stats().path.sent_plpmtud_probes),
+            path_mtu: quic.as_ref().map(|q| q.path.current_mtu),
+            mtu_probes_sent: quic.as_ref().map_or(0, |q| q.path.sent_plpmtud_probes),
         }
     }
 

@@ -171,6 +171,21 @@ impl Fixture {
         ClientTls::with_roots([self.ca.certificate().clone()]).expect("roots")
     }
 
+    /// A link emulator in front of the server with `settings`, and a channel through it.
+    pub async fn through_link(
+        &self,
+        settings: meridian::testing::LinkSettings,
+    ) -> (meridian::testing::LinkEmulator, Channel) {
+        let link = meridian::testing::LinkEmulator::start(self.server.local_addr(), settings)
+            .await
+            .expect("link");
+        let ch = Channel::builder(link.addr(), self.client_tls())
+            .connect()
+            .await
+            .expect("connect");
+        (link, ch)
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::builder(self.server.local_addr(), self.client_tls())
             .connect()

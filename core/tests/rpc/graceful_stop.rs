@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use meridian::testing::{LinkEmulator, LinkSettings};
+use meridian::testing::LinkSettings;
 use meridian::{Channel, Status, TransportConfig};
 
 use crate::common::Fixture;
@@ -162,16 +162,9 @@ async fn a_graceful_stop_answers_every_started_call_and_refuses_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_the_server_never_took_is_known_not_run_after_the_close() {
     let fx = Fixture::start().await;
-    let link = LinkEmulator::start(
-        fx.server.local_addr(),
-        LinkSettings::with_rtt(Duration::from_millis(400)),
-    )
-    .await
-    .unwrap();
-    let ch = Channel::builder(link.addr(), fx.client_tls())
-        .connect()
-        .await
-        .unwrap();
+    let (_link, ch) = fx
+        .through_link(LinkSettings::with_rtt(Duration::from_millis(400)))
+        .await;
     let _: i64 = ch.unary("add", &(1i64, 1i64)).await.unwrap();
     // Runs for a minute: still running when the grace period ends.
     let stuck = {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use meridian::testing::{LinkEmulator, LinkSettings};
+use meridian::testing::LinkSettings;
 use meridian::Channel;
 
 use crate::common::Fixture;
@@ -21,16 +21,9 @@ async fn median_call_time(ch: &Channel, n: usize) -> Duration {
 #[tokio::test]
 async fn rtt_through_the_link_follows_the_configured_delay() {
     let fx = Fixture::start().await;
-    let link = LinkEmulator::start(
-        fx.server.local_addr(),
-        LinkSettings::with_rtt(Duration::from_millis(40)),
-    )
-    .await
-    .unwrap();
-    let ch = Channel::builder(link.addr(), fx.client_tls())
-        .connect()
-        .await
-        .unwrap();
+    let (link, ch) = fx
+        .through_link(LinkSettings::with_rtt(Duration::from_millis(40)))
+        .await;
     let t = median_call_time(&ch, 10).await;
     assert!(
         t >= Duration::from_millis(40),
@@ -56,16 +49,9 @@ async fn rtt_through_the_link_follows_the_configured_delay() {
 #[tokio::test]
 async fn an_outage_stops_traffic_until_it_ends() {
     let fx = Fixture::start().await;
-    let link = LinkEmulator::start(
-        fx.server.local_addr(),
-        LinkSettings::with_rtt(Duration::from_millis(10)),
-    )
-    .await
-    .unwrap();
-    let ch = Channel::builder(link.addr(), fx.client_tls())
-        .connect()
-        .await
-        .unwrap();
+    let (link, ch) = fx
+        .through_link(LinkSettings::with_rtt(Duration::from_millis(10)))
+        .await;
     let _: i64 = ch.unary("add", &(1i64, 1i64)).await.unwrap();
     link.set_outage(true);
     let err = ch
@@ -90,19 +76,12 @@ async fn an_outage_stops_traffic_until_it_ends() {
 #[tokio::test]
 async fn calls_survive_loss() {
     let fx = Fixture::start().await;
-    let link = LinkEmulator::start(
-        fx.server.local_addr(),
-        LinkSettings {
+    let (link, ch) = fx
+        .through_link(LinkSettings {
             loss: 0.1,
             ..LinkSettings::with_rtt(Duration::from_millis(2))
-        },
-    )
-    .await
-    .unwrap();
-    let ch = Channel::builder(link.addr(), fx.client_tls())
-        .connect()
-        .await
-        .unwrap();
+        })
+        .await;
     for i in 0..50i64 {
         let v: i64 = ch
             .call("add")
@@ -191,19 +170,12 @@ async fn path_mtu_discovery_reaches_1452_in_two_probes() {
 #[tokio::test]
 async fn a_narrow_path_settles_within_64_bytes_of_its_mtu_and_large_calls_still_pass() {
     let fx = Fixture::start().await;
-    let link = LinkEmulator::start(
-        fx.server.local_addr(),
-        LinkSettings {
+    let (link, ch) = fx
+        .through_link(LinkSettings {
             max_datagram: Some(1400),
             ..LinkSettings::with_rtt(Duration::from_millis(2))
-        },
-    )
-    .await
-    .unwrap();
-    let ch = Channel::builder(link.addr(), fx.client_tls())
-        .connect()
-        .await
-        .unwrap();
+        })
+        .await;
     // 1,326 passes, 1,452 is lost (and retried), then 1,388 passes and the search stops.
     let s = call_until(&ch, Duration::from_secs(10), |s| {
         s.path_mtu.is_some_and(|m| m > 1326)
