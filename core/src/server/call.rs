@@ -241,16 +241,18 @@ async fn answer_call(
         run_call(call, rx, send).instrument(span.clone()).await
     };
     let took = started.elapsed();
-    ended(
-        &shared.interceptors,
-        &passed,
-        &CallEnd {
-            method: method_name.as_deref().unwrap_or(""),
-            peer,
-            code,
-            duration: took,
-        },
-    );
+    if !shared.interceptors.is_empty() {
+        ended(
+            &shared.interceptors,
+            &passed,
+            &CallEnd {
+                method: method_name.as_deref().unwrap_or(""),
+                peer,
+                code,
+                duration: took,
+            },
+        );
+    }
     drop(passed);
     if code != Code::Ok {
         shared.calls_failed.fetch_add(1, Ordering::Relaxed);
@@ -431,7 +433,7 @@ fn run_call<'a>(
         };
         // The interceptor chain, before anything of the call's own runs (the health check is
         // not intercepted).
-        if entry.info.name != super::HEALTH_METHOD {
+        if !shared.interceptors.is_empty() && entry.info.name != super::HEALTH_METHOD {
             let mut head = CallHead {
                 method: &headers.method,
                 metadata: &mut headers.metadata,
@@ -491,8 +493,11 @@ fn run_call<'a>(
             state: Arc::new(CancelState::default()),
             budgets: Some([conn.buffers.clone(), shared.buffers.clone()]),
         };
+        // The call keeps only what it reads at the end (trailers, an upstream report) and
+        // cancels through: the rest of the context is the handler's.
+        let state = ctx.state.clone();
         let call = ServerCall {
-            ctx: ctx.clone(),
+            ctx,
             body,
             sink: sink_tx,
             limits: shared.transport.value,
@@ -508,7 +513,7 @@ fn run_call<'a>(
         };
         let outcome = match first {
             std::task::Poll::Ready(r) => Outcome::Reply(r.unwrap_or_else(|panic| {
-                tracing::error!(method = %ctx.method, %panic, "handler panicked");
+                tracing::error!(method = %entry.name, %panic, "handler panicked");
                 Err(Status::internal("the handler panicked"))
             })),
             std::task::Poll::Pending => {
@@ -519,14 +524,14 @@ fn run_call<'a>(
                     &mut sink_rx,
                     deadline,
                     write_timeout,
-                    &ctx,
+                    &entry.name,
                 )
                 .await
             }
         };
         // Anything still running for this call stops here.
         if !matches!(outcome, Outcome::Reply(Ok(_))) {
-            ctx.cancel();
+            state.cancel();
         }
         drop(handler);
         match outcome {
@@ -538,20 +543,21 @@ fn run_call<'a>(
                 let code = status.code();
                 let elapsed = started.elapsed();
                 let mut trailers = trailers_for(status, elapsed);
-                let extra = ctx.take_trailers();
-                if !extra.is_empty() && trailers.metadata.is_empty() {
-                    trailers.metadata = extra;
-                }
-                if let Some(f) = ctx.take_forwarded() {
-                    if trailers.metadata.is_empty() {
-                        trailers.metadata = f.metadata;
+                if let Some((extra, forwarded)) = state.take_extras() {
+                    if !extra.is_empty() && trailers.metadata.is_empty() {
+                        trailers.metadata = extra;
                     }
-                    trailers.server_time = f.server_time;
-                    trailers.not_run = f.not_run && code != Code::Ok;
-                    trailers.proxy = Some(ProxyTime {
-                        inside: elapsed.saturating_sub(f.upstream),
-                        upstream: f.upstream,
-                    });
+                    if let Some(f) = forwarded {
+                        if trailers.metadata.is_empty() {
+                            trailers.metadata = f.metadata;
+                        }
+                        trailers.server_time = f.server_time;
+                        trailers.not_run = f.not_run && code != Code::Ok;
+                        trailers.proxy = Some(ProxyTime {
+                            inside: elapsed.saturating_sub(f.upstream),
+                            upstream: f.upstream,
+                        });
+                    }
                 }
                 // Senders check their own limits: trailing metadata the client would refuse
                 // becomes RESOURCE_EXHAUSTED, with no reply, rather than a bad TRAILERS.
@@ -588,7 +594,7 @@ async fn watch_call(
     sink_rx: &mut Option<mpsc::Receiver<Queued>>,
     deadline: Option<Instant>,
     write_timeout: Duration,
-    ctx: &CallContext,
+    method: &str,
 ) -> Outcome {
     let stopped = send.stopped();
     tokio::pin!(stopped);
@@ -653,7 +659,7 @@ async fn watch_call(
             },
             r = &mut *handler, if finished.is_none() => {
                 let r = r.unwrap_or_else(|panic| {
-                    tracing::error!(method = %ctx.method, %panic, "handler panicked");
+                    tracing::error!(method = %method, %panic, "handler panicked");
                     Err(Status::internal("the handler panicked"))
                 });
                 // Streamed responses still queued go out before the trailers, unless the

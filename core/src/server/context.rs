@@ -17,8 +17,41 @@ use crate::wire::Metadata;
 pub(super) struct CancelState {
     cancelled: AtomicBool,
     notify: Notify,
+    /// Set once a trailer or an upstream report is recorded: most calls have neither, and
+    /// then their end takes no lock.
+    extras: AtomicBool,
     trailers: Mutex<Metadata>,
     forwarded: Mutex<Option<UpstreamReport>>,
+}
+
+impl CancelState {
+    /// Marks the call cancelled and wakes whatever waits in [`CallContext::cancelled`].
+    pub(super) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// The trailing metadata the handler set and the gateway's report of the call it
+    /// forwarded, if it set or made them.
+    #[inline]
+    pub(super) fn take_extras(&self) -> Option<(Metadata, Option<UpstreamReport>)> {
+        if self.extras.load(Ordering::Acquire) {
+            Some(self.take_extras_locked())
+        } else {
+            None
+        }
+    }
+
+    #[inline(never)]
+    fn take_extras_locked(&self) -> (Metadata, Option<UpstreamReport>) {
+        let trailers = self
+            .trailers
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        let forwarded = self.forwarded.lock().ok().and_then(|mut f| f.take());
+        (trailers, forwarded)
+    }
 }
 
 /// What a gateway's handler learned from the call it forwarded upstream, for the TRAILERS
@@ -82,7 +115,8 @@ impl CallContext {
     /// cannot cover it. Typed handlers of [`Codec::Value`] requests reserve their decoded
     /// size this way before decoding.
     pub fn reserve_memory(&self, bytes: usize) -> Result<MemoryReservation, crate::Status> {
-        let Some([conn, server]) = &self.budgets else {
+        // Nothing to hold (a raw request, say): no charge to make and give back.
+        let (Some([conn, server]), 1..) = (&self.budgets, bytes) else {
             return Ok(MemoryReservation(None));
         };
         let mut charge = Charge::new(conn.clone(), server.clone());
@@ -181,6 +215,7 @@ impl CallContext {
     pub fn set_trailer(&self, key: impl Into<String>, value: impl Into<Bytes>) {
         if let Ok(mut t) = self.state.trailers.lock() {
             t.insert(key, value);
+            self.state.extras.store(true, Ordering::Release);
         }
     }
 
@@ -195,23 +230,7 @@ impl CallContext {
     pub fn report_upstream(&self, f: UpstreamReport) {
         if let Ok(mut slot) = self.state.forwarded.lock() {
             *slot = Some(f);
+            self.state.extras.store(true, Ordering::Release);
         }
-    }
-
-    pub(super) fn take_forwarded(&self) -> Option<UpstreamReport> {
-        self.state.forwarded.lock().ok()?.take()
-    }
-
-    pub(super) fn cancel(&self) {
-        self.state.cancelled.store(true, Ordering::Release);
-        self.state.notify.notify_waiters();
-    }
-
-    pub(super) fn take_trailers(&self) -> Metadata {
-        self.state
-            .trailers
-            .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .unwrap_or_default()
     }
 }
