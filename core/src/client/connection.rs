@@ -52,9 +52,22 @@ pub(super) struct ChannelInner {
     pub(super) interceptors: super::intercept::Chain,
 }
 
-/// One QUIC connection and the state of its handshake.
+/// One QUIC connection and the state of its handshake, shared: every call takes a
+/// handle, and cloning a `quinn::Connection` (or a watch receiver) would lock the
+/// connection's state on each call, twice (taken, then dropped).
 #[derive(Clone)]
-pub(super) struct Conn {
+pub(super) struct Conn(Arc<ConnState>);
+
+impl std::ops::Deref for Conn {
+    type Target = ConnState;
+
+    fn deref(&self) -> &ConnState {
+        &self.0
+    }
+}
+
+/// What [`Conn`] shares.
+pub(super) struct ConnState {
     pub(super) quic: quinn::Connection,
     /// `None` while the handshake runs; then whether 0-RTT data was accepted.
     pub(super) handshake: watch::Receiver<Option<bool>>,
@@ -68,7 +81,7 @@ pub(super) struct Conn {
     pub(super) reconnected_at: Option<Instant>,
 }
 
-impl Conn {
+impl ConnState {
     pub(super) fn handshake_done(&self) -> bool {
         self.handshake.borrow().is_some()
     }
@@ -152,7 +165,7 @@ impl Drop for ChannelInner {
         let settle_until = c.done_at.get().map(|done| {
             *done + (c.quic.rtt() * 3 / 2 + Duration::from_millis(2)).min(Duration::from_secs(1))
         });
-        let quic = c.quic;
+        let quic = c.quic.clone();
         match (settle_until, tokio::runtime::Handle::try_current()) {
             (Some(until), Ok(runtime)) if until > Instant::now() => {
                 runtime.spawn(async move {
@@ -302,26 +315,26 @@ impl ChannelInner {
             debug!(%addr, accepted, failed, "0-RTT handshake ended");
             let _ = tx.send(Some(accepted));
         });
-        self.put(Conn {
+        self.put(Conn(Arc::new(ConnState {
             quic,
             handshake: rx,
             early: true,
             done_at,
             reconnected_at,
-        })
+        })))
     }
 
     /// A connection whose full handshake completed.
     fn install(self: &Arc<Self>, quic: quinn::Connection, reconnected_at: Option<Instant>) -> Conn {
         let done_at = Arc::new(std::sync::OnceLock::new());
         let _ = done_at.set(Instant::now());
-        self.put(Conn {
+        self.put(Conn(Arc::new(ConnState {
             quic,
             handshake: watch::channel(Some(false)).1,
             early: false,
             done_at,
             reconnected_at,
-        })
+        })))
     }
 
     fn put(self: &Arc<Self>, conn: Conn) -> Conn {
