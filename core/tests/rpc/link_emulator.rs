@@ -125,10 +125,14 @@ async fn the_tcp_relay_delays_each_way() {
     let mut buf = [0u8; 4];
     c.read_exact(&mut buf).await.unwrap();
     let first = connected.elapsed();
+    // Upper bounds sit just below what a relay that delayed each way twice would take
+    // (160 ms, 80 ms): a loaded 2-core CI machine adds tens of milliseconds of scheduling
+    // delay now and then, which is not what this test is about.
     assert!(
-        first >= Duration::from_millis(80) && first < Duration::from_millis(130),
+        first >= Duration::from_millis(80) && first < Duration::from_millis(160),
         "{first:?}"
     );
+    let mut fastest = Duration::MAX;
     for _ in 0..3 {
         let t = Instant::now();
         c.write_all(b"ping").await.unwrap();
@@ -136,11 +140,10 @@ async fn the_tcp_relay_delays_each_way() {
         c.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
         let rtt = t.elapsed();
-        assert!(
-            rtt >= Duration::from_millis(40) && rtt < Duration::from_millis(80),
-            "{rtt:?}"
-        );
+        assert!(rtt >= Duration::from_millis(40), "{rtt:?}");
+        fastest = fastest.min(rtt);
     }
+    assert!(fastest < Duration::from_millis(80), "{fastest:?}");
 }
 
 /// Makes calls on `ch` until `done` holds of its stats (at most `limit`).
