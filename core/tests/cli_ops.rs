@@ -419,9 +419,9 @@ fn one_call_is_followed_across_the_proxy_by_its_trace_id() {
             &dir.0,
         );
         // Until the upstream's HELLO reaches the proxy, the proxy does not know "add" and
-        // forwards it as a stream each way, whose hop names no upstream server: the
-        // first call that succeeds may be such a one, so calls go on until a hop names
-        // its server.
+        // forwards it as a stream each way; such a hop names the server's id and region
+        // only if the HELLO has come by the end of the call. The first call that succeeds
+        // may be one whose hop came too early, so calls go on until a hop names its server.
         let expected = format!("upstream=\"eu/{server}@{server}\"");
         let hop = (String::from_utf8_lossy(&o.stdout).trim() == "5")
             .then(|| {

@@ -1,7 +1,7 @@
 //! What servers, region clients and proxies tell operators, over real QUIC connections and
 //! a real HTTP scrape: the metrics exposition, `/healthz` and `/readyz`, the health method
-//! (serving, not serving, draining), W3C trace context continued by the proxy, and the log
-//! lines of region health changes.
+//! (serving, not serving, draining), W3C trace context continued by the proxy, the log
+//! lines of region health changes, and the proxy's access lines naming the upstream server.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -38,6 +38,27 @@ fn methods(region: &str, id: &str) -> ServerBuilder {
                 .get_str("traceparent")
                 .unwrap_or("")
                 .to_string())
+        })
+        .server_streaming("count", |n: u32, _, sink| async move {
+            for i in 0..n {
+                sink.send(&i).await?;
+            }
+            Ok(())
+        })
+        .client_streaming("sum", |mut reqs, _| async move {
+            let mut total = 0i64;
+            while let Some(x) = reqs.message().await? {
+                let x: i64 = x;
+                total += x;
+            }
+            Ok(total)
+        })
+        .bidi("double", |mut reqs, _, sink| async move {
+            while let Some(x) = reqs.message().await? {
+                let x: i64 = x;
+                sink.send(&(x * 2)).await?;
+            }
+            Ok(())
         })
 }
 
@@ -489,4 +510,106 @@ fn a_region_client_logs_servers_leaving_and_the_region_it_moves_to() {
         region.contains("WARN") && region.contains("region=eu"),
         "{region}"
     );
+}
+
+#[test]
+fn the_proxys_access_line_names_the_upstream_server_for_every_call_kind() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend_addr = rt.block_on(async {
+        let ca = DevCa::new().unwrap();
+        let backend = serve(&ca, "eu", "eu-1").await;
+        let addr = backend.local_addr();
+
+        // Straight to the server: a stream names the server it comes from.
+        let direct = Channel::builder(addr, tls(&ca)).connect().await.unwrap();
+        let mut s = direct
+            .call("count")
+            .server_streaming::<_, u32>(&3u32)
+            .await
+            .unwrap();
+        while s.message().await.unwrap().is_some() {}
+        let by = s.served_by();
+        assert_eq!(
+            (by.region(), by.server_id(), by.addr()),
+            ("eu", "eu-1", addr)
+        );
+
+        let mut map = RegionMap::new();
+        map.add_server("eu", ServerEndpoint::new(addr, "localhost"));
+        let upstream = RegionClient::builder(StaticDiscovery::new(map), tls(&ca))
+            .build()
+            .unwrap();
+        let proxy = Proxy::builder(upstream)
+            .region("edge")
+            .access_log(true)
+            .bind(
+                "127.0.0.1:0".parse().unwrap(),
+                ServerTls::new(ca.issue_server(&["localhost"]).unwrap()),
+            )
+            .await
+            .unwrap();
+        assert!(
+            proxy
+                .upstream()
+                .ready("double", Duration::from_secs(5))
+                .await
+        );
+        let ch = Channel::builder(proxy.local_addr(), tls(&ca))
+            .connect()
+            .await
+            .unwrap();
+
+        let sum: i64 = ch.unary("add", &(2i64, 3i64)).await.unwrap();
+        assert_eq!(sum, 5);
+        let mut s = ch
+            .call("count")
+            .server_streaming::<_, u32>(&4u32)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some(x) = s.message().await.unwrap() {
+            got.push(x);
+        }
+        assert_eq!(got, [0, 1, 2, 3]);
+        // Through a proxy, the stream's own end is the proxy.
+        assert_eq!(s.served_by().region(), "edge");
+        let (mut sink, resp) = ch.call("sum").client_streaming::<i64, i64>().await.unwrap();
+        for i in 1..=4 {
+            sink.send(&i).await.unwrap();
+        }
+        sink.finish();
+        assert_eq!(*resp.response().await.unwrap().get_ref(), 10);
+        let (mut sink, mut stream) = ch.call("double").bidi::<i64, i64>().await.unwrap();
+        sink.send(&21).await.unwrap();
+        assert_eq!(stream.message().await.unwrap(), Some(42));
+        sink.finish();
+        assert_eq!(stream.message().await.unwrap(), None);
+        addr
+    });
+    let text = logs.text();
+    let upstream = format!("upstream=\"eu/eu-1@{backend_addr}\"");
+    for (method, kind) in [
+        ("add", "unary"),
+        ("count", "server_streaming"),
+        ("sum", "client_streaming"),
+        ("double", "bidi"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains("forwarded") && l.contains(&format!("method=\"{method}\"")))
+            .unwrap_or_else(|| panic!("no access line for {method} ({kind}) in:\n{text}"));
+        assert!(line.contains("code=\"OK\""), "{line}");
+        assert!(line.contains(&upstream), "{kind}: {line}");
+    }
 }

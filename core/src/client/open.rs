@@ -524,17 +524,21 @@ impl CallRecv {
         }
         let t = self.trailers.take().unwrap_or_else(ok_trailers);
         let total = self.ended.unwrap_or_else(Instant::now) - self.started;
-        let hello = self._channel.hello.borrow().clone();
         Ok(Response {
             message: msg,
             timing: CallTiming::new(total, &t),
             metadata: t.metadata,
-            served_by: Some(ServedBy {
-                addr: self._channel.addr,
-                hello,
-                routed_region: None,
-            }),
+            served_by: Some(self.served_by()),
         })
+    }
+
+    /// The server at the other end of this call's connection, as its HELLO named it.
+    pub(super) fn served_by(&self) -> ServedBy {
+        ServedBy {
+            addr: self._channel.addr,
+            hello: self._channel.hello.borrow().clone(),
+            routed_region: None,
+        }
     }
 
     /// The status to report when writing the request failed.

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::open::{with_deadline, CallRecv};
-use super::response::{CallTiming, Response};
+use super::response::{CallTiming, Response, ServedBy};
 use crate::call::{data_chunks, reset_for_status, status_for_reset, DecodeFn, EncodeFn};
 use crate::codec::Codec;
 use crate::status::Status;
@@ -57,6 +57,14 @@ impl<T> Streaming<T> {
         let t = self.recv.trailers.as_ref()?;
         let total = self.recv.ended.unwrap_or_else(Instant::now) - self.recv.started;
         Some(CallTiming::new(total, t))
+    }
+
+    /// The server this stream comes from: its address and the id and region its HELLO
+    /// announced (empty until the HELLO has arrived; through a proxy, the proxy's). Unlike
+    /// [`Response::served_by`], a [`RegionClient`](crate::region::RegionClient)'s stream
+    /// reports the HELLO's region, not the region it was routed to.
+    pub fn served_by(&self) -> ServedBy {
+        self.recv.served_by()
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tracing::{field, Instrument};
 
 use super::upstream::Upstream;
-use crate::client::{RequestSink, Streaming};
+use crate::client::{RequestSink, ServedBy, Streaming};
 use crate::server::{CallContext, RequestStream, ResponseSink, UpstreamReport};
 use crate::status::Status;
 use crate::telemetry::TraceContext;
@@ -78,6 +78,11 @@ impl<'a> Hop<'a> {
 
     fn upstream_starts(&mut self) {
         self.upstream_started = Instant::now();
+    }
+
+    /// Notes the upstream server that answered, for the access log.
+    fn answered_by(&mut self, s: &ServedBy) {
+        self.served_by = Some(format!("{}/{}@{}", s.region(), s.server_id(), s.addr()));
     }
 
     /// Records the upstream call's outcome for the TRAILERS, the span and the counters.
@@ -161,7 +166,7 @@ pub(super) async fn forward_unary(
         .instrument(hop.span.clone())
         .await;
     if let Some(s) = result.as_ref().ok().and_then(|r| r.served_by()) {
-        hop.served_by = Some(format!("{}/{}@{}", s.region(), s.server_id(), s.addr()));
+        hop.answered_by(s);
     }
     hop.settle(result.map(unpack))
 }
@@ -180,14 +185,17 @@ pub(super) async fn forward_server_streaming(
     let mut hop = Hop::new(&upstream, &ctx, "server_streaming");
     let call = upstream.call(&ctx, hop.trace.as_ref());
     hop.upstream_starts();
+    let span = hop.span.clone();
     let result = async {
         let mut responses = call.raw().server_streaming(&request).await?;
         while let Some(msg) = responses.message().await? {
             sink.send(&msg).await?;
         }
+        // Named at the end: by then the server's HELLO (its id and region) has come.
+        hop.answered_by(&responses.served_by());
         Ok(ended(&responses))
     }
-    .instrument(hop.span.clone())
+    .instrument(span)
     .await;
     hop.settle(result)
 }
@@ -289,6 +297,9 @@ pub(super) async fn forward_client_streaming(
     }
     .instrument(hop.span.clone())
     .await;
+    if let Some(s) = result.as_ref().ok().and_then(|r| r.served_by()) {
+        hop.answered_by(s);
+    }
     hop.settle(result.map(unpack))
 }
 
@@ -301,6 +312,7 @@ pub(super) async fn forward_bidi(
     let mut hop = Hop::new(&upstream, &ctx, "bidi");
     let call = upstream.call(&ctx, hop.trace.as_ref());
     hop.upstream_starts();
+    let span = hop.span.clone();
     let result = async {
         let (sink, mut responses) = call.raw().bidi().await?;
         let mut sink = UpstreamSink(Some(sink));
@@ -328,9 +340,10 @@ pub(super) async fn forward_bidi(
                 }
             }
         }
+        hop.answered_by(&responses.served_by());
         Ok(ended(&responses))
     }
-    .instrument(hop.span.clone())
+    .instrument(span)
     .await;
     hop.settle(result)
 }
