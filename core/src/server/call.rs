@@ -30,7 +30,7 @@ use crate::status::Status;
 use crate::telemetry::metrics::MethodMetrics;
 use crate::telemetry::TraceContext;
 use crate::transport::zero_rtt;
-use crate::wire::{reset, Code, FrameKind, MethodKind, ProxyTime, RequestHeaders, WireError};
+use crate::wire::{reset, Code, FrameKind, HeadersRef, MethodKind, ProxyTime, WireError};
 
 /// Counts a call in [`Shared::inflight`] while its handler may run.
 struct InflightGuard(Arc<Shared>);
@@ -138,23 +138,8 @@ async fn answer_call(
     let Some(first) = first else {
         return refuse(send, &mut rx, started, bound).await;
     };
-    let headers = match first {
-        Ok(Ok(Some(f))) if f.kind == FrameKind::Headers => {
-            match RequestHeaders::decode(&f.payload, &limits) {
-                Ok(h) => h,
-                Err(e) => {
-                    let status = match e {
-                        WireError::TooLarge { .. } => {
-                            Status::resource_exhausted(format!("HEADERS: {e}"))
-                        }
-                        _ => Status::invalid_argument(format!("bad HEADERS: {e}")),
-                    };
-                    rx.stop(reset::PROTOCOL_ERROR);
-                    let trailers = trailers_for(status, started.elapsed());
-                    return finish_call(send, None, trailers, bound).await;
-                }
-            }
-        }
+    let frame = match first {
+        Ok(Ok(Some(f))) if f.kind == FrameKind::Headers => f,
         Ok(Ok(Some(f))) => {
             let status =
                 Status::invalid_argument(format!("a call must start with HEADERS, got {}", f.kind));
@@ -193,6 +178,20 @@ async fn answer_call(
             return false;
         }
     };
+    // Decoded in place: the method name is read from the frame, which lives as long as
+    // the call, and never copied.
+    let headers = match HeadersRef::decode(&frame.payload, &limits) {
+        Ok(h) => h,
+        Err(e) => {
+            let status = match e {
+                WireError::TooLarge { .. } => Status::resource_exhausted(format!("HEADERS: {e}")),
+                _ => Status::invalid_argument(format!("bad HEADERS: {e}")),
+            };
+            rx.stop(reset::PROTOCOL_ERROR);
+            let trailers = trailers_for(status, started.elapsed());
+            return finish_call(send, None, trailers, bound).await;
+        }
+    };
 
     shared.inflight.fetch_add(1, Ordering::AcqRel);
     shared.calls_total.fetch_add(1, Ordering::Relaxed);
@@ -218,8 +217,7 @@ async fn answer_call(
         span.record("trace_id", t.trace_id_hex());
         span.record("parent_span", t.span_id_hex());
     }
-    let method_name =
-        (shared.access_log || !shared.interceptors.is_empty()).then(|| headers.method.clone());
+    let method_name = headers.method;
     let early_data = EarlyData { early, confirmed };
     let mut row = None;
     let mut passed = Passed::default();
@@ -246,7 +244,7 @@ async fn answer_call(
             &shared.interceptors,
             &passed,
             &CallEnd {
-                method: method_name.as_deref().unwrap_or(""),
+                method: method_name,
                 peer,
                 code,
                 duration: took,
@@ -263,8 +261,8 @@ async fn answer_call(
     span.record("code", field::display(code));
     span.record("duration_us", took.as_micros() as u64);
     drop(inflight);
-    if let (true, Some(method)) = (shared.access_log, &method_name) {
-        access_line(method, code, peer, took, early, trace.as_ref());
+    if shared.access_log {
+        access_line(method_name, code, peer, took, early, trace.as_ref());
     }
     finished
 }
@@ -275,7 +273,7 @@ struct Call<'a> {
     conn: &'a ServedConnection,
     peer: SocketAddr,
     early: EarlyData,
-    headers: RequestHeaders,
+    headers: HeadersRef<'a>,
     started: Instant,
     /// Set to the method's metrics row once the method is looked up (its in-flight gauge
     /// counts the call from then on).
@@ -318,7 +316,7 @@ fn run_call<'a>(
             deadline,
             timeout: shared.transport.response_write_timeout,
         };
-        let entry = shared.method(&headers.method);
+        let entry = shared.method(headers.method);
         let metrics = match &entry {
             Some(e) => e
                 .metrics
@@ -435,7 +433,7 @@ fn run_call<'a>(
         // not intercepted).
         if !shared.interceptors.is_empty() && entry.info.name != super::HEALTH_METHOD {
             let mut head = CallHead {
-                method: &headers.method,
+                method: headers.method,
                 metadata: &mut headers.metadata,
                 deadline,
                 peer,

@@ -8,9 +8,7 @@ use super::error::WireError;
 use super::frame::{frame_len, put_frame_in_place, FrameKind};
 use super::limits::WireLimits;
 use super::metadata::Metadata;
-use super::varint::{
-    get_bytes, get_str, get_u8, get_varint, put_bytes, put_varint, varint_len, VARINT_MAX,
-};
+use super::varint::{get_bytes, get_u8, get_varint, put_bytes, put_varint, varint_len, VARINT_MAX};
 use crate::codec::Codec;
 
 const HF_IDEMPOTENT: u8 = 0x01;
@@ -107,11 +105,39 @@ impl RequestHeaders {
     }
 
     /// Decodes a HEADERS payload.
-    pub fn decode(mut buf: &[u8], limits: &WireLimits) -> Result<RequestHeaders, WireError> {
+    pub fn decode(buf: &[u8], limits: &WireLimits) -> Result<RequestHeaders, WireError> {
+        HeadersRef::decode(buf, limits).map(HeadersRef::into_owned)
+    }
+}
+
+/// HEADERS decoded in place: the method name borrows the frame's bytes, so a server learns
+/// which method is called without copying its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadersRef<'a> {
+    /// Method name, e.g. `add` or `kv.Get`.
+    pub method: &'a str,
+    /// How messages of this call are encoded.
+    pub codec: Codec,
+    /// Time left before the caller gives up, measured when the frame was written.
+    pub timeout: Option<Duration>,
+    /// The caller declares the call safe to run more than once.
+    pub idempotent: bool,
+    /// Optional routing key (used by region routing and proxies).
+    pub routing_key: Option<Bytes>,
+    /// Request metadata.
+    pub metadata: Metadata,
+}
+
+impl<'a> HeadersRef<'a> {
+    /// Decodes a HEADERS payload (without the frame header), checking every limit
+    /// [`RequestHeaders::decode`] checks.
+    pub fn decode(mut buf: &'a [u8], limits: &WireLimits) -> Result<HeadersRef<'a>, WireError> {
         let buf = &mut buf;
         let flags = get_u8(buf)?;
         let codec = Codec::from_u8(get_u8(buf)?).ok_or(WireError::Invalid("codec"))?;
-        let method = get_str(buf, "method name", MAX_METHOD_LEN)?;
+        let method = get_bytes(buf, "method name", MAX_METHOD_LEN)?;
+        let method =
+            std::str::from_utf8(method).map_err(|_| WireError::InvalidUtf8("method name"))?;
         let timeout = if flags & HF_DEADLINE != 0 {
             Some(Duration::from_micros(get_varint(buf)?))
         } else {
@@ -127,7 +153,7 @@ impl RequestHeaders {
             None
         };
         let metadata = Metadata::decode(buf, limits.max_metadata_size)?;
-        Ok(RequestHeaders {
+        Ok(HeadersRef {
             method,
             codec,
             timeout,
@@ -135,5 +161,17 @@ impl RequestHeaders {
             routing_key,
             metadata,
         })
+    }
+
+    /// The same HEADERS, owning their method name.
+    pub fn into_owned(self) -> RequestHeaders {
+        RequestHeaders {
+            method: self.method.to_owned(),
+            codec: self.codec,
+            timeout: self.timeout,
+            idempotent: self.idempotent,
+            routing_key: self.routing_key,
+            metadata: self.metadata,
+        }
     }
 }

@@ -312,3 +312,45 @@ fn headers_frame_len_is_exactly_what_put_frame_appends() {
         }
     }
 }
+
+#[test]
+fn headers_decoded_in_place_borrow_the_method_name_and_match_the_owned_decode() {
+    let mut metadata = Metadata::new();
+    metadata.insert("k", Bytes::from_static(b"v"));
+    let headers = RequestHeaders {
+        method: "kv.Get".into(),
+        codec: crate::codec::Codec::Raw,
+        timeout: Some(Duration::from_millis(250)),
+        idempotent: true,
+        routing_key: Some(Bytes::from_static(b"user-7")),
+        metadata,
+    };
+    let mut dec = FrameDecoder::new(WireLimits::default());
+    dec.extend(&headers.to_frame());
+    let frame = dec.next_frame().unwrap().unwrap();
+    let limits = WireLimits::default();
+    let view = HeadersRef::decode(&frame.payload, &limits).unwrap();
+    let range = frame.payload.as_ptr_range();
+    assert!(range.contains(&view.method.as_ptr()), "not copied");
+    assert_eq!(view.clone().into_owned(), headers);
+    assert_eq!(
+        RequestHeaders::decode(&frame.payload, &limits).unwrap(),
+        headers
+    );
+
+    // A method name that is not UTF-8 is refused as the owned decode refuses it.
+    let mut bad = headers.clone();
+    bad.method = "ab".into();
+    let mut payload = BytesMut::new();
+    bad.encode(&mut payload);
+    let at = payload.iter().position(|&b| b == b'a').unwrap();
+    payload[at] = 0xff;
+    assert_eq!(
+        HeadersRef::decode(&payload, &limits),
+        Err(WireError::InvalidUtf8("method name"))
+    );
+    assert_eq!(
+        RequestHeaders::decode(&payload, &limits),
+        Err(WireError::InvalidUtf8("method name"))
+    );
+}
