@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{field, Instrument};
 
+use super::builder::MethodEntry;
 use super::context::{CallContext, CancelState};
 use super::handler::{RequestBody, ServerCall};
 use super::health::access_line;
@@ -178,9 +179,12 @@ async fn answer_call(
             return false;
         }
     };
-    // Decoded in place: the method name is read from the frame, which lives as long as
-    // the call, and never copied.
-    let headers = match HeadersRef::decode(&frame.payload, &limits) {
+    // Decoded in place, and the method looked up at once: from then on the call names its
+    // method with the method table's shared name, never a copy. The frame is dropped here:
+    // kept, it would hold the whole first chunk read, which for a streamed request can be
+    // far more than the HEADERS, and outside the buffer budgets once those messages are
+    // handed over.
+    let decoded = match HeadersRef::decode(&frame.payload, &limits) {
         Ok(h) => h,
         Err(e) => {
             let status = match e {
@@ -192,6 +196,24 @@ async fn answer_call(
             return finish_call(send, None, trailers, bound).await;
         }
     };
+    let entry = shared.method(decoded.method);
+    let unknown;
+    let name: &str = match &entry {
+        Some(e) => &e.name,
+        None => {
+            unknown = decoded.method.to_owned();
+            &unknown
+        }
+    };
+    let headers = HeadersRef {
+        method: name,
+        codec: decoded.codec,
+        timeout: decoded.timeout,
+        idempotent: decoded.idempotent,
+        routing_key: decoded.routing_key,
+        metadata: decoded.metadata,
+    };
+    drop(frame);
 
     shared.inflight.fetch_add(1, Ordering::AcqRel);
     shared.calls_total.fetch_add(1, Ordering::Relaxed);
@@ -227,6 +249,7 @@ async fn answer_call(
         peer,
         early: early_data,
         headers,
+        entry: entry.as_deref(),
         started,
         row: &mut row,
         passed: &mut passed,
@@ -274,6 +297,8 @@ struct Call<'a> {
     peer: SocketAddr,
     early: EarlyData,
     headers: HeadersRef<'a>,
+    /// The method called, if this server has it.
+    entry: Option<&'a MethodEntry>,
     started: Instant,
     /// Set to the method's metrics row once the method is looked up (its in-flight gauge
     /// counts the call from then on).
@@ -301,6 +326,7 @@ fn run_call<'a>(
         peer,
         mut early,
         mut headers,
+        entry,
         started,
         row,
         passed,
@@ -316,7 +342,6 @@ fn run_call<'a>(
             deadline,
             timeout: shared.transport.response_write_timeout,
         };
-        let entry = shared.method(headers.method);
         let metrics = match &entry {
             Some(e) => e
                 .metrics
