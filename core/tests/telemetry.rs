@@ -76,6 +76,25 @@ fn tls(ca: &DevCa) -> ClientTls {
     ClientTls::with_roots([ca.certificate().clone()]).unwrap()
 }
 
+/// A proxy in region "edge", access log on, forwarding to the one server `backend` (in
+/// region "eu").
+async fn logging_proxy(ca: &DevCa, backend: SocketAddr) -> Proxy {
+    let mut map = RegionMap::new();
+    map.add_server("eu", ServerEndpoint::new(backend, "localhost"));
+    let upstream = RegionClient::builder(StaticDiscovery::new(map), tls(ca))
+        .build()
+        .unwrap();
+    Proxy::builder(upstream)
+        .region("edge")
+        .access_log(true)
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerTls::new(ca.issue_server(&["localhost"]).unwrap()),
+        )
+        .await
+        .unwrap()
+}
+
 /// One HTTP GET over a fresh TCP connection (blocking, bounded by timeouts): status code
 /// and body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -309,20 +328,7 @@ async fn health_says_serving_not_serving_and_draining_and_readyz_follows() {
 async fn the_proxy_continues_the_callers_trace_and_reports_its_upstream() {
     let ca = DevCa::new().unwrap();
     let backend = serve(&ca, "eu", "eu-1").await;
-    let mut map = RegionMap::new();
-    map.add_server("eu", ServerEndpoint::new(backend.local_addr(), "localhost"));
-    let upstream = RegionClient::builder(StaticDiscovery::new(map), tls(&ca))
-        .build()
-        .unwrap();
-    let proxy = Proxy::builder(upstream)
-        .region("edge")
-        .access_log(true)
-        .bind(
-            "127.0.0.1:0".parse().unwrap(),
-            ServerTls::new(ca.issue_server(&["localhost"]).unwrap()),
-        )
-        .await
-        .unwrap();
+    let proxy = logging_proxy(&ca, backend.local_addr()).await;
     assert!(proxy.upstream().ready("add", Duration::from_secs(5)).await);
     let ch = Channel::builder(proxy.local_addr(), tls(&ca))
         .connect()
@@ -425,8 +431,8 @@ impl Captured {
     }
 }
 
-#[test]
-fn a_region_client_logs_servers_leaving_and_the_region_it_moves_to() {
+/// Captures this thread's log lines at INFO and above until the guard is dropped.
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -434,7 +440,12 @@ fn a_region_client_logs_servers_leaving_and_the_region_it_moves_to() {
         .with_ansi(false)
         .with_max_level(tracing::Level::INFO)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+#[test]
+fn a_region_client_logs_servers_leaving_and_the_region_it_moves_to() {
+    let (logs, _guard) = capture_logs();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -514,14 +525,7 @@ fn a_region_client_logs_servers_leaving_and_the_region_it_moves_to() {
 
 #[test]
 fn the_proxys_access_line_names_the_upstream_server_for_every_call_kind() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_logs();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -545,20 +549,7 @@ fn the_proxys_access_line_names_the_upstream_server_for_every_call_kind() {
             ("eu", "eu-1", addr)
         );
 
-        let mut map = RegionMap::new();
-        map.add_server("eu", ServerEndpoint::new(addr, "localhost"));
-        let upstream = RegionClient::builder(StaticDiscovery::new(map), tls(&ca))
-            .build()
-            .unwrap();
-        let proxy = Proxy::builder(upstream)
-            .region("edge")
-            .access_log(true)
-            .bind(
-                "127.0.0.1:0".parse().unwrap(),
-                ServerTls::new(ca.issue_server(&["localhost"]).unwrap()),
-            )
-            .await
-            .unwrap();
+        let proxy = logging_proxy(&ca, addr).await;
         assert!(
             proxy
                 .upstream()

@@ -80,9 +80,12 @@ impl<'a> Hop<'a> {
         self.upstream_started = Instant::now();
     }
 
-    /// Notes the upstream server that answered, for the access log.
+    /// Notes the upstream server that answered, for the access log (with the log off,
+    /// nothing: no name is formatted on every forwarded call for no reader).
     fn answered_by(&mut self, s: &ServedBy) {
-        self.served_by = Some(format!("{}/{}@{}", s.region(), s.server_id(), s.addr()));
+        if self.upstream.access_log {
+            self.served_by = Some(format!("{}/{}@{}", s.region(), s.server_id(), s.addr()));
+        }
     }
 
     /// Records the upstream call's outcome for the TRAILERS, the span and the counters.
