@@ -14,7 +14,9 @@ use super::channel::Channel;
 use super::connection::ChannelInner;
 use super::hold::Attach;
 use super::intercept::{admit, settle, CallKind, Intercepted};
-use super::open::{finish_span, open_call, with_deadline, CallRecv, Early, Request};
+use super::open::{
+    deadline_exceeded, finish_span, open_call, with_deadline, CallRecv, Early, Request,
+};
 use super::options::CallOptions;
 use super::response::Response;
 use super::retry::{Failure, Reach, Retry, MAX_ATTEMPTS};
@@ -212,9 +214,9 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
             let mut lost_once = false;
             loop {
                 attempts += 1;
-                // Awaited where it is made: a future first bound to a local would take
-                // room in this future twice (the local and the awaited copy).
-                let result = async {
+                // One attempt, as a block of this future rather than a future of its own
+                // (one state machine fewer on every poll).
+                let result: Result<Response<Resp>, Failure> = 'attempt: {
                     // Only a first attempt may go early: if 0-RTT was rejected, the
                     // handshake must be complete before the call is sent again.
                     let early = if attempts == 1 {
@@ -223,7 +225,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         Early::Never
                     };
                     let request = Request::Single(msg.clone());
-                    let (mut call, opened) = open_call(
+                    let opened = open_call(
                         &inner,
                         &mut headers,
                         deadline,
@@ -232,16 +234,29 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         wait_for_ready,
                         reach.as_ref(),
                     )
-                    .await?;
+                    .await;
+                    let (mut call, opened) = match opened {
+                        Ok(opened) => opened,
+                        Err(failure) => break 'attempt Err(failure),
+                    };
                     let mut recv = CallRecv::new(opened, &inner, headers.codec, deadline);
                     span.record("early", call.early);
-                    let result = tokio::select! {
-                        // The answer first; and no random order, which costs a draw from
-                        // the thread's generator at each poll.
-                        biased;
-                        r = recv.single_response(P::decode_response, Some(&headers.method)) => r,
-                        _ = call.handshake_overdue() => {
-                            return Err(Failure {
+                    let method = Some(headers.method.as_str());
+                    let result = if call.may_be_overdue() {
+                        // Rare (an early call on a reconnection), and boxed: the answer, or
+                        // the handshake overdue.
+                        let answer = Box::pin(async {
+                            tokio::select! {
+                                // The answer first; and no random order, which costs a draw
+                                // from the thread's generator at each poll.
+                                biased;
+                                r = recv.single_response(P::decode_response, method) => Some(r),
+                                _ = call.handshake_overdue() => None,
+                            }
+                        })
+                        .await;
+                        let Some(result) = answer else {
+                            break 'attempt Err(Failure {
                                 status: Status::unavailable(format!(
                                     "no handshake with {} after {:?}",
                                     inner.addr, inner.reconnect_wait
@@ -249,7 +264,10 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                                 // Its 0-RTT data may have reached the server.
                                 retry: Retry::MaybeStarted,
                             });
-                        }
+                        };
+                        result
+                    } else {
+                        recv.single_response(P::decode_response, method).await
                     };
                     if recv.finished {
                         call.done();
@@ -258,8 +276,7 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
                         status,
                         retry: recv.retry,
                     })
-                }
-                .await;
+                };
                 if let (Some(reach), Err(f)) = (&reach, &result) {
                     reach.ended(f.retry);
                 }
@@ -306,7 +323,13 @@ impl<P: PayloadStyle> CallBuilder<Channel, P> {
         // it would only copy that future once more.
         let fut = std::pin::pin!(fut);
         let result = if span.is_disabled() {
-            with_deadline(deadline, fut).await
+            // `with_deadline`'s steps, written out: one state machine fewer on every poll.
+            match deadline {
+                None => fut.await,
+                Some(d) => tokio::time::timeout_at(d.into(), fut)
+                    .await
+                    .unwrap_or_else(|_| Err(deadline_exceeded())),
+            }
         } else {
             with_deadline(deadline, fut).instrument(span.clone()).await
         };

@@ -179,6 +179,7 @@ impl Drop for ChannelInner {
 }
 
 impl ChannelInner {
+    /// The open connection, if there is one and it is usable now.
     pub(super) fn current(&self) -> Option<Conn> {
         let guard = self.conn.read().ok()?;
         guard
@@ -350,21 +351,13 @@ impl ChannelInner {
         conn
     }
 
-    /// The open connection, for a call. While the connection is being re-established a
-    /// call waits up to `reconnect_wait` from the loss; once an attempt has failed (the
-    /// server is likely gone) calls fail at once with `UNAVAILABLE`, marked not run, as
-    /// gRPC's calls do in transient failure. With `wait_for_ready` a call waits for the
-    /// connection instead (its deadline bounds the wait).
-    pub(super) async fn connection(&self, wait_for_ready: bool) -> Result<Conn, Status> {
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        // Waiting for a connection is rare and its future large: kept out of the common
-        // path's future (which every call moves), boxed.
-        Box::pin(self.wait_for_connection(wait_for_ready)).await
-    }
-
-    async fn wait_for_connection(&self, wait_for_ready: bool) -> Result<Conn, Status> {
+    /// Waits for a connection, for a call that found none open ([`Self::current`]). While
+    /// the connection is being re-established a call waits up to `reconnect_wait` from the
+    /// loss; once an attempt has failed (the server is likely gone) calls fail at once with
+    /// `UNAVAILABLE`, marked not run, as gRPC's calls do in transient failure. With
+    /// `wait_for_ready` a call waits for the connection instead (its deadline bounds the
+    /// wait). Rare, and its future large: callers box it, out of the common path's future.
+    pub(super) async fn wait_for_connection(&self, wait_for_ready: bool) -> Result<Conn, Status> {
         let mut link = self.link.subscribe();
         loop {
             if let Some(c) = self.current() {

@@ -22,7 +22,7 @@ use crate::codec::Codec;
 use crate::status::Status;
 use crate::transport::describe_connection_error;
 use crate::wire::{
-    frame_len, put_frame_header, reset, Code, FrameKind, Metadata, RequestHeaders, Trailers,
+    frame_len, put_frame_header, reset, Code, Frame, FrameKind, Metadata, RequestHeaders, Trailers,
     WireLimits,
 };
 
@@ -75,7 +75,13 @@ pub(super) async fn open_call(
         ))
         .into());
     }
-    let conn = match inner.connection(wait_for_ready).await {
+    // Written out rather than awaited through a helper, which would be one more state
+    // machine on every call: waiting for a connection is rare, and boxed.
+    let conn = match inner.current() {
+        Some(conn) => Ok(conn),
+        None => Box::pin(inner.wait_for_connection(wait_for_ready)).await,
+    };
+    let conn = match conn {
         Ok(conn) => conn,
         Err(status) => {
             // Failing fast, without any I/O: yield once, so a caller that loops on failing
@@ -143,12 +149,17 @@ pub(super) async fn open_call(
             early = false;
         }
     }
-    let (mut send, recv) = open_stream(inner, &conn.quic)
-        .await
-        .map_err(|status| Failure {
-            status,
-            retry: Retry::NotStarted,
-        })?;
+    let opened = {
+        let mut open = std::pin::pin!(conn.quic.open_bi());
+        match std::future::poll_fn(|cx| Poll::Ready(open.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r.map_err(|e| stream_lost(&e)),
+            Poll::Pending => Box::pin(wait_for_stream_credit(inner, open)).await,
+        }
+    };
+    let (mut send, recv) = opened.map_err(|status| Failure {
+        status,
+        retry: Retry::NotStarted,
+    })?;
     if let Some(reach) = reach {
         reach.opened();
     }
@@ -269,48 +280,45 @@ where
     match deadline {
         Some(d) => tokio::time::timeout_at(d.into(), fut)
             .await
-            .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+            .unwrap_or_else(|_| Err(deadline_exceeded())),
         None => fut.await,
     }
 }
 
-/// Opens a bidirectional stream; if the server's stream limit makes us wait, that is
-/// counted and traced rather than silent.
-async fn open_stream(
+/// The status of a call cut off by its deadline.
+#[cold]
+pub(super) fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("deadline exceeded")
+}
+
+/// No stream could be opened at once: the server's concurrent stream limit is reached on
+/// this connection. Uses (or opens) an extra connection if allowed, rather than wait behind
+/// the calls in flight; else waits for credit, counted and traced rather than silent.
+async fn wait_for_stream_credit(
     inner: &ChannelInner,
-    conn: &quinn::Connection,
+    open: Pin<&mut quinn::OpenBi<'_>>,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), Status> {
-    let open = conn.open_bi();
-    tokio::pin!(open);
-    let first = std::future::poll_fn(|cx| Poll::Ready(open.as_mut().poll(cx))).await;
-    let result = match first {
-        Poll::Ready(r) => r,
-        Poll::Pending => {
-            // The server's concurrent stream limit is reached on this connection: use (or
-            // open) an extra one if allowed, rather than wait behind the calls in flight.
-            if let Some(pair) = Box::pin(inner.extra_stream()).await {
-                return Ok(pair);
-            }
-            inner
-                .stats
-                .stream_credit_waits
-                .fetch_add(1, Ordering::Relaxed);
-            let waited = Instant::now();
-            debug!(addr = %inner.addr, "waiting for stream credit: the server's concurrent stream limit is reached");
-            let r = open.await;
-            debug!(
-                waited_us = waited.elapsed().as_micros() as u64,
-                "stream credit granted"
-            );
-            r
-        }
-    };
-    result.map_err(|e| {
-        Status::unavailable(format!(
-            "connection lost: {}",
-            describe_connection_error(&e)
-        ))
-    })
+    if let Some(pair) = inner.extra_stream().await {
+        return Ok(pair);
+    }
+    inner
+        .stats
+        .stream_credit_waits
+        .fetch_add(1, Ordering::Relaxed);
+    let waited = Instant::now();
+    debug!(addr = %inner.addr, "waiting for stream credit: the server's concurrent stream limit is reached");
+    let r = open.await;
+    debug!(
+        waited_us = waited.elapsed().as_micros() as u64,
+        "stream credit granted"
+    );
+    r.map_err(|e| stream_lost(&e))
+}
+
+/// The status of a call whose stream could not be opened: the connection is gone.
+#[cold]
+fn stream_lost(e: &quinn::ConnectionError) -> Status {
+    Status::unavailable(format!("connection lost: {}", describe_connection_error(e)))
 }
 
 /// Resets whatever is still open when a call is abandoned.
@@ -333,6 +341,12 @@ impl OpenCall {
 
     pub(super) fn done(&mut self) {
         self.completed = true;
+    }
+
+    /// Whether the call went in the first flight of a reconnection, and so may find its
+    /// handshake overdue ([`Self::handshake_overdue`]).
+    pub(super) fn may_be_overdue(&self) -> bool {
+        self.overdue.is_some()
     }
 
     /// Resolves if the call went in the first flight of a reconnection whose handshake
@@ -412,37 +426,40 @@ impl CallRecv {
 
     /// The next response message; `Ok(None)` after an `OK` TRAILERS.
     pub(super) async fn message<T>(&mut self, decode: DecodeFn<T>) -> Result<Option<T>, Status> {
-        let result = self.next_message(decode).await;
-        if self.finished {
-            self.hold = None;
-            super::settle(self.end.take(), &result);
-        }
+        let result = if self.finished {
+            Ok(None)
+        } else {
+            let read = self.recv.next_frame().await;
+            self.take_frame(read, decode)
+        };
+        self.settle_if_finished(&result);
         result
     }
 
-    async fn next_message<T>(&mut self, decode: DecodeFn<T>) -> Result<Option<T>, Status> {
+    /// Once the call has ended (TRAILERS or a failure), lets go of what the caller's layer
+    /// held for it and tells the interceptors how it ended.
+    fn settle_if_finished<T>(&mut self, result: &Result<Option<T>, Status>) {
         if self.finished {
-            return Ok(None);
+            self.hold = None;
+            super::settle(self.end.take(), result);
         }
-        let frame = match self.recv.next_frame().await {
+    }
+
+    /// What one read of the response stream gives: a message, `Ok(None)` after `OK`
+    /// TRAILERS, or the call's failure. Synchronous, so that each reader awaits the frame
+    /// itself: one state machine fewer between the caller and quinn on every read.
+    fn take_frame<T>(
+        &mut self,
+        read: Result<Option<Frame>, RecvError>,
+        decode: DecodeFn<T>,
+    ) -> Result<Option<T>, Status> {
+        let frame = match read {
             Ok(Some(f)) => f,
             Ok(None) => {
                 self.finished = true;
                 return Err(Status::internal("the response ended without TRAILERS"));
             }
-            Err(e) => {
-                self.finished = true;
-                self.retry = match &e {
-                    RecvError::ZeroRttRejected => Retry::EarlyRejected,
-                    RecvError::ClosedBeforeRun => Retry::NotStarted,
-                    RecvError::Reset(code) if *code == u64::from(reset::REFUSED) => {
-                        Retry::NotStarted
-                    }
-                    RecvError::Lost(_) => Retry::MaybeStarted,
-                    RecvError::Wire(_) | RecvError::Reset(_) | RecvError::Budget(_) => Retry::No,
-                };
-                return Err(e.to_status());
-            }
+            Err(e) => return Err(self.failed(e)),
         };
         match frame.kind {
             FrameKind::Data if self.trailers.is_none() => {
@@ -475,6 +492,21 @@ impl CallRecv {
                 )))
             }
         }
+    }
+
+    /// A read of the response stream failed: the call has ended, and how it failed bears
+    /// on sending it again.
+    #[cold]
+    fn failed(&mut self, e: RecvError) -> Status {
+        self.finished = true;
+        self.retry = match &e {
+            RecvError::ZeroRttRejected => Retry::EarlyRejected,
+            RecvError::ClosedBeforeRun => Retry::NotStarted,
+            RecvError::Reset(code) if *code == u64::from(reset::REFUSED) => Retry::NotStarted,
+            RecvError::Lost(_) => Retry::MaybeStarted,
+            RecvError::Wire(_) | RecvError::Reset(_) | RecvError::Budget(_) => Retry::No,
+        };
+        e.to_status()
     }
 
     /// The status of a unary call that did not get exactly one response: when the server's
@@ -516,10 +548,25 @@ impl CallRecv {
         decode: DecodeFn<T>,
         method: Option<&str>,
     ) -> Result<Response<T>, Status> {
-        let Some(msg) = self.message(decode).await? else {
+        // `message`'s steps, written out: each read awaits the stream itself.
+        let first = if self.finished {
+            Ok(None)
+        } else {
+            let read = self.recv.next_frame().await;
+            self.take_frame(read, decode)
+        };
+        self.settle_if_finished(&first);
+        let Some(msg) = first? else {
             return Err(self.not_one_response(method, "the server sent no response message"));
         };
-        if self.message(decode).await?.is_some() {
+        let second = if self.finished {
+            Ok(None)
+        } else {
+            let read = self.recv.next_frame().await;
+            self.take_frame(read, decode)
+        };
+        self.settle_if_finished(&second);
+        if second?.is_some() {
             return Err(self.not_one_response(method, "the server sent more than one response"));
         }
         let t = self.trailers.take().unwrap_or_else(ok_trailers);

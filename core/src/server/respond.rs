@@ -66,10 +66,7 @@ pub(super) fn finish_call(
             code = c;
             Some(until)
         };
-        let written = {
-            let write = std::pin::pin!(send.write_all_chunks(&mut chunks[..n]));
-            ready_or_timeout(write, until).await
-        };
+        let written = ready_or_timeout(send.write_all_chunks(&mut chunks[..n]), until).await;
         match written {
             Ok(Ok(())) => send.finish().is_ok(),
             Ok(Err(_)) => false,
