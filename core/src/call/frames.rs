@@ -1,5 +1,8 @@
 //! Frame I/O on one QUIC stream: reading frames with limits, framing DATA.
 
+use std::future::Future;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 
 use super::budget::{Charge, Exhausted};
@@ -90,7 +93,16 @@ impl FramedRecv {
     }
 
     /// The next frame, `Ok(None)` at a clean end of stream.
-    pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, RecvError> {
+    pub(crate) fn next_frame(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<Frame>, RecvError>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_next_frame(cx))
+    }
+
+    /// [`Self::next_frame`] as a poll. Written by hand rather than as an `async fn`: it runs
+    /// several times on every call, and a poll has no state of its own to dispatch on.
+    /// quinn's read future holds only its arguments, so one is made for each read.
+    fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, RecvError>> {
         loop {
             if let Some(f) = self.dec.next_frame().map_err(RecvError::Wire)? {
                 if !self.hold_taken {
@@ -99,18 +111,22 @@ impl FramedRecv {
                         c.shrink_to(buffered);
                     }
                 }
-                return Ok(Some(f));
+                return Poll::Ready(Ok(Some(f)));
             }
             if self.eof {
-                return if self.dec.buffered() == 0 {
+                return Poll::Ready(if self.dec.buffered() == 0 {
                     Ok(None)
                 } else {
                     Err(RecvError::Wire(WireError::Truncated))
-                };
+                });
             }
             // A partial frame does not keep its datagram alive while the rest is awaited.
             self.dec.spill();
-            match self.recv.read_chunk(READ_CHUNK, true).await {
+            let read = std::pin::pin!(self.recv.read_chunk(READ_CHUNK, true)).poll(cx);
+            let Poll::Ready(read) = read else {
+                return Poll::Pending;
+            };
+            match read {
                 Ok(Some(chunk)) => match &mut self.charge {
                     Some(c) => {
                         c.take(chunk.bytes.len()).map_err(RecvError::Budget)?;
@@ -125,26 +141,43 @@ impl FramedRecv {
                     None => self.dec.extend_bytes(chunk.bytes),
                 },
                 Ok(None) => self.eof = true,
-                Err(quinn::ReadError::Reset(code)) => {
-                    return Err(RecvError::Reset(code.into_inner()))
-                }
-                Err(quinn::ReadError::ZeroRttRejected) => return Err(RecvError::ZeroRttRejected),
-                Err(quinn::ReadError::ConnectionLost(e))
-                    if closed_before_run(&e, self.recv.id()) =>
-                {
-                    return Err(RecvError::ClosedBeforeRun)
-                }
-                Err(quinn::ReadError::ConnectionLost(e)) => {
-                    return Err(RecvError::Lost(describe_connection_error(&e)))
-                }
-                Err(e) => return Err(RecvError::Lost(e.to_string())),
+                Err(e) => return Poll::Ready(Err(read_error(&self.recv, e))),
             }
+        }
+    }
+
+    /// Reads the end of the stream if it has already arrived, without waiting, for a
+    /// reader that has all it needs (a response's TRAILERS): a stream dropped before its
+    /// end is read sends the peer a STOP_SENDING, an extra frame and extra work on every
+    /// call. Bytes after the end of a response are not read (the call is over).
+    pub(crate) fn read_end_if_arrived(&mut self) {
+        if self.eof {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let read = std::pin::pin!(self.recv.read_chunk(READ_CHUNK, true));
+        if let Poll::Ready(Ok(None)) = read.poll(&mut cx) {
+            self.eof = true;
         }
     }
 
     /// Asks the peer to stop sending, with an application code.
     pub(crate) fn stop(&mut self, code: u32) {
         let _ = self.recv.stop(code.into());
+    }
+}
+
+/// What a failed read of `recv` means for its call.
+#[cold]
+fn read_error(recv: &quinn::RecvStream, e: quinn::ReadError) -> RecvError {
+    match e {
+        quinn::ReadError::Reset(code) => RecvError::Reset(code.into_inner()),
+        quinn::ReadError::ZeroRttRejected => RecvError::ZeroRttRejected,
+        quinn::ReadError::ConnectionLost(e) if closed_before_run(&e, recv.id()) => {
+            RecvError::ClosedBeforeRun
+        }
+        quinn::ReadError::ConnectionLost(e) => RecvError::Lost(describe_connection_error(&e)),
+        e => RecvError::Lost(e.to_string()),
     }
 }
 

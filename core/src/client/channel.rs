@@ -164,6 +164,7 @@ impl Channel {
                 .and_then(|c| *c.handshake.borrow()),
             path_mtu: quic.as_ref().map(|q| q.path.current_mtu),
             mtu_probes_sent: quic.as_ref().map_or(0, |q| q.path.sent_plpmtud_probes),
+            stop_sending_sent: quic.as_ref().map_or(0, |q| q.frame_tx.stop_sending),
         }
     }
 

@@ -470,7 +470,7 @@ impl CallRecv {
                     .map_err(|e| Status::internal(format!("bad TRAILERS: {e}")))?;
                 self.finished = true;
                 self.ended = Some(Instant::now());
-                self.consume_fin();
+                self.recv.read_end_if_arrived();
                 if t.code != Code::Ok {
                     let status = Status::new(t.code, t.message)
                         .with_metadata(t.metadata)
@@ -528,17 +528,6 @@ impl CallRecv {
             "{:?} is a {kind} method and was called as unary ({what}); call it as a stream",
             method.unwrap_or_default()
         ))
-    }
-
-    /// Reads the end of stream that follows TRAILERS if it has already arrived (it
-    /// normally travels in the same packet). A receive stream dropped before its end sends
-    /// the server a STOP_SENDING, an extra frame and extra work on every call.
-    fn consume_fin(&mut self) {
-        let next = self.recv.next_frame();
-        tokio::pin!(next);
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let _ = next.as_mut().poll(&mut cx);
     }
 
     /// Exactly one response message, then `OK` TRAILERS. `method`, when given, names the

@@ -58,4 +58,8 @@ pub struct ChannelStats {
     pub path_mtu: Option<u16>,
     /// Path MTU probes the current connection has sent.
     pub mtu_probes_sent: u64,
+    /// STOP_SENDING frames the current connection has sent: responses the client stopped
+    /// reading before their end (a call cancelled, abandoned or past its deadline). A
+    /// call that reads its whole response sends none.
+    pub stop_sending_sent: u64,
 }

@@ -100,6 +100,42 @@ async fn dropping_a_response_stream_cancels_the_handler() {
     );
 }
 
+/// A call that reads its whole response leaves nothing for the server to stop: the end of
+/// its stream is read with the TRAILERS, and no STOP_SENDING goes out (it would cost a
+/// frame, and work on both sides, on every call). A stream dropped before its end sends one.
+#[tokio::test]
+async fn only_a_response_left_unread_is_stopped() {
+    let fx = Fixture::start().await;
+    let ch = fx.channel().await;
+    for i in 0..50i64 {
+        let sum: i64 = ch.unary("add", &(i, 1i64)).await.unwrap();
+        assert_eq!(sum, i + 1);
+    }
+    let mut stream = ch
+        .call("count")
+        .server_streaming::<_, u32>(&3u32)
+        .await
+        .unwrap();
+    let mut got = 0;
+    while stream.message().await.unwrap().is_some() {
+        got += 1;
+    }
+    assert_eq!(got, 3);
+    assert_eq!(ch.stats().stop_sending_sent, 0, "{:?}", ch.stats());
+    let mut stream = ch
+        .call("count_forever")
+        .server_streaming::<_, u64>(&())
+        .await
+        .unwrap();
+    assert_eq!(stream.message().await.unwrap(), Some(0));
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(2), || ch.stats().stop_sending_sent == 1).await,
+        "a dropped stream sends one STOP_SENDING: {:?}",
+        ch.stats()
+    );
+}
+
 #[tokio::test]
 async fn streaming_deadline_ends_the_stream() {
     let fx = Fixture::start().await;
