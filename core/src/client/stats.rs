@@ -60,6 +60,7 @@ pub struct ChannelStats {
     pub mtu_probes_sent: u64,
     /// STOP_SENDING frames the current connection has sent: responses the client stopped
     /// reading before their end (a call cancelled, abandoned or past its deadline). A
-    /// call that reads its whole response sends none.
+    /// call that reads its whole response sends none when the end of its stream has
+    /// arrived with its TRAILERS, as a Meridian server sends it.
     pub stop_sending_sent: u64,
 }
