@@ -80,6 +80,8 @@ pub struct Ramp {
 struct RegionState {
     rtt: Option<Duration>,
     healthy: bool,
+    /// Whether the region has been reported healthy at least once.
+    was_healthy: bool,
     /// When the region last turned from unhealthy to healthy.
     recovered_at: Option<Instant>,
 }
@@ -89,6 +91,7 @@ impl RegionState {
     const UNKNOWN: RegionState = RegionState {
         rtt: None,
         healthy: true,
+        was_healthy: false,
         recovered_at: None,
     };
 }
@@ -176,17 +179,20 @@ impl RegionSelector {
     /// figure, if any) and whether it has a usable server.
     ///
     /// A region reported healthy after being unhealthy starts its hold-down at `now`. A
-    /// region seen for the first time has no hold-down.
+    /// region seen for the first time has no hold-down, nor has one that was never healthy
+    /// before (its servers were still connecting): hold-down keeps traffic off a region
+    /// that failed, not one that came up late.
     pub fn update(&mut self, region: &str, rtt: Option<Duration>, healthy: bool, now: Instant) {
         match self.regions.get_mut(region) {
             Some(state) => {
                 if rtt.is_some() {
                     state.rtt = rtt;
                 }
-                if healthy && !state.healthy {
+                if healthy && !state.healthy && state.was_healthy {
                     state.recovered_at = Some(now);
                 }
                 state.healthy = healthy;
+                state.was_healthy |= healthy;
             }
             None => {
                 self.regions.insert(
@@ -194,6 +200,7 @@ impl RegionSelector {
                     RegionState {
                         rtt,
                         healthy,
+                        was_healthy: healthy,
                         recovered_at: None,
                     },
                 );

@@ -353,6 +353,29 @@ fn ramp_stops_when_the_old_region_fails() {
     assert!(counts.contains_key("b"));
 }
 
+/// A region whose servers were still connecting when first reported was never healthy,
+/// so it did not fail: when it comes up it is used at once, without a hold-down (a client
+/// started with a home region sends its first calls there, not elsewhere for 5 s).
+#[test]
+fn a_region_that_comes_up_late_is_not_held_down() {
+    let t0 = Instant::now();
+    let mut sel = RegionSelector::new();
+    sel.set_home(Some("a"));
+    sel.update("a", None, false, t0);
+    sel.update("b", Some(ms(5)), true, t0);
+    assert_eq!(sel.choose(&AB, t0, 0).as_deref(), Some("b"));
+    let up = t0 + ms(100);
+    sel.update("a", Some(ms(40)), true, up);
+    assert!(!sel.is_held_down("a", up));
+    sel.choose(&AB, up, 0);
+    assert_eq!(sel.current(), Some("a"));
+    // Once it has been healthy, a failure and a recovery do hold it down.
+    sel.update("a", Some(ms(40)), false, up + ms(100));
+    let back = up + ms(200);
+    sel.update("a", Some(ms(40)), true, back);
+    assert!(sel.is_held_down("a", back));
+}
+
 #[test]
 fn home_region_is_used_whenever_healthy() {
     let t0 = Instant::now();

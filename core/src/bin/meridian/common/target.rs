@@ -406,13 +406,10 @@ impl TargetArgs {
             let now = tokio::time::Instant::now();
             let stats = client.stats();
             let connected = stats.servers.iter().filter(|s| s.connected).count();
-            if connected == addrs.len() {
-                break;
-            }
             // With --home-region, a server of that region is what the call is for: wait
             // for one (within the connect timeout) rather than go elsewhere at once.
             // (Connected, and seen healthy by the client's region selector, which a probe
-            // tick updates just after.)
+            // tick updates just after: every server connected is not enough.)
             let home_waiting = self.home_region.as_ref().is_some_and(|home| {
                 !stats
                     .servers
@@ -420,6 +417,9 @@ impl TargetArgs {
                     .any(|s| s.connected && &s.region == home)
                     || !stats.regions.iter().any(|r| &r.name == home && r.healthy)
             });
+            if connected == addrs.len() && !home_waiting {
+                break;
+            }
             if connected > 0 && !home_waiting {
                 let first = *first_at.get_or_insert(now);
                 if now >= first + GRACE_AFTER_FIRST || now >= end {
