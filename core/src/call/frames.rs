@@ -102,7 +102,10 @@ impl FramedRecv {
     /// [`Self::next_frame`] as a poll. Written by hand rather than as an `async fn`: it runs
     /// several times on every call, and a poll has no state of its own to dispatch on.
     /// quinn's read future holds only its arguments, so one is made for each read.
-    fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, RecvError>> {
+    pub(crate) fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame>, RecvError>> {
         loop {
             if let Some(f) = self.dec.next_frame().map_err(RecvError::Wire)? {
                 if !self.hold_taken {
