@@ -627,6 +627,8 @@ async fn the_time_breakdown_adds_up_to_what_the_client_measured() {
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut parts: [Vec<f64>; 4] = Default::default();
+    // Wall-clock time the total leaves out, per call.
+    let mut unmeasured = Vec::new();
     for _ in 0..9 {
         let wall = Instant::now();
         let r = ch.call("sleep_ms").unary::<_, u64>(&30u64).await.unwrap();
@@ -647,13 +649,14 @@ async fn the_time_breakdown_adds_up_to_what_the_client_measured() {
             ms(server),
             ms(wall)
         );
-        // The parts add up to the client's total, and the total to the wall clock.
+        // The parts add up to the client's total, and the total fits in the wall clock.
         let sum = net1 + proxy + net2 + server;
         assert!((ms(sum) - ms(t.total())).abs() < 0.01);
-        assert!(t.total() <= wall && ms(wall) - ms(t.total()) < 5.0);
+        assert!(t.total() <= wall);
         for (v, d) in parts.iter_mut().zip([net1, proxy, net2, server]) {
             v.push(ms(d));
         }
+        unmeasured.push(ms(wall) - ms(t.total()));
     }
     // Each part is where the emulated links and the handler put it (medians, so one call
     // delayed by a busy CI machine does not decide).
@@ -662,6 +665,9 @@ async fn the_time_breakdown_adds_up_to_what_the_client_measured() {
         v[v.len() / 2]
     };
     let [net1, proxy, net2, server] = parts.each_mut().map(median);
+    // The total is what the client waited: little of the wall clock is left out of it.
+    let unmeasured = median(&mut unmeasured);
+    assert!(unmeasured < 5.0, "the total leaves out {unmeasured} ms");
     assert!((18.0..40.0).contains(&net1), "client<->proxy {net1} ms");
     assert!((38.0..60.0).contains(&net2), "proxy<->server {net2} ms");
     assert!((30.0..50.0).contains(&server), "server {server} ms");
@@ -1102,19 +1108,26 @@ async fn the_proxy_hedges_like_a_region_client() {
     }
     let before = rig.proxy.upstream().stats();
     let mut slowest = Duration::ZERO;
+    // Calls that took most of the slow server's 300 ms. Unhedged, every 20th call would
+    // (15 of 300); one is allowed for a machine that stalls the test process.
+    let mut slow = 0;
     for _ in 0..300 {
-        slowest = slowest.max(call().await);
+        let took = call().await;
+        slowest = slowest.max(took);
+        slow += usize::from(took >= Duration::from_millis(250));
     }
     let stats = rig.proxy.upstream().stats();
     let (hedges, won) = (
         stats.hedges - before.hedges,
         stats.hedges_won - before.hedges_won,
     );
-    println!("through the proxy: slowest of 300 {slowest:?}, {hedges} hedges, {won} won");
+    println!(
+        "through the proxy: slowest of 300 {slowest:?}, {slow} over 250 ms, {hedges} hedges, {won} won"
+    );
     assert!(won >= 1, "no hedge answered first");
     assert!(
-        slowest < Duration::from_millis(250),
-        "a 300 ms call was not hedged: {slowest:?}"
+        slow <= 1,
+        "{slow} calls of 300 waited for the 300 ms server (slowest {slowest:?})"
     );
 }
 
