@@ -213,3 +213,105 @@ async fn task_per_call_runs_one_connections_blocking_handlers_in_parallel() {
         }
     }
 }
+
+/// Computes for `us` microseconds without yielding, as a CPU-bound handler does.
+fn spin(us: u64) {
+    let end = Instant::now() + Duration::from_micros(us);
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+/// Sends a burst of 24 calls that each compute for 2.5 ms to a server on a current-thread
+/// runtime of its own, built with `calls_per_turn`, and returns how far apart the first
+/// and the last answer reached the client.
+///
+/// The burst is sent while the server computes for 150 ms on an earlier call, so it is
+/// waiting whole when the server next reads its socket.
+async fn burst_spread(calls_per_turn: usize) -> Duration {
+    let ca = meridian::DevCa::new().unwrap();
+    let tls = meridian::ServerTls::new(ca.issue_server(&["localhost"]).unwrap());
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let server = meridian::Server::builder()
+                .transport(meridian::TransportConfig {
+                    calls_per_turn,
+                    ..Default::default()
+                })
+                .unary("spin_us", |us: u64, _| async move {
+                    spin(us);
+                    Ok(us)
+                })
+                .bind("127.0.0.1:0".parse().unwrap(), tls)
+                .await
+                .unwrap();
+            addr_tx.send(server.local_addr()).unwrap();
+            let _ = stop_rx.await;
+            drop(server);
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    let ch = meridian::Channel::builder(
+        addr,
+        meridian::ClientTls::with_roots([ca.certificate().clone()]).unwrap(),
+    )
+    .connect()
+    .await
+    .unwrap();
+    // Warm up: the connection's first calls also open it.
+    assert_eq!(ch.unary::<_, u64>("spin_us", &0u64).await.unwrap(), 0);
+
+    let block = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.unary::<_, u64>("spin_us", &150_000u64).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let ch = ch.clone();
+        burst.spawn(async move {
+            let r = ch.unary::<_, u64>("spin_us", &2_500u64).await;
+            (r, Instant::now())
+        });
+    }
+    assert_eq!(block.await.unwrap().unwrap(), 150_000);
+    let mut arrivals = Vec::new();
+    while let Some(joined) = burst.join_next().await {
+        let (r, at) = joined.unwrap();
+        assert_eq!(r.unwrap(), 2_500);
+        arrivals.push(at);
+    }
+    let _ = stop_tx.send(());
+    server_thread.join().unwrap();
+    let first = *arrivals.iter().min().unwrap();
+    let last = *arrivals.iter().max().unwrap();
+    last - first
+}
+
+/// `TransportConfig::calls_per_turn`: a burst of calls on one connection is answered as it
+/// runs, not all at once when its last call is done, so the client works on the first
+/// answers while the server runs the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_is_answered_as_it_runs() {
+    // 24 calls of 2.5 ms in turns of 8: the first answers leave after about 20 ms, the
+    // last after about 60 ms. (The burst is kept small enough that tokio's cooperative
+    // budget does not split it on its own: past about 30 calls in one poll of the
+    // connection's task it can.)
+    let in_turns = burst_spread(8).await;
+    assert!(
+        in_turns >= Duration::from_millis(25),
+        "with turns of 8 calls the answers came {in_turns:?} apart"
+    );
+    // The same burst with no turns: every answer leaves after the last call.
+    let at_once = burst_spread(0).await;
+    assert!(
+        at_once < in_turns / 2,
+        "without turns the answers came {at_once:?} apart, with turns {in_turns:?}"
+    );
+}
