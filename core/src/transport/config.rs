@@ -105,8 +105,7 @@ pub struct TransportConfig {
     /// run. Without it a burst of calls is answered all at once when its last call is done,
     /// and client and server take turns instead of working at the same time: with 64 calls
     /// in flight on one connection, turns of 32 raise calls per second from about 0.6x
-    /// to about 1.1x of bare quinn's (`benches/RESULTS.md`, twelfth round). It also bounds
-    /// how long one busy connection keeps the others of its runtime waiting. Default
+    /// to about 1.1x of bare quinn's (`benches/RESULTS.md`, twelfth round). Default
     /// [`TransportConfig::DEFAULT_CALLS_PER_TURN`] (32); 0 never yields. Calls run in
     /// tasks of their own ([`ServerBuilder::task_per_call`](crate::ServerBuilder::task_per_call))
     /// are not counted.
