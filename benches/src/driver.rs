@@ -236,7 +236,7 @@ pub async fn measure<T: Transport>(process: &ServerProcess, plan: &Plan) -> Resu
 }
 
 /// A recognisable, non-constant payload of `size` bytes.
-fn payload(size: usize) -> Bytes {
+pub(crate) fn payload(size: usize) -> Bytes {
     (0..size).map(|i| (i * 31 + 7) as u8).collect()
 }
 
@@ -252,13 +252,25 @@ async fn sequential<C: Client>(
         check_echo(payload, &client.call(payload.clone()).await?)?;
     }
     let mut nanos = Vec::with_capacity(calls);
+    timed_calls(client, payload, calls, &mut nanos).await?;
+    Ok(summarize(nanos))
+}
+
+/// `calls` sequential calls of `payload`, each one's time in nanoseconds pushed onto
+/// `nanos`; each echo is checked after its clock stopped.
+pub(crate) async fn timed_calls<C: Client>(
+    client: &C,
+    payload: &Bytes,
+    calls: usize,
+    nanos: &mut Vec<u64>,
+) -> Result<()> {
     for _ in 0..calls {
         let start = Instant::now();
         let echo = client.call(payload.clone()).await?;
         nanos.push(start.elapsed().as_nanos() as u64);
         check_echo(payload, &echo)?;
     }
-    Ok(summarize(nanos))
+    Ok(())
 }
 
 fn check_echo(sent: &Bytes, echo: &Bytes) -> Result<()> {
@@ -279,7 +291,7 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn summarize(mut nanos: Vec<u64>) -> Latency {
+pub(crate) fn summarize(mut nanos: Vec<u64>) -> Latency {
     assert!(!nanos.is_empty(), "no calls timed");
     nanos.sort_unstable();
     let sum: u64 = nanos.iter().sum();

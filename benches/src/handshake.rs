@@ -90,6 +90,7 @@ async fn tonic_first_response(server: &Listening) -> Result<Duration> {
 pub async fn run(plan: &ConnectPlan) -> Result<String> {
     let meridian = ServerProcess::spawn(Kind::Meridian, None)?;
     let tonic = ServerProcess::spawn(Kind::TonicTls, None)?;
+    let bare_quinn = ServerProcess::spawn(Kind::Quinn, None)?;
     let m_addr = meridian.listening.addr;
     let roots = || ClientTls::with_roots([meridian.listening.cert.clone()]);
 
@@ -148,66 +149,7 @@ pub async fn run(plan: &ConnectPlan) -> Result<String> {
     }
 
     // CPU per connection setup (connect + one call), loopback, client and server together.
-    let me = std::process::id();
-    let tid = own_tid()?;
-    let mut cpu_rows = Vec::new();
-    {
-        let tls_fresh = || ClientTls::with_roots([meridian.listening.cert.clone()]);
-        let (c0, s0) = (cpu_ns(me, tid)?, cpu_ns(meridian.pid(), meridian.pid())?);
-        for _ in 0..plan.setups {
-            let (_, ch) = meridian_first_response(m_addr, &tls_fresh()?).await?;
-            ch.disconnect();
-        }
-        let (c1, s1) = (cpu_ns(me, tid)?, cpu_ns(meridian.pid(), meridian.pid())?);
-        cpu_rows.push((
-            "Meridian, full handshake, a new client socket each time",
-            c1 - c0,
-            s1 - s0,
-        ));
-
-        let tls = tls_fresh()?;
-        let (_, warm) = meridian_first_response(m_addr, &tls).await?;
-        warm.close().await;
-        let (c0, s0) = (cpu_ns(me, tid)?, cpu_ns(meridian.pid(), meridian.pid())?);
-        for _ in 0..plan.setups {
-            let (_, ch) = meridian_first_response(m_addr, &tls).await?;
-            if ch.stats().early_calls != 1 {
-                return Err("a resumed connection (CPU row) did not send its call early".into());
-            }
-            // Waits (idle) for the next session tickets before closing.
-            ch.close().await;
-        }
-        let (c1, s1) = (cpu_ns(me, tid)?, cpu_ns(meridian.pid(), meridian.pid())?);
-        cpu_rows.push((
-            "Meridian, 0-RTT resumption (channels of one ClientTls share a socket)",
-            c1 - c0,
-            s1 - s0,
-        ));
-
-        // A full handshake again, with one client UDP socket shared by every connection:
-        // a new socket per connection costs its own setup (buffers, socket options).
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        let (c0, s0) = (cpu_ns(me, tid)?, cpu_ns(meridian.pid(), meridian.pid())?);
-        for _ in 0..plan.setups {
-            let (_, ch) = first_response_on(m_addr, &tls_fresh()?, Some(&endpoint)).await?;
-            // Ended as the 0-RTT row ends (taking the session tickets in, then closing),
-            // so the two rows differ only in the handshake.
-            ch.close().await;
-        }
-        let (c1, s1) = (cpu_ns(me, tid)?, cpu_ns(meridian.pid(), meridian.pid())?);
-        cpu_rows.push((
-            "Meridian, full handshake, shared client socket",
-            c1 - c0,
-            s1 - s0,
-        ));
-
-        let (c0, s0) = (cpu_ns(me, tid)?, cpu_ns(tonic.pid(), tonic.pid())?);
-        for _ in 0..plan.setups {
-            tonic_first_response(&tonic.listening).await?;
-        }
-        let (c1, s1) = (cpu_ns(me, tid)?, cpu_ns(tonic.pid(), tonic.pid())?);
-        cpu_rows.push(("tonic, TCP + TLS 1.3", c1 - c0, s1 - s0));
-    }
+    let cpu_rows = setup_cpu(plan.setups, &meridian, &tonic, &bare_quinn).await?;
 
     let mut out = String::new();
     let _ = writeln!(out, "## Connect to first response\n");
@@ -239,10 +181,11 @@ pub async fn run(plan: &ConnectPlan) -> Result<String> {
         out,
         "\n### CPU per connection setup (loopback, connect + one call)\n"
     );
-    let _ = writeln!(out, "{} setups each; CPU time from `/proc/<pid>/task/<tid>/schedstat` of the client thread and the server's thread.\n", plan.setups);
+    let _ = writeln!(out, "{} setups each, in {} rounds taking the methods in turns; CPU time from `/proc/<pid>/task/<tid>/schedstat` of the client thread and the server's thread.\n", plan.setups, setup_rounds(plan.setups));
     let _ = writeln!(out, "| method | client µs | server µs | total µs |");
     let _ = writeln!(out, "| --- | --- | --- | --- |");
-    for (label, c, s) in cpu_rows {
+    for (setup, c, s) in cpu_rows {
+        let label = setup.label();
         let n = plan.setups as f64;
         let _ = writeln!(
             out,
@@ -253,4 +196,175 @@ pub async fn run(plan: &ConnectPlan) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+/// The ways of setting up a connection whose CPU cost is measured, in report order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    /// A full handshake on a new client UDP socket.
+    FreshSocket,
+    /// A 0-RTT resumption; the channels share one `ClientTls` and so one socket.
+    ZeroRtt,
+    /// A full handshake on one client socket shared by every connection: a new socket
+    /// per connection costs its own setup (buffers, socket options).
+    SharedSocket,
+    /// tonic over TCP + TLS 1.3.
+    Tonic,
+    /// Bare quinn, a full handshake on a shared client socket and one echo on a stream: the
+    /// floor under Meridian's full handshake, with the same TLS and stream limits.
+    BareQuinn,
+}
+
+impl Setup {
+    const ALL: [Setup; 5] = [
+        Setup::FreshSocket,
+        Setup::ZeroRtt,
+        Setup::SharedSocket,
+        Setup::BareQuinn,
+        Setup::Tonic,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Setup::FreshSocket => "Meridian, full handshake, a new client socket each time",
+            Setup::ZeroRtt => {
+                "Meridian, 0-RTT resumption (channels of one ClientTls share a socket)"
+            }
+            Setup::SharedSocket => "Meridian, full handshake, shared client socket",
+            Setup::Tonic => "tonic, TCP + TLS 1.3",
+            Setup::BareQuinn => "bare quinn, full handshake, shared client socket",
+        }
+    }
+}
+
+/// Rounds the setups are spread over: the methods take turns, so that a slow stretch of
+/// the machine falls on all of them alike rather than on whichever row it came in.
+fn setup_rounds(setups: usize) -> usize {
+    setups.clamp(1, 10)
+}
+
+/// One bare quinn setup on `endpoint`: a full handshake (a new rustls configuration, so
+/// there is no session to resume), one 64 B echo on a stream, then close. The client allows
+/// the server no streams, as Meridian's client does; the server is the bare quinn kind's,
+/// with 1,024 streams as Meridian's. One difference stays: the bare quinn server keeps
+/// quinn's default path MTU search (four probes where Meridian's sends two).
+async fn bare_quinn_setup(endpoint: &quinn::Endpoint, server: &Listening) -> Result<()> {
+    use quinn::crypto::rustls::QuicClientConfig;
+    let crypto = QuicClientConfig::try_from(crate::tls::client_config(
+        &server.cert,
+        &[crate::kinds::quinn::ALPN],
+    )?)?;
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let mut transport = crate::kinds::quinn::transport_config();
+    transport.max_concurrent_bidi_streams(0u32.into());
+    config.transport_config(std::sync::Arc::new(transport));
+    let connection = endpoint
+        .connect_with(config, server.addr, SERVER_NAME)?
+        .await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    send.write_all(&payload()).await?;
+    send.finish()?;
+    let echo = recv.read_to_end(1 << 16).await?;
+    if echo != payload() {
+        return Err("bare quinn: the echo differs from the payload".into());
+    }
+    connection.close(0u32.into(), b"done");
+    Ok(())
+}
+
+/// Idle time after each batch of setups, before its CPU time is read.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Setups of each method in `round` of `rounds`: an even share, the remainder spread over
+/// the first rounds.
+fn batch(setups: usize, rounds: usize, round: usize) -> usize {
+    setups / rounds + usize::from(round < setups % rounds)
+}
+
+/// Client and server CPU time in nanoseconds over `setups` setups of each [`Setup`], made
+/// in [`setup_rounds`] rounds with the methods in turns.
+async fn setup_cpu(
+    setups: usize,
+    meridian: &ServerProcess,
+    tonic: &ServerProcess,
+    bare_quinn: &ServerProcess,
+) -> Result<Vec<(Setup, u64, u64)>> {
+    let me = std::process::id();
+    let tid = own_tid()?;
+    let m_addr = meridian.listening.addr;
+    let tls_fresh = || ClientTls::with_roots([meridian.listening.cert.clone()]);
+    // One ClientTls for every 0-RTT setup, holding a session from a first connection.
+    let resuming = tls_fresh()?;
+    let (_, warm) = meridian_first_response(m_addr, &resuming).await?;
+    warm.close().await;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let quinn_endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+
+    let rounds = setup_rounds(setups);
+    let mut totals: Vec<(Setup, u64, u64)> = Setup::ALL.iter().map(|&s| (s, 0, 0)).collect();
+    for round in 0..rounds {
+        let batch = batch(setups, rounds, round);
+        for i in crate::paired::turn_order(round, Setup::ALL.len()) {
+            let setup = Setup::ALL[i];
+            let server = match setup {
+                Setup::Tonic => tonic,
+                Setup::BareQuinn => bare_quinn,
+                Setup::FreshSocket | Setup::ZeroRtt | Setup::SharedSocket => meridian,
+            };
+            let (c0, s0) = (cpu_ns(me, tid)?, cpu_ns(server.pid(), server.pid())?);
+            for _ in 0..batch {
+                match setup {
+                    Setup::FreshSocket => {
+                        let (_, ch) = meridian_first_response(m_addr, &tls_fresh()?).await?;
+                        ch.disconnect();
+                    }
+                    Setup::ZeroRtt => {
+                        let (_, ch) = meridian_first_response(m_addr, &resuming).await?;
+                        if ch.stats().early_calls != 1 {
+                            return Err(
+                                "a resumed connection (CPU row) did not send its call early".into(),
+                            );
+                        }
+                        // Waits (idle) for the next session tickets before closing.
+                        ch.close().await;
+                    }
+                    Setup::SharedSocket => {
+                        let (_, ch) =
+                            first_response_on(m_addr, &tls_fresh()?, Some(&endpoint)).await?;
+                        // Ended as the 0-RTT row ends (taking the session tickets in, then
+                        // closing), so the two rows differ only in the handshake.
+                        ch.close().await;
+                    }
+                    Setup::Tonic => {
+                        tonic_first_response(&tonic.listening).await?;
+                    }
+                    Setup::BareQuinn => {
+                        bare_quinn_setup(&quinn_endpoint, &bare_quinn.listening).await?
+                    }
+                }
+            }
+            // Connections end in the background (a disconnected channel's socket closes
+            // once its driver sees it); an idle pause lets that finish, so that it is
+            // charged to this batch and not to the next method's.
+            tokio::time::sleep(SETTLE).await;
+            let (c1, s1) = (cpu_ns(me, tid)?, cpu_ns(server.pid(), server.pid())?);
+            totals[i].1 += c1 - c0;
+            totals[i].2 += s1 - s0;
+        }
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setup_is_made_the_number_of_times_asked() {
+        for setups in [1, 7, 10, 300, 305] {
+            let rounds = setup_rounds(setups);
+            let made: usize = (0..rounds).map(|round| batch(setups, rounds, round)).sum();
+            assert_eq!(made, setups, "{setups} setups in {rounds} rounds");
+        }
+    }
 }

@@ -16,9 +16,11 @@ mod cost;
 mod driver;
 mod handshake;
 mod kinds;
+mod paired;
 mod proxy_wan;
 mod report;
 mod scale;
+mod sessions;
 mod tls;
 
 use std::net::SocketAddr;
@@ -42,6 +44,15 @@ usage:
   meridian-bench serve KIND [--cpu N]
       serve KIND on 127.0.0.1 (any port), print `LISTEN <addr> <cert-der-hex>`,
       serve until stdin closes
+  meridian-bench latency [--kinds quinn,meridian,tonic-tls] [--rounds 20] [--calls 1000]
+                         [--no-pin] [--append FILE]
+      the latency phase with every kind's server running at once and the kinds
+      taking turns: ROUNDS rounds of CALLS sequential 64 B calls on each kind, so
+      that the machine's drift falls on all kinds alike; prints p50, p99 and mean
+      per kind and each p50 against every other
+  meridian-bench sessions [--capacities 1024,4096,16384] [--reconnects 20000] [--append FILE]
+      the server's TLS session store under 0-RTT reconnects (take one session, put
+      the new tickets), Meridian's store against rustls's, on a full store
   meridian-bench connect [--rtts 50,120] [--runs 50] [--setups 200] [--append FILE]
       time connect-to-first-response over emulated WAN links (Meridian full
       handshake, Meridian 0-RTT, tonic over TCP + TLS), and CPU per connection
@@ -69,6 +80,8 @@ fn main() -> ExitCode {
     let outcome = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("serve") => serve(&args[1..]),
+        Some("latency") => latency(&args[1..]),
+        Some("sessions") => session_store(&args[1..]),
         Some("connect") => connect(&args[1..]),
         Some("proxy") => proxy(&args[1..]),
         Some("scale") => scale(&args[1..]),
@@ -94,6 +107,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `udp,quinn` -> the kinds named, in that order (empty names skipped).
+fn parse_kinds(list: &str) -> Result<Vec<Kind>> {
+    list.split(',')
+        .filter(|name| !name.is_empty())
+        .map(parse_kind)
+        .collect()
 }
 
 fn parse_kind(name: &str) -> Result<Kind> {
@@ -157,6 +178,61 @@ fn load(args: &[String]) -> Result<()> {
         tokio::task::LocalSet::new().block_on(&runtime, kind.load(&server, time))?;
     println!("CALLS {calls} {total}");
     Ok(())
+}
+
+/// `latency [--kinds a,b] [--rounds N] [--calls N] [--no-pin] [--append FILE]`.
+fn latency(args: &[String]) -> Result<()> {
+    let mut kinds = vec![Kind::Quinn, Kind::Meridian, Kind::TonicTls];
+    let mut rounds = paired::Rounds::default();
+    let mut pin = true;
+    let mut append = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--kinds" => kinds = parse_kinds(value()?)?,
+            "--rounds" => rounds.rounds = value()?.parse()?,
+            "--calls" => rounds.calls = value()?.parse()?,
+            "--no-pin" => pin = false,
+            "--append" => append = Some(value()?.clone()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
+        }
+    }
+    let mut plan = driver::Plan::new(false);
+    if pin {
+        plan.pin = driver::Pin::first_two_cpus();
+        if let Some(pin) = plan.pin {
+            driver::pin_current_thread(pin.client)?;
+        }
+    }
+    let measured = paired::run(&kinds, &plan, rounds)?;
+    print_and_append(&paired::table(&measured, rounds), append.as_deref())
+}
+
+/// `sessions [--capacities a,b] [--reconnects N] [--append FILE]`.
+fn session_store(args: &[String]) -> Result<()> {
+    let mut capacities = vec![1024, 4096, 16384];
+    let mut reconnects = 20_000;
+    let mut append = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--capacities" => {
+                capacities = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--reconnects" => reconnects = value()?.parse()?,
+            "--append" => append = Some(value()?.clone()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
+        }
+    }
+    if capacities.contains(&0) || reconnects == 0 {
+        return Err("sessions needs capacities and a number of reconnects above 0".into());
+    }
+    print_and_append(&sessions::run(&capacities, reconnects), append.as_deref())
 }
 
 /// `50,120` -> 50 ms and 120 ms.
@@ -273,11 +349,7 @@ fn run(args: &[String]) -> Result<()> {
             "--no-pin" => pin = false,
             "--kinds" => {
                 let list = args.next().ok_or("--kinds needs a list, e.g. udp,quinn")?;
-                kinds = list
-                    .split(',')
-                    .filter(|name| !name.is_empty())
-                    .map(parse_kind)
-                    .collect::<Result<_>>()?;
+                kinds = parse_kinds(list)?;
             }
             "--out" => out = Some(args.next().ok_or("--out needs a file name")?.clone()),
             other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
@@ -336,5 +408,14 @@ mod tests {
             assert_eq!(parse_kind(kind.name()).unwrap(), kind);
         }
         assert!(parse_kind("smoke-signals").is_err());
+    }
+
+    #[test]
+    fn kind_lists_keep_their_order_and_reject_unknown_names() {
+        assert_eq!(
+            parse_kinds("meridian,,quinn").unwrap(),
+            [Kind::Meridian, Kind::Quinn]
+        );
+        assert!(parse_kinds("quinn,smoke-signals").is_err());
     }
 }

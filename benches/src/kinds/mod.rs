@@ -4,7 +4,8 @@
 //! 1. a module here with a type implementing [`Transport`] (server side and
 //!    connect) and a client type implementing [`Client`];
 //! 2. a variant in [`Kind`] plus its name in [`Kind::name`] and [`Kind::ALL`];
-//! 3. one arm in each of [`Kind::serve`] and [`Kind::bench`].
+//! 3. one arm in each of [`Kind::serve`], [`Kind::load`], [`Kind::connect_timed`] and
+//!    [`Kind::bench`].
 //!
 //! The driver measures every kind with the same generic code
 //! ([`crate::driver::measure`]), so nothing else needs to change.
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 
 use crate::driver::{self, KindResults, Plan};
+use crate::paired::TimedCalls;
 use crate::tls::Identity;
 use crate::Result;
 
@@ -146,6 +148,19 @@ impl Kind {
             Kind::Meridian => meridian::Meridian::serve(addr, identity, ready).await,
             Kind::MeridianProxy => meridian::MeridianViaProxy::serve(addr, identity, ready).await,
         }
+    }
+
+    /// Connects a client to `server`, boxed so that clients of several kinds can take
+    /// turns (`meridian-bench latency`).
+    pub async fn connect_timed(self, server: &Listening) -> Result<Box<dyn TimedCalls>> {
+        Ok(match self {
+            Kind::Udp => Box::new(udp::Udp::connect(server).await?),
+            Kind::Quinn => Box::new(quinn::BareQuinn::connect(server).await?),
+            Kind::TonicH2c => Box::new(grpc::TonicH2c::connect(server).await?),
+            Kind::TonicTls => Box::new(grpc::TonicTls::connect(server).await?),
+            Kind::Meridian => Box::new(meridian::Meridian::connect(server).await?),
+            Kind::MeridianProxy => Box::new(meridian::MeridianViaProxy::connect(server).await?),
+        })
     }
 
     /// Connects to `server` and runs the whole measurement plan against it.
