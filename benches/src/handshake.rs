@@ -32,6 +32,9 @@ pub struct ConnectPlan {
     pub runs: usize,
     /// Connections set up on loopback to measure CPU time.
     pub setups: usize,
+    /// The setup methods whose CPU time is measured (all by default): one alone, for a
+    /// profile of the driver process that sees only that method's client.
+    pub methods: Vec<Setup>,
 }
 
 struct Timing {
@@ -149,7 +152,7 @@ pub async fn run(plan: &ConnectPlan) -> Result<String> {
     }
 
     // CPU per connection setup (connect + one call), loopback, client and server together.
-    let cpu_rows = setup_cpu(plan.setups, &meridian, &tonic, &bare_quinn).await?;
+    let cpu_rows = setup_cpu(plan.setups, &plan.methods, &meridian, &tonic, &bare_quinn).await?;
 
     let mut out = String::new();
     let _ = writeln!(out, "## Connect to first response\n");
@@ -181,7 +184,7 @@ pub async fn run(plan: &ConnectPlan) -> Result<String> {
         out,
         "\n### CPU per connection setup (loopback, connect + one call)\n"
     );
-    let _ = writeln!(out, "{} setups each, in {} rounds taking the methods in turns; CPU time from `/proc/<pid>/task/<tid>/schedstat` of the client thread and the server's thread.\n", plan.setups, setup_rounds(plan.setups));
+    let _ = writeln!(out, "{} setups each, in {} rounds taking the methods in turns; CPU time from `/proc/<pid>/task/<tid>/schedstat` of the client thread and the server's thread. The first four methods close each connection right after its call; the last three stay idle for about 2 ms first (bare quinn by a sleep, Meridian until the session tickets arrive), and an idle pause between setups costs both processes CPU of its own: compare each group within itself.\n", plan.setups, setup_rounds(plan.setups));
     let _ = writeln!(out, "| method | client µs | server µs | total µs |");
     let _ = writeln!(out, "| --- | --- | --- | --- |");
     for (setup, c, s) in cpu_rows {
@@ -200,39 +203,92 @@ pub async fn run(plan: &ConnectPlan) -> Result<String> {
 
 /// The ways of setting up a connection whose CPU cost is measured, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Setup {
+pub enum Setup {
     /// A full handshake on a new client UDP socket.
     FreshSocket,
-    /// A 0-RTT resumption; the channels share one `ClientTls` and so one socket.
-    ZeroRtt,
-    /// A full handshake on one client socket shared by every connection: a new socket
-    /// per connection costs its own setup (buffers, socket options).
+    /// A full handshake on one client socket shared by every connection (a new socket per
+    /// connection costs its own setup: buffers, socket options), closed right after the
+    /// call, as the bare quinn and tonic rows close theirs.
     SharedSocket,
-    /// tonic over TCP + TLS 1.3.
-    Tonic,
     /// Bare quinn, a full handshake on a shared client socket and one echo on a stream: the
     /// floor under Meridian's full handshake, with the same TLS and stream limits.
     BareQuinn,
+    /// tonic over TCP + TLS 1.3.
+    Tonic,
+    /// As [`Setup::BareQuinn`], then idle for [`TICKET_WAIT`] before closing, as long as
+    /// Meridian's channel waits for its session tickets on loopback: what an idle pause
+    /// alone costs, with no work done in it.
+    BareQuinnIdle,
+    /// As [`Setup::SharedSocket`], but kept open until the session tickets have arrived
+    /// ([`Channel::close`]), as the 0-RTT row must: the two rows then differ only in the
+    /// handshake.
+    SharedSocketTickets,
+    /// A 0-RTT resumption; the channels share one `ClientTls` and so one socket.
+    ZeroRtt,
 }
 
 impl Setup {
-    const ALL: [Setup; 5] = [
+    /// Every method, in the order the report lists them.
+    pub const ALL: [Setup; 7] = [
         Setup::FreshSocket,
-        Setup::ZeroRtt,
         Setup::SharedSocket,
         Setup::BareQuinn,
         Setup::Tonic,
+        Setup::BareQuinnIdle,
+        Setup::SharedSocketTickets,
+        Setup::ZeroRtt,
     ];
+
+    /// The method's name on the command line (`--methods`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Setup::FreshSocket => "fresh-socket",
+            Setup::ZeroRtt => "0-rtt",
+            Setup::SharedSocket => "shared-socket",
+            Setup::SharedSocketTickets => "shared-socket-tickets",
+            Setup::Tonic => "tonic",
+            Setup::BareQuinn => "bare-quinn",
+            Setup::BareQuinnIdle => "bare-quinn-idle",
+        }
+    }
+
+    /// The methods named in `list` (comma-separated [`Setup::name`]s), in report order.
+    pub fn parse_list(list: &str) -> Result<Vec<Setup>> {
+        let mut chosen = Vec::new();
+        for name in list.split(',') {
+            let setup = Setup::ALL
+                .into_iter()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| {
+                    let names: Vec<_> = Setup::ALL.iter().map(|s| s.name()).collect();
+                    format!(
+                        "unknown setup method {name:?} (known: {})",
+                        names.join(", ")
+                    )
+                })?;
+            chosen.push(setup);
+        }
+        Ok(Setup::ALL
+            .into_iter()
+            .filter(|s| chosen.contains(s))
+            .collect())
+    }
 
     fn label(self) -> &'static str {
         match self {
             Setup::FreshSocket => "Meridian, full handshake, a new client socket each time",
             Setup::ZeroRtt => {
-                "Meridian, 0-RTT resumption (channels of one ClientTls share a socket)"
+                "Meridian, 0-RTT resumption (channels of one ClientTls share a socket), closed once the session tickets arrived"
             }
             Setup::SharedSocket => "Meridian, full handshake, shared client socket",
+            Setup::SharedSocketTickets => {
+                "Meridian, full handshake, shared client socket, closed once the session tickets arrived"
+            }
             Setup::Tonic => "tonic, TCP + TLS 1.3",
             Setup::BareQuinn => "bare quinn, full handshake, shared client socket",
+            Setup::BareQuinnIdle => {
+                "bare quinn, full handshake, shared client socket, idle 2 ms before closing"
+            }
         }
     }
 }
@@ -247,8 +303,13 @@ fn setup_rounds(setups: usize) -> usize {
 /// there is no session to resume), one 64 B echo on a stream, then close. The client allows
 /// the server no streams, as Meridian's client does; the server is the bare quinn kind's,
 /// with 1,024 streams as Meridian's. One difference stays: the bare quinn server keeps
-/// quinn's default path MTU search (four probes where Meridian's sends two).
-async fn bare_quinn_setup(endpoint: &quinn::Endpoint, server: &Listening) -> Result<()> {
+/// quinn's default path MTU search (four probes where Meridian's sends two). With `idle`,
+/// waits that long after the echo before closing.
+async fn bare_quinn_setup(
+    endpoint: &quinn::Endpoint,
+    server: &Listening,
+    idle: Option<Duration>,
+) -> Result<()> {
     use quinn::crypto::rustls::QuicClientConfig;
     let crypto = QuicClientConfig::try_from(crate::tls::client_config(
         &server.cert,
@@ -268,12 +329,23 @@ async fn bare_quinn_setup(endpoint: &quinn::Endpoint, server: &Listening) -> Res
     if echo != payload() {
         return Err("bare quinn: the echo differs from the payload".into());
     }
+    if let Some(idle) = idle {
+        tokio::time::sleep(idle).await;
+    }
     connection.close(0u32.into(), b"done");
     Ok(())
 }
 
-/// Idle time after each batch of setups, before its CPU time is read.
-const SETTLE: Duration = Duration::from_millis(50);
+/// How long a Meridian channel on loopback stays open after its handshake for the session
+/// tickets ([`Channel::close`]: 1.5 RTT + 2 ms), rounded: the idle pause of
+/// [`Setup::BareQuinnIdle`].
+const TICKET_WAIT: Duration = Duration::from_millis(2);
+
+/// Idle time after each batch of setups, before its CPU time is read: longer than a closed
+/// QUIC connection's draining period (three probe timeouts, each at least the peer's
+/// 25 ms maximum ACK delay: about 80 ms on loopback), whose timers and, for the
+/// fresh-socket method, socket teardown would otherwise fall in the next method's batch.
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// Setups of each method in `round` of `rounds`: an even share, the remainder spread over
 /// the first rounds.
@@ -285,6 +357,7 @@ fn batch(setups: usize, rounds: usize, round: usize) -> usize {
 /// in [`setup_rounds`] rounds with the methods in turns.
 async fn setup_cpu(
     setups: usize,
+    methods: &[Setup],
     meridian: &ServerProcess,
     tonic: &ServerProcess,
     bare_quinn: &ServerProcess,
@@ -301,15 +374,18 @@ async fn setup_cpu(
     let quinn_endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
 
     let rounds = setup_rounds(setups);
-    let mut totals: Vec<(Setup, u64, u64)> = Setup::ALL.iter().map(|&s| (s, 0, 0)).collect();
+    let mut totals: Vec<(Setup, u64, u64)> = methods.iter().map(|&s| (s, 0, 0)).collect();
     for round in 0..rounds {
         let batch = batch(setups, rounds, round);
-        for i in crate::paired::turn_order(round, Setup::ALL.len()) {
-            let setup = Setup::ALL[i];
+        for i in crate::paired::turn_order(round, methods.len()) {
+            let setup = methods[i];
             let server = match setup {
                 Setup::Tonic => tonic,
-                Setup::BareQuinn => bare_quinn,
-                Setup::FreshSocket | Setup::ZeroRtt | Setup::SharedSocket => meridian,
+                Setup::BareQuinn | Setup::BareQuinnIdle => bare_quinn,
+                Setup::FreshSocket
+                | Setup::SharedSocket
+                | Setup::SharedSocketTickets
+                | Setup::ZeroRtt => meridian,
             };
             let (c0, s0) = (cpu_ns(me, tid)?, cpu_ns(server.pid(), server.pid())?);
             for _ in 0..batch {
@@ -331,6 +407,11 @@ async fn setup_cpu(
                     Setup::SharedSocket => {
                         let (_, ch) =
                             first_response_on(m_addr, &tls_fresh()?, Some(&endpoint)).await?;
+                        ch.disconnect();
+                    }
+                    Setup::SharedSocketTickets => {
+                        let (_, ch) =
+                            first_response_on(m_addr, &tls_fresh()?, Some(&endpoint)).await?;
                         // Ended as the 0-RTT row ends (taking the session tickets in, then
                         // closing), so the two rows differ only in the handshake.
                         ch.close().await;
@@ -339,7 +420,11 @@ async fn setup_cpu(
                         tonic_first_response(&tonic.listening).await?;
                     }
                     Setup::BareQuinn => {
-                        bare_quinn_setup(&quinn_endpoint, &bare_quinn.listening).await?
+                        bare_quinn_setup(&quinn_endpoint, &bare_quinn.listening, None).await?
+                    }
+                    Setup::BareQuinnIdle => {
+                        let idle = Some(TICKET_WAIT);
+                        bare_quinn_setup(&quinn_endpoint, &bare_quinn.listening, idle).await?
                     }
                 }
             }
@@ -366,5 +451,18 @@ mod tests {
             let made: usize = (0..rounds).map(|round| batch(setups, rounds, round)).sum();
             assert_eq!(made, setups, "{setups} setups in {rounds} rounds");
         }
+    }
+
+    #[test]
+    fn methods_are_named_and_kept_in_report_order() {
+        for s in Setup::ALL {
+            assert_eq!(Setup::parse_list(s.name()).unwrap(), vec![s]);
+        }
+        assert_eq!(
+            Setup::parse_list("tonic,shared-socket,tonic").unwrap(),
+            vec![Setup::SharedSocket, Setup::Tonic]
+        );
+        assert!(Setup::parse_list("shared").is_err());
+        assert!(Setup::parse_list("").is_err());
     }
 }

@@ -53,10 +53,12 @@ usage:
   meridian-bench sessions [--capacities 1024,4096,16384] [--reconnects 20000] [--append FILE]
       the server's TLS session store under 0-RTT reconnects (take one session, put
       the new tickets), Meridian's store against rustls's, on a full store
-  meridian-bench connect [--rtts 50,120] [--runs 50] [--setups 200] [--append FILE]
+  meridian-bench connect [--rtts 50,120] [--runs 50] [--setups 200] [--methods M,..] [--append FILE]
       time connect-to-first-response over emulated WAN links (Meridian full
       handshake, Meridian 0-RTT, tonic over TCP + TLS), and CPU per connection
-      setup on loopback; with --append add the section to FILE
+      setup on loopback; --methods picks the setups measured for CPU (fresh-socket,
+      0-rtt, shared-socket, bare-quinn, tonic; all by default); with --append add
+      the section to FILE
   meridian-bench proxy [--rtts 5,50] [--calls 200] [--append FILE]
       a call through the region proxy against the same call made directly, over
       emulated WAN links, with the per-hop breakdown; with --append add the section
@@ -257,12 +259,13 @@ fn print_and_append(section: &str, append: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// `connect [--rtts 50,120] [--runs 50] [--setups 200] [--append FILE]`.
+/// `connect [--rtts 50,120] [--runs 50] [--setups 200] [--methods M,..] [--append FILE]`.
 fn connect(args: &[String]) -> Result<()> {
     let mut plan = handshake::ConnectPlan {
         rtts: vec![Duration::from_millis(50), Duration::from_millis(120)],
         runs: 50,
         setups: 200,
+        methods: handshake::Setup::ALL.to_vec(),
     };
     let mut append = None;
     let mut args = args.iter();
@@ -272,6 +275,7 @@ fn connect(args: &[String]) -> Result<()> {
             "--rtts" => plan.rtts = parse_rtts(value()?)?,
             "--runs" => plan.runs = value()?.parse()?,
             "--setups" => plan.setups = value()?.parse()?,
+            "--methods" => plan.methods = handshake::Setup::parse_list(value()?)?,
             "--append" => append = Some(value()?.clone()),
             other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
         }
