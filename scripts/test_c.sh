@@ -143,11 +143,24 @@ if [ "$MODE" = bench ]; then
     mkdir -p "$WORK/rust"
     start_server rust "$LIBDIR/meridian-test-server" "$WORK/rust"
     echo "== boundary benchmark: $CALLS unary calls of 64 B per run, server in its own process"
-    for _ in 1 2 3 4 5; do
-        timeout 300 "$OUT/bench_unary" "$PORT" "$WORK/rust/ca.pem" "$CALLS"
-        timeout 300 "$LIBDIR/meridian-bench-rust" "$PORT" "$WORK/rust/ca.pem" "$CALLS"
-    done
+    echo "   six rounds, C first in odd rounds and Rust first in even ones, so that neither"
+    echo "   always runs on the warmer (or the noisier) half of a round"
+    c_run() { timeout 300 "$OUT/bench_unary" "$PORT" "$WORK/rust/ca.pem" "$CALLS"; }
+    rust_run() { timeout 300 "$LIBDIR/meridian-bench-rust" "$PORT" "$WORK/rust/ca.pem" "$CALLS"; }
+    for round in 1 2 3 4 5 6; do
+        if [ $((round % 2)) = 1 ]; then c_run; rust_run; else rust_run; c_run; fi
+    done | tee "$WORK/bench.out"
     stop_server rust
+    # Each round's C / Rust p50, and the ratio of the two sides' median p50s.
+    awk '{ split($2, kv, "="); p[$1, ++n[$1]] = kv[2] }
+         END {
+             for (i = 1; i <= n["c"]; i++) { r = p["c", i] / p["rust", i]; printf "round %d: C / Rust p50 %.3fx\n", i, r }
+         }' "$WORK/bench.out"
+    for side in c rust; do
+        grep "^$side " "$WORK/bench.out" | sed 's/.*p50_us=\([0-9.]*\).*/\1/' | sort -g |
+            awk -v side="$side" '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print side " median p50_us=" m }'
+    done | tee "$WORK/medians.out"
+    awk '{ split($3, kv, "="); m[$1] = kv[2] } END { printf "C / Rust, median p50s: %.3fx\n", m["c"] / m["rust"] }' "$WORK/medians.out"
     exit 0
 fi
 
