@@ -57,8 +57,8 @@ usage:
       time connect-to-first-response over emulated WAN links (Meridian full
       handshake, Meridian 0-RTT, tonic over TCP + TLS), and CPU per connection
       setup on loopback; --methods picks the setups measured for CPU (fresh-socket,
-      0-rtt, shared-socket, bare-quinn, tonic; all by default); with --append add
-      the section to FILE
+      shared-socket, bare-quinn, tonic, bare-quinn-idle, shared-socket-tickets,
+      0-rtt; all by default); with --append add the section to FILE
   meridian-bench proxy [--rtts 5,50] [--calls 200] [--append FILE]
       a call through the region proxy against the same call made directly, over
       emulated WAN links, with the per-hop breakdown; with --append add the section
@@ -231,8 +231,9 @@ fn session_store(args: &[String]) -> Result<()> {
             other => return Err(format!("unknown option {other:?}\n{USAGE}").into()),
         }
     }
-    if capacities.contains(&0) || reconnects == 0 {
-        return Err("sessions needs capacities and a number of reconnects above 0".into());
+    // Each reconnect resumes the newest but one session: a store needs room for two.
+    if capacities.iter().any(|&c| c < 2) || reconnects == 0 {
+        return Err("sessions needs capacities of at least 2 and at least one reconnect".into());
     }
     print_and_append(&sessions::run(&capacities, reconnects), append.as_deref())
 }

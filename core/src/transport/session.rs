@@ -47,11 +47,13 @@ struct Sessions {
     puts: u64,
 }
 
-impl Sessions {
-    fn is_current(&self, number: u64, key: &[u8]) -> bool {
-        self.by_key.get(key).is_some_and(|(n, _)| *n == number)
-    }
+/// Whether an entry of `order` still stands for its session: the session of `key` is the
+/// one `number` stored (not taken, not stored again since).
+fn is_current(by_key: &HashMap<Vec<u8>, (u64, Vec<u8>)>, number: u64, key: &[u8]) -> bool {
+    by_key.get(key).is_some_and(|(n, _)| *n == number)
+}
 
+impl Sessions {
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>, capacity: usize) {
         self.puts += 1;
         let number = self.puts;
@@ -61,14 +63,13 @@ impl Sessions {
             let Some((n, oldest)) = self.order.pop_front() else {
                 break;
             };
-            if self.is_current(n, &oldest) {
+            if is_current(&self.by_key, n, &oldest) {
                 self.by_key.remove(&oldest);
             }
         }
         if self.order.len() > 2 * capacity + 16 {
             let by_key = &self.by_key;
-            self.order
-                .retain(|(n, key)| by_key.get(key).is_some_and(|(current, _)| current == n));
+            self.order.retain(|(n, key)| is_current(by_key, *n, key));
         }
     }
 }
