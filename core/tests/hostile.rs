@@ -1132,3 +1132,56 @@ async fn responses_kept_for_their_acknowledgement_stay_bounded() {
     assert!(after.kept_responses < 3_000);
     target.assert_serves_a_good_client().await;
 }
+
+/// Streams `conn` may open right now, opened (and kept) until one would wait for credit.
+fn open_all_now(conn: &quinn::Connection, into: &mut Vec<(quinn::SendStream, quinn::RecvStream)>) {
+    use std::future::Future as _;
+    loop {
+        let mut open = std::pin::pin!(conn.open_bi());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match open.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(pair)) => into.push(pair),
+            _ => return,
+        }
+    }
+}
+
+/// A new connection is allowed `initial_stream_credit` (100) streams. Once its peer has
+/// opened half of them, the credit grows to `max_concurrent_streams` (here 300), and no
+/// further: a raw peer that opens streams and never finishes them holds exactly 300.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_credit_starts_small_and_grows_only_to_the_limit() {
+    let target = Target::start_with(TransportConfig {
+        max_concurrent_streams: 300,
+        ..TransportConfig::default()
+    })
+    .await;
+    let conn = target.raw().await;
+    let mut streams = Vec::new();
+    open_all_now(&conn, &mut streams);
+    // Opened without a byte sent: the server has not seen them, so nothing has grown.
+    assert_eq!(streams.len(), 100, "the first allowance");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open_all_now(&conn, &mut streams);
+    assert_eq!(
+        streams.len(),
+        100,
+        "no more credit while the server saw no stream"
+    );
+    // One byte on the 50th stream: the server accepts streams 0 to 49 (each an unfinished
+    // call) and grants the rest.
+    streams[49].0.write_all(&[0]).await.unwrap();
+    let more = tokio::time::timeout(Duration::from_secs(5), conn.open_bi())
+        .await
+        .expect("credit granted")
+        .unwrap();
+    streams.push(more);
+    open_all_now(&conn, &mut streams);
+    assert_eq!(streams.len(), 300, "credit up to max_concurrent_streams");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    open_all_now(&conn, &mut streams);
+    assert_eq!(streams.len(), 300, "and never past it");
+    drop(streams);
+    conn.close(0u32.into(), b"");
+    target.assert_serves_a_good_client().await;
+}

@@ -112,6 +112,7 @@ impl ChannelBuilder {
             stats: Counters::default(),
             extra: Default::default(),
             max_extra: self.transport.extra_connections,
+            credit_grace: self.transport.stream_credit_grace,
             interceptors: self.interceptors.into(),
         });
         inner.establish().await.map_err(|reason| Error::Connect {

@@ -47,6 +47,10 @@ pub(super) struct ChannelInner {
     /// ([`TransportConfig::extra_connections`](crate::TransportConfig)), and how many may be.
     pub(super) extra: tokio::sync::Mutex<Vec<quinn::Connection>>,
     pub(super) max_extra: usize,
+    /// How much longer than two round trips a call without stream credit waits for more
+    /// before it opens an extra connection
+    /// ([`TransportConfig::stream_credit_grace`](crate::TransportConfig)).
+    pub(super) credit_grace: std::time::Duration,
     /// The channel's interceptor chain (empty for a region client's channels: the region
     /// client runs its own, once per call).
     pub(super) interceptors: super::intercept::Chain,
@@ -212,10 +216,14 @@ impl ChannelInner {
 
     /// Starts a connection attempt (0-RTT when a session ticket is held).
     /// A stream on an extra connection, for a call the main connection has no stream
-    /// credit for: on the first extra connection with credit, or on a new one while fewer
-    /// than `max_extra` are open. `None` when every extra connection is saturated too (or
-    /// none may be opened): the caller waits for credit on the main connection.
-    pub(super) async fn extra_stream(&self) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+    /// credit for: on the first extra connection with credit, or (if `dial`) on a new one
+    /// while fewer than `max_extra` are open. `None` when every extra connection is
+    /// saturated too (or none may be opened): the caller waits for credit on the main
+    /// connection.
+    pub(super) async fn extra_stream(
+        &self,
+        dial: bool,
+    ) -> Option<(quinn::SendStream, quinn::RecvStream)> {
         if self.max_extra == 0 {
             return None;
         }
@@ -227,7 +235,7 @@ impl ChannelInner {
                 return Some(pair);
             }
         }
-        if extra.len() >= self.max_extra {
+        if !dial || extra.len() >= self.max_extra {
             return None;
         }
         let endpoint = self.endpoint.read().ok()?.clone();

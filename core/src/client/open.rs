@@ -153,7 +153,7 @@ pub(super) async fn open_call(
         let mut open = std::pin::pin!(conn.quic.open_bi());
         match std::future::poll_fn(|cx| Poll::Ready(open.as_mut().poll(cx))).await {
             Poll::Ready(r) => r.map_err(|e| stream_lost(&e)),
-            Poll::Pending => Box::pin(wait_for_stream_credit(inner, open)).await,
+            Poll::Pending => Box::pin(wait_for_stream_credit(inner, &conn.quic, open)).await,
         }
     };
     let (mut send, recv) = opened.map_err(|status| Failure {
@@ -292,13 +292,19 @@ pub(super) fn deadline_exceeded() -> Status {
 }
 
 /// No stream could be opened at once: the server's concurrent stream limit is reached on
-/// this connection. Uses (or opens) an extra connection if allowed, rather than wait behind
-/// the calls in flight; else waits for credit, counted and traced rather than silent.
+/// this connection. Takes a stream on an extra connection that has credit now; else waits
+/// for the server to grant more on this one, as servers do when a connection gets busy
+/// ([`TransportConfig::initial_stream_credit`](crate::TransportConfig)), up to two round
+/// trips plus [`TransportConfig::stream_credit_grace`](crate::TransportConfig);
+/// then opens an extra connection if allowed, rather than wait behind the calls in
+/// flight; else goes on waiting, and looks at the extra connections again after periods
+/// twice as long each time (up to a second). Waits are counted and traced rather than silent.
 async fn wait_for_stream_credit(
     inner: &ChannelInner,
-    open: Pin<&mut quinn::OpenBi<'_>>,
+    quic: &quinn::Connection,
+    mut open: Pin<&mut quinn::OpenBi<'_>>,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), Status> {
-    if let Some(pair) = inner.extra_stream().await {
+    if let Some(pair) = inner.extra_stream(false).await {
         return Ok(pair);
     }
     inner
@@ -307,7 +313,25 @@ async fn wait_for_stream_credit(
         .fetch_add(1, Ordering::Relaxed);
     let waited = Instant::now();
     debug!(addr = %inner.addr, "waiting for stream credit: the server's concurrent stream limit is reached");
-    let r = open.await;
+    // With extra connections allowed, look at them again after each period (doubling, up
+    // to a second, so that many waiting calls do not keep polling them): one dialled
+    // meanwhile, or one whose calls finished, may have credit first.
+    let mut grace = quic.rtt().saturating_mul(2) + inner.credit_grace;
+    let r = loop {
+        if inner.max_extra == 0 {
+            break open.await;
+        }
+        if let Ok(r) = tokio::time::timeout(grace, open.as_mut()).await {
+            break r;
+        }
+        if let Some(pair) = inner.extra_stream(true).await {
+            return Ok(pair);
+        }
+        grace = grace
+            .saturating_mul(2)
+            .min(Duration::from_secs(1))
+            .max(grace);
+    };
     debug!(
         waited_us = waited.elapsed().as_micros() as u64,
         "stream credit granted"

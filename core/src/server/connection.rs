@@ -146,6 +146,8 @@ async fn serve_connection(
     // Calls started since this task last waited or yielded (`calls_per_turn`).
     let per_turn = shared.transport.calls_per_turn;
     let mut started = 0usize;
+    // Whether this connection's stream credit was raised to the full limit yet.
+    let mut credit_grown = false;
     loop {
         let accepted = std::future::poll_fn(|cx| {
             // Finished calls need nothing more; all that are done are collected at once.
@@ -190,6 +192,11 @@ async fn serve_connection(
                 // Counted before the check, so a shutdown either waits for this call or
                 // finds it refused here.
                 let open = OpenCall::new(&shared, &served);
+                if !credit_grown {
+                    credit_grown = shared
+                        .transport
+                        .grow_stream_credit(&conn, send.id().index());
+                }
                 if shared.shutting_down.load(Ordering::SeqCst)
                     || served.retiring.load(Ordering::SeqCst)
                 {

@@ -19,6 +19,18 @@ pub struct TransportConfig {
     /// Concurrent calls (bidirectional streams) the peer may open to us. A caller beyond it
     /// waits for stream credit, within its deadline. Default 1024.
     pub max_concurrent_streams: u32,
+    /// Server: concurrent calls a new connection is allowed at first (at most
+    /// [`TransportConfig::max_concurrent_streams`]). Once the client has opened half as
+    /// many calls (in all, not at once), the connection is allowed the full
+    /// `max_concurrent_streams`, announced to the client in the server's next packet.
+    /// quinn sets up state for every stream it allows when it allows it, so a connection
+    /// that makes few calls does not pay for a thousand streams: about 80 KiB of memory
+    /// per connection and an eighth of the instructions the server spends on its setup
+    /// (`benches/RESULTS.md`, fifteenth round). A client whose burst outruns the first
+    /// allowance waits for the rest (about one round trip) rather than open extra
+    /// connections ([`TransportConfig::stream_credit_grace`]). Default
+    /// [`TransportConfig::DEFAULT_INITIAL_STREAM_CREDIT`] (100).
+    pub initial_stream_credit: u32,
     /// Bytes the peer may send on one stream before we read them. Default 2 MiB.
     pub stream_receive_window: u32,
     /// Bytes the peer may send on a whole connection before we read them out of quinn.
@@ -91,10 +103,18 @@ pub struct TransportConfig {
     /// Client: extra connections a channel may open to its server while every stream the
     /// server allows on the main connection is in use
     /// ([`TransportConfig::max_concurrent_streams`] on the server's side), so calls beyond
-    /// that limit do not queue behind the ones in flight. They use full handshakes and
-    /// close with the channel. Default 3 (a channel then carries up to 4 times the
-    /// server's stream limit); 0 makes such calls wait for stream credit.
+    /// that limit do not queue behind the ones in flight. A call that finds no credit first
+    /// waits up to two round trips (plus [`TransportConfig::stream_credit_grace`]) for the server to grant more, as
+    /// servers do when a connection gets busy
+    /// ([`TransportConfig::initial_stream_credit`]); only then does it open one. They use
+    /// full handshakes and close with the channel. Default 3 (a channel then carries up to
+    /// 4 times the server's stream limit); 0 makes such calls wait for stream credit.
     pub extra_connections: usize,
+    /// Client: how much longer than two round trips a call that finds no stream credit
+    /// waits for the server to grant more before it opens an extra connection
+    /// ([`TransportConfig::extra_connections`]): room for the server to read the burst and
+    /// send the credit while both processes are busy. Default 20 ms.
+    pub stream_credit_grace: Duration,
     /// Server: distinct method names its metrics keep a row for (a proxy forwards any
     /// name a caller sends, so names beyond it share one `<other>` row, and calls to
     /// methods it does not serve share `<unknown>`). Default 512.
@@ -119,6 +139,9 @@ pub struct TransportConfig {
 impl TransportConfig {
     /// Default [`TransportConfig::max_concurrent_streams`].
     pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+    /// Default [`TransportConfig::initial_stream_credit`]: quinn's own default stream limit,
+    /// and the usual HTTP/2 one.
+    pub const DEFAULT_INITIAL_STREAM_CREDIT: u32 = 100;
     /// Default [`TransportConfig::stream_receive_window`].
     pub const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
     /// Default [`TransportConfig::connection_receive_window`].
@@ -132,8 +155,38 @@ impl TransportConfig {
     /// CPU is the limit; turns of 32 cost nothing measurable there (`benches/RESULTS.md`).
     pub const DEFAULT_CALLS_PER_TURN: usize = 32;
 
-    pub(crate) fn to_quinn(&self) -> Arc<quinn::TransportConfig> {
-        Arc::new(self.quinn_transport())
+    /// The quinn settings of a server: a new connection is allowed
+    /// [`TransportConfig::initial_stream_credit`] streams, raised by
+    /// [`TransportConfig::grow_stream_credit`] once it gets busy.
+    pub(crate) fn to_quinn_server(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = self.quinn_transport();
+        t.max_concurrent_bidi_streams(self.first_stream_credit().into());
+        Arc::new(t)
+    }
+
+    /// Streams a new server connection is allowed.
+    pub(crate) fn first_stream_credit(&self) -> u32 {
+        self.initial_stream_credit.min(self.max_concurrent_streams)
+    }
+
+    /// Called by a server connection as it accepts the call on its stream number `index`
+    /// (0 for the first): once the client has opened half as many streams as it was first
+    /// allowed, raises the connection's stream credit to `max_concurrent_streams`. Returns
+    /// whether that is done (then it need not be called again for the connection).
+    ///
+    /// It counts streams opened rather than calls in flight at the server on purpose: quick
+    /// calls are over at the server long before their streams' credit is back at the
+    /// client (a round trip later), so a client with many calls in flight could be held at
+    /// the first allowance while the server never sees many at once.
+    pub(crate) fn grow_stream_credit(&self, conn: &quinn::Connection, index: u64) -> bool {
+        let first = self.first_stream_credit();
+        if index.saturating_add(1).saturating_mul(2) < u64::from(first) {
+            return false;
+        }
+        if self.max_concurrent_streams > first {
+            conn.set_max_concurrent_bi_streams(self.max_concurrent_streams.into());
+        }
+        true
     }
 
     /// The quinn settings of a client. A server never opens a bidirectional stream to a
@@ -183,6 +236,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
+            initial_stream_credit: Self::DEFAULT_INITIAL_STREAM_CREDIT,
             stream_receive_window: Self::DEFAULT_STREAM_WINDOW,
             connection_receive_window: Self::DEFAULT_CONNECTION_WINDOW,
             send_window: u64::from(Self::DEFAULT_CONNECTION_WINDOW),
@@ -201,6 +255,7 @@ impl Default for TransportConfig {
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
             extra_connections: 3,
+            stream_credit_grace: Duration::from_millis(20),
             max_metric_methods: 512,
             calls_per_turn: Self::DEFAULT_CALLS_PER_TURN,
             wire: WireLimits::default(),

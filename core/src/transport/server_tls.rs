@@ -241,7 +241,7 @@ impl ServerTls {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(self.to_rustls()?)
             .map_err(|e| Error::Config(format!("TLS config unusable for QUIC: {e}")))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        cfg.transport_config(transport.to_quinn());
+        cfg.transport_config(transport.to_quinn_server());
         Ok(cfg)
     }
 }

@@ -163,6 +163,79 @@ async fn calls_past_the_stream_limit_get_extra_connections() {
     }
 }
 
+/// A server allows a new connection 100 calls at first (`initial_stream_credit`) and the
+/// full `max_concurrent_streams` once the client has opened 50. A burst of 400 calls on a
+/// fresh connection to a server whose limit is 300: the first 100 start at once, the
+/// rest wait for the credit to grow, and the server then holds exactly its limit, never
+/// more. With extra connections allowed, calls wait for that credit (within two round
+/// trips plus `stream_credit_grace`, here long enough that a busy machine cannot make
+/// the test depend on timing) instead of opening extra connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_credit_grows_with_a_burst_up_to_the_limit() {
+    use std::sync::Arc;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let fx = Fixture::start_with(move |b| {
+        b.transport(meridian::TransportConfig {
+            max_concurrent_streams: 300,
+            ..Default::default()
+        })
+        .unary("hold", move |(): (), _| {
+            let g = g.clone();
+            async move {
+                g.acquire()
+                    .await
+                    .map_err(|_| meridian::Status::internal("closed"))?
+                    .forget();
+                Ok(())
+            }
+        })
+    })
+    .await;
+    assert_eq!(
+        meridian::TransportConfig::default().initial_stream_credit,
+        100
+    );
+    for extra in [0usize, 3] {
+        let ch = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
+            .transport(meridian::TransportConfig {
+                extra_connections: extra,
+                stream_credit_grace: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(fx.server.stats().in_flight, 0);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..400 {
+            let ch = ch.clone();
+            calls.spawn(async move {
+                ch.call("hold")
+                    .timeout(Duration::from_secs(20))
+                    .unary::<_, ()>(&())
+                    .await
+            });
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while fx.server.stats().in_flight < 300 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            fx.server.stats().in_flight,
+            300,
+            "extra_connections {extra}: the credit grew past the first 100, to the limit"
+        );
+        assert_eq!(ch.stats().connections, 1, "extra_connections {extra}");
+        assert!(ch.stats().stream_credit_waits >= 100);
+        gate.add_permits(400);
+        while let Some(r) = calls.join_next().await {
+            r.unwrap().unwrap();
+        }
+    }
+}
+
 /// Two calls on one connection to a handler that blocks its thread until both are inside
 /// it (or 1 s passes). With `task_per_call` each call is a task of its own, so on a
 /// two-worker runtime both run in parallel and meet. By default a connection's calls are
