@@ -99,17 +99,14 @@ async fn waiting_for_stream_credit_is_counted_and_honours_the_deadline() {
     }
 }
 
-/// A server allows 4 calls at once per connection: a channel whose calls need more opens
-/// extra connections (up to `extra_connections`) instead of queueing them behind the
-/// calls in flight; with none allowed they wait for stream credit, and all finish.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_past_the_stream_limit_get_extra_connections() {
-    use std::sync::Arc;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+/// A server with a stream limit of `max_streams` whose `hold` calls each wait for a permit
+/// of the returned semaphore.
+async fn hold_server(max_streams: u32) -> (Fixture, std::sync::Arc<tokio::sync::Semaphore>) {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
     let fx = Fixture::start_with(move |b| {
         b.transport(meridian::TransportConfig {
-            max_concurrent_streams: 4,
+            max_concurrent_streams: max_streams,
             ..Default::default()
         })
         .unary("hold", move |(): (), _| {
@@ -124,6 +121,15 @@ async fn calls_past_the_stream_limit_get_extra_connections() {
         })
     })
     .await;
+    (fx, gate)
+}
+
+/// A server allows 4 calls at once per connection: a channel whose calls need more opens
+/// extra connections (up to `extra_connections`) instead of queueing them behind the
+/// calls in flight; with none allowed they wait for stream credit, and all finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_stream_limit_get_extra_connections() {
+    let (fx, gate) = hold_server(4).await;
     for (extra, started) in [(3usize, 10usize), (0, 4)] {
         let ch = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
             .transport(meridian::TransportConfig {
@@ -172,26 +178,7 @@ async fn calls_past_the_stream_limit_get_extra_connections() {
 /// the test depend on timing) instead of opening extra connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_credit_grows_with_a_burst_up_to_the_limit() {
-    use std::sync::Arc;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let g = gate.clone();
-    let fx = Fixture::start_with(move |b| {
-        b.transport(meridian::TransportConfig {
-            max_concurrent_streams: 300,
-            ..Default::default()
-        })
-        .unary("hold", move |(): (), _| {
-            let g = g.clone();
-            async move {
-                g.acquire()
-                    .await
-                    .map_err(|_| meridian::Status::internal("closed"))?
-                    .forget();
-                Ok(())
-            }
-        })
-    })
-    .await;
+    let (fx, gate) = hold_server(300).await;
     assert_eq!(
         meridian::TransportConfig::default().initial_stream_credit,
         100
