@@ -4,10 +4,21 @@ use std::time::{Duration, Instant};
 
 use crate::common::Fixture;
 
+/// 1,000 calls at once share one connection. The server allows 100 at first and its
+/// full limit (1,024) once 50 have arrived; the calls past the first 100 wait for that
+/// credit. The grace before an extra connection is made long here, so that a slow test
+/// machine cannot turn the wait into a dial.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_calls_on_one_connection() {
     let fx = Fixture::start().await;
-    let ch = fx.channel().await;
+    let ch = meridian::Channel::builder(fx.server.local_addr(), fx.client_tls())
+        .transport(meridian::TransportConfig {
+            stream_credit_grace: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .connect()
+        .await
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1000i64 {
         let ch = ch.clone();
