@@ -214,7 +214,6 @@ impl ChannelInner {
         Ok(conn)
     }
 
-    /// Starts a connection attempt (0-RTT when a session ticket is held).
     /// A stream on an extra connection, for a call the main connection has no stream
     /// credit for: on the first extra connection with credit, or (if `dial`) on a new one
     /// while fewer than `max_extra` are open. `None` when every extra connection is
@@ -252,6 +251,7 @@ impl ChannelInner {
         pair
     }
 
+    /// Starts a connection attempt (0-RTT when a session ticket is held).
     fn begin_dial(&self) -> Result<Dialing, String> {
         let endpoint = self.endpoint.read().map_err(|e| e.to_string())?.clone();
         let connecting =

@@ -298,7 +298,8 @@ pub(super) fn deadline_exceeded() -> Status {
 /// trips plus [`TransportConfig::stream_credit_grace`](crate::TransportConfig);
 /// then opens an extra connection if allowed, rather than wait behind the calls in
 /// flight; else goes on waiting, and looks at the extra connections again after periods
-/// twice as long each time (up to a second). Waits are counted and traced rather than silent.
+/// twice as long each time (up to a second). Waits are counted and traced rather than
+/// silent.
 async fn wait_for_stream_credit(
     inner: &ChannelInner,
     quic: &quinn::Connection,

@@ -28,7 +28,8 @@ pub struct TransportConfig {
     /// per connection and an eighth of the instructions the server spends on its setup
     /// (`benches/RESULTS.md`, fifteenth round). A client whose burst outruns the first
     /// allowance waits for the rest (about one round trip) rather than open extra
-    /// connections ([`TransportConfig::stream_credit_grace`]). Default
+    /// connections ([`TransportConfig::stream_credit_grace`]). 0 counts as 1 (a
+    /// connection allowed no stream could never ask for more). Default
     /// [`TransportConfig::DEFAULT_INITIAL_STREAM_CREDIT`] (100).
     pub initial_stream_credit: u32,
     /// Bytes the peer may send on one stream before we read them. Default 2 MiB.
@@ -103,9 +104,9 @@ pub struct TransportConfig {
     /// Client: extra connections a channel may open to its server while every stream the
     /// server allows on the main connection is in use
     /// ([`TransportConfig::max_concurrent_streams`] on the server's side), so calls beyond
-    /// that limit do not queue behind the ones in flight. A call that finds no credit first
-    /// waits up to two round trips (plus [`TransportConfig::stream_credit_grace`]) for the server to grant more, as
-    /// servers do when a connection gets busy
+    /// that limit do not queue behind the ones in flight. A call that finds no credit
+    /// first waits up to two round trips (plus [`TransportConfig::stream_credit_grace`])
+    /// for the server to grant more, as servers do when a connection gets busy
     /// ([`TransportConfig::initial_stream_credit`]); only then does it open one. They use
     /// full handshakes and close with the channel. Default 3 (a channel then carries up to
     /// 4 times the server's stream limit); 0 makes such calls wait for stream credit.
@@ -166,7 +167,9 @@ impl TransportConfig {
 
     /// Streams a new server connection is allowed.
     pub(crate) fn first_stream_credit(&self) -> u32 {
-        self.initial_stream_credit.min(self.max_concurrent_streams)
+        self.initial_stream_credit
+            .max(1)
+            .min(self.max_concurrent_streams)
     }
 
     /// Called by a server connection as it accepts the call on its stream number `index`
@@ -274,4 +277,24 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         cs::TLS13_AES_256_GCM_SHA384,
     ];
     Arc::new(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TransportConfig;
+
+    /// The first allowance is `initial_stream_credit`, never above the limit, and never 0
+    /// (a connection allowed no stream could not ask for more).
+    #[test]
+    fn first_stream_credit_is_bounded_by_the_limit_and_never_zero() {
+        let with = |initial, max| TransportConfig {
+            initial_stream_credit: initial,
+            max_concurrent_streams: max,
+            ..TransportConfig::default()
+        };
+        assert_eq!(TransportConfig::default().first_stream_credit(), 100);
+        assert_eq!(with(100, 16).first_stream_credit(), 16);
+        assert_eq!(with(0, 1024).first_stream_credit(), 1);
+        assert_eq!(with(2000, 1024).first_stream_credit(), 1024);
+    }
 }
