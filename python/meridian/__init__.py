@@ -30,7 +30,9 @@ from their :class:`CallContext` (see ``meridian.context``). ``meridian.testing``
 development certificates.
 """
 
-from ._native import __version__, roundtrip
+import os as _os
+
+from ._native import __version__, _after_fork_in_child, roundtrip
 from .client import (
     DEFAULT,
     AsyncBidiCall,
@@ -66,6 +68,11 @@ from .errors import (
 from .context import CallContext, PeerIdentity, current_context
 from .server import RPCServer
 from .tls import ClientTLS, ServerTLS
+
+# A forked child reseeds the random generator its forking thread shares with the parent
+# (connection IDs come from it; see python/src/fork.rs).
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = [
     "__version__",

@@ -16,6 +16,7 @@ __all__ = [
     "RustTestServer",
     "roundtrip",
     "_runtime_workers",
+    "_after_fork_in_child",
     "_start_rust_test_server",
     "_rust_call",
     "_write_dev_certificates",
@@ -31,7 +32,11 @@ def roundtrip(obj: Any) -> Any:
     """Converts ``obj`` to a Meridian value, encodes and decodes it, and converts it back."""
 
 def _runtime_workers() -> int:
-    """The worker threads of this process's runtime (``MERIDIAN_WORKER_THREADS``, default 1)."""
+    """The threads that run this process's runtime tasks at once (``MERIDIAN_WORKER_THREADS``,
+    default 1)."""
+
+def _after_fork_in_child() -> None:
+    """Reseeds the calling thread's random generator (registered with ``os.register_at_fork``)."""
 
 @final
 class NativeServer:

@@ -125,10 +125,10 @@ impl NativeStream {
     /// asyncio.
     fn next_async(&self, done: Py<PyAny>) -> PyResult<CallHandle> {
         let inner = self.slot()?;
-        let task = runtime()?.spawn(async move {
+        let task = crate::spawn(async move {
             let result = Self::next_message(inner).await;
             deliver(done, result).await;
-        });
+        })?;
         Ok(CallHandle::new(task.abort_handle()))
     }
 
@@ -138,9 +138,9 @@ impl NativeStream {
         let Some(inner) = self.inner.get().cloned() else {
             return Ok(());
         };
-        runtime()?.spawn(async move {
+        crate::spawn(async move {
             inner.lock().await.take();
-        });
+        })?;
         Ok(())
     }
 }
@@ -229,11 +229,11 @@ fn take_sink(slot: SinkSlot, end: fn(RequestSink<Value>)) -> PyResult<()> {
         }
         return Ok(());
     }
-    runtime()?.spawn(async move {
+    crate::spawn(async move {
         if let Some(sink) = slot.lock().await.take() {
             end(sink);
         }
-    });
+    })?;
     Ok(())
 }
 

@@ -246,6 +246,8 @@ impl NativeClient {
         let client = builder
             .build()
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the client: {e}")))?;
+        // Its probes and discovery run in the background.
+        crate::kick()?;
         *slot = Some(ProcessBound::new(client.clone()));
         Ok(client)
     }
@@ -408,10 +410,10 @@ impl NativeClient {
     ) -> PyResult<CallHandle> {
         let spec = CallSpec::new(method, args, timeout, metadata, key, self.wait_for_ready)?;
         let client = self.region_client()?;
-        let task = runtime()?.spawn(async move {
+        let task = crate::spawn(async move {
             let result = spec.unary(client).await.map(Some);
             deliver(done, result).await;
-        });
+        })?;
         Ok(CallHandle::new(task.abort_handle()))
     }
 
@@ -509,10 +511,8 @@ impl NativeClient {
         let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
         // In a forked child the parent's client is only forgotten (`ProcessBound`).
         if let Some(client) = client.and_then(ProcessBound::into_inner) {
-            if let Ok(rt) = runtime() {
-                // Dropped inside the runtime, where its background tasks live.
-                rt.spawn(async move { drop(client) });
-            }
+            // Dropped inside the runtime, where its background tasks live.
+            let _ = crate::spawn(async move { drop(client) });
         }
     }
 }

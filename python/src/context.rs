@@ -13,7 +13,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::calls::CallHandle;
-use crate::runtime;
 
 /// The call a handler is answering: method, caller address and identity, metadata,
 /// deadline and cancellation.
@@ -85,7 +84,7 @@ impl PyCallContext {
     #[pyo3(name = "_on_cancel")]
     fn on_cancel(&self, callback: Py<PyAny>) -> PyResult<CallHandle> {
         let ctx = self.ctx.clone();
-        let task = runtime()?.spawn(async move {
+        let task = crate::spawn(async move {
             ctx.cancelled().await;
             let _ = tokio::task::spawn_blocking(move || {
                 crate::attach::attach(|py| {
@@ -95,7 +94,7 @@ impl PyCallContext {
                 })
             })
             .await;
-        });
+        })?;
         Ok(CallHandle::new(task.abort_handle()))
     }
 

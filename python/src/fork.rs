@@ -15,10 +15,16 @@
 //!   is never used, and never dropped (dropping a connection or socket would deregister
 //!   the parent's socket from the shared epoll, or wait on a lock a vanished thread
 //!   held), only leaked. Clients start again with new connections on the child's runtime;
-//!   streams and calls opened before the fork raise a `RuntimeError` that says so.
+//!   streams and calls opened before the fork raise a `RuntimeError` that says so;
+//! - the child reseeds the forking thread's random generator ([`after_fork_in_child`],
+//!   called from `os.register_at_fork`). rand's `ThreadRng`, which quinn draws connection
+//!   IDs and tokens from, is not reseeded on fork, and a Python thread that made calls
+//!   ran quinn's code on that generator (see `engine.rs`): without this the child would
+//!   pick the very connection IDs the parent picks next, and the parent's server would
+//!   take the parent's next handshake for a packet of the child's connection.
 
 use pyo3::exceptions::PyRuntimeError;
-use pyo3::PyErr;
+use pyo3::prelude::*;
 
 /// A value tied to the process that made it. In a forked child it reads as absent and is
 /// leaked instead of dropped (see the module documentation).
@@ -79,4 +85,14 @@ pub(crate) fn inherited(what: &str) -> PyErr {
         "{what} was opened before fork() and belongs to the parent process; \
          open a new one in the child (clients reconnect by themselves)"
     ))
+}
+
+/// Reseeds the calling thread's random generator from the operating system. The Python
+/// package registers it with `os.register_at_fork(after_in_child=...)`.
+#[pyfunction]
+#[pyo3(name = "_after_fork_in_child")]
+pub(crate) fn after_fork_in_child() -> PyResult<()> {
+    rand::rng()
+        .reseed()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot reseed after fork(): {e}")))
 }

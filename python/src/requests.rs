@@ -15,7 +15,6 @@ use pyo3::prelude::*;
 
 use crate::convert::{decode, to_python};
 use crate::errors::status_to_pyerr;
-use crate::runtime;
 
 type Slot = Arc<tokio::sync::Mutex<Option<RequestStream<Bytes>>>>;
 
@@ -23,19 +22,13 @@ type Slot = Arc<tokio::sync::Mutex<Option<RequestStream<Bytes>>>>;
 #[pyclass(module = "meridian._native", frozen)]
 pub(crate) struct RequestIterator {
     inner: Slot,
-    handle: tokio::runtime::Handle,
 }
 
 impl RequestIterator {
-    pub(crate) fn new(requests: RequestStream<Bytes>) -> Result<RequestIterator, Status> {
-        let handle = runtime()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .handle()
-            .clone();
-        Ok(RequestIterator {
+    pub(crate) fn new(requests: RequestStream<Bytes>) -> RequestIterator {
+        RequestIterator {
             inner: Arc::new(tokio::sync::Mutex::new(Some(requests))),
-            handle,
-        })
+        }
     }
 
     async fn next_value(inner: Slot) -> Result<Option<Value>, Status> {
@@ -63,9 +56,7 @@ impl RequestIterator {
     /// The next request value; waits with the GIL released. Raises `StopIteration` when
     /// the client has finished sending.
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        let handle = self.handle.clone();
-        match py.detach(move || handle.block_on(Self::next_value(inner))) {
+        match crate::wait(py, Self::next_value(self.inner.clone()))? {
             Ok(Some(v)) => to_python(py, &v),
             Ok(None) => Err(PyStopIteration::new_err(())),
             Err(status) => Err(status_to_pyerr(py, &status)),

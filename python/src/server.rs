@@ -37,7 +37,7 @@ use crate::convert::{decode, to_python, to_value};
 use crate::errors::pyerr_to_status;
 use crate::etcd::{self, EtcdConfig, EtcdRegistration, ServerRecord};
 use crate::requests::RequestIterator;
-use crate::{dev_ca, runtime, timeout_arg, wait};
+use crate::{dev_ca, timeout_arg, wait};
 
 /// Responses a streaming handler may run ahead of the network by.
 const STREAM_AHEAD: usize = 16;
@@ -312,8 +312,10 @@ impl NativeServer {
         if let Some(previous) = previous {
             // Already out of the registry as soon as shutdown starts; in-flight calls
             // finish within the grace period.
-            runtime()?.spawn(retire(previous, grace));
+            crate::spawn(retire(previous, grace))?;
         }
+        // The server's tasks need a driver once this call returns.
+        crate::kick()?;
         Ok((local.ip().to_string(), local.port()))
     }
 
@@ -512,7 +514,16 @@ fn register(builder: ServerBuilder, m: &PyMethod) -> ServerBuilder {
 /// that arrived in between be cut off by the close.)
 async fn retire(server: Server, grace: Duration) {
     server.shutdown(grace).await;
+    // Dropping the server wakes the tasks that still hold its socket (the accept loop,
+    // quinn's endpoint driver). Let them run, so the port is free when `stop()` returns,
+    // even when the caller drives the runtime and hands it on only after it returns.
+    for _ in 0..SETTLE_PASSES {
+        tokio::task::yield_now().await;
+    }
 }
+
+/// Scheduler passes a stopped server's tasks get to end before `stop()` returns.
+const SETTLE_PASSES: usize = 4;
 
 fn check_codec(ctx: &CallContext) -> Result<(), Status> {
     if ctx.codec() == Codec::Value {
@@ -586,7 +597,7 @@ async fn run_client_streaming(
     ctx: CallContext,
 ) -> Result<Bytes, Status> {
     check_codec(&ctx)?;
-    let requests = RequestIterator::new(requests)?;
+    let requests = RequestIterator::new(requests);
     let context = PyCallContext::new(ctx.clone());
     let out = tokio::task::spawn_blocking(move || {
         crate::attach::attach(|py| {
@@ -614,7 +625,7 @@ async fn run_bidi(
     sink: ResponseSink<Bytes>,
 ) -> Result<(), Status> {
     check_codec(&ctx)?;
-    let requests = RequestIterator::new(requests)?;
+    let requests = RequestIterator::new(requests);
     let context = PyCallContext::new(ctx.clone());
     respond_with_iterator(
         sink,

@@ -127,9 +127,11 @@ pub(crate) fn rust_call(
     let timeout = timeout_arg(Some(timeout))?.unwrap_or_default();
     let client = {
         let _entered = runtime()?.enter();
-        RegionClient::local()
+        let client = RegionClient::local()
             .build()
-            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        crate::kick()?;
+        client
     };
     let result = wait(py, async move {
         let call = client.call(method).codec(Codec::Value).timeout(timeout);
