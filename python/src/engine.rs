@@ -12,21 +12,21 @@
 //!   whoever drives, and its thread waits for the output. Busy threads therefore do not
 //!   pass the runtime around on every call;
 //! - the relay thread drives it when calls are left that no caller drives, when Python
-//!   starts work that nobody waits for ([`spawn`], [`kick`]), and when no call has been
-//!   in progress for [`HANDOFF_IDLE`]. It gives the runtime back as soon as a call starts
-//!   alone.
+//!   starts work that nobody waits for ([`spawn`], [`kick`]), as soon as a call ends in a
+//!   process that runs a server ([`Serving`]), and when no call has been in progress for
+//!   [`HANDOFF_IDLE`]. It gives the runtime back as soon as a call starts alone.
 //!
-//! So between two calls of a busy caller, the runtime may go undriven for up to
-//! [`HANDOFF_IDLE`]: in that gap packets wait in the socket buffer and timers fire late.
-//! That only delays acknowledgements and background work (probes, keep-alives); a call in
-//! progress always has a driver.
+//! So in a process without a server, between two calls of a busy caller, the runtime may
+//! go undriven for up to [`HANDOFF_IDLE`]: in that gap packets wait in the socket buffer
+//! and timers fire late. That only delays acknowledgements and background work (probes,
+//! keep-alives); a call in progress always has a driver.
 //!
 //! `MERIDIAN_WORKER_THREADS=N` selects a multi-threaded runtime with N workers instead,
 //! which drive it on their own; blocking calls then run as tasks and wait on them.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -102,9 +102,10 @@ impl Relay {
         drives
     }
 
-    /// A blocking call ends. If calls that do not drive are left, the relay thread
-    /// drives for them from now on. Otherwise it is not woken: it looks again within
-    /// [`HANDOFF_IDLE`], and a busy caller's next call usually comes first.
+    /// A blocking call ends. If calls that do not drive are left, or a server of this
+    /// process waits for its peers, the relay thread drives from now on. Otherwise it is
+    /// not woken: it looks again within [`HANDOFF_IDLE`], and a busy caller's next call
+    /// usually comes first.
     fn leave(&self, drove: bool) {
         let mut st = self.lock();
         st.callers -= 1;
@@ -112,8 +113,13 @@ impl Relay {
             st.drivers -= 1;
         }
         st.last_exit = Instant::now();
-        if st.callers > 0 && st.drivers == 0 && !st.relay_driving {
-            self.wake.notify_one();
+        if st.drivers == 0 && !st.relay_driving {
+            if st.callers > 0 {
+                self.wake.notify_one();
+            } else if SERVING.load(Ordering::Relaxed) > 0 {
+                st.kicked = true;
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -152,6 +158,26 @@ impl Relay {
             rt.block_on(self.release.notified());
             self.lock().relay_driving = false;
         }
+    }
+}
+
+/// Servers running in this process (see [`Serving`]).
+static SERVING: AtomicUsize = AtomicUsize::new(0);
+
+/// Held while a server runs. Its peers' packets must not wait for the relay thread's
+/// [`HANDOFF_IDLE`], so while one is held the relay drives as soon as a call ends.
+pub(crate) struct Serving(());
+
+impl Serving {
+    pub(crate) fn new() -> Serving {
+        SERVING.fetch_add(1, Ordering::Relaxed);
+        Serving(())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        SERVING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

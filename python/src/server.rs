@@ -74,6 +74,8 @@ struct State {
     advertise: bool,
     methods: Vec<PyMethod>,
     running: Option<Server>,
+    /// Held while `running` is set: the runtime gets a driver whenever a call ends.
+    serving: Option<crate::engine::Serving>,
     grace: Duration,
     etcd: Option<EtcdConfig>,
     registration: Option<EtcdRegistration>,
@@ -98,6 +100,8 @@ impl NativeServer {
             if let Some(server) = st.running.take() {
                 std::mem::forget(server);
             }
+            // The child's count of running servers (a copy of the parent's) drops.
+            st.serving = None;
             if let Some(registration) = st.registration.take() {
                 // (Without etcd the type is an empty stand-in.)
                 #[cfg_attr(not(feature = "etcd"), allow(clippy::forget_non_drop))]
@@ -206,6 +210,7 @@ impl NativeServer {
                 advertise,
                 methods: Vec::new(),
                 running: None,
+                serving: None,
                 grace,
                 etcd,
                 registration: None,
@@ -285,8 +290,18 @@ impl NativeServer {
         if let Some(old) = old {
             wait(py, retire(old, grace))?;
         }
-        let server = wait(py, builder.bind(addr, tls))?
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the server: {e}")))?;
+        let server = match wait(py, builder.bind(addr, tls))? {
+            Ok(server) => server,
+            Err(e) => {
+                let mut st = self.lock();
+                if st.running.is_none() {
+                    st.serving = None;
+                }
+                return Err(PyRuntimeError::new_err(format!(
+                    "cannot start the server: {e}"
+                )));
+            }
+        };
         let local = server.local_addr();
         let registration = match self.etcd_record(&server) {
             Some((config, record)) => {
@@ -307,6 +322,7 @@ impl NativeServer {
         let previous = {
             let mut st = self.lock();
             st.registration = registration;
+            st.serving.get_or_insert_with(crate::engine::Serving::new);
             st.running.replace(server)
         };
         if let Some(previous) = previous {
@@ -326,6 +342,7 @@ impl NativeServer {
     fn stop(&self, py: Python<'_>, grace: Option<f64>) -> PyResult<()> {
         let (server, default_grace, registration) = {
             let mut st = self.lock();
+            st.serving = None;
             (st.running.take(), st.grace, st.registration.take())
         };
         let grace = timeout_arg(grace)?.unwrap_or(default_grace);
