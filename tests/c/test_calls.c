@@ -61,6 +61,7 @@ struct deferred_job {
     meridian_deferred_reply *d;
     char request[64];
     meridian_status finish_status; /* what meridian_deferred_finish returned */
+    bool saw_over;                  /* "too-late": the call was over before the answer */
 };
 
 static atomic_int jobs_done, jobs_made;
@@ -79,10 +80,17 @@ static void *deferred_worker(void *arg) {
         meridian_deferred_set_trailer(job->d, "why", (const uint8_t *)"later", 5);
         st = meridian_deferred_finish(job->d, MERIDIAN_PERMISSION_DENIED, NULL, 0, "not you");
     } else if (strcmp(job->request, "too-late") == 0) {
-        /* The caller's deadline is 100 ms. Under valgrind, which runs one thread at a
-           time, the server's thread may wait hundreds of milliseconds for its turn to end
-           the call, so the late answer comes later there. */
-        sleep_ms(getenv("MERIDIAN_TEST_UNDER_VALGRIND") != NULL ? 2000 : 400);
+        /* The caller's deadline is 100 ms. Answer once the server knows the call is over:
+           under valgrind, which runs one thread at a time, the server's thread has taken
+           over 2 s to get its turn to end the call, so no fixed sleep is long enough.
+           At most 20 s. */
+        sleep_ms(150);
+        bool over = false;
+        for (int i = 0; i < 2000 && !over; i++) {
+            if (meridian_deferred_is_cancelled(job->d, &over) != MERIDIAN_OK) break;
+            if (!over) sleep_ms(10);
+        }
+        job->saw_over = over;
         st = meridian_deferred_finish(job->d, MERIDIAN_OK, (const uint8_t *)"x", 1, NULL);
     } else {
         sleep_ms(100);
@@ -554,9 +562,10 @@ static void test_deferred(meridian_client *c) {
        reach its deadline before the server's handler has even started the job, and
        last_job would still be the previous one. (The handler sets last_job before it
        starts the worker whose jobs_done increment is awaited here.) */
-    for (int i = 0; i < 500 && atomic_load(&jobs_done) == before; i++) sleep_ms(10);
+    for (int i = 0; i < 2500 && atomic_load(&jobs_done) == before; i++) sleep_ms(10);
     EXPECT(atomic_load(&jobs_done) == before + 1);
     struct deferred_job *job = last_job;
+    EXPECT(job->saw_over);
     EXPECT(job->finish_status == MERIDIAN_CANCELLED);
     /* A streaming handler cannot defer. */
     meridian_stream *s = NULL;
