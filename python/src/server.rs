@@ -1,5 +1,9 @@
 //! `NativeServer`: a Meridian server whose methods are Python callables.
 //!
+//! One file because it is one type: the server's lifecycle (start, rebind, stop, fork,
+//! TLS reload, etcd) and the adapters that run its Python handlers share `State` and
+//! its lock, and neither half is used without the other.
+//!
 //! Each call decodes its `Value` argument on the transport task, then runs the Python
 //! callable on one of tokio's blocking threads, which attaches to the interpreter only for
 //! as long as Python code runs. A slow handler therefore holds one blocking thread, never a
@@ -73,9 +77,7 @@ struct State {
     server_name: String,
     advertise: bool,
     methods: Vec<PyMethod>,
-    running: Option<Server>,
-    /// Held while `running` is set: the runtime gets a driver whenever a call ends.
-    serving: Option<crate::engine::Serving>,
+    running: Option<Running>,
     grace: Duration,
     etcd: Option<EtcdConfig>,
     registration: Option<EtcdRegistration>,
@@ -97,11 +99,11 @@ impl NativeServer {
         let pid = std::process::id();
         if st.pid != pid {
             st.pid = pid;
-            if let Some(server) = st.running.take() {
-                std::mem::forget(server);
+            if let Some(running) = st.running.take() {
+                // (Its `Serving` is dropped: the child's count of running servers, a copy
+                // of the parent's, goes down.)
+                std::mem::forget(running.server);
             }
-            // The child's count of running servers (a copy of the parent's) drops.
-            st.serving = None;
             if let Some(registration) = st.registration.take() {
                 // (Without etcd the type is an empty stand-in.)
                 #[cfg_attr(not(feature = "etcd"), allow(clippy::forget_non_drop))]
@@ -210,7 +212,6 @@ impl NativeServer {
                 advertise,
                 methods: Vec::new(),
                 running: None,
-                serving: None,
                 grace,
                 etcd,
                 registration: None,
@@ -288,15 +289,11 @@ impl NativeServer {
             (builder, addr, tls, old, st.grace)
         };
         if let Some(old) = old {
-            wait(py, retire(old, grace))?;
+            wait(py, old.retire(grace))?;
         }
         let server = match wait(py, builder.bind(addr, tls))? {
             Ok(server) => server,
             Err(e) => {
-                let mut st = self.lock();
-                if st.running.is_none() {
-                    st.serving = None;
-                }
                 return Err(PyRuntimeError::new_err(format!(
                     "cannot start the server: {e}"
                 )));
@@ -322,13 +319,12 @@ impl NativeServer {
         let previous = {
             let mut st = self.lock();
             st.registration = registration;
-            st.serving.get_or_insert_with(crate::engine::Serving::new);
-            st.running.replace(server)
+            st.running.replace(Running::new(server))
         };
         if let Some(previous) = previous {
             // Already out of the registry as soon as shutdown starts; in-flight calls
             // finish within the grace period.
-            crate::spawn(retire(previous, grace))?;
+            crate::spawn(previous.retire(grace))?;
         }
         // The server's tasks need a driver once this call returns.
         crate::kick()?;
@@ -342,7 +338,6 @@ impl NativeServer {
     fn stop(&self, py: Python<'_>, grace: Option<f64>) -> PyResult<()> {
         let (server, default_grace, registration) = {
             let mut st = self.lock();
-            st.serving = None;
             (st.running.take(), st.grace, st.registration.take())
         };
         let grace = timeout_arg(grace)?.unwrap_or(default_grace);
@@ -350,8 +345,8 @@ impl NativeServer {
             // Out of etcd first, so clients stop choosing the server before it closes.
             wait(py, reg.deregister())?;
         }
-        if let Some(server) = server {
-            wait(py, retire(server, grace))?;
+        if let Some(running) = server {
+            wait(py, running.retire(grace))?;
         }
         Ok(())
     }
@@ -529,18 +524,39 @@ fn register(builder: ServerBuilder, m: &PyMethod) -> ServerBuilder {
 ///
 /// (Waiting for the calls in flight before the shutdown, still taking new calls, let a call
 /// that arrived in between be cut off by the close.)
+/// Once it returns the port is free again (core waits for the socket to close).
 async fn retire(server: Server, grace: Duration) {
     server.shutdown(grace).await;
-    // Dropping the server wakes the tasks that still hold its socket (the accept loop,
-    // quinn's endpoint driver). Let them run, so the port is free when `stop()` returns,
-    // even when the caller drives the runtime and hands it on only after it returns.
-    for _ in 0..SETTLE_PASSES {
-        tokio::task::yield_now().await;
+}
+
+/// A started server. While it exists it counts among the process's running servers, so
+/// the runtime gets a driver as soon as a call ends (see [`crate::engine::Serving`]).
+struct Running {
+    server: Server,
+    _serving: crate::engine::Serving,
+}
+
+impl Running {
+    fn new(server: Server) -> Running {
+        Running {
+            server,
+            _serving: crate::engine::Serving::new(),
+        }
+    }
+
+    /// [`retire`]s the server; it stays counted as running until its calls are over.
+    async fn retire(self, grace: Duration) {
+        retire(self.server, grace).await;
     }
 }
 
-/// Scheduler passes a stopped server's tasks get to end before `stop()` returns.
-const SETTLE_PASSES: usize = 4;
+impl std::ops::Deref for Running {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
 
 fn check_codec(ctx: &CallContext) -> Result<(), Status> {
     if ctx.codec() == Codec::Value {

@@ -466,7 +466,8 @@ static void test_cancel_async(meridian_client *c) {
     MUST(meridian_pending_call_cancel(p));
     EXPECT(wait_done(&r, 3.0) == 1);
     EXPECT(r.status == MERIDIAN_CANCELLED);
-    EXPECT(r.at - t0 < 0.5);
+    /* Long before the handler's 5 s were up (with room for valgrind's slowness). */
+    EXPECT(r.at - t0 < 2.5);
     EXPECT(strstr(r.error, "cancelled") != NULL);
     for (int i = 0; i < 300 && atomic_load(&slow_cancelled) == 0; i++) sleep_ms(10);
     EXPECT(atomic_load(&slow_cancelled) == 1);

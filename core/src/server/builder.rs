@@ -348,10 +348,11 @@ impl<P: PayloadStyle> ServerBuilder<P> {
     /// Binds `addr` and starts serving in the background on the current tokio runtime.
     pub async fn bind(self, addr: SocketAddr, tls: ServerTls) -> Result<Server, Error> {
         let quinn_cfg = tls.to_quinn(&self.transport)?;
-        let endpoint = quinn::Endpoint::server(quinn_cfg, addr).map_err(|source| Error::Io {
-            context: format!("cannot bind {addr}"),
-            source,
-        })?;
+        let (endpoint, socket_closed) = crate::transport::server_endpoint(quinn_cfg, addr)
+            .map_err(|source| Error::Io {
+                context: format!("cannot bind {addr}"),
+                source,
+            })?;
         let local_addr = endpoint.local_addr().map_err(|source| Error::Io {
             context: "cannot read the bound address".into(),
             source,
@@ -426,6 +427,7 @@ impl<P: PayloadStyle> ServerBuilder<P> {
             shared,
             accept,
             registration,
+            socket_closed: Some(socket_closed),
         })
     }
 }

@@ -48,6 +48,8 @@ pub struct Server {
     pub(super) shared: Arc<Shared>,
     pub(super) accept: tokio::task::JoinHandle<()>,
     pub(super) registration: Option<crate::discovery::Registration>,
+    /// Completes once the UDP socket is closed (see [`Server::shutdown`]).
+    pub(super) socket_closed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -195,6 +197,11 @@ impl Server {
     /// grace period ends first: a call still running then fails, and its client cannot tell
     /// whether it ran. The close tells each client from which stream on no call ran
     /// (docs/PROTOCOL.md §4.3), which covers calls that were still on their way.
+    ///
+    /// After the close it waits for the peers to learn of it and for the UDP socket to be
+    /// closed, together at most `CLOSE_WAIT` (1 s): when it returns, the port is free to
+    /// bind again (unless a handler still running past the grace period holds its
+    /// connection open).
     pub async fn shutdown(mut self, grace: Duration) {
         // Leave the registry first so local region clients stop choosing this server.
         self.registration = None;
@@ -240,10 +247,25 @@ impl Server {
         // Connections still in their handshake, which ran no call.
         self.endpoint
             .close(reset::SHUTDOWN.into(), b"server shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
-        tracing::info!(server = %self.shared.server_id, "stopped");
+        let closing = tokio::time::Instant::now() + CLOSE_WAIT;
+        let _ = tokio::time::timeout_at(closing, self.endpoint.wait_idle()).await;
+        let server_id = self.shared.server_id.clone();
+        let socket_closed = self.socket_closed.take();
+        // Let go of the endpoint and the accept loop, then wait for quinn's tasks to let
+        // go of the socket, so the port can be bound again as soon as this returns.
+        drop(self);
+        if let Some(closed) = socket_closed {
+            if tokio::time::timeout_at(closing, closed).await.is_err() {
+                tracing::warn!(server = %server_id, "the UDP socket is still open after the close");
+            }
+        }
+        tracing::info!(server = %server_id, "stopped");
     }
 }
+
+/// How long [`Server::shutdown`] waits, after closing, for its peers to learn of the close
+/// and for the UDP socket to be released.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 impl Drop for Server {
     fn drop(&mut self) {

@@ -1,8 +1,101 @@
-//! Client endpoints and what a failed connection means.
+//! Client and server endpoints, and what a failed connection means.
 
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
+use tokio::sync::oneshot;
 
 use crate::status::Error;
+
+/// Binds a server endpoint on `addr`. The receiver completes once the UDP socket is
+/// closed, which happens only after quinn's endpoint task and every connection have let
+/// go of it, some time after the last `Endpoint` handle is dropped: waiting on it tells a
+/// stopped server when its port can be bound again.
+pub(crate) fn server_endpoint(
+    config: quinn::ServerConfig,
+    addr: SocketAddr,
+) -> io::Result<(quinn::Endpoint, oneshot::Receiver<()>)> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let (closed, released) = oneshot::channel();
+    let socket = Arc::new(TrackedSocket {
+        inner: runtime.wrap_udp_socket(socket)?,
+        _closed: closed,
+    });
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )?;
+    Ok((endpoint, released))
+}
+
+/// A UDP socket that reports when it is closed: every holder of the inner socket (quinn
+/// hands a poller to each connection) holds this one, so the inner socket is dropped, and
+/// then `_closed` (declared after it, so dropped after it) signals, when the last holder
+/// goes.
+#[derive(Debug)]
+struct TrackedSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    _closed: oneshot::Sender<()>,
+}
+
+impl AsyncUdpSocket for TrackedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(TrackedPoller {
+            inner: self.inner.clone().create_io_poller(),
+            _socket: self,
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+/// The inner socket's poller, keeping the tracked socket alive as long as it lives.
+#[derive(Debug)]
+struct TrackedPoller {
+    inner: Pin<Box<dyn UdpPoller>>,
+    _socket: Arc<TrackedSocket>,
+}
+
+impl UdpPoller for TrackedPoller {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        self.inner.as_mut().poll_writable(cx)
+    }
+}
 
 /// Binds a client endpoint on the unspecified address of `peer`'s family.
 pub(crate) fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint, Error> {

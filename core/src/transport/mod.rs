@@ -33,7 +33,7 @@ pub use client_tls::ClientTls;
 pub use config::{crypto_provider, TransportConfig};
 #[cfg(feature = "dev")]
 pub use dev::DevCa;
-pub(crate) use endpoint::describe_connection_error;
+pub(crate) use endpoint::{describe_connection_error, server_endpoint};
 pub use identity::Identity;
 pub use peer::PeerIdentity;
 pub use pem_text::pem_encode;

@@ -330,8 +330,9 @@ async fn a_dropped_channel_stops_dialling_a_server_that_is_gone() {
     assert_eq!(after, 0, "{after} datagrams from a dropped channel");
 }
 
-/// A server that shut down gives its port back promptly, even while a client keeps
-/// redialling it, so it can restart on the same address.
+/// A server whose shutdown returned has given its port back, even while a client keeps
+/// redialling it, so it can restart on the same address at once. (On this single-threaded
+/// runtime nothing else runs between the return and the bind.)
 #[tokio::test]
 async fn a_stopped_server_gives_its_port_back() {
     let fx = Fixture::start().await;
@@ -340,19 +341,9 @@ async fn a_stopped_server_gives_its_port_back() {
     let _: i64 = channel.unary("add", &(1i64, 2i64)).await.unwrap();
     let Fixture { server, .. } = fx;
     server.shutdown(Duration::from_millis(10)).await;
-    let started = std::time::Instant::now();
-    loop {
-        match std::net::UdpSocket::bind(addr) {
-            Ok(_) => break,
-            Err(e) => assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "port still bound after {:?}: {e}",
-                started.elapsed()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if let Err(e) = std::net::UdpSocket::bind(addr) {
+        panic!("port still bound when shutdown returned: {e}");
     }
-    eprintln!("port free after {:?}", started.elapsed());
     drop(channel);
 }
 
