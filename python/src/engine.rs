@@ -48,6 +48,8 @@ pub(crate) const HANDOFF_IDLE: Duration = Duration::from_millis(1);
 pub(crate) struct Engine {
     rt: tokio::runtime::Runtime,
     relay: Option<Relay>,
+    /// The threads that run Python unary handlers.
+    handlers: crate::handlers::HandlerQueue,
 }
 
 /// Who drives a current-thread runtime (see the module documentation).
@@ -222,6 +224,7 @@ pub(crate) fn engine() -> PyResult<&'static Engine> {
                 .build()
                 .map_err(cannot)?,
             relay: None,
+            handlers: Default::default(),
         },
         None => Engine {
             rt: tokio::runtime::Builder::new_current_thread()
@@ -240,6 +243,7 @@ pub(crate) fn engine() -> PyResult<&'static Engine> {
                 wake: Condvar::new(),
                 release: tokio::sync::Notify::new(),
             }),
+            handlers: Default::default(),
         },
     };
     let engine: &'static Engine = Box::leak(Box::new(engine));
@@ -258,6 +262,11 @@ pub(crate) fn engine() -> PyResult<&'static Engine> {
 /// [`spawn`] (or be followed by [`kick`]) so that something drives it.
 pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     Ok(&engine()?.rt)
+}
+
+/// The queue of this process's Python unary handlers (see `handlers.rs`).
+pub(crate) fn handlers() -> PyResult<&'static crate::handlers::HandlerQueue> {
+    Ok(&engine()?.handlers)
 }
 
 /// Spawns `fut` on the runtime and makes sure something drives it.

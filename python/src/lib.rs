@@ -30,6 +30,7 @@ mod engine;
 mod errors;
 mod etcd;
 mod fork;
+mod handlers;
 mod requests;
 mod server;
 mod testing;

@@ -7,7 +7,8 @@
 //! Each call decodes its `Value` argument on the transport task, then runs the Python
 //! callable on one of tokio's blocking threads, which attaches to the interpreter only for
 //! as long as Python code runs. A slow handler therefore holds one blocking thread, never a
-//! transport thread, and other calls go on.
+//! transport thread, and other calls go on. Unary handlers queue for a busy handler thread
+//! for up to 1 ms before they get one of their own (see `handlers.rs`).
 //!
 //! Every handler call also gets a `CallContext` (see `context.rs`), which the Python
 //! adapter passes on to handlers that ask for it and makes `meridian.current_context()`.
@@ -246,7 +247,7 @@ impl NativeServer {
         if let Some(server) = &st.running {
             server.add_methods(|b| register(b, &method));
             if let Some(reg) = &st.registration {
-                reg.refresh_from(server);
+                reg.refresh_from(&server.server);
             }
         }
         st.methods.push(method);
@@ -578,21 +579,24 @@ async fn run_unary(func: Arc<Py<PyAny>>, body: Bytes, ctx: CallContext) -> Resul
     let _held = ctx.reserve_memory(meridian::Value::decoded_size_hint(&body).saturating_mul(2))?;
     let args = decode(&body)?;
     let context = PyCallContext::new(ctx.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        crate::attach::attach(|py| {
-            let arg = to_python(py, &args).map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let ret = func
-                .call1(py, (arg, context))
-                .map_err(|e| pyerr_to_status(py, &e))?;
-            to_value(ret.bind(py)).map_err(|e| {
-                Status::internal(format!(
-                    "the handler returned a value Meridian cannot send: {e}"
-                ))
+    let handlers = crate::engine::handlers()
+        .map_err(|e| Status::internal(format!("no thread for the handler: {e}")))?;
+    let out = handlers
+        .run(move || {
+            crate::attach::attach(|py| {
+                let arg =
+                    to_python(py, &args).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let ret = func
+                    .call1(py, (arg, context))
+                    .map_err(|e| pyerr_to_status(py, &e))?;
+                to_value(ret.bind(py)).map_err(|e| {
+                    Status::internal(format!(
+                        "the handler returned a value Meridian cannot send: {e}"
+                    ))
+                })
             })
         })
-    })
-    .await
-    .map_err(|_| Status::internal("the handler's thread failed"))??;
+        .await??;
     Ok(Bytes::from(out.to_bytes()))
 }
 
