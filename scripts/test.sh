@@ -52,6 +52,11 @@ bash scripts/etcd.sh install
 echo "== Rust: workspace tests (unit, property, end-to-end, etcd, doctests, header drift)"
 cargo test --workspace --locked --exclude meridian-bench --features meridian/etcd
 
+# The Python module is a cdylib (`test = false`, its behaviour is tested by pytest against
+# the wheel); its few Rust unit tests touch no Python and are named here.
+echo "== Rust: the Python module's unit tests (handler threads)"
+cargo test --locked -p meridian-python --lib
+
 echo "== Rust: the command-line tool's etcd flags (features cli + etcd)"
 cargo test --locked -p meridian --features cli,etcd --test cli etcd
 

@@ -50,6 +50,15 @@ struct QueueState {
 }
 
 impl QueueState {
+    /// Counts a thread about to start, and names it. Called under the lock that queued
+    /// the job it is for, so a call that comes right after sees the thread coming and
+    /// queues for it instead of starting another.
+    fn add_thread(&mut self) -> u64 {
+        self.threads += 1;
+        self.started += 1;
+        self.started
+    }
+
     /// Whether a thread will take the next queued job soon: one is starting, or runs a
     /// job that started within `patience`.
     fn thread_coming(&self, patience: Duration) -> bool {
@@ -106,34 +115,34 @@ impl HandlerQueue {
                 }
             }),
         };
-        let queued = {
+        let new_thread = {
             let mut st = self.lock();
             st.jobs.push_back(job);
-            st.thread_coming(self.patience)
+            (!st.thread_coming(self.patience)).then(|| st.add_thread())
         };
-        if !queued {
-            self.start_thread();
-        } else {
-            tokio::select! {
-                biased;
-                out = &mut rx => return out.map_err(|_| thread_failed()),
-                () = tokio::time::sleep(self.patience) => {}
-            }
-            if !taken.load(Ordering::Acquire) {
-                self.start_thread();
+        match new_thread {
+            Some(key) => self.spawn_thread(key),
+            None => {
+                tokio::select! {
+                    biased;
+                    out = &mut rx => return out.map_err(|_| thread_failed()),
+                    () = tokio::time::sleep(self.patience) => {}
+                }
+                let rescue = {
+                    let mut st = self.lock();
+                    (!taken.load(Ordering::Acquire)).then(|| st.add_thread())
+                };
+                if let Some(key) = rescue {
+                    self.spawn_thread(key);
+                }
             }
         }
         rx.await.map_err(|_| thread_failed())
     }
 
-    /// Starts a thread that takes jobs until the queue is empty.
-    fn start_thread(&'static self) {
-        let key = {
-            let mut st = self.lock();
-            st.threads += 1;
-            st.started += 1;
-            st.started
-        };
+    /// Starts the thread `key` (from [`QueueState::add_thread`]), which takes jobs until
+    /// the queue is empty.
+    fn spawn_thread(&'static self, key: u64) {
         tokio::task::spawn_blocking(move || self.take_jobs(key));
     }
 
